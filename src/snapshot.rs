@@ -1,0 +1,160 @@
+//! The key snapshot: the wire format the key-service serves on `GET /filter/v1/snapshot`
+//! and the in-memory index the filter answers requests from.
+//!
+//! Keys travel only as SHA-256 hashes (lower-case hex). Times are Unix seconds.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::{self, KeyHash};
+
+/// `GET /filter/v1/snapshot` response body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotWire {
+    /// Version of the key data this snapshot reflects; grows with every change.
+    pub version: u64,
+    pub keys: Vec<KeyRecord>,
+}
+
+/// One key as the filter needs to know it. Never carries the secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub name: String,
+    /// SHA-256 of the secret, 64 lower-case hex digits.
+    pub hash: String,
+    pub account: String,
+    pub group: String,
+    pub enabled: bool,
+    /// Unix seconds after which the key is refused; `None` = never expires.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+}
+
+/// What the filter keeps per key, found by the hash of the presented secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyEntry {
+    pub id: String,
+    pub name: String,
+    pub account: String,
+    pub group: String,
+    pub enabled: bool,
+    pub expires_at: Option<i64>,
+}
+
+/// All keys of one snapshot version, indexed by hash.
+#[derive(Debug, Default)]
+pub struct KeyIndex {
+    pub version: u64,
+    by_hash: HashMap<KeyHash, KeyEntry>,
+}
+
+/// Result of building an index: records whose hash does not parse are skipped and counted,
+/// so one bad row cannot stop every other key from loading.
+#[derive(Debug)]
+pub struct Loaded {
+    pub index: KeyIndex,
+    pub skipped: usize,
+}
+
+impl KeyIndex {
+    pub fn from_wire(wire: SnapshotWire) -> Loaded {
+        let mut by_hash = HashMap::with_capacity(wire.keys.len());
+        let mut skipped = 0;
+        for record in wire.keys {
+            let Some(hash) = secret::parse_hash_hex(&record.hash) else {
+                skipped += 1;
+                continue;
+            };
+            by_hash.insert(
+                hash,
+                KeyEntry {
+                    id: record.id,
+                    name: record.name,
+                    account: record.account,
+                    group: record.group,
+                    enabled: record.enabled,
+                    expires_at: record.expires_at,
+                },
+            );
+        }
+        Loaded {
+            index: KeyIndex {
+                version: wire.version,
+                by_hash,
+            },
+            skipped,
+        }
+    }
+
+    pub fn get(&self, hash: &KeyHash) -> Option<&KeyEntry> {
+        self.by_hash.get(hash)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn record(id: &str, hash: String) -> KeyRecord {
+        KeyRecord {
+            id: id.into(),
+            name: format!("name-{id}"),
+            hash,
+            account: "default".into(),
+            group: "default".into(),
+            enabled: true,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn keys_are_found_by_the_hash_of_their_secret() {
+        let h = secret::hash("sk-one");
+        let wire = SnapshotWire {
+            version: 7,
+            keys: vec![record("1", secret::hash_hex(&h))],
+        };
+        let loaded = KeyIndex::from_wire(wire);
+        assert_eq!(loaded.skipped, 0);
+        assert_eq!(loaded.index.version, 7);
+        assert_eq!(loaded.index.get(&h).map(|e| e.id.as_str()), Some("1"));
+        assert!(loaded.index.get(&secret::hash("sk-two")).is_none());
+    }
+
+    #[test]
+    fn a_record_with_a_bad_hash_is_skipped_not_fatal() {
+        let good = secret::hash("sk-good");
+        let wire = SnapshotWire {
+            version: 1,
+            keys: vec![
+                record("bad", "not-hex".into()),
+                record("good", secret::hash_hex(&good)),
+            ],
+        };
+        let loaded = KeyIndex::from_wire(wire);
+        assert_eq!(loaded.skipped, 1);
+        assert_eq!(loaded.index.len(), 1);
+        assert!(loaded.index.get(&good).is_some());
+    }
+
+    #[test]
+    fn wire_format_parses_with_optional_fields_absent() {
+        let json = r#"{"version":3,"keys":[{"id":"k","name":"n","hash":"00","account":"a",
+            "group":"g","enabled":false}]}"#;
+        let wire: SnapshotWire = serde_json::from_str(json).unwrap();
+        assert_eq!(wire.keys[0].expires_at, None);
+        assert!(!wire.keys[0].enabled);
+    }
+}
