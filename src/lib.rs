@@ -3,5 +3,31 @@
 //! The decision logic lives in plain modules with native unit tests; the proxy-wasm glue
 //! (`root`, `http`) only gathers inputs from the host, calls them and applies the result.
 
+pub mod config;
+pub mod credential;
+pub mod decision;
 pub mod secret;
 pub mod snapshot;
+
+// The proxy-wasm glue. It is left out of the `wasm32-unknown-unknown` build, which exists
+// only to run the pure modules' tests in Node's V8 (wasm-bindgen-test), where no proxy
+// host provides the `env` imports the SDK needs.
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+mod glue {
+    use proxy_wasm::types::LogLevel;
+
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(LogLevel::Info);
+        // A panic aborts this worker's VM; say why before it goes.
+        std::panic::set_hook(Box::new(|info| {
+            let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("keygate panicked: {info}"));
+        }));
+        proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+            Box::new(crate::root::Root::default())
+        });
+    }}
+}
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+mod http;
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+mod root;

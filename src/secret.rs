@@ -101,7 +101,10 @@ pub fn parse_hash_hex(hex: &str) -> Option<KeyHash> {
 /// `sk-` + first 4 + `...` + last 4 of the body: safe to show and to log.
 pub fn mask(secret: &str) -> String {
     let body = secret.strip_prefix(PREFIX).unwrap_or(secret);
-    match (body.get(..4), body.len().checked_sub(4).and_then(|i| body.get(i..))) {
+    match (
+        body.get(..4),
+        body.len().checked_sub(4).and_then(|i| body.get(i..)),
+    ) {
         (Some(head), Some(tail)) if body.len() >= 8 => format!("{PREFIX}{head}...{tail}"),
         _ => format!("{PREFIX}..."),
     }

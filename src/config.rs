@@ -1,0 +1,114 @@
+//! The filter's configuration: the JSON given as the plugin's `configuration` in Envoy,
+//! parsed and validated once when the plugin starts. Every field has a default, so an
+//! empty configuration is valid.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Envoy cluster through which the key-service is reached.
+    pub key_service_cluster: String,
+    /// `:authority` sent with calls to the key-service.
+    pub key_service_authority: String,
+    /// How often the key snapshot is refreshed, in milliseconds.
+    pub sync_interval_ms: u64,
+    /// Timeout of one call to the key-service, in milliseconds.
+    pub key_service_timeout_ms: u64,
+    /// Environment variable of the Wasm VM that holds the filter's bearer token for the
+    /// key-service (Envoy passes it in with `vm_config.environment_variables`).
+    pub token_env: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            key_service_cluster: "key_service".into(),
+            key_service_authority: "key-service".into(),
+            sync_interval_ms: 1_000,
+            key_service_timeout_ms: 5_000,
+            token_env: "KEYGATE_FILTER_TOKEN".into(),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid keygate configuration: {}", self.0)
+    }
+}
+
+impl Config {
+    /// Parses the plugin configuration; `None` or an empty buffer means all defaults.
+    pub fn parse(raw: Option<&[u8]>) -> Result<Config, ConfigError> {
+        let config: Config = match raw {
+            Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => {
+                serde_json::from_slice(bytes).map_err(|e| ConfigError(e.to_string()))?
+            }
+            _ => Config::default(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.key_service_cluster.is_empty() {
+            return Err(ConfigError("key_service_cluster must not be empty".into()));
+        }
+        if !(100..=3_600_000).contains(&self.sync_interval_ms) {
+            return Err(ConfigError(
+                "sync_interval_ms must be between 100 and 3600000".into(),
+            ));
+        }
+        if !(1..=60_000).contains(&self.key_service_timeout_ms) {
+            return Err(ConfigError(
+                "key_service_timeout_ms must be between 1 and 60000".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn no_configuration_means_defaults() {
+        assert_eq!(Config::parse(None), Ok(Config::default()));
+        assert_eq!(Config::parse(Some(b"  \n")), Ok(Config::default()));
+        assert_eq!(Config::parse(Some(b"{}")), Ok(Config::default()));
+    }
+
+    #[test]
+    fn given_fields_override_defaults() {
+        let c = Config::parse(Some(
+            br#"{"key_service_cluster":"ks","sync_interval_ms":250}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.key_service_cluster, "ks");
+        assert_eq!(c.sync_interval_ms, 250);
+        assert_eq!(c.token_env, "KEYGATE_FILTER_TOKEN");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        for bad in [
+            &br#"{"sync_interval":1}"#[..],
+            br#"{"sync_interval_ms":0}"#,
+            br#"{"key_service_timeout_ms":0}"#,
+            br#"{"key_service_cluster":""}"#,
+            br#"not json"#,
+        ] {
+            let err = Config::parse(Some(bad)).unwrap_err();
+            assert!(err.to_string().starts_with("invalid keygate configuration"));
+        }
+    }
+}

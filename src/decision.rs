@@ -1,0 +1,263 @@
+//! The authorization decision and the contract's table of refusals: each `Denial` knows
+//! its HTTP status, its OpenAI-style `type` and `code`, and its message.
+
+use crate::secret;
+use crate::snapshot::{KeyEntry, KeyIndex};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    MissingApiKey,
+    InvalidApiKey,
+    KeyDisabled,
+    KeyExpired,
+    IpNotAllowed,
+    ModelNotAllowed,
+    InsufficientQuota,
+    RateLimitExceeded,
+    InvalidRequestBody,
+    RequestTooLarge,
+    KeyServiceUnavailable,
+}
+
+impl Denial {
+    /// `(status, type, code, message)`: the contract's error table, in one place.
+    const fn parts(self) -> (u32, &'static str, &'static str, &'static str) {
+        use Denial::*;
+        const INVALID: &str = "invalid_request_error";
+        match self {
+            MissingApiKey => (
+                401,
+                INVALID,
+                "missing_api_key",
+                "No API key provided. Pass it as 'Authorization: Bearer sk-...'.",
+            ),
+            InvalidApiKey => (
+                401,
+                INVALID,
+                "invalid_api_key",
+                "Incorrect API key provided.",
+            ),
+            KeyDisabled => (
+                401,
+                INVALID,
+                "key_disabled",
+                "This API key has been disabled.",
+            ),
+            KeyExpired => (401, INVALID, "key_expired", "This API key has expired."),
+            IpNotAllowed => (
+                403,
+                "permission_error",
+                "ip_not_allowed",
+                "Requests from this address are not allowed for this API key.",
+            ),
+            ModelNotAllowed => (
+                403,
+                "permission_error",
+                "model_not_allowed",
+                "This API key is not allowed to use the requested model.",
+            ),
+            InsufficientQuota => (
+                429,
+                "insufficient_quota",
+                "insufficient_quota",
+                "You exceeded your current quota.",
+            ),
+            RateLimitExceeded => (
+                429,
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                "Rate limit reached for this API key.",
+            ),
+            InvalidRequestBody => (
+                400,
+                INVALID,
+                "invalid_request_body",
+                "The request body is not valid JSON.",
+            ),
+            RequestTooLarge => (
+                413,
+                INVALID,
+                "request_too_large",
+                "The request body is too large.",
+            ),
+            KeyServiceUnavailable => (
+                503,
+                "server_error",
+                "key_service_unavailable",
+                "The key service has not been reached yet; try again shortly.",
+            ),
+        }
+    }
+
+    pub const fn status(self) -> u32 {
+        self.parts().0
+    }
+
+    pub const fn code(self) -> &'static str {
+        self.parts().2
+    }
+
+    /// The OpenAI-style JSON error body.
+    pub fn body(self) -> String {
+        let (_, kind, code, message) = self.parts();
+        serde_json::json!({
+            "error": { "message": message, "type": kind, "code": code, "param": null }
+        })
+        .to_string()
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Decision<'a> {
+    Allow(&'a KeyEntry),
+    Deny(Denial),
+}
+
+/// Decides a request from the presented secret (if any), the key index (if one has
+/// loaded) and the filter's clock in Unix seconds.
+pub fn decide<'a>(index: Option<&'a KeyIndex>, secret: Option<&str>, now: i64) -> Decision<'a> {
+    let Some(secret) = secret else {
+        return Decision::Deny(Denial::MissingApiKey);
+    };
+    // A malformed secret is refused before any lookup, snapshot or not.
+    if !secret::is_well_formed(secret) {
+        return Decision::Deny(Denial::InvalidApiKey);
+    }
+    let Some(index) = index else {
+        return Decision::Deny(Denial::KeyServiceUnavailable);
+    };
+    let Some(entry) = index.get(&secret::hash(secret)) else {
+        return Decision::Deny(Denial::InvalidApiKey);
+    };
+    if !entry.enabled {
+        return Decision::Deny(Denial::KeyDisabled);
+    }
+    if entry.expires_at.is_some_and(|at| at <= now) {
+        return Decision::Deny(Denial::KeyExpired);
+    }
+    Decision::Allow(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{KeyRecord, SnapshotWire};
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn secret(n: u8) -> String {
+        let random: String = (0..42).map(|i| (b'a' + (i + n) % 26) as char).collect();
+        secret::from_random(&random).unwrap()
+    }
+
+    fn index(keys: &[(&str, bool, Option<i64>)]) -> KeyIndex {
+        let keys = keys
+            .iter()
+            .enumerate()
+            .map(|(i, (id, enabled, expires_at))| KeyRecord {
+                id: id.to_string(),
+                name: id.to_string(),
+                hash: secret::hash_hex(&secret::hash(&secret(i as u8))),
+                account: "default".into(),
+                group: "default".into(),
+                enabled: *enabled,
+                expires_at: *expires_at,
+            })
+            .collect();
+        KeyIndex::from_wire(SnapshotWire { version: 1, keys }).index
+    }
+
+    fn denial(d: Decision) -> Option<Denial> {
+        match d {
+            Decision::Deny(d) => Some(d),
+            Decision::Allow(_) => None,
+        }
+    }
+
+    #[test]
+    fn each_key_state_gets_its_answer() {
+        let idx = index(&[
+            ("live", true, None),
+            ("off", false, None),
+            ("old", true, Some(NOW)),
+            ("later", true, Some(NOW + 1)),
+        ]);
+        let check = |s: Option<&str>| denial(decide(Some(&idx), s, NOW));
+        assert_eq!(check(Some(&secret(0))), None);
+        assert_eq!(check(Some(&secret(1))), Some(Denial::KeyDisabled));
+        assert_eq!(check(Some(&secret(2))), Some(Denial::KeyExpired));
+        assert_eq!(check(Some(&secret(3))), None);
+        assert_eq!(check(Some(&secret(9))), Some(Denial::InvalidApiKey));
+        assert_eq!(
+            check(Some("sk-not-a-real-key")),
+            Some(Denial::InvalidApiKey)
+        );
+        assert_eq!(check(None), Some(Denial::MissingApiKey));
+    }
+
+    #[test]
+    fn the_allowed_entry_is_the_presented_key() {
+        let idx = index(&[("a", true, None), ("b", true, None)]);
+        match decide(Some(&idx), Some(&secret(1)), NOW) {
+            Decision::Allow(entry) => assert_eq!(entry.id, "b"),
+            other => panic!("expected allow, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn expired_key_is_denied_by_the_clock_without_a_new_snapshot() {
+        let idx = index(&[("soon", true, Some(NOW + 60))]);
+        assert_eq!(denial(decide(Some(&idx), Some(&secret(0)), NOW + 59)), None);
+        assert_eq!(
+            denial(decide(Some(&idx), Some(&secret(0)), NOW + 60)),
+            Some(Denial::KeyExpired)
+        );
+    }
+
+    #[test]
+    fn without_a_snapshot_only_well_formed_keys_get_503() {
+        assert_eq!(denial(decide(None, None, NOW)), Some(Denial::MissingApiKey));
+        assert_eq!(
+            denial(decide(None, Some("sk-x"), NOW)),
+            Some(Denial::InvalidApiKey)
+        );
+        assert_eq!(
+            denial(decide(None, Some(&secret(0)), NOW)),
+            Some(Denial::KeyServiceUnavailable)
+        );
+    }
+
+    #[test]
+    fn error_bodies_follow_the_openai_shape() {
+        let table = [
+            (Denial::MissingApiKey, 401, "missing_api_key"),
+            (Denial::InvalidApiKey, 401, "invalid_api_key"),
+            (Denial::KeyDisabled, 401, "key_disabled"),
+            (Denial::KeyExpired, 401, "key_expired"),
+            (Denial::IpNotAllowed, 403, "ip_not_allowed"),
+            (Denial::ModelNotAllowed, 403, "model_not_allowed"),
+            (Denial::InsufficientQuota, 429, "insufficient_quota"),
+            (Denial::RateLimitExceeded, 429, "rate_limit_exceeded"),
+            (Denial::InvalidRequestBody, 400, "invalid_request_body"),
+            (Denial::RequestTooLarge, 413, "request_too_large"),
+            (
+                Denial::KeyServiceUnavailable,
+                503,
+                "key_service_unavailable",
+            ),
+        ];
+        for (denial, status, code) in table {
+            assert_eq!(denial.status(), status);
+            assert_eq!(denial.code(), code);
+            let body: serde_json::Value = serde_json::from_str(&denial.body()).unwrap();
+            assert_eq!(body["error"]["code"], code);
+            assert!(body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
+            assert!(body["error"]["type"].is_string());
+            assert!(body["error"]["param"].is_null());
+        }
+    }
+}

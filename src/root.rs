@@ -1,0 +1,144 @@
+//! The root context of one Wasm VM: reads the configuration, keeps the key snapshot fresh
+//! by polling the key-service through its Envoy cluster, and hands each request's HTTP
+//! context a view of the current index.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use log::{error, info, warn};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+
+use crate::config::Config;
+use crate::http::Http;
+use crate::snapshot::{KeyIndex, SnapshotWire};
+
+/// The index this VM answers from; `None` until a snapshot has loaded.
+pub type SharedIndex = Rc<RefCell<Option<KeyIndex>>>;
+
+/// Tick period until the first snapshot has loaded, so a fresh Envoy serves soon.
+const FIRST_LOAD_RETRY: Duration = Duration::from_millis(200);
+const SNAPSHOT_PATH: &str = "/filter/v1/snapshot";
+
+#[derive(Default)]
+pub struct Root {
+    config: Config,
+    token: Option<String>,
+    index: SharedIndex,
+    /// Token of the snapshot call in flight, if any; one call at a time.
+    in_flight: Option<u32>,
+}
+
+impl Root {
+    fn request_snapshot(&mut self) {
+        let version = self.index.borrow().as_ref().map(|i| i.version.to_string());
+        let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", SNAPSHOT_PATH),
+            (":authority", self.config.key_service_authority.as_str()),
+        ];
+        if let Some(auth) = authorization.as_deref() {
+            headers.push(("authorization", auth));
+        }
+        let etag = version.map(|v| format!("\"{v}\""));
+        if let Some(etag) = etag.as_deref() {
+            headers.push(("if-none-match", etag));
+        }
+        match self.dispatch_http_call(
+            &self.config.key_service_cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(self.config.key_service_timeout_ms),
+        ) {
+            Ok(token) => self.in_flight = Some(token),
+            Err(status) => warn!("snapshot request not sent: {status:?}"),
+        }
+    }
+
+    fn load(&mut self, body: &[u8]) {
+        let wire: SnapshotWire = match serde_json::from_slice(body) {
+            Ok(wire) => wire,
+            Err(e) => {
+                warn!("snapshot body is not valid: {e}");
+                return;
+            }
+        };
+        let loaded = KeyIndex::from_wire(wire);
+        if loaded.skipped > 0 {
+            warn!(
+                "{} snapshot records had a bad hash and were skipped",
+                loaded.skipped
+            );
+        }
+        let first = self.index.borrow().is_none();
+        info!(
+            "snapshot version {} loaded, {} keys",
+            loaded.index.version,
+            loaded.index.len()
+        );
+        *self.index.borrow_mut() = Some(loaded.index);
+        if first {
+            self.set_tick_period(Duration::from_millis(self.config.sync_interval_ms));
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        if self.in_flight != Some(token) {
+            return;
+        }
+        self.in_flight = None;
+        let status = self.get_http_call_response_header(":status");
+        match status.as_deref() {
+            Some("200") => match self.get_http_call_response_body(0, body_size) {
+                Some(body) => self.load(&body),
+                None => warn!("snapshot response had no body"),
+            },
+            Some("304") => {}
+            Some(other) => warn!("key-service answered the snapshot with {other}"),
+            None => warn!("snapshot request failed or timed out"),
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let raw = self.get_plugin_configuration();
+        match Config::parse(raw.as_deref()) {
+            Ok(config) => self.config = config,
+            Err(e) => {
+                error!("{e}");
+                return false;
+            }
+        }
+        self.token = std::env::var(&self.config.token_env)
+            .ok()
+            .filter(|t| !t.is_empty());
+        if self.token.is_none() {
+            warn!(
+                "environment variable {} is not set; the key-service will refuse the snapshot",
+                self.config.token_env
+            );
+        }
+        self.set_tick_period(FIRST_LOAD_RETRY);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if self.in_flight.is_none() {
+            self.request_snapshot();
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http::new(Rc::clone(&self.index))))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
