@@ -39,10 +39,12 @@ test-unit:
 test-wasm:
 	$(WASM_CARGO) test -p keygate --target wasm32-unknown-unknown --lib
 
-# Every shipped Envoy config must load, filter included.
+# Every shipped Envoy config must load, filter included; the compose file must parse.
 validate: build-wasm
 	for c in envoy/*.yaml; do KEYGATE_FILTER_TOKEN=validate $(ENVOY) --mode validate -c $$c \
 	    --log-level error || { echo "envoy rejected $$c" >&2; exit 1; }; echo "valid: $$c"; done
+	KEYGATE_ADMIN_TOKEN=x KEYGATE_FILTER_TOKEN=x docker-compose -f docker-compose.yml config -q
+	@echo "valid: docker-compose.yml"
 
 test-e2e: build
 	cargo test -p keygate-e2e --test '*' -- --test-threads 2

@@ -69,6 +69,12 @@ if ! command -v node >/dev/null; then
 fi
 ok "node $(node --version)"
 
+say "docker-compose (validates docker-compose.yml; no Docker engine is needed)"
+if ! command -v docker-compose >/dev/null; then
+    apt_install docker-compose
+fi
+ok "$(docker-compose version --short 2>/dev/null || docker-compose --version)"
+
 say "wasm-bindgen-test-runner (the version Cargo.lock pins)"
 wbg=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print }' Cargo.lock)
 [ -n "$wbg" ] || die "wasm-bindgen not found in Cargo.lock"
