@@ -1,0 +1,388 @@
+//! The end-to-end harness: starts the real Envoy (from `.venv/`) with the built filter, the
+//! key-service and the mock upstream on free loopback ports, waits until each is ready,
+//! and stops them all when the `Stack` is dropped, including when a test panics.
+//!
+//! Nothing is skipped: a missing Envoy, filter or binary fails the test with the command
+//! that builds it.
+
+use std::fs;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// How long any one process may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The repository root (the workspace that holds this crate).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// A file the stack needs; fails with how to make it when it is absent.
+fn required(path: PathBuf, how: &str) -> PathBuf {
+    assert!(
+        path.is_file(),
+        "{} is missing: run `{how}` first (end-to-end tests never skip)",
+        path.display()
+    );
+    path
+}
+
+pub fn envoy_bin() -> PathBuf {
+    required(repo_root().join(".venv/bin/envoy"), "make setup")
+}
+
+pub fn filter_wasm() -> PathBuf {
+    required(
+        target_dir().join("wasm32-wasip1/release/keygate.wasm"),
+        "make build",
+    )
+}
+
+fn release_bin(name: &str) -> PathBuf {
+    required(target_dir().join("release").join(name), "make build")
+}
+
+/// A random token of 32 hex digits for a test stack's admin and filter tokens.
+pub fn random_token() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    (0..2)
+        .map(|_| {
+            let mut h = RandomState::new().build_hasher();
+            h.write_u128(Instant::now().elapsed().as_nanos());
+            format!("{:016x}", h.finish())
+        })
+        .collect()
+}
+
+/// One child process with its log file; killed on drop.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, mut cmd: Command, dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let out = fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        // If the test process dies without unwinding, take the child with it.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name, child, log }
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for `prefix <address>` in the process's output and returns the address.
+    fn wait_for_line(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(addr) = self
+                .log_text()
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix).map(|a| a.trim().to_string()))
+            {
+                return addr;
+            }
+            self.assert_alive();
+            assert!(
+                Instant::now() < deadline,
+                "{} did not print {prefix:?} in time; its log:\n{}",
+                self.name,
+                self.log_text()
+            );
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited early with {status}; its log:\n{}",
+                self.name,
+                self.log_text()
+            );
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Options for a stack; the defaults are the shipped configuration.
+pub struct StackBuilder {
+    /// Token Envoy hands the filter; `None` = the key-service's real filter token.
+    envoy_filter_token: Option<String>,
+    concurrency: u32,
+}
+
+impl StackBuilder {
+    /// Gives the filter a different token than the key-service expects.
+    pub fn envoy_filter_token(mut self, token: &str) -> Self {
+        self.envoy_filter_token = Some(token.to_string());
+        self
+    }
+
+    /// Envoy worker threads (and so Wasm VMs); 2 by default.
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    pub fn start(self) -> Stack {
+        Stack::start_with(self)
+    }
+}
+
+/// A running Envoy + key-service + mock upstream, each on its own loopback port.
+pub struct Stack {
+    /// `http://127.0.0.1:PORT` of Envoy's listener: where clients send LLM requests.
+    pub envoy_url: String,
+    pub envoy_admin_url: String,
+    pub key_service_url: String,
+    pub upstream_url: String,
+    pub admin_token: String,
+    pub filter_token: String,
+    // Dropped in reverse order of start: Envoy first.
+    procs: Vec<Proc>,
+    dir: PathBuf,
+}
+
+impl Stack {
+    pub fn builder() -> StackBuilder {
+        StackBuilder {
+            envoy_filter_token: None,
+            concurrency: 2,
+        }
+    }
+
+    pub fn start() -> Stack {
+        Self::builder().start()
+    }
+
+    fn start_with(options: StackBuilder) -> Stack {
+        let envoy = envoy_bin();
+        let wasm = filter_wasm();
+        let dir = std::env::temp_dir().join(format!("keygate-e2e-{}", random_token()));
+        fs::create_dir_all(&dir).expect("create stack dir");
+        let mut procs = Vec::new();
+
+        let mut cmd = Command::new(release_bin("mock-upstream"));
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        procs.push(Proc::spawn("mock-upstream", cmd, &dir));
+        let upstream = procs[0].wait_for_line("mock-upstream listening on");
+
+        let admin_token = random_token();
+        let filter_token = random_token();
+        let mut cmd = Command::new(release_bin("key-service"));
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .env(
+                "KEYGATE_DATABASE_URL",
+                format!("sqlite://{}/keygate.db", dir.display()),
+            )
+            .env("KEYGATE_ADMIN_TOKEN", &admin_token)
+            .env("KEYGATE_FILTER_TOKEN", &filter_token)
+            .env("RUST_LOG", "info");
+        procs.push(Proc::spawn("key-service", cmd, &dir));
+        let key_service = procs[1].wait_for_line("key-service listening on");
+
+        let config = dir.join("envoy.yaml");
+        fs::write(&config, envoy_config(&wasm, &upstream, &key_service)).expect("write config");
+        let admin_path = dir.join("envoy-admin-address");
+        let mut cmd = Command::new(envoy);
+        cmd.arg("-c")
+            .arg(&config)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--concurrency", &options.concurrency.to_string()])
+            .args(["--disable-hot-restart", "--log-level", "info"])
+            .env(
+                "KEYGATE_FILTER_TOKEN",
+                options
+                    .envoy_filter_token
+                    .as_deref()
+                    .unwrap_or(&filter_token),
+            );
+        procs.push(Proc::spawn("envoy", cmd, &dir));
+        let admin = wait_for_file(&admin_path, &mut procs[2]);
+        let envoy_admin_url = format!("http://{admin}");
+        let listener = wait_for_listener(&envoy_admin_url, &mut procs[2]);
+
+        Stack {
+            envoy_url: format!("http://{listener}"),
+            envoy_admin_url,
+            key_service_url: format!("http://{key_service}"),
+            upstream_url: format!("http://{upstream}"),
+            admin_token,
+            filter_token,
+            procs,
+            dir,
+        }
+    }
+
+    /// Everything a process of this stack has written so far (for assertions on logs).
+    pub fn log(&self, name: &str) -> String {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(Proc::log_text)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        while let Some(proc) = self.procs.pop() {
+            if std::thread::panicking() {
+                eprintln!(
+                    "---- {} log ----\n{}",
+                    proc.name,
+                    tail(&proc.log_text(), 60)
+                );
+            }
+            drop(proc);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The shipped `envoy/envoy.yaml` with only the ports and the filter's path changed, so
+/// the tests run the configuration users run.
+pub fn envoy_config(wasm: &Path, upstream: &str, key_service: &str) -> String {
+    let shipped =
+        fs::read_to_string(repo_root().join("envoy/envoy.yaml")).expect("read envoy/envoy.yaml");
+    let port = |addr: &str| addr.rsplit(':').next().unwrap_or_default().to_string();
+    let replacements = [
+        (
+            "port_value: 10000 }".to_string(),
+            "port_value: 0 }".to_string(),
+        ),
+        (
+            "port_value: 9901 }".to_string(),
+            "port_value: 0 }".to_string(),
+        ),
+        (
+            "port_value: 8082 }".to_string(),
+            format!("port_value: {} }}", port(upstream)),
+        ),
+        (
+            "port_value: 8081 }".to_string(),
+            format!("port_value: {} }}", port(key_service)),
+        ),
+        (
+            "filename: target/wasm32-wasip1/release/keygate.wasm".to_string(),
+            format!("filename: {}", wasm.display()),
+        ),
+    ];
+    let mut config = shipped;
+    for (from, to) in replacements {
+        assert_eq!(
+            config.matches(&from).count(),
+            1,
+            "envoy/envoy.yaml should contain {from:?} exactly once"
+        );
+        config = config.replace(&from, &to);
+    }
+    config
+}
+
+fn wait_for_file(path: &Path, proc: &mut Proc) -> String {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(text) = fs::read_to_string(path) {
+            if !text.trim().is_empty() {
+                return text.trim().to_string();
+            }
+        }
+        proc.assert_alive();
+        assert!(
+            Instant::now() < deadline,
+            "envoy wrote no admin address:\n{}",
+            proc.log_text()
+        );
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until Envoy reports itself live and returns its listener's bound address.
+fn wait_for_listener(admin_url: &str, proc: &mut Proc) -> String {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(addr) = http_get(&format!("{admin_url}/ready"))
+            .filter(|body| body.trim() == "LIVE")
+            .and_then(|_| http_get(&format!("{admin_url}/listeners?format=json")))
+            .and_then(|json| listener_address(&json))
+        {
+            return addr;
+        }
+        proc.assert_alive();
+        assert!(
+            Instant::now() < deadline,
+            "envoy did not become ready:\n{}",
+            proc.log_text()
+        );
+        sleep(Duration::from_millis(50));
+    }
+}
+
+fn listener_address(json: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let socket = &v["listener_statuses"][0]["local_address"]["socket_address"];
+    Some(format!(
+        "{}:{}",
+        socket["address"].as_str()?,
+        socket["port_value"].as_u64()?
+    ))
+}
+
+/// A minimal blocking GET for readiness probes, before any async runtime is involved.
+fn http_get(url: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(host).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}

@@ -1,0 +1,323 @@
+//! The mock LLM upstream of the contract: OpenAI (Chat Completions, Completions, Responses,
+//! Embeddings, also under Azure's deployment paths), Anthropic Messages and Gemini
+//! generateContent / streamGenerateContent, streamed or not, with deterministic usage.
+//! It also records what reached it (`GET /mock/requests`) so tests can check what the
+//! filter let through.
+
+mod anthropic;
+mod gemini;
+mod openai;
+mod usage;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+pub use usage::Usage;
+
+/// Requests kept for `GET /mock/requests`.
+const LOG_CAPACITY: usize = 1000;
+/// Bodies kept per logged request.
+const LOGGED_BODY_LIMIT: usize = 64 * 1024;
+/// Largest request body accepted.
+const BODY_LIMIT: usize = 8 * 1024 * 1024;
+/// Longest delay a knob may ask for.
+const MAX_DELAY_MS: u64 = 30_000;
+
+#[derive(Clone, Default)]
+struct AppState {
+    log: Arc<Mutex<VecDeque<Value>>>,
+}
+
+/// Every route of the mock upstream.
+pub fn router() -> Router {
+    let state = AppState::default();
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/mock/requests", get(requests).delete(clear_requests))
+        .route("/v1/chat/completions", post(openai_chat))
+        .route("/v1/completions", post(openai_completions))
+        .route("/v1/responses", post(openai_responses))
+        .route("/v1/embeddings", post(openai_embeddings))
+        .route("/openai/deployments/{deployment}/{*operation}", post(azure))
+        .route("/v1/messages", post(anthropic_messages))
+        .route("/v1beta/models/{model_action}", post(gemini))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Which provider's error shape a refusal takes.
+#[derive(Clone, Copy)]
+enum Provider {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+/// A request as the handlers need it: parsed body and the test knobs from its headers.
+struct Call {
+    body: Value,
+    knobs: Knobs,
+    query: String,
+}
+
+/// Test knobs, each an `x-mock-*` request header.
+#[derive(Clone, Copy, Default)]
+pub struct Knobs {
+    status: Option<u16>,
+    delay_ms: u64,
+    pub chunk_delay_ms: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+}
+
+impl Knobs {
+    fn from_headers(headers: &HeaderMap) -> Knobs {
+        let num = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        Knobs {
+            status: num("x-mock-status").and_then(|s| u16::try_from(s).ok()),
+            delay_ms: num("x-mock-delay-ms").unwrap_or(0).min(MAX_DELAY_MS),
+            chunk_delay_ms: num("x-mock-chunk-delay-ms").unwrap_or(0).min(MAX_DELAY_MS),
+            cached_tokens: num("x-mock-cached-tokens").unwrap_or(0),
+            reasoning_tokens: num("x-mock-reasoning-tokens").unwrap_or(0),
+        }
+    }
+}
+
+/// Logs the request, reads its body and applies the status and delay knobs; `Err` is the
+/// response to send instead.
+async fn accept(state: &AppState, req: Request, provider: Provider) -> Result<Call, Response> {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
+        error(
+            provider,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        )
+    })?;
+    let path = parts.uri.path_and_query().map_or_else(
+        || parts.uri.path().to_string(),
+        |pq| pq.as_str().to_string(),
+    );
+    let headers: Vec<[String; 2]> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            [
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            ]
+        })
+        .collect();
+    let logged = &bytes[..bytes.len().min(LOGGED_BODY_LIMIT)];
+    if let Ok(mut log) = state.log.lock() {
+        if log.len() == LOG_CAPACITY {
+            log.pop_front();
+        }
+        log.push_back(json!({
+            "method": parts.method.as_str(),
+            "path": path,
+            "headers": headers,
+            "body": String::from_utf8_lossy(logged),
+        }));
+    }
+    let knobs = Knobs::from_headers(&parts.headers);
+    if knobs.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(knobs.delay_ms)).await;
+    }
+    if let Some(status) = knobs.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+        return Err(error(provider, status, "status forced by x-mock-status"));
+    }
+    let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            provider,
+            StatusCode::BAD_REQUEST,
+            &format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    if !body.is_object() {
+        return Err(error(
+            provider,
+            StatusCode::BAD_REQUEST,
+            "request body must be a JSON object",
+        ));
+    }
+    Ok(Call {
+        body,
+        knobs,
+        query: parts.uri.query().unwrap_or_default().to_string(),
+    })
+}
+
+/// A provider-style error response.
+fn error(provider: Provider, status: StatusCode, message: &str) -> Response {
+    let body = match provider {
+        Provider::OpenAi => json!({"error": {"message": message,
+            "type": "invalid_request_error", "code": null, "param": null}}),
+        Provider::Anthropic => json!({"type": "error",
+            "error": {"type": "invalid_request_error", "message": message}}),
+        Provider::Gemini => json!({"error": {"code": status.as_u16(), "message": message,
+            "status": if status == StatusCode::BAD_REQUEST { "INVALID_ARGUMENT" } else { "UNKNOWN" }}}),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// A body that is sent as the given pieces, one at a time, `delay_ms` apart: streams reach
+/// the client chunk by chunk, as a real provider's do.
+fn streamed(content_type: &'static str, pieces: Vec<String>, delay_ms: u64) -> Response {
+    let stream = futures_util::stream::unfold(
+        (pieces.into_iter(), true),
+        move |(mut rest, first)| async move {
+            let piece = rest.next()?;
+            if !first && delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            }
+            Some((Ok::<_, Infallible>(Bytes::from(piece)), (rest, false)))
+        },
+    );
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// One server-sent event; `event` is the optional `event:` line.
+fn sse(event: Option<&str>, data: &Value) -> String {
+    match event {
+        Some(name) => format!("event: {name}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    }
+}
+
+fn wants_stream(body: &Value) -> bool {
+    body["stream"].as_bool() == Some(true)
+}
+
+async fn requests(State(state): State<AppState>) -> Json<Value> {
+    let log: Vec<Value> = state
+        .log
+        .lock()
+        .map(|log| log.iter().cloned().collect())
+        .unwrap_or_default();
+    Json(json!({ "requests": log }))
+}
+
+async fn clear_requests(State(state): State<AppState>) -> StatusCode {
+    if let Ok(mut log) = state.log.lock() {
+        log.clear();
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn not_found() -> Response {
+    error(
+        Provider::OpenAi,
+        StatusCode::NOT_FOUND,
+        "no such endpoint on the mock upstream",
+    )
+}
+
+async fn openai_chat(State(s): State<AppState>, req: Request) -> Response {
+    match accept(&s, req, Provider::OpenAi).await {
+        Ok(call) => openai::chat(&call.body, None, call.knobs),
+        Err(res) => res,
+    }
+}
+
+async fn openai_completions(State(s): State<AppState>, req: Request) -> Response {
+    match accept(&s, req, Provider::OpenAi).await {
+        Ok(call) => openai::completions(&call.body, None, call.knobs),
+        Err(res) => res,
+    }
+}
+
+async fn openai_responses(State(s): State<AppState>, req: Request) -> Response {
+    match accept(&s, req, Provider::OpenAi).await {
+        Ok(call) => openai::responses(&call.body, call.knobs),
+        Err(res) => res,
+    }
+}
+
+async fn openai_embeddings(State(s): State<AppState>, req: Request) -> Response {
+    match accept(&s, req, Provider::OpenAi).await {
+        Ok(call) => openai::embeddings(&call.body, None, call.knobs),
+        Err(res) => res,
+    }
+}
+
+/// Azure OpenAI: the deployment names the model.
+async fn azure(
+    State(s): State<AppState>,
+    Path((deployment, operation)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let call = match accept(&s, req, Provider::OpenAi).await {
+        Ok(call) => call,
+        Err(res) => return res,
+    };
+    let model = Some(deployment.as_str());
+    match operation.as_str() {
+        "chat/completions" => openai::chat(&call.body, model, call.knobs),
+        "completions" => openai::completions(&call.body, model, call.knobs),
+        "embeddings" => openai::embeddings(&call.body, model, call.knobs),
+        _ => not_found().await,
+    }
+}
+
+async fn anthropic_messages(State(s): State<AppState>, req: Request) -> Response {
+    match accept(&s, req, Provider::Anthropic).await {
+        Ok(call) => anthropic::messages(&call.body, call.knobs),
+        Err(res) => res,
+    }
+}
+
+/// `/v1beta/models/{model}:{action}`: the model and the action share one path segment.
+async fn gemini(
+    State(s): State<AppState>,
+    Path(model_action): Path<String>,
+    req: Request,
+) -> Response {
+    let Some((model, action)) = model_action.rsplit_once(':') else {
+        return error(
+            Provider::Gemini,
+            StatusCode::NOT_FOUND,
+            "expected {model}:{action}",
+        );
+    };
+    let (model, action) = (model.to_string(), action.to_string());
+    let call = match accept(&s, req, Provider::Gemini).await {
+        Ok(call) => call,
+        Err(res) => return res,
+    };
+    let sse = call.query.split('&').any(|p| p == "alt=sse");
+    match action.as_str() {
+        "generateContent" => gemini::generate(&call.body, &model, call.knobs),
+        "streamGenerateContent" => gemini::stream(&call.body, &model, call.knobs, sse),
+        _ => error(
+            Provider::Gemini,
+            StatusCode::NOT_FOUND,
+            "unknown Gemini action",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests;
