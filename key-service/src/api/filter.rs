@@ -1,0 +1,65 @@
+//! `/filter/v1/*`: what the Envoy filter syncs from. `GET /filter/v1/snapshot` answers with
+//! every key (as `keygate::snapshot::SnapshotWire`) and an `ETag` of its version, so a
+//! poll with `If-None-Match` costs one indexed query and a 304 when nothing changed.
+
+use axum::extract::State;
+use axum::http::header::{ETAG, IF_NONE_MATCH};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub async fn snapshot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let current = state.store.snapshot_version().await?;
+    let unchanged = headers
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| if_none_match_hits(v, current));
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag(current)?)]).into_response());
+    }
+    let wire = state.store.snapshot().await?;
+    Ok(([(ETAG, etag(wire.version)?)], Json(wire)).into_response())
+}
+
+/// `"<version>"`, the strong entity tag of a snapshot version.
+fn etag(version: u64) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(&format!("\"{version}\"")).map_err(ApiError::internal)
+}
+
+/// Whether an `If-None-Match` value names `version` (weak tags compare equal, `*` matches
+/// anything), per RFC 9110 §13.1.2.
+pub fn if_none_match_hits(header: &str, version: u64) -> bool {
+    let wanted = format!("\"{version}\"");
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == wanted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_compares_entity_tags() {
+        let cases = [
+            ("\"7\"", true),
+            ("W/\"7\"", true),
+            ("\"3\", \"7\"", true),
+            ("*", true),
+            ("\"8\"", false),
+            ("7", false),
+            ("\"77\"", false),
+            ("", false),
+        ];
+        for (header, hit) in cases {
+            assert_eq!(if_none_match_hits(header, 7), hit, "{header:?}");
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! HTTP handlers, one module per resource; the routes themselves are assembled in
+//! [`crate::app`].
+
+pub mod filter;
+pub mod keys;
+
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+#[derive(Serialize)]
+pub struct Health {
+    status: &'static str,
+}
+
+/// `GET /healthz`: 200 once the database answers (readiness), no token needed.
+pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    state
+        .store
+        .ping()
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(Health { status: "ok" }))
+}

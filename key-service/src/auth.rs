@@ -1,0 +1,103 @@
+//! Bearer-token checks for the admin (`/api/v1/*`) and filter (`/filter/v1/*`) routes.
+//! Only SHA-256 digests of the tokens are kept, and they are compared in constant time.
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::Response;
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+
+/// Admits requests that carry one particular bearer token.
+#[derive(Clone)]
+pub struct Guard {
+    digest: [u8; 32],
+    code: &'static str,
+    message: &'static str,
+}
+
+impl Guard {
+    pub fn admin(token: &str) -> Self {
+        Guard {
+            digest: keygate::secret::hash(token),
+            code: "invalid_admin_token",
+            message: "missing or invalid admin token (Authorization: Bearer <admin token>)",
+        }
+    }
+
+    pub fn filter(token: &str) -> Self {
+        Guard {
+            digest: keygate::secret::hash(token),
+            code: "invalid_filter_token",
+            message: "missing or invalid filter token (Authorization: Bearer <filter token>)",
+        }
+    }
+
+    /// Digests have a fixed length, so neither the comparison's time nor its length check
+    /// tells anything about the token.
+    pub fn admits(&self, presented: &str) -> bool {
+        self.digest.ct_eq(&keygate::secret::hash(presented)).into()
+    }
+
+    fn admits_request(&self, request: &Request) -> bool {
+        request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .is_some_and(|token| self.admits(token))
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Middleware: passes the request on if the guard admits it, else answers 401.
+pub async fn require(
+    State(guard): State<Guard>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if guard.admits_request(&request) {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::Unauthorized {
+            code: guard.code,
+            message: guard.message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_token_is_admitted() {
+        let guard = Guard::admin("s3cret-token");
+        assert!(guard.admits("s3cret-token"));
+        for other in [
+            "",
+            "s3cret-toke",
+            "s3cret-token ",
+            "S3cret-token",
+            "s3cret-token2",
+        ] {
+            assert!(!guard.admits(other), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_required() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+        assert_eq!(bearer("abc"), None);
+    }
+}

@@ -1,0 +1,147 @@
+//! The key-service's configuration: command-line flags, each with an environment variable
+//! of the same meaning (see CONTRACT.md), and the database URL taken apart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+use crate::tokens::Token;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "key-service", version, about = "keygate's key-service")]
+pub struct Config {
+    /// Address to serve on (port 0 picks a free port; the one chosen is printed).
+    #[arg(long, env = "KEYGATE_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+
+    /// `sqlite://PATH`; the file and its directory are created on first start. Generated
+    /// tokens are kept in the same directory.
+    #[arg(
+        long,
+        env = "KEYGATE_DATABASE_URL",
+        default_value = "sqlite://data/keygate.db"
+    )]
+    pub database_url: String,
+
+    /// Bearer token for /api/v1/*. Generated and stored in `admin.token` when not given.
+    #[arg(long, env = "KEYGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Token>,
+
+    /// Bearer token for /filter/v1/*. Generated and stored in `filter.token` when not given.
+    #[arg(long, env = "KEYGATE_FILTER_TOKEN", hide_env_values = true)]
+    pub filter_token: Option<Token>,
+}
+
+/// Where the data lives, from `--database-url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite { path: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatabaseUrlError {
+    #[error("PostgreSQL is not supported yet; use sqlite://PATH")]
+    PostgresNotYet,
+    #[error("an in-memory SQLite database would lose every key at exit; use sqlite://PATH")]
+    InMemory,
+    #[error("query parameters in the database URL are not supported")]
+    QueryParameters,
+    #[error("the database URL has no file path; use sqlite://PATH")]
+    NoPath,
+    #[error("unsupported database URL scheme; use sqlite://PATH")]
+    Scheme,
+}
+
+impl Database {
+    /// Reads `sqlite://PATH` (relative to the working directory) or `sqlite:///ABS/PATH`.
+    pub fn parse(url: &str) -> Result<Self, DatabaseUrlError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(DatabaseUrlError::PostgresNotYet);
+        }
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or(DatabaseUrlError::Scheme)?;
+        if rest.contains('?') {
+            return Err(DatabaseUrlError::QueryParameters);
+        }
+        if rest == ":memory:" {
+            return Err(DatabaseUrlError::InMemory);
+        }
+        if rest.is_empty() || rest.ends_with('/') {
+            return Err(DatabaseUrlError::NoPath);
+        }
+        Ok(Database::Sqlite {
+            path: PathBuf::from(rest),
+        })
+    }
+
+    /// The directory holding the database, where generated tokens are kept too.
+    pub fn data_dir(&self) -> &Path {
+        match self {
+            Database::Sqlite { path } => match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_name_a_file_and_its_directory() {
+        let db = Database::parse("sqlite://data/keygate.db").unwrap();
+        assert_eq!(
+            db,
+            Database::Sqlite {
+                path: "data/keygate.db".into()
+            }
+        );
+        assert_eq!(db.data_dir(), Path::new("data"));
+
+        let db = Database::parse("sqlite:///var/lib/keygate/k.db").unwrap();
+        assert_eq!(db.data_dir(), Path::new("/var/lib/keygate"));
+
+        let db = Database::parse("sqlite:k.db").unwrap();
+        assert_eq!(db.data_dir(), Path::new("."));
+    }
+
+    #[test]
+    fn other_urls_are_refused_with_a_reason() {
+        let cases = [
+            ("postgres://u@h/db", DatabaseUrlError::PostgresNotYet),
+            ("sqlite::memory:", DatabaseUrlError::InMemory),
+            ("sqlite://k.db?mode=ro", DatabaseUrlError::QueryParameters),
+            ("sqlite://", DatabaseUrlError::NoPath),
+            ("sqlite://data/", DatabaseUrlError::NoPath),
+            ("mysql://h/db", DatabaseUrlError::Scheme),
+            ("data/keygate.db", DatabaseUrlError::Scheme),
+        ];
+        for (url, want) in cases {
+            assert_eq!(Database::parse(url), Err(want), "{url}");
+        }
+    }
+
+    #[test]
+    fn flags_have_the_contract_defaults() {
+        if std::env::var_os("KEYGATE_LISTEN").is_some()
+            || std::env::var_os("KEYGATE_DATABASE_URL").is_some()
+        {
+            return; // The environment overrides the defaults under test.
+        }
+        let config = Config::try_parse_from(["key-service"]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(config.database_url, "sqlite://data/keygate.db");
+    }
+
+    #[test]
+    fn tokens_do_not_show_in_debug_output() {
+        let config =
+            Config::try_parse_from(["key-service", "--admin-token", "hunter2-admin"]).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

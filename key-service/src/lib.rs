@@ -1,0 +1,193 @@
+//! keygate's key-service: manages API keys and serves the snapshot the Envoy filter
+//! checks requests against. [`app`] builds the HTTP routes around an [`AppState`];
+//! [`run`] is the whole service as the binary starts it.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod expiry;
+pub mod extract;
+pub mod random;
+pub mod store;
+pub mod tokens;
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::trace::TraceLayer;
+
+pub use config::Config;
+pub use store::Store;
+
+use auth::Guard;
+use config::{Database, DatabaseUrlError};
+use store::StoreError;
+use tokens::{Origin, TokenError};
+
+/// What every handler shares: the store, and the digests of the two bearer tokens.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    admin: Guard,
+    filter: Guard,
+}
+
+impl AppState {
+    pub fn new(store: Store, admin_token: &str, filter_token: &str) -> Self {
+        AppState {
+            store,
+            admin: Guard::admin(admin_token),
+            filter: Guard::filter(filter_token),
+        }
+    }
+}
+
+/// Every route of the service. Errors of any kind, even for routes that do not exist,
+/// come back in the contract's JSON error shape.
+pub fn app(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/api/v1/keys", post(api::keys::create).get(api::keys::list))
+        .route("/api/v1/keys/{id}", get(api::keys::get))
+        .route_layer(middleware::from_fn_with_state(
+            state.admin.clone(),
+            auth::require,
+        ));
+    let filter = Router::new()
+        .route("/filter/v1/snapshot", get(api::filter::snapshot))
+        .route_layer(middleware::from_fn_with_state(
+            state.filter.clone(),
+            auth::require,
+        ));
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .merge(admin)
+        .merge(filter)
+        .fallback(error::unknown_route)
+        .layer(DefaultBodyLimit::max(error::BODY_LIMIT))
+        .layer(middleware::map_response(error::json_errors))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("--database-url: {0}")]
+    DatabaseUrl(#[from] DatabaseUrlError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("the admin and filter tokens must differ, or the filter's token could manage keys")]
+    SameTokens,
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("server failed: {0}")]
+    Serve(io::Error),
+}
+
+/// Opens the database (creating and migrating it), settles the tokens, serves until
+/// SIGINT or SIGTERM, then drains requests in flight and closes the database.
+///
+/// Prints one line to stdout once listening: `key-service listening on <addr>`, with the
+/// port actually bound, so a script that asked for port 0 learns which it got.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let Database::Sqlite { path } = Database::parse(&config.database_url)?;
+    let data_dir = Database::Sqlite { path: path.clone() }
+        .data_dir()
+        .to_owned();
+    let store = Store::open_sqlite(&path).await?;
+    tracing::info!(path = %absolute(&path), "database ready");
+
+    let (admin, admin_origin) =
+        tokens::resolve(config.admin_token, &data_dir, tokens::ADMIN_TOKEN_FILE)?;
+    let (filter, filter_origin) =
+        tokens::resolve(config.filter_token, &data_dir, tokens::FILTER_TOKEN_FILE)?;
+    if admin == filter {
+        return Err(StartError::SameTokens);
+    }
+    log_token("admin", &admin_origin);
+    log_token("filter", &filter_origin);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(StartError::Serve)?;
+    announce(addr);
+
+    let state = AppState::new(store.clone(), admin.expose(), filter.expose());
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    store.close().await;
+    tracing::info!("stopped");
+    served.map_err(StartError::Serve)
+}
+
+/// The one line on stdout.
+fn announce(addr: SocketAddr) {
+    let mut out = io::stdout().lock();
+    if let Err(e) = writeln!(out, "key-service listening on {addr}").and_then(|()| out.flush()) {
+        tracing::warn!(error = %e, "cannot write to stdout");
+    }
+    tracing::info!(%addr, "listening");
+}
+
+/// Logs where a token came from: a path at most, never the value.
+fn log_token(which: &str, origin: &Origin) {
+    match origin {
+        Origin::Configured => tracing::info!("{which} token taken from the configuration"),
+        Origin::Stored(path) => {
+            tracing::info!(path = %absolute(path), "{which} token read from file")
+        }
+        Origin::Generated(path) => tracing::info!(
+            path = %absolute(path),
+            "{which} token generated and stored, readable by this user only"
+        ),
+    }
+}
+
+fn absolute(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .display()
+        .to_string()
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what `docker stop` and Kubernetes send).
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

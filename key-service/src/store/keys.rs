@@ -1,0 +1,428 @@
+//! Keys, their change log and the snapshot fed to the filter. A key's status is computed
+//! here, in SQL, so that listing can filter and page on it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use keygate::snapshot::{KeyRecord, SnapshotWire};
+use serde::Serialize;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Disabled,
+    Expired,
+    Exhausted,
+}
+
+impl KeyStatus {
+    pub const ALL: [KeyStatus; 4] = [
+        KeyStatus::Active,
+        KeyStatus::Disabled,
+        KeyStatus::Expired,
+        KeyStatus::Exhausted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Disabled => "disabled",
+            KeyStatus::Expired => "expired",
+            KeyStatus::Exhausted => "exhausted",
+        }
+    }
+}
+
+impl fmt::Display for KeyStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KeyStatus {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        KeyStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or(())
+    }
+}
+
+/// A key about to be stored: the secret is already reduced to its hash and masked form.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub id: String,
+    pub name: String,
+    pub key_hash: String,
+    pub masked_key: String,
+    pub account: String,
+    pub group: String,
+    pub expires_at: Option<i64>,
+    pub unlimited_quota: bool,
+    pub quota: i64,
+    pub models: Vec<String>,
+    pub ip_allowlist: Vec<String>,
+}
+
+/// A stored key as the management API shows it (never with its secret or hash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRow {
+    pub id: String,
+    pub name: String,
+    pub masked_key: String,
+    pub account: String,
+    pub group: String,
+    pub status: KeyStatus,
+    pub enabled: bool,
+    pub expires_at: Option<i64>,
+    pub unlimited_quota: bool,
+    pub quota: i64,
+    pub used_quota: i64,
+    pub models: Vec<String>,
+    pub ip_allowlist: Vec<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// Which keys to list; `None` fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyFilter {
+    pub status: Option<KeyStatus>,
+    pub group: Option<String>,
+    pub account: Option<String>,
+    /// Case-insensitive (ASCII) substring of the name.
+    pub name_contains: Option<String>,
+}
+
+// The contract's definition of a key's status, with `$1` = now (unix seconds). Written as
+// a macro so that `concat!` can build whole `&'static str` queries around it.
+macro_rules! key_view {
+    () => {
+        "SELECT k.id, k.name, k.masked_key, k.account, k.group_name, k.enabled, \
+                k.expires_at, k.unlimited_quota, k.quota, k.used_quota, k.models, \
+                k.ip_allowlist, k.created_at, k.updated_at, k.last_used_at, \
+                CASE \
+                    WHEN NOT k.enabled THEN 'disabled' \
+                    WHEN k.expires_at IS NOT NULL AND k.expires_at <= $1 THEN 'expired' \
+                    WHEN (NOT k.unlimited_quota AND k.used_quota >= k.quota) \
+                        OR (a.balance IS NOT NULL AND a.balance <= 0) THEN 'exhausted' \
+                    ELSE 'active' \
+                END AS status \
+         FROM keys k JOIN accounts a ON a.name = k.account"
+    };
+}
+
+// `$2`..`$5`: status, group, account, LIKE pattern for the name; NULL = any.
+macro_rules! key_filter {
+    () => {
+        " WHERE ($2 IS NULL OR v.status = $2) \
+            AND ($3 IS NULL OR v.group_name = $3) \
+            AND ($4 IS NULL OR v.account = $4) \
+            AND ($5 IS NULL OR LOWER(v.name) LIKE LOWER($5) ESCAPE '\\')"
+    };
+}
+
+const GET_KEY: &str = concat!("SELECT * FROM (", key_view!(), ") v WHERE v.id = $2");
+const LIST_KEYS: &str = concat!(
+    "SELECT * FROM (",
+    key_view!(),
+    ") v",
+    key_filter!(),
+    " ORDER BY v.created_at DESC, v.id LIMIT $6 OFFSET $7"
+);
+const COUNT_KEYS: &str = concat!("SELECT COUNT(*) FROM (", key_view!(), ") v", key_filter!());
+
+impl Store {
+    /// Stores `keys` and one `created` change per key, all or none.
+    pub async fn insert_keys(&self, keys: &[NewKey], now: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for key in keys {
+            // The INSERT comes first in the transaction so that SQLite takes the write
+            // lock at once (waiting out other writers) rather than failing on upgrade.
+            sqlx::query(
+                "INSERT INTO keys (id, name, key_hash, masked_key, account, group_name, \
+                     enabled, expires_at, unlimited_quota, quota, used_quota, models, \
+                     ip_allowlist, created_at, updated_at, last_used_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9, 0, $10, $11, $12, $12, NULL)",
+            )
+            .bind(&key.id)
+            .bind(&key.name)
+            .bind(&key.key_hash)
+            .bind(&key.masked_key)
+            .bind(&key.account)
+            .bind(&key.group)
+            .bind(key.expires_at)
+            .bind(key.unlimited_quota)
+            .bind(key.quota)
+            .bind(json_list(&key.models))
+            .bind(json_list(&key.ip_allowlist))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            record_change(&mut tx, &key.id, "created", now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_key(&self, id: &str, now: i64) -> Result<Option<KeyRow>, StoreError> {
+        sqlx::query(GET_KEY)
+            .bind(now)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(key_row)
+            .transpose()
+    }
+
+    /// One page of the keys matching `filter`, newest first, and how many match in all.
+    pub async fn list_keys(
+        &self,
+        filter: &KeyFilter,
+        limit: u32,
+        offset: u64,
+        now: i64,
+    ) -> Result<(Vec<KeyRow>, u64), StoreError> {
+        let status = filter.status.map(KeyStatus::as_str);
+        let pattern = filter.name_contains.as_deref().map(like_pattern);
+        let total: i64 = sqlx::query_scalar(COUNT_KEYS)
+            .bind(now)
+            .bind(status)
+            .bind(filter.group.as_deref())
+            .bind(filter.account.as_deref())
+            .bind(pattern.as_deref())
+            .fetch_one(&self.pool)
+            .await?;
+        let rows = sqlx::query(LIST_KEYS)
+            .bind(now)
+            .bind(status)
+            .bind(filter.group.as_deref())
+            .bind(filter.account.as_deref())
+            .bind(pattern.as_deref())
+            .bind(i64::from(limit))
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let keys = rows.iter().map(key_row).collect::<Result<_, _>>()?;
+        Ok((keys, u64::try_from(total).unwrap_or(0)))
+    }
+
+    /// Enables or disables a key; `false` when there is no such key.
+    /// (Until PATCH exists this is how tests and operators disable a key.)
+    pub async fn set_enabled(&self, id: &str, enabled: bool, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query("UPDATE keys SET enabled = $2, updated_at = $3 WHERE id = $1")
+            .bind(id)
+            .bind(enabled)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        record_change(&mut tx, id, "updated", now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The version of the key data: the last change's sequence number, 0 before any.
+    /// Read from the database, so every replica sharing it answers the same.
+    pub async fn snapshot_version(&self) -> Result<u64, StoreError> {
+        let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(version).unwrap_or(0))
+    }
+
+    /// Every key as the filter needs it, with the version it reflects.
+    pub async fn snapshot(&self) -> Result<SnapshotWire, StoreError> {
+        // One read transaction, version first: should a change commit in between anyway
+        // (an engine without snapshot reads), the keys are newer than the version, never
+        // older, and the next poll sees a new version and fetches again.
+        let mut tx = self.pool.begin().await?;
+        let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT id, name, key_hash, account, group_name, enabled, expires_at \
+             FROM keys ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let keys = rows
+            .iter()
+            .map(|row| {
+                Ok(KeyRecord {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    hash: row.try_get("key_hash")?,
+                    account: row.try_get("account")?,
+                    group: row.try_get("group_name")?,
+                    enabled: row.try_get("enabled")?,
+                    expires_at: row.try_get("expires_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(SnapshotWire {
+            version: u64::try_from(version).unwrap_or(0),
+            keys,
+        })
+    }
+}
+
+async fn record_change(
+    tx: &mut Transaction<'static, Sqlite>,
+    key_id: &str,
+    kind: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO key_changes (key_id, kind, at) VALUES ($1, $2, $3)")
+        .bind(key_id)
+        .bind(kind)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn key_row(row: &SqliteRow) -> Result<KeyRow, StoreError> {
+    let id: String = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
+    let status = status.parse().map_err(|()| StoreError::Corrupt {
+        id: id.clone(),
+        column: "status",
+        detail: status,
+    })?;
+    let models = parse_list(&id, "models", row.try_get("models")?)?;
+    let ip_allowlist = parse_list(&id, "ip_allowlist", row.try_get("ip_allowlist")?)?;
+    Ok(KeyRow {
+        name: row.try_get("name")?,
+        masked_key: row.try_get("masked_key")?,
+        account: row.try_get("account")?,
+        group: row.try_get("group_name")?,
+        status,
+        enabled: row.try_get("enabled")?,
+        expires_at: row.try_get("expires_at")?,
+        unlimited_quota: row.try_get("unlimited_quota")?,
+        quota: row.try_get("quota")?,
+        used_quota: row.try_get("used_quota")?,
+        models,
+        ip_allowlist,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        id,
+    })
+}
+
+fn json_list(items: &[String]) -> String {
+    serde_json::Value::from(items.to_vec()).to_string()
+}
+
+fn parse_list(id: &str, column: &'static str, text: String) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+        id: id.to_owned(),
+        column,
+        detail: e.to_string(),
+    })
+}
+
+/// `%text%` with LIKE's wildcards in `text` escaped (escape character `\`).
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_wildcards_in_a_search_are_literal() {
+        assert_eq!(like_pattern("a%b_c\\d"), "%a\\%b\\_c\\\\d%");
+        assert_eq!(like_pattern(""), "%%");
+    }
+
+    #[test]
+    fn statuses_parse_from_their_names() {
+        for status in KeyStatus::ALL {
+            assert_eq!(status.as_str().parse(), Ok(status));
+        }
+        assert_eq!("Active".parse::<KeyStatus>(), Err(()));
+    }
+
+    fn new_key(id: &str, name: &str) -> NewKey {
+        NewKey {
+            id: id.into(),
+            name: name.into(),
+            key_hash: format!("{id:0>64}"),
+            masked_key: "sk-abcd...wxyz".into(),
+            account: "default".into(),
+            group: "default".into(),
+            expires_at: None,
+            unlimited_quota: true,
+            quota: 0,
+            models: vec!["gpt-4o".into()],
+            ip_allowlist: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn each_change_is_logged_and_raises_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        store
+            .insert_keys(&[new_key("a", "one"), new_key("b", "two")], 100)
+            .await
+            .unwrap();
+        assert_eq!(store.snapshot_version().await.unwrap(), 2);
+        assert!(store.set_enabled("a", false, 200).await.unwrap());
+        assert!(!store.set_enabled("nope", false, 200).await.unwrap());
+        let snapshot = store.snapshot().await.unwrap();
+        assert_eq!(snapshot.version, 3);
+        assert_eq!(snapshot.keys.len(), 2);
+        assert!(!snapshot.keys[0].enabled);
+
+        let a = store.get_key("a", 300).await.unwrap().unwrap();
+        assert_eq!(
+            (a.status, a.created_at, a.updated_at),
+            (KeyStatus::Disabled, 100, 200)
+        );
+        assert_eq!(a.models, ["gpt-4o"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        let mut bad = new_key("b", "two");
+        bad.account = "no-such-account".into();
+        let err = store
+            .insert_keys(&[new_key("a", "one"), bad], 100)
+            .await
+            .unwrap_err();
+        assert!(err.is_foreign_key_violation(), "{err}");
+        assert!(store.get_key("a", 100).await.unwrap().is_none());
+        assert_eq!(store.snapshot_version().await.unwrap(), 0);
+    }
+}

@@ -1,0 +1,100 @@
+use reqwest::Method;
+use serde_json::json;
+
+use crate::{Service, FILTER};
+
+#[tokio::test]
+async fn the_snapshot_carries_each_key_by_the_hash_of_its_secret() {
+    let service = Service::start().await;
+    let empty = service.snapshot().await;
+    assert_eq!(empty.status, 200);
+    assert_eq!(empty.body, json!({"version": 0, "keys": []}));
+
+    let created = service
+        .create_ok(json!({"name": "ci", "expires_at": "2099-01-01T00:00:00Z"}))
+        .await;
+    let key = &created[0];
+    let secret = key["key"].as_str().unwrap();
+
+    let reply = service.snapshot().await;
+    let wire: keygate::snapshot::SnapshotWire = serde_json::from_value(reply.body.clone()).unwrap();
+    assert_eq!(wire.version, 1);
+    assert_eq!(wire.keys.len(), 1);
+    let record = &wire.keys[0];
+    assert_eq!(
+        record.hash,
+        keygate::secret::hash_hex(&keygate::secret::hash(secret))
+    );
+    assert_eq!(record.id, key["id"].as_str().unwrap());
+    assert_eq!(record.name, "ci");
+    assert_eq!(
+        (record.account.as_str(), record.group.as_str()),
+        ("default", "default")
+    );
+    assert!(record.enabled);
+    assert_eq!(record.expires_at, Some(4_070_908_800));
+    assert!(
+        !reply.body.to_string().contains(secret),
+        "the secret itself never travels"
+    );
+
+    // The filter's own loader accepts it and finds the key by its secret.
+    let loaded = keygate::snapshot::KeyIndex::from_wire(wire);
+    assert_eq!(loaded.skipped, 0);
+    assert!(loaded.index.get(&keygate::secret::hash(secret)).is_some());
+}
+
+#[tokio::test]
+async fn the_version_grows_with_every_change() {
+    let service = Service::start().await;
+    let mut last = 0;
+    for quantity in [1, 3, 1] {
+        service
+            .create_ok(json!({"name": "k", "quantity": quantity}))
+            .await;
+        let version = service.snapshot().await.body["version"].as_u64().unwrap();
+        assert!(version > last, "{version} after {last}");
+        last = version;
+    }
+    let id = service.snapshot().await.body["keys"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    service.store.set_enabled(&id, false, 1).await.unwrap();
+    let after = service.snapshot().await.body;
+    assert!(after["version"].as_u64().unwrap() > last);
+    let record = after["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap();
+    assert_eq!(record["enabled"], false);
+}
+
+#[tokio::test]
+async fn an_unchanged_snapshot_is_answered_with_304() {
+    let service = Service::start().await;
+    service.create_ok(json!({"name": "k"})).await;
+    let first = service.snapshot().await;
+    let etag = first.headers["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{}\"", first.body["version"]));
+
+    let poll = |tag: String| {
+        service.send(
+            service
+                .request(Method::GET, "/filter/v1/snapshot", Some(FILTER))
+                .header("if-none-match", tag),
+        )
+    };
+    let unchanged = poll(etag.clone()).await;
+    assert_eq!(unchanged.status, 304);
+    assert_eq!(unchanged.headers["etag"].to_str().unwrap(), etag);
+    assert_eq!(unchanged.body, serde_json::Value::Null);
+
+    service.create_ok(json!({"name": "k2"})).await;
+    let changed = poll(etag.clone()).await;
+    assert_eq!(changed.status, 200);
+    assert_ne!(changed.headers["etag"].to_str().unwrap(), etag);
+    assert_eq!(changed.body["keys"].as_array().unwrap().len(), 2);
+}
