@@ -1,6 +1,8 @@
 //! The authorization decision and the contract's table of refusals: each `Denial` knows
 //! its HTTP status, its OpenAI-style `type` and `code`, and its message.
 
+use std::net::IpAddr;
+
 use crate::secret;
 use crate::snapshot::{KeyEntry, KeyIndex};
 
@@ -114,8 +116,14 @@ pub enum Decision<'a> {
 }
 
 /// Decides a request from the presented secret (if any), the key index (if one has
-/// loaded) and the filter's clock in Unix seconds.
-pub fn decide<'a>(index: Option<&'a KeyIndex>, secret: Option<&str>, now: i64) -> Decision<'a> {
+/// loaded), the filter's clock in Unix seconds, and the client's address, which is only
+/// looked up for a key with an IP allowlist.
+pub fn decide<'a>(
+    index: Option<&'a KeyIndex>,
+    secret: Option<&str>,
+    now: i64,
+    client_ip: impl FnOnce() -> Option<IpAddr>,
+) -> Decision<'a> {
     let Some(secret) = secret else {
         return Decision::Deny(Denial::MissingApiKey);
     };
@@ -135,6 +143,9 @@ pub fn decide<'a>(index: Option<&'a KeyIndex>, secret: Option<&str>, now: i64) -
     if entry.expires_at.is_some_and(|at| at <= now) {
         return Decision::Deny(Denial::KeyExpired);
     }
+    if entry.ip_allowlist.is_restricted() && !entry.ip_allowlist.admits(client_ip()) {
+        return Decision::Deny(Denial::IpNotAllowed);
+    }
     Decision::Allow(entry)
 }
 
@@ -152,21 +163,35 @@ mod tests {
         secret::from_random(&random).unwrap()
     }
 
+    /// The snapshot record of test key number `i` (whose secret is `secret(i)`).
+    fn record(i: usize, id: &str, enabled: bool, expires_at: Option<i64>) -> KeyRecord {
+        KeyRecord {
+            id: id.to_string(),
+            name: id.to_string(),
+            hash: secret::hash_hex(&secret::hash(&secret(i as u8))),
+            account: "default".into(),
+            group: "default".into(),
+            enabled,
+            expires_at,
+            ip_allowlist: vec![],
+        }
+    }
+
+    fn index_of(keys: Vec<KeyRecord>) -> KeyIndex {
+        KeyIndex::from_wire(SnapshotWire { version: 1, keys }).index
+    }
+
     fn index(keys: &[(&str, bool, Option<i64>)]) -> KeyIndex {
         let keys = keys
             .iter()
             .enumerate()
-            .map(|(i, (id, enabled, expires_at))| KeyRecord {
-                id: id.to_string(),
-                name: id.to_string(),
-                hash: secret::hash_hex(&secret::hash(&secret(i as u8))),
-                account: "default".into(),
-                group: "default".into(),
-                enabled: *enabled,
-                expires_at: *expires_at,
-            })
+            .map(|(i, (id, enabled, expires_at))| record(i, id, *enabled, *expires_at))
             .collect();
-        KeyIndex::from_wire(SnapshotWire { version: 1, keys }).index
+        index_of(keys)
+    }
+
+    fn no_ip() -> Option<IpAddr> {
+        None
     }
 
     fn denial(d: Decision) -> Option<Denial> {
@@ -184,7 +209,7 @@ mod tests {
             ("old", true, Some(NOW)),
             ("later", true, Some(NOW + 1)),
         ]);
-        let check = |s: Option<&str>| denial(decide(Some(&idx), s, NOW));
+        let check = |s: Option<&str>| denial(decide(Some(&idx), s, NOW, no_ip));
         assert_eq!(check(Some(&secret(0))), None);
         assert_eq!(check(Some(&secret(1))), Some(Denial::KeyDisabled));
         assert_eq!(check(Some(&secret(2))), Some(Denial::KeyExpired));
@@ -200,7 +225,7 @@ mod tests {
     #[test]
     fn the_allowed_entry_is_the_presented_key() {
         let idx = index(&[("a", true, None), ("b", true, None)]);
-        match decide(Some(&idx), Some(&secret(1)), NOW) {
+        match decide(Some(&idx), Some(&secret(1)), NOW, no_ip) {
             Decision::Allow(entry) => assert_eq!(entry.id, "b"),
             other => panic!("expected allow, got {other:?}"),
         }
@@ -209,23 +234,58 @@ mod tests {
     #[test]
     fn expired_key_is_denied_by_the_clock_without_a_new_snapshot() {
         let idx = index(&[("soon", true, Some(NOW + 60))]);
-        assert_eq!(denial(decide(Some(&idx), Some(&secret(0)), NOW + 59)), None);
         assert_eq!(
-            denial(decide(Some(&idx), Some(&secret(0)), NOW + 60)),
+            denial(decide(Some(&idx), Some(&secret(0)), NOW + 59, no_ip)),
+            None
+        );
+        assert_eq!(
+            denial(decide(Some(&idx), Some(&secret(0)), NOW + 60, no_ip)),
             Some(Denial::KeyExpired)
         );
     }
 
     #[test]
     fn without_a_snapshot_only_well_formed_keys_get_503() {
-        assert_eq!(denial(decide(None, None, NOW)), Some(Denial::MissingApiKey));
         assert_eq!(
-            denial(decide(None, Some("sk-x"), NOW)),
+            denial(decide(None, None, NOW, no_ip)),
+            Some(Denial::MissingApiKey)
+        );
+        assert_eq!(
+            denial(decide(None, Some("sk-x"), NOW, no_ip)),
             Some(Denial::InvalidApiKey)
         );
         assert_eq!(
-            denial(decide(None, Some(&secret(0)), NOW)),
+            denial(decide(None, Some(&secret(0)), NOW, no_ip)),
             Some(Denial::KeyServiceUnavailable)
+        );
+    }
+
+    #[test]
+    fn a_key_with_an_allowlist_admits_only_listed_sources() {
+        let mut lan = record(0, "lan", true, None);
+        lan.ip_allowlist = vec!["10.0.0.0/8".into()];
+        let idx = index_of(vec![lan, record(1, "open", true, None)]);
+        let from = |addr: &str| {
+            let ip: IpAddr = addr.parse().unwrap();
+            move || Some(ip)
+        };
+        assert_eq!(
+            denial(decide(Some(&idx), Some(&secret(0)), NOW, from("10.1.2.3"))),
+            None
+        );
+        assert_eq!(
+            denial(decide(Some(&idx), Some(&secret(0)), NOW, from("192.0.2.1"))),
+            Some(Denial::IpNotAllowed)
+        );
+        assert_eq!(
+            denial(decide(Some(&idx), Some(&secret(0)), NOW, no_ip)),
+            Some(Denial::IpNotAllowed)
+        );
+        // A key without an allowlist never asks for the address.
+        let never = || -> Option<IpAddr> { panic!("address looked up for an open key") };
+        assert_eq!(
+            denial(decide(Some(&idx), Some(&secret(1)), NOW, never)),
+            None
         );
     }
 

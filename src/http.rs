@@ -2,14 +2,15 @@
 //! asks `decision::decide`, and either answers with the OpenAI-style error or strips the
 //! credential and passes the request on with the `x-keygate-*` headers set.
 
+use std::net::IpAddr;
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::credential;
 use crate::decision::{decide, Decision};
 use crate::root::SharedIndex;
+use crate::{client_ip, credential};
 
 pub struct Http {
     index: SharedIndex,
@@ -18,6 +19,12 @@ pub struct Http {
 impl Http {
     pub fn new(index: SharedIndex) -> Self {
         Http { index }
+    }
+
+    /// The client's address: asked of the host only for keys with an IP allowlist.
+    fn client_ip(&self) -> Option<IpAddr> {
+        let source = self.get_property(vec!["source", "address"])?;
+        client_ip::parse_source_address(std::str::from_utf8(&source).ok()?)
     }
 
     fn now(&self) -> i64 {
@@ -33,7 +40,8 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let headers = self.get_http_request_headers();
         let index = self.index.borrow();
-        match decide(index.as_ref(), credential::find(&headers), self.now()) {
+        let secret = credential::find(&headers);
+        match decide(index.as_ref(), secret, self.now(), || self.client_ip()) {
             Decision::Deny(denial) => {
                 self.send_http_response(
                     denial.status(),

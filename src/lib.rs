@@ -3,6 +3,7 @@
 //! The decision logic lives in plain modules with native unit tests; the proxy-wasm glue
 //! (`root`, `http`) only gathers inputs from the host, calls them and applies the result.
 
+pub mod client_ip;
 pub mod config;
 pub mod credential;
 pub mod decision;

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::client_ip::Allowlist;
 use crate::secret::{self, KeyHash};
 
 /// `GET /filter/v1/snapshot` response body.
@@ -30,6 +31,9 @@ pub struct KeyRecord {
     /// Unix seconds after which the key is refused; `None` = never expires.
     #[serde(default)]
     pub expires_at: Option<i64>,
+    /// Addresses and CIDRs requests may come from; empty = any source.
+    #[serde(default)]
+    pub ip_allowlist: Vec<String>,
 }
 
 /// What the filter keeps per key, found by the hash of the presented secret.
@@ -41,6 +45,7 @@ pub struct KeyEntry {
     pub group: String,
     pub enabled: bool,
     pub expires_at: Option<i64>,
+    pub ip_allowlist: Allowlist,
 }
 
 /// All keys of one snapshot version, indexed by hash.
@@ -76,6 +81,7 @@ impl KeyIndex {
                     group: record.group,
                     enabled: record.enabled,
                     expires_at: record.expires_at,
+                    ip_allowlist: Allowlist::parse(&record.ip_allowlist),
                 },
             );
         }
@@ -116,6 +122,7 @@ mod tests {
             group: "default".into(),
             enabled: true,
             expires_at: None,
+            ip_allowlist: vec![],
         }
     }
 

@@ -1,5 +1,6 @@
-//! Test support for keygate: the end-to-end harness (`stack`) and the mock LLM upstream
+//! Test support for keygate: the end-to-end harness (`stack`, `api`) and the mock LLM upstream
 //! (`upstream`, run as the `mock-upstream` binary).
 
+pub mod api;
 pub mod stack;
 pub mod upstream;

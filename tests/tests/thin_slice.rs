@@ -3,97 +3,14 @@
 //! requests without a valid key get the contract's OpenAI-style errors.
 
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use keygate_e2e::api::{
+    assert_error, chat, chat_body, client, create_key, header, until_synced, upstream_requests,
+    CHAT,
+};
 use keygate_e2e::stack::Stack;
-use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};
-
-const CHAT: &str = "/v1/chat/completions";
-
-fn client() -> Client {
-    Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-fn chat_body() -> Value {
-    json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "say hi to me"}]})
-}
-
-/// Creates a key through the management API and returns `(id, secret)`.
-fn create_key(stack: &Stack, name: &str) -> (String, String) {
-    let res = client()
-        .post(format!("{}/api/v1/keys", stack.key_service_url))
-        .bearer_auth(&stack.admin_token)
-        .json(&json!({ "name": name }))
-        .send()
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let body: Value = res.json().unwrap();
-    let key = &body["keys"][0];
-    (
-        key["id"].as_str().unwrap().to_string(),
-        key["key"].as_str().unwrap().to_string(),
-    )
-}
-
-fn chat(stack: &Stack, auth: Option<&str>) -> Response {
-    let mut req = client()
-        .post(format!("{}{CHAT}", stack.envoy_url))
-        .json(&chat_body());
-    if let Some(secret) = auth {
-        req = req.bearer_auth(secret);
-    }
-    req.send().unwrap()
-}
-
-/// Sends the request until it stops being refused (the snapshot syncs on an interval).
-fn until_admitted(mut send: impl FnMut() -> Response) -> Response {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let res = send();
-        if res.status() != 401 && res.status() != 503 || Instant::now() > deadline {
-            return res;
-        }
-        sleep(Duration::from_millis(100));
-    }
-}
-
-fn assert_error(res: Response, status: u16, code: &str) {
-    assert_eq!(res.status(), status);
-    assert_eq!(
-        res.headers()["content-type"].to_str().unwrap(),
-        "application/json"
-    );
-    let body: Value = res.json().unwrap();
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].is_string());
-    assert!(body["error"]["type"].is_string());
-}
-
-fn upstream_requests(stack: &Stack) -> Vec<Value> {
-    let body: Value = client()
-        .get(format!("{}/mock/requests", stack.upstream_url))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    body["requests"].as_array().unwrap().clone()
-}
-
-fn header<'a>(request: &'a Value, name: &str) -> Option<&'a str> {
-    request["headers"]
-        .as_array()?
-        .iter()
-        .find(|pair| {
-            pair[0]
-                .as_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-        })
-        .and_then(|pair| pair[1].as_str())
-}
 
 #[test]
 fn a_created_key_reaches_the_upstream_and_no_key_gets_401() {
@@ -101,8 +18,9 @@ fn a_created_key_reaches_the_upstream_and_no_key_gets_401() {
 
     assert_error(chat(&stack, None), 401, "missing_api_key");
 
-    let (id, secret) = create_key(&stack, "thin-slice");
-    let res = until_admitted(|| chat(&stack, Some(&secret)));
+    let key = create_key(&stack, json!({"name": "thin-slice"}));
+    let (id, secret) = (key.id, key.secret);
+    let res = until_synced(|| chat(&stack, Some(&secret)));
     assert_eq!(res.status(), 200);
     let body: Value = res.json().unwrap();
     assert_eq!(body["object"], "chat.completion");
@@ -138,8 +56,9 @@ fn a_created_key_reaches_the_upstream_and_no_key_gets_401() {
 #[test]
 fn every_client_style_is_accepted_and_stripped() {
     let stack = Stack::start();
-    let (id, secret) = create_key(&stack, "styles");
-    until_admitted(|| chat(&stack, Some(&secret)));
+    let key = create_key(&stack, json!({"name": "styles"}));
+    let (id, secret) = (key.id, key.secret);
+    until_synced(|| chat(&stack, Some(&secret)));
 
     let c = client();
     let anthropic = json!({"model": "claude-x", "max_tokens": 5,
@@ -200,7 +119,7 @@ fn a_filter_the_key_service_refuses_answers_503_for_well_formed_keys() {
     let stack = Stack::builder()
         .envoy_filter_token("not-the-filter-token")
         .start();
-    let (_, secret) = create_key(&stack, "unsynced");
+    let secret = create_key(&stack, json!({"name": "unsynced"})).secret;
     // Give the filter time for several sync attempts, all refused.
     sleep(Duration::from_millis(1500));
     assert_error(chat(&stack, Some(&secret)), 503, "key_service_unavailable");

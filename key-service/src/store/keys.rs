@@ -255,7 +255,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         let rows = sqlx::query(
-            "SELECT id, name, key_hash, account, group_name, enabled, expires_at \
+            "SELECT id, name, key_hash, account, group_name, enabled, expires_at, ip_allowlist \
              FROM keys ORDER BY id",
         )
         .fetch_all(&mut *tx)
@@ -264,17 +264,20 @@ impl Store {
         let keys = rows
             .iter()
             .map(|row| {
+                let id: String = row.try_get("id")?;
+                let ip_allowlist = parse_list(&id, "ip_allowlist", row.try_get("ip_allowlist")?)?;
                 Ok(KeyRecord {
-                    id: row.try_get("id")?,
                     name: row.try_get("name")?,
                     hash: row.try_get("key_hash")?,
                     account: row.try_get("account")?,
                     group: row.try_get("group_name")?,
                     enabled: row.try_get("enabled")?,
                     expires_at: row.try_get("expires_at")?,
+                    ip_allowlist,
+                    id,
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()?;
+            .collect::<Result<_, StoreError>>()?;
         Ok(SnapshotWire {
             version: u64::try_from(version).unwrap_or(0),
             keys,

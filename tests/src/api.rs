@@ -1,0 +1,113 @@
+//! Calls the end-to-end tests make: the key-service's management API, LLM requests
+//! through Envoy, and the mock upstream's request log.
+
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use serde_json::{json, Value};
+
+use crate::stack::Stack;
+
+pub const CHAT: &str = "/v1/chat/completions";
+
+pub fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+/// A key as the create call returned it: its id and its secret.
+pub struct CreatedKey {
+    pub id: String,
+    pub secret: String,
+}
+
+/// Creates one key through the management API with the given fields.
+pub fn create_key(stack: &Stack, fields: Value) -> CreatedKey {
+    let res = client()
+        .post(format!("{}/api/v1/keys", stack.key_service_url))
+        .bearer_auth(&stack.admin_token)
+        .json(&fields)
+        .send()
+        .expect("create key");
+    let status = res.status();
+    let body: Value = res.json().expect("create key: JSON body");
+    assert_eq!(status, 201, "create key: {body}");
+    let key = &body["keys"][0];
+    CreatedKey {
+        id: key["id"].as_str().expect("key id").to_string(),
+        secret: key["key"].as_str().expect("key secret").to_string(),
+    }
+}
+
+pub fn chat_body() -> Value {
+    json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "say hi to me"}]})
+}
+
+/// A chat completion request to Envoy, with the secret as a bearer token if given.
+pub fn chat_request(stack: &Stack, secret: Option<&str>) -> RequestBuilder {
+    let req = client()
+        .post(format!("{}{CHAT}", stack.envoy_url))
+        .json(&chat_body());
+    match secret {
+        Some(secret) => req.bearer_auth(secret),
+        None => req,
+    }
+}
+
+pub fn chat(stack: &Stack, secret: Option<&str>) -> Response {
+    chat_request(stack, secret).send().expect("chat request")
+}
+
+/// Sends the request until the filter stops answering as if the key were unknown (the
+/// snapshot syncs on an interval), at most 15 s, and returns the last response.
+pub fn until_synced(mut send: impl FnMut() -> Response) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let res = send();
+        let status = res.status().as_u16();
+        if (status != 401 && status != 503) || Instant::now() > deadline {
+            return res;
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
+/// Asserts an OpenAI-style error with this status and code.
+pub fn assert_error(res: Response, status: u16, code: &str) {
+    assert_eq!(res.status(), status);
+    let content_type = res.headers().get("content-type").cloned();
+    assert_eq!(
+        content_type.as_ref().and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let body: Value = res.json().expect("error body is JSON");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert!(body["error"]["type"].is_string(), "{body}");
+}
+
+/// Every request the mock upstream has received, oldest first.
+pub fn upstream_requests(stack: &Stack) -> Vec<Value> {
+    let body: Value = client()
+        .get(format!("{}/mock/requests", stack.upstream_url))
+        .send()
+        .and_then(Response::json)
+        .expect("mock request log");
+    body["requests"].as_array().cloned().unwrap_or_default()
+}
+
+/// A header of a logged upstream request, by case-insensitive name.
+pub fn header<'a>(request: &'a Value, name: &str) -> Option<&'a str> {
+    request["headers"]
+        .as_array()?
+        .iter()
+        .find(|pair| {
+            pair[0]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+        .and_then(|pair| pair[1].as_str())
+}
