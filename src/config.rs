@@ -20,6 +20,10 @@ pub struct Config {
     /// Environment variable of the Wasm VM that holds the filter's bearer token for the
     /// key-service (Envoy passes it in with `vm_config.environment_variables`).
     pub token_env: String,
+    /// Largest request body read to find the model (only for keys or groups that restrict
+    /// models); larger ones get 413 `request_too_large`. Keep it at or below Envoy's
+    /// `per_connection_buffer_limit_bytes` (1 MiB by default).
+    pub max_body_bytes: usize,
 }
 
 impl Default for Config {
@@ -30,6 +34,7 @@ impl Default for Config {
             sync_interval_ms: 1_000,
             key_service_timeout_ms: 5_000,
             token_env: "KEYGATE_FILTER_TOKEN".into(),
+            max_body_bytes: 1 << 20,
         }
     }
 }
@@ -70,6 +75,11 @@ impl Config {
                 "key_service_timeout_ms must be between 1 and 60000".into(),
             ));
         }
+        if !(1..=(64 << 20)).contains(&self.max_body_bytes) {
+            return Err(ConfigError(
+                "max_body_bytes must be between 1 and 67108864".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -105,6 +115,7 @@ mod tests {
             br#"{"sync_interval_ms":0}"#,
             br#"{"key_service_timeout_ms":0}"#,
             br#"{"key_service_cluster":""}"#,
+            br#"{"max_body_bytes":0}"#,
             br#"not json"#,
         ] {
             let err = Config::parse(Some(bad)).unwrap_err();

@@ -109,6 +109,24 @@ impl Denial {
     }
 }
 
+/// Whether the key's or its group's model list restricts models, so that the request's
+/// model must be known (and its body read, if the path does not name it).
+pub fn restricts_models(index: &KeyIndex, key: &KeyEntry) -> bool {
+    key.models.is_restricted() || index.group_models(&key.group).is_restricted()
+}
+
+/// Checks the requested model (`None` when the request names none) against the key's
+/// and its group's lists; both must allow it.
+pub fn check_model(index: &KeyIndex, key: &KeyEntry, model: Option<&str>) -> Result<(), Denial> {
+    if !restricts_models(index, key) {
+        return Ok(());
+    }
+    match model {
+        Some(m) if key.models.allows(m) && index.group_models(&key.group).allows(m) => Ok(()),
+        _ => Err(Denial::ModelNotAllowed),
+    }
+}
+
 #[derive(Debug, PartialEq)]
 pub enum Decision<'a> {
     Allow(&'a KeyEntry),
@@ -152,7 +170,7 @@ pub fn decide<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{KeyRecord, SnapshotWire};
+    use crate::snapshot::{GroupRecord, KeyRecord, SnapshotWire};
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -174,11 +192,18 @@ mod tests {
             enabled,
             expires_at,
             ip_allowlist: vec![],
+            models: vec![],
         }
     }
 
     fn index_of(keys: Vec<KeyRecord>) -> KeyIndex {
-        KeyIndex::from_wire(SnapshotWire { version: 1, keys }).index
+        let groups = vec![];
+        KeyIndex::from_wire(SnapshotWire {
+            version: 1,
+            keys,
+            groups,
+        })
+        .index
     }
 
     fn index(keys: &[(&str, bool, Option<i64>)]) -> KeyIndex {
@@ -287,6 +312,49 @@ mod tests {
             denial(decide(Some(&idx), Some(&secret(1)), NOW, never)),
             None
         );
+    }
+
+    #[test]
+    fn a_model_must_be_allowed_by_both_the_key_and_its_group() {
+        let strings = |l: &[&str]| l.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+        let mut open = record(0, "open", true, None);
+        open.group = "cheap".into();
+        let mut narrow = record(1, "narrow", true, None);
+        narrow.group = "default".into();
+        narrow.models = strings(&["gpt-4o-mini"]);
+        let mut free = record(2, "free", true, None);
+        free.group = "default".into();
+        let groups = vec![
+            GroupRecord {
+                name: "default".into(),
+                models: strings(&["*"]),
+            },
+            GroupRecord {
+                name: "cheap".into(),
+                models: strings(&["gpt-4o-mini", "claude-haiku"]),
+            },
+        ];
+        let keys = vec![open, narrow, free];
+        let idx = KeyIndex::from_wire(SnapshotWire {
+            version: 1,
+            keys,
+            groups,
+        })
+        .index;
+        let entry = |i: u8| idx.get(&secret::hash(&secret(i))).unwrap();
+        let (open, narrow, free) = (entry(0), entry(1), entry(2));
+
+        assert!(restricts_models(&idx, open));
+        assert!(restricts_models(&idx, narrow));
+        assert!(!restricts_models(&idx, free));
+        let denied = Err(Denial::ModelNotAllowed);
+        assert_eq!(check_model(&idx, open, Some("claude-haiku")), Ok(()));
+        assert_eq!(check_model(&idx, open, Some("gpt-4o")), denied);
+        assert_eq!(check_model(&idx, narrow, Some("gpt-4o-mini")), Ok(()));
+        assert_eq!(check_model(&idx, narrow, Some("claude-haiku")), denied);
+        assert_eq!(check_model(&idx, narrow, None), denied);
+        assert_eq!(check_model(&idx, free, None), Ok(()));
+        assert_eq!(check_model(&idx, free, Some("anything")), Ok(()));
     }
 
     #[test]

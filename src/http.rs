@@ -1,24 +1,41 @@
-//! The HTTP context of one request: gathers the headers and the clock from the host,
-//! asks `decision::decide`, and either answers with the OpenAI-style error or strips the
-//! credential and passes the request on with the `x-keygate-*` headers set.
+//! The HTTP context of one request: gathers the headers, the clock and (when a rule needs
+//! them) the client's address and the body from the host, asks `decision`, and either
+//! answers with the OpenAI-style error or strips the credential and passes the request on
+//! with the `x-keygate-*` headers set.
 
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::decision::{decide, Decision};
+use crate::decision::{check_model, decide, restricts_models, Decision, Denial};
 use crate::root::SharedIndex;
-use crate::{client_ip, credential};
+use crate::secret::{self, KeyHash};
+use crate::snapshot::KeyEntry;
+use crate::{client_ip, credential, model};
 
 pub struct Http {
     index: SharedIndex,
+    max_body_bytes: usize,
+    /// Set while the body is being buffered to learn the model: the admitted key's hash.
+    awaiting_body: Option<KeyHash>,
 }
 
 impl Http {
-    pub fn new(index: SharedIndex) -> Self {
-        Http { index }
+    pub fn new(index: SharedIndex, max_body_bytes: usize) -> Self {
+        Http {
+            index,
+            max_body_bytes,
+            awaiting_body: None,
+        }
+    }
+
+    fn now(&self) -> i64 {
+        self.get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
     }
 
     /// The client's address: asked of the host only for keys with an IP allowlist.
@@ -27,43 +44,105 @@ impl Http {
         client_ip::parse_source_address(std::str::from_utf8(&source).ok()?)
     }
 
-    fn now(&self) -> i64 {
-        self.get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64)
+    fn deny(&self, denial: Denial) -> Action {
+        self.send_http_response(
+            denial.status(),
+            vec![("content-type", "application/json")],
+            Some(denial.body().as_bytes()),
+        );
+        Action::Pause
+    }
+
+    /// Removes every client credential and client-sent `x-keygate-*` header, and tells
+    /// the upstream which key this is.
+    fn forward_identity(&self, headers: &[(String, String)], key: &KeyEntry) {
+        for name in credential::headers_to_strip(headers) {
+            self.set_http_request_header(name, None);
+        }
+        let path = headers.iter().find(|(n, _)| n == ":path");
+        if let Some(stripped) = path.and_then(|(_, p)| credential::strip_query_key(p)) {
+            self.set_http_request_header(":path", Some(&stripped));
+        }
+        self.set_http_request_header("x-keygate-key-id", Some(&key.id));
+        self.set_http_request_header("x-keygate-key-name", Some(&key.name));
+        self.set_http_request_header("x-keygate-group", Some(&key.group));
+        self.set_http_request_header("x-keygate-account", Some(&key.account));
+    }
+
+    fn forward_model(&self, requested: Option<&str>) {
+        if let Some(m) = requested.filter(|m| model::is_header_safe(m)) {
+            self.set_http_request_header("x-keygate-model", Some(m));
+        }
     }
 }
 
 impl Context for Http {}
 
 impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let headers = self.get_http_request_headers();
-        let index = self.index.borrow();
         let secret = credential::find(&headers);
-        match decide(index.as_ref(), secret, self.now(), || self.client_ip()) {
-            Decision::Deny(denial) => {
-                self.send_http_response(
-                    denial.status(),
-                    vec![("content-type", "application/json")],
-                    Some(denial.body().as_bytes()),
-                );
-                Action::Pause
-            }
-            Decision::Allow(key) => {
-                for name in credential::headers_to_strip(&headers) {
-                    self.set_http_request_header(name, None);
-                }
-                let path = headers.iter().find(|(n, _)| n == ":path");
-                if let Some(stripped) = path.and_then(|(_, p)| credential::strip_query_key(p)) {
-                    self.set_http_request_header(":path", Some(&stripped));
-                }
-                self.set_http_request_header("x-keygate-key-id", Some(&key.id));
-                self.set_http_request_header("x-keygate-key-name", Some(&key.name));
-                self.set_http_request_header("x-keygate-group", Some(&key.group));
-                self.set_http_request_header("x-keygate-account", Some(&key.account));
-                Action::Continue
-            }
+        let shared = Rc::clone(&self.index);
+        let index = shared.borrow();
+        let key = match decide(index.as_ref(), secret, self.now(), || self.client_ip()) {
+            Decision::Deny(denial) => return self.deny(denial),
+            Decision::Allow(key) => key,
+        };
+        // decide() admits only a loaded index and a present secret.
+        let (Some(index), Some(secret)) = (index.as_ref(), secret) else {
+            return self.deny(Denial::KeyServiceUnavailable);
+        };
+        self.forward_identity(&headers, key);
+
+        let path = headers.iter().find(|(n, _)| n == ":path").map(|(_, p)| p);
+        if let Some(requested) = path.and_then(|p| model::from_path(p)) {
+            self.forward_model(Some(requested));
+            return match check_model(index, key, Some(requested)) {
+                Ok(()) => Action::Continue,
+                Err(denial) => self.deny(denial),
+            };
+        }
+        // Only requests whose key or group restricts models have their body read.
+        if !restricts_models(index, key) {
+            return Action::Continue;
+        }
+        if end_of_stream {
+            return match check_model(index, key, None) {
+                Ok(()) => Action::Continue,
+                Err(denial) => self.deny(denial),
+            };
+        }
+        self.awaiting_body = Some(secret::hash(secret));
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(hash) = self.awaiting_body else {
+            return Action::Continue;
+        };
+        if body_size > self.max_body_bytes {
+            self.awaiting_body = None;
+            return self.deny(Denial::RequestTooLarge);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.awaiting_body = None;
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let requested = match model::from_body(&body) {
+            Ok(requested) => requested,
+            Err(model::BodyError::NotJson) => return self.deny(Denial::InvalidRequestBody),
+        };
+        let shared = Rc::clone(&self.index);
+        let index = shared.borrow();
+        // The snapshot may have changed while the body arrived: check the key as it is now.
+        let Some((index, key)) = index.as_ref().and_then(|i| Some((i, i.get(&hash)?))) else {
+            return self.deny(Denial::InvalidApiKey);
+        };
+        self.forward_model(requested.as_deref());
+        match check_model(index, key, requested.as_deref()) {
+            Ok(()) => Action::Continue,
+            Err(denial) => self.deny(denial),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod client_ip;
 pub mod config;
 pub mod credential;
 pub mod decision;
+pub mod model;
 pub mod secret;
 pub mod snapshot;
 

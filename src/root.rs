@@ -135,7 +135,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http::new(Rc::clone(&self.index))))
+        Some(Box::new(Http::new(
+            Rc::clone(&self.index),
+            self.config.max_body_bytes,
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {

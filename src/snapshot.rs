@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::client_ip::Allowlist;
+use crate::model::ModelList;
 use crate::secret::{self, KeyHash};
 
 /// `GET /filter/v1/snapshot` response body.
@@ -16,6 +17,17 @@ pub struct SnapshotWire {
     /// Version of the key data this snapshot reflects; grows with every change.
     pub version: u64,
     pub keys: Vec<KeyRecord>,
+    /// Every group's model list. A snapshot without groups restricts no model by group.
+    #[serde(default)]
+    pub groups: Vec<GroupRecord>,
+}
+
+/// A group as the filter needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub name: String,
+    /// Models the group's keys may use; `["*"]` = all.
+    pub models: Vec<String>,
 }
 
 /// One key as the filter needs to know it. Never carries the secret.
@@ -34,6 +46,9 @@ pub struct KeyRecord {
     /// Addresses and CIDRs requests may come from; empty = any source.
     #[serde(default)]
     pub ip_allowlist: Vec<String>,
+    /// Models this key may use, within its group's; empty = every model the group allows.
+    #[serde(default)]
+    pub models: Vec<String>,
 }
 
 /// What the filter keeps per key, found by the hash of the presented secret.
@@ -46,14 +61,22 @@ pub struct KeyEntry {
     pub enabled: bool,
     pub expires_at: Option<i64>,
     pub ip_allowlist: Allowlist,
+    pub models: ModelList,
 }
 
-/// All keys of one snapshot version, indexed by hash.
+/// All keys of one snapshot version, indexed by hash, and the groups' model lists.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     pub version: u64,
     by_hash: HashMap<KeyHash, KeyEntry>,
+    groups: HashMap<String, ModelList>,
+    /// Whether the snapshot carried groups at all; if it did, an unknown group allows no
+    /// model (fail closed), if not, groups restrict nothing.
+    groups_known: bool,
 }
+
+static ANY_MODEL: ModelList = ModelList::Any;
+static NO_MODEL: ModelList = ModelList::Only(Vec::new());
 
 /// Result of building an index: records whose hash does not parse are skipped and counted,
 /// so one bad row cannot stop every other key from loading.
@@ -82,13 +105,22 @@ impl KeyIndex {
                     enabled: record.enabled,
                     expires_at: record.expires_at,
                     ip_allowlist: Allowlist::parse(&record.ip_allowlist),
+                    models: ModelList::for_key(&record.models),
                 },
             );
         }
+        let groups_known = !wire.groups.is_empty();
+        let groups = wire
+            .groups
+            .into_iter()
+            .map(|g| (g.name, ModelList::for_group(&g.models)))
+            .collect();
         Loaded {
             index: KeyIndex {
                 version: wire.version,
                 by_hash,
+                groups,
+                groups_known,
             },
             skipped,
         }
@@ -96,6 +128,15 @@ impl KeyIndex {
 
     pub fn get(&self, hash: &KeyHash) -> Option<&KeyEntry> {
         self.by_hash.get(hash)
+    }
+
+    /// The model list of a group.
+    pub fn group_models(&self, group: &str) -> &ModelList {
+        match self.groups.get(group) {
+            Some(models) => models,
+            None if self.groups_known => &NO_MODEL,
+            None => &ANY_MODEL,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -123,6 +164,7 @@ mod tests {
             enabled: true,
             expires_at: None,
             ip_allowlist: vec![],
+            models: vec![],
         }
     }
 
@@ -132,6 +174,7 @@ mod tests {
         let wire = SnapshotWire {
             version: 7,
             keys: vec![record("1", secret::hash_hex(&h))],
+            groups: vec![],
         };
         let loaded = KeyIndex::from_wire(wire);
         assert_eq!(loaded.skipped, 0);
@@ -149,6 +192,7 @@ mod tests {
                 record("bad", "not-hex".into()),
                 record("good", secret::hash_hex(&good)),
             ],
+            groups: vec![],
         };
         let loaded = KeyIndex::from_wire(wire);
         assert_eq!(loaded.skipped, 1);
@@ -163,5 +207,36 @@ mod tests {
         let wire: SnapshotWire = serde_json::from_str(json).unwrap();
         assert_eq!(wire.keys[0].expires_at, None);
         assert!(!wire.keys[0].enabled);
+        assert!(wire.keys[0].models.is_empty());
+        assert!(wire.groups.is_empty());
+    }
+
+    #[test]
+    fn group_model_lists_fail_closed_only_when_groups_were_sent() {
+        let without = KeyIndex::from_wire(SnapshotWire {
+            version: 1,
+            keys: vec![],
+            groups: vec![],
+        });
+        assert_eq!(without.index.group_models("any"), &ModelList::Any);
+        let with = KeyIndex::from_wire(SnapshotWire {
+            version: 1,
+            keys: vec![],
+            groups: vec![
+                GroupRecord {
+                    name: "default".into(),
+                    models: vec!["*".into()],
+                },
+                GroupRecord {
+                    name: "cheap".into(),
+                    models: vec!["gpt-4o-mini".into()],
+                },
+            ],
+        });
+        let index = with.index;
+        assert_eq!(index.group_models("default"), &ModelList::Any);
+        assert!(index.group_models("cheap").allows("gpt-4o-mini"));
+        assert!(!index.group_models("cheap").allows("gpt-4o"));
+        assert!(!index.group_models("gone").allows("gpt-4o-mini"));
     }
 }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use keygate::snapshot::{KeyRecord, SnapshotWire};
+use keygate::snapshot::{GroupRecord, KeyRecord, SnapshotWire};
 use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
@@ -255,17 +255,21 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         let rows = sqlx::query(
-            "SELECT id, name, key_hash, account, group_name, enabled, expires_at, ip_allowlist \
-             FROM keys ORDER BY id",
+            "SELECT id, name, key_hash, account, group_name, enabled, expires_at, ip_allowlist, \
+             models FROM keys ORDER BY id",
         )
         .fetch_all(&mut *tx)
         .await?;
+        let group_rows = sqlx::query("SELECT name, models FROM groups ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
         let keys = rows
             .iter()
             .map(|row| {
                 let id: String = row.try_get("id")?;
                 let ip_allowlist = parse_list(&id, "ip_allowlist", row.try_get("ip_allowlist")?)?;
+                let models = parse_list(&id, "models", row.try_get("models")?)?;
                 Ok(KeyRecord {
                     name: row.try_get("name")?,
                     hash: row.try_get("key_hash")?,
@@ -274,13 +278,23 @@ impl Store {
                     enabled: row.try_get("enabled")?,
                     expires_at: row.try_get("expires_at")?,
                     ip_allowlist,
+                    models,
                     id,
                 })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let groups = group_rows
+            .iter()
+            .map(|row| {
+                let name: String = row.try_get("name")?;
+                let models = parse_list(&name, "groups.models", row.try_get("models")?)?;
+                Ok(GroupRecord { name, models })
             })
             .collect::<Result<_, StoreError>>()?;
         Ok(SnapshotWire {
             version: u64::try_from(version).unwrap_or(0),
             keys,
+            groups,
         })
     }
 }
