@@ -164,6 +164,9 @@ pub fn decide<'a>(
     if entry.ip_allowlist.is_restricted() && !entry.ip_allowlist.admits(client_ip()) {
         return Decision::Deny(Denial::IpNotAllowed);
     }
+    if !index.has_credit(entry) {
+        return Decision::Deny(Denial::InsufficientQuota);
+    }
     Decision::Allow(entry)
 }
 
@@ -193,17 +196,18 @@ mod tests {
             expires_at,
             ip_allowlist: vec![],
             models: vec![],
+            remaining_quota: None,
         }
     }
 
     fn index_of(keys: Vec<KeyRecord>) -> KeyIndex {
-        let groups = vec![];
-        KeyIndex::from_wire(SnapshotWire {
+        let wire = SnapshotWire {
             version: 1,
             keys,
-            groups,
-        })
-        .index
+            groups: vec![],
+            accounts: vec![],
+        };
+        KeyIndex::from_wire(wire).index
     }
 
     fn index(keys: &[(&str, bool, Option<i64>)]) -> KeyIndex {
@@ -315,6 +319,25 @@ mod tests {
     }
 
     #[test]
+    fn a_key_without_credit_is_refused_after_the_access_checks() {
+        let mut spent = record(0, "spent", false, None);
+        spent.remaining_quota = Some(0);
+        let mut left = record(1, "left", true, None);
+        left.remaining_quota = Some(10);
+        let mut spent_live = record(2, "spent-live", true, None);
+        spent_live.remaining_quota = Some(0);
+        let idx = index_of(vec![spent, left, spent_live]);
+        let check = |i: u8| denial(decide(Some(&idx), Some(&secret(i)), NOW, no_ip));
+        assert_eq!(
+            check(0),
+            Some(Denial::KeyDisabled),
+            "disabled says so first"
+        );
+        assert_eq!(check(1), None);
+        assert_eq!(check(2), Some(Denial::InsufficientQuota));
+    }
+
+    #[test]
     fn a_model_must_be_allowed_by_both_the_key_and_its_group() {
         let strings = |l: &[&str]| l.iter().map(|m| m.to_string()).collect::<Vec<_>>();
         let mut open = record(0, "open", true, None);
@@ -339,6 +362,7 @@ mod tests {
             version: 1,
             keys,
             groups,
+            accounts: vec![],
         })
         .index;
         let entry = |i: u8| idx.get(&secret::hash(&secret(i))).unwrap();

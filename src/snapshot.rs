@@ -20,6 +20,17 @@ pub struct SnapshotWire {
     /// Every group's model list. A snapshot without groups restricts no model by group.
     #[serde(default)]
     pub groups: Vec<GroupRecord>,
+    /// Every account's balance. A snapshot without accounts limits no key by balance.
+    #[serde(default)]
+    pub accounts: Vec<AccountRecord>,
+}
+
+/// An account as the filter needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountRecord {
+    pub name: String,
+    /// Credits left; `None` = unlimited.
+    pub balance: Option<i64>,
 }
 
 /// A group as the filter needs it.
@@ -49,6 +60,9 @@ pub struct KeyRecord {
     /// Models this key may use, within its group's; empty = every model the group allows.
     #[serde(default)]
     pub models: Vec<String>,
+    /// Credits the key may still spend (`quota - used_quota`); `None` = unlimited.
+    #[serde(default)]
+    pub remaining_quota: Option<i64>,
 }
 
 /// What the filter keeps per key, found by the hash of the presented secret.
@@ -62,6 +76,7 @@ pub struct KeyEntry {
     pub expires_at: Option<i64>,
     pub ip_allowlist: Allowlist,
     pub models: ModelList,
+    pub remaining_quota: Option<i64>,
 }
 
 /// All keys of one snapshot version, indexed by hash, and the groups' model lists.
@@ -73,6 +88,9 @@ pub struct KeyIndex {
     /// Whether the snapshot carried groups at all; if it did, an unknown group allows no
     /// model (fail closed), if not, groups restrict nothing.
     groups_known: bool,
+    accounts: HashMap<String, Option<i64>>,
+    /// Likewise for accounts: an unknown account has nothing to spend.
+    accounts_known: bool,
 }
 
 static ANY_MODEL: ModelList = ModelList::Any;
@@ -106,6 +124,7 @@ impl KeyIndex {
                     expires_at: record.expires_at,
                     ip_allowlist: Allowlist::parse(&record.ip_allowlist),
                     models: ModelList::for_key(&record.models),
+                    remaining_quota: record.remaining_quota,
                 },
             );
         }
@@ -115,12 +134,20 @@ impl KeyIndex {
             .into_iter()
             .map(|g| (g.name, ModelList::for_group(&g.models)))
             .collect();
+        let accounts_known = !wire.accounts.is_empty();
+        let accounts = wire
+            .accounts
+            .into_iter()
+            .map(|a| (a.name, a.balance))
+            .collect();
         Loaded {
             index: KeyIndex {
                 version: wire.version,
                 by_hash,
                 groups,
                 groups_known,
+                accounts,
+                accounts_known,
             },
             skipped,
         }
@@ -137,6 +164,16 @@ impl KeyIndex {
             None if self.groups_known => &NO_MODEL,
             None => &ANY_MODEL,
         }
+    }
+
+    /// Whether the key has credits to spend: its own quota, and its account's balance.
+    pub fn has_credit(&self, key: &KeyEntry) -> bool {
+        let quota_left = key.remaining_quota.is_none_or(|left| left > 0);
+        let balance_left = match self.accounts.get(&key.account) {
+            Some(balance) => balance.is_none_or(|b| b > 0),
+            None => !self.accounts_known,
+        };
+        quota_left && balance_left
     }
 
     pub fn len(&self) -> usize {
@@ -165,6 +202,7 @@ mod tests {
             expires_at: None,
             ip_allowlist: vec![],
             models: vec![],
+            remaining_quota: None,
         }
     }
 
@@ -175,6 +213,7 @@ mod tests {
             version: 7,
             keys: vec![record("1", secret::hash_hex(&h))],
             groups: vec![],
+            accounts: vec![],
         };
         let loaded = KeyIndex::from_wire(wire);
         assert_eq!(loaded.skipped, 0);
@@ -193,6 +232,7 @@ mod tests {
                 record("good", secret::hash_hex(&good)),
             ],
             groups: vec![],
+            accounts: vec![],
         };
         let loaded = KeyIndex::from_wire(wire);
         assert_eq!(loaded.skipped, 1);
@@ -212,11 +252,65 @@ mod tests {
     }
 
     #[test]
+    fn credit_needs_both_key_quota_and_account_balance() {
+        let key = |id: &str, account: &str, remaining_quota: Option<i64>| {
+            let mut r = record(id, secret::hash_hex(&secret::hash(id)));
+            r.account = account.into();
+            r.remaining_quota = remaining_quota;
+            r
+        };
+        let accounts = vec![
+            AccountRecord {
+                name: "rich".into(),
+                balance: None,
+            },
+            AccountRecord {
+                name: "some".into(),
+                balance: Some(5),
+            },
+            AccountRecord {
+                name: "broke".into(),
+                balance: Some(0),
+            },
+        ];
+        let keys = vec![
+            key("a", "rich", None),
+            key("b", "rich", Some(1)),
+            key("c", "rich", Some(0)),
+            key("d", "some", Some(-3)),
+            key("e", "some", None),
+            key("f", "broke", None),
+            key("g", "vanished", None),
+        ];
+        let index = KeyIndex::from_wire(SnapshotWire {
+            version: 1,
+            keys,
+            groups: vec![],
+            accounts,
+        })
+        .index;
+        let credit = |id: &str| index.has_credit(index.get(&secret::hash(id)).unwrap());
+        let expected = [
+            ("a", true),
+            ("b", true),
+            ("c", false),
+            ("d", false),
+            ("e", true),
+            ("f", false),
+            ("g", false),
+        ];
+        for (id, has) in expected {
+            assert_eq!(credit(id), has, "key {id}");
+        }
+    }
+
+    #[test]
     fn group_model_lists_fail_closed_only_when_groups_were_sent() {
         let without = KeyIndex::from_wire(SnapshotWire {
             version: 1,
             keys: vec![],
             groups: vec![],
+            accounts: vec![],
         });
         assert_eq!(without.index.group_models("any"), &ModelList::Any);
         let with = KeyIndex::from_wire(SnapshotWire {
@@ -232,6 +326,7 @@ mod tests {
                     models: vec!["gpt-4o-mini".into()],
                 },
             ],
+            accounts: vec![],
         });
         let index = with.index;
         assert_eq!(index.group_models("default"), &ModelList::Any);

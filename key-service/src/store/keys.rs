@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use keygate::snapshot::{GroupRecord, KeyRecord, SnapshotWire};
+use keygate::snapshot::{AccountRecord, GroupRecord, KeyRecord, SnapshotWire};
 use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
@@ -256,11 +256,14 @@ impl Store {
             .await?;
         let rows = sqlx::query(
             "SELECT id, name, key_hash, account, group_name, enabled, expires_at, ip_allowlist, \
-             models FROM keys ORDER BY id",
+             models, unlimited_quota, quota, used_quota FROM keys ORDER BY id",
         )
         .fetch_all(&mut *tx)
         .await?;
         let group_rows = sqlx::query("SELECT name, models FROM groups ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?;
+        let account_rows = sqlx::query("SELECT name, balance FROM accounts ORDER BY name")
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -270,7 +273,11 @@ impl Store {
                 let id: String = row.try_get("id")?;
                 let ip_allowlist = parse_list(&id, "ip_allowlist", row.try_get("ip_allowlist")?)?;
                 let models = parse_list(&id, "models", row.try_get("models")?)?;
+                let unlimited: bool = row.try_get("unlimited_quota")?;
+                let quota: i64 = row.try_get("quota")?;
+                let used: i64 = row.try_get("used_quota")?;
                 Ok(KeyRecord {
+                    remaining_quota: (!unlimited).then(|| quota.saturating_sub(used)),
                     name: row.try_get("name")?,
                     hash: row.try_get("key_hash")?,
                     account: row.try_get("account")?,
@@ -291,10 +298,20 @@ impl Store {
                 Ok(GroupRecord { name, models })
             })
             .collect::<Result<_, StoreError>>()?;
+        let accounts = account_rows
+            .iter()
+            .map(|row| {
+                Ok(AccountRecord {
+                    name: row.try_get("name")?,
+                    balance: row.try_get("balance")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
         Ok(SnapshotWire {
             version: u64::try_from(version).unwrap_or(0),
             keys,
             groups,
+            accounts,
         })
     }
 }

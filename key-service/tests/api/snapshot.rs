@@ -10,12 +10,14 @@ async fn the_snapshot_carries_each_key_by_the_hash_of_its_secret() {
     assert_eq!(empty.status, 200);
     assert_eq!(
         empty.body,
-        json!({"version": 0, "keys": [], "groups": [{"name": "default", "models": ["*"]}]})
+        json!({"version": 0, "keys": [], "groups": [{"name": "default", "models": ["*"]}],
+            "accounts": [{"name": "default", "balance": null}]})
     );
 
     let created = service
         .create_ok(json!({"name": "ci", "expires_at": "2099-01-01T00:00:00Z",
-            "models": ["gpt-4o-mini"], "ip_allowlist": ["10.0.0.0/8"]}))
+            "models": ["gpt-4o-mini"], "ip_allowlist": ["10.0.0.0/8"],
+            "unlimited_quota": false, "quota": 500}))
         .await;
     let key = &created[0];
     let secret = key["key"].as_str().unwrap();
@@ -39,6 +41,7 @@ async fn the_snapshot_carries_each_key_by_the_hash_of_its_secret() {
     assert_eq!(record.expires_at, Some(4_070_908_800));
     assert_eq!(record.models, ["gpt-4o-mini"]);
     assert_eq!(record.ip_allowlist, ["10.0.0.0/8"]);
+    assert_eq!(record.remaining_quota, Some(500));
     assert!(
         !reply.body.to_string().contains(secret),
         "the secret itself never travels"
