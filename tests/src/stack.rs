@@ -251,6 +251,14 @@ impl Stack {
         }
     }
 
+    /// Stops one process of the stack (`"key-service"`, `"mock-upstream"` or `"envoy"`),
+    /// to see how the others cope without it.
+    pub fn kill(&mut self, name: &str) {
+        let before = self.procs.len();
+        self.procs.retain(|p| p.name != name);
+        assert_eq!(before - self.procs.len(), 1, "no process named {name}");
+    }
+
     /// Everything a process of this stack has written so far (for assertions on logs).
     pub fn log(&self, name: &str) -> String {
         self.procs

@@ -144,3 +144,21 @@ fn a_key_without_quota_left_gets_429_insufficient_quota() {
     );
     assert_error(chat(&stack, Some(&spent.secret)), 429, "insufficient_quota");
 }
+
+#[test]
+fn keys_keep_working_from_the_last_snapshot_while_the_key_service_is_down() {
+    let mut stack = Stack::start();
+    let key = create_key(&stack, json!({"name": "survivor"}));
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&key.secret))).status(),
+        200
+    );
+
+    stack.kill("key-service");
+    // Several failed sync attempts later, the last snapshot still answers.
+    sleep(Duration::from_millis(2500));
+    assert_eq!(chat(&stack, Some(&key.secret)).status(), 200);
+    assert_error(chat(&stack, None), 401, "missing_api_key");
+    let unknown = keygate::secret::from_random(&"B".repeat(42)).unwrap();
+    assert_error(chat(&stack, Some(&unknown)), 401, "invalid_api_key");
+}
