@@ -43,8 +43,8 @@ fi
 
 say "Rust for the host (key-service, tests), with rustfmt and clippy"
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
-cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt || die "rustfmt missing"
-cargo clippy --version >/dev/null 2>&1 || rustup component add clippy || die "clippy missing"
+cargo fmt --version >/dev/null 2>&1 || timeout 300 rustup component add rustfmt || die "rustfmt missing and rustup could not add it"
+cargo clippy --version >/dev/null 2>&1 || timeout 300 rustup component add clippy || die "clippy missing and rustup could not add it"
 ok "$(cargo --version)"
 
 say "Rust for wasm32-wasip1 (the filter) and wasm32-unknown-unknown (logic tests in V8)"
