@@ -24,6 +24,9 @@ pub struct Config {
     /// models); larger ones get 413 `request_too_large`. Keep it at or below Envoy's
     /// `per_connection_buffer_limit_bytes` (1 MiB by default).
     pub max_body_bytes: usize,
+    /// How long the last snapshot may go unconfirmed by the key-service (it is down or
+    /// answers garbage) before the filter fails closed with 503. Default 24 hours.
+    pub max_snapshot_age_ms: u64,
 }
 
 impl Default for Config {
@@ -35,6 +38,7 @@ impl Default for Config {
             key_service_timeout_ms: 5_000,
             token_env: "KEYGATE_FILTER_TOKEN".into(),
             max_body_bytes: 1 << 20,
+            max_snapshot_age_ms: 24 * 3_600_000,
         }
     }
 }
@@ -73,6 +77,11 @@ impl Config {
         if !(1..=60_000).contains(&self.key_service_timeout_ms) {
             return Err(ConfigError(
                 "key_service_timeout_ms must be between 1 and 60000".into(),
+            ));
+        }
+        if self.max_snapshot_age_ms < self.sync_interval_ms {
+            return Err(ConfigError(
+                "max_snapshot_age_ms must be at least sync_interval_ms".into(),
             ));
         }
         if !(1..=(64 << 20)).contains(&self.max_body_bytes) {
@@ -116,6 +125,7 @@ mod tests {
             br#"{"key_service_timeout_ms":0}"#,
             br#"{"key_service_cluster":""}"#,
             br#"{"max_body_bytes":0}"#,
+            br#"{"sync_interval_ms":5000,"max_snapshot_age_ms":4000}"#,
             br#"not json"#,
         ] {
             let err = Config::parse(Some(bad)).unwrap_err();

@@ -5,37 +5,41 @@
 
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
+use crate::config::Config;
 use crate::decision::{check_model, decide, restricts_models, Decision, Denial};
-use crate::root::SharedIndex;
+use crate::root::{unix_ms, SharedIndex, Synced};
 use crate::secret::{self, KeyHash};
-use crate::snapshot::KeyEntry;
+use crate::snapshot::{KeyEntry, KeyIndex};
 use crate::{client_ip, credential, model};
 
 pub struct Http {
     index: SharedIndex,
     max_body_bytes: usize,
+    max_snapshot_age_ms: u64,
     /// Set while the body is being buffered to learn the model: the admitted key's hash.
     awaiting_body: Option<KeyHash>,
 }
 
 impl Http {
-    pub fn new(index: SharedIndex, max_body_bytes: usize) -> Self {
+    pub fn new(index: SharedIndex, config: &Config) -> Self {
         Http {
             index,
-            max_body_bytes,
+            max_body_bytes: config.max_body_bytes,
+            max_snapshot_age_ms: config.max_snapshot_age_ms,
             awaiting_body: None,
         }
     }
 
-    fn now(&self) -> i64 {
-        self.get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64)
+    /// The snapshot to answer from: none before the first load, and none once the
+    /// key-service has not confirmed it for longer than the configured maximum age.
+    fn current<'a>(&self, synced: Option<&'a Synced>, now_ms: u64) -> Option<&'a KeyIndex> {
+        synced
+            .filter(|s| now_ms.saturating_sub(s.confirmed_at_ms) <= self.max_snapshot_age_ms)
+            .map(|s| &s.index)
     }
 
     /// The client's address: asked of the host only for keys with an IP allowlist.
@@ -83,13 +87,16 @@ impl HttpContext for Http {
         let headers = self.get_http_request_headers();
         let secret = credential::find(&headers);
         let shared = Rc::clone(&self.index);
-        let index = shared.borrow();
-        let key = match decide(index.as_ref(), secret, self.now(), || self.client_ip()) {
+        let synced = shared.borrow();
+        let now_ms = unix_ms(self.get_current_time());
+        let index = self.current(synced.as_ref(), now_ms);
+        let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        let key = match decide(index, secret, now, || self.client_ip()) {
             Decision::Deny(denial) => return self.deny(denial),
             Decision::Allow(key) => key,
         };
-        // decide() admits only a loaded index and a present secret.
-        let (Some(index), Some(secret)) = (index.as_ref(), secret) else {
+        // decide() admits only with an index and a secret.
+        let (Some(index), Some(secret)) = (index, secret) else {
             return self.deny(Denial::KeyServiceUnavailable);
         };
         self.forward_identity(&headers, key);
@@ -134,9 +141,10 @@ impl HttpContext for Http {
             Err(model::BodyError::NotJson) => return self.deny(Denial::InvalidRequestBody),
         };
         let shared = Rc::clone(&self.index);
-        let index = shared.borrow();
+        let synced = shared.borrow();
+        let index = self.current(synced.as_ref(), unix_ms(self.get_current_time()));
         // The snapshot may have changed while the body arrived: check the key as it is now.
-        let Some((index, key)) = index.as_ref().and_then(|i| Some((i, i.get(&hash)?))) else {
+        let Some((index, key)) = index.and_then(|i| Some((i, i.get(&hash)?))) else {
             return self.deny(Denial::InvalidApiKey);
         };
         self.forward_model(requested.as_deref());

@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -14,8 +14,20 @@ use crate::config::Config;
 use crate::http::Http;
 use crate::snapshot::{KeyIndex, SnapshotWire};
 
-/// The index this VM answers from; `None` until a snapshot has loaded.
-pub type SharedIndex = Rc<RefCell<Option<KeyIndex>>>;
+/// The snapshot this VM answers from, and when the key-service last confirmed it.
+pub struct Synced {
+    pub index: KeyIndex,
+    /// Unix milliseconds of the last good answer (a new snapshot or a 304).
+    pub confirmed_at_ms: u64,
+}
+
+/// Shared by the root and the HTTP contexts of one VM; `None` until a snapshot has loaded.
+pub type SharedIndex = Rc<RefCell<Option<Synced>>>;
+
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// Tick period until the first snapshot has loaded, so a fresh Envoy serves soon.
 const FIRST_LOAD_RETRY: Duration = Duration::from_millis(200);
@@ -28,11 +40,18 @@ pub struct Root {
     index: SharedIndex,
     /// Token of the snapshot call in flight, if any; one call at a time.
     in_flight: Option<u32>,
+    /// Whether the last sync failed: failures are logged when they start and end, not on
+    /// every attempt.
+    failing: bool,
 }
 
 impl Root {
     fn request_snapshot(&mut self) {
-        let version = self.index.borrow().as_ref().map(|i| i.version.to_string());
+        let version = self
+            .index
+            .borrow()
+            .as_ref()
+            .map(|s| s.index.version.to_string());
         let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut headers = vec![
             (":method", "GET"),
@@ -54,17 +73,37 @@ impl Root {
             Duration::from_millis(self.config.key_service_timeout_ms),
         ) {
             Ok(token) => self.in_flight = Some(token),
-            Err(status) => warn!("snapshot request not sent: {status:?}"),
+            Err(status) => self.sync_failed(&format!("request not sent: {status:?}")),
         }
+    }
+
+    fn sync_failed(&mut self, why: &str) {
+        if !self.failing {
+            warn!("snapshot sync failing, serving the last good snapshot: {why}");
+            self.failing = true;
+        }
+    }
+
+    fn sync_succeeded(&mut self) {
+        if self.failing {
+            info!("snapshot sync recovered");
+            self.failing = false;
+        }
+    }
+
+    /// The key-service confirmed that the snapshot held is current (304).
+    fn confirm(&mut self) {
+        let now = unix_ms(self.get_current_time());
+        if let Some(synced) = self.index.borrow_mut().as_mut() {
+            synced.confirmed_at_ms = now;
+        }
+        self.sync_succeeded();
     }
 
     fn load(&mut self, body: &[u8]) {
         let wire: SnapshotWire = match serde_json::from_slice(body) {
             Ok(wire) => wire,
-            Err(e) => {
-                warn!("snapshot body is not valid: {e}");
-                return;
-            }
+            Err(e) => return self.sync_failed(&format!("snapshot body is not valid: {e}")),
         };
         let loaded = KeyIndex::from_wire(wire);
         if loaded.skipped > 0 {
@@ -79,7 +118,11 @@ impl Root {
             loaded.index.version,
             loaded.index.len()
         );
-        *self.index.borrow_mut() = Some(loaded.index);
+        *self.index.borrow_mut() = Some(Synced {
+            index: loaded.index,
+            confirmed_at_ms: unix_ms(self.get_current_time()),
+        });
+        self.sync_succeeded();
         if first {
             self.set_tick_period(Duration::from_millis(self.config.sync_interval_ms));
         }
@@ -96,11 +139,11 @@ impl Context for Root {
         match status.as_deref() {
             Some("200") => match self.get_http_call_response_body(0, body_size) {
                 Some(body) => self.load(&body),
-                None => warn!("snapshot response had no body"),
+                None => self.sync_failed("snapshot response had no body"),
             },
-            Some("304") => {}
-            Some(other) => warn!("key-service answered the snapshot with {other}"),
-            None => warn!("snapshot request failed or timed out"),
+            Some("304") => self.confirm(),
+            Some(other) => self.sync_failed(&format!("key-service answered {other}")),
+            None => self.sync_failed("request failed or timed out"),
         }
     }
 }
@@ -135,10 +178,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http::new(
-            Rc::clone(&self.index),
-            self.config.max_body_bytes,
-        )))
+        Some(Box::new(Http::new(Rc::clone(&self.index), &self.config)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

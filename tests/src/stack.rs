@@ -145,12 +145,22 @@ pub struct StackBuilder {
     /// Token Envoy hands the filter; `None` = the key-service's real filter token.
     envoy_filter_token: Option<String>,
     concurrency: u32,
+    /// Extra `"field": value` entries for the filter's JSON configuration.
+    filter_settings: Vec<(String, String)>,
 }
 
 impl StackBuilder {
     /// Gives the filter a different token than the key-service expects.
     pub fn envoy_filter_token(mut self, token: &str) -> Self {
         self.envoy_filter_token = Some(token.to_string());
+        self
+    }
+
+    /// Sets one field of the filter's configuration that `envoy/envoy.yaml` leaves at its
+    /// default (`value` is JSON).
+    pub fn filter_setting(mut self, field: &str, value: &str) -> Self {
+        self.filter_settings
+            .push((field.to_string(), value.to_string()));
         self
     }
 
@@ -184,6 +194,7 @@ impl Stack {
         StackBuilder {
             envoy_filter_token: None,
             concurrency: 2,
+            filter_settings: Vec::new(),
         }
     }
 
@@ -218,7 +229,11 @@ impl Stack {
         let key_service = procs[1].wait_for_line("key-service listening on");
 
         let config = dir.join("envoy.yaml");
-        fs::write(&config, envoy_config(&wasm, &upstream, &key_service)).expect("write config");
+        let mut text = envoy_config(&wasm, &upstream, &key_service);
+        for (field, value) in &options.filter_settings {
+            text = with_filter_setting(&text, field, value);
+        }
+        fs::write(&config, text).expect("write config");
         let admin_path = dir.join("envoy-admin-address");
         let mut cmd = Command::new(envoy);
         cmd.arg("-c")
@@ -328,6 +343,18 @@ pub fn envoy_config(wasm: &Path, upstream: &str, key_service: &str) -> String {
         config = config.replace(&from, &to);
     }
     config
+}
+
+/// Adds one field, which the shipped configuration does not set, to the filter's JSON
+/// configuration in an Envoy config derived from `envoy/envoy.yaml`.
+fn with_filter_setting(config: &str, field: &str, value: &str) -> String {
+    let anchor = "\"key_service_cluster\":";
+    assert_eq!(
+        config.matches(anchor).count(),
+        1,
+        "filter configuration not found"
+    );
+    config.replace(anchor, &format!("\"{field}\": {value}, {anchor}"))
 }
 
 fn wait_for_file(path: &Path, proc: &mut Proc) -> String {

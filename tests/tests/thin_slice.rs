@@ -162,3 +162,30 @@ fn keys_keep_working_from_the_last_snapshot_while_the_key_service_is_down() {
     let unknown = keygate::secret::from_random(&"B".repeat(42)).unwrap();
     assert_error(chat(&stack, Some(&unknown)), 401, "invalid_api_key");
 }
+
+#[test]
+fn past_the_maximum_snapshot_age_the_filter_fails_closed() {
+    let mut stack = Stack::builder()
+        .filter_setting("max_snapshot_age_ms", "2000")
+        .start();
+    let key = create_key(&stack, json!({"name": "stale"}));
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&key.secret))).status(),
+        200
+    );
+    // Confirmed every second while the key-service answers (304s count).
+    sleep(Duration::from_millis(2500));
+    assert_eq!(chat(&stack, Some(&key.secret)).status(), 200);
+
+    stack.kill("key-service");
+    sleep(Duration::from_millis(3500));
+    assert_error(
+        chat(&stack, Some(&key.secret)),
+        503,
+        "key_service_unavailable",
+    );
+    // One warning per VM (Envoy's main thread and two workers) when failures start, not
+    // one per attempt (which would be about ten by now).
+    let warnings = stack.log("envoy").matches("snapshot sync failing").count();
+    assert!((1..=3).contains(&warnings), "{warnings} sync warnings");
+}
