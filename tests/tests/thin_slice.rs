@@ -128,24 +128,6 @@ fn a_filter_the_key_service_refuses_answers_503_for_well_formed_keys() {
 }
 
 #[test]
-fn a_key_without_quota_left_gets_429_insufficient_quota() {
-    let stack = Stack::start();
-    let spent = create_key(
-        &stack,
-        json!({"name": "spent", "unlimited_quota": false, "quota": 0}),
-    );
-    let funded = create_key(
-        &stack,
-        json!({"name": "funded", "unlimited_quota": false, "quota": 1000}),
-    );
-    assert_eq!(
-        until_synced(|| chat(&stack, Some(&funded.secret))).status(),
-        200
-    );
-    assert_error(chat(&stack, Some(&spent.secret)), 429, "insufficient_quota");
-}
-
-#[test]
 fn keys_keep_working_from_the_last_snapshot_while_the_key_service_is_down() {
     let mut stack = Stack::start();
     let key = create_key(&stack, json!({"name": "survivor"}));

@@ -1,0 +1,63 @@
+//! A key's own state, as the filter enforces it from the snapshot: expiry (by the
+//! filter's clock), quota and account balance.
+
+use std::thread::sleep;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keygate_e2e::api::{assert_error, chat, create_key, until_synced};
+use keygate_e2e::stack::Stack;
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+#[test]
+fn a_key_expires_on_time_by_the_filters_clock_without_a_new_snapshot() {
+    let stack = Stack::start();
+    // Whole seconds, a few from now, so the test knows exactly when the key turns.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expiry = now + 4;
+    let expires_at = OffsetDateTime::from_unix_timestamp(expiry as i64)
+        .unwrap()
+        .format(&Rfc3339)
+        .unwrap();
+    let key = create_key(&stack, json!({"name": "brief", "expires_at": expires_at}));
+    let past = create_key(
+        &stack,
+        json!({"name": "past", "expires_at": "2001-01-01T00:00:00Z"}),
+    );
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&key.secret))).status(),
+        200
+    );
+    assert_error(chat(&stack, Some(&past.secret)), 401, "key_expired");
+
+    let turn = UNIX_EPOCH + Duration::from_secs(expiry);
+    let wait = turn.duration_since(SystemTime::now()).unwrap_or_default();
+    assert!(
+        wait > Duration::ZERO,
+        "the stack took too long to start for this test"
+    );
+    sleep(wait + Duration::from_millis(100));
+    assert_error(chat(&stack, Some(&key.secret)), 401, "key_expired");
+}
+
+#[test]
+fn a_key_without_quota_left_gets_429_insufficient_quota() {
+    let stack = Stack::start();
+    let spent = create_key(
+        &stack,
+        json!({"name": "spent", "unlimited_quota": false, "quota": 0}),
+    );
+    let funded = create_key(
+        &stack,
+        json!({"name": "funded", "unlimited_quota": false, "quota": 1000}),
+    );
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&funded.secret))).status(),
+        200
+    );
+    assert_error(chat(&stack, Some(&spent.secret)), 429, "insufficient_quota");
+}
