@@ -22,6 +22,21 @@ pub enum Denial {
 }
 
 impl Denial {
+    /// Every refusal, for tables and stats.
+    pub const ALL: [Denial; 11] = [
+        Denial::MissingApiKey,
+        Denial::InvalidApiKey,
+        Denial::KeyDisabled,
+        Denial::KeyExpired,
+        Denial::IpNotAllowed,
+        Denial::ModelNotAllowed,
+        Denial::InsufficientQuota,
+        Denial::RateLimitExceeded,
+        Denial::InvalidRequestBody,
+        Denial::RequestTooLarge,
+        Denial::KeyServiceUnavailable,
+    ];
+
     /// `(status, type, code, message)`: the contract's error table, in one place.
     const fn parts(self) -> (u32, &'static str, &'static str, &'static str) {
         use Denial::*;
@@ -400,6 +415,7 @@ mod tests {
                 "key_service_unavailable",
             ),
         ];
+        assert_eq!(table.len(), Denial::ALL.len());
         for (denial, status, code) in table {
             assert_eq!(denial.status(), status);
             assert_eq!(denial.code(), code);

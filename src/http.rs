@@ -11,6 +11,7 @@ use proxy_wasm::types::Action;
 
 use crate::config::Config;
 use crate::decision::{check_model, decide, restricts_models, Decision, Denial};
+use crate::metrics::Metrics;
 use crate::root::{unix_ms, SharedIndex, Synced};
 use crate::secret::{self, KeyHash};
 use crate::snapshot::{KeyEntry, KeyIndex};
@@ -20,14 +21,16 @@ pub struct Http {
     index: SharedIndex,
     max_body_bytes: usize,
     max_snapshot_age_ms: u64,
+    metrics: Rc<Metrics>,
     /// Set while the body is being buffered to learn the model: the admitted key's hash.
     awaiting_body: Option<KeyHash>,
 }
 
 impl Http {
-    pub fn new(index: SharedIndex, config: &Config) -> Self {
+    pub fn new(index: SharedIndex, config: &Config, metrics: Rc<Metrics>) -> Self {
         Http {
             index,
+            metrics,
             max_body_bytes: config.max_body_bytes,
             max_snapshot_age_ms: config.max_snapshot_age_ms,
             awaiting_body: None,
@@ -48,7 +51,13 @@ impl Http {
         client_ip::parse_source_address(std::str::from_utf8(&source).ok()?)
     }
 
+    fn allow(&self) -> Action {
+        self.metrics.allowed();
+        Action::Continue
+    }
+
     fn deny(&self, denial: Denial) -> Action {
+        self.metrics.denied(denial);
         self.send_http_response(
             denial.status(),
             vec![("content-type", "application/json")],
@@ -105,17 +114,17 @@ impl HttpContext for Http {
         if let Some(requested) = path.and_then(|p| model::from_path(p)) {
             self.forward_model(Some(requested));
             return match check_model(index, key, Some(requested)) {
-                Ok(()) => Action::Continue,
+                Ok(()) => self.allow(),
                 Err(denial) => self.deny(denial),
             };
         }
         // Only requests whose key or group restricts models have their body read.
         if !restricts_models(index, key) {
-            return Action::Continue;
+            return self.allow();
         }
         if end_of_stream {
             return match check_model(index, key, None) {
-                Ok(()) => Action::Continue,
+                Ok(()) => self.allow(),
                 Err(denial) => self.deny(denial),
             };
         }
@@ -149,7 +158,7 @@ impl HttpContext for Http {
         };
         self.forward_model(requested.as_deref());
         match check_model(index, key, requested.as_deref()) {
-            Ok(()) => Action::Continue,
+            Ok(()) => self.allow(),
             Err(denial) => self.deny(denial),
         }
     }

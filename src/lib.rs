@@ -32,4 +32,6 @@ mod glue {
 #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 mod http;
 #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+mod metrics;
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 mod root;

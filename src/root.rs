@@ -12,6 +12,7 @@ use proxy_wasm::types::ContextType;
 
 use crate::config::Config;
 use crate::http::Http;
+use crate::metrics::Metrics;
 use crate::snapshot::{KeyIndex, SnapshotWire};
 
 /// The snapshot this VM answers from, and when the key-service last confirmed it.
@@ -43,6 +44,8 @@ pub struct Root {
     /// Whether the last sync failed: failures are logged when they start and end, not on
     /// every attempt.
     failing: bool,
+    /// Defined in `on_configure`; shared with every HTTP context of this VM.
+    metrics: Rc<Metrics>,
 }
 
 impl Root {
@@ -78,6 +81,7 @@ impl Root {
     }
 
     fn sync_failed(&mut self, why: &str) {
+        self.metrics.sync_failed();
         if !self.failing {
             warn!("snapshot sync failing, serving the last good snapshot: {why}");
             self.failing = true;
@@ -167,6 +171,7 @@ impl RootContext for Root {
                 self.config.token_env
             );
         }
+        self.metrics = Rc::new(Metrics::define());
         self.set_tick_period(FIRST_LOAD_RETRY);
         true
     }
@@ -175,10 +180,20 @@ impl RootContext for Root {
         if self.in_flight.is_none() {
             self.request_snapshot();
         }
+        if let Some(s) = self.index.borrow().as_ref() {
+            let age_ms = unix_ms(self.get_current_time()).saturating_sub(s.confirmed_at_ms);
+            self.metrics
+                .snapshot(s.index.version, s.index.len(), age_ms / 1000);
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http::new(Rc::clone(&self.index), &self.config)))
+        let metrics = Rc::clone(&self.metrics);
+        Some(Box::new(Http::new(
+            Rc::clone(&self.index),
+            &self.config,
+            metrics,
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {

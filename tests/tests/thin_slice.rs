@@ -6,8 +6,8 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use keygate_e2e::api::{
-    assert_error, chat, chat_body, client, create_key, header, until_synced, upstream_requests,
-    CHAT,
+    assert_error, chat, chat_body, client, create_key, filter_stat, header, until_synced,
+    upstream_requests, CHAT,
 };
 use keygate_e2e::stack::Stack;
 use serde_json::{json, Value};
@@ -51,6 +51,18 @@ fn a_created_key_reaches_the_upstream_and_no_key_gets_401() {
         !stack.log("envoy").contains(&secret),
         "the secret appeared in Envoy's log"
     );
+
+    // Envoy's stats count every decision; the gauges follow the snapshot on the next tick.
+    sleep(Duration::from_millis(1200));
+    let stat = |name: &str| filter_stat(&stack, name).unwrap_or_else(|| panic!("no stat {name}"));
+    assert!(stat("keygate.requests_allowed") >= 1);
+    assert_eq!(stat("keygate.requests_denied.missing_api_key"), 1);
+    // Two here, plus any while the new key was still syncing.
+    assert!(stat("keygate.requests_denied.invalid_api_key") >= 2);
+    assert_eq!(stat("keygate.requests_denied.key_disabled"), 0);
+    assert_eq!(stat("keygate.keys_loaded"), 1);
+    assert_eq!(stat("keygate.snapshot_version"), 1);
+    assert_eq!(stat("keygate.sync_failures"), 0);
 }
 
 #[test]
