@@ -53,7 +53,13 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let admin = Router::new()
         .route("/api/v1/keys", post(api::keys::create).get(api::keys::list))
-        .route("/api/v1/keys/{id}", get(api::keys::get))
+        .route(
+            "/api/v1/keys/{id}",
+            get(api::keys::get)
+                .patch(api::keys::update)
+                .delete(api::keys::delete),
+        )
+        .route("/api/v1/keys/{id}/rotate", post(api::keys::rotate))
         .route_layer(middleware::from_fn_with_state(
             state.admin.clone(),
             auth::require,

@@ -127,3 +127,36 @@ pub fn filter_stat(stack: &Stack, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// A management API call with the admin token; returns the status and JSON body (null
+/// when empty).
+pub fn admin(
+    stack: &Stack,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = client()
+        .request(method, format!("{}{path}", stack.key_service_url))
+        .bearer_auth(&stack.admin_token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = req.send().expect("management API call");
+    let status = res.status().as_u16();
+    let text = res.text().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Sends the request until its answer has this status (a change made through the API
+/// reaches the filter with its next sync), at most 15 s; returns the last response.
+pub fn until_status(status: u16, mut send: impl FnMut() -> Response) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let res = send();
+        if res.status().as_u16() == status || Instant::now() > deadline {
+            return res;
+        }
+        sleep(Duration::from_millis(50));
+    }
+}

@@ -1,11 +1,12 @@
 //! A key's own state, as the filter enforces it from the snapshot: expiry (by the
-//! filter's clock), quota and account balance.
+//! filter's clock), quota and account balance, and changes made through the API.
 
 use std::thread::sleep;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keygate_e2e::api::{assert_error, chat, create_key, until_synced};
+use keygate_e2e::api::{admin, assert_error, chat, create_key, until_status, until_synced};
 use keygate_e2e::stack::Stack;
+use reqwest::Method;
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -60,4 +61,45 @@ fn a_key_without_quota_left_gets_429_insufficient_quota() {
         200
     );
     assert_error(chat(&stack, Some(&spent.secret)), 429, "insufficient_quota");
+}
+
+#[test]
+fn disable_enable_rotate_and_delete_through_the_api_reach_the_filter() {
+    let stack = Stack::start();
+    let key = create_key(&stack, json!({"name": "lifecycle"}));
+    let path = format!("/api/v1/keys/{}", key.id);
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&key.secret))).status(),
+        200
+    );
+
+    let (status, _) = admin(
+        &stack,
+        Method::PATCH,
+        &path,
+        Some(json!({"enabled": false})),
+    );
+    assert_eq!(status, 200);
+    let res = until_status(401, || chat(&stack, Some(&key.secret)));
+    assert_error(res, 401, "key_disabled");
+
+    admin(&stack, Method::PATCH, &path, Some(json!({"enabled": true})));
+    assert_eq!(
+        until_status(200, || chat(&stack, Some(&key.secret))).status(),
+        200
+    );
+
+    let (status, rotated) = admin(&stack, Method::POST, &format!("{path}/rotate"), None);
+    assert_eq!(status, 200);
+    let new_secret = rotated["key"].as_str().unwrap().to_string();
+    assert_eq!(
+        until_status(200, || chat(&stack, Some(&new_secret))).status(),
+        200
+    );
+    assert_error(chat(&stack, Some(&key.secret)), 401, "invalid_api_key");
+
+    let (status, _) = admin(&stack, Method::DELETE, &path, None);
+    assert_eq!(status, 204);
+    let res = until_status(401, || chat(&stack, Some(&new_secret)));
+    assert_error(res, 401, "invalid_api_key");
 }

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
 use crate::random;
-use crate::store::{KeyFilter, KeyRow, KeyStatus, NewKey};
+use crate::store::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey};
 use crate::AppState;
 
 pub const NAME_MAX: usize = 64;
@@ -85,31 +85,9 @@ impl CreateKey {
         };
         let name = check_name(self.name, name_max)?;
 
-        let expires_at = match (self.expires_at, self.expires_in) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::invalid(
-                    "expires_in",
-                    "give expires_at or expires_in, not both",
-                ))
-            }
-            // A time in the past is accepted: the key is created `expired`.
-            (Some(at), None) => Some(
-                expiry::parse_rfc3339(&at)
-                    .map_err(|e| ApiError::invalid("expires_at", e.to_string()))?,
-            ),
-            (None, Some(within)) => expiry::parse_expires_in(&within)
-                .and_then(|e| e.expires_at(now))
-                .map_err(|e| ApiError::invalid("expires_in", e.to_string()))?,
-            (None, None) => None,
-        };
+        let expires_at = expiry_of(self.expires_at, self.expires_in, now)?.flatten();
 
-        let quota = self.quota.unwrap_or(0);
-        if quota < 0 {
-            return Err(ApiError::invalid(
-                "quota",
-                format!("quota must be 0 or more, got {quota}"),
-            ));
-        }
+        let quota = check_quota(self.quota.unwrap_or(0))?;
 
         Ok(KeySpec {
             name,
@@ -121,6 +99,84 @@ impl CreateKey {
             quota,
             models: check_models(self.models.unwrap_or_default())?,
             ip_allowlist: check_allowlist(self.ip_allowlist.unwrap_or_default())?,
+        })
+    }
+}
+
+/// The expiry asked for by `expires_at` (RFC 3339) or `expires_in` (`"1h"`, `"never"`):
+/// `None` when neither is given, `Some(None)` for never.
+fn expiry_of(
+    expires_at: Option<String>,
+    expires_in: Option<String>,
+    now: i64,
+) -> Result<Option<Option<i64>>, ApiError> {
+    match (expires_at, expires_in) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "expires_in",
+            "give expires_at or expires_in, not both",
+        )),
+        // A time in the past is accepted: the key is `expired`.
+        (Some(at), None) => expiry::parse_rfc3339(&at)
+            .map(|at| Some(Some(at)))
+            .map_err(|e| ApiError::invalid("expires_at", e.to_string())),
+        (None, Some(within)) => expiry::parse_expires_in(&within)
+            .and_then(|e| e.expires_at(now))
+            .map(Some)
+            .map_err(|e| ApiError::invalid("expires_in", e.to_string())),
+        (None, None) => Ok(None),
+    }
+}
+
+fn check_quota(quota: i64) -> Result<i64, ApiError> {
+    if quota < 0 {
+        return Err(ApiError::invalid(
+            "quota",
+            format!("quota must be 0 or more, got {quota}"),
+        ));
+    }
+    Ok(quota)
+}
+
+/// Body of `PATCH /api/v1/keys/{id}`: every field optional, absent ones unchanged.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub expires_in: Option<String>,
+    #[serde(default)]
+    pub quota: Option<i64>,
+    #[serde(default)]
+    pub unlimited_quota: Option<bool>,
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub ip_allowlist: Option<Vec<String>>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+impl UpdateKey {
+    /// Checks every given field as create does. Whether a new group exists is for the
+    /// caller to ask the store.
+    pub fn validate(self, now: i64) -> Result<KeyEdit, ApiError> {
+        Ok(KeyEdit {
+            name: self.name.map(|n| check_name(n, NAME_MAX)).transpose()?,
+            group: self
+                .group
+                .map(|g| check_ref("group", Some(g)))
+                .transpose()?,
+            expires_at: expiry_of(self.expires_at, self.expires_in, now)?,
+            quota: self.quota.map(check_quota).transpose()?,
+            unlimited_quota: self.unlimited_quota,
+            models: self.models.map(check_models).transpose()?,
+            ip_allowlist: self.ip_allowlist.map(check_allowlist).transpose()?,
+            enabled: self.enabled,
         })
     }
 }
@@ -440,17 +496,80 @@ pub async fn list(
     }))
 }
 
+fn no_such_key(id: &str) -> ApiError {
+    ApiError::NotFound(format!("there is no key with id {id:?}"))
+}
+
+/// The key as stored now, for answers after a change.
+async fn view(state: &AppState, id: &str, secret: Option<String>) -> Result<KeyView, ApiError> {
+    let row = state
+        .store
+        .get_key(id, expiry::now())
+        .await?
+        .ok_or_else(|| no_such_key(id))?;
+    KeyView::new(row, secret)
+}
+
+/// `PATCH /api/v1/keys/{id}`
+pub async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(request): ApiJson<UpdateKey>,
+) -> Result<Json<KeyView>, ApiError> {
+    let now = expiry::now();
+    let edit = request.validate(now)?;
+    if let Some(group) = &edit.group {
+        if !state.store.group_exists(group).await? {
+            return Err(ApiError::invalid(
+                "group",
+                format!("there is no group named {group:?}"),
+            ));
+        }
+    }
+    if !state.store.update_key(&id, &edit, now).await? {
+        return Err(no_such_key(&id));
+    }
+    tracing::info!(%id, "key updated");
+    Ok(Json(view(&state, &id, None).await?))
+}
+
+/// `POST /api/v1/keys/{id}/rotate`: a new secret for the same key (id, settings and
+/// history kept); the old secret stops with the filter's next sync.
+pub async fn rotate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let secret = mint_secret()?;
+    let hash = secret::hash_hex(&secret::hash(&secret));
+    let rotated = state
+        .store
+        .rotate_key(&id, &hash, &secret::mask(&secret), expiry::now())
+        .await?;
+    if !rotated {
+        return Err(no_such_key(&id));
+    }
+    tracing::info!(%id, "key rotated");
+    Ok(Json(view(&state, &id, Some(secret)).await?))
+}
+
+/// `DELETE /api/v1/keys/{id}`
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state.store.delete_key(&id, expiry::now()).await? {
+        return Err(no_such_key(&id));
+    }
+    tracing::info!(%id, "key deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `GET /api/v1/keys/{id}`
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let row = state
-        .store
-        .get_key(&id, expiry::now())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("there is no key with id {id:?}")))?;
-    Ok(Json(KeyView::new(row, None)?))
+    Ok(Json(view(&state, &id, None).await?))
 }
 
 #[cfg(test)]

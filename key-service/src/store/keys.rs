@@ -71,6 +71,20 @@ pub struct NewKey {
     pub ip_allowlist: Vec<String>,
 }
 
+/// A checked edit of a key: `None` leaves a field as it is. `expires_at` is
+/// `Some(None)` to make the key never expire.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyEdit {
+    pub name: Option<String>,
+    pub group: Option<String>,
+    pub expires_at: Option<Option<i64>>,
+    pub quota: Option<i64>,
+    pub unlimited_quota: Option<bool>,
+    pub models: Option<Vec<String>>,
+    pub ip_allowlist: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+}
+
 /// A stored key as the management API shows it (never with its secret or hash).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyRow {
@@ -216,8 +230,89 @@ impl Store {
         Ok((keys, u64::try_from(total).unwrap_or(0)))
     }
 
+    /// Applies an edit to a key; `false` when there is no such key.
+    pub async fn update_key(&self, id: &str, edit: &KeyEdit, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // COALESCE keeps a column whose new value was not given; `expires_at` has its
+        // own flag since NULL (never expires) is a value one can set.
+        let updated = sqlx::query(
+            "UPDATE keys SET name = COALESCE($2, name), group_name = COALESCE($3, group_name), \
+                 expires_at = CASE WHEN $4 THEN $5 ELSE expires_at END, \
+                 quota = COALESCE($6, quota), unlimited_quota = COALESCE($7, unlimited_quota), \
+                 models = COALESCE($8, models), ip_allowlist = COALESCE($9, ip_allowlist), \
+                 enabled = COALESCE($10, enabled), updated_at = $11 \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(edit.name.as_deref())
+        .bind(edit.group.as_deref())
+        .bind(edit.expires_at.is_some())
+        .bind(edit.expires_at.flatten())
+        .bind(edit.quota)
+        .bind(edit.unlimited_quota)
+        .bind(edit.models.as_deref().map(json_list))
+        .bind(edit.ip_allowlist.as_deref().map(json_list))
+        .bind(edit.enabled)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        record_change(&mut tx, id, "updated", now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Gives a key a new secret (its hash and masked form); `false` when there is no such
+    /// key. The old secret stops working with the next snapshot.
+    pub async fn rotate_key(
+        &self,
+        id: &str,
+        key_hash: &str,
+        masked_key: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE keys SET key_hash = $2, masked_key = $3, updated_at = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(key_hash)
+        .bind(masked_key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        record_change(&mut tx, id, "rotated", now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Deletes a key; `false` when there is no such key. Its change-log rows stay.
+    pub async fn delete_key(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM keys WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        record_change(&mut tx, id, "deleted", now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Enables or disables a key; `false` when there is no such key.
-    /// (Until PATCH exists this is how tests and operators disable a key.)
     pub async fn set_enabled(&self, id: &str, enabled: bool, now: i64) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query("UPDATE keys SET enabled = $2, updated_at = $3 WHERE id = $1")

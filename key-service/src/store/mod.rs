@@ -14,7 +14,7 @@ use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{SqlSafeStr, SqlitePool};
 
-pub use keys::{KeyFilter, KeyRow, KeyStatus, NewKey};
+pub use keys::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey};
 
 /// SQLite migrations, compiled in so the binary needs no files beside it. Versions and
 /// descriptions follow the file names; a unit test checks no file is left out.

@@ -6,6 +6,7 @@
 
 mod auth;
 mod create;
+mod edit;
 mod errors;
 mod list;
 mod snapshot;

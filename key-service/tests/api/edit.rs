@@ -1,0 +1,129 @@
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::{Service, ADMIN};
+
+impl Service {
+    async fn patch(&self, id: &str, body: Value) -> crate::Reply {
+        let path = format!("/api/v1/keys/{id}");
+        self.send(self.request(Method::PATCH, &path, Some(ADMIN)).json(&body))
+            .await
+    }
+}
+
+#[tokio::test]
+async fn patch_changes_only_the_given_fields_and_bumps_the_version() {
+    let service = Service::start().await;
+    let key = service
+        .create_ok(json!({"name": "orig", "models": ["a"], "expires_in": "1d"}))
+        .await
+        .remove(0);
+    let id = key["id"].as_str().unwrap();
+    let before = service.snapshot().await.body["version"].as_u64().unwrap();
+
+    let reply = service
+        .patch(
+            id,
+            json!({"enabled": false, "ip_allowlist": ["10.0.0.1"], "quota": 7,
+            "unlimited_quota": false}),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let edited = reply.body;
+    assert_eq!(edited["status"], "disabled");
+    assert_eq!(edited["enabled"], false);
+    assert_eq!(edited["ip_allowlist"], json!(["10.0.0.1/32"]));
+    assert_eq!(edited["remaining_quota"], 7);
+    assert_eq!(edited["name"], "orig");
+    assert_eq!(edited["models"], json!(["a"]));
+    assert_eq!(edited["expires_at"], key["expires_at"]);
+    assert!(
+        edited.get("key").is_none(),
+        "no secret outside create and rotate"
+    );
+    let after = service.snapshot().await.body["version"].as_u64().unwrap();
+    assert!(after > before);
+
+    let reply = service
+        .patch(id, json!({"expires_in": "never", "name": "renamed"}))
+        .await;
+    assert_eq!(reply.body["expires_at"], Value::Null);
+    assert_eq!(reply.body["name"], "renamed");
+}
+
+#[tokio::test]
+async fn patch_refuses_bad_fields_unknown_groups_and_unknown_keys() {
+    let service = Service::start().await;
+    let id = service.create_ok(json!({"name": "k"})).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cases = [
+        (json!({"name": ""}), "name"),
+        (json!({"quota": -1}), "quota"),
+        (json!({"group": "nope"}), "group"),
+        (json!({"ip_allowlist": ["10.0.0.0/33"]}), "ip_allowlist"),
+        (json!({"expires_at": "soon"}), "expires_at"),
+        (json!({"account": "default"}), "account"),
+    ];
+    for (body, param) in cases {
+        let (status, _, got) = service.patch(&id, body.clone()).await.error();
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(got.as_deref(), Some(param), "{body}");
+    }
+    let (status, code, _) = service
+        .patch("key_missing", json!({"enabled": true}))
+        .await
+        .error();
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+}
+
+#[tokio::test]
+async fn rotate_gives_a_new_secret_to_the_same_key() {
+    let service = Service::start().await;
+    let key = service.create_ok(json!({"name": "rot"})).await.remove(0);
+    let id = key["id"].as_str().unwrap();
+    let path = format!("/api/v1/keys/{id}/rotate");
+    let reply = service
+        .send(service.request(Method::POST, &path, Some(ADMIN)))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let new_secret = reply.body["key"].as_str().unwrap();
+    assert!(keygate::secret::is_well_formed(new_secret));
+    assert_ne!(new_secret, key["key"].as_str().unwrap());
+    assert_eq!(reply.body["id"], key["id"]);
+    assert_eq!(reply.body["name"], "rot");
+
+    let wire: keygate::snapshot::SnapshotWire =
+        serde_json::from_value(service.snapshot().await.body).unwrap();
+    let hash = keygate::secret::hash_hex(&keygate::secret::hash(new_secret));
+    assert_eq!(wire.keys.len(), 1);
+    assert_eq!(wire.keys[0].hash, hash);
+
+    let missing = service
+        .send(service.request(Method::POST, "/api/v1/keys/key_missing/rotate", Some(ADMIN)))
+        .await;
+    assert_eq!(missing.error().0, 404);
+}
+
+#[tokio::test]
+async fn delete_removes_the_key_from_the_api_and_the_snapshot() {
+    let service = Service::start().await;
+    let id = service.create_ok(json!({"name": "gone"})).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/api/v1/keys/{id}");
+    let reply = service
+        .send(service.request(Method::DELETE, &path, Some(ADMIN)))
+        .await;
+    assert_eq!(reply.status, 204);
+    assert_eq!(service.admin_get(&path).await.error().0, 404);
+    let snapshot = service.snapshot().await.body;
+    assert_eq!(snapshot["keys"], json!([]));
+    assert_eq!(snapshot["version"], 2, "create and delete are two changes");
+    let again = service
+        .send(service.request(Method::DELETE, &path, Some(ADMIN)))
+        .await;
+    assert_eq!(again.error().0, 404);
+}
