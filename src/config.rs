@@ -20,6 +20,9 @@ pub struct Config {
     /// Environment variable of the Wasm VM that holds the filter's bearer token for the
     /// key-service (Envoy passes it in with `vm_config.environment_variables`).
     pub token_env: String,
+    /// The filter token itself, for hosts where the VM environment cannot carry it. It
+    /// then sits in the Envoy configuration: prefer `token_env` where possible.
+    pub key_service_token: Option<String>,
     /// Largest request body read to find the model (only for keys or groups that restrict
     /// models); larger ones get 413 `request_too_large`. Keep it at or below Envoy's
     /// `per_connection_buffer_limit_bytes` (1 MiB by default).
@@ -37,6 +40,7 @@ impl Default for Config {
             sync_interval_ms: 1_000,
             key_service_timeout_ms: 5_000,
             token_env: "KEYGATE_FILTER_TOKEN".into(),
+            key_service_token: None,
             max_body_bytes: 1 << 20,
             max_snapshot_age_ms: 24 * 3_600_000,
         }
@@ -53,6 +57,15 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
+    /// The filter's token: from the configuration if given there, else from the VM
+    /// environment variable `token_env` (`env` looks it up).
+    pub fn token(&self, env: impl FnOnce(&str) -> Option<String>) -> Option<String> {
+        self.key_service_token
+            .clone()
+            .or_else(|| env(&self.token_env))
+            .filter(|t| !t.is_empty())
+    }
+
     /// Parses the plugin configuration; `None` or an empty buffer means all defaults.
     pub fn parse(raw: Option<&[u8]>) -> Result<Config, ConfigError> {
         let config: Config = match raw {
@@ -115,6 +128,17 @@ mod tests {
         assert_eq!(c.key_service_cluster, "ks");
         assert_eq!(c.sync_interval_ms, 250);
         assert_eq!(c.token_env, "KEYGATE_FILTER_TOKEN");
+    }
+
+    #[test]
+    fn the_token_comes_from_the_configuration_or_the_environment() {
+        let env = |name: &str| (name == "KEYGATE_FILTER_TOKEN").then(|| "from-env".to_string());
+        assert_eq!(Config::default().token(env).as_deref(), Some("from-env"));
+        let configured = Config::parse(Some(br#"{"key_service_token":"from-config"}"#)).unwrap();
+        assert_eq!(configured.token(env).as_deref(), Some("from-config"));
+        let renamed = Config::parse(Some(br#"{"token_env":"OTHER"}"#)).unwrap();
+        assert_eq!(renamed.token(env), None);
+        assert_eq!(Config::default().token(|_| Some(String::new())), None);
     }
 
     #[test]

@@ -80,6 +80,16 @@ impl Root {
         }
     }
 
+    /// Sets the snapshot gauges: after each load and confirmation, and on every tick for
+    /// the age.
+    fn report_snapshot(&self) {
+        if let Some(s) = self.index.borrow().as_ref() {
+            let age_ms = unix_ms(self.get_current_time()).saturating_sub(s.confirmed_at_ms);
+            self.metrics
+                .snapshot(s.index.version, s.index.len(), age_ms / 1000);
+        }
+    }
+
     fn sync_failed(&mut self, why: &str) {
         self.metrics.sync_failed();
         if !self.failing {
@@ -101,6 +111,7 @@ impl Root {
         if let Some(synced) = self.index.borrow_mut().as_mut() {
             synced.confirmed_at_ms = now;
         }
+        self.report_snapshot();
         self.sync_succeeded();
     }
 
@@ -126,6 +137,7 @@ impl Root {
             index: loaded.index,
             confirmed_at_ms: unix_ms(self.get_current_time()),
         });
+        self.report_snapshot();
         self.sync_succeeded();
         if first {
             self.set_tick_period(Duration::from_millis(self.config.sync_interval_ms));
@@ -162,12 +174,11 @@ impl RootContext for Root {
                 return false;
             }
         }
-        self.token = std::env::var(&self.config.token_env)
-            .ok()
-            .filter(|t| !t.is_empty());
+        self.token = self.config.token(|name| std::env::var(name).ok());
         if self.token.is_none() {
             warn!(
-                "environment variable {} is not set; the key-service will refuse the snapshot",
+                "no filter token: neither key_service_token nor the environment variable {} \
+                 is set; the key-service will refuse the snapshot",
                 self.config.token_env
             );
         }

@@ -14,12 +14,13 @@ use time::OffsetDateTime;
 #[test]
 fn a_key_expires_on_time_by_the_filters_clock_without_a_new_snapshot() {
     let stack = Stack::start();
-    // Whole seconds, a few from now, so the test knows exactly when the key turns.
+    // Whole seconds, enough from now for the stack to sync first, so the test knows
+    // exactly when the key turns.
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let expiry = now + 4;
+    let expiry = now + 8;
     let expires_at = OffsetDateTime::from_unix_timestamp(expiry as i64)
         .unwrap()
         .format(&Rfc3339)

@@ -52,9 +52,13 @@ fn a_created_key_reaches_the_upstream_and_no_key_gets_401() {
         "the secret appeared in Envoy's log"
     );
 
-    // Envoy's stats count every decision; the gauges follow the snapshot on the next tick.
-    sleep(Duration::from_millis(1200));
+    // Envoy's stats count every decision; the gauges follow each VM's snapshot (Envoy
+    // flushes them to the admin view on its own schedule, so wait for it).
     let stat = |name: &str| filter_stat(&stack, name).unwrap_or_else(|| panic!("no stat {name}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stat("keygate.keys_loaded") != 1 && std::time::Instant::now() < deadline {
+        sleep(Duration::from_millis(100));
+    }
     assert!(stat("keygate.requests_allowed") >= 1);
     assert_eq!(stat("keygate.requests_denied.missing_api_key"), 1);
     // Two here, plus any while the new key was still syncing.
@@ -160,7 +164,7 @@ fn keys_keep_working_from_the_last_snapshot_while_the_key_service_is_down() {
 #[test]
 fn past_the_maximum_snapshot_age_the_filter_fails_closed() {
     let mut stack = Stack::builder()
-        .filter_setting("max_snapshot_age_ms", "2000")
+        .filter_setting("max_snapshot_age_ms", "3000")
         .start();
     let key = create_key(&stack, json!({"name": "stale"}));
     assert_eq!(
@@ -168,7 +172,7 @@ fn past_the_maximum_snapshot_age_the_filter_fails_closed() {
         200
     );
     // Confirmed every second while the key-service answers (304s count).
-    sleep(Duration::from_millis(2500));
+    sleep(Duration::from_millis(3500));
     assert_eq!(chat(&stack, Some(&key.secret)).status(), 200);
 
     stack.kill("key-service");
@@ -179,7 +183,7 @@ fn past_the_maximum_snapshot_age_the_filter_fails_closed() {
         "key_service_unavailable",
     );
     // One warning per VM (Envoy's main thread and two workers) when failures start, not
-    // one per attempt (which would be about ten by now).
+    // one per attempt (which would be about a dozen by now).
     let warnings = stack.log("envoy").matches("snapshot sync failing").count();
     assert!((1..=3).contains(&warnings), "{warnings} sync warnings");
 }
