@@ -221,6 +221,7 @@ mod tests {
             keys,
             groups: vec![],
             accounts: vec![],
+            ..Default::default()
         };
         KeyIndex::from_wire(wire).index
     }
@@ -378,6 +379,7 @@ mod tests {
             keys,
             groups,
             accounts: vec![],
+            ..Default::default()
         })
         .index;
         let entry = |i: u8| idx.get(&secret::hash(&secret(i))).unwrap();

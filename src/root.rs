@@ -120,6 +120,10 @@ impl Root {
             Ok(wire) => wire,
             Err(e) => return self.sync_failed(&format!("snapshot body is not valid: {e}")),
         };
+        // This filter asks for full snapshots only; a delta cannot replace one.
+        if wire.delta {
+            return self.sync_failed("key-service sent a delta for a full snapshot request");
+        }
         let loaded = KeyIndex::from_wire(wire);
         if loaded.skipped > 0 {
             warn!(

@@ -12,11 +12,18 @@ use crate::model::ModelList;
 use crate::secret::{self, KeyHash};
 
 /// `GET /filter/v1/snapshot` response body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotWire {
     /// Version of the key data this snapshot reflects; grows with every change.
     pub version: u64,
+    /// `true` for an answer to `?since=V`: `keys` then holds only the keys changed after
+    /// version V (as they are now) and `deleted` the ids of keys deleted since. `false`:
+    /// every key.
+    #[serde(default)]
+    pub delta: bool,
     pub keys: Vec<KeyRecord>,
+    #[serde(default)]
+    pub deleted: Vec<String>,
     /// Every group's model list. A snapshot without groups restricts no model by group.
     #[serde(default)]
     pub groups: Vec<GroupRecord>,
@@ -214,6 +221,7 @@ mod tests {
             keys: vec![record("1", secret::hash_hex(&h))],
             groups: vec![],
             accounts: vec![],
+            ..Default::default()
         };
         let loaded = KeyIndex::from_wire(wire);
         assert_eq!(loaded.skipped, 0);
@@ -233,6 +241,7 @@ mod tests {
             ],
             groups: vec![],
             accounts: vec![],
+            ..Default::default()
         };
         let loaded = KeyIndex::from_wire(wire);
         assert_eq!(loaded.skipped, 1);
@@ -287,6 +296,7 @@ mod tests {
             keys,
             groups: vec![],
             accounts,
+            ..Default::default()
         })
         .index;
         let credit = |id: &str| index.has_credit(index.get(&secret::hash(id)).unwrap());
@@ -311,6 +321,7 @@ mod tests {
             keys: vec![],
             groups: vec![],
             accounts: vec![],
+            ..Default::default()
         });
         assert_eq!(without.index.group_models("any"), &ModelList::Any);
         let with = KeyIndex::from_wire(SnapshotWire {
@@ -327,6 +338,7 @@ mod tests {
                 },
             ],
             accounts: vec![],
+            ..Default::default()
         });
         let index = with.index;
         assert_eq!(index.group_models("default"), &ModelList::Any);

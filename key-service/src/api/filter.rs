@@ -1,20 +1,34 @@
 //! `/filter/v1/*`: what the Envoy filter syncs from. `GET /filter/v1/snapshot` answers with
 //! every key (as `keygate::snapshot::SnapshotWire`) and an `ETag` of its version, so a
-//! poll with `If-None-Match` costs one indexed query and a 304 when nothing changed.
+//! poll with `If-None-Match` costs one indexed query and a 304 when nothing changed;
+//! `?since=VERSION` answers with only what changed after that version.
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::header::{ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use serde::Deserialize;
+
 use crate::error::ApiError;
 use crate::AppState;
+
+/// Query of `GET /filter/v1/snapshot`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotQuery {
+    /// A version the filter holds: answer with what changed since (a delta).
+    pub since: Option<u64>,
+}
 
 pub async fn snapshot(
     State(state): State<AppState>,
     headers: HeaderMap,
+    query: Result<Query<SnapshotQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid("since", e.body_text()))?;
     let current = state.store.snapshot_version().await?;
     let unchanged = headers
         .get(IF_NONE_MATCH)
@@ -23,7 +37,7 @@ pub async fn snapshot(
     if unchanged {
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag(current)?)]).into_response());
     }
-    let wire = state.store.snapshot().await?;
+    let wire = state.store.snapshot(query.since).await?;
     Ok(([(ETAG, etag(wire.version)?)], Json(wire)).into_response())
 }
 

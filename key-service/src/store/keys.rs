@@ -116,6 +116,14 @@ pub struct KeyFilter {
     pub name_contains: Option<String>,
 }
 
+/// The key columns a snapshot record is built from.
+macro_rules! snapshot_columns {
+    () => {
+        "SELECT id, name, key_hash, account, group_name, enabled, expires_at, ip_allowlist, \
+         models, unlimited_quota, quota, used_quota FROM keys"
+    };
+}
+
 // The contract's definition of a key's status, with `$1` = now (unix seconds). Written as
 // a macro so that `concat!` can build whole `&'static str` queries around it.
 macro_rules! key_view {
@@ -341,7 +349,11 @@ impl Store {
     }
 
     /// Every key as the filter needs it, with the version it reflects.
-    pub async fn snapshot(&self) -> Result<SnapshotWire, StoreError> {
+    ///
+    /// With `since: Some(v)` for a version this database has passed (`0 < v <= now`), a
+    /// delta: only the keys changed after `v`, as they are now, and the ids of those
+    /// deleted. Otherwise (no `since`, or a version from another database) every key.
+    pub async fn snapshot(&self, since: Option<u64>) -> Result<SnapshotWire, StoreError> {
         // One read transaction, version first: should a change commit in between anyway
         // (an engine without snapshot reads), the keys are newer than the version, never
         // older, and the next poll sees a new version and fetches again.
@@ -349,12 +361,35 @@ impl Store {
         let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
             .fetch_one(&mut *tx)
             .await?;
-        let rows = sqlx::query(
-            "SELECT id, name, key_hash, account, group_name, enabled, expires_at, ip_allowlist, \
-             models, unlimited_quota, quota, used_quota FROM keys ORDER BY id",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let since = since
+            .and_then(|v| i64::try_from(v).ok())
+            .filter(|v| (1..=version).contains(v));
+        let (rows, deleted) = match since {
+            None => {
+                let rows = sqlx::query(concat!(snapshot_columns!(), " ORDER BY id"))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                (rows, Vec::new())
+            }
+            Some(since) => {
+                let rows = sqlx::query(concat!(
+                    snapshot_columns!(),
+                    " WHERE id IN (SELECT key_id FROM key_changes WHERE seq > $1) ORDER BY id"
+                ))
+                .bind(since)
+                .fetch_all(&mut *tx)
+                .await?;
+                let deleted: Vec<String> = sqlx::query_scalar(
+                    "SELECT DISTINCT c.key_id FROM key_changes c \
+                     LEFT JOIN keys k ON k.id = c.key_id \
+                     WHERE c.seq > $1 AND k.id IS NULL ORDER BY c.key_id",
+                )
+                .bind(since)
+                .fetch_all(&mut *tx)
+                .await?;
+                (rows, deleted)
+            }
+        };
         let group_rows = sqlx::query("SELECT name, models FROM groups ORDER BY name")
             .fetch_all(&mut *tx)
             .await?;
@@ -404,7 +439,9 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()?;
         Ok(SnapshotWire {
             version: u64::try_from(version).unwrap_or(0),
+            delta: since.is_some(),
             keys,
+            deleted,
             groups,
             accounts,
         })
@@ -527,7 +564,7 @@ mod tests {
         assert_eq!(store.snapshot_version().await.unwrap(), 2);
         assert!(store.set_enabled("a", false, 200).await.unwrap());
         assert!(!store.set_enabled("nope", false, 200).await.unwrap());
-        let snapshot = store.snapshot().await.unwrap();
+        let snapshot = store.snapshot(None).await.unwrap();
         assert_eq!(snapshot.version, 3);
         assert_eq!(snapshot.keys.len(), 2);
         assert!(!snapshot.keys[0].enabled);

@@ -10,7 +10,8 @@ async fn the_snapshot_carries_each_key_by_the_hash_of_its_secret() {
     assert_eq!(empty.status, 200);
     assert_eq!(
         empty.body,
-        json!({"version": 0, "keys": [], "groups": [{"name": "default", "models": ["*"]}],
+        json!({"version": 0, "delta": false, "keys": [], "deleted": [],
+            "groups": [{"name": "default", "models": ["*"]}],
             "accounts": [{"name": "default", "balance": null}]})
     );
 
@@ -106,4 +107,68 @@ async fn an_unchanged_snapshot_is_answered_with_304() {
     assert_eq!(changed.status, 200);
     assert_ne!(changed.headers["etag"].to_str().unwrap(), etag);
     assert_eq!(changed.body["keys"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn since_answers_with_only_the_changes_after_that_version() {
+    let service = Service::start().await;
+    let keep = service.create_ok(json!({"name": "keep"})).await.remove(0);
+    let edit = service.create_ok(json!({"name": "edit"})).await.remove(0);
+    let gone = service.create_ok(json!({"name": "gone"})).await.remove(0);
+    let v3 = service.snapshot().await.body["version"].as_u64().unwrap();
+    assert_eq!(v3, 3);
+
+    let id = |k: &serde_json::Value| k["id"].as_str().unwrap().to_owned();
+    let path = |k: &serde_json::Value| format!("/api/v1/keys/{}", id(k));
+    let patch = service
+        .request(Method::PATCH, &path(&edit), Some(crate::ADMIN))
+        .json(&json!({"enabled": false}));
+    assert_eq!(service.send(patch).await.status, 200);
+    let delete = service.request(Method::DELETE, &path(&gone), Some(crate::ADMIN));
+    assert_eq!(service.send(delete).await.status, 204);
+    let added = service.create_ok(json!({"name": "new"})).await.remove(0);
+
+    let delta = service
+        .send(service.request(Method::GET, "/filter/v1/snapshot?since=3", Some(FILTER)))
+        .await;
+    assert_eq!(delta.status, 200);
+    let wire: keygate::snapshot::SnapshotWire = serde_json::from_value(delta.body).unwrap();
+    assert!(wire.delta);
+    assert_eq!(wire.version, 6);
+    let mut changed: Vec<(String, bool)> = wire
+        .keys
+        .iter()
+        .map(|k| (k.id.clone(), k.enabled))
+        .collect();
+    changed.sort();
+    let mut expected = vec![(id(&edit), false), (id(&added), true)];
+    expected.sort();
+    assert_eq!(changed, expected);
+    assert_eq!(wire.deleted, [id(&gone)]);
+    assert!(!wire.keys.iter().any(|k| k.id == id(&keep)));
+    assert!(
+        !wire.groups.is_empty(),
+        "groups and accounts always travel whole"
+    );
+
+    // Nothing since the current version: an empty delta. A version this database never
+    // had (or 0): everything.
+    let none = service
+        .send(service.request(Method::GET, "/filter/v1/snapshot?since=6", Some(FILTER)))
+        .await;
+    assert_eq!(none.body["delta"], true);
+    assert_eq!(none.body["keys"], json!([]));
+    for since in ["0", "99"] {
+        let path = format!("/filter/v1/snapshot?since={since}");
+        let full = service
+            .send(service.request(Method::GET, &path, Some(FILTER)))
+            .await;
+        assert_eq!(full.body["delta"], false, "since={since}");
+        assert_eq!(full.body["keys"].as_array().unwrap().len(), 3);
+    }
+    let bad = service
+        .send(service.request(Method::GET, "/filter/v1/snapshot?since=x", Some(FILTER)))
+        .await;
+    let (status, _, param) = bad.error();
+    assert_eq!((status, param.as_deref()), (400, Some("since")));
 }
