@@ -56,9 +56,14 @@ impl Root {
             .as_ref()
             .map(|s| s.index.version.to_string());
         let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        // Once a snapshot is held, ask only for what changed since its version.
+        let path = match &version {
+            Some(v) => format!("{SNAPSHOT_PATH}?since={v}"),
+            None => SNAPSHOT_PATH.to_string(),
+        };
         let mut headers = vec![
             (":method", "GET"),
-            (":path", SNAPSHOT_PATH),
+            (":path", path.as_str()),
             (":authority", self.config.key_service_authority.as_str()),
         ];
         if let Some(auth) = authorization.as_deref() {
@@ -120,27 +125,37 @@ impl Root {
             Ok(wire) => wire,
             Err(e) => return self.sync_failed(&format!("snapshot body is not valid: {e}")),
         };
-        // This filter asks for full snapshots only; a delta cannot replace one.
-        if wire.delta {
-            return self.sync_failed("key-service sent a delta for a full snapshot request");
-        }
-        let loaded = KeyIndex::from_wire(wire);
-        if loaded.skipped > 0 {
-            warn!(
-                "{} snapshot records had a bad hash and were skipped",
-                loaded.skipped
-            );
-        }
+        let now = unix_ms(self.get_current_time());
         let first = self.index.borrow().is_none();
-        info!(
-            "snapshot version {} loaded, {} keys",
-            loaded.index.version,
-            loaded.index.len()
-        );
-        *self.index.borrow_mut() = Some(Synced {
-            index: loaded.index,
-            confirmed_at_ms: unix_ms(self.get_current_time()),
-        });
+        let (skipped, version, keys) = {
+            let mut held = self.index.borrow_mut();
+            match (wire.delta, held.as_mut()) {
+                // A delta applies to the snapshot held.
+                (true, Some(synced)) => {
+                    let skipped = synced.index.apply(wire);
+                    synced.confirmed_at_ms = now;
+                    (skipped, synced.index.version, synced.index.len())
+                }
+                (true, None) => {
+                    drop(held);
+                    return self.sync_failed("key-service sent a delta before any snapshot");
+                }
+                // A full snapshot replaces it.
+                (false, _) => {
+                    let loaded = KeyIndex::from_wire(wire);
+                    let (version, keys) = (loaded.index.version, loaded.index.len());
+                    *held = Some(Synced {
+                        index: loaded.index,
+                        confirmed_at_ms: now,
+                    });
+                    (loaded.skipped, version, keys)
+                }
+            }
+        };
+        if skipped > 0 {
+            warn!("{skipped} snapshot records had a bad hash and were skipped");
+        }
+        info!("snapshot version {version} loaded, {keys} keys");
         self.report_snapshot();
         self.sync_succeeded();
         if first {

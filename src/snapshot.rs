@@ -91,6 +91,8 @@ pub struct KeyEntry {
 pub struct KeyIndex {
     pub version: u64,
     by_hash: HashMap<KeyHash, KeyEntry>,
+    /// Which hash each key id has now, so a delta can drop a rotated or deleted key.
+    hash_by_id: HashMap<String, KeyHash>,
     groups: HashMap<String, ModelList>,
     /// Whether the snapshot carried groups at all; if it did, an unknown group allows no
     /// model (fail closed), if not, groups restrict nothing.
@@ -112,15 +114,34 @@ pub struct Loaded {
 }
 
 impl KeyIndex {
+    /// Builds the index of a full snapshot.
     pub fn from_wire(wire: SnapshotWire) -> Loaded {
-        let mut by_hash = HashMap::with_capacity(wire.keys.len());
+        let mut index = KeyIndex {
+            by_hash: HashMap::with_capacity(wire.keys.len()),
+            hash_by_id: HashMap::with_capacity(wire.keys.len()),
+            ..KeyIndex::default()
+        };
+        let skipped = index.apply(wire);
+        Loaded { index, skipped }
+    }
+
+    /// Applies a delta (or, to an empty index, a full snapshot): changed keys replace what
+    /// their id had (a rotated key's old hash goes), deleted ids go, and groups and
+    /// accounts, which always travel whole, are replaced. Returns the records skipped for a
+    /// bad hash (their id is dropped: fail closed).
+    pub fn apply(&mut self, wire: SnapshotWire) -> usize {
+        for id in &wire.deleted {
+            self.remove_id(id);
+        }
         let mut skipped = 0;
         for record in wire.keys {
+            self.remove_id(&record.id);
             let Some(hash) = secret::parse_hash_hex(&record.hash) else {
                 skipped += 1;
                 continue;
             };
-            by_hash.insert(
+            self.hash_by_id.insert(record.id.clone(), hash);
+            self.by_hash.insert(
                 hash,
                 KeyEntry {
                     id: record.id,
@@ -135,28 +156,25 @@ impl KeyIndex {
                 },
             );
         }
-        let groups_known = !wire.groups.is_empty();
-        let groups = wire
+        self.groups_known = !wire.groups.is_empty();
+        self.groups = wire
             .groups
             .into_iter()
             .map(|g| (g.name, ModelList::for_group(&g.models)))
             .collect();
-        let accounts_known = !wire.accounts.is_empty();
-        let accounts = wire
+        self.accounts_known = !wire.accounts.is_empty();
+        self.accounts = wire
             .accounts
             .into_iter()
             .map(|a| (a.name, a.balance))
             .collect();
-        Loaded {
-            index: KeyIndex {
-                version: wire.version,
-                by_hash,
-                groups,
-                groups_known,
-                accounts,
-                accounts_known,
-            },
-            skipped,
+        self.version = wire.version;
+        skipped
+    }
+
+    fn remove_id(&mut self, id: &str) {
+        if let Some(hash) = self.hash_by_id.remove(id) {
+            self.by_hash.remove(&hash);
         }
     }
 
@@ -258,6 +276,60 @@ mod tests {
         assert!(!wire.keys[0].enabled);
         assert!(wire.keys[0].models.is_empty());
         assert!(wire.groups.is_empty());
+    }
+
+    #[test]
+    fn a_delta_replaces_rotated_keys_and_drops_deleted_ones() {
+        let (a, b, c) = (
+            secret::hash("sk-a"),
+            secret::hash("sk-b"),
+            secret::hash("sk-c"),
+        );
+        let full = SnapshotWire {
+            version: 3,
+            keys: vec![
+                record("1", secret::hash_hex(&a)),
+                record("2", secret::hash_hex(&b)),
+            ],
+            ..Default::default()
+        };
+        let mut index = KeyIndex::from_wire(full).index;
+        let rotated = secret::hash("sk-a2");
+        let mut disabled = record("2", secret::hash_hex(&b));
+        disabled.enabled = false;
+        let delta = SnapshotWire {
+            version: 6,
+            delta: true,
+            keys: vec![
+                record("1", secret::hash_hex(&rotated)),
+                disabled,
+                record("3", secret::hash_hex(&c)),
+            ],
+            deleted: vec!["gone-before".into()],
+            ..Default::default()
+        };
+        assert_eq!(index.apply(delta), 0);
+        assert_eq!(index.version, 6);
+        assert!(
+            index.get(&a).is_none(),
+            "the old secret of a rotated key stops"
+        );
+        assert_eq!(index.get(&rotated).map(|e| e.id.as_str()), Some("1"));
+        assert_eq!(index.get(&b).map(|e| e.enabled), Some(false));
+        assert!(index.get(&c).is_some());
+        assert_eq!(index.len(), 3);
+
+        let delete = SnapshotWire {
+            version: 7,
+            delta: true,
+            deleted: vec!["1".into(), "3".into()],
+            ..Default::default()
+        };
+        index.apply(delete);
+        assert!(index.get(&rotated).is_none());
+        assert!(index.get(&c).is_none());
+        assert_eq!(index.len(), 1);
+        assert_eq!(index.hash_by_id.len(), 1);
     }
 
     #[test]
