@@ -240,10 +240,9 @@ impl Store {
 
     /// Applies an edit to a key; `false` when there is no such key.
     pub async fn update_key(&self, id: &str, edit: &KeyEdit, now: i64) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
         // COALESCE keeps a column whose new value was not given; `expires_at` has its
         // own flag since NULL (never expires) is a value one can set.
-        let updated = sqlx::query(
+        let query = sqlx::query(
             "UPDATE keys SET name = COALESCE($2, name), group_name = COALESCE($3, group_name), \
                  expires_at = CASE WHEN $4 THEN $5 ELSE expires_at END, \
                  quota = COALESCE($6, quota), unlimited_quota = COALESCE($7, unlimited_quota), \
@@ -261,17 +260,8 @@ impl Store {
         .bind(edit.models.as_deref().map(json_list))
         .bind(edit.ip_allowlist.as_deref().map(json_list))
         .bind(edit.enabled)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        record_change(&mut tx, id, "updated", now).await?;
-        tx.commit().await?;
-        Ok(true)
+        .bind(now);
+        self.change_one(query, id, "updated", now).await
     }
 
     /// Gives a key a new secret (its hash and masked form); `false` when there is no such
@@ -283,58 +273,46 @@ impl Store {
         masked_key: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
+        let query = sqlx::query(
             "UPDATE keys SET key_hash = $2, masked_key = $3, updated_at = $4 WHERE id = $1",
         )
         .bind(id)
         .bind(key_hash)
         .bind(masked_key)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        record_change(&mut tx, id, "rotated", now).await?;
-        tx.commit().await?;
-        Ok(true)
+        .bind(now);
+        self.change_one(query, id, "rotated", now).await
     }
 
     /// Deletes a key; `false` when there is no such key. Its change-log rows stay.
     pub async fn delete_key(&self, id: &str, now: i64) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query("DELETE FROM keys WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        record_change(&mut tx, id, "deleted", now).await?;
-        tx.commit().await?;
-        Ok(true)
+        let query = sqlx::query("DELETE FROM keys WHERE id = $1").bind(id);
+        self.change_one(query, id, "deleted", now).await
     }
 
     /// Enables or disables a key; `false` when there is no such key.
     pub async fn set_enabled(&self, id: &str, enabled: bool, now: i64) -> Result<bool, StoreError> {
+        let edit = KeyEdit {
+            enabled: Some(enabled),
+            ..KeyEdit::default()
+        };
+        self.update_key(id, &edit, now).await
+    }
+
+    /// Runs a statement that changes the key `id` and, if it changed a row, records the
+    /// change in the same transaction; `false` when there is no such key.
+    async fn change_one<'q>(
+        &self,
+        statement: sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>::Arguments>,
+        id: &str,
+        kind: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query("UPDATE keys SET enabled = $2, updated_at = $3 WHERE id = $1")
-            .bind(id)
-            .bind(enabled)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if updated == 0 {
+        if statement.execute(&mut *tx).await?.rows_affected() == 0 {
             tx.rollback().await?;
             return Ok(false);
         }
-        record_change(&mut tx, id, "updated", now).await?;
+        record_change(&mut tx, id, kind, now).await?;
         tx.commit().await?;
         Ok(true)
     }
