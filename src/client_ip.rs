@@ -47,6 +47,16 @@ impl Allowlist {
         }
     }
 
+    /// The networks that parsed, truncated to their prefix.
+    pub fn nets(&self) -> &[IpNet] {
+        &self.nets
+    }
+
+    /// True when entries were given but none parsed: the list admits nobody.
+    pub fn is_unusable(&self) -> bool {
+        self.unusable
+    }
+
     /// True when the list restricts sources at all (so the client address is needed).
     pub fn is_restricted(&self) -> bool {
         self.unusable || !self.nets.is_empty()

@@ -30,6 +30,9 @@ pub struct Config {
     /// How long the last snapshot may go unconfirmed by the key-service (it is down or
     /// answers garbage) before the filter fails closed with 503. Default 24 hours.
     pub max_snapshot_age_ms: u64,
+    /// Keys per page of the full snapshot loaded at start (a million keys come in a
+    /// hundred pages of the default size).
+    pub snapshot_page_size: usize,
 }
 
 impl Default for Config {
@@ -43,6 +46,7 @@ impl Default for Config {
             key_service_token: None,
             max_body_bytes: 1 << 20,
             max_snapshot_age_ms: 24 * 3_600_000,
+            snapshot_page_size: 10_000,
         }
     }
 }
@@ -97,6 +101,11 @@ impl Config {
                 "max_snapshot_age_ms must be at least sync_interval_ms".into(),
             ));
         }
+        if !(1..=100_000).contains(&self.snapshot_page_size) {
+            return Err(ConfigError(
+                "snapshot_page_size must be between 1 and 100000".into(),
+            ));
+        }
         if !(1..=(64 << 20)).contains(&self.max_body_bytes) {
             return Err(ConfigError(
                 "max_body_bytes must be between 1 and 67108864".into(),
@@ -149,6 +158,7 @@ mod tests {
             br#"{"key_service_timeout_ms":0}"#,
             br#"{"key_service_cluster":""}"#,
             br#"{"max_body_bytes":0}"#,
+            br#"{"snapshot_page_size":0}"#,
             br#"{"sync_interval_ms":5000,"max_snapshot_age_ms":4000}"#,
             br#"not json"#,
         ] {

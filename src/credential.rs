@@ -11,12 +11,12 @@ pub const OWN_HEADER_PREFIX: &str = "x-keygate-";
 
 /// Finds the client's credential among the request headers (pseudo-headers included, so
 /// `:path` is searched for a `key` query parameter last).
-pub fn find(headers: &[(String, String)]) -> Option<&str> {
+pub fn find<'a>(headers: &[(&'a str, &'a str)]) -> Option<&'a str> {
     let header = |name: &str| {
         headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| *v)
     };
     if let Some(token) = header("authorization").and_then(bearer) {
         return Some(token);
@@ -62,8 +62,10 @@ pub fn strip_query_key(path: &str) -> Option<String> {
 
 /// Names of the request headers to remove before the request goes upstream: every
 /// credential header and every client-sent `x-keygate-*` header that is present.
-pub fn headers_to_strip(headers: &[(String, String)]) -> impl Iterator<Item = &str> {
-    headers.iter().map(|(n, _)| n.as_str()).filter(|name| {
+pub fn headers_to_strip<'h, 'a>(
+    headers: &'h [(&'a str, &'a str)],
+) -> impl Iterator<Item = &'a str> + 'h {
+    headers.iter().map(|(n, _)| *n).filter(|name| {
         HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
             || name
                 .get(..OWN_HEADER_PREFIX.len())
@@ -77,11 +79,8 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
+    fn headers<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        pairs.to_vec()
     }
 
     #[test]

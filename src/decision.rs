@@ -3,8 +3,9 @@
 
 use std::net::IpAddr;
 
-use crate::secret;
-use crate::snapshot::{KeyEntry, KeyIndex};
+use crate::entry::Entry;
+use crate::secret::{self, KeyHash};
+use crate::snapshot::Tables;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denial {
@@ -126,69 +127,63 @@ impl Denial {
 
 /// Whether the key's or its group's model list restricts models, so that the request's
 /// model must be known (and its body read, if the path does not name it).
-pub fn restricts_models(index: &KeyIndex, key: &KeyEntry) -> bool {
-    key.models.is_restricted() || index.group_models(&key.group).is_restricted()
+pub fn restricts_models(tables: &Tables, key: &Entry) -> bool {
+    key.restricts_models() || tables.group_models(key.group()).is_restricted()
 }
 
 /// Checks the requested model (`None` when the request names none) against the key's
 /// and its group's lists; both must allow it.
-pub fn check_model(index: &KeyIndex, key: &KeyEntry, model: Option<&str>) -> Result<(), Denial> {
-    if !restricts_models(index, key) {
+pub fn check_model(tables: &Tables, key: &Entry, model: Option<&str>) -> Result<(), Denial> {
+    if !restricts_models(tables, key) {
         return Ok(());
     }
     match model {
-        Some(m) if key.models.allows(m) && index.group_models(&key.group).allows(m) => Ok(()),
+        Some(m) if key.allows_model(m) && tables.group_models(key.group()).allows(m) => Ok(()),
         _ => Err(Denial::ModelNotAllowed),
     }
 }
 
-#[derive(Debug, PartialEq)]
-pub enum Decision<'a> {
-    Allow(&'a KeyEntry),
-    Deny(Denial),
-}
-
-/// Decides a request from the presented secret (if any), the key index (if one has
-/// loaded), the filter's clock in Unix seconds, and the client's address, which is only
-/// looked up for a key with an IP allowlist.
-pub fn decide<'a>(
-    index: Option<&'a KeyIndex>,
+/// Decides a request from the presented secret (if any), the snapshot's tables (if one
+/// has loaded), a lookup of keys by hash, the filter's clock in Unix seconds, and the
+/// client's address, which is only looked up for a key with an IP allowlist. The lookup
+/// may fail (the host refused): that is the key-service's 503, not the client's fault.
+pub fn decide(
+    tables: Option<&Tables>,
     secret: Option<&str>,
     now: i64,
+    lookup: impl FnOnce(&KeyHash) -> Result<Option<Entry>, Denial>,
     client_ip: impl FnOnce() -> Option<IpAddr>,
-) -> Decision<'a> {
-    let Some(secret) = secret else {
-        return Decision::Deny(Denial::MissingApiKey);
-    };
+) -> Result<Entry, Denial> {
+    let secret = secret.ok_or(Denial::MissingApiKey)?;
     // A malformed secret is refused before any lookup, snapshot or not.
     if !secret::is_well_formed(secret) {
-        return Decision::Deny(Denial::InvalidApiKey);
+        return Err(Denial::InvalidApiKey);
     }
-    let Some(index) = index else {
-        return Decision::Deny(Denial::KeyServiceUnavailable);
-    };
-    let Some(entry) = index.get(&secret::hash(secret)) else {
-        return Decision::Deny(Denial::InvalidApiKey);
-    };
-    if !entry.enabled {
-        return Decision::Deny(Denial::KeyDisabled);
+    let tables = tables.ok_or(Denial::KeyServiceUnavailable)?;
+    let key = lookup(&secret::hash(secret))?.ok_or(Denial::InvalidApiKey)?;
+    if !key.enabled() {
+        return Err(Denial::KeyDisabled);
     }
-    if entry.expires_at.is_some_and(|at| at <= now) {
-        return Decision::Deny(Denial::KeyExpired);
+    if key.expires_at.is_some_and(|at| at <= now) {
+        return Err(Denial::KeyExpired);
     }
-    if entry.ip_allowlist.is_restricted() && !entry.ip_allowlist.admits(client_ip()) {
-        return Decision::Deny(Denial::IpNotAllowed);
+    if key.restricts_ips() && !key.admits(client_ip()) {
+        return Err(Denial::IpNotAllowed);
     }
-    if !index.has_credit(entry) {
-        return Decision::Deny(Denial::InsufficientQuota);
+    let quota_left = key.remaining_quota.is_none_or(|left| left > 0);
+    if !quota_left || !tables.account_has_credit(key.account()) {
+        return Err(Denial::InsufficientQuota);
     }
-    Decision::Allow(entry)
+    Ok(key)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
-    use crate::snapshot::{GroupRecord, KeyRecord, SnapshotWire};
+    use crate::entry;
+    use crate::snapshot::{AccountRecord, GroupRecord, KeyRecord, TablesWire};
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -215,46 +210,62 @@ mod tests {
         }
     }
 
-    fn index_of(keys: Vec<KeyRecord>) -> KeyIndex {
-        let wire = SnapshotWire {
-            version: 1,
-            keys,
-            groups: vec![],
-            accounts: vec![],
-            ..Default::default()
-        };
-        KeyIndex::from_wire(wire).index
+    /// Keys as the filter finds them in shared data.
+    struct Keys(HashMap<KeyHash, Entry>);
+
+    impl Keys {
+        fn of(records: Vec<KeyRecord>) -> Keys {
+            Keys(
+                records
+                    .iter()
+                    .map(|r| {
+                        let hash = secret::parse_hash_hex(&r.hash).unwrap();
+                        (hash, entry::decode(entry::encode(r, 1).unwrap().1).unwrap())
+                    })
+                    .collect(),
+            )
+        }
+
+        fn lookup(&self) -> impl FnOnce(&KeyHash) -> Result<Option<Entry>, Denial> + '_ {
+            |hash| Ok(self.0.get(hash).cloned())
+        }
+
+        fn get(&self, i: u8) -> &Entry {
+            &self.0[&secret::hash(&secret(i))]
+        }
     }
 
-    fn index(keys: &[(&str, bool, Option<i64>)]) -> KeyIndex {
-        let keys = keys
-            .iter()
-            .enumerate()
-            .map(|(i, (id, enabled, expires_at))| record(i, id, *enabled, *expires_at))
-            .collect();
-        index_of(keys)
+    fn keys(list: &[(&str, bool, Option<i64>)]) -> Keys {
+        Keys::of(
+            list.iter()
+                .enumerate()
+                .map(|(i, (id, enabled, expires_at))| record(i, id, *enabled, *expires_at))
+                .collect(),
+        )
     }
 
     fn no_ip() -> Option<IpAddr> {
         None
     }
 
-    fn denial(d: Decision) -> Option<Denial> {
-        match d {
-            Decision::Deny(d) => Some(d),
-            Decision::Allow(_) => None,
-        }
+    fn denial(d: Result<Entry, Denial>) -> Option<Denial> {
+        d.err()
+    }
+
+    fn open() -> Tables {
+        Tables::default()
     }
 
     #[test]
     fn each_key_state_gets_its_answer() {
-        let idx = index(&[
+        let k = keys(&[
             ("live", true, None),
             ("off", false, None),
             ("old", true, Some(NOW)),
             ("later", true, Some(NOW + 1)),
         ]);
-        let check = |s: Option<&str>| denial(decide(Some(&idx), s, NOW, no_ip));
+        let t = open();
+        let check = |s: Option<&str>| denial(decide(Some(&t), s, NOW, k.lookup(), no_ip));
         assert_eq!(check(Some(&secret(0))), None);
         assert_eq!(check(Some(&secret(1))), Some(Denial::KeyDisabled));
         assert_eq!(check(Some(&secret(2))), Some(Denial::KeyExpired));
@@ -269,38 +280,46 @@ mod tests {
 
     #[test]
     fn the_allowed_entry_is_the_presented_key() {
-        let idx = index(&[("a", true, None), ("b", true, None)]);
-        match decide(Some(&idx), Some(&secret(1)), NOW, no_ip) {
-            Decision::Allow(entry) => assert_eq!(entry.id, "b"),
-            other => panic!("expected allow, got {other:?}"),
-        }
+        let k = keys(&[("a", true, None), ("b", true, None)]);
+        let entry = decide(Some(&open()), Some(&secret(1)), NOW, k.lookup(), no_ip).unwrap();
+        assert_eq!(entry.id(), "b");
     }
 
     #[test]
     fn expired_key_is_denied_by_the_clock_without_a_new_snapshot() {
-        let idx = index(&[("soon", true, Some(NOW + 60))]);
-        assert_eq!(
-            denial(decide(Some(&idx), Some(&secret(0)), NOW + 59, no_ip)),
-            None
-        );
-        assert_eq!(
-            denial(decide(Some(&idx), Some(&secret(0)), NOW + 60, no_ip)),
-            Some(Denial::KeyExpired)
-        );
+        let k = keys(&[("soon", true, Some(NOW + 60))]);
+        let at = |now| {
+            denial(decide(
+                Some(&open()),
+                Some(&secret(0)),
+                now,
+                k.lookup(),
+                no_ip,
+            ))
+        };
+        assert_eq!(at(NOW + 59), None);
+        assert_eq!(at(NOW + 60), Some(Denial::KeyExpired));
     }
 
     #[test]
     fn without_a_snapshot_only_well_formed_keys_get_503() {
+        let never = |_: &KeyHash| -> Result<Option<Entry>, Denial> { panic!("looked up") };
         assert_eq!(
-            denial(decide(None, None, NOW, no_ip)),
+            denial(decide(None, None, NOW, never, no_ip)),
             Some(Denial::MissingApiKey)
         );
         assert_eq!(
-            denial(decide(None, Some("sk-x"), NOW, no_ip)),
+            denial(decide(None, Some("sk-x"), NOW, never, no_ip)),
             Some(Denial::InvalidApiKey)
         );
         assert_eq!(
-            denial(decide(None, Some(&secret(0)), NOW, no_ip)),
+            denial(decide(None, Some(&secret(0)), NOW, never, no_ip)),
+            Some(Denial::KeyServiceUnavailable)
+        );
+        // A lookup the host refused is the service's failure, not an unknown key.
+        let failing = |_: &KeyHash| Err(Denial::KeyServiceUnavailable);
+        assert_eq!(
+            denial(decide(Some(&open()), Some(&secret(0)), NOW, failing, no_ip)),
             Some(Denial::KeyServiceUnavailable)
         );
     }
@@ -309,41 +328,56 @@ mod tests {
     fn a_key_with_an_allowlist_admits_only_listed_sources() {
         let mut lan = record(0, "lan", true, None);
         lan.ip_allowlist = vec!["10.0.0.0/8".into()];
-        let idx = index_of(vec![lan, record(1, "open", true, None)]);
+        let k = Keys::of(vec![lan, record(1, "open", true, None)]);
+        let t = open();
         let from = |addr: &str| {
             let ip: IpAddr = addr.parse().unwrap();
             move || Some(ip)
         };
+        let lan = || Some(secret(0));
+        let check = |ip| denial(decide(Some(&t), lan().as_deref(), NOW, k.lookup(), ip));
+        assert_eq!(check(from("10.1.2.3")), None);
+        assert_eq!(check(from("192.0.2.1")), Some(Denial::IpNotAllowed));
         assert_eq!(
-            denial(decide(Some(&idx), Some(&secret(0)), NOW, from("10.1.2.3"))),
-            None
-        );
-        assert_eq!(
-            denial(decide(Some(&idx), Some(&secret(0)), NOW, from("192.0.2.1"))),
-            Some(Denial::IpNotAllowed)
-        );
-        assert_eq!(
-            denial(decide(Some(&idx), Some(&secret(0)), NOW, no_ip)),
+            denial(decide(Some(&t), Some(&secret(0)), NOW, k.lookup(), no_ip)),
             Some(Denial::IpNotAllowed)
         );
         // A key without an allowlist never asks for the address.
         let never = || -> Option<IpAddr> { panic!("address looked up for an open key") };
         assert_eq!(
-            denial(decide(Some(&idx), Some(&secret(1)), NOW, never)),
+            denial(decide(Some(&t), Some(&secret(1)), NOW, k.lookup(), never)),
             None
         );
     }
 
     #[test]
-    fn a_key_without_credit_is_refused_after_the_access_checks() {
+    fn credit_needs_both_key_quota_and_account_balance() {
         let mut spent = record(0, "spent", false, None);
         spent.remaining_quota = Some(0);
         let mut left = record(1, "left", true, None);
         left.remaining_quota = Some(10);
         let mut spent_live = record(2, "spent-live", true, None);
         spent_live.remaining_quota = Some(0);
-        let idx = index_of(vec![spent, left, spent_live]);
-        let check = |i: u8| denial(decide(Some(&idx), Some(&secret(i)), NOW, no_ip));
+        let mut broke = record(3, "broke", true, None);
+        broke.account = "broke".into();
+        let mut owing = record(4, "owing", true, Some(NOW + 9));
+        owing.account = "owing".into();
+        owing.remaining_quota = Some(-3);
+        let k = Keys::of(vec![spent, left, spent_live, broke, owing]);
+        let t = Tables::new(TablesWire {
+            groups: vec![],
+            accounts: vec![
+                AccountRecord {
+                    name: "default".into(),
+                    balance: None,
+                },
+                AccountRecord {
+                    name: "broke".into(),
+                    balance: Some(0),
+                },
+            ],
+        });
+        let check = |i: u8| denial(decide(Some(&t), Some(&secret(i)), NOW, k.lookup(), no_ip));
         assert_eq!(
             check(0),
             Some(Denial::KeyDisabled),
@@ -351,6 +385,8 @@ mod tests {
         );
         assert_eq!(check(1), None);
         assert_eq!(check(2), Some(Denial::InsufficientQuota));
+        assert_eq!(check(3), Some(Denial::InsufficientQuota));
+        assert_eq!(check(4), Some(Denial::InsufficientQuota));
     }
 
     #[test]
@@ -363,39 +399,33 @@ mod tests {
         narrow.models = strings(&["gpt-4o-mini"]);
         let mut free = record(2, "free", true, None);
         free.group = "default".into();
-        let groups = vec![
-            GroupRecord {
-                name: "default".into(),
-                models: strings(&["*"]),
-            },
-            GroupRecord {
-                name: "cheap".into(),
-                models: strings(&["gpt-4o-mini", "claude-haiku"]),
-            },
-        ];
-        let keys = vec![open, narrow, free];
-        let idx = KeyIndex::from_wire(SnapshotWire {
-            version: 1,
-            keys,
-            groups,
+        let t = Tables::new(TablesWire {
+            groups: vec![
+                GroupRecord {
+                    name: "default".into(),
+                    models: strings(&["*"]),
+                },
+                GroupRecord {
+                    name: "cheap".into(),
+                    models: strings(&["gpt-4o-mini", "claude-haiku"]),
+                },
+            ],
             accounts: vec![],
-            ..Default::default()
-        })
-        .index;
-        let entry = |i: u8| idx.get(&secret::hash(&secret(i))).unwrap();
-        let (open, narrow, free) = (entry(0), entry(1), entry(2));
+        });
+        let k = Keys::of(vec![open, narrow, free]);
+        let (open, narrow, free) = (k.get(0), k.get(1), k.get(2));
 
-        assert!(restricts_models(&idx, open));
-        assert!(restricts_models(&idx, narrow));
-        assert!(!restricts_models(&idx, free));
+        assert!(restricts_models(&t, open));
+        assert!(restricts_models(&t, narrow));
+        assert!(!restricts_models(&t, free));
         let denied = Err(Denial::ModelNotAllowed);
-        assert_eq!(check_model(&idx, open, Some("claude-haiku")), Ok(()));
-        assert_eq!(check_model(&idx, open, Some("gpt-4o")), denied);
-        assert_eq!(check_model(&idx, narrow, Some("gpt-4o-mini")), Ok(()));
-        assert_eq!(check_model(&idx, narrow, Some("claude-haiku")), denied);
-        assert_eq!(check_model(&idx, narrow, None), denied);
-        assert_eq!(check_model(&idx, free, None), Ok(()));
-        assert_eq!(check_model(&idx, free, Some("anything")), Ok(()));
+        assert_eq!(check_model(&t, open, Some("claude-haiku")), Ok(()));
+        assert_eq!(check_model(&t, open, Some("gpt-4o")), denied);
+        assert_eq!(check_model(&t, narrow, Some("gpt-4o-mini")), Ok(()));
+        assert_eq!(check_model(&t, narrow, Some("claude-haiku")), denied);
+        assert_eq!(check_model(&t, narrow, None), denied);
+        assert_eq!(check_model(&t, free, None), Ok(()));
+        assert_eq!(check_model(&t, free, Some("anything")), Ok(()));
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! The HTTP context of one request: gathers the headers, the clock and (when a rule needs
-//! them) the client's address and the body from the host, asks `decision`, and either
-//! answers with the OpenAI-style error or strips the credential and passes the request on
-//! with the `x-keygate-*` headers set.
+//! them) the client's address and the body from the host, looks the key up in shared
+//! data, asks `decision`, and either answers with the OpenAI-style error or strips the
+//! credential and passes the request on with the `x-keygate-*` headers set.
+//!
+//! Every host call goes through `host`, which returns failures instead of panicking; a
+//! failure the request cannot do without ends it with a 503, never with a credential
+//! passed upstream.
 
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -10,15 +14,17 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::config::Config;
-use crate::decision::{check_model, decide, restricts_models, Decision, Denial};
+use crate::decision::{check_model, decide, restricts_models, Denial};
+use crate::entry::Entry;
+use crate::host::{self, Shared};
 use crate::metrics::Metrics;
-use crate::root::{unix_ms, SharedIndex, Synced};
+use crate::root::SharedView;
 use crate::secret::{self, KeyHash};
-use crate::snapshot::{KeyEntry, KeyIndex};
-use crate::{client_ip, credential, model};
+use crate::shared::{self, HostError, View};
+use crate::{client_ip, credential, model, pairs};
 
 pub struct Http {
-    index: SharedIndex,
+    view: SharedView,
     max_body_bytes: usize,
     max_snapshot_age_ms: u64,
     metrics: Rc<Metrics>,
@@ -26,10 +32,13 @@ pub struct Http {
     awaiting_body: Option<KeyHash>,
 }
 
+/// Any host failure on the request path: the request cannot be decided safely.
+const HOST_FAILED: Denial = Denial::KeyServiceUnavailable;
+
 impl Http {
-    pub fn new(index: SharedIndex, config: &Config, metrics: Rc<Metrics>) -> Self {
+    pub fn new(view: SharedView, config: &Config, metrics: Rc<Metrics>) -> Self {
         Http {
-            index,
+            view,
             metrics,
             max_body_bytes: config.max_body_bytes,
             max_snapshot_age_ms: config.max_snapshot_age_ms,
@@ -37,17 +46,30 @@ impl Http {
         }
     }
 
-    /// The snapshot to answer from: none before the first load, and none once the
-    /// key-service has not confirmed it for longer than the configured maximum age.
-    fn current<'a>(&self, synced: Option<&'a Synced>, now_ms: u64) -> Option<&'a KeyIndex> {
-        synced
-            .filter(|s| now_ms.saturating_sub(s.confirmed_at_ms) <= self.max_snapshot_age_ms)
-            .map(|s| &s.index)
+    /// Whether the view may be answered from: it exists, and the key-service has
+    /// confirmed it within the configured maximum age.
+    fn is_fresh(&self, view: &View, now_ms: u64) -> bool {
+        now_ms.saturating_sub(view.meta.confirmed_at_ms) <= self.max_snapshot_age_ms
+    }
+
+    /// A VM that has not seen a snapshot yet looks in shared data at once, rather than
+    /// waiting for its next tick: a new worker serves from its first request.
+    fn ensure_view(&self) {
+        if self.view.borrow().is_none() {
+            if let Ok(view) = View::refresh(&Shared, None) {
+                *self.view.borrow_mut() = view;
+            }
+        }
+    }
+
+    /// The key with this hash, as shared data has it now.
+    fn lookup(hash: &KeyHash, epoch: u32) -> Result<Option<Entry>, Denial> {
+        shared::lookup(&Shared, hash, epoch).map_err(|_| HOST_FAILED)
     }
 
     /// The client's address: asked of the host only for keys with an IP allowlist.
-    fn client_ip(&self) -> Option<IpAddr> {
-        let source = self.get_property(vec!["source", "address"])?;
+    fn client_ip() -> Option<IpAddr> {
+        let source = host::property(&["source", "address"]).ok()??;
         client_ip::parse_source_address(std::str::from_utf8(&source).ok()?)
     }
 
@@ -58,33 +80,103 @@ impl Http {
 
     fn deny(&self, denial: Denial) -> Action {
         self.metrics.denied(denial);
-        self.send_http_response(
+        // Nothing more to do if this fails: the stream is gone.
+        let _ = host::send_response(
             denial.status(),
-            vec![("content-type", "application/json")],
-            Some(denial.body().as_bytes()),
+            &[("content-type", "application/json")],
+            denial.body().as_bytes(),
         );
         Action::Pause
     }
 
     /// Removes every client credential and client-sent `x-keygate-*` header, and tells
     /// the upstream which key this is.
-    fn forward_identity(&self, headers: &[(String, String)], key: &KeyEntry) {
+    fn forward_identity(headers: &[(&str, &str)], key: &Entry) -> Result<(), HostError> {
         for name in credential::headers_to_strip(headers) {
-            self.set_http_request_header(name, None);
+            host::remove_request_header(name)?;
         }
-        let path = headers.iter().find(|(n, _)| n == ":path");
+        let path = headers.iter().find(|(n, _)| *n == ":path");
         if let Some(stripped) = path.and_then(|(_, p)| credential::strip_query_key(p)) {
-            self.set_http_request_header(":path", Some(&stripped));
+            host::set_request_header(":path", &stripped)?;
         }
-        self.set_http_request_header("x-keygate-key-id", Some(&key.id));
-        self.set_http_request_header("x-keygate-key-name", Some(&key.name));
-        self.set_http_request_header("x-keygate-group", Some(&key.group));
-        self.set_http_request_header("x-keygate-account", Some(&key.account));
+        host::set_request_header("x-keygate-key-id", key.id())?;
+        host::set_request_header("x-keygate-key-name", key.name())?;
+        host::set_request_header("x-keygate-group", key.group())?;
+        host::set_request_header("x-keygate-account", key.account())
     }
 
-    fn forward_model(&self, requested: Option<&str>) {
-        if let Some(m) = requested.filter(|m| model::is_header_safe(m)) {
-            self.set_http_request_header("x-keygate-model", Some(m));
+    fn forward_model(requested: Option<&str>) -> Result<(), HostError> {
+        match requested.filter(|m| model::is_header_safe(m)) {
+            Some(m) => host::set_request_header("x-keygate-model", m),
+            None => Ok(()),
+        }
+    }
+
+    fn on_headers(&mut self, end_of_stream: bool) -> Result<Action, Denial> {
+        let buf = host::request_headers().map_err(|_| HOST_FAILED)?;
+        let headers = pairs::parse(&buf).ok_or(HOST_FAILED)?;
+        let secret = credential::find(&headers);
+        let now_ms = host::now_ms().map_err(|_| HOST_FAILED)?;
+        self.ensure_view();
+        let view = self.view.borrow();
+        let view = view.as_ref().filter(|v| self.is_fresh(v, now_ms));
+        let epoch = view.map_or(0, |v| v.meta.epoch);
+        let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        let key = decide(
+            view.map(|v| &v.tables),
+            secret,
+            now,
+            |hash| Self::lookup(hash, epoch),
+            Self::client_ip,
+        )?;
+        // decide() admits only with a view and a secret.
+        let (Some(view), Some(secret)) = (view, secret) else {
+            return Err(HOST_FAILED);
+        };
+        Self::forward_identity(&headers, &key).map_err(|_| HOST_FAILED)?;
+
+        let path = headers.iter().find(|(n, _)| *n == ":path").map(|(_, p)| *p);
+        if let Some(requested) = path.and_then(model::from_path) {
+            Self::forward_model(Some(requested)).map_err(|_| HOST_FAILED)?;
+            check_model(&view.tables, &key, Some(requested))?;
+            return Ok(Action::Continue);
+        }
+        // Only requests whose key or group restricts models have their body read.
+        if !restricts_models(&view.tables, &key) {
+            return Ok(Action::Continue);
+        }
+        if end_of_stream {
+            check_model(&view.tables, &key, None)?;
+            return Ok(Action::Continue);
+        }
+        self.awaiting_body = Some(secret::hash(secret));
+        Ok(Action::Pause)
+    }
+
+    fn on_body(&mut self, hash: KeyHash, body_size: usize) -> Result<Action, Denial> {
+        let body = host::request_body(body_size).map_err(|_| HOST_FAILED)?;
+        let requested = match model::from_body(&body) {
+            Ok(requested) => requested,
+            Err(model::BodyError::NotJson) => return Err(Denial::InvalidRequestBody),
+        };
+        let now_ms = host::now_ms().map_err(|_| HOST_FAILED)?;
+        let view = self.view.borrow();
+        let view = view
+            .as_ref()
+            .filter(|v| self.is_fresh(v, now_ms))
+            .ok_or(Denial::KeyServiceUnavailable)?;
+        // The snapshot may have changed while the body arrived: check the key as it is now.
+        let key = Self::lookup(&hash, view.meta.epoch)?.ok_or(Denial::InvalidApiKey)?;
+        Self::forward_model(requested.as_deref()).map_err(|_| HOST_FAILED)?;
+        check_model(&view.tables, &key, requested.as_deref())?;
+        Ok(Action::Continue)
+    }
+
+    fn finish(&mut self, result: Result<Action, Denial>) -> Action {
+        match result {
+            Ok(Action::Continue) => self.allow(),
+            Ok(other) => other,
+            Err(denial) => self.deny(denial),
         }
     }
 }
@@ -93,43 +185,8 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let headers = self.get_http_request_headers();
-        let secret = credential::find(&headers);
-        let shared = Rc::clone(&self.index);
-        let synced = shared.borrow();
-        let now_ms = unix_ms(self.get_current_time());
-        let index = self.current(synced.as_ref(), now_ms);
-        let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
-        let key = match decide(index, secret, now, || self.client_ip()) {
-            Decision::Deny(denial) => return self.deny(denial),
-            Decision::Allow(key) => key,
-        };
-        // decide() admits only with an index and a secret.
-        let (Some(index), Some(secret)) = (index, secret) else {
-            return self.deny(Denial::KeyServiceUnavailable);
-        };
-        self.forward_identity(&headers, key);
-
-        let path = headers.iter().find(|(n, _)| n == ":path").map(|(_, p)| p);
-        if let Some(requested) = path.and_then(|p| model::from_path(p)) {
-            self.forward_model(Some(requested));
-            return match check_model(index, key, Some(requested)) {
-                Ok(()) => self.allow(),
-                Err(denial) => self.deny(denial),
-            };
-        }
-        // Only requests whose key or group restricts models have their body read.
-        if !restricts_models(index, key) {
-            return self.allow();
-        }
-        if end_of_stream {
-            return match check_model(index, key, None) {
-                Ok(()) => self.allow(),
-                Err(denial) => self.deny(denial),
-            };
-        }
-        self.awaiting_body = Some(secret::hash(secret));
-        Action::Pause
+        let result = self.on_headers(end_of_stream);
+        self.finish(result)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -144,22 +201,7 @@ impl HttpContext for Http {
             return Action::Pause;
         }
         self.awaiting_body = None;
-        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        let requested = match model::from_body(&body) {
-            Ok(requested) => requested,
-            Err(model::BodyError::NotJson) => return self.deny(Denial::InvalidRequestBody),
-        };
-        let shared = Rc::clone(&self.index);
-        let synced = shared.borrow();
-        let index = self.current(synced.as_ref(), unix_ms(self.get_current_time()));
-        // The snapshot may have changed while the body arrived: check the key as it is now.
-        let Some((index, key)) = index.and_then(|i| Some((i, i.get(&hash)?))) else {
-            return self.deny(Denial::InvalidApiKey);
-        };
-        self.forward_model(requested.as_deref());
-        match check_model(index, key, requested.as_deref()) {
-            Ok(()) => self.allow(),
-            Err(denial) => self.deny(denial),
-        }
+        let result = self.on_body(hash, body_size);
+        self.finish(result)
     }
 }

@@ -7,8 +7,11 @@ pub mod client_ip;
 pub mod config;
 pub mod credential;
 pub mod decision;
+pub mod entry;
 pub mod model;
+pub mod pairs;
 pub mod secret;
+pub mod shared;
 pub mod snapshot;
 
 // The proxy-wasm glue. It is left out of the `wasm32-unknown-unknown` build, which exists
@@ -29,6 +32,8 @@ mod glue {
         });
     }}
 }
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+mod host;
 #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 mod http;
 #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]

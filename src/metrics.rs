@@ -9,6 +9,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
 use crate::decision::Denial;
+use crate::shared::Meta;
 
 /// The default has no metrics at all: every call is a no-op.
 #[derive(Default)]
@@ -20,6 +21,7 @@ pub struct Metrics {
     snapshot_version: Option<u32>,
     keys_loaded: Option<u32>,
     snapshot_age_seconds: Option<u32>,
+    revoked_entries: Option<u32>,
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -49,6 +51,7 @@ impl Metrics {
             snapshot_version: define(MetricType::Gauge, "keygate.snapshot_version"),
             keys_loaded: define(MetricType::Gauge, "keygate.keys_loaded"),
             snapshot_age_seconds: define(MetricType::Gauge, "keygate.snapshot_age_seconds"),
+            revoked_entries: define(MetricType::Gauge, "keygate.revoked_entries"),
         }
     }
 
@@ -77,9 +80,14 @@ impl Metrics {
         Self::add(self.sync_failures);
     }
 
-    pub fn snapshot(&self, version: u64, keys: usize, age_seconds: u64) {
-        Self::set(self.snapshot_version, version);
-        Self::set(self.keys_loaded, keys as u64);
-        Self::set(self.snapshot_age_seconds, age_seconds);
+    /// The gauges of the snapshot in shared data, as of `now_ms`.
+    pub fn snapshot(&self, meta: &Meta, now_ms: u64) {
+        Self::set(self.snapshot_version, meta.version);
+        Self::set(self.keys_loaded, meta.keys);
+        Self::set(
+            self.snapshot_age_seconds,
+            now_ms.saturating_sub(meta.confirmed_at_ms) / 1000,
+        );
+        Self::set(self.revoked_entries, meta.revoked);
     }
 }

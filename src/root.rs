@@ -1,66 +1,88 @@
-//! The root context of one Wasm VM: reads the configuration, keeps the key snapshot fresh
-//! by polling the key-service through its Envoy cluster, and hands each request's HTTP
-//! context a view of the current index.
+//! The root context of one Wasm VM. Every VM keeps its view of the shared snapshot (meta
+//! and tables, see `shared`) fresh on a tick; the one VM holding the lease also polls the
+//! key-service through its Envoy cluster and writes what it answers into shared data.
 
 use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
 use crate::config::Config;
+use crate::host::{self, Shared};
 use crate::http::Http;
 use crate::metrics::Metrics;
-use crate::snapshot::{KeyIndex, SnapshotWire};
+use crate::shared::{self, Leader, SyncError, View};
+use crate::snapshot::SnapshotWire;
 
-/// The snapshot this VM answers from, and when the key-service last confirmed it.
-pub struct Synced {
-    pub index: KeyIndex,
-    /// Unix milliseconds of the last good answer (a new snapshot or a 304).
-    pub confirmed_at_ms: u64,
-}
+/// This VM's view of the snapshot, shared by its root and HTTP contexts; `None` until a
+/// complete snapshot is in shared data.
+pub type SharedView = Rc<RefCell<Option<View>>>;
 
-/// Shared by the root and the HTTP contexts of one VM; `None` until a snapshot has loaded.
-pub type SharedIndex = Rc<RefCell<Option<Synced>>>;
-
-pub fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Tick period until the first snapshot has loaded, so a fresh Envoy serves soon.
-const FIRST_LOAD_RETRY: Duration = Duration::from_millis(200);
+/// Tick period until the first snapshot is in, so a fresh Envoy serves soon.
+const FIRST_LOAD_TICK: Duration = Duration::from_millis(200);
 const SNAPSHOT_PATH: &str = "/filter/v1/snapshot";
 
 #[derive(Default)]
 pub struct Root {
     config: Config,
     token: Option<String>,
-    index: SharedIndex,
+    /// This VM's name in the lease: random, so VMs of one Envoy never share one.
+    me: u64,
+    view: SharedView,
+    /// Whether this VM held the lease at its last tick.
+    leading: bool,
+    leader: Leader,
     /// Token of the snapshot call in flight, if any; one call at a time.
     in_flight: Option<u32>,
     /// Whether the last sync failed: failures are logged when they start and end, not on
     /// every attempt.
     failing: bool,
+    /// Whether the tick runs at the configured interval yet (after the first load).
+    steady: bool,
     /// Defined in `on_configure`; shared with every HTTP context of this VM.
     metrics: Rc<Metrics>,
 }
 
+/// A random VM name, never 0 (the free lease's owner). The standard library seeds
+/// `RandomState` from WASI's `random_get`, which Envoy provides.
+fn random_vm_name() -> u64 {
+    RandomState::new()
+        .hash_one(0x006b_6579_6761_7465_u64)
+        .max(1)
+}
+
 impl Root {
-    fn request_snapshot(&mut self) {
-        let version = self
-            .index
-            .borrow()
-            .as_ref()
-            .map(|s| s.index.version.to_string());
-        let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        // Once a snapshot is held, ask only for what changed since its version.
-        let path = match &version {
-            Some(v) => format!("{SNAPSHOT_PATH}?since={v}"),
-            None => SNAPSHOT_PATH.to_string(),
+    /// How long a lease lasts without renewal: a leader that stops ticking (its VM died)
+    /// is replaced after this.
+    fn lease_ttl_ms(&self) -> u64 {
+        3 * self.config.sync_interval_ms + self.config.key_service_timeout_ms
+    }
+
+    fn refresh_view(&self) {
+        let held = self.view.borrow_mut().take();
+        match View::refresh(&Shared, held) {
+            Ok(view) => *self.view.borrow_mut() = view,
+            Err(e) => warn!("shared data unreadable: {e:?}"),
+        }
+        if let Some(view) = self.view.borrow().as_ref() {
+            let now = host::now_ms().unwrap_or(0);
+            self.metrics.snapshot(&view.meta, now);
+        }
+    }
+
+    /// Asks the key-service for what the leader needs next.
+    fn ask(&mut self) {
+        let ask = match self.leader.next_ask(&Shared) {
+            Ok(ask) => ask,
+            Err(e) => return self.sync_failed(&describe(&e)),
         };
+        let path = format!("{SNAPSHOT_PATH}?{}", ask.query);
+        let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut headers = vec![
             (":method", "GET"),
             (":path", path.as_str()),
@@ -69,8 +91,7 @@ impl Root {
         if let Some(auth) = authorization.as_deref() {
             headers.push(("authorization", auth));
         }
-        let etag = version.map(|v| format!("\"{v}\""));
-        if let Some(etag) = etag.as_deref() {
+        if let Some(etag) = ask.if_none_match.as_deref() {
             headers.push(("if-none-match", etag));
         }
         match self.dispatch_http_call(
@@ -82,16 +103,6 @@ impl Root {
         ) {
             Ok(token) => self.in_flight = Some(token),
             Err(status) => self.sync_failed(&format!("request not sent: {status:?}")),
-        }
-    }
-
-    /// Sets the snapshot gauges: after each load and confirmation, and on every tick for
-    /// the age.
-    fn report_snapshot(&self) {
-        if let Some(s) = self.index.borrow().as_ref() {
-            let age_ms = unix_ms(self.get_current_time()).saturating_sub(s.confirmed_at_ms);
-            self.metrics
-                .snapshot(s.index.version, s.index.len(), age_ms / 1000);
         }
     }
 
@@ -110,57 +121,55 @@ impl Root {
         }
     }
 
-    /// The key-service confirmed that the snapshot held is current (304).
-    fn confirm(&mut self) {
-        let now = unix_ms(self.get_current_time());
-        if let Some(synced) = self.index.borrow_mut().as_mut() {
-            synced.confirmed_at_ms = now;
-        }
-        self.report_snapshot();
-        self.sync_succeeded();
-    }
-
-    fn load(&mut self, body: &[u8]) {
-        let wire: SnapshotWire = match serde_json::from_slice(body) {
-            Ok(wire) => wire,
-            Err(e) => return self.sync_failed(&format!("snapshot body is not valid: {e}")),
-        };
-        let now = unix_ms(self.get_current_time());
-        let first = self.index.borrow().is_none();
-        let (skipped, version, keys) = {
-            let mut held = self.index.borrow_mut();
-            match (wire.delta, held.as_mut()) {
-                // A delta applies to the snapshot held.
-                (true, Some(synced)) => {
-                    let skipped = synced.index.apply(wire);
-                    synced.confirmed_at_ms = now;
-                    (skipped, synced.index.version, synced.index.len())
-                }
-                (true, None) => {
-                    drop(held);
-                    return self.sync_failed("key-service sent a delta before any snapshot");
-                }
-                // A full snapshot replaces it.
-                (false, _) => {
-                    let loaded = KeyIndex::from_wire(wire);
-                    let (version, keys) = (loaded.index.version, loaded.index.len());
-                    *held = Some(Synced {
-                        index: loaded.index,
-                        confirmed_at_ms: now,
-                    });
-                    (loaded.skipped, version, keys)
+    fn handle(&mut self, result: Result<bool, SyncError>) {
+        match result {
+            Ok(more) => {
+                self.sync_succeeded();
+                self.refresh_view();
+                if more {
+                    self.ask();
                 }
             }
-        };
-        if skipped > 0 {
-            warn!("{skipped} snapshot records had a bad hash and were skipped");
+            Err(SyncError::LostRace) => {
+                info!("another VM wrote the snapshot meta; this one stops syncing");
+                self.leader.stop();
+                self.leading = false;
+            }
+            Err(e) => {
+                // A load that failed half-way starts over, with a new epoch.
+                self.leader.stop();
+                self.sync_failed(&describe(&e));
+            }
         }
-        info!("snapshot version {version} loaded, {keys} keys");
-        self.report_snapshot();
-        self.sync_succeeded();
-        if first {
-            self.set_tick_period(Duration::from_millis(self.config.sync_interval_ms));
+    }
+
+    fn apply(&mut self, body: &[u8], now_ms: u64) -> Result<bool, SyncError> {
+        let wire: SnapshotWire = serde_json::from_slice(body)
+            .map_err(|_| SyncError::Protocol("snapshot body is not valid JSON"))?;
+        let loading = self.leader.is_loading();
+        let applied = self.leader.apply(&Shared, wire, now_ms)?;
+        if applied.skipped > 0 {
+            warn!(
+                "{} snapshot records had a bad hash or size and were skipped",
+                applied.skipped
+            );
         }
+        if loading && !self.leader.is_loading() {
+            let (meta, _) = shared::read_meta(&Shared)?;
+            info!(
+                "snapshot version {} loaded into shared data, {} keys",
+                meta.version, meta.keys
+            );
+        }
+        Ok(applied.more)
+    }
+}
+
+fn describe(e: &SyncError) -> String {
+    match e {
+        SyncError::Host(status) => format!("shared data refused a call: {status:?}"),
+        SyncError::Protocol(why) => (*why).to_string(),
+        SyncError::LostRace => "another VM took over".to_string(),
     }
 }
 
@@ -170,16 +179,26 @@ impl Context for Root {
             return;
         }
         self.in_flight = None;
-        let status = self.get_http_call_response_header(":status");
-        match status.as_deref() {
-            Some("200") => match self.get_http_call_response_body(0, body_size) {
-                Some(body) => self.load(&body),
-                None => self.sync_failed("snapshot response had no body"),
-            },
-            Some("304") => self.confirm(),
-            Some(other) => self.sync_failed(&format!("key-service answered {other}")),
-            None => self.sync_failed("request failed or timed out"),
+        if !self.leading {
+            return;
         }
+        let now_ms = match host::now_ms() {
+            Ok(now) => now,
+            Err(e) => return self.sync_failed(&format!("no clock: {e:?}")),
+        };
+        let result = match host::call_response_status() {
+            Ok(Some(status)) if status == "200" => match host::call_response_body(body_size) {
+                Ok(body) => self.apply(&body, now_ms),
+                Err(e) => Err(SyncError::Host(e)),
+            },
+            Ok(Some(status)) if status == "304" => {
+                self.leader.confirmed(&Shared, now_ms).map(|()| false)
+            }
+            Ok(Some(other)) => return self.sync_failed(&format!("key-service answered {other}")),
+            Ok(None) => return self.sync_failed("request failed or timed out"),
+            Err(e) => Err(SyncError::Host(e)),
+        };
+        self.handle(result);
     }
 }
 
@@ -201,28 +220,48 @@ impl RootContext for Root {
                 self.config.token_env
             );
         }
+        self.me = random_vm_name();
+        self.leader = Leader::new(self.config.snapshot_page_size);
         self.metrics = Rc::new(Metrics::define());
-        self.set_tick_period(FIRST_LOAD_RETRY);
+        self.set_tick_period(FIRST_LOAD_TICK);
         true
     }
 
     fn on_tick(&mut self) {
-        if self.in_flight.is_none() {
-            self.request_snapshot();
+        let Ok(now) = host::now_ms() else {
+            return;
+        };
+        match shared::try_lead(&Shared, self.me, now, self.lease_ttl_ms()) {
+            Ok(true) => {
+                if !self.leading {
+                    info!("this VM now syncs the key snapshot for this Envoy");
+                    self.leading = true;
+                }
+                if self.in_flight.is_none() {
+                    self.ask();
+                }
+            }
+            Ok(false) => {
+                if self.leading {
+                    info!("another VM now syncs the key snapshot");
+                    self.leader.stop();
+                    self.leading = false;
+                }
+            }
+            Err(e) => self.sync_failed(&format!("lease unreadable: {e:?}")),
         }
-        if let Some(s) = self.index.borrow().as_ref() {
-            let age_ms = unix_ms(self.get_current_time()).saturating_sub(s.confirmed_at_ms);
-            self.metrics
-                .snapshot(s.index.version, s.index.len(), age_ms / 1000);
+        self.refresh_view();
+        if !self.steady && self.view.borrow().is_some() {
+            self.set_tick_period(Duration::from_millis(self.config.sync_interval_ms));
+            self.steady = true;
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let metrics = Rc::clone(&self.metrics);
         Some(Box::new(Http::new(
-            Rc::clone(&self.index),
+            Rc::clone(&self.view),
             &self.config,
-            metrics,
+            Rc::clone(&self.metrics),
         )))
     }
 

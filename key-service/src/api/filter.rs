@@ -1,7 +1,8 @@
 //! `/filter/v1/*`: what the Envoy filter syncs from. `GET /filter/v1/snapshot` answers with
 //! every key (as `keygate::snapshot::SnapshotWire`) and an `ETag` of its version, so a
 //! poll with `If-None-Match` costs one indexed query and a 304 when nothing changed;
-//! `?since=VERSION` answers with only what changed after that version.
+//! `?since=VERSION` answers with only what changed after that version. Full snapshots come
+//! in pages (`?after=CURSOR&limit=N`), so a million keys never travel as one body.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -13,6 +14,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::store::SnapshotPage;
 use crate::AppState;
 
 /// Query of `GET /filter/v1/snapshot`.
@@ -21,14 +23,34 @@ use crate::AppState;
 pub struct SnapshotQuery {
     /// A version the filter holds: answer with what changed since (a delta).
     pub since: Option<u64>,
+    /// For a full snapshot: the `next` cursor of the previous page.
+    pub after: Option<String>,
+    /// For a full snapshot: keys per page (default and maximum below).
+    pub limit: Option<usize>,
 }
+
+/// Keys per page of a full snapshot unless the filter asks otherwise: about 2.5 MB of
+/// JSON, a few milliseconds of work on either side.
+pub const DEFAULT_PAGE: usize = 10_000;
+pub const MAX_PAGE: usize = 100_000;
 
 pub async fn snapshot(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<SnapshotQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::invalid("since", e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let page = SnapshotPage {
+        after: query.after,
+        limit,
+    };
     let current = state.store.snapshot_version().await?;
     let unchanged = headers
         .get(IF_NONE_MATCH)
@@ -37,7 +59,7 @@ pub async fn snapshot(
     if unchanged {
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag(current)?)]).into_response());
     }
-    let wire = state.store.snapshot(query.since).await?;
+    let wire = state.store.snapshot(query.since, &page).await?;
     Ok(([(ETAG, etag(wire.version)?)], Json(wire)).into_response())
 }
 

@@ -189,7 +189,7 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            record_change(&mut tx, &key.id, "created", now).await?;
+            record_change(&mut tx, &key.id, "created", now, None).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -261,7 +261,8 @@ impl Store {
         .bind(edit.ip_allowlist.as_deref().map(json_list))
         .bind(edit.enabled)
         .bind(now);
-        self.change_one(query, id, "updated", now).await
+        self.change_one(query, id, "updated", now, Revokes::Nothing)
+            .await
     }
 
     /// Gives a key a new secret (its hash and masked form); `false` when there is no such
@@ -280,13 +281,15 @@ impl Store {
         .bind(key_hash)
         .bind(masked_key)
         .bind(now);
-        self.change_one(query, id, "rotated", now).await
+        self.change_one(query, id, "rotated", now, Revokes::OldHash)
+            .await
     }
 
     /// Deletes a key; `false` when there is no such key. Its change-log rows stay.
     pub async fn delete_key(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         let query = sqlx::query("DELETE FROM keys WHERE id = $1").bind(id);
-        self.change_one(query, id, "deleted", now).await
+        self.change_one(query, id, "deleted", now, Revokes::OldHash)
+            .await
     }
 
     /// Enables or disables a key; `false` when there is no such key.
@@ -299,20 +302,33 @@ impl Store {
     }
 
     /// Runs a statement that changes the key `id` and, if it changed a row, records the
-    /// change in the same transaction; `false` when there is no such key.
+    /// change in the same transaction (with the hash it took out of service, if it does);
+    /// `false` when there is no such key.
     async fn change_one<'q>(
         &self,
         statement: sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>::Arguments>,
         id: &str,
         kind: &str,
         now: i64,
+        revokes: Revokes,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        if statement.execute(&mut *tx).await?.rows_affected() == 0 {
+        // The log row first: it takes SQLite's write lock at once, and reads the hash
+        // being revoked before the statement can change it. No row: no such key.
+        let logged = sqlx::query(
+            "INSERT INTO key_changes (key_id, kind, at, revoked_hash) \
+             SELECT id, $2, $3, CASE WHEN $4 THEN key_hash END FROM keys WHERE id = $1",
+        )
+        .bind(id)
+        .bind(kind)
+        .bind(now)
+        .bind(matches!(revokes, Revokes::OldHash))
+        .execute(&mut *tx)
+        .await?;
+        if logged.rows_affected() == 0 || statement.execute(&mut *tx).await?.rows_affected() == 0 {
             tx.rollback().await?;
             return Ok(false);
         }
-        record_change(&mut tx, id, kind, now).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -326,12 +342,19 @@ impl Store {
         Ok(u64::try_from(version).unwrap_or(0))
     }
 
-    /// Every key as the filter needs it, with the version it reflects.
+    /// The keys as the filter needs them, with the version they reflect.
     ///
     /// With `since: Some(v)` for a version this database has passed (`0 < v <= now`), a
-    /// delta: only the keys changed after `v`, as they are now, and the ids of those
-    /// deleted. Otherwise (no `since`, or a version from another database) every key.
-    pub async fn snapshot(&self, since: Option<u64>) -> Result<SnapshotWire, StoreError> {
+    /// delta: only the keys changed after `v`, as they are now, and the hashes revoked
+    /// since (rotated away or deleted). Otherwise (no `since`, or a version from another
+    /// database) one page of the full snapshot: up to `page.limit` keys in hash order after
+    /// `page.after`, with `next` set to the cursor of the following page if there may be
+    /// one.
+    pub async fn snapshot(
+        &self,
+        since: Option<u64>,
+        page: &SnapshotPage,
+    ) -> Result<SnapshotWire, StoreError> {
         // One read transaction, version first: should a change commit in between anyway
         // (an engine without snapshot reads), the keys are newer than the version, never
         // older, and the next poll sees a new version and fetches again.
@@ -342,11 +365,17 @@ impl Store {
         let since = since
             .and_then(|v| i64::try_from(v).ok())
             .filter(|v| (1..=version).contains(v));
-        let (rows, deleted) = match since {
+        let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
+        let (rows, revoked) = match since {
             None => {
-                let rows = sqlx::query(concat!(snapshot_columns!(), " ORDER BY id"))
-                    .fetch_all(&mut *tx)
-                    .await?;
+                let rows = sqlx::query(concat!(
+                    snapshot_columns!(),
+                    " WHERE key_hash > $1 ORDER BY key_hash LIMIT $2"
+                ))
+                .bind(page.after.as_deref().unwrap_or(""))
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
                 (rows, Vec::new())
             }
             Some(since) => {
@@ -357,15 +386,14 @@ impl Store {
                 .bind(since)
                 .fetch_all(&mut *tx)
                 .await?;
-                let deleted: Vec<String> = sqlx::query_scalar(
-                    "SELECT DISTINCT c.key_id FROM key_changes c \
-                     LEFT JOIN keys k ON k.id = c.key_id \
-                     WHERE c.seq > $1 AND k.id IS NULL ORDER BY c.key_id",
+                let revoked: Vec<String> = sqlx::query_scalar(
+                    "SELECT DISTINCT revoked_hash FROM key_changes \
+                     WHERE seq > $1 AND revoked_hash IS NOT NULL ORDER BY revoked_hash",
                 )
                 .bind(since)
                 .fetch_all(&mut *tx)
                 .await?;
-                (rows, deleted)
+                (rows, revoked)
             }
         };
         let group_rows = sqlx::query("SELECT name, models FROM groups ORDER BY name")
@@ -375,7 +403,7 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let keys = rows
+        let keys: Vec<KeyRecord> = rows
             .iter()
             .map(|row| {
                 let id: String = row.try_get("id")?;
@@ -415,15 +443,37 @@ impl Store {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?;
+        let next = match since {
+            None if i64::try_from(keys.len()).is_ok_and(|n| n >= limit) => {
+                keys.last().map(|k| k.hash.clone())
+            }
+            _ => None,
+        };
         Ok(SnapshotWire {
             version: u64::try_from(version).unwrap_or(0),
             delta: since.is_some(),
             keys,
-            deleted,
+            revoked,
+            next,
             groups,
             accounts,
         })
     }
+}
+
+/// Whether a change takes the key's current hash out of service.
+#[derive(Clone, Copy)]
+enum Revokes {
+    Nothing,
+    OldHash,
+}
+
+/// Which page of a full snapshot to answer with.
+#[derive(Debug, Clone)]
+pub struct SnapshotPage {
+    /// Hash of the last key of the previous page; `None` for the first page.
+    pub after: Option<String>,
+    pub limit: usize,
 }
 
 async fn record_change(
@@ -431,11 +481,13 @@ async fn record_change(
     key_id: &str,
     kind: &str,
     now: i64,
+    revoked_hash: Option<&str>,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO key_changes (key_id, kind, at) VALUES ($1, $2, $3)")
+    sqlx::query("INSERT INTO key_changes (key_id, kind, at, revoked_hash) VALUES ($1, $2, $3, $4)")
         .bind(key_id)
         .bind(kind)
         .bind(now)
+        .bind(revoked_hash)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -542,10 +594,11 @@ mod tests {
         assert_eq!(store.snapshot_version().await.unwrap(), 2);
         assert!(store.set_enabled("a", false, 200).await.unwrap());
         assert!(!store.set_enabled("nope", false, 200).await.unwrap());
-        let snapshot = store.snapshot(None).await.unwrap();
+        let snapshot = store.snapshot(None, &all()).await.unwrap();
         assert_eq!(snapshot.version, 3);
         assert_eq!(snapshot.keys.len(), 2);
-        assert!(!snapshot.keys[0].enabled);
+        let a = snapshot.keys.iter().find(|k| k.id == "a").unwrap();
+        assert!(!a.enabled);
 
         let a = store.get_key("a", 300).await.unwrap().unwrap();
         assert_eq!(
@@ -553,6 +606,59 @@ mod tests {
             (KeyStatus::Disabled, 100, 200)
         );
         assert_eq!(a.models, ["gpt-4o"]);
+    }
+
+    fn all() -> SnapshotPage {
+        SnapshotPage {
+            after: None,
+            limit: 1000,
+        }
+    }
+
+    #[tokio::test]
+    async fn full_snapshots_come_in_pages_in_hash_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        let keys: Vec<NewKey> = ["c", "a", "b"].iter().map(|id| new_key(id, id)).collect();
+        store.insert_keys(&keys, 100).await.unwrap();
+        let mut page = SnapshotPage {
+            after: None,
+            limit: 2,
+        };
+        let first = store.snapshot(None, &page).await.unwrap();
+        let ids: Vec<&str> = first.keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(
+            first.next.as_deref(),
+            Some(format!("{:0>64}", "b").as_str())
+        );
+        page.after = first.next;
+        let second = store.snapshot(None, &page).await.unwrap();
+        let ids: Vec<&str> = second.keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!((ids, second.next), (vec!["c"], None));
+    }
+
+    #[tokio::test]
+    async fn deltas_name_the_hashes_that_rotation_and_deletion_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        let keys: Vec<NewKey> = ["a", "b", "c"].iter().map(|id| new_key(id, id)).collect();
+        store.insert_keys(&keys, 100).await.unwrap();
+        let new_hash = format!("{:f>64}", "");
+        assert!(store.rotate_key("a", &new_hash, "sk-m", 200).await.unwrap());
+        assert!(store.delete_key("b", 200).await.unwrap());
+        assert!(store.set_enabled("c", false, 200).await.unwrap());
+        assert!(!store.delete_key("b", 300).await.unwrap());
+        let delta = store.snapshot(Some(3), &all()).await.unwrap();
+        assert!(delta.delta);
+        assert_eq!(delta.version, 6);
+        assert_eq!(
+            delta.revoked,
+            [format!("{:0>64}", "a"), format!("{:0>64}", "b")]
+        );
+        let ids: Vec<&str> = delta.keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(delta.keys[0].hash, new_hash);
     }
 
     #[tokio::test]

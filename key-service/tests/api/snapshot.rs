@@ -10,7 +10,7 @@ async fn the_snapshot_carries_each_key_by_the_hash_of_its_secret() {
     assert_eq!(empty.status, 200);
     assert_eq!(
         empty.body,
-        json!({"version": 0, "delta": false, "keys": [], "deleted": [],
+        json!({"version": 0, "delta": false, "keys": [],
             "groups": [{"name": "default", "models": ["*"]}],
             "accounts": [{"name": "default", "balance": null}]})
     );
@@ -48,10 +48,46 @@ async fn the_snapshot_carries_each_key_by_the_hash_of_its_secret() {
         "the secret itself never travels"
     );
 
-    // The filter's own loader accepts it and finds the key by its secret.
-    let loaded = keygate::snapshot::KeyIndex::from_wire(wire);
-    assert_eq!(loaded.skipped, 0);
-    assert!(loaded.index.get(&keygate::secret::hash(secret)).is_some());
+    // The filter's own encoder accepts it, under the name the filter looks the secret up by.
+    let (name, value) = keygate::entry::encode(record, 1).unwrap();
+    assert_eq!(name, keygate::entry::name(&keygate::secret::hash(secret)));
+    let entry = keygate::entry::decode(value).unwrap();
+    assert_eq!(entry.id(), record.id);
+    assert!(entry.allows_model("gpt-4o-mini") && !entry.allows_model("gpt-4o"));
+}
+
+#[tokio::test]
+async fn full_snapshots_are_paged_and_the_page_size_is_checked() {
+    let service = Service::start().await;
+    service.create_ok(json!({"name": "k", "quantity": 5})).await;
+    let get = |path: String| service.send(service.request(Method::GET, &path, Some(FILTER)));
+    let mut seen = Vec::new();
+    let mut path = "/filter/v1/snapshot?limit=2".to_string();
+    loop {
+        let page = get(path.clone()).await;
+        assert_eq!(page.status, 200);
+        let wire: keygate::snapshot::SnapshotWire = serde_json::from_value(page.body).unwrap();
+        assert!(!wire.delta && wire.keys.len() <= 2);
+        seen.extend(wire.keys.into_iter().map(|k| k.hash));
+        match wire.next {
+            Some(next) => path = format!("/filter/v1/snapshot?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        (seen.len(), seen),
+        (5, sorted),
+        "every key once, in hash order"
+    );
+    for bad in ["limit=0", "limit=100001", "limit=x", "unknown=1"] {
+        let reply = get(format!("/filter/v1/snapshot?{bad}")).await;
+        let (status, _, param) = reply.error();
+        assert_eq!(status, 400, "{bad}");
+        assert!(param.is_some(), "{bad}");
+    }
 }
 
 #[tokio::test]
@@ -144,7 +180,9 @@ async fn since_answers_with_only_the_changes_after_that_version() {
     let mut expected = vec![(id(&edit), false), (id(&added), true)];
     expected.sort();
     assert_eq!(changed, expected);
-    assert_eq!(wire.deleted, [id(&gone)]);
+    // The deleted key is named by the hash the filter stores it under.
+    let gone_hash = gone["key"].as_str().map(keygate::secret::hash).unwrap();
+    assert_eq!(wire.revoked, [keygate::secret::hash_hex(&gone_hash)]);
     assert!(!wire.keys.iter().any(|k| k.id == id(&keep)));
     assert!(
         !wire.groups.is_empty(),
@@ -170,5 +208,5 @@ async fn since_answers_with_only_the_changes_after_that_version() {
         .send(service.request(Method::GET, "/filter/v1/snapshot?since=x", Some(FILTER)))
         .await;
     let (status, _, param) = bad.error();
-    assert_eq!((status, param.as_deref()), (400, Some("since")));
+    assert_eq!((status, param.as_deref()), (400, Some("query")));
 }

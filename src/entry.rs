@@ -1,0 +1,446 @@
+//! One key as it sits in proxy-wasm shared data: a short name derived from its hash, and a
+//! compact binary value the request path decodes without a parser.
+//!
+//! Envoy keeps shared data as `std::string` keys and values in a hash map; with libc++
+//! (Envoy's release builds) strings of up to 22 bytes live inside the map node with no
+//! allocation of their own, so the name is kept to 21 bytes. The value carries what a
+//! request needs and nothing else:
+//!
+//! ```text
+//! u8  FORMAT
+//! u8  flags (ENABLED, EXPIRES, QUOTA, MODELS, IPS, IPS_UNUSABLE)
+//! u32 epoch (little-endian), the full load that wrote it (see `shared`)
+//! i64 expires_at (Unix seconds)          if EXPIRES
+//! i64 remaining quota                    if QUOTA
+//! str id, str name, str group, str account     (str = u16 length + UTF-8)
+//! u16 count + str * count                if MODELS (the key's own list)
+//! u16 count + net * count                if IPS (net = u8 prefix, u8 4|6, 4|16 bytes)
+//! ```
+//!
+//! An empty value is a revoked key (shared data has no delete).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ipnet::IpNet;
+
+use crate::client_ip::{self, Allowlist};
+use crate::secret::{self, KeyHash};
+use crate::snapshot::KeyRecord;
+
+const FORMAT: u8 = 1;
+
+const ENABLED: u8 = 1;
+const EXPIRES: u8 = 1 << 1;
+const QUOTA: u8 = 1 << 2;
+const MODELS: u8 = 1 << 3;
+const IPS: u8 = 1 << 4;
+/// The key had allowlist entries, none of which parsed: it admits no source.
+const IPS_UNUSABLE: u8 = 1 << 5;
+
+/// Bytes of the hash in the entry's name: 120 bits. Finding a secret whose hash shares
+/// them with one of a million stored keys takes about 2^100 hashes.
+const NAME_HASH_BYTES: usize = 15;
+
+/// The shared-data name of the key with this hash: `k` + 20 characters of base64url.
+pub fn name(hash: &KeyHash) -> String {
+    let mut name = String::with_capacity(1 + 20);
+    name.push('k');
+    URL_SAFE_NO_PAD.encode_string(&hash[..NAME_HASH_BYTES], &mut name);
+    name
+}
+
+/// Why a record cannot become an entry.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    BadHash,
+    /// A string or list longer than 65535 (the key-service never makes one).
+    TooLong,
+}
+
+/// The entry of one snapshot record: its name and value.
+pub fn encode(record: &KeyRecord, epoch: u32) -> Result<(String, Vec<u8>), EncodeError> {
+    let hash = secret::parse_hash_hex(&record.hash).ok_or(EncodeError::BadHash)?;
+    let allowlist = Allowlist::parse(&record.ip_allowlist);
+    let mut flags = 0;
+    for (set, flag) in [
+        (record.enabled, ENABLED),
+        (record.expires_at.is_some(), EXPIRES),
+        (record.remaining_quota.is_some(), QUOTA),
+        (!record.models.is_empty(), MODELS),
+        (!allowlist.nets().is_empty(), IPS),
+        (allowlist.is_unusable(), IPS_UNUSABLE),
+    ] {
+        if set {
+            flags |= flag;
+        }
+    }
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&[FORMAT, flags]);
+    out.extend_from_slice(&epoch.to_le_bytes());
+    for value in [record.expires_at, record.remaining_quota]
+        .into_iter()
+        .flatten()
+    {
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    for text in [&record.id, &record.name, &record.group, &record.account] {
+        put_str(&mut out, text)?;
+    }
+    if !record.models.is_empty() {
+        put_len(&mut out, record.models.len())?;
+        for model in &record.models {
+            put_str(&mut out, model)?;
+        }
+    }
+    if !allowlist.nets().is_empty() {
+        put_len(&mut out, allowlist.nets().len())?;
+        for net in allowlist.nets() {
+            out.push(net.prefix_len());
+            match net.addr() {
+                IpAddr::V4(v4) => {
+                    out.push(4);
+                    out.extend_from_slice(&v4.octets());
+                }
+                IpAddr::V6(v6) => {
+                    out.push(6);
+                    out.extend_from_slice(&v6.octets());
+                }
+            }
+        }
+    }
+    Ok((name(&hash), out))
+}
+
+fn put_len(out: &mut Vec<u8>, len: usize) -> Result<(), EncodeError> {
+    let len = u16::try_from(len).map_err(|_| EncodeError::TooLong)?;
+    out.extend_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str) -> Result<(), EncodeError> {
+    put_len(out, text.len())?;
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
+/// A decoded entry. Owns the value's bytes; strings and lists are ranges into them,
+/// checked once by `decode`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    bytes: Vec<u8>,
+    flags: u8,
+    pub epoch: u32,
+    pub expires_at: Option<i64>,
+    pub remaining_quota: Option<i64>,
+    id: Range<usize>,
+    name: Range<usize>,
+    group: Range<usize>,
+    account: Range<usize>,
+    /// Start of the models list (its count), if the key has one.
+    models: Option<usize>,
+    /// Start of the IP list (its count), if the key has one.
+    ips: Option<usize>,
+}
+
+/// Reads through a value, refusing to run past its end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let slice = self.bytes.get(self.at..end)?;
+        self.at = end;
+        Some(slice)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1)?.first().copied()
+    }
+
+    fn u16(&mut self) -> Option<usize> {
+        let b = self.take(2)?;
+        Some(usize::from(u16::from_le_bytes([*b.first()?, *b.get(1)?])))
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
+    }
+
+    /// A string's range, checked to be UTF-8.
+    fn str_range(&mut self) -> Option<Range<usize>> {
+        let len = self.u16()?;
+        let start = self.at;
+        std::str::from_utf8(self.take(len)?).ok()?;
+        Some(start..self.at)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let len = self.u16()?;
+        std::str::from_utf8(self.take(len)?).ok()
+    }
+
+    fn net(&mut self) -> Option<IpNet> {
+        let prefix = self.u8()?;
+        let addr = match self.u8()? {
+            4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
+            6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
+            _ => return None,
+        };
+        IpNet::new(addr, prefix).ok()
+    }
+}
+
+/// Decodes a value; `None` for a revoked key (empty value) or bytes this version of the
+/// filter does not understand, which is treated as an unknown key.
+pub fn decode(bytes: Vec<u8>) -> Option<Entry> {
+    let mut r = Reader {
+        bytes: &bytes,
+        at: 0,
+    };
+    if r.u8()? != FORMAT {
+        return None;
+    }
+    let flags = r.u8()?;
+    let epoch = u32::from_le_bytes(r.array::<4>()?);
+    let expires_at = (flags & EXPIRES != 0)
+        .then(|| r.array::<8>().map(i64::from_le_bytes))
+        .map_or(Some(None), |v| v.map(Some))?;
+    let remaining_quota = (flags & QUOTA != 0)
+        .then(|| r.array::<8>().map(i64::from_le_bytes))
+        .map_or(Some(None), |v| v.map(Some))?;
+    let (id, name, group, account) = (
+        r.str_range()?,
+        r.str_range()?,
+        r.str_range()?,
+        r.str_range()?,
+    );
+    let models = if flags & MODELS != 0 {
+        let start = r.at;
+        for _ in 0..r.u16()? {
+            r.str()?;
+        }
+        Some(start)
+    } else {
+        None
+    };
+    let ips = if flags & IPS != 0 {
+        let start = r.at;
+        for _ in 0..r.u16()? {
+            r.net()?;
+        }
+        Some(start)
+    } else {
+        None
+    };
+    Some(Entry {
+        flags,
+        epoch,
+        expires_at,
+        remaining_quota,
+        id,
+        name,
+        group,
+        account,
+        models,
+        ips,
+        bytes,
+    })
+}
+
+impl Entry {
+    fn text(&self, range: &Range<usize>) -> &str {
+        self.bytes
+            .get(range.clone())
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
+    }
+
+    fn list_at(&self, start: usize) -> Reader<'_> {
+        Reader {
+            bytes: &self.bytes,
+            at: start,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.flags & ENABLED != 0
+    }
+
+    pub fn id(&self) -> &str {
+        self.text(&self.id)
+    }
+
+    pub fn name(&self) -> &str {
+        self.text(&self.name)
+    }
+
+    pub fn group(&self) -> &str {
+        self.text(&self.group)
+    }
+
+    pub fn account(&self) -> &str {
+        self.text(&self.account)
+    }
+
+    /// Whether the key has a model list of its own.
+    pub fn restricts_models(&self) -> bool {
+        self.models.is_some()
+    }
+
+    /// Whether the key's own list allows `model` (a key without a list allows all).
+    pub fn allows_model(&self, model: &str) -> bool {
+        let Some(start) = self.models else {
+            return true;
+        };
+        let mut r = self.list_at(start);
+        let count = r.u16().unwrap_or(0);
+        (0..count).any(|_| r.str() == Some(model))
+    }
+
+    /// Whether the key restricts where requests may come from.
+    pub fn restricts_ips(&self) -> bool {
+        self.ips.is_some() || self.flags & IPS_UNUSABLE != 0
+    }
+
+    /// Whether the key's allowlist admits the client address (`None`: unknown).
+    pub fn admits(&self, ip: Option<IpAddr>) -> bool {
+        if !self.restricts_ips() {
+            return true;
+        }
+        let (Some(start), Some(ip)) = (self.ips, ip.map(client_ip::normalize)) else {
+            return false;
+        };
+        let mut r = self.list_at(start);
+        let count = r.u16().unwrap_or(0);
+        (0..count).any(|_| r.net().is_some_and(|net| net.contains(&ip)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn record() -> KeyRecord {
+        KeyRecord {
+            id: "key_0123456789abcdef".into(),
+            name: "dev-local".into(),
+            hash: secret::hash_hex(&secret::hash("sk-test")),
+            account: "default".into(),
+            group: "default".into(),
+            enabled: true,
+            expires_at: None,
+            ip_allowlist: vec![],
+            models: vec![],
+            remaining_quota: None,
+        }
+    }
+
+    fn round_trip(record: &KeyRecord) -> Entry {
+        let (_, value) = encode(record, 7).unwrap();
+        decode(value).unwrap()
+    }
+
+    #[test]
+    fn names_are_short_enough_to_live_inside_envoys_map_node() {
+        let n = name(&secret::hash("sk-test"));
+        assert_eq!(n.len(), 21);
+        assert!(n.starts_with('k'));
+        assert_ne!(n, name(&secret::hash("sk-other")));
+    }
+
+    #[test]
+    fn a_plain_key_round_trips_in_a_small_value() {
+        let r = record();
+        let (name, value) = encode(&r, 7).unwrap();
+        assert_eq!(name, super::name(&secret::hash("sk-test")));
+        assert!(value.len() <= 64, "{} bytes", value.len());
+        let e = decode(value).unwrap();
+        assert!(e.enabled());
+        assert_eq!(e.epoch, 7);
+        assert_eq!(
+            (e.id(), e.name(), e.group(), e.account()),
+            ("key_0123456789abcdef", "dev-local", "default", "default")
+        );
+        assert_eq!((e.expires_at, e.remaining_quota), (None, None));
+        assert!(!e.restricts_models() && e.allows_model("anything"));
+        assert!(!e.restricts_ips() && e.admits(None));
+    }
+
+    #[test]
+    fn every_optional_field_round_trips() {
+        let mut r = record();
+        r.enabled = false;
+        r.expires_at = Some(-5);
+        r.remaining_quota = Some(i64::MAX);
+        r.models = vec!["gpt-4o".into(), "claude-3-5-haiku".into()];
+        r.ip_allowlist = vec!["10.0.0.0/8".into(), "2001:db8::/32".into(), "junk".into()];
+        r.name = "ünïcode name".into();
+        let e = round_trip(&r);
+        assert!(!e.enabled());
+        assert_eq!(e.expires_at, Some(-5));
+        assert_eq!(e.remaining_quota, Some(i64::MAX));
+        assert_eq!(e.name(), "ünïcode name");
+        assert!(e.restricts_models());
+        assert!(e.allows_model("gpt-4o") && e.allows_model("claude-3-5-haiku"));
+        assert!(!e.allows_model("gpt-4") && !e.allows_model(""));
+        assert!(e.restricts_ips());
+        for (ip, admitted) in [
+            ("10.1.2.3", true),
+            ("::ffff:10.1.2.3", true),
+            ("11.1.2.3", false),
+            ("2001:db8::7", true),
+            ("2001:db9::7", false),
+        ] {
+            assert_eq!(e.admits(Some(ip.parse().unwrap())), admitted, "{ip}");
+        }
+        assert!(!e.admits(None));
+    }
+
+    #[test]
+    fn an_allowlist_of_garbage_admits_nobody() {
+        let mut r = record();
+        r.ip_allowlist = vec!["not-an-ip".into()];
+        let e = round_trip(&r);
+        assert!(e.restricts_ips());
+        assert!(!e.admits(Some("10.0.0.1".parse().unwrap())));
+    }
+
+    #[test]
+    fn revoked_truncated_and_foreign_values_decode_to_nothing() {
+        assert_eq!(decode(Vec::new()), None);
+        let mut r = record();
+        r.models = vec!["gpt-4o".into()];
+        r.ip_allowlist = vec!["10.0.0.0/8".into()];
+        r.expires_at = Some(1);
+        let (_, value) = encode(&r, 1).unwrap();
+        for cut in 0..value.len() {
+            assert_eq!(decode(value[..cut].to_vec()), None, "cut at {cut}");
+        }
+        let mut foreign = value.clone();
+        foreign[0] = 99;
+        assert_eq!(decode(foreign), None);
+        // A string that is not UTF-8 is refused, not read.
+        let mut bad = encode(&record(), 1).unwrap().1;
+        let at = bad.len() - 1;
+        bad[at] = 0xff;
+        assert_eq!(decode(bad), None);
+    }
+
+    #[test]
+    fn records_that_cannot_be_stored_are_refused() {
+        let mut r = record();
+        r.hash = "nope".into();
+        assert_eq!(encode(&r, 1), Err(EncodeError::BadHash));
+        let mut r = record();
+        r.name = "x".repeat(70_000);
+        assert_eq!(encode(&r, 1), Err(EncodeError::TooLong));
+    }
+}

@@ -1,0 +1,261 @@
+//! The host calls of the request path and of the sync, made against the proxy-wasm ABI
+//! directly so that every status comes back as a value.
+//!
+//! The SDK's wrappers (`proxy_wasm::hostcalls`, and the `Context` methods built on them)
+//! panic on any status they do not expect, and a panic aborts the worker's VM: every later
+//! request on that worker would get a 503 until Envoy reloads it. Envoy does answer with
+//! such statuses, for instance `NotFound` when a header map is gone because the client
+//! reset the stream. Here, a failed call is an `Err` the caller decides about.
+
+use std::ptr::null_mut;
+
+use crate::pairs;
+use crate::shared::{HostError, SharedData};
+
+/// `proxy_wasm::types::Status::Ok` and `NotFound`.
+const OK: u32 = 0;
+const NOT_FOUND: u32 = 1;
+/// `MapType::HttpRequestHeaders`, `MapType::HttpCallResponseHeaders`,
+/// `BufferType::HttpRequestBody`, `BufferType::HttpCallResponseBody`.
+const REQUEST_HEADERS: u32 = 0;
+const CALL_RESPONSE_HEADERS: u32 = 6;
+const REQUEST_BODY: u32 = 0;
+const CALL_RESPONSE_BODY: u32 = 4;
+
+// The SDK declares the same imports with its own enums for the status; the wasm
+// signatures are identical (i32 everywhere), hence the allowed lint.
+#[allow(clashing_extern_declarations)]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+}
+
+fn check(status: u32) -> Result<(), HostError> {
+    match status {
+        OK => Ok(()),
+        other => Err(HostError(other)),
+    }
+}
+
+/// Takes ownership of a buffer the host allocated in this module's memory (through the
+/// SDK's `proxy_on_memory_allocate`, which hands out boxed slices of exactly `size`).
+///
+/// # Safety
+/// `data` and `size` must come from the host's answer to a call that returned `Ok`.
+unsafe fn host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() || size == 0 {
+        return Vec::new();
+    }
+    // SAFETY: per the ABI, the host filled `size` bytes it allocated with
+    // `proxy_on_memory_allocate(size)`; nothing else refers to them.
+    unsafe { Vec::from_raw_parts(data, size, size) }
+}
+
+/// Proxy-wasm shared data of this plugin's VMs.
+pub struct Shared;
+
+impl SharedData for Shared {
+    fn get(&self, name: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
+        // SAFETY: the pointers are valid for the call; the result is taken over below.
+        let status = unsafe {
+            proxy_get_shared_data(name.as_ptr(), name.len(), &mut data, &mut size, &mut cas)
+        };
+        match status {
+            OK => Ok(Some((unsafe { host_buffer(data, size) }, cas))),
+            NOT_FOUND => Ok(None),
+            other => Err(HostError(other)),
+        }
+    }
+
+    fn set(&self, name: &str, value: &[u8], cas: Option<u32>) -> Result<bool, HostError> {
+        // SAFETY: the host only reads the given ranges during the call.
+        let status = unsafe {
+            proxy_set_shared_data(
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+                cas.unwrap_or(0),
+            )
+        };
+        match status {
+            OK => Ok(true),
+            // `CasMismatch`.
+            8 => Ok(false),
+            other => Err(HostError(other)),
+        }
+    }
+}
+
+/// The request headers, encoded (`pairs::parse` reads them without copying).
+pub fn request_headers() -> Result<Vec<u8>, HostError> {
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: as for `get` above.
+    check(unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size) })?;
+    let buf = unsafe { host_buffer(data, size) };
+    // An empty buffer is an empty map.
+    Ok(if buf.is_empty() {
+        pairs::encode(&[])
+    } else {
+        buf
+    })
+}
+
+pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {
+    // SAFETY: the host only reads the given ranges during the call.
+    check(unsafe {
+        proxy_replace_header_map_value(
+            REQUEST_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
+pub fn remove_request_header(name: &str) -> Result<(), HostError> {
+    // SAFETY: as above.
+    check(unsafe { proxy_remove_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len()) })
+}
+
+/// A property of the request (`path` is its segments), `None` if the host has none.
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+    // Segments separated by NUL bytes.
+    let encoded = path.join("\0");
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: as for `get` above.
+    let status =
+        unsafe { proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut size) };
+    match status {
+        OK => Ok(Some(unsafe { host_buffer(data, size) })),
+        NOT_FOUND => Ok(None),
+        other => Err(HostError(other)),
+    }
+}
+
+fn buffer(kind: u32, size: usize) -> Result<Vec<u8>, HostError> {
+    let (mut data, mut got) = (null_mut(), 0);
+    // SAFETY: as for `get` above.
+    match unsafe { proxy_get_buffer_bytes(kind, 0, size, &mut data, &mut got) } {
+        OK => Ok(unsafe { host_buffer(data, got) }),
+        // No body at all.
+        NOT_FOUND => Ok(Vec::new()),
+        other => Err(HostError(other)),
+    }
+}
+
+/// The first `size` bytes of the buffered request body.
+pub fn request_body(size: usize) -> Result<Vec<u8>, HostError> {
+    buffer(REQUEST_BODY, size)
+}
+
+/// The body of the response to the root context's HTTP call being handled.
+pub fn call_response_body(size: usize) -> Result<Vec<u8>, HostError> {
+    buffer(CALL_RESPONSE_BODY, size)
+}
+
+/// The `:status` of that response; `None` when the call failed (reset, timeout).
+pub fn call_response_status() -> Result<Option<String>, HostError> {
+    let name = ":status";
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: as for `get` above.
+    let status = unsafe {
+        proxy_get_header_map_value(
+            CALL_RESPONSE_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            &mut data,
+            &mut size,
+        )
+    };
+    match status {
+        OK => Ok(String::from_utf8(unsafe { host_buffer(data, size) }).ok()),
+        NOT_FOUND => Ok(None),
+        other => Err(HostError(other)),
+    }
+}
+
+/// Answers the request from the filter.
+pub fn send_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError> {
+    let headers = pairs::encode(headers);
+    // SAFETY: the host only reads the given ranges during the call.
+    check(unsafe {
+        proxy_send_local_response(
+            status,
+            std::ptr::null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    })
+}
+
+/// The host's clock in Unix milliseconds.
+pub fn now_ms() -> Result<u64, HostError> {
+    let mut nanos = 0;
+    // SAFETY: the pointer is valid for the call.
+    check(unsafe { proxy_get_current_time_nanoseconds(&mut nanos) })?;
+    Ok(nanos / 1_000_000)
+}
