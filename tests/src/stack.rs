@@ -147,6 +147,13 @@ pub struct StackBuilder {
     concurrency: u32,
     /// Extra `"field": value` entries for the filter's JSON configuration.
     filter_settings: Vec<(String, String)>,
+    /// Another Wasm filter in keygate's place (`None`: the built keygate), or no filter
+    /// at all (`Some(None)`): the benchmark's baselines.
+    filter: Option<Option<PathBuf>>,
+    /// Envoy answers every request itself instead of routing to the mock upstream.
+    direct_response: bool,
+    /// A key-service database to start from (copied), instead of an empty one.
+    database: Option<PathBuf>,
 }
 
 impl StackBuilder {
@@ -167,6 +174,26 @@ impl StackBuilder {
     /// Envoy worker threads (and so Wasm VMs); 2 by default.
     pub fn concurrency(mut self, n: u32) -> Self {
         self.concurrency = n;
+        self
+    }
+
+    /// Runs `wasm` in keygate's place (same configuration), or, with `None`, no Wasm
+    /// filter at all.
+    pub fn filter(mut self, wasm: Option<PathBuf>) -> Self {
+        self.filter = Some(wasm);
+        self
+    }
+
+    /// Has Envoy answer 200 itself after the filters, so only Envoy and the filter are
+    /// measured, not the upstream.
+    pub fn direct_response(mut self) -> Self {
+        self.direct_response = true;
+        self
+    }
+
+    /// Starts the key-service on a copy of this SQLite database.
+    pub fn database(mut self, path: &Path) -> Self {
+        self.database = Some(path.to_path_buf());
         self
     }
 
@@ -195,6 +222,9 @@ impl Stack {
             envoy_filter_token: None,
             concurrency: 2,
             filter_settings: Vec::new(),
+            filter: None,
+            direct_response: false,
+            database: None,
         }
     }
 
@@ -204,9 +234,15 @@ impl Stack {
 
     fn start_with(options: StackBuilder) -> Stack {
         let envoy = envoy_bin();
-        let wasm = filter_wasm();
+        let wasm = match &options.filter {
+            Some(Some(path)) => required(path.clone(), "make build"),
+            _ => filter_wasm(),
+        };
         let dir = std::env::temp_dir().join(format!("keygate-e2e-{}", random_token()));
         fs::create_dir_all(&dir).expect("create stack dir");
+        if let Some(db) = &options.database {
+            fs::copy(db, dir.join("keygate.db")).expect("copy the database");
+        }
         let mut procs = Vec::new();
 
         let mut cmd = Command::new(release_bin("mock-upstream"));
@@ -232,6 +268,16 @@ impl Stack {
         let mut text = envoy_config(&wasm, &upstream, &key_service);
         for (field, value) in &options.filter_settings {
             text = with_filter_setting(&text, field, value);
+        }
+        if options.filter == Some(None) {
+            text = without_filter(&text);
+        }
+        if options.direct_response {
+            text = replace_once(
+                &text,
+                "route: { cluster: upstream, timeout: 300s }",
+                "direct_response: { status: 200, body: { inline_string: \"ok\" } }",
+            );
         }
         fs::write(&config, text).expect("write config");
         let admin_path = dir.join("envoy-admin-address");
@@ -272,6 +318,14 @@ impl Stack {
         let before = self.procs.len();
         self.procs.retain(|p| p.name != name);
         assert_eq!(before - self.procs.len(), 1, "no process named {name}");
+    }
+
+    /// The process id of one process of the stack (to read its memory use).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.child.id())
     }
 
     /// Everything a process of this stack has written so far (for assertions on logs).
@@ -355,6 +409,23 @@ fn with_filter_setting(config: &str, field: &str, value: &str) -> String {
         "filter configuration not found"
     );
     config.replace(anchor, &format!("\"{field}\": {value}, {anchor}"))
+}
+
+fn replace_once(config: &str, from: &str, to: &str) -> String {
+    assert_eq!(config.matches(from).count(), 1, "{from:?} not found once");
+    config.replace(from, to)
+}
+
+/// The configuration without the keygate filter (everything from its entry in
+/// `http_filters` up to the router's).
+fn without_filter(config: &str) -> String {
+    let start = config
+        .find("                  - name: keygate\n")
+        .expect("keygate filter entry");
+    let end = config
+        .find("                  - name: envoy.filters.http.router")
+        .expect("router entry");
+    format!("{}{}", &config[..start], &config[end..])
 }
 
 fn wait_for_file(path: &Path, proc: &mut Proc) -> String {

@@ -1,0 +1,385 @@
+//! `keygate-bench`: keygate in the real Envoy against its floors, in one run.
+//!
+//! For each key count, a key-service database is seeded once; then every variant
+//! (no filter, a no-op Wasm filter, keygate, and any extra `name=path.wasm` filters) runs
+//! in turn, round after round (A B C A B C ...), each in a fresh Envoy with one worker
+//! pinned to CPU 0 and `wrk` pinned to CPU 1. Envoy answers itself (direct response), so
+//! only Envoy and the filter are measured. Per variant and round: requests per second at
+//! saturation, latency percentiles of a single connection (one request at a time: the
+//! added latency per request), Envoy's resident memory once loaded, and how long the
+//! snapshot took to load. Medians and spreads go to a Markdown report.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use key_service::store::NewKey;
+use key_service::Store;
+use keygate::secret;
+use keygate_e2e::api::{client, filter_stat};
+use keygate_e2e::stack::{repo_root, Stack};
+
+#[derive(Parser)]
+#[command(about = "Measure keygate in Envoy against no filter and a no-op Wasm filter")]
+struct Args {
+    /// Key counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,10000,1000000")]
+    keys: Vec<usize>,
+    /// Rounds of every variant, interleaved.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds of each measured wrk run.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Connections of the saturation run.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Extra filters to measure in keygate's place, as NAME=PATH.wasm.
+    #[arg(long = "extra")]
+    extra: Vec<String>,
+    /// Where the Markdown report goes.
+    #[arg(long, default_value = "bench/results/filter.md")]
+    out: PathBuf,
+}
+
+#[derive(Clone)]
+enum Filter {
+    None,
+    Wasm(PathBuf),
+    Keygate,
+}
+
+#[derive(Clone)]
+struct Variant {
+    name: String,
+    filter: Filter,
+}
+
+#[derive(Default, Clone)]
+struct Sample {
+    rps: f64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    rss_mb: f64,
+    load_s: Option<f64>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let root = repo_root();
+    let noop = root.join("target/wasm32-wasip1/release/keygate_noop_filter.wasm");
+    let mut variants = vec![
+        Variant {
+            name: "no filter".into(),
+            filter: Filter::None,
+        },
+        Variant {
+            name: "no-op wasm".into(),
+            filter: Filter::Wasm(noop),
+        },
+        Variant {
+            name: "keygate".into(),
+            filter: Filter::Keygate,
+        },
+    ];
+    for extra in &args.extra {
+        let (name, path) = extra.split_once('=').expect("--extra NAME=PATH.wasm");
+        variants.push(Variant {
+            name: name.into(),
+            filter: Filter::Wasm(PathBuf::from(path)),
+        });
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let work = std::env::temp_dir().join("keygate-bench");
+    fs::create_dir_all(&work).expect("bench dir");
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "# keygate filter benchmark\n\n`{}`, {} rounds, {} s per run, Envoy 1 worker on CPU 0, \
+         wrk on CPU 1, direct response. Medians, (min-max) over rounds.\n",
+        std::env::args().collect::<Vec<_>>().join(" "),
+        args.rounds,
+        args.duration
+    );
+    for &count in &args.keys {
+        let db = work.join(format!("keys-{count}.db"));
+        let started = Instant::now();
+        let secret = runtime.block_on(seed(&db, count));
+        eprintln!(
+            "seeded {count} keys in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
+        for round in 0..args.rounds {
+            for (i, variant) in variants.iter().enumerate() {
+                let sample = measure(variant, &db, count, secret.as_deref(), &args);
+                eprintln!(
+                    "{count} keys, round {round}, {}: {:.0} rps, p50 {:.0} us, p99 {:.0} us, \
+                     rss {:.1} MB, load {:?}",
+                    variant.name,
+                    sample.rps,
+                    sample.p50_us,
+                    sample.p99_us,
+                    sample.rss_mb,
+                    sample.load_s
+                );
+                samples[i].push(sample);
+            }
+        }
+        write_table(&mut report, count, &variants, &samples);
+    }
+    if let Some(dir) = args.out.parent() {
+        fs::create_dir_all(dir).expect("report dir");
+    }
+    fs::write(&args.out, &report).expect("write report");
+    println!("{report}");
+}
+
+/// A key-service database with `count` keys; returns the secret of one of them.
+async fn seed(path: &Path, count: usize) -> Option<String> {
+    let _ = fs::remove_file(path);
+    let store = Store::open_sqlite(path).await.expect("open database");
+    let mut known = None;
+    let mut batch = Vec::with_capacity(10_000);
+    for i in 0..count {
+        let random = format!("{i:0>42}");
+        let secret = secret::from_random(&random).expect("secret");
+        let hash = secret::hash_hex(&secret::hash(&secret));
+        if known.is_none() {
+            known = Some(secret.clone());
+        }
+        batch.push(NewKey {
+            id: format!("key_{i:0>16}"),
+            name: format!("bench-{i}"),
+            key_hash: hash,
+            masked_key: secret::mask(&secret),
+            account: "default".into(),
+            group: "default".into(),
+            expires_at: None,
+            unlimited_quota: true,
+            quota: 0,
+            models: vec![],
+            ip_allowlist: vec![],
+        });
+        if batch.len() == batch.capacity() || i + 1 == count {
+            store.insert_keys(&batch, 0).await.expect("insert keys");
+            batch.clear();
+        }
+    }
+    store.close().await;
+    known
+}
+
+fn measure(
+    variant: &Variant,
+    db: &Path,
+    count: usize,
+    secret: Option<&str>,
+    args: &Args,
+) -> Sample {
+    let builder = Stack::builder()
+        .concurrency(1)
+        .direct_response()
+        .database(db);
+    let builder = match &variant.filter {
+        Filter::None => builder.filter(None),
+        Filter::Wasm(path) => builder.filter(Some(path.clone())),
+        Filter::Keygate => builder.filter_setting("snapshot_page_size", "50000"),
+    };
+    let started = Instant::now();
+    let stack = builder.start();
+    let envoy = stack.pid("envoy").expect("envoy pid");
+    pin(envoy, "0");
+    let keygate_like = !matches!(variant.filter, Filter::None) && !variant.name.contains("no-op");
+    let mut load_s = None;
+    if keygate_like && count > 0 {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while filter_stat(&stack, "keygate.keys_loaded") != Some(count as u64) {
+            assert!(
+                Instant::now() < deadline,
+                "{}: keys never loaded",
+                variant.name
+            );
+            sleep(Duration::from_millis(20));
+        }
+        load_s = Some(load_seconds(&stack.log("envoy")).unwrap_or(started.elapsed().as_secs_f64()));
+    }
+    let url = format!("{}/healthz", stack.envoy_url);
+    let auth = format!("Authorization: Bearer {}", secret.unwrap_or("sk-none"));
+    if keygate_like && count > 0 {
+        let status = client()
+            .get(&url)
+            .header("authorization", format!("Bearer {}", secret.unwrap_or("")))
+            .send()
+            .map(|r| r.status().as_u16());
+        assert_eq!(status.ok(), Some(200), "{}: the key is refused", variant.name);
+    }
+    // Warm up, then saturate, then one connection for latency.
+    // With no keys, keygate refuses every request (401): that path is measured then.
+    let refused_ok = count == 0;
+    wrk(&url, &auth, 8, 1, refused_ok);
+    let saturated = wrk(&url, &auth, args.connections, args.duration, refused_ok);
+    let single = wrk(&url, &auth, 1, args.duration, refused_ok);
+    Sample {
+        rps: saturated.rps,
+        p50_us: single.p50_us,
+        p90_us: single.p90_us,
+        p99_us: single.p99_us,
+        rss_mb: rss_kb(envoy) as f64 / 1024.0,
+        load_s,
+    }
+}
+
+/// Seconds from the VM taking the sync lease to the full snapshot being published, from
+/// the timestamps of the filter's two log lines (`[YYYY-MM-DD HH:MM:SS.mmm]...`).
+fn load_seconds(log: &str) -> Option<f64> {
+    let at = |needle: &str| -> Option<f64> {
+        let line = log.lines().find(|l| l.contains(needle))?;
+        let time = line.get(12..24)?; // HH:MM:SS.mmm
+        let mut parts = time.split(':');
+        let (h, m, s): (f64, f64, f64) = (
+            parts.next()?.parse().ok()?,
+            parts.next()?.parse().ok()?,
+            parts.next()?.parse().ok()?,
+        );
+        Some(h * 3600.0 + m * 60.0 + s)
+    };
+    Some(at("loaded into shared data")? - at("now syncs the key snapshot")?)
+}
+
+/// Pins every thread of a process to the given CPUs.
+fn pin(pid: u32, cpus: &str) {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .output()
+        .expect("taskset");
+    assert!(status.status.success(), "taskset failed");
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+struct Wrk {
+    rps: f64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+}
+
+fn wrk(url: &str, auth: &str, connections: usize, seconds: u64, refused_ok: bool) -> Wrk {
+    let out = Command::new("taskset")
+        .args(["-c", "1", "wrk", "-t1", "--latency"])
+        .args(["-c", &connections.to_string()])
+        .args(["-d", &format!("{seconds}s"), "-H", auth, url])
+        .output()
+        .expect("run wrk (apt install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        refused_ok || !text.contains("Non-2xx"),
+        "requests failed during the run:\n{text}"
+    );
+    let percentile = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p).map(str::trim))
+            .map(parse_duration_us)
+            .unwrap_or(f64::NAN)
+    };
+    Wrk {
+        rps: text
+            .lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN),
+        p50_us: percentile("50%"),
+        p90_us: percentile("90%"),
+        p99_us: percentile("99%"),
+    }
+}
+
+fn parse_duration_us(text: &str) -> f64 {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (value, unit) = text.split_at(split);
+    let value: f64 = value.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => value,
+        "ms" => value * 1e3,
+        "s" => value * 1e6,
+        _ => f64::NAN,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    (values[n / 2], values[0], values[n - 1])
+}
+
+fn write_table(report: &mut String, count: usize, variants: &[Variant], samples: &[Vec<Sample>]) {
+    let stat = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+    let floor_rps = stat(0, |s| s.rps).0;
+    let noop_rps = stat(1, |s| s.rps).0;
+    let floor_p50 = stat(0, |s| s.p50_us).0;
+    let floor_p99 = stat(0, |s| s.p99_us).0;
+    let _ = writeln!(
+        report,
+        "## {count} keys{}\n\n| variant | req/s (saturated) | vs no filter | vs no-op wasm | \
+         p50 us | p90 us | p99 us | added p50 / p99 us | Envoy RSS MB | load s |\n\
+         |---|---|---|---|---|---|---|---|---|---|",
+        if count == 0 {
+            " (keygate refuses every request: the 401 path)"
+        } else {
+            ""
+        }
+    );
+    for (i, v) in variants.iter().enumerate() {
+        let rps = stat(i, |s| s.rps);
+        let (p50, p90, p99) = (
+            stat(i, |s| s.p50_us),
+            stat(i, |s| s.p90_us),
+            stat(i, |s| s.p99_us),
+        );
+        let rss = stat(i, |s| s.rss_mb);
+        let load = median(samples[i].iter().filter_map(|s| s.load_s).collect());
+        let _ = writeln!(
+            report,
+            "| {} | {:.0} ({:.0}-{:.0}) | {:.2}x | {:.2}x | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} \
+             | {:.1} | {} |",
+            v.name,
+            rps.0,
+            rps.1,
+            rps.2,
+            rps.0 / floor_rps,
+            rps.0 / noop_rps,
+            p50.0,
+            p90.0,
+            p99.0,
+            p50.0 - floor_p50,
+            p99.0 - floor_p99,
+            rss.0,
+            if load.0.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{:.2} ({:.2}-{:.2})", load.0, load.1, load.2)
+            },
+        );
+    }
+    let _ = writeln!(report);
+}
