@@ -1,15 +1,14 @@
 //! `/filter/v1/*`: what the Envoy filter syncs from. `GET /filter/v1/snapshot` answers with
-//! every key (as `keygate::snapshot::SnapshotWire`) and an `ETag` of its version, so a
+//! the keys (as `keygate::snapshot::SnapshotWire` JSON) and an `ETag` of its version, so a
 //! poll with `If-None-Match` costs one indexed query and a 304 when nothing changed;
 //! `?since=VERSION` answers with only what changed after that version. Full snapshots come
 //! in pages (`?after=CURSOR&limit=N`), so a million keys never travel as one body.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::header::{ETAG, IF_NONE_MATCH};
+use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
 use serde::Deserialize;
 
@@ -59,8 +58,12 @@ pub async fn snapshot(
     if unchanged {
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag(current)?)]).into_response());
     }
-    let wire = state.store.snapshot(query.since, &page).await?;
-    Ok(([(ETAG, etag(wire.version)?)], Json(wire)).into_response())
+    let body = state.store.snapshot(query.since, &page).await?;
+    let headers = [
+        (ETAG, etag(body.version)?),
+        (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+    ];
+    Ok((headers, body.to_json()).into_response())
 }
 
 /// `"<version>"`, the strong entity tag of a snapshot version.

@@ -17,10 +17,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use key_service::store::NewKey;
-use key_service::Store;
-use keygate::secret;
 use keygate_e2e::api::{client, filter_stat};
+use keygate_e2e::seed::{secret_of, seed_keys};
 use keygate_e2e::stack::{repo_root, Stack};
 
 #[derive(Parser)]
@@ -41,6 +39,15 @@ struct Args {
     /// Extra filters to measure in keygate's place, as NAME=PATH.wasm.
     #[arg(long = "extra")]
     extra: Vec<String>,
+    /// Envoy worker threads (each runs its own Wasm VM); all pinned to CPU 0.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// Seed the databases again even if an earlier run left them.
+    #[arg(long)]
+    reseed: bool,
+    /// Measure only these variants (by name), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Where the Markdown report goes.
     #[arg(long, default_value = "bench/results/filter.md")]
     out: PathBuf,
@@ -94,26 +101,37 @@ fn main() {
             filter: Filter::Wasm(PathBuf::from(path)),
         });
     }
+    if !args.only.is_empty() {
+        variants.retain(|v| args.only.contains(&v.name));
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let work = std::env::temp_dir().join("keygate-bench");
     fs::create_dir_all(&work).expect("bench dir");
     let mut report = String::new();
     let _ = writeln!(
         report,
-        "# keygate filter benchmark\n\n`{}`, {} rounds, {} s per run, Envoy 1 worker on CPU 0, \
-         wrk on CPU 1, direct response. Medians, (min-max) over rounds.\n",
+        "# keygate filter benchmark\n\n`{}`, {} rounds, {} s per run, Envoy {} worker(s) on \
+         CPU 0, wrk on CPU 1, direct response. Medians, (min-max) over rounds.\n",
         std::env::args().collect::<Vec<_>>().join(" "),
         args.rounds,
-        args.duration
+        args.duration,
+        args.workers
     );
     for &count in &args.keys {
         let db = work.join(format!("keys-{count}.db"));
-        let started = Instant::now();
-        let secret = runtime.block_on(seed(&db, count));
-        eprintln!(
-            "seeded {count} keys in {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
+        // Seeding a million keys takes minutes: a database seeded by an earlier run (of
+        // the same schema) is reused.
+        let done = db.with_extension(format!("db.{}", env!("CARGO_PKG_VERSION")));
+        if !done.exists() || args.reseed {
+            let started = Instant::now();
+            runtime.block_on(seed_keys(&db, count));
+            fs::write(&done, "").expect("seed marker");
+            eprintln!(
+                "seeded {count} keys in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let secret = (count > 0).then(|| secret_of(0));
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
         for round in 0..args.rounds {
             for (i, variant) in variants.iter().enumerate() {
@@ -140,41 +158,6 @@ fn main() {
     println!("{report}");
 }
 
-/// A key-service database with `count` keys; returns the secret of one of them.
-async fn seed(path: &Path, count: usize) -> Option<String> {
-    let _ = fs::remove_file(path);
-    let store = Store::open_sqlite(path).await.expect("open database");
-    let mut known = None;
-    let mut batch = Vec::with_capacity(10_000);
-    for i in 0..count {
-        let random = format!("{i:0>42}");
-        let secret = secret::from_random(&random).expect("secret");
-        let hash = secret::hash_hex(&secret::hash(&secret));
-        if known.is_none() {
-            known = Some(secret.clone());
-        }
-        batch.push(NewKey {
-            id: format!("key_{i:0>16}"),
-            name: format!("bench-{i}"),
-            key_hash: hash,
-            masked_key: secret::mask(&secret),
-            account: "default".into(),
-            group: "default".into(),
-            expires_at: None,
-            unlimited_quota: true,
-            quota: 0,
-            models: vec![],
-            ip_allowlist: vec![],
-        });
-        if batch.len() == batch.capacity() || i + 1 == count {
-            store.insert_keys(&batch, 0).await.expect("insert keys");
-            batch.clear();
-        }
-    }
-    store.close().await;
-    known
-}
-
 fn measure(
     variant: &Variant,
     db: &Path,
@@ -183,13 +166,13 @@ fn measure(
     args: &Args,
 ) -> Sample {
     let builder = Stack::builder()
-        .concurrency(1)
+        .concurrency(args.workers)
         .direct_response()
         .database(db);
     let builder = match &variant.filter {
         Filter::None => builder.filter(None),
         Filter::Wasm(path) => builder.filter(Some(path.clone())),
-        Filter::Keygate => builder.filter_setting("snapshot_page_size", "50000"),
+        Filter::Keygate => builder,
     };
     let started = Instant::now();
     let stack = builder.start();
@@ -217,7 +200,12 @@ fn measure(
             .header("authorization", format!("Bearer {}", secret.unwrap_or("")))
             .send()
             .map(|r| r.status().as_u16());
-        assert_eq!(status.ok(), Some(200), "{}: the key is refused", variant.name);
+        assert_eq!(
+            status.ok(),
+            Some(200),
+            "{}: the key is refused",
+            variant.name
+        );
     }
     // Warm up, then saturate, then one connection for latency.
     // With no keys, keygate refuses every request (401): that path is measured then.
@@ -334,10 +322,16 @@ fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
 
 fn write_table(report: &mut String, count: usize, variants: &[Variant], samples: &[Vec<Sample>]) {
     let stat = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
-    let floor_rps = stat(0, |s| s.rps).0;
-    let noop_rps = stat(1, |s| s.rps).0;
-    let floor_p50 = stat(0, |s| s.p50_us).0;
-    let floor_p99 = stat(0, |s| s.p99_us).0;
+    let named = |name: &str, f: fn(&Sample) -> f64| {
+        variants
+            .iter()
+            .position(|v| v.name == name)
+            .map_or(f64::NAN, |i| stat(i, f).0)
+    };
+    let floor_rps = named("no filter", |s| s.rps);
+    let noop_rps = named("no-op wasm", |s| s.rps);
+    let floor_p50 = named("no filter", |s| s.p50_us);
+    let floor_p99 = named("no filter", |s| s.p99_us);
     let _ = writeln!(
         report,
         "## {count} keys{}\n\n| variant | req/s (saturated) | vs no filter | vs no-op wasm | \

@@ -1,0 +1,79 @@
+//! The snapshot lives once per Envoy, in proxy-wasm shared data: one VM syncs it for all
+//! workers, a full load comes in pages, and every worker answers from it.
+
+use std::time::Duration;
+
+use keygate_e2e::api::{chat, client, create_key, filter_stat, until_synced};
+use keygate_e2e::seed::{secret_of, seed_keys};
+use keygate_e2e::stack::Stack;
+use serde_json::json;
+
+/// Envoy's count of requests sent to the key-service cluster.
+fn key_service_requests(stack: &Stack) -> u64 {
+    let text = client()
+        .get(format!(
+            "{}/stats?filter=^cluster\\.key_service\\.upstream_rq_total$",
+            stack.envoy_admin_url
+        ))
+        .send()
+        .and_then(|r| r.text())
+        .expect("envoy stats");
+    text.lines()
+        .find_map(|l| l.strip_prefix("cluster.key_service.upstream_rq_total: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("upstream_rq_total stat")
+}
+
+#[test]
+fn one_vm_syncs_for_every_worker_of_an_envoy() {
+    // Four workers and the main thread: five VMs, one lease.
+    let stack = Stack::builder().concurrency(4).start();
+    let key = create_key(&stack, json!({"name": "shared"}));
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&key.secret))).status(),
+        200
+    );
+    // New connections spread over the workers; each answers from the shared snapshot.
+    for _ in 0..40 {
+        assert_eq!(chat(&stack, Some(&key.secret)).status(), 200);
+    }
+    let before = key_service_requests(&stack);
+    std::thread::sleep(Duration::from_secs(4));
+    let polls = key_service_requests(&stack) - before;
+    // One poll a second from the lease holder; five VMs polling would make about 20.
+    assert!(
+        (2..=6).contains(&polls),
+        "{polls} snapshot requests in 4 s from an Envoy with 5 VMs"
+    );
+}
+
+#[test]
+fn a_full_load_comes_in_pages_and_counts_every_key() {
+    let dir = std::env::temp_dir().join(format!(
+        "keygate-seed-{}",
+        keygate_e2e::stack::random_token()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("seeded.db");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(seed_keys(&db, 7));
+    let stack = Stack::builder()
+        .database(&db)
+        .filter_setting("snapshot_page_size", "2")
+        .start();
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&secret_of(6)))).status(),
+        200
+    );
+    for i in 0..7 {
+        assert_eq!(chat(&stack, Some(&secret_of(i))).status(), 200, "key {i}");
+    }
+    assert_eq!(filter_stat(&stack, "keygate.keys_loaded"), Some(7));
+    let log = stack.log("envoy");
+    assert!(
+        log.contains("loaded into shared data, 7 keys"),
+        "the load is logged once it is complete"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
