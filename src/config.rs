@@ -33,6 +33,72 @@ pub struct Config {
     /// Keys per page of the full snapshot loaded at start (a million keys come in a
     /// hundred pages of the default size).
     pub snapshot_page_size: usize,
+    /// Names of the headers that tell the upstream who is calling.
+    pub identity_headers: IdentityHeaders,
+}
+
+/// The request headers the filter sets for the upstream; `null` leaves one out (each
+/// costs a host call per request). Whatever the names, a client-sent header of one of
+/// them, or starting with `x-keygate-`, is removed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityHeaders {
+    pub key_id: Option<String>,
+    pub key_name: Option<String>,
+    pub group: Option<String>,
+    pub account: Option<String>,
+    pub model: Option<String>,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        let name = |n: &str| Some(format!("x-keygate-{n}"));
+        IdentityHeaders {
+            key_id: name("key-id"),
+            key_name: name("key-name"),
+            group: name("group"),
+            account: name("account"),
+            model: name("model"),
+        }
+    }
+}
+
+impl IdentityHeaders {
+    /// Every name in use.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        [
+            &self.key_id,
+            &self.key_name,
+            &self.group,
+            &self.account,
+            &self.model,
+        ]
+        .into_iter()
+        .filter_map(|n| n.as_deref())
+    }
+
+    /// Whether a client-sent header of this name must be removed (ASCII case ignored).
+    pub fn is_own(&self, header: &str) -> bool {
+        self.names().any(|n| n.eq_ignore_ascii_case(header))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut seen: Vec<&str> = Vec::new();
+        for name in self.names() {
+            let token = !name.is_empty()
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !token || crate::credential::HEADERS.contains(&name) || seen.contains(&name) {
+                return Err(ConfigError(format!(
+                    "identity_headers: {name:?} must be a distinct lower-case header name \
+                     (letters, digits, '-', '_') that is not a credential header"
+                )));
+            }
+            seen.push(name);
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -47,6 +113,7 @@ impl Default for Config {
             max_body_bytes: 1 << 20,
             max_snapshot_age_ms: 24 * 3_600_000,
             snapshot_page_size: 10_000,
+            identity_headers: IdentityHeaders::default(),
         }
     }
 }
@@ -101,6 +168,7 @@ impl Config {
                 "max_snapshot_age_ms must be at least sync_interval_ms".into(),
             ));
         }
+        self.identity_headers.validate()?;
         if !(1..=100_000).contains(&self.snapshot_page_size) {
             return Err(ConfigError(
                 "snapshot_page_size must be between 1 and 100000".into(),
@@ -140,6 +208,21 @@ mod tests {
     }
 
     #[test]
+    fn identity_headers_can_be_renamed_or_left_out() {
+        let c = Config::parse(Some(
+            br#"{"identity_headers":{"key_name":null,"account":"x-tenant"}}"#,
+        ))
+        .unwrap();
+        let h = &c.identity_headers;
+        assert_eq!(h.key_id.as_deref(), Some("x-keygate-key-id"));
+        assert_eq!(h.key_name, None);
+        assert_eq!(h.account.as_deref(), Some("x-tenant"));
+        assert!(h.is_own("X-Tenant") && h.is_own("x-keygate-model"));
+        assert!(!h.is_own("x-keygate-key-name") && !h.is_own("content-type"));
+        assert_eq!(h.names().count(), 4);
+    }
+
+    #[test]
     fn the_token_comes_from_the_configuration_or_the_environment() {
         let env = |name: &str| (name == "KEYGATE_FILTER_TOKEN").then(|| "from-env".to_string());
         assert_eq!(Config::default().token(env).as_deref(), Some("from-env"));
@@ -159,6 +242,10 @@ mod tests {
             br#"{"key_service_cluster":""}"#,
             br#"{"max_body_bytes":0}"#,
             br#"{"snapshot_page_size":0}"#,
+            br#"{"identity_headers":{"key_id":"Bad Name"}}"#,
+            br#"{"identity_headers":{"key_id":"authorization"}}"#,
+            br#"{"identity_headers":{"group":"x-a","account":"x-a"}}"#,
+            br#"{"identity_headers":{"tenant":"x-t"}}"#,
             br#"{"sync_interval_ms":5000,"max_snapshot_age_ms":4000}"#,
             br#"not json"#,
         ] {

@@ -61,12 +61,15 @@ pub fn strip_query_key(path: &str) -> Option<String> {
 }
 
 /// Names of the request headers to remove before the request goes upstream: every
-/// credential header and every client-sent `x-keygate-*` header that is present.
+/// credential header, every client-sent `x-keygate-*` header, and any other the filter
+/// sets itself (`own`), that is present.
 pub fn headers_to_strip<'h, 'a>(
     headers: &'h [(&'a str, &'a str)],
+    own: impl Fn(&str) -> bool + 'h,
 ) -> impl Iterator<Item = &'a str> + 'h {
-    headers.iter().map(|(n, _)| *n).filter(|name| {
+    headers.iter().map(|(n, _)| *n).filter(move |name| {
         HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
+            || own(name)
             || name
                 .get(..OWN_HEADER_PREFIX.len())
                 .is_some_and(|p| p.eq_ignore_ascii_case(OWN_HEADER_PREFIX))
@@ -142,16 +145,18 @@ mod tests {
             ("X-Keygate-Key-Id", "forged"),
             ("x-keygate-account", "forged"),
             ("x-request-id", "r1"),
+            ("x-tenant", "forged"),
             ("content-type", "application/json"),
         ]);
-        let stripped: Vec<&str> = headers_to_strip(&h).collect();
+        let stripped: Vec<&str> = headers_to_strip(&h, |n| n == "x-tenant").collect();
         assert_eq!(
             stripped,
             [
                 "Authorization",
                 "x-api-key",
                 "X-Keygate-Key-Id",
-                "x-keygate-account"
+                "x-keygate-account",
+                "x-tenant"
             ]
         );
     }

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::config::Config;
+use crate::config::{Config, IdentityHeaders};
 use crate::decision::{check_model, decide, restricts_models, Denial};
 use crate::entry::Entry;
 use crate::host::{self, Shared};
@@ -25,6 +25,7 @@ use crate::{client_ip, credential, model, pairs};
 
 pub struct Http {
     view: SharedView,
+    identity: Rc<IdentityHeaders>,
     max_body_bytes: usize,
     max_snapshot_age_ms: u64,
     metrics: Rc<Metrics>,
@@ -36,9 +37,15 @@ pub struct Http {
 const HOST_FAILED: Denial = Denial::KeyServiceUnavailable;
 
 impl Http {
-    pub fn new(view: SharedView, config: &Config, metrics: Rc<Metrics>) -> Self {
+    pub fn new(
+        view: SharedView,
+        config: &Config,
+        identity: Rc<IdentityHeaders>,
+        metrics: Rc<Metrics>,
+    ) -> Self {
         Http {
             view,
+            identity,
             metrics,
             max_body_bytes: config.max_body_bytes,
             max_snapshot_age_ms: config.max_snapshot_age_ms,
@@ -91,24 +98,33 @@ impl Http {
 
     /// Removes every client credential and client-sent `x-keygate-*` header, and tells
     /// the upstream which key this is.
-    fn forward_identity(headers: &[(&str, &str)], key: &Entry) -> Result<(), HostError> {
-        for name in credential::headers_to_strip(headers) {
+    fn forward_identity(&self, headers: &[(&str, &str)], key: &Entry) -> Result<(), HostError> {
+        let own = |name: &str| self.identity.is_own(name);
+        for name in credential::headers_to_strip(headers, own) {
             host::remove_request_header(name)?;
         }
         let path = headers.iter().find(|(n, _)| *n == ":path");
         if let Some(stripped) = path.and_then(|(_, p)| credential::strip_query_key(p)) {
             host::set_request_header(":path", &stripped)?;
         }
-        host::set_request_header("x-keygate-key-id", key.id())?;
-        host::set_request_header("x-keygate-key-name", key.name())?;
-        host::set_request_header("x-keygate-group", key.group())?;
-        host::set_request_header("x-keygate-account", key.account())
+        let id = &self.identity;
+        for (name, value) in [
+            (&id.key_id, key.id()),
+            (&id.key_name, key.name()),
+            (&id.group, key.group()),
+            (&id.account, key.account()),
+        ] {
+            if let Some(name) = name {
+                host::set_request_header(name, value)?;
+            }
+        }
+        Ok(())
     }
 
-    fn forward_model(requested: Option<&str>) -> Result<(), HostError> {
-        match requested.filter(|m| model::is_header_safe(m)) {
-            Some(m) => host::set_request_header("x-keygate-model", m),
-            None => Ok(()),
+    fn forward_model(&self, requested: Option<&str>) -> Result<(), HostError> {
+        match (&self.identity.model, requested) {
+            (Some(name), Some(m)) if model::is_header_safe(m) => host::set_request_header(name, m),
+            _ => Ok(()),
         }
     }
 
@@ -133,11 +149,13 @@ impl Http {
         let (Some(view), Some(secret)) = (view, secret) else {
             return Err(HOST_FAILED);
         };
-        Self::forward_identity(&headers, &key).map_err(|_| HOST_FAILED)?;
+        self.forward_identity(&headers, &key)
+            .map_err(|_| HOST_FAILED)?;
 
         let path = headers.iter().find(|(n, _)| *n == ":path").map(|(_, p)| *p);
         if let Some(requested) = path.and_then(model::from_path) {
-            Self::forward_model(Some(requested)).map_err(|_| HOST_FAILED)?;
+            self.forward_model(Some(requested))
+                .map_err(|_| HOST_FAILED)?;
             check_model(&view.tables, &key, Some(requested))?;
             return Ok(Action::Continue);
         }
@@ -167,7 +185,8 @@ impl Http {
             .ok_or(Denial::KeyServiceUnavailable)?;
         // The snapshot may have changed while the body arrived: check the key as it is now.
         let key = Self::lookup(&hash, view.meta.epoch)?.ok_or(Denial::InvalidApiKey)?;
-        Self::forward_model(requested.as_deref()).map_err(|_| HOST_FAILED)?;
+        self.forward_model(requested.as_deref())
+            .map_err(|_| HOST_FAILED)?;
         check_model(&view.tables, &key, requested.as_deref())?;
         Ok(Action::Continue)
     }

@@ -1,8 +1,14 @@
 //! The filter's Envoy stats, defined once per VM through proxy-wasm metrics. Envoy shows
 //! them prefixed with `wasmcustom.`; every VM of the plugin adds to the same counters.
 //!
+//! Request counters are kept in the VM and added to Envoy's on each tick (every
+//! `sync_interval_ms`), which saves a host call on every request; the stats lag by at
+//! most one interval.
+//!
 //! A metric the host refuses to define is left out (and said once in the log): stats must
 //! never stop a request.
+
+use std::cell::Cell;
 
 use log::warn;
 use proxy_wasm::hostcalls;
@@ -22,6 +28,8 @@ pub struct Metrics {
     keys_loaded: Option<u32>,
     snapshot_age_seconds: Option<u32>,
     revoked_entries: Option<u32>,
+    /// Requests counted since the last flush: allowed, then one per `Denial::ALL`.
+    pending: Vec<Cell<u64>>,
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -52,12 +60,24 @@ impl Metrics {
             keys_loaded: define(MetricType::Gauge, "keygate.keys_loaded"),
             snapshot_age_seconds: define(MetricType::Gauge, "keygate.snapshot_age_seconds"),
             revoked_entries: define(MetricType::Gauge, "keygate.revoked_entries"),
+            pending: (0..=Denial::ALL.len()).map(|_| Cell::new(0)).collect(),
         }
     }
 
-    fn add(id: Option<u32>) {
-        if let Some(id) = id {
-            let _ = hostcalls::increment_metric(id, 1);
+    fn count(&self, slot: usize) {
+        if let Some(cell) = self.pending.get(slot) {
+            cell.set(cell.get() + 1);
+        }
+    }
+
+    /// Adds the requests counted since the last flush to Envoy's counters.
+    pub fn flush(&self) {
+        let ids = std::iter::once(self.allowed).chain(self.denied.iter().copied());
+        for (cell, id) in self.pending.iter().zip(ids) {
+            let n = cell.replace(0);
+            if let (Some(id), Ok(n @ 1..)) = (id, i64::try_from(n)) {
+                let _ = hostcalls::increment_metric(id, n);
+            }
         }
     }
 
@@ -68,16 +88,19 @@ impl Metrics {
     }
 
     pub fn allowed(&self) {
-        Self::add(self.allowed);
+        self.count(0);
     }
 
     pub fn denied(&self, denial: Denial) {
-        let slot = Denial::ALL.iter().position(|d| *d == denial);
-        Self::add(slot.and_then(|i| self.denied.get(i).copied().flatten()));
+        if let Some(i) = Denial::ALL.iter().position(|d| *d == denial) {
+            self.count(i + 1);
+        }
     }
 
     pub fn sync_failed(&self) {
-        Self::add(self.sync_failures);
+        if let Some(id) = self.sync_failures {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
     }
 
     /// The gauges of the snapshot in shared data, as of `now_ms`.

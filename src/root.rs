@@ -12,7 +12,7 @@ use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
-use crate::config::Config;
+use crate::config::{Config, IdentityHeaders};
 use crate::host::{self, Shared};
 use crate::http::Http;
 use crate::metrics::Metrics;
@@ -46,6 +46,7 @@ pub struct Root {
     steady: bool,
     /// Defined in `on_configure`; shared with every HTTP context of this VM.
     metrics: Rc<Metrics>,
+    identity: Rc<IdentityHeaders>,
 }
 
 /// A random VM name, never 0 (the free lease's owner). The standard library seeds
@@ -221,6 +222,7 @@ impl RootContext for Root {
             );
         }
         self.me = random_vm_name();
+        self.identity = Rc::new(self.config.identity_headers.clone());
         self.leader = Leader::new(self.config.snapshot_page_size);
         self.metrics = Rc::new(Metrics::define());
         self.set_tick_period(FIRST_LOAD_TICK);
@@ -228,6 +230,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        self.metrics.flush();
         let Ok(now) = host::now_ms() else {
             return;
         };
@@ -261,6 +264,7 @@ impl RootContext for Root {
         Some(Box::new(Http::new(
             Rc::clone(&self.view),
             &self.config,
+            Rc::clone(&self.identity),
             Rc::clone(&self.metrics),
         )))
     }

@@ -55,8 +55,15 @@ fn a_created_key_reaches_the_upstream_and_no_key_gets_401() {
     // Envoy's stats count every decision; the gauges follow each VM's snapshot (Envoy
     // flushes them to the admin view on its own schedule, so wait for it).
     let stat = |name: &str| filter_stat(&stack, name).unwrap_or_else(|| panic!("no stat {name}"));
+    // Request counters reach Envoy on the VMs' next tick.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while stat("keygate.keys_loaded") != 1 && std::time::Instant::now() < deadline {
+    let flushed = || {
+        stat("keygate.keys_loaded") == 1
+            && stat("keygate.requests_allowed") >= 1
+            && stat("keygate.requests_denied.missing_api_key") == 1
+            && stat("keygate.requests_denied.invalid_api_key") >= 2
+    };
+    while !flushed() && std::time::Instant::now() < deadline {
         sleep(Duration::from_millis(100));
     }
     assert!(stat("keygate.requests_allowed") >= 1);
@@ -186,4 +193,34 @@ fn past_the_maximum_snapshot_age_the_filter_fails_closed() {
     // one per attempt (which would be about a dozen by now).
     let warnings = stack.log("envoy").matches("snapshot sync failing").count();
     assert!((1..=3).contains(&warnings), "{warnings} sync warnings");
+}
+
+#[test]
+fn identity_headers_can_be_renamed_or_left_out() {
+    let stack = Stack::builder()
+        .filter_setting(
+            "identity_headers",
+            r#"{"key_name": null, "account": "x-tenant"}"#,
+        )
+        .start();
+    let key = create_key(&stack, json!({"name": "renamed"}));
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&key.secret))).status(),
+        200
+    );
+    // A client cannot set the renamed header either.
+    let res = client()
+        .post(format!("{}{CHAT}", stack.envoy_url))
+        .bearer_auth(&key.secret)
+        .header("x-tenant", "forged-by-client")
+        .header("x-keygate-key-name", "forged-by-client")
+        .json(&chat_body())
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let seen = upstream_requests(&stack).pop().unwrap();
+    assert_eq!(header(&seen, "x-tenant"), Some("default"));
+    assert_eq!(header(&seen, "x-keygate-account"), None);
+    assert_eq!(header(&seen, "x-keygate-key-name"), None);
+    assert_eq!(header(&seen, "x-keygate-key-id"), Some(key.id.as_str()));
 }
