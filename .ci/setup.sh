@@ -75,6 +75,12 @@ if ! command -v docker-compose >/dev/null; then
 fi
 ok "$(docker-compose version --short 2>/dev/null || docker-compose --version)"
 
+say "wrk (the load generator of make bench)"
+if ! command -v wrk >/dev/null; then
+    apt_install wrk
+fi
+ok "$(command -v wrk)"
+
 say "wasm-bindgen-test-runner (the version Cargo.lock pins)"
 wbg=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print }' Cargo.lock)
 [ -n "$wbg" ] || die "wasm-bindgen not found in Cargo.lock"

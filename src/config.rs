@@ -13,6 +13,8 @@ pub struct Config {
     pub key_service_cluster: String,
     /// `:authority` sent with calls to the key-service.
     pub key_service_authority: String,
+    /// Path of the key-service's snapshot feed (behind a path-rewriting proxy, say).
+    pub snapshot_path: String,
     /// How often the key snapshot is refreshed, in milliseconds.
     pub sync_interval_ms: u64,
     /// Timeout of one call to the key-service, in milliseconds.
@@ -106,6 +108,7 @@ impl Default for Config {
         Config {
             key_service_cluster: "key_service".into(),
             key_service_authority: "key-service".into(),
+            snapshot_path: "/filter/v1/snapshot".into(),
             sync_interval_ms: 1_000,
             key_service_timeout_ms: 5_000,
             token_env: "KEYGATE_FILTER_TOKEN".into(),
@@ -166,6 +169,11 @@ impl Config {
         if self.max_snapshot_age_ms < self.sync_interval_ms {
             return Err(ConfigError(
                 "max_snapshot_age_ms must be at least sync_interval_ms".into(),
+            ));
+        }
+        if !self.snapshot_path.starts_with('/') || self.snapshot_path.contains(['?', '#']) {
+            return Err(ConfigError(
+                "snapshot_path must be a path starting with '/', without a query".into(),
             ));
         }
         self.identity_headers.validate()?;
@@ -242,6 +250,8 @@ mod tests {
             br#"{"key_service_cluster":""}"#,
             br#"{"max_body_bytes":0}"#,
             br#"{"snapshot_page_size":0}"#,
+            br#"{"snapshot_path":"filter/v1/snapshot"}"#,
+            br#"{"snapshot_path":"/x?y=1"}"#,
             br#"{"identity_headers":{"key_id":"Bad Name"}}"#,
             br#"{"identity_headers":{"key_id":"authorization"}}"#,
             br#"{"identity_headers":{"group":"x-a","account":"x-a"}}"#,

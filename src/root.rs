@@ -25,7 +25,6 @@ pub type SharedView = Rc<RefCell<Option<View>>>;
 
 /// Tick period until the first snapshot is in, so a fresh Envoy serves soon.
 const FIRST_LOAD_TICK: Duration = Duration::from_millis(200);
-const SNAPSHOT_PATH: &str = "/filter/v1/snapshot";
 
 #[derive(Default)]
 pub struct Root {
@@ -82,7 +81,7 @@ impl Root {
             Ok(ask) => ask,
             Err(e) => return self.sync_failed(&describe(&e)),
         };
-        let path = format!("{SNAPSHOT_PATH}?{}", ask.query);
+        let path = format!("{}?{}", self.config.snapshot_path, ask.query);
         let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut headers = vec![
             (":method", "GET"),

@@ -320,6 +320,12 @@ impl Stack {
         assert_eq!(before - self.procs.len(), 1, "no process named {name}");
     }
 
+    /// The key-service's SQLite database (to change it behind the API's back, as the
+    /// benchmark does to rotate many keys fast).
+    pub fn database_path(&self) -> PathBuf {
+        self.dir.join("keygate.db")
+    }
+
     /// The process id of one process of the stack (to read its memory use).
     pub fn pid(&self, name: &str) -> Option<u32> {
         self.procs

@@ -45,9 +45,14 @@ struct Args {
     /// Seed the databases again even if an earlier run left them.
     #[arg(long)]
     reseed: bool,
-    /// Measure only these variants (by name), comma-separated.
+    /// Measure only these of the built-in variants (by name), comma-separated; extras are
+    /// always measured.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Also measure key churn: rotate this many keys (in batches of 10,000, over the
+    /// largest key count) and report Envoy's memory growth per rotation.
+    #[arg(long, default_value_t = 0)]
+    churn: usize,
     /// Where the Markdown report goes.
     #[arg(long, default_value = "bench/results/filter.md")]
     out: PathBuf,
@@ -57,7 +62,8 @@ struct Args {
 enum Filter {
     None,
     Wasm(PathBuf),
-    Keygate,
+    /// The built keygate, with these `(field, JSON value)` settings.
+    Keygate(Vec<(&'static str, &'static str)>),
 }
 
 #[derive(Clone)]
@@ -91,18 +97,25 @@ fn main() {
         },
         Variant {
             name: "keygate".into(),
-            filter: Filter::Keygate,
+            filter: Filter::Keygate(vec![]),
+        },
+        Variant {
+            name: "keygate, key-id header only".into(),
+            filter: Filter::Keygate(vec![(
+                "identity_headers",
+                r#"{"key_name": null, "group": null, "account": null}"#,
+            )]),
         },
     ];
+    if !args.only.is_empty() {
+        variants.retain(|v| args.only.contains(&v.name));
+    }
     for extra in &args.extra {
         let (name, path) = extra.split_once('=').expect("--extra NAME=PATH.wasm");
         variants.push(Variant {
             name: name.into(),
             filter: Filter::Wasm(PathBuf::from(path)),
         });
-    }
-    if !args.only.is_empty() {
-        variants.retain(|v| args.only.contains(&v.name));
     }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let work = std::env::temp_dir().join("keygate-bench");
@@ -149,7 +162,14 @@ fn main() {
                 samples[i].push(sample);
             }
         }
-        write_table(&mut report, count, &variants, &samples);
+        if args.rounds > 0 {
+            write_table(&mut report, count, &variants, &samples);
+        }
+    }
+    if args.churn > 0 {
+        let count = args.keys.iter().copied().max().unwrap_or(0).max(1);
+        let db = work.join(format!("keys-{count}.db"));
+        churn(&runtime, &db, count, args.churn, &mut report);
     }
     if let Some(dir) = args.out.parent() {
         fs::create_dir_all(dir).expect("report dir");
@@ -172,7 +192,9 @@ fn measure(
     let builder = match &variant.filter {
         Filter::None => builder.filter(None),
         Filter::Wasm(path) => builder.filter(Some(path.clone())),
-        Filter::Keygate => builder,
+        Filter::Keygate(settings) => settings
+            .iter()
+            .fold(builder, |b, (field, value)| b.filter_setting(field, value)),
     };
     let started = Instant::now();
     let stack = builder.start();
@@ -181,15 +203,7 @@ fn measure(
     let keygate_like = !matches!(variant.filter, Filter::None) && !variant.name.contains("no-op");
     let mut load_s = None;
     if keygate_like && count > 0 {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while filter_stat(&stack, "keygate.keys_loaded") != Some(count as u64) {
-            assert!(
-                Instant::now() < deadline,
-                "{}: keys never loaded",
-                variant.name
-            );
-            sleep(Duration::from_millis(20));
-        }
+        wait_for(&stack, "keygate.keys_loaded", count as u64);
         load_s = Some(load_seconds(&stack.log("envoy")).unwrap_or(started.elapsed().as_secs_f64()));
     }
     let url = format!("{}/healthz", stack.envoy_url);
@@ -220,6 +234,61 @@ fn measure(
         p99_us: single.p99_us,
         rss_mb: rss_kb(envoy) as f64 / 1024.0,
         load_s,
+    }
+}
+
+/// Rotates `rotations` keys through the store of a running stack and reports how Envoy's
+/// memory grows: shared data cannot delete, so each rotation leaves an emptied entry.
+fn churn(
+    runtime: &tokio::runtime::Runtime,
+    db: &Path,
+    count: usize,
+    rotations: usize,
+    report: &mut String,
+) {
+    let stack = Stack::builder().concurrency(1).database(db).start();
+    let envoy = stack.pid("envoy").expect("envoy pid");
+    wait_for(&stack, "keygate.keys_loaded", count as u64);
+    sleep(Duration::from_secs(2));
+    let before = rss_kb(envoy);
+    let store = runtime
+        .block_on(key_service::Store::open_sqlite(&stack.database_path()))
+        .expect("open the stack's database");
+    let mut done = 0;
+    while done < rotations {
+        let batch = 10_000.min(rotations - done);
+        runtime.block_on(async {
+            for n in done..done + batch {
+                let id = format!("key_{:0>16}", n % count);
+                let secret = secret_of(10_000_000 + n);
+                let hash = keygate::secret::hash_hex(&keygate::secret::hash(&secret));
+                let rotated = store.rotate_key(&id, &hash, "sk-churn", 0).await;
+                assert_eq!(rotated.ok(), Some(true), "rotate {id}");
+            }
+        });
+        done += batch;
+        wait_for(&stack, "keygate.revoked_entries", done as u64);
+    }
+    sleep(Duration::from_secs(2));
+    let after = rss_kb(envoy);
+    let per = (after.saturating_sub(before) * 1024) as f64 / rotations as f64;
+    eprintln!("churn: {rotations} rotations over {count} keys: {before} kB -> {after} kB");
+    let _ = writeln!(
+        report,
+        "## Key churn\n\n{rotations} rotations over {count} keys (batches of 10,000, each \
+         synced before the next): Envoy RSS {:.1} MB -> {:.1} MB, **{per:.0} bytes per \
+         rotation** (an emptied shared-data entry stays; the syncing VM's memory for the \
+         deltas is included).\n",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+}
+
+fn wait_for(stack: &Stack, stat: &str, value: u64) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while filter_stat(stack, stat) != Some(value) {
+        assert!(Instant::now() < deadline, "{stat} never reached {value}");
+        sleep(Duration::from_millis(20));
     }
 }
 
