@@ -18,7 +18,7 @@ use std::path::Path;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
@@ -60,6 +60,26 @@ pub fn app(state: AppState) -> Router {
                 .delete(api::keys::delete),
         )
         .route("/api/v1/keys/{id}/rotate", post(api::keys::rotate))
+        .route("/api/v1/groups", get(api::catalog::list_groups))
+        .route(
+            "/api/v1/groups/{name}",
+            get(api::catalog::get_group)
+                .put(api::catalog::put_group)
+                .delete(api::catalog::delete_group),
+        )
+        .route("/api/v1/models", get(api::catalog::list_models))
+        .route(
+            "/api/v1/models/{name}",
+            get(api::catalog::get_model).put(api::catalog::put_model),
+        )
+        .route(
+            "/api/v1/accounts",
+            get(api::catalog::list_accounts).post(api::catalog::create_account),
+        )
+        .route(
+            "/api/v1/accounts/{name}",
+            patch(api::catalog::update_account),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.admin.clone(),
             auth::require,

@@ -104,3 +104,60 @@ fn a_body_read_for_the_model_must_be_json_and_within_the_limit() {
         200
     );
 }
+
+#[test]
+fn group_and_account_changes_through_the_api_reach_the_filter() {
+    let stack = Stack::start();
+    let (status, _) = keygate_e2e::api::admin(
+        &stack,
+        reqwest::Method::PUT,
+        "/api/v1/groups/cheap",
+        Some(json!({"models": ["gpt-4o-mini"]})),
+    );
+    assert_eq!(status, 201);
+    let (status, _) = keygate_e2e::api::admin(
+        &stack,
+        reqwest::Method::POST,
+        "/api/v1/accounts",
+        Some(json!({"name": "team", "balance": 100})),
+    );
+    assert_eq!(status, 201);
+    let key = create_key(
+        &stack,
+        json!({"name": "grouped", "group": "cheap", "account": "team"}),
+    );
+    let big = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]});
+    let send = |body: &serde_json::Value| {
+        client()
+            .post(format!("{}{CHAT}", stack.envoy_url))
+            .bearer_auth(&key.secret)
+            .json(body)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&key.secret))).status(),
+        200
+    );
+    assert_error(send(&big), 403, "model_not_allowed");
+
+    // The group opens up: the filter learns it with its next delta.
+    keygate_e2e::api::admin(
+        &stack,
+        reqwest::Method::PUT,
+        "/api/v1/groups/cheap",
+        Some(json!({"models": ["*"]})),
+    );
+    let res = keygate_e2e::api::until_status(200, || send(&big));
+    assert_eq!(res.status(), 200);
+
+    // The account runs dry.
+    keygate_e2e::api::admin(
+        &stack,
+        reqwest::Method::PATCH,
+        "/api/v1/accounts/team",
+        Some(json!({"balance": 0})),
+    );
+    let res = keygate_e2e::api::until_status(429, || send(&big));
+    assert_error(res, 429, "insufficient_quota");
+}

@@ -221,7 +221,7 @@ fn check_ref(param: &str, value: Option<String>) -> Result<String, ApiError> {
 }
 
 /// Model names, non-empty and printable, duplicates dropped (first kept).
-fn check_models(models: Vec<String>) -> Result<Vec<String>, ApiError> {
+pub(crate) fn check_models(models: Vec<String>) -> Result<Vec<String>, ApiError> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(models.len());
     for (i, model) in models.into_iter().enumerate() {

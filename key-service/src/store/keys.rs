@@ -581,7 +581,11 @@ fn json_list(items: &[String]) -> String {
     serde_json::Value::from(items.to_vec()).to_string()
 }
 
-fn parse_list(id: &str, column: &'static str, text: String) -> Result<Vec<String>, StoreError> {
+pub(super) fn parse_list(
+    id: &str,
+    column: &'static str,
+    text: String,
+) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
         id: id.to_owned(),
         column,

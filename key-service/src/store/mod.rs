@@ -5,6 +5,7 @@
 //! keep to SQL both engines accept: `$1` placeholders, BIGINT unix seconds, BOOLEAN,
 //! JSON lists in TEXT. Every clock value comes in as a parameter; SQL never reads the time.
 
+mod catalog;
 mod keys;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{SqlSafeStr, SqlitePool};
 
+pub use catalog::{AccountRow, GroupRow, ModelPrice, Removed};
 pub use keys::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey, SnapshotPage};
 
 /// SQLite migrations, compiled in so the binary needs no files beside it. Versions and
@@ -28,6 +30,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "revoked_hashes",
         include_str!("../../migrations/sqlite/0002_revoked_hashes.sql"),
+    ),
+    (
+        3,
+        "model_prices",
+        include_str!("../../migrations/sqlite/0003_model_prices.sql"),
     ),
 ];
 
@@ -118,26 +125,6 @@ impl Store {
             .await?;
         Ok(found.is_some())
     }
-
-    /// Adds an account; `balance` `None` = unlimited. (The accounts API comes later.)
-    pub async fn create_account(&self, name: &str, balance: Option<i64>) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO accounts (name, balance) VALUES ($1, $2)")
-            .bind(name)
-            .bind(balance)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Adds a group with the default settings (every model, ratio 1.0, no limits).
-    /// (The groups API comes later.)
-    pub async fn create_group(&self, name: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO groups (name) VALUES ($1)")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
 }
 
 fn sqlite_migrator() -> Migrator {
@@ -182,7 +169,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/dir/keygate.db");
         let store = Store::open_sqlite(&path).await.unwrap();
-        store.create_account("acme", Some(10)).await.unwrap();
+        store.create_account("acme", Some(10), 0).await.unwrap();
         store.close().await;
 
         let store = Store::open_sqlite(&path).await.unwrap();
@@ -190,14 +177,15 @@ mod tests {
         assert!(store.account_exists("default").await.unwrap());
         assert!(store.group_exists("default").await.unwrap());
         assert!(!store.group_exists("acme").await.unwrap());
-        assert_eq!(store.snapshot_version().await.unwrap(), 0);
+        // The account's creation is the one change so far.
+        assert_eq!(store.snapshot_version().await.unwrap(), 1);
     }
 
     #[tokio::test]
     async fn a_duplicate_account_is_a_unique_violation() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
-        let err = store.create_account("default", None).await.unwrap_err();
+        let err = store.create_account("default", None, 0).await.unwrap_err();
         assert!(err.is_unique_violation(), "{err}");
     }
 }

@@ -81,10 +81,14 @@ async fn every_field_round_trips() {
     let service = Service::start().await;
     service
         .store
-        .create_account("acme", Some(500))
+        .create_account("acme", Some(500), 0)
         .await
         .unwrap();
-    service.store.create_group("premium").await.unwrap();
+    service
+        .store
+        .put_group(&key_service::store::GroupRow::open("premium"), 0)
+        .await
+        .unwrap();
     let keys = service
         .create_ok(json!({
             "name": "batch job",
@@ -158,12 +162,12 @@ async fn status_follows_the_contract() {
     let service = Service::start().await;
     service
         .store
-        .create_account("broke", Some(0))
+        .create_account("broke", Some(0), 0)
         .await
         .unwrap();
     service
         .store
-        .create_account("flush", Some(10))
+        .create_account("flush", Some(10), 0)
         .await
         .unwrap();
     let create = |body| service.create_ok(body);

@@ -16,8 +16,12 @@ fn names(body: &Value) -> Vec<String> {
 #[tokio::test]
 async fn filters_narrow_the_list() {
     let service = Service::start().await;
-    service.store.create_account("acme", None).await.unwrap();
-    service.store.create_group("premium").await.unwrap();
+    service.store.create_account("acme", None, 0).await.unwrap();
+    service
+        .store
+        .put_group(&key_service::store::GroupRow::open("premium"), 0)
+        .await
+        .unwrap();
     service.create_ok(json!({"name": "Alpha-prod"})).await;
     service
         .create_ok(json!({"name": "beta-prod", "account": "acme", "group": "premium"}))

@@ -1,0 +1,381 @@
+//! `/api/v1/groups`, `/api/v1/models` and `/api/v1/accounts`: the groups keys belong to
+//! (model list, price ratio, RPM, TPM), the model prices usage is billed at, and the
+//! accounts whose balances keys spend.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::api::keys::check_models;
+use crate::error::ApiError;
+use crate::expiry;
+use crate::extract::ApiJson;
+use crate::store::{AccountRow, GroupRow, ModelPrice, Removed};
+use crate::AppState;
+
+const NAME_MAX: usize = 64;
+
+/// A group, model or account name: 1-64 of `A-Z a-z 0-9 . _ -` (it travels in headers
+/// and paths).
+fn check_name(param: &str, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= NAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            param,
+            format!("{param} must be 1-{NAME_MAX} characters of A-Z, a-z, 0-9, '.', '_', '-'"),
+        ))
+    }
+}
+
+/// A model name as prices use it: what clients put in `model` (printable, no `/` so it
+/// fits the path).
+fn check_model_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control() || c == '/') {
+        return Err(ApiError::invalid(
+            "name",
+            "a model name must be 1-256 printable characters without '/'",
+        ));
+    }
+    Ok(())
+}
+
+fn non_negative(param: &str, value: f64) -> Result<f64, ApiError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid(
+            param,
+            format!("{param} must be a number >= 0"),
+        ))
+    }
+}
+
+fn limit(param: &str, value: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match value {
+        Some(v) if v < 1 => Err(ApiError::invalid(
+            param,
+            format!("{param} must be at least 1, or null for no limit"),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// `null` and absent told apart: `Some(None)` for an explicit `null`.
+fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+    Option::<i64>::deserialize(d).map(Some)
+}
+
+#[derive(Serialize)]
+pub struct Groups {
+    groups: Vec<GroupRow>,
+}
+
+/// Body of `PUT /api/v1/groups/{name}`: the whole group; absent fields take the defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutGroup {
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub ratio: Option<f64>,
+    #[serde(default)]
+    pub rpm: Option<i64>,
+    #[serde(default)]
+    pub tpm: Option<i64>,
+}
+
+impl PutGroup {
+    pub fn validate(self, name: &str) -> Result<GroupRow, ApiError> {
+        check_name("name", name)?;
+        let models = match self.models {
+            Some(models) => check_models(models)?,
+            None => vec!["*".into()],
+        };
+        Ok(GroupRow {
+            name: name.to_owned(),
+            models,
+            ratio: non_negative("ratio", self.ratio.unwrap_or(1.0))?,
+            rpm: limit("rpm", self.rpm)?,
+            tpm: limit("tpm", self.tpm)?,
+        })
+    }
+}
+
+fn no_such(what: &str, name: &str) -> ApiError {
+    ApiError::NotFound(format!("there is no {what} named {name:?}"))
+}
+
+/// `GET /api/v1/groups`
+pub async fn list_groups(State(state): State<AppState>) -> Result<Json<Groups>, ApiError> {
+    Ok(Json(Groups {
+        groups: state.store.list_groups().await?,
+    }))
+}
+
+/// `GET /api/v1/groups/{name}`
+pub async fn get_group(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<GroupRow>, ApiError> {
+    let group = state.store.get_group(&name).await?;
+    group.map(Json).ok_or_else(|| no_such("group", &name))
+}
+
+/// `PUT /api/v1/groups/{name}`: 201 when created, 200 when replaced.
+pub async fn put_group(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<PutGroup>,
+) -> Result<(StatusCode, Json<GroupRow>), ApiError> {
+    let group = body.validate(&name)?;
+    let created = state.store.put_group(&group, expiry::now()).await?;
+    tracing::info!(group = %name, created, "group saved");
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(group)))
+}
+
+/// `DELETE /api/v1/groups/{name}`: only a group no key uses, and never `default`.
+pub async fn delete_group(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if name == "default" {
+        return Err(ApiError::Conflict(
+            "the default group cannot be deleted".into(),
+        ));
+    }
+    match state.store.delete_group(&name, expiry::now()).await? {
+        Removed::Deleted => {
+            tracing::info!(group = %name, "group deleted");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Removed::NotFound => Err(no_such("group", &name)),
+        Removed::InUse => Err(ApiError::Conflict(format!(
+            "group {name:?} still has keys; move or delete them first"
+        ))),
+    }
+}
+
+#[derive(Serialize)]
+pub struct Models {
+    models: Vec<ModelPrice>,
+}
+
+/// Body of `PUT /api/v1/models/{name}`: credits per 1,000,000 tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutPrice {
+    pub input: f64,
+    pub output: f64,
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+}
+
+/// `GET /api/v1/models`
+pub async fn list_models(State(state): State<AppState>) -> Result<Json<Models>, ApiError> {
+    Ok(Json(Models {
+        models: state.store.list_prices().await?,
+    }))
+}
+
+/// `GET /api/v1/models/{name}`
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ModelPrice>, ApiError> {
+    let price = state.store.get_price(&name).await?;
+    price.map(Json).ok_or_else(|| no_such("model price", &name))
+}
+
+/// `PUT /api/v1/models/{name}`: 201 when the model had no price, 200 otherwise.
+pub async fn put_model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<PutPrice>,
+) -> Result<(StatusCode, Json<ModelPrice>), ApiError> {
+    check_model_name(&name)?;
+    let input = non_negative("input", body.input)?;
+    let output = non_negative("output", body.output)?;
+    let cached = body
+        .cached_input
+        .map(|c| non_negative("cached_input", c))
+        .transpose()?;
+    let created = state.store.put_price(&name, input, output, cached).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let price = ModelPrice {
+        name,
+        input,
+        output,
+        cached_input: cached.unwrap_or(input),
+    };
+    Ok((status, Json(price)))
+}
+
+#[derive(Serialize)]
+pub struct Accounts {
+    accounts: Vec<AccountRow>,
+}
+
+/// Body of `POST /api/v1/accounts`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccount {
+    pub name: String,
+    /// Credits; absent or `null` = unlimited.
+    #[serde(default)]
+    pub balance: Option<i64>,
+}
+
+/// Body of `PATCH /api/v1/accounts/{name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAccount {
+    /// The new balance; `null` = unlimited.
+    #[serde(default, deserialize_with = "nullable")]
+    pub balance: Option<Option<i64>>,
+}
+
+/// `GET /api/v1/accounts`
+pub async fn list_accounts(State(state): State<AppState>) -> Result<Json<Accounts>, ApiError> {
+    Ok(Json(Accounts {
+        accounts: state.store.list_accounts().await?,
+    }))
+}
+
+/// `POST /api/v1/accounts`: 201, or 409 when the name is taken.
+pub async fn create_account(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateAccount>,
+) -> Result<(StatusCode, Json<AccountRow>), ApiError> {
+    check_name("name", &body.name)?;
+    match state
+        .store
+        .create_account(&body.name, body.balance, expiry::now())
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.is_unique_violation() => {
+            return Err(ApiError::Conflict(format!(
+                "an account named {:?} already exists",
+                body.name
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(account = %body.name, "account created");
+    Ok((
+        StatusCode::CREATED,
+        Json(AccountRow {
+            name: body.name,
+            balance: body.balance,
+        }),
+    ))
+}
+
+/// `PATCH /api/v1/accounts/{name}`: sets the balance.
+pub async fn update_account(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<UpdateAccount>,
+) -> Result<Json<AccountRow>, ApiError> {
+    let Some(balance) = body.balance else {
+        return Err(ApiError::invalid(
+            "balance",
+            "balance is required (null = unlimited)",
+        ));
+    };
+    if !state
+        .store
+        .set_balance(&name, balance, expiry::now())
+        .await?
+    {
+        return Err(no_such("account", &name));
+    }
+    tracing::info!(account = %name, "account balance set");
+    Ok(Json(AccountRow { name, balance }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param_of<T: std::fmt::Debug>(result: Result<T, ApiError>) -> String {
+        match result {
+            Err(ApiError::InvalidRequest { param: Some(p), .. }) => p,
+            other => panic!("expected a 400 with a param, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_group_put_takes_defaults_and_checks_every_field() {
+        let g = PutGroup::default().validate("cheap").unwrap();
+        assert_eq!(
+            (g.models, g.ratio, g.rpm, g.tpm),
+            (vec!["*".into()], 1.0, None, None)
+        );
+        let bad = [
+            ("", PutGroup::default(), "name"),
+            ("a b", PutGroup::default(), "name"),
+            (
+                "g",
+                PutGroup {
+                    ratio: Some(-1.0),
+                    ..PutGroup::default()
+                },
+                "ratio",
+            ),
+            (
+                "g",
+                PutGroup {
+                    rpm: Some(0),
+                    ..PutGroup::default()
+                },
+                "rpm",
+            ),
+            (
+                "g",
+                PutGroup {
+                    tpm: Some(-5),
+                    ..PutGroup::default()
+                },
+                "tpm",
+            ),
+            (
+                "g",
+                PutGroup {
+                    models: Some(vec![" ".into()]),
+                    ..PutGroup::default()
+                },
+                "models",
+            ),
+        ];
+        for (name, body, param) in bad {
+            assert_eq!(param_of(body.validate(name)), param);
+        }
+    }
+
+    #[test]
+    fn names_and_prices_are_checked() {
+        assert!(check_name("name", &"a".repeat(64)).is_ok());
+        assert_eq!(param_of(check_name("name", &"a".repeat(65))), "name");
+        assert!(check_model_name("gemini-2.0-flash:latest").is_ok());
+        assert_eq!(param_of(check_model_name("a/b")), "name");
+        assert_eq!(param_of(non_negative("input", f64::NAN)), "input");
+        assert_eq!(param_of(non_negative("input", -0.1)), "input");
+    }
+}

@@ -1,0 +1,387 @@
+//! Groups, model prices and accounts. Groups and accounts travel in every snapshot, so each
+//! change to them writes a change-log row (with an empty `key_id`) in the same transaction:
+//! the snapshot version moves and filters pick up the new tables with their next delta.
+
+use serde::Serialize;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::keys::parse_list;
+use super::{Store, StoreError};
+
+/// A group as stored and shown by the API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupRow {
+    pub name: String,
+    /// `["*"]` = every model.
+    pub models: Vec<String>,
+    pub ratio: f64,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+}
+
+/// A model's prices in credits per 1,000,000 tokens.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelPrice {
+    pub name: String,
+    pub input: f64,
+    pub output: f64,
+    /// The input price when none was set.
+    pub cached_input: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccountRow {
+    pub name: String,
+    /// Credits left; `None` = unlimited.
+    pub balance: Option<i64>,
+}
+
+/// What a delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    Deleted,
+    NotFound,
+    /// Keys still use it.
+    InUse,
+}
+
+impl GroupRow {
+    /// A group with the defaults: every model, ratio 1, no limits.
+    pub fn open(name: &str) -> GroupRow {
+        GroupRow {
+            name: name.into(),
+            models: vec!["*".into()],
+            ratio: 1.0,
+            rpm: None,
+            tpm: None,
+        }
+    }
+}
+
+fn group_row(row: &SqliteRow) -> Result<GroupRow, StoreError> {
+    let name: String = row.try_get("name")?;
+    let models = parse_list(&name, "groups.models", row.try_get("models")?)?;
+    Ok(GroupRow {
+        models,
+        ratio: row.try_get("ratio")?,
+        rpm: row.try_get("rpm")?,
+        tpm: row.try_get("tpm")?,
+        name,
+    })
+}
+
+fn price_row(row: &SqliteRow) -> Result<ModelPrice, StoreError> {
+    let input: f64 = row.try_get("input")?;
+    let cached: Option<f64> = row.try_get("cached_input")?;
+    Ok(ModelPrice {
+        name: row.try_get("name")?,
+        input,
+        output: row.try_get("output")?,
+        cached_input: cached.unwrap_or(input),
+    })
+}
+
+/// Records that the snapshot's tables changed. It is the first statement of its
+/// transaction, so SQLite takes the write lock at once.
+async fn record_table_change(
+    tx: &mut Transaction<'static, Sqlite>,
+    kind: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO key_changes (key_id, kind, at) VALUES ('', $1, $2)")
+        .bind(kind)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    pub async fn list_groups(&self) -> Result<Vec<GroupRow>, StoreError> {
+        let rows = sqlx::query("SELECT name, models, ratio, rpm, tpm FROM groups ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(group_row).collect()
+    }
+
+    pub async fn get_group(&self, name: &str) -> Result<Option<GroupRow>, StoreError> {
+        let row = sqlx::query("SELECT name, models, ratio, rpm, tpm FROM groups WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(group_row).transpose()
+    }
+
+    /// Creates or replaces a group; `true` when it was created.
+    pub async fn put_group(&self, group: &GroupRow, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        record_table_change(&mut tx, "group", now).await?;
+        let existed = sqlx::query("SELECT 1 FROM groups WHERE name = $1")
+            .bind(&group.name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        sqlx::query(
+            "INSERT INTO groups (name, models, ratio, rpm, tpm) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (name) DO UPDATE SET models = excluded.models, \
+             ratio = excluded.ratio, rpm = excluded.rpm, tpm = excluded.tpm",
+        )
+        .bind(&group.name)
+        .bind(serde_json::to_string(&group.models).unwrap_or_else(|_| "[]".into()))
+        .bind(group.ratio)
+        .bind(group.rpm)
+        .bind(group.tpm)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(!existed)
+    }
+
+    /// Deletes a group no key uses.
+    pub async fn delete_group(&self, name: &str, now: i64) -> Result<Removed, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        record_table_change(&mut tx, "group", now).await?;
+        let used = sqlx::query("SELECT 1 FROM keys WHERE group_name = $1 LIMIT 1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if used {
+            tx.rollback().await?;
+            return Ok(Removed::InUse);
+        }
+        let deleted = sqlx::query("DELETE FROM groups WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            tx.rollback().await?;
+            return Ok(Removed::NotFound);
+        }
+        tx.commit().await?;
+        Ok(Removed::Deleted)
+    }
+
+    pub async fn list_prices(&self) -> Result<Vec<ModelPrice>, StoreError> {
+        let rows =
+            sqlx::query("SELECT name, input, output, cached_input FROM model_prices ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(price_row).collect()
+    }
+
+    pub async fn get_price(&self, name: &str) -> Result<Option<ModelPrice>, StoreError> {
+        let row = sqlx::query(
+            "SELECT name, input, output, cached_input FROM model_prices WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(price_row).transpose()
+    }
+
+    /// Sets a model's prices (`cached_input` `None` = the input price); `true` when the
+    /// model had none before.
+    pub async fn put_price(
+        &self,
+        name: &str,
+        input: f64,
+        output: f64,
+        cached_input: Option<f64>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE model_prices SET input = $2, output = $3, cached_input = $4 WHERE name = $1",
+        )
+        .bind(name)
+        .bind(input)
+        .bind(output)
+        .bind(cached_input)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            sqlx::query(
+                "INSERT INTO model_prices (name, input, output, cached_input) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(name)
+            .bind(input)
+            .bind(output)
+            .bind(cached_input)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(updated == 0)
+    }
+
+    pub async fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError> {
+        let rows = sqlx::query("SELECT name, balance FROM accounts ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AccountRow {
+                    name: row.try_get("name")?,
+                    balance: row.try_get("balance")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn get_account(&self, name: &str) -> Result<Option<AccountRow>, StoreError> {
+        let row = sqlx::query("SELECT name, balance FROM accounts WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|row| -> Result<AccountRow, sqlx::Error> {
+                Ok(AccountRow {
+                    name: row.try_get("name")?,
+                    balance: row.try_get("balance")?,
+                })
+            })
+            .transpose()?)
+    }
+
+    /// Adds an account (`balance` `None` = unlimited); a duplicate name is a unique
+    /// violation.
+    pub async fn create_account(
+        &self,
+        name: &str,
+        balance: Option<i64>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        record_table_change(&mut tx, "account", now).await?;
+        sqlx::query("INSERT INTO accounts (name, balance) VALUES ($1, $2)")
+            .bind(name)
+            .bind(balance)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets an account's balance; `false` when there is no such account.
+    pub async fn set_balance(
+        &self,
+        name: &str,
+        balance: Option<i64>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        record_table_change(&mut tx, "account", now).await?;
+        let updated = sqlx::query("UPDATE accounts SET balance = $2 WHERE name = $1")
+            .bind(name)
+            .bind(balance)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewKey;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        (dir, store)
+    }
+
+    fn group(name: &str, models: &[&str]) -> GroupRow {
+        GroupRow {
+            name: name.into(),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            ratio: 1.5,
+            rpm: Some(60),
+            tpm: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn group_and_account_changes_move_the_snapshot_version() {
+        let (_dir, store) = store().await;
+        let v0 = store.snapshot_version().await.unwrap();
+        assert!(store
+            .put_group(&group("cheap", &["gpt-4o-mini"]), 1)
+            .await
+            .unwrap());
+        assert!(!store
+            .put_group(&group("cheap", &["gpt-4o"]), 2)
+            .await
+            .unwrap());
+        store.create_account("team", Some(10), 3).await.unwrap();
+        assert!(store.set_balance("team", Some(0), 4).await.unwrap());
+        assert!(!store.set_balance("nobody", Some(0), 4).await.unwrap());
+        assert_eq!(store.snapshot_version().await.unwrap(), v0 + 4);
+        assert_eq!(
+            store.get_group("cheap").await.unwrap().unwrap().models,
+            ["gpt-4o"]
+        );
+        assert_eq!(
+            store.get_account("team").await.unwrap().unwrap().balance,
+            Some(0)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_group_in_use_or_unknown_is_not_deleted() {
+        let (_dir, store) = store().await;
+        store.put_group(&group("used", &["*"]), 1).await.unwrap();
+        let key = NewKey {
+            id: "k1".into(),
+            name: "k".into(),
+            key_hash: format!("{:0>64}", 1),
+            masked_key: "sk-...".into(),
+            account: "default".into(),
+            group: "used".into(),
+            expires_at: None,
+            unlimited_quota: true,
+            quota: 0,
+            models: vec![],
+            ip_allowlist: vec![],
+        };
+        store.insert_keys(&[key], 1).await.unwrap();
+        assert_eq!(store.delete_group("used", 2).await.unwrap(), Removed::InUse);
+        assert_eq!(
+            store.delete_group("nope", 2).await.unwrap(),
+            Removed::NotFound
+        );
+        let v = store.snapshot_version().await.unwrap();
+        store.put_group(&group("spare", &["*"]), 2).await.unwrap();
+        assert_eq!(
+            store.delete_group("spare", 3).await.unwrap(),
+            Removed::Deleted
+        );
+        assert_eq!(store.snapshot_version().await.unwrap(), v + 2);
+    }
+
+    #[tokio::test]
+    async fn prices_default_their_cached_input_to_the_input_price() {
+        let (_dir, store) = store().await;
+        assert!(store.put_price("gpt-4o", 2.5, 10.0, None).await.unwrap());
+        assert!(!store
+            .put_price("gpt-4o", 2.5, 10.0, Some(1.25))
+            .await
+            .unwrap());
+        store.put_price("embed", 0.02, 0.0, None).await.unwrap();
+        let prices = store.list_prices().await.unwrap();
+        assert_eq!(prices.len(), 2);
+        assert_eq!(prices[0].cached_input, 0.02);
+        assert_eq!(prices[1].cached_input, 1.25);
+        assert_eq!(store.get_price("none").await.unwrap(), None);
+    }
+}
