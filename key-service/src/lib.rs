@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod expiry;
 pub mod extract;
+pub mod pricing;
 pub mod random;
 pub mod store;
 pub mod tokens;
@@ -80,12 +81,14 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/accounts/{name}",
             patch(api::catalog::update_account),
         )
+        .route("/api/v1/usage", get(api::usage::list))
         .route_layer(middleware::from_fn_with_state(
             state.admin.clone(),
             auth::require,
         ));
     let filter = Router::new()
         .route("/filter/v1/snapshot", get(api::filter::snapshot))
+        .route("/filter/v1/usage", post(api::usage::report))
         .route_layer(middleware::from_fn_with_state(
             state.filter.clone(),
             auth::require,

@@ -452,7 +452,7 @@ impl ListParams {
     }
 }
 
-fn number(param: &str, value: &str, min: u32, max: u32) -> Result<u32, ApiError> {
+pub(crate) fn number(param: &str, value: &str, min: u32, max: u32) -> Result<u32, ApiError> {
     value
         .parse::<u32>()
         .ok()

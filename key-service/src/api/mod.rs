@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod filter;
 pub mod keys;
+pub mod usage;
 
 use axum::extract::State;
 use axum::Json;

@@ -116,7 +116,6 @@ pub struct KeyFilter {
     pub name_contains: Option<String>,
 }
 
-/// The key columns a snapshot record is built from.
 // Each key as the filter's `KeyRecord` JSON, built by the database: decoding a dozen
 // columns per row in Rust costs several times what SQLite takes to write the text, and a
 // full snapshot of a million keys must take seconds, not tens of them. Fields at their

@@ -7,6 +7,7 @@
 
 mod catalog;
 mod keys;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use sqlx::{SqlSafeStr, SqlitePool};
 
 pub use catalog::{AccountRow, GroupRow, ModelPrice, Removed};
 pub use keys::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey, SnapshotPage};
+pub use usage::{Ingested, UsageFilter, UsageRecord, UsageRow};
 
 /// SQLite migrations, compiled in so the binary needs no files beside it. Versions and
 /// descriptions follow the file names; a unit test checks no file is left out.
@@ -35,6 +37,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "model_prices",
         include_str!("../../migrations/sqlite/0003_model_prices.sql"),
+    ),
+    (
+        4,
+        "usage_log",
+        include_str!("../../migrations/sqlite/0004_usage_log.sql"),
     ),
 ];
 

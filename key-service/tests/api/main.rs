@@ -11,6 +11,7 @@ mod edit;
 mod errors;
 mod list;
 mod snapshot;
+mod usage;
 mod validation;
 
 use key_service::{AppState, Store};

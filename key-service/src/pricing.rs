@@ -1,0 +1,92 @@
+//! What one request costs, in credits, by the contract's formula:
+//! `ceil(((input - cached) * price.input + cached * price.cached_input
+//! + output * price.output) / 1e6 * group.ratio)`.
+
+/// Tokens of one request as the filter read them from the response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    /// All input tokens, cached ones included (as OpenAI and Gemini count them).
+    pub input: u64,
+    pub cached_input: u64,
+    pub output: u64,
+}
+
+/// Prices in credits per 1,000,000 tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    pub input: f64,
+    pub cached_input: f64,
+    pub output: f64,
+}
+
+/// The cost in whole credits (rounded up); a model without a price costs 0.
+pub fn cost(tokens: Tokens, price: Option<Price>, ratio: f64) -> i64 {
+    let Some(price) = price else {
+        return 0;
+    };
+    // More cached than input tokens would be a provider's error: count them as input.
+    let cached = tokens.cached_input.min(tokens.input);
+    let uncached = tokens.input - cached;
+    let micro = uncached as f64 * price.input
+        + cached as f64 * price.cached_input
+        + tokens.output as f64 * price.output;
+    let credits = (micro / 1e6 * ratio).ceil();
+    if credits.is_finite() && credits > 0.0 {
+        // Saturates at i64::MAX for absurd inputs rather than wrapping.
+        credits as i64
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GPT4O: Price = Price {
+        input: 2_500_000.0,
+        cached_input: 1_250_000.0,
+        output: 10_000_000.0,
+    };
+
+    fn tokens(input: u64, cached_input: u64, output: u64) -> Tokens {
+        Tokens {
+            input,
+            cached_input,
+            output,
+        }
+    }
+
+    #[test]
+    fn the_contract_formula_rounded_up() {
+        // (1000 - 200) * 2.5 + 200 * 1.25 + 50 * 10 = 2750 credits per token-million...
+        assert_eq!(cost(tokens(1000, 200, 50), Some(GPT4O), 1.0), 2750);
+        assert_eq!(cost(tokens(1000, 200, 50), Some(GPT4O), 0.5), 1375);
+        let cheap = Price {
+            input: 0.15,
+            cached_input: 0.075,
+            output: 0.6,
+        };
+        // 10 * 0.15 / 1e6 is a tiny fraction: still one credit.
+        assert_eq!(cost(tokens(10, 0, 0), Some(cheap), 1.0), 1);
+        assert_eq!(cost(tokens(0, 0, 0), Some(cheap), 1.0), 0);
+    }
+
+    #[test]
+    fn unpriced_models_and_free_groups_cost_nothing() {
+        assert_eq!(cost(tokens(1000, 0, 1000), None, 1.0), 0);
+        assert_eq!(cost(tokens(1000, 0, 1000), Some(GPT4O), 0.0), 0);
+    }
+
+    #[test]
+    fn odd_counts_neither_go_negative_nor_wrap() {
+        assert_eq!(
+            cost(tokens(100, 500, 0), Some(GPT4O), 1.0),
+            cost(tokens(100, 100, 0), Some(GPT4O), 1.0)
+        );
+        assert_eq!(
+            cost(tokens(u64::MAX, 0, u64::MAX), Some(GPT4O), 1e9),
+            i64::MAX
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! The usage log: what the filter reports after each request, priced and billed once.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::Serialize;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{Store, StoreError};
+use crate::pricing::{self, Price, Tokens};
+
+/// One request as the filter reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRecord {
+    /// Envoy's `x-request-id`: a record seen before is ignored.
+    pub request_id: String,
+    pub key_id: String,
+    pub model: String,
+    pub tokens: Tokens,
+    /// HTTP status the client got.
+    pub status: u16,
+    /// Unix seconds.
+    pub ts: i64,
+}
+
+/// What an intake did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Ingested {
+    pub accepted: u64,
+    /// Records whose `request_id` was already logged (a retried report).
+    pub duplicates: u64,
+}
+
+/// A usage-log row, as `GET /api/v1/usage` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageRow {
+    pub request_id: String,
+    pub key_id: String,
+    pub key_name: Option<String>,
+    pub account: Option<String>,
+    pub model: String,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost: i64,
+    pub priced: bool,
+    pub status: i64,
+    pub ts: i64,
+}
+
+/// Filters of `GET /api/v1/usage`; `from` and `to` are Unix seconds, `to` exclusive.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageFilter {
+    pub key_id: Option<String>,
+    pub account: Option<String>,
+    pub model: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn usage_row(row: &SqliteRow) -> Result<UsageRow, sqlx::Error> {
+    Ok(UsageRow {
+        request_id: row.try_get("request_id")?,
+        key_id: row.try_get("key_id")?,
+        key_name: row.try_get("key_name")?,
+        account: row.try_get("account")?,
+        model: row.try_get("model")?,
+        input_tokens: row.try_get("input_tokens")?,
+        cached_input_tokens: row.try_get("cached_input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+        cost: row.try_get("cost")?,
+        priced: row.try_get("priced")?,
+        status: row.try_get("status")?,
+        ts: row.try_get("ts")?,
+    })
+}
+
+/// Appends ` WHERE ...` for the filter's conditions.
+fn push_filter(q: &mut QueryBuilder<Sqlite>, filter: &UsageFilter) {
+    q.push(" WHERE 1 = 1");
+    let text = [
+        (" AND key_id = ", &filter.key_id),
+        (" AND account = ", &filter.account),
+        (" AND model = ", &filter.model),
+    ];
+    for (clause, value) in text {
+        if let Some(value) = value {
+            q.push(clause).push_bind(value.clone());
+        }
+    }
+    if let Some(from) = filter.from {
+        q.push(" AND ts >= ").push_bind(from);
+    }
+    if let Some(to) = filter.to {
+        q.push(" AND ts < ").push_bind(to);
+    }
+}
+
+impl Store {
+    /// Logs, prices and bills a batch in one transaction: each new record is priced by the
+    /// contract's formula (its model's price, its key's group ratio), added to its key's
+    /// `used_quota` and taken from its account's balance; a record already logged changes
+    /// nothing. Keys and accounts whose numbers moved get change-log rows, so filters learn
+    /// their new remaining quota with their next delta.
+    pub async fn ingest_usage(
+        &self,
+        records: &[UsageRecord],
+        now: i64,
+    ) -> Result<Ingested, StoreError> {
+        // Reads come before the first write here: take SQLite's write lock up front so
+        // the transaction cannot fail on upgrading it.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut prices: HashMap<String, Option<Price>> = HashMap::new();
+        let mut billed_keys = BTreeSet::new();
+        let mut billed_account = false;
+        let mut done = Ingested::default();
+        for record in records {
+            let key = sqlx::query(
+                "SELECT k.name, k.account, g.ratio FROM keys k \
+                 LEFT JOIN groups g ON g.name = k.group_name WHERE k.id = $1",
+            )
+            .bind(&record.key_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (key_name, account, ratio) = match &key {
+                Some(row) => (
+                    Some(row.try_get::<String, _>("name")?),
+                    Some(row.try_get::<String, _>("account")?),
+                    row.try_get::<Option<f64>, _>("ratio")?.unwrap_or(1.0),
+                ),
+                None => (None, None, 1.0),
+            };
+            let price = match prices.get(&record.model) {
+                Some(price) => *price,
+                None => {
+                    let price = sqlx::query(
+                        "SELECT input, output, cached_input FROM model_prices WHERE name = $1",
+                    )
+                    .bind(&record.model)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| -> Result<Price, sqlx::Error> {
+                        let input: f64 = row.try_get("input")?;
+                        Ok(Price {
+                            input,
+                            output: row.try_get("output")?,
+                            cached_input: row
+                                .try_get::<Option<f64>, _>("cached_input")?
+                                .unwrap_or(input),
+                        })
+                    })
+                    .transpose()?;
+                    prices.insert(record.model.clone(), price);
+                    price
+                }
+            };
+            let cost = pricing::cost(record.tokens, price, ratio);
+            let inserted = sqlx::query(
+                "INSERT INTO usage_log (request_id, key_id, key_name, account, model, \
+                     input_tokens, cached_input_tokens, output_tokens, cost, priced, status, ts) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (request_id) DO NOTHING",
+            )
+            .bind(&record.request_id)
+            .bind(&record.key_id)
+            .bind(&key_name)
+            .bind(&account)
+            .bind(&record.model)
+            .bind(to_i64(record.tokens.input))
+            .bind(to_i64(record.tokens.cached_input))
+            .bind(to_i64(record.tokens.output))
+            .bind(cost)
+            .bind(price.is_some())
+            .bind(i64::from(record.status))
+            .bind(record.ts)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                done.duplicates += 1;
+                continue;
+            }
+            done.accepted += 1;
+            if key.is_none() {
+                continue;
+            }
+            sqlx::query(
+                "UPDATE keys SET used_quota = used_quota + $2, \
+                 last_used_at = MAX(COALESCE(last_used_at, 0), $3) WHERE id = $1",
+            )
+            .bind(&record.key_id)
+            .bind(cost)
+            .bind(record.ts)
+            .execute(&mut *tx)
+            .await?;
+            if cost > 0 {
+                billed_keys.insert(record.key_id.clone());
+                billed_account |= sqlx::query(
+                    "UPDATE accounts SET balance = balance - $2 \
+                     WHERE name = $1 AND balance IS NOT NULL",
+                )
+                .bind(&account)
+                .bind(cost)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    > 0;
+            }
+        }
+        for key_id in &billed_keys {
+            sqlx::query("INSERT INTO key_changes (key_id, kind, at) VALUES ($1, 'usage', $2)")
+                .bind(key_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if billed_account {
+            sqlx::query("INSERT INTO key_changes (key_id, kind, at) VALUES ('', 'account', $1)")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// One page of the usage log, newest first, and the number of rows matching.
+    pub async fn list_usage(
+        &self,
+        filter: &UsageFilter,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<UsageRow>, u64), StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM usage_log");
+        push_filter(&mut q, filter);
+        q.push(" ORDER BY ts DESC, request_id LIMIT ")
+            .push_bind(i64::from(limit))
+            .push(" OFFSET ")
+            .push_bind(to_i64(offset));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM usage_log");
+        push_filter(&mut count, filter);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+        let rows = rows.iter().map(usage_row).collect::<Result<_, _>>()?;
+        Ok((rows, u64::try_from(total).unwrap_or(0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{GroupRow, NewKey};
+
+    fn record(request_id: &str, key_id: &str, model: &str, input: u64, output: u64) -> UsageRecord {
+        UsageRecord {
+            request_id: request_id.into(),
+            key_id: key_id.into(),
+            model: model.into(),
+            tokens: Tokens {
+                input,
+                cached_input: 0,
+                output,
+            },
+            status: 200,
+            ts: 1_000,
+        }
+    }
+
+    async fn store_with_key() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        let mut half = GroupRow::open("half");
+        half.ratio = 0.5;
+        store.put_group(&half, 0).await.unwrap();
+        store.create_account("team", Some(1_000), 0).await.unwrap();
+        let key = NewKey {
+            id: "k1".into(),
+            name: "one".into(),
+            key_hash: format!("{:0>64}", 1),
+            masked_key: "sk-...".into(),
+            account: "team".into(),
+            group: "half".into(),
+            expires_at: None,
+            unlimited_quota: false,
+            quota: 500,
+            models: vec![],
+            ip_allowlist: vec![],
+        };
+        store.insert_keys(&[key], 0).await.unwrap();
+        // 2 credits per token in and out.
+        store
+            .put_price("m", 2_000_000.0, 2_000_000.0, None)
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_priced_billed_and_logged_once() {
+        let (_dir, store) = store_with_key().await;
+        let v0 = store.snapshot_version().await.unwrap();
+        let batch = [
+            record("r1", "k1", "m", 10, 5),
+            record("r2", "k1", "unpriced", 10, 5),
+            record("r3", "gone", "m", 10, 5),
+        ];
+        let done = store.ingest_usage(&batch, 2_000).await.unwrap();
+        assert_eq!((done.accepted, done.duplicates), (3, 0));
+        // (10 + 5) * 2 * 0.5 = 15 credits, once.
+        let again = store.ingest_usage(&batch[..1], 2_001).await.unwrap();
+        assert_eq!((again.accepted, again.duplicates), (0, 1));
+        let key = store.get_key("k1", 3_000).await.unwrap().unwrap();
+        assert_eq!((key.used_quota, key.last_used_at), (15, Some(1_000)));
+        let team = store.get_account("team").await.unwrap().unwrap();
+        assert_eq!(team.balance, Some(985));
+        // One change for the key, one for the account.
+        assert_eq!(store.snapshot_version().await.unwrap(), v0 + 2);
+
+        let (rows, total) = store
+            .list_usage(&UsageFilter::default(), 10, 0)
+            .await
+            .unwrap();
+        assert_eq!(total, 3);
+        let by_id = |id: &str| rows.iter().find(|r| r.request_id == id).unwrap();
+        assert_eq!((by_id("r1").cost, by_id("r1").priced), (15, true));
+        assert_eq!((by_id("r2").cost, by_id("r2").priced), (0, false));
+        assert_eq!(by_id("r3").key_name, None);
+        assert_eq!(by_id("r1").account.as_deref(), Some("team"));
+
+        let only_m = UsageFilter {
+            model: Some("m".into()),
+            from: Some(1_000),
+            to: Some(1_001),
+            ..UsageFilter::default()
+        };
+        assert_eq!(store.list_usage(&only_m, 10, 0).await.unwrap().1, 2);
+        let later = UsageFilter {
+            from: Some(1_001),
+            ..UsageFilter::default()
+        };
+        assert_eq!(store.list_usage(&later, 10, 0).await.unwrap().1, 0);
+    }
+}

@@ -1,0 +1,125 @@
+//! Usage reports from the filter: priced, billed once, logged, and visible to people.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::{Service, ADMIN, FILTER};
+
+impl Service {
+    async fn report(&self, records: Value, token: &str) -> crate::Reply {
+        self.send(
+            self.request(Method::POST, "/filter/v1/usage", Some(token))
+                .json(&json!({ "records": records })),
+        )
+        .await
+    }
+}
+
+fn record(request_id: &str, key_id: &str, input: u64, output: u64) -> Value {
+    json!({"request_id": request_id, "key_id": key_id, "model": "gpt-4o",
+        "input_tokens": input, "cached_input_tokens": 0, "output_tokens": output,
+        "status": 200, "ts": 1_800_000_000})
+}
+
+#[tokio::test]
+async fn reported_usage_is_billed_once_and_exhausts_the_key() {
+    let service = Service::start().await;
+    let put = service
+        .request(Method::PUT, "/api/v1/models/gpt-4o", Some(ADMIN))
+        .json(&json!({"input": 1_000_000, "output": 2_000_000}));
+    assert_eq!(service.send(put).await.status, 201);
+    let key = service
+        .create_ok(json!({"name": "metered", "unlimited_quota": false, "quota": 100}))
+        .await
+        .remove(0);
+    let id = key["id"].as_str().unwrap();
+
+    // 10 in + 20 out = 10 * 1 + 20 * 2 = 50 credits.
+    let first = service
+        .report(json!([record("req-1", id, 10, 20)]), FILTER)
+        .await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body, json!({"accepted": 1, "duplicates": 0}));
+    let retried = service
+        .report(json!([record("req-1", id, 10, 20)]), FILTER)
+        .await;
+    assert_eq!(retried.body, json!({"accepted": 0, "duplicates": 1}));
+    let shown = service.admin_get(&format!("/api/v1/keys/{id}")).await.body;
+    assert_eq!(
+        (
+            shown["used_quota"].clone(),
+            shown["remaining_quota"].clone()
+        ),
+        (json!(50), json!(50))
+    );
+    assert_eq!(shown["status"], "active");
+
+    service
+        .report(
+            json!([
+                record("req-2", id, 10, 20),
+                record("req-3", "no-such-key", 1, 1)
+            ]),
+            FILTER,
+        )
+        .await;
+    let shown = service.admin_get(&format!("/api/v1/keys/{id}")).await.body;
+    assert_eq!(shown["status"], "exhausted");
+
+    // The filter's next snapshot carries what is left.
+    let snapshot = service.snapshot().await.body;
+    let rec = snapshot["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap()
+        .clone();
+    assert_eq!(rec["remaining_quota"], 0);
+
+    let log = service
+        .admin_get(&format!("/api/v1/usage?key_id={id}"))
+        .await;
+    assert_eq!(log.status, 200);
+    assert_eq!(log.body["total"], 2);
+    let row = &log.body["usage"][0];
+    assert_eq!(row["key_name"], "metered");
+    assert_eq!(row["cost"], 50);
+    assert_eq!(row["priced"], true);
+    assert_eq!(row["ts"], "2027-01-15T08:00:00Z");
+    let all = service
+        .admin_get("/api/v1/usage?from=2027-01-15T08:00:00Z")
+        .await;
+    assert_eq!(all.body["total"], 3);
+    let none = service
+        .admin_get("/api/v1/usage?to=2027-01-15T08:00:00Z")
+        .await;
+    assert_eq!(none.body["total"], 0);
+}
+
+#[tokio::test]
+async fn usage_needs_the_filter_token_and_good_records() {
+    let service = Service::start().await;
+    let with_admin = service.report(json!([record("r", "k", 1, 1)]), ADMIN).await;
+    assert_eq!(with_admin.status, 401);
+    let mut bad = record("r", "k", 1, 1);
+    bad["output_tokens"] = json!(-1);
+    let (status, _, param) = service.report(json!([bad]), FILTER).await.error();
+    assert_eq!((status, param.as_deref()), (400, Some("records")));
+    let mut unknown = record("r", "k", 1, 1);
+    unknown["colour"] = json!("red");
+    assert_eq!(
+        service.report(json!([unknown]), FILTER).await.error().0,
+        400
+    );
+    let too_many: Vec<Value> = (0..1001)
+        .map(|i| record(&format!("r{i}"), "k", 1, 1))
+        .collect();
+    let (status, _, param) = service.report(json!(too_many), FILTER).await.error();
+    assert_eq!((status, param.as_deref()), (400, Some("records")));
+    let (status, _, param) = service
+        .admin_get("/api/v1/usage?from=yesterday")
+        .await
+        .error();
+    assert_eq!((status, param.as_deref()), (400, Some("from")));
+}
