@@ -104,3 +104,53 @@ fn disable_enable_rotate_and_delete_through_the_api_reach_the_filter() {
     let res = until_status(401, || chat(&stack, Some(&new_secret)));
     assert_error(res, 401, "invalid_api_key");
 }
+
+#[test]
+fn a_rotation_with_a_grace_period_keeps_both_secrets_working() {
+    let stack = Stack::start();
+    let key = create_key(&stack, json!({"name": "graceful"}));
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&key.secret))).status(),
+        200
+    );
+    let path = format!("/api/v1/keys/{}/rotate", key.id);
+    let (status, rotated) = admin(
+        &stack,
+        Method::POST,
+        &path,
+        Some(json!({"grace_period": "1h"})),
+    );
+    assert_eq!(status, 200);
+    let new_secret = rotated["key"].as_str().unwrap().to_string();
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&new_secret))).status(),
+        200
+    );
+    assert_eq!(
+        chat(&stack, Some(&key.secret)).status(),
+        200,
+        "old secret in its grace"
+    );
+    // A rotation without one stops the secret it replaces at once.
+    let (_, again) = admin(&stack, Method::POST, &path, None);
+    let newest = again["key"].as_str().unwrap().to_string();
+    assert_eq!(until_synced(|| chat(&stack, Some(&newest))).status(), 200);
+    let res = until_status(401, || chat(&stack, Some(&new_secret)));
+    assert_error(res, 401, "invalid_api_key");
+    assert_eq!(
+        chat(&stack, Some(&key.secret)).status(),
+        200,
+        "first grace still runs"
+    );
+    // Deleting the key ends every secret it had.
+    let (status, _) = admin(
+        &stack,
+        Method::DELETE,
+        &format!("/api/v1/keys/{}", key.id),
+        None,
+    );
+    assert_eq!(status, 204);
+    let res = until_status(401, || chat(&stack, Some(&key.secret)));
+    assert_error(res, 401, "invalid_api_key");
+    assert_error(chat(&stack, Some(&newest)), 401, "invalid_api_key");
+}

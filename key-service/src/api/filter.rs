@@ -58,7 +58,10 @@ pub async fn snapshot(
     if unchanged {
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag(current)?)]).into_response());
     }
-    let body = state.store.snapshot(query.since, &page).await?;
+    let body = state
+        .store
+        .snapshot(query.since, &page, crate::expiry::now())
+        .await?;
     let headers = [
         (ETAG, etag(body.version)?),
         (CONTENT_TYPE, HeaderValue::from_static("application/json")),

@@ -533,17 +533,52 @@ pub async fn update(
     Ok(Json(view(&state, &id, None).await?))
 }
 
+/// Body of `POST /api/v1/keys/{id}/rotate` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// How long the old secret keeps working (`"1h"`, `"7d"`); absent = it stops at once.
+    #[serde(default)]
+    pub grace_period: Option<String>,
+}
+
+impl RotateKey {
+    /// The unix second the old secret stops at, if it gets a grace period.
+    pub fn grace_until(&self, now: i64) -> Result<Option<i64>, ApiError> {
+        let Some(period) = &self.grace_period else {
+            return Ok(None);
+        };
+        let bad = |why: String| ApiError::invalid("grace_period", why);
+        match expiry::parse_expires_in(period) {
+            Ok(expiry::ExpiresIn::Never) => Err(bad(
+                "grace_period must be a duration such as \"1h\" or \"7d\"".into(),
+            )),
+            Ok(within) => within.expires_at(now).map_err(|e| bad(e.to_string())),
+            Err(e) => Err(bad(e.to_string())),
+        }
+    }
+}
+
 /// `POST /api/v1/keys/{id}/rotate`: a new secret for the same key (id, settings and
-/// history kept); the old secret stops with the filter's next sync.
+/// history kept); the old secret stops with the filter's next sync, or at the end of an
+/// optional `grace_period`. The body may be empty.
 pub async fn rotate(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    body: axum::body::Bytes,
 ) -> Result<Json<KeyView>, ApiError> {
+    let now = expiry::now();
+    let request: RotateKey = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateKey::default()
+    } else {
+        crate::extract::parse(&body)?
+    };
+    let grace_until = request.grace_until(now)?;
     let secret = mint_secret()?;
     let hash = secret::hash_hex(&secret::hash(&secret));
     let rotated = state
         .store
-        .rotate_key(&id, &hash, &secret::mask(&secret), expiry::now())
+        .rotate_key(&id, &hash, &secret::mask(&secret), now, grace_until)
         .await?;
     if !rotated {
         return Err(no_such_key(&id));

@@ -120,18 +120,51 @@ pub struct KeyFilter {
 // columns per row in Rust costs several times what SQLite takes to write the text, and a
 // full snapshot of a million keys must take seconds, not tens of them. Fields at their
 // default (no expiry, no lists, unlimited) are left out, as `KeyRecord` serializes them.
+macro_rules! record_json {
+    ($hash:literal, $expires:literal) => {
+        concat!(
+            "'{\"id\":' || json_quote(k.id) || ',\"name\":' || json_quote(k.name) \
+             || ',\"hash\":' || json_quote(",
+            $hash,
+            ") || ',\"account\":' || json_quote(k.account) \
+             || ',\"group\":' || json_quote(k.group_name) \
+             || ',\"enabled\":' || CASE WHEN k.enabled THEN 'true' ELSE 'false' END \
+             || CASE WHEN ",
+            $expires,
+            " IS NULL THEN '' ELSE ',\"expires_at\":' || ",
+            $expires,
+            " END \
+             || CASE WHEN k.ip_allowlist = '[]' THEN '' \
+                ELSE ',\"ip_allowlist\":' || json(k.ip_allowlist) END \
+             || CASE WHEN k.models = '[]' THEN '' ELSE ',\"models\":' || json(k.models) END \
+             || CASE WHEN k.unlimited_quota THEN '' \
+                ELSE ',\"remaining_quota\":' || (k.quota - k.used_quota) END || '}'"
+        )
+    };
+}
+
 macro_rules! snapshot_columns {
     () => {
-        "SELECT rowid, '{\"id\":' || json_quote(id) || ',\"name\":' || json_quote(name) \
-         || ',\"hash\":' || json_quote(key_hash) || ',\"account\":' || json_quote(account) \
-         || ',\"group\":' || json_quote(group_name) \
-         || ',\"enabled\":' || CASE WHEN enabled THEN 'true' ELSE 'false' END \
-         || CASE WHEN expires_at IS NULL THEN '' ELSE ',\"expires_at\":' || expires_at END \
-         || CASE WHEN ip_allowlist = '[]' THEN '' ELSE ',\"ip_allowlist\":' || json(ip_allowlist) END \
-         || CASE WHEN models = '[]' THEN '' ELSE ',\"models\":' || json(models) END \
-         || CASE WHEN unlimited_quota THEN '' \
-            ELSE ',\"remaining_quota\":' || (quota - used_quota) END || '}' \
-         AS record FROM keys"
+        concat!(
+            "SELECT k.rowid AS rowid, ",
+            record_json!("k.key_hash", "k.expires_at"),
+            " AS record FROM keys k"
+        )
+    };
+}
+
+// The old secrets still in their grace period, as records of their key that expire when
+// the grace ends. `$1` = now.
+macro_rules! grace_records {
+    () => {
+        concat!(
+            "SELECT ",
+            record_json!(
+                "g.key_hash",
+                "MIN(COALESCE(k.expires_at, g.until), g.until)"
+            ),
+            " AS record FROM grace_secrets g JOIN keys k ON k.id = g.key_id WHERE g.until > $1"
+        )
     };
 }
 
@@ -277,13 +310,15 @@ impl Store {
     }
 
     /// Gives a key a new secret (its hash and masked form); `false` when there is no such
-    /// key. The old secret stops working with the next snapshot.
+    /// key. The old secret stops working with the next snapshot, or, with `grace_until`,
+    /// at that time (unix seconds).
     pub async fn rotate_key(
         &self,
         id: &str,
         key_hash: &str,
         masked_key: &str,
         now: i64,
+        grace_until: Option<i64>,
     ) -> Result<bool, StoreError> {
         let query = sqlx::query(
             "UPDATE keys SET key_hash = $2, masked_key = $3, updated_at = $4 WHERE id = $1",
@@ -292,14 +327,17 @@ impl Store {
         .bind(key_hash)
         .bind(masked_key)
         .bind(now);
-        self.change_one(query, id, "rotated", now, Revokes::OldHash)
-            .await
+        let revokes = match grace_until {
+            Some(until) => Revokes::OldHashAt(until),
+            None => Revokes::OldHash,
+        };
+        self.change_one(query, id, "rotated", now, revokes).await
     }
 
     /// Deletes a key; `false` when there is no such key. Its change-log rows stay.
     pub async fn delete_key(&self, id: &str, now: i64) -> Result<bool, StoreError> {
         let query = sqlx::query("DELETE FROM keys WHERE id = $1").bind(id);
-        self.change_one(query, id, "deleted", now, Revokes::OldHash)
+        self.change_one(query, id, "deleted", now, Revokes::Every)
             .await
     }
 
@@ -333,9 +371,38 @@ impl Store {
         .bind(id)
         .bind(kind)
         .bind(now)
-        .bind(matches!(revokes, Revokes::OldHash))
+        .bind(matches!(revokes, Revokes::OldHash | Revokes::Every))
         .execute(&mut *tx)
         .await?;
+        match revokes {
+            Revokes::OldHashAt(until) => {
+                sqlx::query(
+                    "INSERT INTO grace_secrets (key_hash, key_id, until) \
+                     SELECT key_hash, id, $2 FROM keys WHERE id = $1",
+                )
+                .bind(id)
+                .bind(until)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Revokes::Every => {
+                // Old secrets still in their grace period go with the key.
+                sqlx::query(
+                    "INSERT INTO key_changes (key_id, kind, at, revoked_hash) \
+                     SELECT key_id, $2, $3, key_hash FROM grace_secrets WHERE key_id = $1",
+                )
+                .bind(id)
+                .bind(kind)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM grace_secrets WHERE key_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Revokes::Nothing | Revokes::OldHash => {}
+        }
         if logged.rows_affected() == 0 || statement.execute(&mut *tx).await?.rows_affected() == 0 {
             tx.rollback().await?;
             return Ok(false);
@@ -365,6 +432,7 @@ impl Store {
         &self,
         since: Option<u64>,
         page: &SnapshotPage,
+        now: i64,
     ) -> Result<SnapshotBody, StoreError> {
         // One read transaction, version first: should a change commit in between anyway
         // (an engine without snapshot reads), the keys are newer than the version, never
@@ -377,7 +445,7 @@ impl Store {
             .and_then(|v| i64::try_from(v).ok())
             .filter(|v| (1..=version).contains(v));
         let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
-        let (rows, revoked) = match since {
+        let (rows, revoked, grace): (_, _, Vec<String>) = match since {
             None => {
                 let rows = sqlx::query(concat!(
                     snapshot_columns!(),
@@ -392,7 +460,17 @@ impl Store {
                 .bind(limit)
                 .fetch_all(&mut *tx)
                 .await?;
-                (rows, Vec::new())
+                // Old secrets in their grace period are few: they come with the first page.
+                let grace = match page.after {
+                    None => {
+                        sqlx::query_scalar(grace_records!())
+                            .bind(now)
+                            .fetch_all(&mut *tx)
+                            .await?
+                    }
+                    Some(_) => Vec::new(),
+                };
+                (rows, Vec::new(), grace)
             }
             Some(since) => {
                 let rows = sqlx::query(concat!(
@@ -409,7 +487,15 @@ impl Store {
                 .bind(since)
                 .fetch_all(&mut *tx)
                 .await?;
-                (rows, revoked)
+                let grace = sqlx::query_scalar(concat!(
+                    grace_records!(),
+                    " AND k.id IN (SELECT key_id FROM key_changes WHERE seq > $2)"
+                ))
+                .bind(now)
+                .bind(since)
+                .fetch_all(&mut *tx)
+                .await?;
+                (rows, revoked, grace)
             }
         };
         let group_rows = sqlx::query("SELECT name, models FROM groups ORDER BY name")
@@ -419,10 +505,11 @@ impl Store {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let keys = rows
+        let mut keys: Vec<String> = rows
             .iter()
             .map(|row| row.try_get::<String, _>("record"))
             .collect::<Result<_, _>>()?;
+        keys.extend(grace);
         let groups = group_rows
             .iter()
             .map(|row| {
@@ -514,11 +601,16 @@ fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
 
-/// Whether a change takes the key's current hash out of service.
+/// Which of the key's hashes a change takes out of service.
 #[derive(Clone, Copy)]
 enum Revokes {
     Nothing,
+    /// The current one, now (rotation).
     OldHash,
+    /// The current one, at this unix second (rotation with a grace period).
+    OldHashAt(i64),
+    /// The current one and any still in a grace period (deletion).
+    Every,
 }
 
 /// Which page of a full snapshot to answer with.
@@ -652,7 +744,7 @@ mod tests {
         assert_eq!(store.snapshot_version().await.unwrap(), 2);
         assert!(store.set_enabled("a", false, 200).await.unwrap());
         assert!(!store.set_enabled("nope", false, 200).await.unwrap());
-        let snapshot = wire(store.snapshot(None, &all()).await.unwrap());
+        let snapshot = wire(store.snapshot(None, &all(), 0).await.unwrap());
         assert_eq!(snapshot.version, 3);
         assert_eq!(snapshot.keys.len(), 2);
         let a = snapshot.keys.iter().find(|k| k.id == "a").unwrap();
@@ -687,12 +779,12 @@ mod tests {
             after: None,
             limit: 2,
         };
-        let first = wire(store.snapshot(None, &page).await.unwrap());
+        let first = wire(store.snapshot(None, &page, 0).await.unwrap());
         let ids: Vec<&str> = first.keys.iter().map(|k| k.id.as_str()).collect();
         assert_eq!(ids, ["c", "a"], "storage order");
         assert_eq!(first.next.as_deref(), Some("2"));
         page.after = first.next;
-        let second = wire(store.snapshot(None, &page).await.unwrap());
+        let second = wire(store.snapshot(None, &page, 0).await.unwrap());
         let ids: Vec<&str> = second.keys.iter().map(|k| k.id.as_str()).collect();
         assert_eq!((ids, second.next), (vec!["b"], None));
     }
@@ -704,11 +796,14 @@ mod tests {
         let keys: Vec<NewKey> = ["a", "b", "c"].iter().map(|id| new_key(id, id)).collect();
         store.insert_keys(&keys, 100).await.unwrap();
         let new_hash = format!("{:f>64}", "");
-        assert!(store.rotate_key("a", &new_hash, "sk-m", 200).await.unwrap());
+        assert!(store
+            .rotate_key("a", &new_hash, "sk-m", 200, None)
+            .await
+            .unwrap());
         assert!(store.delete_key("b", 200).await.unwrap());
         assert!(store.set_enabled("c", false, 200).await.unwrap());
         assert!(!store.delete_key("b", 300).await.unwrap());
-        let delta = wire(store.snapshot(Some(3), &all()).await.unwrap());
+        let delta = wire(store.snapshot(Some(3), &all(), 0).await.unwrap());
         assert!(delta.delta);
         assert_eq!(delta.version, 6);
         assert_eq!(
@@ -718,6 +813,45 @@ mod tests {
         let ids: Vec<&str> = delta.keys.iter().map(|k| k.id.as_str()).collect();
         assert_eq!(ids, ["a", "c"]);
         assert_eq!(delta.keys[0].hash, new_hash);
+    }
+
+    #[tokio::test]
+    async fn a_grace_period_keeps_the_old_hash_until_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        store.insert_keys(&[new_key("a", "a")], 100).await.unwrap();
+        let (old, new) = (format!("{:0>64}", "a"), format!("{:f>64}", ""));
+        assert!(store
+            .rotate_key("a", &new, "sk-m", 200, Some(3_800))
+            .await
+            .unwrap());
+        let hashes = |w: &SnapshotWire| {
+            let mut h: Vec<(String, Option<i64>)> = w
+                .keys
+                .iter()
+                .map(|k| (k.hash.clone(), k.expires_at))
+                .collect();
+            h.sort();
+            h
+        };
+        let full = wire(store.snapshot(None, &all(), 300).await.unwrap());
+        assert_eq!(
+            hashes(&full),
+            [(old.clone(), Some(3_800)), (new.clone(), None)]
+        );
+        let delta = wire(store.snapshot(Some(1), &all(), 300).await.unwrap());
+        assert_eq!(hashes(&delta), hashes(&full));
+        assert!(delta.revoked.is_empty(), "the old hash is not revoked yet");
+        // Once the grace period is over, it is no longer sent.
+        let later = wire(store.snapshot(None, &all(), 3_800).await.unwrap());
+        assert_eq!(hashes(&later), [(new.clone(), None)]);
+        // Deleting the key revokes both.
+        assert!(store.delete_key("a", 400).await.unwrap());
+        let gone = wire(store.snapshot(Some(2), &all(), 500).await.unwrap());
+        let mut revoked = gone.revoked.clone();
+        revoked.sort();
+        assert_eq!(revoked, [old, new]);
+        assert!(gone.keys.is_empty());
     }
 
     #[tokio::test]

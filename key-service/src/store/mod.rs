@@ -43,6 +43,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage_log",
         include_str!("../../migrations/sqlite/0004_usage_log.sql"),
     ),
+    (
+        5,
+        "grace_secrets",
+        include_str!("../../migrations/sqlite/0005_grace_secrets.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

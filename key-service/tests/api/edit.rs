@@ -107,6 +107,61 @@ async fn rotate_gives_a_new_secret_to_the_same_key() {
 }
 
 #[tokio::test]
+async fn rotation_with_a_grace_period_keeps_the_old_secret_until_it_ends() {
+    let service = Service::start().await;
+    let key = service
+        .create_ok(json!({"name": "graceful"}))
+        .await
+        .remove(0);
+    let old = key["key"].as_str().unwrap();
+    let path = format!("/api/v1/keys/{}/rotate", key["id"].as_str().unwrap());
+    let rotate = |body: serde_json::Value| {
+        service.send(
+            service
+                .request(Method::POST, &path, Some(ADMIN))
+                .json(&body),
+        )
+    };
+    for bad in [
+        json!({"grace_period": "never"}),
+        json!({"grace_period": "soon"}),
+        json!({"grace_period": "0h"}),
+        json!({"grace": "1h"}),
+    ] {
+        let (status, _, param) = rotate(bad.clone()).await.error();
+        assert_eq!(status, 400, "{bad}");
+        assert!(param.is_some(), "{bad}");
+    }
+    let reply = rotate(json!({"grace_period": "1h"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let new = reply.body["key"].as_str().unwrap();
+    let wire: keygate::snapshot::SnapshotWire =
+        serde_json::from_value(service.snapshot().await.body).unwrap();
+    let record = |secret: &str| {
+        let hash = keygate::secret::hash_hex(&keygate::secret::hash(secret));
+        wire.keys.iter().find(|k| k.hash == hash).cloned()
+    };
+    let (old_record, new_record) = (record(old).unwrap(), record(new).unwrap());
+    assert_eq!(
+        old_record.id, new_record.id,
+        "both secrets are the same key"
+    );
+    let left = old_record.expires_at.unwrap() - keygate_now();
+    assert!(
+        (3590..=3600).contains(&left),
+        "old secret ends in an hour, {left} s"
+    );
+    assert_eq!(new_record.expires_at, None);
+}
+
+fn keygate_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
 async fn delete_removes_the_key_from_the_api_and_the_snapshot() {
     let service = Service::start().await;
     let id = service.create_ok(json!({"name": "gone"})).await[0]["id"]
