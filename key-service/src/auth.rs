@@ -15,6 +15,8 @@ pub struct Guard {
     digest: [u8; 32],
     code: &'static str,
     message: &'static str,
+    /// Header holding the bare token; `None`: `Authorization: Bearer`.
+    header: Option<&'static str>,
 }
 
 impl Guard {
@@ -23,6 +25,7 @@ impl Guard {
             digest: keygate::secret::hash(token),
             code: "invalid_admin_token",
             message: "missing or invalid admin token (Authorization: Bearer <admin token>)",
+            header: None,
         }
     }
 
@@ -31,6 +34,7 @@ impl Guard {
             digest: keygate::secret::hash(token),
             code: "invalid_filter_token",
             message: "missing or invalid filter token (Authorization: Bearer <filter token>)",
+            header: None,
         }
     }
 
@@ -41,12 +45,26 @@ impl Guard {
     }
 
     fn admits_request(&self, request: &Request) -> bool {
-        request
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-            .is_some_and(|token| self.admits(token))
+        let headers = request.headers();
+        match self.header {
+            Some(name) => headers.get(name).and_then(|v| v.to_str().ok()),
+            None => headers
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer),
+        }
+        .is_some_and(|token| self.admits(token))
+    }
+
+    /// The filter token, presented in `x-keygate-token` instead of `Authorization`, which
+    /// carries the client's key on `/filter/v1/check`.
+    pub fn check(token: &str) -> Self {
+        Guard {
+            digest: keygate::secret::hash(token),
+            code: "invalid_filter_token",
+            message: "missing or invalid filter token (x-keygate-token: <filter token>)",
+            header: Some("x-keygate-token"),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, patch, post};
+use axum::routing::{any, get, patch, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
@@ -37,6 +37,7 @@ pub struct AppState {
     pub store: Store,
     admin: Guard,
     filter: Guard,
+    check: Guard,
 }
 
 impl AppState {
@@ -45,6 +46,7 @@ impl AppState {
             store,
             admin: Guard::admin(admin_token),
             filter: Guard::filter(filter_token),
+            check: Guard::check(filter_token),
         }
     }
 }
@@ -86,6 +88,17 @@ pub fn app(state: AppState) -> Router {
             state.admin.clone(),
             auth::require,
         ));
+    let check = Router::new()
+        .route(api::check::PREFIX, any(api::check::check))
+        .route(&format!("{}/", api::check::PREFIX), any(api::check::check))
+        .route(
+            &format!("{}/{{*path}}", api::check::PREFIX),
+            any(api::check::check),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.check.clone(),
+            auth::require,
+        ));
     let filter = Router::new()
         .route("/filter/v1/snapshot", get(api::filter::snapshot))
         .route("/filter/v1/usage", post(api::usage::report))
@@ -97,6 +110,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .merge(admin)
         .merge(filter)
+        .merge(check)
         .fallback(error::unknown_route)
         .layer(DefaultBodyLimit::max(error::BODY_LIMIT))
         .layer(middleware::map_response(error::json_errors))

@@ -2,6 +2,7 @@
 //! [`crate::app`].
 
 pub mod catalog;
+pub mod check;
 pub mod filter;
 pub mod keys;
 pub mod usage;

@@ -4,10 +4,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use keygate::snapshot::{AccountRecord, GroupRecord};
+use keygate::snapshot::{AccountRecord, GroupRecord, KeyRecord, TablesWire};
 use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 
 use super::{Store, StoreError};
 
@@ -498,35 +498,13 @@ impl Store {
                 (rows, revoked, grace)
             }
         };
-        let group_rows = sqlx::query("SELECT name, models FROM groups ORDER BY name")
-            .fetch_all(&mut *tx)
-            .await?;
-        let account_rows = sqlx::query("SELECT name, balance FROM accounts ORDER BY name")
-            .fetch_all(&mut *tx)
-            .await?;
+        let TablesWire { groups, accounts } = read_tables(&mut tx).await?;
         tx.commit().await?;
         let mut keys: Vec<String> = rows
             .iter()
             .map(|row| row.try_get::<String, _>("record"))
             .collect::<Result<_, _>>()?;
         keys.extend(grace);
-        let groups = group_rows
-            .iter()
-            .map(|row| {
-                let name: String = row.try_get("name")?;
-                let models = parse_list(&name, "groups.models", row.try_get("models")?)?;
-                Ok(GroupRecord { name, models })
-            })
-            .collect::<Result<_, StoreError>>()?;
-        let accounts = account_rows
-            .iter()
-            .map(|row| {
-                Ok(AccountRecord {
-                    name: row.try_get("name")?,
-                    balance: row.try_get("balance")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
         // The cursor is the last row's rowid: pages walk the table in storage order, which
         // is several times faster than any index order for a million keys.
         let next = match since {
@@ -547,6 +525,73 @@ impl Store {
             accounts,
         })
     }
+}
+
+impl Store {
+    /// The key (or old secret in its grace period) whose secret hashes to `hash_hex`, as
+    /// the filter would have it, with the groups and accounts: what `/filter/v1/check`
+    /// decides from.
+    pub async fn check_view(
+        &self,
+        hash_hex: Option<&str>,
+        now: i64,
+    ) -> Result<(Option<KeyRecord>, TablesWire), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let record: Option<String> = match hash_hex {
+            Some(hash) => {
+                sqlx::query_scalar(concat!(
+                    "SELECT record FROM (",
+                    snapshot_columns!(),
+                    " WHERE k.key_hash = $2) UNION ALL SELECT record FROM (",
+                    grace_records!(),
+                    " AND g.key_hash = $2) LIMIT 1"
+                ))
+                .bind(now)
+                .bind(hash)
+                .fetch_optional(&mut *conn)
+                .await?
+            }
+            None => None,
+        };
+        let record = record
+            .map(|json| {
+                serde_json::from_str::<KeyRecord>(&json).map_err(|e| StoreError::Corrupt {
+                    id: hash_hex.unwrap_or_default().to_owned(),
+                    column: "keys",
+                    detail: e.to_string(),
+                })
+            })
+            .transpose()?;
+        Ok((record, read_tables(&mut conn).await?))
+    }
+}
+
+/// Every group's model list and every account's balance.
+async fn read_tables(conn: &mut SqliteConnection) -> Result<TablesWire, StoreError> {
+    let group_rows = sqlx::query("SELECT name, models FROM groups ORDER BY name")
+        .fetch_all(&mut *conn)
+        .await?;
+    let account_rows = sqlx::query("SELECT name, balance FROM accounts ORDER BY name")
+        .fetch_all(&mut *conn)
+        .await?;
+    let groups = group_rows
+        .iter()
+        .map(|row| {
+            let name: String = row.try_get("name")?;
+            let models = parse_list(&name, "groups.models", row.try_get("models")?)?;
+            Ok(GroupRecord { name, models })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let accounts = account_rows
+        .iter()
+        .map(|row| {
+            Ok(AccountRecord {
+                name: row.try_get("name")?,
+                balance: row.try_get("balance")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok(TablesWire { groups, accounts })
 }
 
 /// A snapshot answer, as `keygate::snapshot::SnapshotWire` but with each key already

@@ -6,6 +6,7 @@
 
 mod auth;
 mod catalog;
+mod check;
 mod create;
 mod edit;
 mod errors;
