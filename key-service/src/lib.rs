@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod expiry;
 pub mod extract;
+pub mod metrics;
 pub mod pricing;
 pub mod random;
 pub mod store;
@@ -38,6 +39,7 @@ pub struct AppState {
     admin: Guard,
     filter: Guard,
     check: Guard,
+    pub metrics: metrics::SharedMetrics,
 }
 
 impl AppState {
@@ -47,6 +49,7 @@ impl AppState {
             admin: Guard::admin(admin_token),
             filter: Guard::filter(filter_token),
             check: Guard::check(filter_token),
+            metrics: metrics::SharedMetrics::default(),
         }
     }
 }
@@ -108,12 +111,18 @@ pub fn app(state: AppState) -> Router {
         ));
     Router::new()
         .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(metrics::render))
         .merge(admin)
         .merge(filter)
         .merge(check)
         .fallback(error::unknown_route)
         .layer(DefaultBodyLimit::max(error::BODY_LIMIT))
         .layer(middleware::map_response(error::json_errors))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::count,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::metrics;
 use crate::store::SnapshotPage;
 use crate::AppState;
 
@@ -56,12 +57,19 @@ pub async fn snapshot(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| if_none_match_hits(v, current));
     if unchanged {
+        metrics::add(&state.metrics.snapshot_not_modified, 1);
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag(current)?)]).into_response());
     }
     let body = state
         .store
         .snapshot(query.since, &page, crate::expiry::now())
         .await?;
+    let kind = if body.delta {
+        &state.metrics.snapshot_delta
+    } else {
+        &state.metrics.snapshot_full
+    };
+    metrics::add(kind, 1);
     let headers = [
         (ETAG, etag(body.version)?),
         (CONTENT_TYPE, HeaderValue::from_static("application/json")),

@@ -19,8 +19,13 @@ pub struct Health {
     status: &'static str,
 }
 
-/// `GET /healthz`: 200 once the database answers (readiness), no token needed.
-pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+/// `GET /healthz`: 200 while the process serves (liveness), no token needed.
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// `GET /readyz`: 200 once the database answers, 503 while it does not; no token needed.
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state
         .store
         .ping()

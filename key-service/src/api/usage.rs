@@ -104,6 +104,8 @@ pub async fn report(
     let now = expiry::now();
     let records = body.validate(now)?;
     let done = state.store.ingest_usage(&records, now).await?;
+    crate::metrics::add(&state.metrics.usage_accepted, done.accepted);
+    crate::metrics::add(&state.metrics.usage_duplicates, done.duplicates);
     tracing::debug!(
         accepted = done.accepted,
         duplicates = done.duplicates,

@@ -528,6 +528,21 @@ impl Store {
 }
 
 impl Store {
+    /// How many keys have each status (the contract's definition) at `now`.
+    pub async fn count_keys_by_status(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT v.status AS status, COUNT(*) AS n FROM (",
+            key_view!(),
+            ") v GROUP BY v.status ORDER BY v.status"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("status")?, row.try_get("n")?)))
+            .collect()
+    }
+
     /// The key (or old secret in its grace period) whose secret hashes to `hash_hex`, as
     /// the filter would have it, with the groups and accounts: what `/filter/v1/check`
     /// decides from.

@@ -83,3 +83,56 @@ async fn healthz_needs_no_token() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body, serde_json::json!({"status": "ok"}));
 }
+
+#[tokio::test]
+async fn readiness_follows_the_database_and_metrics_count_what_happened() {
+    let service = Service::start().await;
+    let ready = service
+        .send(service.request(Method::GET, "/readyz", None))
+        .await;
+    assert_eq!(ready.status, 200);
+    service
+        .create_ok(serde_json::json!({"name": "m", "quantity": 2}))
+        .await;
+    service.snapshot().await;
+    let key = service.create_ok(serde_json::json!({"name": "off"})).await;
+    let id = key[0]["id"].as_str().unwrap();
+    let patch = service
+        .request(
+            Method::PATCH,
+            &format!("/api/v1/keys/{id}"),
+            Some(crate::ADMIN),
+        )
+        .json(&serde_json::json!({"enabled": false}));
+    service.send(patch).await;
+    let metrics = service
+        .send(service.request(Method::GET, "/metrics", None))
+        .await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text.clone();
+    for line in [
+        "keygate_http_requests_total{route=\"/api/v1/keys\",method=\"POST\",status=\"201\"} 2",
+        "keygate_http_requests_total{route=\"/api/v1/keys/{id}\",method=\"PATCH\",status=\"200\"} 1",
+        "keygate_snapshot_requests_total{answer=\"full\"} 1",
+        "keygate_keys{status=\"active\"} 2",
+        "keygate_keys{status=\"disabled\"} 1",
+        "keygate_snapshot_version 4",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+    assert!(
+        !text.contains(id),
+        "raw paths (with ids) never become labels"
+    );
+
+    // The database goes away: not ready, but alive.
+    service.store.close().await;
+    let ready = service
+        .send(service.request(Method::GET, "/readyz", None))
+        .await;
+    assert_eq!(ready.status, 503);
+    let alive = service
+        .send(service.request(Method::GET, "/healthz", None))
+        .await;
+    assert_eq!(alive.status, 200);
+}

@@ -35,6 +35,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
     pub body: Value,
+    /// The body as text (for the plain-text `/metrics`).
+    pub text: String,
 }
 
 impl Reply {
@@ -85,7 +87,11 @@ impl Service {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.unwrap();
-        let body = if bytes.is_empty() {
+        let plain = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/plain"));
+        let body = if bytes.is_empty() || plain {
             Value::Null
         } else {
             serde_json::from_slice(&bytes)
@@ -95,6 +101,7 @@ impl Service {
             status,
             headers,
             body,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
         }
     }
 
