@@ -31,6 +31,10 @@ pub struct Config {
     /// Bearer token for /filter/v1/*. Generated and stored in `filter.token` when not given.
     #[arg(long, env = "KEYGATE_FILTER_TOKEN", hide_env_values = true)]
     pub filter_token: Option<Token>,
+
+    /// Without a command the service runs; with one, it acts on the database and exits.
+    #[command(subcommand)]
+    pub command: Option<crate::cli::Command>,
 }
 
 /// Where the data lives, from `--database-url`.

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod expiry;
@@ -141,6 +142,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("server failed: {0}")]
     Serve(io::Error),
+    #[error("{0}")]
+    Command(String),
 }
 
 /// Opens the database (creating and migrating it), settles the tokens, serves until
@@ -150,6 +153,15 @@ pub enum StartError {
 /// port actually bound, so a script that asked for port 0 learns which it got.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let Database::Sqlite { path } = Database::parse(&config.database_url)?;
+    if let Some(command) = config.command {
+        let store = Store::open_sqlite(&path).await?;
+        let result = cli::run(&store, command).await;
+        store.close().await;
+        for line in result.map_err(|e| StartError::Command(cli::describe(&e)))? {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     let data_dir = Database::Sqlite { path: path.clone() }
         .data_dir()
         .to_owned();

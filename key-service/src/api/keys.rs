@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
 use crate::random;
-use crate::store::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey};
+use crate::store::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey, Store};
 use crate::AppState;
 
 pub const NAME_MAX: usize = 64;
@@ -298,7 +298,7 @@ pub struct KeyView {
 }
 
 impl KeyView {
-    fn new(row: KeyRow, key: Option<String>) -> Result<Self, ApiError> {
+    pub fn new(row: KeyRow, key: Option<String>) -> Result<Self, ApiError> {
         let time = |unix: i64| {
             expiry::to_rfc3339(unix)
                 .ok_or_else(|| ApiError::internal(format!("stored time {unix} is out of range")))
@@ -337,15 +337,25 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
-    let now = expiry::now();
+    let keys = create_keys(&state.store, request, expiry::now()).await?;
+    Ok((StatusCode::CREATED, Json(Created { keys })))
+}
+
+/// Checks a create request and stores its keys: what `POST /api/v1/keys` and
+/// `key-service keys create` do. Each view carries its secret, the only time it is shown.
+pub async fn create_keys(
+    store: &Store,
+    request: CreateKey,
+    now: i64,
+) -> Result<Vec<KeyView>, ApiError> {
     let spec = request.validate(now)?;
-    if !state.store.account_exists(&spec.account).await? {
+    if !store.account_exists(&spec.account).await? {
         return Err(ApiError::invalid(
             "account",
             format!("there is no account named {:?}", spec.account),
         ));
     }
-    if !state.store.group_exists(&spec.group).await? {
+    if !store.group_exists(&spec.group).await? {
         return Err(ApiError::invalid(
             "group",
             format!("there is no group named {:?}", spec.group),
@@ -376,19 +386,19 @@ pub async fn create(
         });
         secrets.push(secret);
     }
-    state.store.insert_keys(&minted, now).await?;
+    store.insert_keys(&minted, now).await?;
 
     // Read back, so the status comes from the one place that computes it.
     let mut keys = Vec::with_capacity(minted.len());
     for (key, secret) in minted.iter().zip(secrets) {
-        let row =
-            state.store.get_key(&key.id, now).await?.ok_or_else(|| {
-                ApiError::internal(format!("key {} vanished after insert", key.id))
-            })?;
+        let row = store
+            .get_key(&key.id, now)
+            .await?
+            .ok_or_else(|| ApiError::internal(format!("key {} vanished after insert", key.id)))?;
         keys.push(KeyView::new(row, Some(secret))?);
     }
     tracing::info!(count = keys.len(), account = %spec.account, group = %spec.group, "keys created");
-    Ok((StatusCode::CREATED, Json(Created { keys })))
+    Ok(keys)
 }
 
 /// A secret: `sk-`, 42 CSPRNG base62 characters and their checksum.
@@ -496,15 +506,24 @@ pub async fn list(
     }))
 }
 
-fn no_such_key(id: &str) -> ApiError {
+pub(crate) fn no_such_key(id: &str) -> ApiError {
     ApiError::NotFound(format!("there is no key with id {id:?}"))
 }
 
 /// The key as stored now, for answers after a change.
 async fn view(state: &AppState, id: &str, secret: Option<String>) -> Result<KeyView, ApiError> {
-    let row = state
-        .store
-        .get_key(id, expiry::now())
+    view_in(&state.store, id, secret, expiry::now()).await
+}
+
+/// The key as stored at `now`, with its secret when it was just made.
+pub async fn view_in(
+    store: &Store,
+    id: &str,
+    secret: Option<String>,
+    now: i64,
+) -> Result<KeyView, ApiError> {
+    let row = store
+        .get_key(id, now)
         .await?
         .ok_or_else(|| no_such_key(id))?;
     KeyView::new(row, secret)
@@ -567,24 +586,35 @@ pub async fn rotate(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<KeyView>, ApiError> {
-    let now = expiry::now();
     let request: RotateKey = if body.iter().all(u8::is_ascii_whitespace) {
         RotateKey::default()
     } else {
         crate::extract::parse(&body)?
     };
+    Ok(Json(
+        rotate_key(&state.store, &id, &request, expiry::now()).await?,
+    ))
+}
+
+/// Gives the key a new secret: what the rotate route and `key-service keys rotate` do.
+/// The view carries the new secret.
+pub async fn rotate_key(
+    store: &Store,
+    id: &str,
+    request: &RotateKey,
+    now: i64,
+) -> Result<KeyView, ApiError> {
     let grace_until = request.grace_until(now)?;
     let secret = mint_secret()?;
     let hash = secret::hash_hex(&secret::hash(&secret));
-    let rotated = state
-        .store
-        .rotate_key(&id, &hash, &secret::mask(&secret), now, grace_until)
+    let rotated = store
+        .rotate_key(id, &hash, &secret::mask(&secret), now, grace_until)
         .await?;
     if !rotated {
-        return Err(no_such_key(&id));
+        return Err(no_such_key(id));
     }
     tracing::info!(%id, "key rotated");
-    Ok(Json(view(&state, &id, Some(secret)).await?))
+    view_in(store, id, Some(secret), now).await
 }
 
 /// `DELETE /api/v1/keys/{id}`

@@ -1,0 +1,173 @@
+//! `key-service keys ...`: the operator's command line, on the same database as the
+//! service (`--database-url`), through the same checks as the API. Each key is printed
+//! as one line of JSON (the API's KEY); a secret is printed only by `create` and `rotate`.
+
+use clap::{Args, Subcommand};
+
+use crate::api::keys::{self, CreateKey, RotateKey};
+use crate::error::ApiError;
+use crate::expiry;
+use crate::store::{KeyFilter, Store};
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Manage API keys without the HTTP API.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Create keys; prints each with its secret (shown this once).
+    Create(CreateArgs),
+    /// List keys (masked).
+    List(ListArgs),
+    /// Refuse a key from now on.
+    Disable { id: String },
+    /// Accept a disabled key again.
+    Enable { id: String },
+    /// Give a key a new secret; prints it (shown this once).
+    Rotate {
+        id: String,
+        /// Keep the old secret working this long (e.g. "1h").
+        #[arg(long)]
+        grace_period: Option<String>,
+    },
+    /// Delete a key.
+    Delete { id: String },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub account: Option<String>,
+    #[arg(long)]
+    pub group: Option<String>,
+    /// "1h", "1d", "1mo", "never"...
+    #[arg(long)]
+    pub expires_in: Option<String>,
+    /// RFC 3339.
+    #[arg(long)]
+    pub expires_at: Option<String>,
+    #[arg(long)]
+    pub quantity: Option<i64>,
+    /// Credits; makes the key's quota limited.
+    #[arg(long)]
+    pub quota: Option<i64>,
+    /// Models the key may use, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Addresses and CIDRs requests may come from, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub ip_allowlist: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// active, disabled, expired or exhausted.
+    #[arg(long)]
+    pub status: Option<String>,
+    #[arg(long)]
+    pub group: Option<String>,
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Part of the name.
+    #[arg(long)]
+    pub q: Option<String>,
+}
+
+/// Runs one command; returns the lines to print.
+pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiError> {
+    let Command::Keys(command) = command;
+    let now = expiry::now();
+    let json = |v: &keys::KeyView| serde_json::to_string(v).map_err(ApiError::internal);
+    match command {
+        KeysCommand::Create(a) => {
+            let request = CreateKey {
+                name: a.name,
+                account: a.account,
+                group: a.group,
+                expires_at: a.expires_at,
+                expires_in: a.expires_in,
+                quantity: a.quantity,
+                unlimited_quota: a.quota.map(|_| false),
+                quota: a.quota,
+                models: Some(a.models),
+                ip_allowlist: Some(a.ip_allowlist),
+            };
+            let created = keys::create_keys(store, request, now).await?;
+            created.iter().map(json).collect()
+        }
+        KeysCommand::List(a) => {
+            let status = a
+                .status
+                .map(|s| {
+                    s.parse().map_err(|()| {
+                        ApiError::invalid("status", "one of active, disabled, expired, exhausted")
+                    })
+                })
+                .transpose()?;
+            let filter = KeyFilter {
+                status,
+                group: a.group,
+                account: a.account,
+                name_contains: a.q,
+            };
+            let mut lines = Vec::new();
+            let mut offset = 0;
+            loop {
+                let (rows, total) = store.list_keys(&filter, 500, offset, now).await?;
+                let n = rows.len() as u64;
+                for row in rows {
+                    lines.push(json(&keys::KeyView::new(row, None)?)?);
+                }
+                offset += n;
+                if n == 0 || offset >= total {
+                    return Ok(lines);
+                }
+            }
+        }
+        KeysCommand::Disable { id } => set_enabled(store, &id, false, now).await,
+        KeysCommand::Enable { id } => set_enabled(store, &id, true, now).await,
+        KeysCommand::Rotate { id, grace_period } => {
+            let request = RotateKey { grace_period };
+            let rotated = keys::rotate_key(store, &id, &request, now).await?;
+            Ok(vec![json(&rotated)?])
+        }
+        KeysCommand::Delete { id } => {
+            if !store.delete_key(&id, now).await? {
+                return Err(keys::no_such_key(&id));
+            }
+            Ok(vec![format!("{{\"deleted\":{}}}", serde_json::json!(id))])
+        }
+    }
+}
+
+/// An error as the operator reads it: the field first, as the API's `param`.
+pub fn describe(error: &ApiError) -> String {
+    match error {
+        ApiError::InvalidRequest {
+            param: Some(param),
+            message,
+            ..
+        } => format!("{param}: {message}"),
+        other => other.to_string(),
+    }
+}
+
+async fn set_enabled(
+    store: &Store,
+    id: &str,
+    enabled: bool,
+    now: i64,
+) -> Result<Vec<String>, ApiError> {
+    if !store.set_enabled(id, enabled, now).await? {
+        return Err(keys::no_such_key(id));
+    }
+    let view = keys::view_in(store, id, None, now).await?;
+    Ok(vec![
+        serde_json::to_string(&view).map_err(ApiError::internal)?
+    ])
+}

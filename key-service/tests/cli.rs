@@ -1,0 +1,106 @@
+//! `key-service keys ...` run as a process on a database, as an operator would.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+struct Cli {
+    db: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Cli {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}/k.db", dir.path().display());
+        Cli { db, _dir: dir }
+    }
+
+    /// Runs `key-service keys <args>`; returns (success, stdout lines as JSON, stderr).
+    fn keys(&self, args: &[&str]) -> (bool, Vec<Value>, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_key-service"))
+            .args(["--database-url", &self.db, "keys"])
+            .args(args)
+            .env_remove("KEYGATE_ADMIN_TOKEN")
+            .env_remove("KEYGATE_FILTER_TOKEN")
+            .output()
+            .unwrap();
+        let lines = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (
+            out.status.success(),
+            lines,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+#[test]
+fn an_operator_manages_keys_from_the_command_line() {
+    let cli = Cli::new();
+    let (ok, created, err) = cli.keys(&[
+        "create",
+        "--name",
+        "ops",
+        "--quantity",
+        "2",
+        "--quota",
+        "100",
+        "--models",
+        "gpt-4o,gpt-4o-mini",
+        "--expires-in",
+        "1d",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(created.len(), 2);
+    let secret = created[0]["key"].as_str().unwrap();
+    assert!(keygate::secret::is_well_formed(secret));
+    assert_eq!(
+        created[0]["models"],
+        serde_json::json!(["gpt-4o", "gpt-4o-mini"])
+    );
+    assert_eq!(created[0]["remaining_quota"], 100);
+    let id = created[0]["id"].as_str().unwrap();
+
+    let (ok, listed, _) = cli.keys(&["list"]);
+    assert!(ok);
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed.iter().all(|k| k.get("key").is_none()),
+        "list never shows secrets"
+    );
+
+    let (ok, disabled, _) = cli.keys(&["disable", id]);
+    assert!(ok);
+    assert_eq!(disabled[0]["status"], "disabled");
+    let (_, only_disabled, _) = cli.keys(&["list", "--status", "disabled"]);
+    assert_eq!(only_disabled.len(), 1);
+
+    let (ok, rotated, _) = cli.keys(&["rotate", id, "--grace-period", "1h"]);
+    assert!(ok);
+    assert_ne!(rotated[0]["key"].as_str().unwrap(), secret);
+    let (ok, _, _) = cli.keys(&["delete", id]);
+    assert!(ok);
+    let (_, left, _) = cli.keys(&["list"]);
+    assert_eq!(left.len(), 1);
+}
+
+#[test]
+fn bad_input_fails_with_the_apis_message() {
+    let cli = Cli::new();
+    let (ok, out, err) = cli.keys(&["create", "--name", "x", "--quantity", "0"]);
+    assert!(!ok && out.is_empty());
+    assert!(err.contains("quantity"), "{err}");
+    let (ok, _, err) = cli.keys(&["disable", "key_nope"]);
+    assert!(!ok);
+    assert!(err.contains("no key"), "{err}");
+    let (ok, _, err) = cli.keys(&["list", "--status", "sleepy"]);
+    assert!(!ok);
+    assert!(err.contains("status"), "{err}");
+}
