@@ -114,6 +114,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(metrics::render))
+        .route("/api/v1/openapi.json", get(api::openapi))
         .merge(admin)
         .merge(filter)
         .merge(check)

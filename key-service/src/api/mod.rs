@@ -33,3 +33,14 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(Json(Health { status: "ok" }))
 }
+
+/// `GET /api/v1/openapi.json`: the API's OpenAPI 3.1 description (no token needed).
+pub async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        include_str!("../../openapi.json"),
+    )
+}

@@ -136,3 +136,41 @@ async fn readiness_follows_the_database_and_metrics_count_what_happened() {
         .await;
     assert_eq!(alive.status, 200);
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let service = Service::start().await;
+    let doc = service
+        .send(service.request(Method::GET, "/api/v1/openapi.json", None))
+        .await;
+    assert_eq!(doc.status, 200);
+    assert_eq!(doc.body["openapi"], "3.1.0");
+    let paths = doc.body["paths"].as_object().unwrap();
+    // Every route the router registers, read from its source.
+    let source = include_str!("../../src/lib.rs");
+    let routes: Vec<&str> = source
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|literal| {
+            ["/api/", "/filter/", "/healthz", "/readyz", "/metrics"]
+                .iter()
+                .any(|p| literal.starts_with(p))
+        })
+        .collect();
+    assert!(routes.len() >= 15, "{routes:?}");
+    for route in routes {
+        assert!(paths.contains_key(route), "{route} is not in openapi.json");
+    }
+    assert!(paths.contains_key("/filter/v1/check/{path}"));
+    // And every $ref resolves.
+    let text = doc.body.to_string();
+    for reference in text.split("\"$ref\":\"#/components/").skip(1) {
+        let target = reference.split('"').next().unwrap();
+        let mut node = &doc.body["components"];
+        for part in target.split('/') {
+            node = &node[part];
+        }
+        assert!(!node.is_null(), "dangling $ref {target}");
+    }
+}
