@@ -32,6 +32,11 @@ pub struct Config {
     #[arg(long, env = "KEYGATE_FILTER_TOKEN", hide_env_values = true)]
     pub filter_token: Option<Token>,
 
+    /// How long change-log rows are kept ("7d", "12h", "never"). A filter that has not
+    /// synced for longer reloads the full snapshot instead of taking a delta.
+    #[arg(long, env = "KEYGATE_CHANGE_LOG_RETENTION", default_value = "7d")]
+    pub change_log_retention: String,
+
     /// Without a command the service runs; with one, it acts on the database and exits.
     #[command(subcommand)]
     pub command: Option<crate::cli::Command>,

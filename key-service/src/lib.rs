@@ -145,6 +145,8 @@ pub enum StartError {
     Serve(io::Error),
     #[error("{0}")]
     Command(String),
+    #[error("--change-log-retention: {0}")]
+    Retention(String),
 }
 
 /// Opens the database (creating and migrating it), settles the tokens, serves until
@@ -188,6 +190,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let addr = listener.local_addr().map_err(StartError::Serve)?;
     announce(addr);
 
+    let retention = match expiry::parse_expires_in(&config.change_log_retention) {
+        Ok(expiry::ExpiresIn::Never) => None,
+        Ok(expiry::ExpiresIn::After(seconds)) => Some(seconds),
+        Err(e) => return Err(StartError::Retention(e.to_string())),
+    };
+    if let Some(seconds) = retention {
+        tokio::spawn(prune_periodically(store.clone(), seconds));
+    }
+
     let state = AppState::new(store.clone(), admin.expose(), filter.expose());
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown_signal())
@@ -195,6 +206,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     store.close().await;
     tracing::info!("stopped");
     served.map_err(StartError::Serve)
+}
+
+/// Prunes the change log at start and then hourly, keeping `retention` seconds of it.
+async fn prune_periodically(store: Store, retention: i64) {
+    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        hourly.tick().await;
+        match store
+            .prune_changes(expiry::now().saturating_sub(retention))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "change log pruned"),
+            Err(e) => tracing::warn!(error = %e, "change log pruning failed"),
+        }
+    }
 }
 
 /// The one line on stdout.

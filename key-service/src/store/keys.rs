@@ -441,9 +441,15 @@ impl Store {
         let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
             .fetch_one(&mut *tx)
             .await?;
+        // A delta needs every change after `since` still in the log: pruning keeps the
+        // newest row, so `since` must be at least the oldest kept sequence minus one.
+        // Otherwise the answer is a full snapshot, which the filter takes as a reload.
+        let oldest: i64 = sqlx::query_scalar("SELECT COALESCE(MIN(seq), 1) FROM key_changes")
+            .fetch_one(&mut *tx)
+            .await?;
         let since = since
             .and_then(|v| i64::try_from(v).ok())
-            .filter(|v| (1..=version).contains(v));
+            .filter(|v| (1..=version).contains(v) && *v >= oldest - 1);
         let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
         let (rows, revoked, grace): (_, _, Vec<String>) = match since {
             None => {
@@ -528,6 +534,21 @@ impl Store {
 }
 
 impl Store {
+    /// Deletes change-log rows written before `before` (unix seconds), always keeping the
+    /// newest so the version never goes back. A filter whose version is older than what is
+    /// left gets a full snapshot instead of a delta. Returns the rows deleted.
+    pub async fn prune_changes(&self, before: i64) -> Result<u64, StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM key_changes WHERE at < $1 \
+             AND seq < (SELECT MAX(seq) FROM key_changes)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(deleted)
+    }
+
     /// How many keys have each status (the contract's definition) at `now`.
     pub async fn count_keys_by_status(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(concat!(
@@ -912,6 +933,29 @@ mod tests {
         revoked.sort();
         assert_eq!(revoked, [old, new]);
         assert!(gone.keys.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_version_older_than_the_pruned_log_gets_a_full_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        for (i, at) in [(1, 100), (2, 200), (3, 300)] {
+            let id = format!("k{i}");
+            store.insert_keys(&[new_key(&id, &id)], at).await.unwrap();
+        }
+        assert!(store.delete_key("k1", 400).await.unwrap());
+        // Rows before 350 go: seq 1-3. seq 4 (the deletion, which revoked k1) stays.
+        assert_eq!(store.prune_changes(350).await.unwrap(), 3);
+        assert_eq!(store.snapshot_version().await.unwrap(), 4);
+        let stale = wire(store.snapshot(Some(2), &all(), 500).await.unwrap());
+        assert!(!stale.delta, "changes after 2 are gone: a full reload");
+        assert_eq!(stale.keys.len(), 2);
+        let recent = wire(store.snapshot(Some(3), &all(), 500).await.unwrap());
+        assert!(recent.delta);
+        assert_eq!(recent.revoked, [format!("{:0>64}", "k1")]);
+        // Pruning everything still keeps the newest row: the version stands.
+        store.prune_changes(i64::MAX).await.unwrap();
+        assert_eq!(store.snapshot_version().await.unwrap(), 4);
     }
 
     #[tokio::test]
