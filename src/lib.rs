@@ -13,6 +13,7 @@ pub mod pairs;
 pub mod secret;
 pub mod shared;
 pub mod snapshot;
+pub mod usage;
 
 // The proxy-wasm glue. It is left out of the `wasm32-unknown-unknown` build, which exists
 // only to run the pure modules' tests in Node's V8 (wasm-bindgen-test), where no proxy

@@ -1,0 +1,537 @@
+//! Token usage read from response bodies as they stream by, for every provider format of
+//! the contract, keeping only a small, bounded state (never the whole body).
+//!
+//! - Server-sent events (`text/event-stream`) are framed on bytes, so an event, a line
+//!   ending (LF or CRLF) or a multi-byte character split across chunks at any byte is
+//!   reassembled before it is decoded; comments and keep-alives are skipped; only events
+//!   that mention usage are parsed.
+//! - Any other body (a JSON object, or Gemini's stream without `alt=sse`, a JSON array) is
+//!   scanned from its last bytes: the usage object comes after the content in every format,
+//!   and a key written `"usage"` with bare quotes cannot occur inside a JSON string (its
+//!   quotes would be escaped), so the last one in the tail is the response's.
+//!
+//! Provider rules (from their docs and peers' bug trackers): OpenAI `prompt_tokens` and
+//! Gemini `promptTokenCount` include cached tokens; Anthropic's `input_tokens` does not
+//! (cache reads and writes come apart) and its `message_delta` usage is cumulative, so it
+//! replaces rather than adds; Gemini repeats a cumulative `usageMetadata` in every stream
+//! event (the last wins) and its output is candidates + thoughts; the Responses API reports
+//! usage in `response.completed`, `response.incomplete` and `response.failed`.
+
+use serde_json::Value;
+
+/// Tokens of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// All input tokens, cached ones included.
+    pub input: u64,
+    pub cached_input: u64,
+    /// All output tokens, reasoning included.
+    pub output: u64,
+    pub reasoning: u64,
+}
+
+/// Which API a request went to, from its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// OpenAI Chat Completions, Completions, Embeddings (and Azure's deployments).
+    OpenAi,
+    /// OpenAI Responses.
+    Responses,
+    Anthropic,
+    Gemini,
+}
+
+impl Api {
+    pub fn from_path(path: &str) -> Option<Api> {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        if path.ends_with("/responses") {
+            Some(Api::Responses)
+        } else if path.ends_with("/messages") {
+            Some(Api::Anthropic)
+        } else if path.contains(":generateContent") || path.contains(":streamGenerateContent") {
+            Some(Api::Gemini)
+        } else if path.ends_with("/chat/completions")
+            || path.ends_with("/completions")
+            || path.ends_with("/embeddings")
+        {
+            Some(Api::OpenAi)
+        } else {
+            None
+        }
+    }
+}
+
+fn count(value: &Value, path: &[&str]) -> Option<u64> {
+    path.iter().try_fold(value, |v, key| v.get(key))?.as_u64()
+}
+
+/// The usage an object reports, by the API's field names; `None` if it has none.
+fn from_usage_object(api: Api, usage: &Value) -> Option<Usage> {
+    let c = |path: &[&str]| count(usage, path).unwrap_or(0);
+    match api {
+        Api::OpenAi => {
+            let input = count(usage, &["prompt_tokens"])?;
+            Some(Usage {
+                input,
+                cached_input: c(&["prompt_tokens_details", "cached_tokens"]),
+                output: c(&["completion_tokens"]),
+                reasoning: c(&["completion_tokens_details", "reasoning_tokens"]),
+            })
+        }
+        Api::Responses => Some(Usage {
+            input: count(usage, &["input_tokens"])?,
+            cached_input: c(&["input_tokens_details", "cached_tokens"]),
+            output: c(&["output_tokens"]),
+            reasoning: c(&["output_tokens_details", "reasoning_tokens"]),
+        }),
+        Api::Anthropic => {
+            let (read, write) = (
+                c(&["cache_read_input_tokens"]),
+                c(&["cache_creation_input_tokens"]),
+            );
+            Some(Usage {
+                input: count(usage, &["input_tokens"])? + read + write,
+                cached_input: read,
+                output: c(&["output_tokens"]),
+                reasoning: 0,
+            })
+        }
+        Api::Gemini => {
+            let thoughts = c(&["thoughtsTokenCount"]);
+            Some(Usage {
+                input: count(usage, &["promptTokenCount"])?,
+                cached_input: c(&["cachedContentTokenCount"]),
+                output: c(&["candidatesTokenCount"]) + thoughts,
+                reasoning: thoughts,
+            })
+        }
+    }
+}
+
+/// Bytes kept from the end of a non-SSE body: far more than any usage object.
+const TAIL: usize = 16 * 1024;
+/// Longest SSE line kept while it is incomplete; a longer one is dropped (its event is
+/// content, never usage, which is small).
+const MAX_LINE: usize = 256 * 1024;
+
+/// Reads one response body, chunk by chunk.
+#[derive(Debug)]
+pub struct Scanner {
+    api: Api,
+    sse: bool,
+    /// SSE: the incomplete last line. Other bodies: the last `TAIL` bytes.
+    buf: Vec<u8>,
+    /// SSE: data lines of the event being read.
+    data: Vec<u8>,
+    /// Skipping the rest of an over-long SSE line.
+    skipping: bool,
+    /// Anthropic streams: usage so far (input from `message_start`, output replaced by
+    /// each cumulative `message_delta`).
+    usage: Option<Usage>,
+}
+
+impl Scanner {
+    /// `event_stream`: the response's content type is `text/event-stream`.
+    pub fn new(api: Api, event_stream: bool) -> Scanner {
+        Scanner {
+            api,
+            sse: event_stream,
+            buf: Vec::new(),
+            data: Vec::new(),
+            skipping: false,
+            usage: None,
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
+        if !self.sse {
+            self.buf.extend_from_slice(chunk);
+            if self.buf.len() > TAIL {
+                let cut = self.buf.len() - TAIL;
+                self.buf.drain(..cut);
+            }
+            return;
+        }
+        let mut rest = chunk;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let (line, after) = rest.split_at(end);
+            if self.skipping {
+                self.skipping = false;
+            } else if self.buf.is_empty() {
+                self.line(line);
+            } else {
+                let mut whole = std::mem::take(&mut self.buf);
+                whole.extend_from_slice(line);
+                self.line(&whole);
+            }
+            rest = after.get(1..).unwrap_or_default();
+        }
+        if self.skipping {
+            return;
+        }
+        self.buf.extend_from_slice(rest);
+        if self.buf.len() > MAX_LINE {
+            self.buf.clear();
+            self.skipping = true;
+        }
+    }
+
+    /// One SSE line, without its LF.
+    fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            let data = std::mem::take(&mut self.data);
+            self.event(&data);
+            return;
+        }
+        if line.starts_with(b":") {
+            return; // comment or keep-alive
+        }
+        if let Some(value) = line.strip_prefix(b"data:") {
+            if !self.data.is_empty() {
+                self.data.push(b'\n');
+            }
+            self.data
+                .extend_from_slice(value.strip_prefix(b" ").unwrap_or(value));
+        }
+    }
+
+    fn event(&mut self, data: &[u8]) {
+        // Most events are content: parse only those that can carry usage.
+        let key: &[u8] = if self.api == Api::Gemini {
+            b"usageMetadata"
+        } else {
+            b"usage"
+        };
+        if !data.windows(key.len()).any(|w| w == key) {
+            return;
+        }
+        let Ok(event) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
+        match self.api {
+            Api::OpenAi => {
+                if let Some(u) = event
+                    .get("usage")
+                    .and_then(|u| from_usage_object(self.api, u))
+                {
+                    self.usage = Some(u);
+                }
+            }
+            Api::Responses => {
+                let usage = event.get("response").and_then(|r| r.get("usage"));
+                if let Some(u) = usage.and_then(|u| from_usage_object(self.api, u)) {
+                    self.usage = Some(u);
+                }
+            }
+            Api::Gemini => {
+                if let Some(u) = event
+                    .get("usageMetadata")
+                    .and_then(|u| from_usage_object(self.api, u))
+                {
+                    self.usage = Some(u);
+                }
+            }
+            Api::Anthropic => self.anthropic(&event),
+        }
+    }
+
+    fn anthropic(&mut self, event: &Value) {
+        let kind = event.get("type").and_then(Value::as_str);
+        match kind {
+            Some("message_start") => {
+                let usage = event.get("message").and_then(|m| m.get("usage"));
+                if let Some(u) = usage.and_then(|u| from_usage_object(Api::Anthropic, u)) {
+                    self.usage = Some(u);
+                }
+            }
+            Some("message_delta") => {
+                let Some(delta) = event.get("usage") else {
+                    return;
+                };
+                let mut usage = self.usage.unwrap_or_default();
+                if let Some(output) = count(delta, &["output_tokens"]) {
+                    usage.output = output;
+                }
+                // Newer deltas repeat the input counts, cumulative as well.
+                if let Some(full) = from_usage_object(Api::Anthropic, delta) {
+                    usage.input = full.input;
+                    usage.cached_input = full.cached_input;
+                }
+                self.usage = Some(usage);
+            }
+            _ => {}
+        }
+    }
+
+    /// The usage the body reported, once it has ended; `None` if it reported none (an
+    /// error, a body that is not JSON, or a stream that was cut).
+    pub fn finish(mut self) -> Option<Usage> {
+        if self.sse {
+            // A last event without its blank line.
+            if !self.buf.is_empty() && !self.skipping {
+                let line = std::mem::take(&mut self.buf);
+                self.line(&line);
+            }
+            let data = std::mem::take(&mut self.data);
+            self.event(&data);
+            return self.usage;
+        }
+        let key: &[u8] = if self.api == Api::Gemini {
+            b"\"usageMetadata\""
+        } else {
+            b"\"usage\""
+        };
+        let at = self.buf.windows(key.len()).rposition(|w| w == key)?;
+        let object = json_object_at(self.buf.get(at + key.len()..)?)?;
+        let value: Value = serde_json::from_slice(object).ok()?;
+        from_usage_object(self.api, &value)
+    }
+}
+
+/// The JSON object after `: ` at the start of `bytes`, up to its matching brace.
+fn json_object_at(bytes: &[u8]) -> Option<&[u8]> {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
+    if bytes.get(start) != Some(&b':') {
+        return None;
+    }
+    let open = start
+        + 1
+        + bytes
+            .get(start + 1..)?
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())?;
+    if bytes.get(open) != Some(&b'{') {
+        return None;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in bytes.iter().enumerate().skip(open) {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return bytes.get(open..=i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn usage(input: u64, cached_input: u64, output: u64, reasoning: u64) -> Option<Usage> {
+        Some(Usage {
+            input,
+            cached_input,
+            output,
+            reasoning,
+        })
+    }
+
+    /// Scans `body` fed in chunks cut at every `step` bytes.
+    fn scan(api: Api, sse: bool, body: &str, step: usize) -> Option<Usage> {
+        let mut s = Scanner::new(api, sse);
+        for chunk in body.as_bytes().chunks(step) {
+            s.push(chunk);
+        }
+        s.finish()
+    }
+
+    /// The same answer whatever the chunking, down to one byte at a time.
+    fn scan_every_split(api: Api, sse: bool, body: &str) -> Option<Usage> {
+        let whole = scan(api, sse, body, body.len().max(1));
+        for step in [1, 2, 3, 7, 64] {
+            assert_eq!(scan(api, sse, body, step), whole, "chunks of {step}");
+        }
+        // And every single cut point in two.
+        for cut in 0..=body.len() {
+            let mut s = Scanner::new(api, sse);
+            s.push(&body.as_bytes()[..cut]);
+            s.push(&body.as_bytes()[cut..]);
+            assert_eq!(s.finish(), whole, "cut at {cut}");
+        }
+        whole
+    }
+
+    const OPENAI_CHAT: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"the \"usage\": {\"prompt_tokens\": 999} is quoted"},"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":8},"completion_tokens_details":{"reasoning_tokens":3}},"system_fingerprint":"fp"}"#;
+
+    #[test]
+    fn openai_bodies_and_a_quoted_decoy_in_the_content() {
+        assert_eq!(
+            scan_every_split(Api::OpenAi, false, OPENAI_CHAT),
+            usage(19, 8, 10, 3)
+        );
+        let embeddings = r#"{"object":"list","data":[{"embedding":[0.1,0.2]}],"model":"e","usage":{"prompt_tokens":5,"total_tokens":5}}"#;
+        assert_eq!(
+            scan_every_split(Api::OpenAi, false, embeddings),
+            usage(5, 0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn openai_streams_report_usage_in_their_last_chunk() {
+        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"h\u{e9}llo\"}}],\"usage\":null}\r\n\r\n\
+                      : keep-alive\r\n\r\n\
+                      data: {\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":4}}\r\n\r\n\
+                      data: [DONE]\r\n\r\n";
+        assert_eq!(
+            scan_every_split(Api::OpenAi, true, stream),
+            usage(11, 0, 4, 0)
+        );
+        let lf = stream.replace("\r\n", "\n");
+        assert_eq!(scan_every_split(Api::OpenAi, true, &lf), usage(11, 0, 4, 0));
+    }
+
+    #[test]
+    fn responses_streams_report_usage_when_the_response_ends() {
+        for end in [
+            "response.completed",
+            "response.incomplete",
+            "response.failed",
+        ] {
+            let stream = format!(
+                "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}}\n\n\
+                 event: {end}\ndata: {{\"type\":\"{end}\",\"response\":{{\"usage\":{{\"input_tokens\":30,\
+                 \"input_tokens_details\":{{\"cached_tokens\":10}},\"output_tokens\":12,\
+                 \"output_tokens_details\":{{\"reasoning_tokens\":5}}}}}}}}\n\n"
+            );
+            assert_eq!(
+                scan_every_split(Api::Responses, true, &stream),
+                usage(30, 10, 12, 5)
+            );
+        }
+        let body = r#"{"id":"resp_1","output":[{"type":"message"}],"usage":{"input_tokens":7,"output_tokens":2}}"#;
+        assert_eq!(
+            scan_every_split(Api::Responses, false, body),
+            usage(7, 0, 2, 0)
+        );
+    }
+
+    #[test]
+    fn anthropic_streams_take_input_from_the_start_and_cumulative_output_from_deltas() {
+        let stream = "event: message_start\n\
+            data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":100,\"cache_creation_input_tokens\":7,\"output_tokens\":1}}}\n\n\
+            event: content_block_delta\n\
+            data: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"usage\"}}\n\n\
+            event: message_delta\n\
+            data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n\
+            event: message_delta\n\
+            data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":42}}\n\n\
+            event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        // 25 + 100 read + 7 written; output replaced, not added: 42.
+        assert_eq!(
+            scan_every_split(Api::Anthropic, true, stream),
+            usage(132, 100, 42, 0)
+        );
+        let body = r#"{"id":"msg_1","type":"message","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":9,"cache_read_input_tokens":1,"output_tokens":3}}"#;
+        assert_eq!(
+            scan_every_split(Api::Anthropic, false, body),
+            usage(10, 1, 3, 0)
+        );
+    }
+
+    #[test]
+    fn gemini_repeats_cumulative_usage_and_the_last_wins() {
+        let event = |p: u64, c: u64, t: u64| {
+            format!("data: {{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"x\"}}]}}}}],\"usageMetadata\":{{\"promptTokenCount\":{p},\"cachedContentTokenCount\":2,\"candidatesTokenCount\":{c},\"thoughtsTokenCount\":{t}}}}}\r\n\r\n")
+        };
+        let sse = format!("{}{}", event(10, 3, 0), event(10, 9, 4));
+        assert_eq!(
+            scan_every_split(Api::Gemini, true, &sse),
+            usage(10, 2, 13, 4)
+        );
+        // Without alt=sse the stream is one JSON array.
+        let array = r#"[{"candidates":[],"usageMetadata":{"promptTokenCount":10,"candidatesTokenCount":3}}
+,{"candidates":[],"usageMetadata":{"promptTokenCount":10,"candidatesTokenCount":8}}]"#;
+        assert_eq!(
+            scan_every_split(Api::Gemini, false, array),
+            usage(10, 0, 8, 0)
+        );
+    }
+
+    #[test]
+    fn bodies_without_usage_report_none() {
+        for (api, sse, body) in [
+            (Api::OpenAi, false, "not json at all"),
+            (
+                Api::OpenAi,
+                false,
+                r#"{"error":{"message":"rate limited"}}"#,
+            ),
+            (Api::OpenAi, false, r#"{"usage":{"prompt_tokens":3"#),
+            (Api::OpenAi, true, "data: {\"choices\":[]}\n\n"),
+            (Api::OpenAi, true, "data: {\"usage\": broken json\n\n"),
+            (Api::Anthropic, true, ": only a comment\n\n"),
+            (Api::Gemini, false, ""),
+        ] {
+            assert_eq!(scan_every_split(api, sse, body), None, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_before_its_blank_line_still_counts_its_last_event() {
+        let stream = "data: {\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1}}";
+        assert_eq!(scan(Api::OpenAi, true, stream, 5), usage(2, 0, 1, 0));
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let mut s = Scanner::new(Api::OpenAi, false);
+        for _ in 0..1000 {
+            s.push(&[b'x'; 1000]);
+        }
+        assert!(s.buf.len() <= TAIL);
+        let mut s = Scanner::new(Api::OpenAi, true);
+        s.push(b"data: ");
+        for _ in 0..1000 {
+            s.push(&[b'x'; 1000]);
+        }
+        assert!(s.buf.len() <= MAX_LINE);
+        s.push(b"\n\ndata: {\"usage\":{\"prompt_tokens\":1}}\n\n");
+        assert_eq!(
+            s.finish(),
+            usage(1, 0, 0, 0),
+            "the stream recovers after the long line"
+        );
+    }
+
+    #[test]
+    fn the_api_comes_from_the_path() {
+        for (path, api) in [
+            ("/v1/chat/completions", Some(Api::OpenAi)),
+            (
+                "/openai/deployments/d/chat/completions?api-version=1",
+                Some(Api::OpenAi),
+            ),
+            ("/v1/completions", Some(Api::OpenAi)),
+            ("/v1/embeddings", Some(Api::OpenAi)),
+            ("/v1/responses", Some(Api::Responses)),
+            ("/v1/messages", Some(Api::Anthropic)),
+            (
+                "/v1beta/models/g:streamGenerateContent?alt=sse",
+                Some(Api::Gemini),
+            ),
+            ("/v1beta/models/g:generateContent", Some(Api::Gemini)),
+            ("/v1/models", None),
+        ] {
+            assert_eq!(Api::from_path(path), api, "{path}");
+        }
+    }
+}
