@@ -10,6 +10,7 @@ pub mod decision;
 pub mod entry;
 pub mod model;
 pub mod pairs;
+pub mod report;
 pub mod secret;
 pub mod shared;
 pub mod snapshot;

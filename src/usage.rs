@@ -110,6 +110,8 @@ fn from_usage_object(api: Api, usage: &Value) -> Option<Usage> {
 
 /// Bytes kept from the end of a non-SSE body: far more than any usage object.
 const TAIL: usize = 16 * 1024;
+/// Bytes kept from the start of a non-SSE body, where the model is named.
+const HEAD: usize = 2 * 1024;
 /// Longest SSE line kept while it is incomplete; a longer one is dropped (its event is
 /// content, never usage, which is small).
 const MAX_LINE: usize = 256 * 1024;
@@ -128,6 +130,47 @@ pub struct Scanner {
     /// Anthropic streams: usage so far (input from `message_start`, output replaced by
     /// each cumulative `message_delta`).
     usage: Option<Usage>,
+    /// Non-SSE bodies: the first `HEAD` bytes.
+    head: Vec<u8>,
+    /// The model the response names, once seen.
+    model: Option<String>,
+}
+
+/// What a body reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scanned {
+    pub usage: Option<Usage>,
+    /// The model the response names (OpenAI and Anthropic `model`, Gemini
+    /// `modelVersion`), for when the request's was not read.
+    pub model: Option<String>,
+}
+
+/// The string value of the first `"key": "..."` in `bytes`.
+fn string_field(bytes: &[u8], key: &[u8]) -> Option<String> {
+    let mut quoted = Vec::with_capacity(key.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(key);
+    quoted.push(b'"');
+    let at = bytes
+        .windows(quoted.len())
+        .position(|w| w == quoted.as_slice())?;
+    let rest = bytes.get(at + quoted.len()..)?;
+    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest.get(colon) != Some(&b':') {
+        return None;
+    }
+    let rest = rest.get(colon + 1..)?;
+    let open = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = rest.get(open..)?;
+    let mut escaped = false;
+    let end = rest.iter().enumerate().skip(1).find_map(|(i, &b)| {
+        let closes = b == b'"' && !escaped;
+        escaped = b == b'\\' && !escaped;
+        closes.then_some(i)
+    })?;
+    serde_json::from_slice::<String>(rest.get(..=end)?)
+        .ok()
+        .filter(|m| !m.is_empty())
 }
 
 impl Scanner {
@@ -140,11 +183,26 @@ impl Scanner {
             data: Vec::new(),
             skipping: false,
             usage: None,
+            head: Vec::new(),
+            model: None,
+        }
+    }
+
+    fn model_key(&self) -> &'static [u8] {
+        if self.api == Api::Gemini {
+            b"modelVersion"
+        } else {
+            b"model"
         }
     }
 
     pub fn push(&mut self, chunk: &[u8]) {
         if !self.sse {
+            if self.head.len() < HEAD {
+                let take = chunk.len().min(HEAD - self.head.len());
+                self.head
+                    .extend_from_slice(chunk.get(..take).unwrap_or_default());
+            }
             self.buf.extend_from_slice(chunk);
             if self.buf.len() > TAIL {
                 let cut = self.buf.len() - TAIL;
@@ -197,6 +255,9 @@ impl Scanner {
     }
 
     fn event(&mut self, data: &[u8]) {
+        if self.model.is_none() {
+            self.model = string_field(data, self.model_key());
+        }
         // Most events are content: parse only those that can carry usage.
         let key: &[u8] = if self.api == Api::Gemini {
             b"usageMetadata"
@@ -264,9 +325,9 @@ impl Scanner {
         }
     }
 
-    /// The usage the body reported, once it has ended; `None` if it reported none (an
-    /// error, a body that is not JSON, or a stream that was cut).
-    pub fn finish(mut self) -> Option<Usage> {
+    /// What the body reported, once it has ended: no usage for an error, a body that is
+    /// not JSON, or a stream cut before its usage.
+    pub fn finish(mut self) -> Scanned {
         if self.sse {
             // A last event without its blank line.
             if !self.buf.is_empty() && !self.skipping {
@@ -275,8 +336,20 @@ impl Scanner {
             }
             let data = std::mem::take(&mut self.data);
             self.event(&data);
-            return self.usage;
+            return Scanned {
+                usage: self.usage,
+                model: self.model,
+            };
         }
+        let model = string_field(&self.head, self.model_key())
+            .or_else(|| string_field(&self.buf, self.model_key()));
+        Scanned {
+            usage: self.tail_usage(),
+            model,
+        }
+    }
+
+    fn tail_usage(&self) -> Option<Usage> {
         let key: &[u8] = if self.api == Api::Gemini {
             b"\"usageMetadata\""
         } else {
@@ -347,6 +420,10 @@ mod tests {
 
     /// Scans `body` fed in chunks cut at every `step` bytes.
     fn scan(api: Api, sse: bool, body: &str, step: usize) -> Option<Usage> {
+        scanned(api, sse, body, step).usage
+    }
+
+    fn scanned(api: Api, sse: bool, body: &str, step: usize) -> Scanned {
         let mut s = Scanner::new(api, sse);
         for chunk in body.as_bytes().chunks(step) {
             s.push(chunk);
@@ -365,7 +442,7 @@ mod tests {
             let mut s = Scanner::new(api, sse);
             s.push(&body.as_bytes()[..cut]);
             s.push(&body.as_bytes()[cut..]);
-            assert_eq!(s.finish(), whole, "cut at {cut}");
+            assert_eq!(s.finish().usage, whole, "cut at {cut}");
         }
         whole
     }
@@ -506,9 +583,38 @@ mod tests {
         assert!(s.buf.len() <= MAX_LINE);
         s.push(b"\n\ndata: {\"usage\":{\"prompt_tokens\":1}}\n\n");
         assert_eq!(
-            s.finish(),
+            s.finish().usage,
             usage(1, 0, 0, 0),
             "the stream recovers after the long line"
+        );
+    }
+
+    #[test]
+    fn the_model_the_response_names_is_kept() {
+        let model = |api, sse, body: &str| scanned(api, sse, body, 3).model;
+        assert_eq!(
+            model(Api::OpenAi, false, OPENAI_CHAT).as_deref(),
+            Some("gpt-4o")
+        );
+        let stream = "data: {\"id\":\"c\",\"model\":\"gpt-4o-mini-2024\",\"choices\":[]}\n\n";
+        assert_eq!(
+            model(Api::OpenAi, true, stream).as_deref(),
+            Some("gpt-4o-mini-2024")
+        );
+        let anthropic = "data: {\"type\":\"message_start\",\"message\":{\"model\": \"claude-x\",\"usage\":{\"input_tokens\":1}}}\n\n";
+        assert_eq!(
+            model(Api::Anthropic, true, anthropic).as_deref(),
+            Some("claude-x")
+        );
+        let gemini = r#"{"candidates":[],"usageMetadata":{"promptTokenCount":1},"modelVersion":"gemini-2.0-flash"}"#;
+        assert_eq!(
+            model(Api::Gemini, false, gemini).as_deref(),
+            Some("gemini-2.0-flash")
+        );
+        assert_eq!(model(Api::OpenAi, false, r#"{"model":""}"#), None);
+        assert_eq!(
+            model(Api::OpenAi, false, r#"{"model":"a\"b"}"#).as_deref(),
+            Some("a\"b")
         );
     }
 

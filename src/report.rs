@@ -1,0 +1,207 @@
+//! The usage outbox of one VM: records wait here until the key-service has them.
+//!
+//! Records leave in batches, one batch in flight at a time; a batch that fails goes back
+//! to the front and is retried after a backoff that doubles up to a limit. The outbox is
+//! bounded: past its capacity the oldest records are dropped and counted (a key-service
+//! outage longer than the capacity covers loses the oldest usage, never blocks requests).
+//! The key-service ignores a `request_id` it has seen, so a batch that was stored but whose
+//! answer was lost is simply sent again.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+
+/// One request's usage, as `POST /filter/v1/usage` takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Record {
+    pub request_id: String,
+    pub key_id: String,
+    pub model: String,
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    pub status: u16,
+    /// Unix seconds.
+    pub ts: i64,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    records: &'a [Record],
+}
+
+const FIRST_BACKOFF_MS: u64 = 500;
+const MAX_BACKOFF_MS: u64 = 30_000;
+
+#[derive(Debug)]
+pub struct Outbox {
+    queue: VecDeque<Record>,
+    capacity: usize,
+    batch: usize,
+    in_flight: Option<Vec<Record>>,
+    backoff_ms: u64,
+    next_try_ms: u64,
+    /// Records dropped for want of room since the last `take_dropped`.
+    dropped: u64,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize, batch: usize) -> Outbox {
+        Outbox {
+            queue: VecDeque::new(),
+            capacity: capacity.max(1),
+            batch: batch.max(1),
+            in_flight: None,
+            backoff_ms: 0,
+            next_try_ms: 0,
+            dropped: 0,
+        }
+    }
+
+    pub fn push(&mut self, record: Record) {
+        let held = self.queue.len() + self.in_flight.as_ref().map_or(0, Vec::len);
+        if held >= self.capacity {
+            if self.queue.pop_front().is_none() {
+                // Everything held is in flight: drop the new one instead.
+                self.dropped += 1;
+                return;
+            }
+            self.dropped += 1;
+        }
+        self.queue.push_back(record);
+    }
+
+    /// Records waiting, in flight included.
+    pub fn len(&self) -> usize {
+        self.queue.len() + self.in_flight.as_ref().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// The body of the next report to send, if one is due: nothing in flight, records
+    /// waiting, and no backoff running.
+    pub fn next_report(&mut self, now_ms: u64) -> Option<Vec<u8>> {
+        if self.in_flight.is_some() || self.queue.is_empty() || now_ms < self.next_try_ms {
+            return None;
+        }
+        let n = self.batch.min(self.queue.len());
+        let batch: Vec<Record> = self.queue.drain(..n).collect();
+        let body = serde_json::to_vec(&Report { records: &batch }).ok()?;
+        self.in_flight = Some(batch);
+        Some(body)
+    }
+
+    /// The report in flight was stored.
+    pub fn delivered(&mut self) {
+        self.in_flight = None;
+        self.backoff_ms = 0;
+        self.next_try_ms = 0;
+    }
+
+    /// The report in flight failed: its records go back to the front, and the next try
+    /// waits.
+    pub fn failed(&mut self, now_ms: u64) {
+        if let Some(batch) = self.in_flight.take() {
+            for record in batch.into_iter().rev() {
+                self.queue.push_front(record);
+            }
+        }
+        self.backoff_ms = (self.backoff_ms * 2).clamp(FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
+        self.next_try_ms = now_ms + self.backoff_ms;
+        while self.queue.len() > self.capacity {
+            self.queue.pop_front();
+            self.dropped += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn record(n: u64) -> Record {
+        Record {
+            request_id: format!("r{n}"),
+            key_id: "k".into(),
+            model: "m".into(),
+            input_tokens: n,
+            cached_input_tokens: 0,
+            output_tokens: 1,
+            status: 200,
+            ts: 1,
+        }
+    }
+
+    fn ids(body: &[u8]) -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["request_id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn records_leave_in_batches_one_at_a_time() {
+        let mut o = Outbox::new(100, 2);
+        assert_eq!(o.next_report(0), None);
+        for n in 0..5 {
+            o.push(record(n));
+        }
+        let first = o.next_report(0).unwrap();
+        assert_eq!(ids(&first), ["r0", "r1"]);
+        assert_eq!(o.next_report(0), None, "one batch in flight at a time");
+        o.delivered();
+        assert_eq!(ids(&o.next_report(0).unwrap()), ["r2", "r3"]);
+        assert_eq!(o.len(), 3);
+    }
+
+    #[test]
+    fn a_failed_batch_is_retried_first_after_a_growing_backoff() {
+        let mut o = Outbox::new(100, 2);
+        for n in 0..3 {
+            o.push(record(n));
+        }
+        o.next_report(1_000).unwrap();
+        o.failed(1_000);
+        assert_eq!(o.next_report(1_499), None);
+        let again = o.next_report(1_500).unwrap();
+        assert_eq!(ids(&again), ["r0", "r1"], "same records, same order");
+        o.failed(1_500);
+        assert_eq!(o.next_report(2_499), None, "the backoff doubled");
+        assert!(o.next_report(2_500).is_some());
+        o.delivered();
+        assert_eq!(ids(&o.next_report(2_500).unwrap()), ["r2"], "no wait after success");
+        for _ in 0..20 {
+            o.failed(0);
+        }
+        assert_eq!(o.backoff_ms, MAX_BACKOFF_MS);
+    }
+
+    #[test]
+    fn past_its_capacity_the_oldest_records_are_dropped_and_counted() {
+        let mut o = Outbox::new(3, 2);
+        for n in 0..5 {
+            o.push(record(n));
+        }
+        assert_eq!(o.len(), 3);
+        assert_eq!(o.take_dropped(), 2);
+        assert_eq!(o.take_dropped(), 0);
+        assert_eq!(ids(&o.next_report(0).unwrap()), ["r2", "r3"]);
+        // While a batch is out, the room it takes counts too.
+        o.push(record(9));
+        assert_eq!(o.len(), 3);
+        assert_eq!(o.take_dropped(), 1);
+        o.failed(0);
+        assert_eq!(o.len(), 3);
+    }
+}
