@@ -37,6 +37,13 @@ pub struct Config {
     pub snapshot_page_size: usize,
     /// Names of the headers that tell the upstream who is calling.
     pub identity_headers: IdentityHeaders,
+    /// Path of the key-service's usage intake.
+    pub usage_path: String,
+    /// Usage records each VM holds while the key-service cannot take them; past this the
+    /// oldest are dropped (and counted in `keygate.usage_dropped`).
+    pub usage_queue_max: usize,
+    /// Records per usage report (the key-service takes at most 1000).
+    pub usage_batch_max: usize,
 }
 
 /// The request headers the filter sets for the upstream; `null` leaves one out (each
@@ -117,6 +124,9 @@ impl Default for Config {
             max_snapshot_age_ms: 24 * 3_600_000,
             snapshot_page_size: 10_000,
             identity_headers: IdentityHeaders::default(),
+            usage_path: "/filter/v1/usage".into(),
+            usage_queue_max: 100_000,
+            usage_batch_max: 1_000,
         }
     }
 }
@@ -171,9 +181,24 @@ impl Config {
                 "max_snapshot_age_ms must be at least sync_interval_ms".into(),
             ));
         }
-        if !self.snapshot_path.starts_with('/') || self.snapshot_path.contains(['?', '#']) {
+        for (field, path) in [
+            ("snapshot_path", &self.snapshot_path),
+            ("usage_path", &self.usage_path),
+        ] {
+            if !path.starts_with('/') || path.contains(['?', '#']) {
+                return Err(ConfigError(format!(
+                    "{field} must be a path starting with '/', without a query"
+                )));
+            }
+        }
+        if !(1..=10_000_000).contains(&self.usage_queue_max) {
             return Err(ConfigError(
-                "snapshot_path must be a path starting with '/', without a query".into(),
+                "usage_queue_max must be between 1 and 10000000".into(),
+            ));
+        }
+        if !(1..=1_000).contains(&self.usage_batch_max) {
+            return Err(ConfigError(
+                "usage_batch_max must be between 1 and 1000".into(),
             ));
         }
         self.identity_headers.validate()?;
@@ -252,6 +277,9 @@ mod tests {
             br#"{"snapshot_page_size":0}"#,
             br#"{"snapshot_path":"filter/v1/snapshot"}"#,
             br#"{"snapshot_path":"/x?y=1"}"#,
+            br#"{"usage_path":"usage"}"#,
+            br#"{"usage_batch_max":1001}"#,
+            br#"{"usage_queue_max":0}"#,
             br#"{"identity_headers":{"key_id":"Bad Name"}}"#,
             br#"{"identity_headers":{"key_id":"authorization"}}"#,
             br#"{"identity_headers":{"group":"x-a","account":"x-a"}}"#,

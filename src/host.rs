@@ -18,8 +18,10 @@ const NOT_FOUND: u32 = 1;
 /// `MapType::HttpRequestHeaders`, `MapType::HttpCallResponseHeaders`,
 /// `BufferType::HttpRequestBody`, `BufferType::HttpCallResponseBody`.
 const REQUEST_HEADERS: u32 = 0;
+const RESPONSE_HEADERS: u32 = 2;
 const CALL_RESPONSE_HEADERS: u32 = 6;
 const REQUEST_BODY: u32 = 0;
+const RESPONSE_BODY: u32 = 1;
 const CALL_RESPONSE_BODY: u32 = 4;
 
 // The SDK declares the same imports with its own enums for the status; the wasm
@@ -208,6 +210,11 @@ pub fn request_body(size: usize) -> Result<Vec<u8>, HostError> {
     buffer(REQUEST_BODY, size)
 }
 
+/// The response body chunk being handled (`size` bytes).
+pub fn response_body(size: usize) -> Result<Vec<u8>, HostError> {
+    buffer(RESPONSE_BODY, size)
+}
+
 /// The body of the response to the root context's HTTP call being handled.
 pub fn call_response_body(size: usize) -> Result<Vec<u8>, HostError> {
     buffer(CALL_RESPONSE_BODY, size)
@@ -215,18 +222,19 @@ pub fn call_response_body(size: usize) -> Result<Vec<u8>, HostError> {
 
 /// The `:status` of that response; `None` when the call failed (reset, timeout).
 pub fn call_response_status() -> Result<Option<String>, HostError> {
-    let name = ":status";
+    header_value(CALL_RESPONSE_HEADERS, ":status")
+}
+
+/// A header of the response being handled.
+pub fn response_header(name: &str) -> Result<Option<String>, HostError> {
+    header_value(RESPONSE_HEADERS, name)
+}
+
+fn header_value(map: u32, name: &str) -> Result<Option<String>, HostError> {
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: as for `get` above.
-    let status = unsafe {
-        proxy_get_header_map_value(
-            CALL_RESPONSE_HEADERS,
-            name.as_ptr(),
-            name.len(),
-            &mut data,
-            &mut size,
-        )
-    };
+    let status =
+        unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) };
     match status {
         OK => Ok(String::from_utf8(unsafe { host_buffer(data, size) }).ok()),
         NOT_FOUND => Ok(None),

@@ -18,19 +18,36 @@ use crate::decision::{check_model, decide, restricts_models, Denial};
 use crate::entry::Entry;
 use crate::host::{self, Shared};
 use crate::metrics::Metrics;
-use crate::root::SharedView;
+use crate::report::Record;
+use crate::root::{SharedOutbox, SharedView};
 use crate::secret::{self, KeyHash};
 use crate::shared::{self, HostError, View};
+use crate::usage::{Api, Scanner};
 use crate::{client_ip, credential, model, pairs};
 
 pub struct Http {
     view: SharedView,
     identity: Rc<IdentityHeaders>,
+    outbox: SharedOutbox,
+    /// An admitted request to an LLM API: whose usage to record.
+    pending: Option<Pending>,
+    /// Reads the response body of `pending`.
+    scanner: Option<Scanner>,
     max_body_bytes: usize,
     max_snapshot_age_ms: u64,
     metrics: Rc<Metrics>,
     /// Set while the body is being buffered to learn the model: the admitted key's hash.
     awaiting_body: Option<KeyHash>,
+}
+
+/// What is known of an admitted LLM request when its response starts.
+struct Pending {
+    request_id: String,
+    key_id: String,
+    api: Api,
+    /// The model the request named, when it was read (path or body).
+    model: Option<String>,
+    status: u16,
 }
 
 /// Any host failure on the request path: the request cannot be decided safely.
@@ -41,11 +58,15 @@ impl Http {
         view: SharedView,
         config: &Config,
         identity: Rc<IdentityHeaders>,
+        outbox: SharedOutbox,
         metrics: Rc<Metrics>,
     ) -> Self {
         Http {
             view,
             identity,
+            outbox,
+            pending: None,
+            scanner: None,
             metrics,
             max_body_bytes: config.max_body_bytes,
             max_snapshot_age_ms: config.max_snapshot_age_ms,
@@ -134,7 +155,8 @@ impl Http {
         let secret = credential::find(&headers);
         let now_ms = host::now_ms().map_err(|_| HOST_FAILED)?;
         self.ensure_view();
-        let view = self.view.borrow();
+        let shared = Rc::clone(&self.view);
+        let view = shared.borrow();
         let view = view.as_ref().filter(|v| self.is_fresh(v, now_ms));
         let epoch = view.map_or(0, |v| v.meta.epoch);
         let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
@@ -153,9 +175,14 @@ impl Http {
             .map_err(|_| HOST_FAILED)?;
 
         let path = headers.iter().find(|(n, _)| *n == ":path").map(|(_, p)| *p);
+        self.expect_usage(&headers, path, &key)
+            .map_err(|_| HOST_FAILED)?;
         if let Some(requested) = path.and_then(model::from_path) {
             self.forward_model(Some(requested))
                 .map_err(|_| HOST_FAILED)?;
+            if let Some(pending) = self.pending.as_mut() {
+                pending.model = Some(requested.to_string());
+            }
             check_model(&view.tables, &key, Some(requested))?;
             return Ok(Action::Continue);
         }
@@ -187,8 +214,45 @@ impl Http {
         let key = Self::lookup(&hash, view.meta.epoch)?.ok_or(Denial::InvalidApiKey)?;
         self.forward_model(requested.as_deref())
             .map_err(|_| HOST_FAILED)?;
+        if let Some(pending) = self.pending.as_mut() {
+            pending.model = requested.clone();
+        }
         check_model(&view.tables, &key, requested.as_deref())?;
         Ok(Action::Continue)
+    }
+
+    /// Notes an admitted request to an LLM API so that its response is read for usage, and
+    /// asks the upstream for an uncompressed body, which is the only kind that can be read.
+    fn expect_usage(
+        &mut self,
+        headers: &[(&str, &str)],
+        path: Option<&str>,
+        key: &Entry,
+    ) -> Result<(), HostError> {
+        let Some(api) = path.and_then(Api::from_path) else {
+            return Ok(());
+        };
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        };
+        if header("accept-encoding").is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity")) {
+            host::set_request_header("accept-encoding", "identity")?;
+        }
+        // Envoy gives every request an x-request-id before the filters run.
+        let Some(request_id) = header("x-request-id").filter(|id| !id.is_empty()) else {
+            return Ok(());
+        };
+        self.pending = Some(Pending {
+            request_id: request_id.to_string(),
+            key_id: key.id().to_string(),
+            api,
+            model: None,
+            status: 0,
+        });
+        Ok(())
     }
 
     fn finish(&mut self, result: Result<Action, Denial>) -> Action {
@@ -203,6 +267,63 @@ impl Http {
 impl Context for Http {}
 
 impl HttpContext for Http {
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(pending) = self.pending.as_mut() else {
+            return Action::Continue;
+        };
+        let header = |name| host::response_header(name).ok().flatten();
+        pending.status = header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let encoded =
+            header("content-encoding").is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+        if encoded {
+            // Cannot be read; counted as missing usage when the stream ends.
+            return Action::Continue;
+        }
+        let event_stream =
+            header("content-type").is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
+        self.scanner = Some(Scanner::new(pending.api, event_stream));
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        // Each chunk goes on at once; the scanner keeps what it needs.
+        if let Some(scanner) = self.scanner.as_mut() {
+            if let Ok(chunk) = host::response_body(body_size) {
+                scanner.push(&chunk);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let scanned = self.scanner.take().map(Scanner::finish).unwrap_or_default();
+        let Some(usage) = scanned.usage else {
+            if (200..300).contains(&pending.status) {
+                self.metrics.usage_missing();
+            }
+            return;
+        };
+        let ts = host::now_ms().map_or(0, |ms| i64::try_from(ms / 1000).unwrap_or(0));
+        let record = Record {
+            request_id: pending.request_id,
+            key_id: pending.key_id,
+            model: pending
+                .model
+                .or(scanned.model)
+                .unwrap_or_else(|| "unknown".into()),
+            input_tokens: usage.input,
+            cached_input_tokens: usage.cached_input,
+            output_tokens: usage.output,
+            status: pending.status,
+            ts,
+        };
+        self.outbox.borrow_mut().push(record);
+        self.metrics.usage_recorded();
+    }
+
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let result = self.on_headers(end_of_stream);
         self.finish(result)

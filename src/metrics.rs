@@ -28,6 +28,10 @@ pub struct Metrics {
     keys_loaded: Option<u32>,
     snapshot_age_seconds: Option<u32>,
     revoked_entries: Option<u32>,
+    usage_records: Option<u32>,
+    usage_dropped: Option<u32>,
+    usage_missing: Option<u32>,
+    usage_report_failures: Option<u32>,
     /// Requests counted since the last flush: allowed, then one per `Denial::ALL`.
     pending: Vec<Cell<u64>>,
 }
@@ -60,6 +64,10 @@ impl Metrics {
             keys_loaded: define(MetricType::Gauge, "keygate.keys_loaded"),
             snapshot_age_seconds: define(MetricType::Gauge, "keygate.snapshot_age_seconds"),
             revoked_entries: define(MetricType::Gauge, "keygate.revoked_entries"),
+            usage_records: define(MetricType::Counter, "keygate.usage_records"),
+            usage_dropped: define(MetricType::Counter, "keygate.usage_dropped"),
+            usage_missing: define(MetricType::Counter, "keygate.usage_missing"),
+            usage_report_failures: define(MetricType::Counter, "keygate.usage_report_failures"),
             pending: (0..=Denial::ALL.len()).map(|_| Cell::new(0)).collect(),
         }
     }
@@ -97,10 +105,32 @@ impl Metrics {
         }
     }
 
-    pub fn sync_failed(&self) {
-        if let Some(id) = self.sync_failures {
-            let _ = hostcalls::increment_metric(id, 1);
+    fn add(id: Option<u32>, n: u64) {
+        if let (Some(id), Ok(n @ 1..)) = (id, i64::try_from(n)) {
+            let _ = hostcalls::increment_metric(id, n);
         }
+    }
+
+    pub fn sync_failed(&self) {
+        Self::add(self.sync_failures, 1);
+    }
+
+    /// A request's usage was queued for the key-service.
+    pub fn usage_recorded(&self) {
+        Self::add(self.usage_records, 1);
+    }
+
+    /// A successful response of an LLM API named no usage (so nothing is billed).
+    pub fn usage_missing(&self) {
+        Self::add(self.usage_missing, 1);
+    }
+
+    pub fn usage_dropped(&self, n: u64) {
+        Self::add(self.usage_dropped, n);
+    }
+
+    pub fn usage_report_failed(&self) {
+        Self::add(self.usage_report_failures, 1);
     }
 
     /// The gauges of the snapshot in shared data, as of `now_ms`.

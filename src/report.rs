@@ -45,6 +45,12 @@ pub struct Outbox {
     dropped: u64,
 }
 
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox::new(100_000, 1_000)
+    }
+}
+
 impl Outbox {
     pub fn new(capacity: usize, batch: usize) -> Outbox {
         Outbox {
@@ -180,7 +186,11 @@ mod tests {
         assert_eq!(o.next_report(2_499), None, "the backoff doubled");
         assert!(o.next_report(2_500).is_some());
         o.delivered();
-        assert_eq!(ids(&o.next_report(2_500).unwrap()), ["r2"], "no wait after success");
+        assert_eq!(
+            ids(&o.next_report(2_500).unwrap()),
+            ["r2"],
+            "no wait after success"
+        );
         for _ in 0..20 {
             o.failed(0);
         }

@@ -16,12 +16,16 @@ use crate::config::{Config, IdentityHeaders};
 use crate::host::{self, Shared};
 use crate::http::Http;
 use crate::metrics::Metrics;
+use crate::report::Outbox;
 use crate::shared::{self, Leader, SyncError, View};
 use crate::snapshot::SnapshotWire;
 
 /// This VM's view of the snapshot, shared by its root and HTTP contexts; `None` until a
 /// complete snapshot is in shared data.
 pub type SharedView = Rc<RefCell<Option<View>>>;
+
+/// This VM's usage records on their way to the key-service.
+pub type SharedOutbox = Rc<RefCell<Outbox>>;
 
 /// Tick period until the first snapshot is in, so a fresh Envoy serves soon.
 const FIRST_LOAD_TICK: Duration = Duration::from_millis(200);
@@ -46,6 +50,11 @@ pub struct Root {
     /// Defined in `on_configure`; shared with every HTTP context of this VM.
     metrics: Rc<Metrics>,
     identity: Rc<IdentityHeaders>,
+    outbox: SharedOutbox,
+    /// Token of the usage report in flight, if any.
+    report_in_flight: Option<u32>,
+    /// Whether the last usage report failed (logged when that starts and ends).
+    reports_failing: bool,
 }
 
 /// A random VM name, never 0 (the free lease's owner). The standard library seeds
@@ -165,6 +174,75 @@ impl Root {
     }
 }
 
+impl Root {
+    /// Sends the next usage report if one is due (this VM's own records; every VM reports
+    /// what its requests used).
+    fn report_usage(&mut self, now_ms: u64) {
+        let dropped = self.outbox.borrow_mut().take_dropped();
+        if dropped > 0 {
+            self.metrics.usage_dropped(dropped);
+            warn!("{dropped} usage records dropped: the outbox is full (usage_queue_max)");
+        }
+        if self.report_in_flight.is_some() {
+            return;
+        }
+        let Some(body) = self.outbox.borrow_mut().next_report(now_ms) else {
+            return;
+        };
+        let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = vec![
+            (":method", "POST"),
+            (":path", self.config.usage_path.as_str()),
+            (":authority", self.config.key_service_authority.as_str()),
+            ("content-type", "application/json"),
+        ];
+        if let Some(auth) = authorization.as_deref() {
+            headers.push(("authorization", auth));
+        }
+        match self.dispatch_http_call(
+            &self.config.key_service_cluster,
+            headers,
+            Some(&body),
+            vec![],
+            Duration::from_millis(self.config.key_service_timeout_ms),
+        ) {
+            Ok(token) => self.report_in_flight = Some(token),
+            Err(status) => self.report_failed(now_ms, &format!("not sent: {status:?}")),
+        }
+    }
+
+    fn usage_reported(&mut self) {
+        self.report_in_flight = None;
+        let now_ms = host::now_ms().unwrap_or(0);
+        match host::call_response_status() {
+            Ok(Some(status)) if status == "200" => {
+                self.outbox.borrow_mut().delivered();
+                if self.reports_failing {
+                    info!("usage reports delivered again");
+                    self.reports_failing = false;
+                }
+                // More waiting: send the next batch now rather than on the next tick.
+                self.report_usage(now_ms);
+            }
+            Ok(Some(other)) => self.report_failed(now_ms, &format!("key-service answered {other}")),
+            Ok(None) => self.report_failed(now_ms, "request failed or timed out"),
+            Err(e) => self.report_failed(now_ms, &format!("{e:?}")),
+        }
+    }
+
+    fn report_failed(&mut self, now_ms: u64, why: &str) {
+        self.outbox.borrow_mut().failed(now_ms);
+        self.metrics.usage_report_failed();
+        if !self.reports_failing {
+            warn!(
+                "usage report failed, {} records held for retry: {why}",
+                self.outbox.borrow().len()
+            );
+            self.reports_failing = true;
+        }
+    }
+}
+
 fn describe(e: &SyncError) -> String {
     match e {
         SyncError::Host(status) => format!("shared data refused a call: {status:?}"),
@@ -175,6 +253,9 @@ fn describe(e: &SyncError) -> String {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
+        if self.report_in_flight == Some(token) {
+            return self.usage_reported();
+        }
         if self.in_flight != Some(token) {
             return;
         }
@@ -222,6 +303,10 @@ impl RootContext for Root {
         }
         self.me = random_vm_name();
         self.identity = Rc::new(self.config.identity_headers.clone());
+        self.outbox = Rc::new(RefCell::new(Outbox::new(
+            self.config.usage_queue_max,
+            self.config.usage_batch_max,
+        )));
         self.leader = Leader::new(self.config.snapshot_page_size);
         self.metrics = Rc::new(Metrics::define());
         self.set_tick_period(FIRST_LOAD_TICK);
@@ -233,6 +318,7 @@ impl RootContext for Root {
         let Ok(now) = host::now_ms() else {
             return;
         };
+        self.report_usage(now);
         match shared::try_lead(&Shared, self.me, now, self.lease_ttl_ms()) {
             Ok(true) => {
                 if !self.leading {
@@ -264,6 +350,7 @@ impl RootContext for Root {
             Rc::clone(&self.view),
             &self.config,
             Rc::clone(&self.identity),
+            Rc::clone(&self.outbox),
             Rc::clone(&self.metrics),
         )))
     }

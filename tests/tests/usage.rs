@@ -1,0 +1,171 @@
+//! Usage read from responses in the real Envoy and billed by the key-service: every
+//! provider format, streamed or not, arrives once in the usage log with the tokens the
+//! upstream reported, and the key's quota goes down by their price.
+
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use keygate_e2e::api::{admin, client, create_key, filter_stat, until_synced};
+use keygate_e2e::stack::Stack;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// One call of each kind: (name, path, body of the plain call, body of the streamed one).
+fn calls() -> Vec<(&'static str, &'static str, Value, Value)> {
+    let chat = json!({"model": "gpt-4o-mini", "max_tokens": 7,
+        "messages": [{"role": "user", "content": "count these five words"}]});
+    let mut chat_stream = chat.clone();
+    chat_stream["stream"] = json!(true);
+    chat_stream["stream_options"] = json!({"include_usage": true});
+    let messages = json!({"model": "claude-haiku", "max_tokens": 9,
+        "messages": [{"role": "user", "content": "three words here"}]});
+    let mut messages_stream = messages.clone();
+    messages_stream["stream"] = json!(true);
+    let responses =
+        json!({"model": "gpt-4o", "input": "hello there friend", "max_output_tokens": 8});
+    let mut responses_stream = responses.clone();
+    responses_stream["stream"] = json!(true);
+    let gemini = json!({"contents": [{"parts": [{"text": "two words"}]}],
+        "generationConfig": {"maxOutputTokens": 6}});
+    vec![
+        ("chat", "/v1/chat/completions", chat, chat_stream),
+        ("messages", "/v1/messages", messages, messages_stream),
+        ("responses", "/v1/responses", responses, responses_stream),
+        (
+            "gemini",
+            "/v1beta/models/gemini-2.0-flash:generateContent",
+            gemini.clone(),
+            gemini,
+        ),
+    ]
+}
+
+fn usage_log(stack: &Stack) -> Vec<Value> {
+    let (status, page) = admin(stack, Method::GET, "/api/v1/usage?per_page=100", None);
+    assert_eq!(status, 200);
+    page["usage"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn every_format_is_read_streamed_or_not_and_billed_once() {
+    let stack = Stack::start();
+    for (model, input, output) in [
+        ("gpt-4o-mini", 1_000_000, 2_000_000),
+        ("claude-haiku", 1_000_000, 1_000_000),
+        ("gpt-4o", 2_000_000, 2_000_000),
+        ("gemini-2.0-flash", 1_000_000, 3_000_000),
+    ] {
+        let (status, _) = admin(
+            &stack,
+            Method::PUT,
+            &format!("/api/v1/models/{model}"),
+            Some(json!({"input": input, "output": output})),
+        );
+        assert_eq!(status, 201);
+    }
+    let key = create_key(
+        &stack,
+        json!({"name": "metered", "unlimited_quota": false, "quota": 100000}),
+    );
+    let send = |path: &str, body: &Value| {
+        client()
+            .post(format!("{}{path}", stack.envoy_url))
+            .header("x-api-key", &key.secret)
+            .header("accept-encoding", "gzip")
+            .json(body)
+            .send()
+            .unwrap()
+    };
+    until_synced(|| send("/v1/chat/completions", &calls()[0].2));
+
+    // What the client saw in each plain answer; the streamed twin must bill the same.
+    let mut expected = Vec::new();
+    for (name, path, plain, streamed) in calls() {
+        let res = send(path, &plain);
+        assert_eq!(res.status(), 200, "{name}");
+        let body: Value = res.json().unwrap();
+        expected.push((name, body));
+        let stream_path = if name == "gemini" {
+            "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
+        } else {
+            path
+        };
+        let res = send(stream_path, &streamed);
+        assert_eq!(res.status(), 200, "{name} stream");
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream"),
+            "{name} streamed"
+        );
+        let _ = res.text().unwrap();
+    }
+
+    // 1 sync request + 8 calls, reported within a sync interval or two.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut log = usage_log(&stack);
+    while log.len() < 9 && Instant::now() < deadline {
+        sleep(Duration::from_millis(200));
+        log = usage_log(&stack);
+    }
+    assert_eq!(log.len(), 9, "{log:#?}");
+    let mut billed = 0;
+    for (name, body) in &expected {
+        let (input, output) = match *name {
+            "chat" => (
+                &body["usage"]["prompt_tokens"],
+                &body["usage"]["completion_tokens"],
+            ),
+            "messages" => (
+                &body["usage"]["input_tokens"],
+                &body["usage"]["output_tokens"],
+            ),
+            "responses" => (
+                &body["usage"]["input_tokens"],
+                &body["usage"]["output_tokens"],
+            ),
+            _ => (
+                &body["usageMetadata"]["promptTokenCount"],
+                &body["usageMetadata"]["candidatesTokenCount"],
+            ),
+        };
+        let model = match *name {
+            "chat" => "gpt-4o-mini",
+            "messages" => "claude-haiku",
+            "responses" => "gpt-4o",
+            _ => "gemini-2.0-flash",
+        };
+        let rows: Vec<&Value> = log
+            .iter()
+            .filter(|r| r["model"] == model && r["input_tokens"] == *input)
+            .collect();
+        // The sync call repeats the first chat: three rows for it, two for the others.
+        let want = if *name == "chat" { 3 } else { 2 };
+        assert_eq!(rows.len(), want, "{name}: {log:#?}");
+        for row in rows {
+            assert_eq!(row["output_tokens"], *output, "{name}");
+            assert_eq!(row["key_id"], key.id.as_str());
+            assert_eq!(row["status"], 200);
+            assert_eq!(row["priced"], true);
+            billed += row["cost"].as_i64().unwrap();
+        }
+    }
+    assert!(billed > 0);
+    let (_, shown) = admin(
+        &stack,
+        Method::GET,
+        &format!("/api/v1/keys/{}", key.id),
+        None,
+    );
+    assert_eq!(
+        shown["used_quota"], billed,
+        "the key paid for each call once"
+    );
+    let ids: std::collections::HashSet<&str> = log
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 9, "each request logged once");
+    assert_eq!(filter_stat(&stack, "keygate.usage_dropped").unwrap_or(0), 0);
+}
