@@ -252,15 +252,7 @@ impl Stack {
 
         let admin_token = random_token();
         let filter_token = random_token();
-        let mut cmd = Command::new(release_bin("key-service"));
-        cmd.args(["--listen", "127.0.0.1:0"])
-            .env(
-                "KEYGATE_DATABASE_URL",
-                format!("sqlite://{}/keygate.db", dir.display()),
-            )
-            .env("KEYGATE_ADMIN_TOKEN", &admin_token)
-            .env("KEYGATE_FILTER_TOKEN", &filter_token)
-            .env("RUST_LOG", "info");
+        let cmd = key_service_command(&dir, "127.0.0.1:0", &admin_token, &filter_token);
         procs.push(Proc::spawn("key-service", cmd, &dir));
         let key_service = procs[1].wait_for_line("key-service listening on");
 
@@ -320,6 +312,25 @@ impl Stack {
         assert_eq!(before - self.procs.len(), 1, "no process named {name}");
     }
 
+    /// Starts the key-service again (after `kill`), on the same address and database.
+    pub fn restart_key_service(&mut self) {
+        assert!(
+            self.procs.iter().all(|p| p.name != "key-service"),
+            "kill the key-service first"
+        );
+        let addr = self
+            .key_service_url
+            .trim_start_matches("http://")
+            .to_string();
+        let cmd = key_service_command(&self.dir, &addr, &self.admin_token, &self.filter_token);
+        // Its log file starts over.
+        let mut proc = Proc::spawn("key-service", cmd, &self.dir);
+        proc.wait_for_line("key-service listening on");
+        // Envoy is stopped first on drop: keep it last.
+        let at = self.procs.len().saturating_sub(1);
+        self.procs.insert(at, proc);
+    }
+
     /// The key-service's SQLite database (to change it behind the API's back, as the
     /// benchmark does to rotate many keys fast).
     pub fn database_path(&self) -> PathBuf {
@@ -363,6 +374,19 @@ impl Drop for Stack {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn key_service_command(dir: &Path, listen: &str, admin_token: &str, filter_token: &str) -> Command {
+    let mut cmd = Command::new(release_bin("key-service"));
+    cmd.args(["--listen", listen])
+        .env(
+            "KEYGATE_DATABASE_URL",
+            format!("sqlite://{}/keygate.db", dir.display()),
+        )
+        .env("KEYGATE_ADMIN_TOKEN", admin_token)
+        .env("KEYGATE_FILTER_TOKEN", filter_token)
+        .env("RUST_LOG", "info");
+    cmd
 }
 
 /// The shipped `envoy/envoy.yaml` with only the ports and the filter's path changed, so

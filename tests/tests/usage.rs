@@ -169,3 +169,40 @@ fn every_format_is_read_streamed_or_not_and_billed_once() {
     assert_eq!(ids.len(), 9, "each request logged once");
     assert_eq!(filter_stat(&stack, "keygate.usage_dropped").unwrap_or(0), 0);
 }
+
+#[test]
+fn usage_made_while_the_key_service_is_down_is_billed_when_it_returns() {
+    let mut stack = Stack::start();
+    let key = create_key(&stack, json!({"name": "patient"}));
+    let chat = |stack: &Stack| {
+        client()
+            .post(format!("{}/v1/chat/completions", stack.envoy_url))
+            .bearer_auth(&key.secret)
+            .json(&calls()[0].2)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(until_synced(|| chat(&stack)).status(), 200);
+    stack.kill("key-service");
+    // The filter keeps serving from its snapshot and holds what the calls used.
+    for _ in 0..5 {
+        assert_eq!(chat(&stack).status(), 200);
+    }
+    sleep(Duration::from_secs(3));
+    assert!(
+        filter_stat(&stack, "keygate.usage_report_failures").unwrap_or(0) >= 1,
+        "reports were tried while the key-service was down"
+    );
+    stack.restart_key_service();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut log = usage_log(&stack);
+    while log.len() < 6 && Instant::now() < deadline {
+        sleep(Duration::from_millis(250));
+        log = usage_log(&stack);
+    }
+    let ids: std::collections::HashSet<&str> = log
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!((log.len(), ids.len()), (6, 6), "every call once: {log:#?}");
+}
