@@ -80,6 +80,13 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_set_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        size: usize,
+        buffer_data: *const u8,
+        buffer_size: usize,
+    ) -> u32;
     fn proxy_get_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -208,6 +215,26 @@ fn buffer(kind: u32, size: usize) -> Result<Vec<u8>, HostError> {
 /// The first `size` bytes of the buffered request body.
 pub fn request_body(size: usize) -> Result<Vec<u8>, HostError> {
     buffer(REQUEST_BODY, size)
+}
+
+fn replace_buffer(kind: u32, size: usize, data: &[u8]) -> Result<(), HostError> {
+    // SAFETY: the host only reads the given range during the call.
+    check(unsafe { proxy_set_buffer_bytes(kind, 0, size, data.as_ptr(), data.len()) })
+}
+
+/// Replaces the buffered request body (`size` bytes) with `data`.
+pub fn set_request_body(size: usize, data: &[u8]) -> Result<(), HostError> {
+    replace_buffer(REQUEST_BODY, size, data)
+}
+
+/// Replaces the response body chunk being handled (`size` bytes) with `data`.
+pub fn set_response_body(size: usize, data: &[u8]) -> Result<(), HostError> {
+    replace_buffer(RESPONSE_BODY, size, data)
+}
+
+pub fn remove_response_header(name: &str) -> Result<(), HostError> {
+    // SAFETY: the host only reads the given range during the call.
+    check(unsafe { proxy_remove_header_map_value(RESPONSE_HEADERS, name.as_ptr(), name.len()) })
 }
 
 /// The response body chunk being handled (`size` bytes).

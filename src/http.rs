@@ -17,6 +17,7 @@ use crate::config::{Config, IdentityHeaders};
 use crate::decision::{check_model, decide, restricts_models, Denial};
 use crate::entry::Entry;
 use crate::host::{self, Shared};
+use crate::include_usage::{self, StreamEditor};
 use crate::metrics::Metrics;
 use crate::report::Record;
 use crate::root::{SharedOutbox, SharedView};
@@ -36,8 +37,10 @@ pub struct Http {
     max_body_bytes: usize,
     max_snapshot_age_ms: u64,
     metrics: Rc<Metrics>,
-    /// Set while the body is being buffered to learn the model: the admitted key's hash.
-    awaiting_body: Option<KeyHash>,
+    /// Set while the request body is being buffered, and why.
+    awaiting_body: Option<BodyWait>,
+    /// Takes out of an OpenAI stream what asking for its usage added.
+    editor: Option<StreamEditor>,
 }
 
 /// What is known of an admitted LLM request when its response starts.
@@ -48,6 +51,17 @@ struct Pending {
     /// The model the request named, when it was read (path or body).
     model: Option<String>,
     status: u16,
+    /// The filter added `stream_options.include_usage` to the request.
+    added_usage: bool,
+}
+
+/// Why an admitted request's body is being read.
+#[derive(Debug, Clone, Copy)]
+struct BodyWait {
+    /// The model must be checked against the key with this hash.
+    model_check: Option<KeyHash>,
+    /// It may be an OpenAI stream that does not ask for usage.
+    add_usage: bool,
 }
 
 /// Any host failure on the request path: the request cannot be decided safely.
@@ -71,6 +85,7 @@ impl Http {
             max_body_bytes: config.max_body_bytes,
             max_snapshot_age_ms: config.max_snapshot_age_ms,
             awaiting_body: None,
+            editor: None,
         }
     }
 
@@ -177,6 +192,10 @@ impl Http {
         let path = headers.iter().find(|(n, _)| *n == ":path").map(|(_, p)| *p);
         self.expect_usage(&headers, path, &key)
             .map_err(|_| HOST_FAILED)?;
+        // OpenAI streams may need usage asked for: their body is read (up to the limit).
+        let add_usage =
+            !end_of_stream && self.pending.is_some() && path.is_some_and(include_usage::applies_to);
+        let mut model_check = None;
         if let Some(requested) = path.and_then(model::from_path) {
             self.forward_model(Some(requested))
                 .map_err(|_| HOST_FAILED)?;
@@ -184,40 +203,60 @@ impl Http {
                 pending.model = Some(requested.to_string());
             }
             check_model(&view.tables, &key, Some(requested))?;
+        } else if restricts_models(&view.tables, &key) {
+            // Only requests whose key or group restricts models must show their model.
+            if end_of_stream {
+                check_model(&view.tables, &key, None)?;
+            } else {
+                model_check = Some(secret::hash(secret));
+            }
+        }
+        if model_check.is_none() && !add_usage {
             return Ok(Action::Continue);
         }
-        // Only requests whose key or group restricts models have their body read.
-        if !restricts_models(&view.tables, &key) {
-            return Ok(Action::Continue);
-        }
-        if end_of_stream {
-            check_model(&view.tables, &key, None)?;
-            return Ok(Action::Continue);
-        }
-        self.awaiting_body = Some(secret::hash(secret));
+        self.awaiting_body = Some(BodyWait {
+            model_check,
+            add_usage,
+        });
         Ok(Action::Pause)
     }
 
-    fn on_body(&mut self, hash: KeyHash, body_size: usize) -> Result<Action, Denial> {
+    fn on_body(&mut self, wait: BodyWait, body_size: usize) -> Result<Action, Denial> {
         let body = host::request_body(body_size).map_err(|_| HOST_FAILED)?;
-        let requested = match model::from_body(&body) {
-            Ok(requested) => requested,
-            Err(model::BodyError::NotJson) => return Err(Denial::InvalidRequestBody),
+        let requested = match (model::from_body(&body), wait.model_check) {
+            (Ok(requested), _) => requested,
+            (Err(model::BodyError::NotJson), Some(_)) => return Err(Denial::InvalidRequestBody),
+            // Read only to add usage: whatever it is goes on as it is.
+            (Err(model::BodyError::NotJson), None) => None,
         };
-        let now_ms = host::now_ms().map_err(|_| HOST_FAILED)?;
-        let view = self.view.borrow();
-        let view = view
-            .as_ref()
-            .filter(|v| self.is_fresh(v, now_ms))
-            .ok_or(Denial::KeyServiceUnavailable)?;
-        // The snapshot may have changed while the body arrived: check the key as it is now.
-        let key = Self::lookup(&hash, view.meta.epoch)?.ok_or(Denial::InvalidApiKey)?;
         self.forward_model(requested.as_deref())
             .map_err(|_| HOST_FAILED)?;
         if let Some(pending) = self.pending.as_mut() {
-            pending.model = requested.clone();
+            pending.model.clone_from(&requested);
         }
-        check_model(&view.tables, &key, requested.as_deref())?;
+        if let Some(hash) = wait.model_check {
+            let now_ms = host::now_ms().map_err(|_| HOST_FAILED)?;
+            let shared = Rc::clone(&self.view);
+            let view = shared.borrow();
+            let view = view
+                .as_ref()
+                .filter(|v| self.is_fresh(v, now_ms))
+                .ok_or(Denial::KeyServiceUnavailable)?;
+            // The snapshot may have changed while the body arrived: check the key as it is
+            // now.
+            let key = Self::lookup(&hash, view.meta.epoch)?.ok_or(Denial::InvalidApiKey)?;
+            check_model(&view.tables, &key, requested.as_deref())?;
+        }
+        if wait.add_usage {
+            if let Some(changed) = include_usage::add_to_request(&body) {
+                host::set_request_body(body_size, &changed).map_err(|_| HOST_FAILED)?;
+                // The length changed; Envoy sends the body chunked instead.
+                host::remove_request_header("content-length").map_err(|_| HOST_FAILED)?;
+                if let Some(pending) = self.pending.as_mut() {
+                    pending.added_usage = true;
+                }
+            }
+        }
         Ok(Action::Continue)
     }
 
@@ -251,6 +290,7 @@ impl Http {
             api,
             model: None,
             status: 0,
+            added_usage: false,
         });
         Ok(())
     }
@@ -282,14 +322,32 @@ impl HttpContext for Http {
         let event_stream =
             header("content-type").is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
         self.scanner = Some(Scanner::new(pending.api, event_stream));
+        if pending.added_usage && event_stream {
+            self.editor = Some(StreamEditor::default());
+            // The editor changes the length.
+            let _ = host::remove_response_header("content-length");
+        }
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         // Each chunk goes on at once; the scanner keeps what it needs.
+        if self.scanner.is_none() {
+            return Action::Continue;
+        }
+        let Ok(chunk) = host::response_body(body_size) else {
+            return Action::Continue;
+        };
         if let Some(scanner) = self.scanner.as_mut() {
-            if let Ok(chunk) = host::response_body(body_size) {
-                scanner.push(&chunk);
+            scanner.push(&chunk);
+        }
+        if let Some(editor) = self.editor.as_mut() {
+            let mut out = editor.push(&chunk);
+            if end_of_stream {
+                out.extend(editor.finish());
+            }
+            if out != chunk {
+                let _ = host::set_response_body(body_size, &out);
             }
         }
         Action::Continue
@@ -330,18 +388,22 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(hash) = self.awaiting_body else {
+        let Some(wait) = self.awaiting_body else {
             return Action::Continue;
         };
         if body_size > self.max_body_bytes {
             self.awaiting_body = None;
-            return self.deny(Denial::RequestTooLarge);
+            if wait.model_check.is_some() {
+                return self.deny(Denial::RequestTooLarge);
+            }
+            // Too large to add usage to: it goes on as it is.
+            return self.allow();
         }
         if !end_of_stream {
             return Action::Pause;
         }
         self.awaiting_body = None;
-        let result = self.on_body(hash, body_size);
+        let result = self.on_body(wait, body_size);
         self.finish(result)
     }
 }

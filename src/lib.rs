@@ -8,6 +8,7 @@ pub mod config;
 pub mod credential;
 pub mod decision;
 pub mod entry;
+pub mod include_usage;
 pub mod model;
 pub mod pairs;
 pub mod report;

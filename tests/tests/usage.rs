@@ -206,3 +206,52 @@ fn usage_made_while_the_key_service_is_down_is_billed_when_it_returns() {
         .collect();
     assert_eq!((log.len(), ids.len()), (6, 6), "every call once: {log:#?}");
 }
+
+#[test]
+fn an_openai_stream_that_did_not_ask_for_usage_is_billed_and_looks_as_asked() {
+    let stack = Stack::start();
+    let key = create_key(&stack, json!({"name": "streamer"}));
+    let plain = json!({"model": "gpt-4o-mini", "max_tokens": 5,
+        "messages": [{"role": "user", "content": "stream me four words"}]});
+    let mut streamed = plain.clone();
+    streamed["stream"] = json!(true);
+    let send = |base: &str, body: &Value| {
+        client()
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&key.secret)
+            .json(body)
+            .send()
+            .unwrap()
+    };
+    until_synced(|| send(&stack.envoy_url, &plain));
+    let usage_seen: Value = send(&stack.envoy_url, &plain).json().unwrap();
+
+    let through_envoy = send(&stack.envoy_url, &streamed).text().unwrap();
+    let upstream_saw = keygate_e2e::api::upstream_requests(&stack).pop().unwrap();
+    let sent: Value = serde_json::from_str(upstream_saw["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        sent["stream_options"]["include_usage"], true,
+        "the filter asked the upstream for usage"
+    );
+    // What the upstream sends a client that did not ask: the same events, no usage.
+    let direct = send(&stack.upstream_url, &streamed).text().unwrap();
+    assert!(!through_envoy.contains("usage"), "{through_envoy}");
+    assert_eq!(
+        through_envoy, direct,
+        "the client got the stream it asked for"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut log = usage_log(&stack);
+    while log.len() < 3 && Instant::now() < deadline {
+        sleep(Duration::from_millis(200));
+        log = usage_log(&stack);
+    }
+    assert_eq!(log.len(), 3, "{log:#?}");
+    let tokens = |r: &Value| (r["input_tokens"].clone(), r["output_tokens"].clone());
+    let want = (
+        usage_seen["usage"]["prompt_tokens"].clone(),
+        usage_seen["usage"]["completion_tokens"].clone(),
+    );
+    assert!(log.iter().all(|r| tokens(r) == want), "{log:#?}");
+}
