@@ -23,7 +23,7 @@ use crate::report::Record;
 use crate::root::{SharedOutbox, SharedView};
 use crate::secret::{self, KeyHash};
 use crate::shared::{self, HostError, View};
-use crate::usage::{Api, Scanner};
+use crate::usage::{Api, Scanner, Usage};
 use crate::{client_ip, credential, model, pairs};
 
 pub struct Http {
@@ -285,7 +285,7 @@ impl Http {
             return Ok(());
         };
         self.pending = Some(Pending {
-            request_id: request_id.to_string(),
+            request_id: clamp(request_id, 128),
             key_id: key.id().to_string(),
             api,
             model: None,
@@ -302,6 +302,19 @@ impl Http {
             Err(denial) => self.deny(denial),
         }
     }
+}
+
+/// At most `max` bytes of `text` (at a character boundary), without control characters:
+/// what the key-service accepts in a usage record.
+fn clamp(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl Context for Http {}
@@ -340,6 +353,7 @@ impl HttpContext for Http {
         };
         if let Some(scanner) = self.scanner.as_mut() {
             scanner.push(&chunk);
+            self.metrics.scanned(chunk.len());
         }
         if let Some(editor) = self.editor.as_mut() {
             let mut out = editor.push(&chunk);
@@ -358,28 +372,35 @@ impl HttpContext for Http {
             return;
         };
         let scanned = self.scanner.take().map(Scanner::finish).unwrap_or_default();
-        let Some(usage) = scanned.usage else {
-            if (200..300).contains(&pending.status) {
+        let usage = match scanned.usage {
+            Some(usage) => usage,
+            // An error from the provider is logged with its status, and no tokens unless
+            // it reported some.
+            None if pending.status >= 400 || pending.status == 0 => Usage::default(),
+            None => {
                 self.metrics.usage_missing();
+                return;
             }
-            return;
         };
         let ts = host::now_ms().map_or(0, |ms| i64::try_from(ms / 1000).unwrap_or(0));
+        let model = pending.model.or(scanned.model);
         let record = Record {
             request_id: pending.request_id,
             key_id: pending.key_id,
-            model: pending
-                .model
-                .or(scanned.model)
-                .unwrap_or_else(|| "unknown".into()),
+            model: model.map_or_else(|| "unknown".into(), |m| clamp(&m, 256)),
             input_tokens: usage.input,
             cached_input_tokens: usage.cached_input,
             output_tokens: usage.output,
-            status: pending.status,
+            // No response at all (the client went away first): nginx's 499.
+            status: if pending.status == 0 {
+                499
+            } else {
+                pending.status
+            },
             ts,
         };
         self.outbox.borrow_mut().push(record);
-        self.metrics.usage_recorded();
+        self.metrics.usage_recorded(&usage);
     }
 
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {

@@ -16,6 +16,7 @@ use proxy_wasm::types::MetricType;
 
 use crate::decision::Denial;
 use crate::shared::Meta;
+use crate::usage::Usage;
 
 /// The default has no metrics at all: every call is a no-op.
 #[derive(Default)]
@@ -28,12 +29,45 @@ pub struct Metrics {
     keys_loaded: Option<u32>,
     snapshot_age_seconds: Option<u32>,
     revoked_entries: Option<u32>,
-    usage_records: Option<u32>,
+    usage_records: Tally,
+    usage_delivered: Tally,
     usage_dropped: Option<u32>,
     usage_missing: Option<u32>,
     usage_report_failures: Option<u32>,
+    tokens_input: Tally,
+    tokens_cached_input: Tally,
+    tokens_output: Tally,
+    tokens_reasoning: Tally,
+    response_bytes_scanned: Tally,
     /// Requests counted since the last flush: allowed, then one per `Denial::ALL`.
     pending: Vec<Cell<u64>>,
+}
+
+/// A counter added to in the VM and flushed to Envoy on tick (no host call per event).
+#[derive(Default)]
+struct Tally {
+    id: Option<u32>,
+    n: Cell<u64>,
+}
+
+impl Tally {
+    fn new(name: &str) -> Tally {
+        Tally {
+            id: define(MetricType::Counter, name),
+            n: Cell::new(0),
+        }
+    }
+
+    fn add(&self, n: u64) {
+        self.n.set(self.n.get().saturating_add(n));
+    }
+
+    fn flush(&self) {
+        let n = self.n.replace(0);
+        if let (Some(id), Ok(n @ 1..)) = (self.id, i64::try_from(n)) {
+            let _ = hostcalls::increment_metric(id, n);
+        }
+    }
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -64,7 +98,13 @@ impl Metrics {
             keys_loaded: define(MetricType::Gauge, "keygate.keys_loaded"),
             snapshot_age_seconds: define(MetricType::Gauge, "keygate.snapshot_age_seconds"),
             revoked_entries: define(MetricType::Gauge, "keygate.revoked_entries"),
-            usage_records: define(MetricType::Counter, "keygate.usage_records"),
+            usage_records: Tally::new("keygate.usage_records"),
+            usage_delivered: Tally::new("keygate.usage_delivered"),
+            tokens_input: Tally::new("keygate.tokens.input"),
+            tokens_cached_input: Tally::new("keygate.tokens.cached_input"),
+            tokens_output: Tally::new("keygate.tokens.output"),
+            tokens_reasoning: Tally::new("keygate.tokens.reasoning"),
+            response_bytes_scanned: Tally::new("keygate.response_bytes_scanned"),
             usage_dropped: define(MetricType::Counter, "keygate.usage_dropped"),
             usage_missing: define(MetricType::Counter, "keygate.usage_missing"),
             usage_report_failures: define(MetricType::Counter, "keygate.usage_report_failures"),
@@ -78,8 +118,19 @@ impl Metrics {
         }
     }
 
-    /// Adds the requests counted since the last flush to Envoy's counters.
+    /// Adds what was counted since the last flush to Envoy's counters.
     pub fn flush(&self) {
+        for tally in [
+            &self.usage_records,
+            &self.usage_delivered,
+            &self.tokens_input,
+            &self.tokens_cached_input,
+            &self.tokens_output,
+            &self.tokens_reasoning,
+            &self.response_bytes_scanned,
+        ] {
+            tally.flush();
+        }
         let ids = std::iter::once(self.allowed).chain(self.denied.iter().copied());
         for (cell, id) in self.pending.iter().zip(ids) {
             let n = cell.replace(0);
@@ -116,8 +167,21 @@ impl Metrics {
     }
 
     /// A request's usage was queued for the key-service.
-    pub fn usage_recorded(&self) {
-        Self::add(self.usage_records, 1);
+    pub fn usage_recorded(&self, usage: &Usage) {
+        self.usage_records.add(1);
+        self.tokens_input.add(usage.input);
+        self.tokens_cached_input.add(usage.cached_input);
+        self.tokens_output.add(usage.output);
+        self.tokens_reasoning.add(usage.reasoning);
+    }
+
+    /// Records the key-service took.
+    pub fn usage_delivered(&self, n: u64) {
+        self.usage_delivered.add(n);
+    }
+
+    pub fn scanned(&self, bytes: usize) {
+        self.response_bytes_scanned.add(bytes as u64);
     }
 
     /// A successful response of an LLM API named no usage (so nothing is billed).

@@ -103,11 +103,11 @@ impl Outbox {
         Some(body)
     }
 
-    /// The report in flight was stored.
-    pub fn delivered(&mut self) {
-        self.in_flight = None;
+    /// The report in flight was stored; returns how many records it held.
+    pub fn delivered(&mut self) -> u64 {
         self.backoff_ms = 0;
         self.next_try_ms = 0;
+        self.in_flight.take().map_or(0, |batch| batch.len() as u64)
     }
 
     /// The report in flight failed: its records go back to the front, and the next try
@@ -166,7 +166,7 @@ mod tests {
         let first = o.next_report(0).unwrap();
         assert_eq!(ids(&first), ["r0", "r1"]);
         assert_eq!(o.next_report(0), None, "one batch in flight at a time");
-        o.delivered();
+        assert_eq!(o.delivered(), 2);
         assert_eq!(ids(&o.next_report(0).unwrap()), ["r2", "r3"]);
         assert_eq!(o.len(), 3);
     }

@@ -216,12 +216,21 @@ impl Root {
         let now_ms = host::now_ms().unwrap_or(0);
         match host::call_response_status() {
             Ok(Some(status)) if status == "200" => {
-                self.outbox.borrow_mut().delivered();
+                let n = self.outbox.borrow_mut().delivered();
+                self.metrics.usage_delivered(n);
                 if self.reports_failing {
                     info!("usage reports delivered again");
                     self.reports_failing = false;
                 }
                 // More waiting: send the next batch now rather than on the next tick.
+                self.report_usage(now_ms);
+            }
+            // The key-service refused the records themselves: sending them again cannot
+            // help, and they would block every later record.
+            Ok(Some(status)) if status == "400" => {
+                let n = self.outbox.borrow_mut().delivered();
+                self.metrics.usage_dropped(n);
+                warn!("the key-service refused a usage report of {n} records as invalid");
                 self.report_usage(now_ms);
             }
             Ok(Some(other)) => self.report_failed(now_ms, &format!("key-service answered {other}")),

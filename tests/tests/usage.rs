@@ -255,3 +255,41 @@ fn an_openai_stream_that_did_not_ask_for_usage_is_billed_and_looks_as_asked() {
     );
     assert!(log.iter().all(|r| tokens(r) == want), "{log:#?}");
 }
+
+#[test]
+fn a_provider_error_is_logged_with_its_status_and_no_tokens() {
+    let stack = Stack::start();
+    let key = create_key(&stack, json!({"name": "unlucky"}));
+    let send = |status: Option<&str>| {
+        let mut req = client()
+            .post(format!("{}/v1/chat/completions", stack.envoy_url))
+            .bearer_auth(&key.secret)
+            .header(
+                "x-request-id",
+                format!("{}-long-client-id", "x".repeat(200)),
+            )
+            .json(&calls()[0].2);
+        if let Some(status) = status {
+            req = req.header("x-mock-status", status);
+        }
+        req.send().unwrap()
+    };
+    until_synced(|| send(None));
+    assert_eq!(send(Some("503")).status(), 503);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut log = usage_log(&stack);
+    while !log.iter().any(|r| r["status"] == 503) && Instant::now() < deadline {
+        sleep(Duration::from_millis(200));
+        log = usage_log(&stack);
+    }
+    let failed = log
+        .iter()
+        .find(|r| r["status"] == 503)
+        .expect("the error is logged");
+    assert_eq!(failed["input_tokens"], 0);
+    assert_eq!(failed["output_tokens"], 0);
+    assert_eq!(failed["cost"], 0);
+    // Envoy at the edge replaces a client's x-request-id with its own.
+    assert_eq!(failed["request_id"].as_str().unwrap().len(), 36);
+    assert!(filter_stat(&stack, "keygate.tokens.input").unwrap_or(0) > 0);
+}
