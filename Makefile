@@ -6,14 +6,15 @@ WASM_CARGO := .ci/wasm-cargo
 FILTER_WASM := target/wasm32-wasip1/release/keygate.wasm
 ENVOY := .venv/bin/envoy
 
-.PHONY: help setup build build-wasm build-native lint test test-unit test-wasm test-e2e \
+.PHONY: help setup build build-wasm build-native lint test test-unit test-postgres test-wasm test-e2e \
         validate demo bench clean
 
 help:
 	@echo "make setup    install Envoy $(shell sed -n 's/^ENVOY_VERSION=//p' .ci/setup.sh), the wasm toolchain and test tools"
 	@echo "make build    $(FILTER_WASM), target/release/{key-service,mock-upstream}"
 	@echo "make demo     run Envoy :10000 + key-service :8081 + mock upstream :8082 (Ctrl-C stops all)"
-	@echo "make test     lint, unit tests, wasm logic tests in V8, config validation, end-to-end tests"
+	@echo "make test     lint, unit tests (key-service on SQLite and PostgreSQL), wasm logic tests in V8,"
+	@echo "              config validation, end-to-end tests"
 	@echo "make bench    keygate in Envoy against no filter and a no-op Wasm filter (about 10 min)"
 
 setup:
@@ -35,6 +36,10 @@ lint:
 test-unit:
 	cargo test -p keygate -p key-service
 	cargo test -p keygate-e2e --lib --bins
+
+# The key-service's tests again, each on a fresh database of a throwaway PostgreSQL server.
+test-postgres:
+	.ci/postgres.sh cargo test -p key-service
 
 # The filter's pure logic compiled to wasm and run in Node's V8 (wasm-bindgen-test).
 test-wasm:
@@ -58,7 +63,7 @@ validate: build-wasm
 test-e2e: build
 	cargo test -p keygate-e2e --test '*' -- --test-threads 2
 
-test: lint test-unit test-wasm validate test-e2e
+test: lint test-unit test-postgres test-wasm validate test-e2e
 
 demo: build
 	bash envoy/demo.sh

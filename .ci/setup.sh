@@ -75,6 +75,13 @@ if ! command -v docker-compose >/dev/null; then
 fi
 ok "$(docker-compose version --short 2>/dev/null || docker-compose --version)"
 
+say "PostgreSQL server (the key-service's tests run on it too, see .ci/postgres.sh)"
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_install postgresql
+fi
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || die "postgresql installed but no initdb under /usr/lib/postgresql"
+ok "$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+
 say "wrk (the load generator of make bench)"
 if ! command -v wrk >/dev/null; then
     apt_install wrk

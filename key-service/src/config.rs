@@ -15,8 +15,9 @@ pub struct Config {
     #[arg(long, env = "KEYGATE_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
 
-    /// `sqlite://PATH`; the file and its directory are created on first start. Generated
-    /// tokens are kept in the same directory.
+    /// `sqlite://PATH` (the file and its directory are created on first start; generated
+    /// tokens are kept in the same directory) or `postgres://USER:PASSWORD@HOST/DB`
+    /// (several replicas may share it; both tokens must then be given).
     #[arg(
         long,
         env = "KEYGATE_DATABASE_URL",
@@ -45,28 +46,35 @@ pub struct Config {
 /// Where the data lives, from `--database-url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Database {
-    Sqlite { path: PathBuf },
+    Sqlite {
+        path: PathBuf,
+    },
+    /// The URL as given, for sqlx to read.
+    Postgres {
+        url: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DatabaseUrlError {
-    #[error("PostgreSQL is not supported yet; use sqlite://PATH")]
-    PostgresNotYet,
     #[error("an in-memory SQLite database would lose every key at exit; use sqlite://PATH")]
     InMemory,
     #[error("query parameters in the database URL are not supported")]
     QueryParameters,
     #[error("the database URL has no file path; use sqlite://PATH")]
     NoPath,
-    #[error("unsupported database URL scheme; use sqlite://PATH")]
+    #[error("unsupported database URL scheme; use sqlite://PATH or postgres://...")]
     Scheme,
 }
 
 impl Database {
-    /// Reads `sqlite://PATH` (relative to the working directory) or `sqlite:///ABS/PATH`.
+    /// Reads `sqlite://PATH` (relative to the working directory), `sqlite:///ABS/PATH`, or
+    /// a PostgreSQL URL (`postgres://` or `postgresql://`, parameters allowed).
     pub fn parse(url: &str) -> Result<Self, DatabaseUrlError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(DatabaseUrlError::PostgresNotYet);
+            return Ok(Database::Postgres {
+                url: url.to_owned(),
+            });
         }
         let rest = url
             .strip_prefix("sqlite://")
@@ -86,13 +94,15 @@ impl Database {
         })
     }
 
-    /// The directory holding the database, where generated tokens are kept too.
-    pub fn data_dir(&self) -> &Path {
+    /// The directory holding an SQLite database, where generated tokens are kept too.
+    /// `None` for PostgreSQL: replicas on several machines cannot share generated tokens.
+    pub fn data_dir(&self) -> Option<&Path> {
         match self {
-            Database::Sqlite { path } => match path.parent() {
+            Database::Sqlite { path } => Some(match path.parent() {
                 Some(dir) if !dir.as_os_str().is_empty() => dir,
                 _ => Path::new("."),
-            },
+            }),
+            Database::Postgres { .. } => None,
         }
     }
 }
@@ -110,19 +120,30 @@ mod tests {
                 path: "data/keygate.db".into()
             }
         );
-        assert_eq!(db.data_dir(), Path::new("data"));
+        assert_eq!(db.data_dir(), Some(Path::new("data")));
 
         let db = Database::parse("sqlite:///var/lib/keygate/k.db").unwrap();
-        assert_eq!(db.data_dir(), Path::new("/var/lib/keygate"));
+        assert_eq!(db.data_dir(), Some(Path::new("/var/lib/keygate")));
 
         let db = Database::parse("sqlite:k.db").unwrap();
-        assert_eq!(db.data_dir(), Path::new("."));
+        assert_eq!(db.data_dir(), Some(Path::new(".")));
+    }
+
+    #[test]
+    fn postgres_urls_are_kept_whole() {
+        for url in [
+            "postgres://keygate:pw@db.internal:5432/keygate",
+            "postgresql://u@h/db?sslmode=require",
+        ] {
+            let db = Database::parse(url).unwrap();
+            assert_eq!(db, Database::Postgres { url: url.into() });
+            assert_eq!(db.data_dir(), None);
+        }
     }
 
     #[test]
     fn other_urls_are_refused_with_a_reason() {
         let cases = [
-            ("postgres://u@h/db", DatabaseUrlError::PostgresNotYet),
             ("sqlite::memory:", DatabaseUrlError::InMemory),
             ("sqlite://k.db?mode=ro", DatabaseUrlError::QueryParameters),
             ("sqlite://", DatabaseUrlError::NoPath),

@@ -139,6 +139,8 @@ pub enum StartError {
     Token(#[from] TokenError),
     #[error("the admin and filter tokens must differ, or the filter's token could manage keys")]
     SameTokens,
+    #[error("with PostgreSQL, {0} must be set (replicas share their tokens; none is generated)")]
+    TokenRequired(&'static str),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
     #[error("server failed: {0}")]
@@ -155,9 +157,9 @@ pub enum StartError {
 /// Prints one line to stdout once listening: `key-service listening on <addr>`, with the
 /// port actually bound, so a script that asked for port 0 learns which it got.
 pub async fn run(config: Config) -> Result<(), StartError> {
-    let Database::Sqlite { path } = Database::parse(&config.database_url)?;
+    let database = Database::parse(&config.database_url)?;
     if let Some(command) = config.command {
-        let store = Store::open_sqlite(&path).await?;
+        let store = Store::open(&database).await?;
         let result = cli::run(&store, command).await;
         store.close().await;
         for line in result.map_err(|e| StartError::Command(cli::describe(&e)))? {
@@ -165,16 +167,28 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
         return Ok(());
     }
-    let data_dir = Database::Sqlite { path: path.clone() }
-        .data_dir()
-        .to_owned();
-    let store = Store::open_sqlite(&path).await?;
-    tracing::info!(path = %absolute(&path), "database ready");
+    let store = Store::open(&database).await?;
+    match &database {
+        Database::Sqlite { path } => tracing::info!(path = %absolute(path), "database ready"),
+        Database::Postgres { .. } => tracing::info!(engine = "postgres", "database ready"),
+    }
 
-    let (admin, admin_origin) =
-        tokens::resolve(config.admin_token, &data_dir, tokens::ADMIN_TOKEN_FILE)?;
-    let (filter, filter_origin) =
-        tokens::resolve(config.filter_token, &data_dir, tokens::FILTER_TOKEN_FILE)?;
+    let token = |configured: Option<tokens::Token>, file, flag| match database.data_dir() {
+        Some(dir) => Ok(tokens::resolve(configured, dir, file)?),
+        None => tokens::given(configured)
+            .map(|t| (t, tokens::Origin::Configured))
+            .ok_or(StartError::TokenRequired(flag)),
+    };
+    let (admin, admin_origin) = token(
+        config.admin_token,
+        tokens::ADMIN_TOKEN_FILE,
+        "KEYGATE_ADMIN_TOKEN",
+    )?;
+    let (filter, filter_origin) = token(
+        config.filter_token,
+        tokens::FILTER_TOKEN_FILE,
+        "KEYGATE_FILTER_TOKEN",
+    )?;
     if admin == filter {
         return Err(StartError::SameTokens);
     }

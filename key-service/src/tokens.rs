@@ -69,6 +69,11 @@ pub enum TokenError {
     Random(#[from] getrandom::Error),
 }
 
+/// The configured token, if one was given and is not empty.
+pub fn given(configured: Option<Token>) -> Option<Token> {
+    configured.and_then(|t| Token::new(&t.0))
+}
+
 /// The token to use: the configured one if given (non-empty), else the one in
 /// `dir/file`, else a new one written there.
 pub fn resolve(
@@ -76,7 +81,7 @@ pub fn resolve(
     dir: &Path,
     file: &str,
 ) -> Result<(Token, Origin), TokenError> {
-    if let Some(token) = configured.and_then(|t| Token::new(&t.0)) {
+    if let Some(token) = given(configured) {
         return Ok((token, Origin::Configured));
     }
     let path = dir.join(file);

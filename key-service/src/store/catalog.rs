@@ -2,12 +2,9 @@
 //! change to them writes a change-log row (with an empty `key_id`) in the same transaction:
 //! the snapshot version moves and filters pick up the new tables with their next delta.
 
-use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
-
 use super::keys::parse_list;
-use super::{Store, StoreError};
+use super::{with_pool, BeginWrite, Get, Store, StoreError};
+use serde::Serialize;
 
 /// A group as stored and shown by the API.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -59,127 +56,147 @@ impl GroupRow {
     }
 }
 
-fn group_row(row: &SqliteRow) -> Result<GroupRow, StoreError> {
-    let name: String = row.try_get("name")?;
-    let models = parse_list(&name, "groups.models", row.try_get("models")?)?;
+fn group_row(row: &impl Get) -> Result<GroupRow, StoreError> {
+    let name = row.text("name")?;
+    let models = parse_list(&name, "groups.models", row.text("models")?)?;
     Ok(GroupRow {
         models,
-        ratio: row.try_get("ratio")?,
-        rpm: row.try_get("rpm")?,
-        tpm: row.try_get("tpm")?,
+        ratio: row.real("ratio")?,
+        rpm: row.opt_int("rpm")?,
+        tpm: row.opt_int("tpm")?,
         name,
     })
 }
 
-fn price_row(row: &SqliteRow) -> Result<ModelPrice, StoreError> {
-    let input: f64 = row.try_get("input")?;
-    let cached: Option<f64> = row.try_get("cached_input")?;
+fn price_row(row: &impl Get) -> Result<ModelPrice, StoreError> {
+    let input = row.real("input")?;
     Ok(ModelPrice {
-        name: row.try_get("name")?,
+        name: row.text("name")?,
         input,
-        output: row.try_get("output")?,
-        cached_input: cached.unwrap_or(input),
+        output: row.real("output")?,
+        cached_input: row.opt_real("cached_input")?.unwrap_or(input),
     })
 }
 
-/// Records that the snapshot's tables changed. It is the first statement of its
-/// transaction, so SQLite takes the write lock at once.
-async fn record_table_change(
-    tx: &mut Transaction<'static, Sqlite>,
-    kind: &str,
-    now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO key_changes (key_id, kind, at) VALUES ('', $1, $2)")
-        .bind(kind)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+fn account_row(row: &impl Get) -> Result<AccountRow, StoreError> {
+    Ok(AccountRow {
+        name: row.text("name")?,
+        balance: row.opt_int("balance")?,
+    })
 }
+
+/// Records that the snapshot's tables changed (`$1` = what changed, `$2` = when).
+const RECORD_TABLE_CHANGE: &str = "INSERT INTO key_changes (key_id, kind, at) VALUES ('', $1, $2)";
 
 impl Store {
     pub async fn list_groups(&self) -> Result<Vec<GroupRow>, StoreError> {
-        let rows = sqlx::query("SELECT name, models, ratio, rpm, tpm FROM groups ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(group_row).collect()
+        with_pool!(self, |pool| {
+            let rows =
+                sqlx::query("SELECT name, models, ratio, rpm, tpm FROM groups ORDER BY name")
+                    .fetch_all(pool)
+                    .await?;
+            rows.iter().map(group_row).collect()
+        })
     }
 
     pub async fn get_group(&self, name: &str) -> Result<Option<GroupRow>, StoreError> {
-        let row = sqlx::query("SELECT name, models, ratio, rpm, tpm FROM groups WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(group_row).transpose()
+        with_pool!(self, |pool| {
+            let row =
+                sqlx::query("SELECT name, models, ratio, rpm, tpm FROM groups WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(pool)
+                    .await?;
+            row.as_ref().map(group_row).transpose()
+        })
     }
 
     /// Creates or replaces a group; `true` when it was created.
     pub async fn put_group(&self, group: &GroupRow, now: i64) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        record_table_change(&mut tx, "group", now).await?;
-        let existed = sqlx::query("SELECT 1 FROM groups WHERE name = $1")
+        let models = serde_json::to_string(&group.models).unwrap_or_else(|_| "[]".into());
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query(RECORD_TABLE_CHANGE)
+                .bind("group")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            let existed = sqlx::query("SELECT 1 FROM groups WHERE name = $1")
+                .bind(&group.name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            sqlx::query(
+                "INSERT INTO groups (name, models, ratio, rpm, tpm) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (name) DO UPDATE SET models = excluded.models, \
+                 ratio = excluded.ratio, rpm = excluded.rpm, tpm = excluded.tpm",
+            )
             .bind(&group.name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        sqlx::query(
-            "INSERT INTO groups (name, models, ratio, rpm, tpm) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (name) DO UPDATE SET models = excluded.models, \
-             ratio = excluded.ratio, rpm = excluded.rpm, tpm = excluded.tpm",
-        )
-        .bind(&group.name)
-        .bind(serde_json::to_string(&group.models).unwrap_or_else(|_| "[]".into()))
-        .bind(group.ratio)
-        .bind(group.rpm)
-        .bind(group.tpm)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(!existed)
+            .bind(&models)
+            .bind(group.ratio)
+            .bind(group.rpm)
+            .bind(group.tpm)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(!existed)
+        })
     }
 
     /// Deletes a group no key uses.
     pub async fn delete_group(&self, name: &str, now: i64) -> Result<Removed, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        record_table_change(&mut tx, "group", now).await?;
-        let used = sqlx::query("SELECT 1 FROM keys WHERE group_name = $1 LIMIT 1")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        if used {
-            tx.rollback().await?;
-            return Ok(Removed::InUse);
-        }
-        let deleted = sqlx::query("DELETE FROM groups WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if deleted == 0 {
-            tx.rollback().await?;
-            return Ok(Removed::NotFound);
-        }
-        tx.commit().await?;
-        Ok(Removed::Deleted)
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let used = sqlx::query("SELECT 1 FROM keys WHERE group_name = $1 LIMIT 1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if used {
+                tx.rollback().await?;
+                return Ok(Removed::InUse);
+            }
+            let deleted = sqlx::query("DELETE FROM groups WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if deleted == 0 {
+                tx.rollback().await?;
+                return Ok(Removed::NotFound);
+            }
+            // Logged only once it happened: a PostgreSQL sequence number taken by a
+            // rolled-back transaction stays taken (a harmless gap, but a needless one).
+            sqlx::query(RECORD_TABLE_CHANGE)
+                .bind("group")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Removed::Deleted)
+        })
     }
 
     pub async fn list_prices(&self) -> Result<Vec<ModelPrice>, StoreError> {
-        let rows =
-            sqlx::query("SELECT name, input, output, cached_input FROM model_prices ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter().map(price_row).collect()
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT name, input, output, cached_input FROM model_prices ORDER BY name",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(price_row).collect()
+        })
     }
 
     pub async fn get_price(&self, name: &str) -> Result<Option<ModelPrice>, StoreError> {
-        let row = sqlx::query(
-            "SELECT name, input, output, cached_input FROM model_prices WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(price_row).transpose()
+        with_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT name, input, output, cached_input FROM model_prices WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(price_row).transpose()
+        })
     }
 
     /// Sets a model's prices (`cached_input` `None` = the input price); `true` when the
@@ -191,60 +208,53 @@ impl Store {
         output: f64,
         cached_input: Option<f64>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE model_prices SET input = $2, output = $3, cached_input = $4 WHERE name = $1",
-        )
-        .bind(name)
-        .bind(input)
-        .bind(output)
-        .bind(cached_input)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            sqlx::query(
-                "INSERT INTO model_prices (name, input, output, cached_input) \
-                 VALUES ($1, $2, $3, $4)",
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let updated = sqlx::query(
+                "UPDATE model_prices SET input = $2, output = $3, cached_input = $4 \
+                 WHERE name = $1",
             )
             .bind(name)
             .bind(input)
             .bind(output)
             .bind(cached_input)
             .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(updated == 0)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                sqlx::query(
+                    "INSERT INTO model_prices (name, input, output, cached_input) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(name)
+                .bind(input)
+                .bind(output)
+                .bind(cached_input)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(updated == 0)
+        })
     }
 
     pub async fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError> {
-        let rows = sqlx::query("SELECT name, balance FROM accounts ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AccountRow {
-                    name: row.try_get("name")?,
-                    balance: row.try_get("balance")?,
-                })
-            })
-            .collect()
+        with_pool!(self, |pool| {
+            let rows = sqlx::query("SELECT name, balance FROM accounts ORDER BY name")
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(account_row).collect()
+        })
     }
 
     pub async fn get_account(&self, name: &str) -> Result<Option<AccountRow>, StoreError> {
-        let row = sqlx::query("SELECT name, balance FROM accounts WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row
-            .map(|row| -> Result<AccountRow, sqlx::Error> {
-                Ok(AccountRow {
-                    name: row.try_get("name")?,
-                    balance: row.try_get("balance")?,
-                })
-            })
-            .transpose()?)
+        with_pool!(self, |pool| {
+            let row = sqlx::query("SELECT name, balance FROM accounts WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(account_row).transpose()
+        })
     }
 
     /// Adds an account (`balance` `None` = unlimited); a duplicate name is a unique
@@ -255,15 +265,21 @@ impl Store {
         balance: Option<i64>,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        record_table_change(&mut tx, "account", now).await?;
-        sqlx::query("INSERT INTO accounts (name, balance) VALUES ($1, $2)")
-            .bind(name)
-            .bind(balance)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            sqlx::query("INSERT INTO accounts (name, balance) VALUES ($1, $2)")
+                .bind(name)
+                .bind(balance)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(RECORD_TABLE_CHANGE)
+                .bind("account")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Sets an account's balance; `false` when there is no such account.
@@ -273,20 +289,26 @@ impl Store {
         balance: Option<i64>,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        record_table_change(&mut tx, "account", now).await?;
-        let updated = sqlx::query("UPDATE accounts SET balance = $2 WHERE name = $1")
-            .bind(name)
-            .bind(balance)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if updated == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        tx.commit().await?;
-        Ok(true)
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let updated = sqlx::query("UPDATE accounts SET balance = $2 WHERE name = $1")
+                .bind(name)
+                .bind(balance)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if updated == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query(RECORD_TABLE_CHANGE)
+                .bind("account")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 }
 
@@ -297,7 +319,7 @@ mod tests {
 
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        let store = Store::open_for_test(dir.path()).await.unwrap();
         (dir, store)
     }
 

@@ -4,12 +4,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::{with_pool, BeginWrite, Dialect, Get, Store, StoreError};
 use keygate::snapshot::{AccountRecord, GroupRecord, KeyRecord, TablesWire};
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
-
-use super::{Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,11 +114,12 @@ pub struct KeyFilter {
 }
 
 // Each key as the filter's `KeyRecord` JSON, built by the database: decoding a dozen
-// columns per row in Rust costs several times what SQLite takes to write the text, and a
-// full snapshot of a million keys must take seconds, not tens of them. Fields at their
-// default (no expiry, no lists, unlimited) are left out, as `KeyRecord` serializes them.
-macro_rules! record_json {
-    ($hash:literal, $expires:literal) => {
+// columns per row in Rust costs several times what the database takes to write the text,
+// and a full snapshot of a million keys must take seconds, not tens of them. Fields at
+// their default (no expiry, no lists, unlimited) are left out, as `KeyRecord` serializes
+// them. `$hash` and `$expires` are the SQL of the record's hash and expiry.
+macro_rules! sqlite_record {
+    ($hash:expr, $expires:expr) => {
         concat!(
             "'{\"id\":' || json_quote(k.id) || ',\"name\":' || json_quote(k.name) \
              || ',\"hash\":' || json_quote(",
@@ -143,30 +141,93 @@ macro_rules! record_json {
     };
 }
 
-macro_rules! snapshot_columns {
-    () => {
+// The same record in PostgreSQL: NULL fields are dropped by json_strip_nulls.
+macro_rules! postgres_record {
+    ($hash:expr, $expires:expr) => {
         concat!(
-            "SELECT k.rowid AS rowid, ",
-            record_json!("k.key_hash", "k.expires_at"),
-            " AS record FROM keys k"
+            "json_strip_nulls(json_build_object('id', k.id, 'name', k.name, 'hash', ",
+            $hash,
+            ", 'account', k.account, 'group', k.group_name, 'enabled', k.enabled, \
+             'expires_at', ",
+            $expires,
+            ", 'ip_allowlist', CASE WHEN k.ip_allowlist = '[]' THEN NULL \
+                ELSE k.ip_allowlist::json END, \
+             'models', CASE WHEN k.models = '[]' THEN NULL ELSE k.models::json END, \
+             'remaining_quota', CASE WHEN k.unlimited_quota THEN NULL \
+                ELSE k.quota - k.used_quota END))::text"
         )
     };
 }
 
-// The old secrets still in their grace period, as records of their key that expire when
-// the grace ends. `$1` = now.
-macro_rules! grace_records {
+// An old secret in its grace period is a record of its key that expires when the grace
+// ends (or the key does, if sooner).
+macro_rules! grace_expiry {
     () => {
-        concat!(
-            "SELECT ",
-            record_json!(
-                "g.key_hash",
-                "MIN(COALESCE(k.expires_at, g.until), g.until)"
-            ),
-            " AS record FROM grace_secrets g JOIN keys k ON k.id = g.key_id WHERE g.until > $1"
-        )
+        "CASE WHEN k.expires_at IS NOT NULL AND k.expires_at < g.until \
+         THEN k.expires_at ELSE g.until END"
     };
 }
+
+// Every statement of `Dialect` for one engine, from its record macro.
+macro_rules! dialect {
+    ($record:ident, cursor: $cursor:literal, after: $after:literal, first: $first:literal) => {
+        Dialect {
+            snapshot_page: concat!(
+                "SELECT ",
+                $cursor,
+                " AS cursor, ",
+                $record!("k.key_hash", "k.expires_at"),
+                " AS record FROM keys k WHERE ",
+                $after,
+                " LIMIT $2"
+            ),
+            first_cursor: $first,
+            snapshot_changed: concat!(
+                "SELECT ",
+                $record!("k.key_hash", "k.expires_at"),
+                " AS record FROM keys k \
+                 WHERE k.id IN (SELECT key_id FROM key_changes WHERE seq > $1) ORDER BY k.id"
+            ),
+            grace_records: concat!(
+                "SELECT ",
+                $record!("g.key_hash", grace_expiry!()),
+                " AS record FROM grace_secrets g JOIN keys k ON k.id = g.key_id \
+                 WHERE g.until > $1"
+            ),
+            grace_changed: concat!(
+                "SELECT ",
+                $record!("g.key_hash", grace_expiry!()),
+                " AS record FROM grace_secrets g JOIN keys k ON k.id = g.key_id \
+                 WHERE g.until > $1 \
+                 AND k.id IN (SELECT key_id FROM key_changes WHERE seq > $2)"
+            ),
+            record_by_hash: concat!(
+                "SELECT record FROM (SELECT ",
+                $record!("k.key_hash", "k.expires_at"),
+                " AS record FROM keys k WHERE k.key_hash = $2) AS current \
+                 UNION ALL SELECT record FROM (SELECT ",
+                $record!("g.key_hash", grace_expiry!()),
+                " AS record FROM grace_secrets g JOIN keys k ON k.id = g.key_id \
+                 WHERE g.until > $1 AND g.key_hash = $2) AS grace LIMIT 1"
+            ),
+        }
+    };
+}
+
+// Full snapshots walk SQLite's table in storage (rowid) order, several times faster than
+// any index order for a million keys; PostgreSQL walks the primary key.
+pub(crate) static SQLITE: Dialect = dialect!(
+    sqlite_record,
+    cursor: "CAST(k.rowid AS TEXT)",
+    after: "k.rowid > CAST($1 AS INTEGER) ORDER BY k.rowid",
+    first: "0"
+);
+pub(crate) static POSTGRES: Dialect = dialect!(
+    postgres_record,
+    cursor: "k.id",
+    after: "k.id > $1 ORDER BY k.id",
+    first: ""
+);
 
 // The contract's definition of a key's status, with `$1` = now (unix seconds). Written as
 // a macro so that `concat!` can build whole `&'static str` queries around it.
@@ -206,48 +267,83 @@ const LIST_KEYS: &str = concat!(
 );
 const COUNT_KEYS: &str = concat!("SELECT COUNT(*) FROM (", key_view!(), ") v", key_filter!());
 
+/// One change-log row: key id, kind, time, the hash it takes out of service (or NULL).
+const RECORD_CHANGE: &str =
+    "INSERT INTO key_changes (key_id, kind, at, revoked_hash) VALUES ($1, $2, $3, $4)";
+const GROUP_TABLE: &str = "SELECT name, models FROM groups ORDER BY name";
+const ACCOUNT_TABLE: &str = "SELECT name, balance FROM accounts ORDER BY name";
+
+/// What `change_one` does to a key.
+enum Change<'a> {
+    Edit(&'a KeyEdit),
+    Rotate {
+        key_hash: &'a str,
+        masked_key: &'a str,
+    },
+    Delete,
+}
+
+impl Change<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Change::Edit(_) => "updated",
+            Change::Rotate { .. } => "rotated",
+            Change::Delete => "deleted",
+        }
+    }
+}
+
 impl Store {
     /// Stores `keys` and one `created` change per key, all or none.
     pub async fn insert_keys(&self, keys: &[NewKey], now: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for key in keys {
-            // The INSERT comes first in the transaction so that SQLite takes the write
-            // lock at once (waiting out other writers) rather than failing on upgrade.
-            sqlx::query(
-                "INSERT INTO keys (id, name, key_hash, masked_key, account, group_name, \
-                     enabled, expires_at, unlimited_quota, quota, used_quota, models, \
-                     ip_allowlist, created_at, updated_at, last_used_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9, 0, $10, $11, $12, $12, NULL)",
-            )
-            .bind(&key.id)
-            .bind(&key.name)
-            .bind(&key.key_hash)
-            .bind(&key.masked_key)
-            .bind(&key.account)
-            .bind(&key.group)
-            .bind(key.expires_at)
-            .bind(key.unlimited_quota)
-            .bind(key.quota)
-            .bind(json_list(&key.models))
-            .bind(json_list(&key.ip_allowlist))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            record_change(&mut tx, &key.id, "created", now, None).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            for key in keys {
+                sqlx::query(
+                    "INSERT INTO keys (id, name, key_hash, masked_key, account, group_name, \
+                         enabled, expires_at, unlimited_quota, quota, used_quota, models, \
+                         ip_allowlist, created_at, updated_at, last_used_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9, 0, $10, $11, $12, $12, \
+                         NULL)",
+                )
+                .bind(&key.id)
+                .bind(&key.name)
+                .bind(&key.key_hash)
+                .bind(&key.masked_key)
+                .bind(&key.account)
+                .bind(&key.group)
+                .bind(key.expires_at)
+                .bind(key.unlimited_quota)
+                .bind(key.quota)
+                .bind(json_list(&key.models))
+                .bind(json_list(&key.ip_allowlist))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(RECORD_CHANGE)
+                    .bind(&key.id)
+                    .bind("created")
+                    .bind(now)
+                    .bind(None::<&str>)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     pub async fn get_key(&self, id: &str, now: i64) -> Result<Option<KeyRow>, StoreError> {
-        sqlx::query(GET_KEY)
-            .bind(now)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(key_row)
-            .transpose()
+        with_pool!(self, |pool| {
+            sqlx::query(GET_KEY)
+                .bind(now)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .as_ref()
+                .map(key_row)
+                .transpose()
+        })
     }
 
     /// One page of the keys matching `filter`, newest first, and how many match in all.
@@ -260,52 +356,33 @@ impl Store {
     ) -> Result<(Vec<KeyRow>, u64), StoreError> {
         let status = filter.status.map(KeyStatus::as_str);
         let pattern = filter.name_contains.as_deref().map(like_pattern);
-        let total: i64 = sqlx::query_scalar(COUNT_KEYS)
-            .bind(now)
-            .bind(status)
-            .bind(filter.group.as_deref())
-            .bind(filter.account.as_deref())
-            .bind(pattern.as_deref())
-            .fetch_one(&self.pool)
-            .await?;
-        let rows = sqlx::query(LIST_KEYS)
-            .bind(now)
-            .bind(status)
-            .bind(filter.group.as_deref())
-            .bind(filter.account.as_deref())
-            .bind(pattern.as_deref())
-            .bind(i64::from(limit))
-            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        let keys = rows.iter().map(key_row).collect::<Result<_, _>>()?;
-        Ok((keys, u64::try_from(total).unwrap_or(0)))
+        with_pool!(self, |pool| {
+            let total: i64 = sqlx::query_scalar(COUNT_KEYS)
+                .bind(now)
+                .bind(status)
+                .bind(filter.group.as_deref())
+                .bind(filter.account.as_deref())
+                .bind(pattern.as_deref())
+                .fetch_one(pool)
+                .await?;
+            let rows = sqlx::query(LIST_KEYS)
+                .bind(now)
+                .bind(status)
+                .bind(filter.group.as_deref())
+                .bind(filter.account.as_deref())
+                .bind(pattern.as_deref())
+                .bind(i64::from(limit))
+                .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await?;
+            let keys = rows.iter().map(key_row).collect::<Result<_, _>>()?;
+            Ok((keys, u64::try_from(total).unwrap_or(0)))
+        })
     }
 
     /// Applies an edit to a key; `false` when there is no such key.
     pub async fn update_key(&self, id: &str, edit: &KeyEdit, now: i64) -> Result<bool, StoreError> {
-        // COALESCE keeps a column whose new value was not given; `expires_at` has its
-        // own flag since NULL (never expires) is a value one can set.
-        let query = sqlx::query(
-            "UPDATE keys SET name = COALESCE($2, name), group_name = COALESCE($3, group_name), \
-                 expires_at = CASE WHEN $4 THEN $5 ELSE expires_at END, \
-                 quota = COALESCE($6, quota), unlimited_quota = COALESCE($7, unlimited_quota), \
-                 models = COALESCE($8, models), ip_allowlist = COALESCE($9, ip_allowlist), \
-                 enabled = COALESCE($10, enabled), updated_at = $11 \
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(edit.name.as_deref())
-        .bind(edit.group.as_deref())
-        .bind(edit.expires_at.is_some())
-        .bind(edit.expires_at.flatten())
-        .bind(edit.quota)
-        .bind(edit.unlimited_quota)
-        .bind(edit.models.as_deref().map(json_list))
-        .bind(edit.ip_allowlist.as_deref().map(json_list))
-        .bind(edit.enabled)
-        .bind(now);
-        self.change_one(query, id, "updated", now, Revokes::Nothing)
+        self.change_one(id, Change::Edit(edit), now, Revokes::Nothing)
             .await
     }
 
@@ -320,24 +397,20 @@ impl Store {
         now: i64,
         grace_until: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let query = sqlx::query(
-            "UPDATE keys SET key_hash = $2, masked_key = $3, updated_at = $4 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(key_hash)
-        .bind(masked_key)
-        .bind(now);
         let revokes = match grace_until {
             Some(until) => Revokes::OldHashAt(until),
             None => Revokes::OldHash,
         };
-        self.change_one(query, id, "rotated", now, revokes).await
+        let change = Change::Rotate {
+            key_hash,
+            masked_key,
+        };
+        self.change_one(id, change, now, revokes).await
     }
 
     /// Deletes a key; `false` when there is no such key. Its change-log rows stay.
     pub async fn delete_key(&self, id: &str, now: i64) -> Result<bool, StoreError> {
-        let query = sqlx::query("DELETE FROM keys WHERE id = $1").bind(id);
-        self.change_one(query, id, "deleted", now, Revokes::Every)
+        self.change_one(id, Change::Delete, now, Revokes::Every)
             .await
     }
 
@@ -350,73 +423,118 @@ impl Store {
         self.update_key(id, &edit, now).await
     }
 
-    /// Runs a statement that changes the key `id` and, if it changed a row, records the
-    /// change in the same transaction (with the hash it took out of service, if it does);
-    /// `false` when there is no such key.
-    async fn change_one<'q>(
+    /// Changes the key `id` and, if there is one, records the change in the same
+    /// transaction (with the hash it took out of service, if it does); `false` when there
+    /// is no such key.
+    async fn change_one(
         &self,
-        statement: sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>::Arguments>,
         id: &str,
-        kind: &str,
+        change: Change<'_>,
         now: i64,
         revokes: Revokes,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The log row first: it takes SQLite's write lock at once, and reads the hash
-        // being revoked before the statement can change it. No row: no such key.
-        let logged = sqlx::query(
-            "INSERT INTO key_changes (key_id, kind, at, revoked_hash) \
-             SELECT id, $2, $3, CASE WHEN $4 THEN key_hash END FROM keys WHERE id = $1",
-        )
-        .bind(id)
-        .bind(kind)
-        .bind(now)
-        .bind(matches!(revokes, Revokes::OldHash | Revokes::Every))
-        .execute(&mut *tx)
-        .await?;
-        match revokes {
-            Revokes::OldHashAt(until) => {
-                sqlx::query(
-                    "INSERT INTO grace_secrets (key_hash, key_id, until) \
-                     SELECT key_hash, id, $2 FROM keys WHERE id = $1",
-                )
-                .bind(id)
-                .bind(until)
-                .execute(&mut *tx)
-                .await?;
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            // The log row first: it reads the hash being revoked before the change can
+            // replace it. No row: no such key.
+            let logged = sqlx::query(
+                "INSERT INTO key_changes (key_id, kind, at, revoked_hash) \
+                 SELECT id, $2, $3, CASE WHEN $4 THEN key_hash END FROM keys WHERE id = $1",
+            )
+            .bind(id)
+            .bind(change.kind())
+            .bind(now)
+            .bind(matches!(revokes, Revokes::OldHash | Revokes::Every))
+            .execute(&mut *tx)
+            .await?;
+            if logged.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
             }
-            Revokes::Every => {
-                // Old secrets still in their grace period go with the key.
-                sqlx::query(
-                    "INSERT INTO key_changes (key_id, kind, at, revoked_hash) \
-                     SELECT key_id, $2, $3, key_hash FROM grace_secrets WHERE key_id = $1",
-                )
-                .bind(id)
-                .bind(kind)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM grace_secrets WHERE key_id = $1")
+            match revokes {
+                Revokes::OldHashAt(until) => {
+                    sqlx::query(
+                        "INSERT INTO grace_secrets (key_hash, key_id, until) \
+                         SELECT key_hash, id, $2 FROM keys WHERE id = $1",
+                    )
                     .bind(id)
+                    .bind(until)
                     .execute(&mut *tx)
                     .await?;
+                }
+                Revokes::Every => {
+                    // Old secrets still in their grace period go with the key.
+                    sqlx::query(
+                        "INSERT INTO key_changes (key_id, kind, at, revoked_hash) \
+                         SELECT key_id, $2, $3, key_hash FROM grace_secrets WHERE key_id = $1",
+                    )
+                    .bind(id)
+                    .bind(change.kind())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("DELETE FROM grace_secrets WHERE key_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Revokes::Nothing | Revokes::OldHash => {}
             }
-            Revokes::Nothing | Revokes::OldHash => {}
-        }
-        if logged.rows_affected() == 0 || statement.execute(&mut *tx).await?.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        tx.commit().await?;
-        Ok(true)
+            let statement = match change {
+                // COALESCE keeps a column whose new value was not given; `expires_at` has
+                // its own flag since NULL (never expires) is a value one can set.
+                Change::Edit(edit) => sqlx::query(
+                    "UPDATE keys SET name = COALESCE($2, name), \
+                         group_name = COALESCE($3, group_name), \
+                         expires_at = CASE WHEN $4 THEN $5 ELSE expires_at END, \
+                         quota = COALESCE($6, quota), \
+                         unlimited_quota = COALESCE($7, unlimited_quota), \
+                         models = COALESCE($8, models), \
+                         ip_allowlist = COALESCE($9, ip_allowlist), \
+                         enabled = COALESCE($10, enabled), updated_at = $11 \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(edit.name.as_deref())
+                .bind(edit.group.as_deref())
+                .bind(edit.expires_at.is_some())
+                .bind(edit.expires_at.flatten())
+                .bind(edit.quota)
+                .bind(edit.unlimited_quota)
+                .bind(edit.models.as_deref().map(json_list))
+                .bind(edit.ip_allowlist.as_deref().map(json_list))
+                .bind(edit.enabled)
+                .bind(now),
+                Change::Rotate {
+                    key_hash,
+                    masked_key,
+                } => sqlx::query(
+                    "UPDATE keys SET key_hash = $2, masked_key = $3, updated_at = $4 \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(key_hash)
+                .bind(masked_key)
+                .bind(now),
+                Change::Delete => sqlx::query("DELETE FROM keys WHERE id = $1").bind(id),
+            };
+            if statement.execute(&mut *tx).await?.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
     /// The version of the key data: the last change's sequence number, 0 before any.
     /// Read from the database, so every replica sharing it answers the same.
     pub async fn snapshot_version(&self) -> Result<u64, StoreError> {
-        let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
-            .fetch_one(&self.pool)
-            .await?;
+        let version: i64 = with_pool!(self, |pool| {
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
+                .fetch_one(pool)
+                .await?
+        });
         Ok(u64::try_from(version).unwrap_or(0))
     }
 
@@ -425,110 +543,94 @@ impl Store {
     /// With `since: Some(v)` for a version this database has passed (`0 < v <= now`), a
     /// delta: only the keys changed after `v`, as they are now, and the hashes revoked
     /// since (rotated away or deleted). Otherwise (no `since`, or a version from another
-    /// database) one page of the full snapshot: up to `page.limit` keys in storage order
-    /// after the cursor `page.after`, with `next` set to the cursor of the following page if
-    /// there may be one.
+    /// database) one page of the full snapshot: up to `page.limit` keys after the cursor
+    /// `page.after`, with `next` set to the cursor of the following page if there may be
+    /// one.
     pub async fn snapshot(
         &self,
         since: Option<u64>,
         page: &SnapshotPage,
         now: i64,
     ) -> Result<SnapshotBody, StoreError> {
-        // One read transaction, version first: should a change commit in between anyway
-        // (an engine without snapshot reads), the keys are newer than the version, never
-        // older, and the next poll sees a new version and fetches again.
-        let mut tx = self.pool.begin().await?;
-        let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
-            .fetch_one(&mut *tx)
-            .await?;
-        // A delta needs every change after `since` still in the log: pruning keeps the
-        // newest row, so `since` must be at least the oldest kept sequence minus one.
-        // Otherwise the answer is a full snapshot, which the filter takes as a reload.
-        let oldest: i64 = sqlx::query_scalar("SELECT COALESCE(MIN(seq), 1) FROM key_changes")
-            .fetch_one(&mut *tx)
-            .await?;
-        let since = since
-            .and_then(|v| i64::try_from(v).ok())
-            .filter(|v| (1..=version).contains(v) && *v >= oldest - 1);
         let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
-        let (rows, revoked, grace): (_, _, Vec<String>) = match since {
-            None => {
-                let rows = sqlx::query(concat!(
-                    snapshot_columns!(),
-                    " WHERE rowid > $1 ORDER BY rowid LIMIT $2"
-                ))
-                .bind(
-                    page.after
-                        .as_deref()
-                        .and_then(|a| a.parse::<i64>().ok())
-                        .unwrap_or(0),
-                )
-                .bind(limit)
-                .fetch_all(&mut *tx)
+        with_pool!(self, |pool, sql| {
+            // One read transaction, version first: should a change commit in between
+            // anyway (an engine without snapshot reads), the keys are newer than the
+            // version, never older, and the next poll sees a new version and fetches again.
+            let mut tx = pool.begin().await?;
+            let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
+                .fetch_one(&mut *tx)
                 .await?;
-                // Old secrets in their grace period are few: they come with the first page.
-                let grace = match page.after {
-                    None => {
-                        sqlx::query_scalar(grace_records!())
+            // A delta needs every change after `since` still in the log: pruning keeps
+            // the newest row, so `since` must be at least the oldest kept sequence minus
+            // one. Otherwise the answer is a full snapshot, which the filter takes as a
+            // reload.
+            let oldest: i64 = sqlx::query_scalar("SELECT COALESCE(MIN(seq), 1) FROM key_changes")
+                .fetch_one(&mut *tx)
+                .await?;
+            let since = since
+                .and_then(|v| i64::try_from(v).ok())
+                .filter(|v| (1..=version).contains(v) && *v >= oldest - 1);
+            let mut next = None;
+            let (keys, revoked) = match since {
+                None => {
+                    let rows = sqlx::query(sql.snapshot_page)
+                        .bind(page.after.as_deref().unwrap_or(sql.first_cursor))
+                        .bind(limit)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    if i64::try_from(rows.len()).is_ok_and(|n| n >= limit) {
+                        next = rows.last().map(|row| row.text("cursor")).transpose()?;
+                    }
+                    let mut keys: Vec<String> = rows
+                        .iter()
+                        .map(|row| row.text("record"))
+                        .collect::<Result<_, _>>()?;
+                    // Old secrets in their grace period are few: they come with the first
+                    // page.
+                    if page.after.is_none() {
+                        let grace: Vec<String> = sqlx::query_scalar(sql.grace_records)
                             .bind(now)
                             .fetch_all(&mut *tx)
-                            .await?
+                            .await?;
+                        keys.extend(grace);
                     }
-                    Some(_) => Vec::new(),
-                };
-                (rows, Vec::new(), grace)
-            }
-            Some(since) => {
-                let rows = sqlx::query(concat!(
-                    snapshot_columns!(),
-                    " WHERE id IN (SELECT key_id FROM key_changes WHERE seq > $1) ORDER BY id"
-                ))
-                .bind(since)
-                .fetch_all(&mut *tx)
-                .await?;
-                let revoked: Vec<String> = sqlx::query_scalar(
-                    "SELECT DISTINCT revoked_hash FROM key_changes \
-                     WHERE seq > $1 AND revoked_hash IS NOT NULL ORDER BY revoked_hash",
-                )
-                .bind(since)
-                .fetch_all(&mut *tx)
-                .await?;
-                let grace = sqlx::query_scalar(concat!(
-                    grace_records!(),
-                    " AND k.id IN (SELECT key_id FROM key_changes WHERE seq > $2)"
-                ))
-                .bind(now)
-                .bind(since)
-                .fetch_all(&mut *tx)
-                .await?;
-                (rows, revoked, grace)
-            }
-        };
-        let TablesWire { groups, accounts } = read_tables(&mut tx).await?;
-        tx.commit().await?;
-        let mut keys: Vec<String> = rows
-            .iter()
-            .map(|row| row.try_get::<String, _>("record"))
-            .collect::<Result<_, _>>()?;
-        keys.extend(grace);
-        // The cursor is the last row's rowid: pages walk the table in storage order, which
-        // is several times faster than any index order for a million keys.
-        let next = match since {
-            None if i64::try_from(rows.len()).is_ok_and(|n| n >= limit) => rows
-                .last()
-                .map(|row| row.try_get::<i64, _>("rowid"))
-                .transpose()?
-                .map(|rowid| rowid.to_string()),
-            _ => None,
-        };
-        Ok(SnapshotBody {
-            version: u64::try_from(version).unwrap_or(0),
-            delta: since.is_some(),
-            keys,
-            revoked,
-            next,
-            groups,
-            accounts,
+                    (keys, Vec::new())
+                }
+                Some(since) => {
+                    let mut keys: Vec<String> = sqlx::query_scalar(sql.snapshot_changed)
+                        .bind(since)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let revoked: Vec<String> = sqlx::query_scalar(
+                        "SELECT DISTINCT revoked_hash FROM key_changes \
+                         WHERE seq > $1 AND revoked_hash IS NOT NULL ORDER BY revoked_hash",
+                    )
+                    .bind(since)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let grace: Vec<String> = sqlx::query_scalar(sql.grace_changed)
+                        .bind(now)
+                        .bind(since)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    keys.extend(grace);
+                    (keys, revoked)
+                }
+            };
+            let groups = sqlx::query(GROUP_TABLE).fetch_all(&mut *tx).await?;
+            let accounts = sqlx::query(ACCOUNT_TABLE).fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            let TablesWire { groups, accounts } = tables(&groups, &accounts)?;
+            Ok(SnapshotBody {
+                version: u64::try_from(version).unwrap_or(0),
+                delta: since.is_some(),
+                keys,
+                revoked,
+                next,
+                groups,
+                accounts,
+            })
         })
     }
 }
@@ -538,30 +640,36 @@ impl Store {
     /// newest so the version never goes back. A filter whose version is older than what is
     /// left gets a full snapshot instead of a delta. Returns the rows deleted.
     pub async fn prune_changes(&self, before: i64) -> Result<u64, StoreError> {
-        let deleted = sqlx::query(
-            "DELETE FROM key_changes WHERE at < $1 \
-             AND seq < (SELECT MAX(seq) FROM key_changes)",
-        )
-        .bind(before)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(deleted)
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let deleted = sqlx::query(
+                "DELETE FROM key_changes WHERE at < $1 \
+                 AND seq < (SELECT MAX(seq) FROM key_changes)",
+            )
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(deleted)
+        })
     }
 
     /// How many keys have each status (the contract's definition) at `now`.
     pub async fn count_keys_by_status(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT v.status AS status, COUNT(*) AS n FROM (",
-            key_view!(),
-            ") v GROUP BY v.status ORDER BY v.status"
-        ))
-        .bind(now)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("status")?, row.try_get("n")?)))
-            .collect()
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(concat!(
+                "SELECT v.status AS status, COUNT(*) AS n FROM (",
+                key_view!(),
+                ") v GROUP BY v.status ORDER BY v.status"
+            ))
+            .bind(now)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| Ok((row.text("status")?, row.int("n")?)))
+                .collect()
+        })
     }
 
     /// The key (or old secret in its grace period) whose secret hashes to `hash_hex`, as
@@ -572,23 +680,22 @@ impl Store {
         hash_hex: Option<&str>,
         now: i64,
     ) -> Result<(Option<KeyRecord>, TablesWire), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let record: Option<String> = match hash_hex {
-            Some(hash) => {
-                sqlx::query_scalar(concat!(
-                    "SELECT record FROM (",
-                    snapshot_columns!(),
-                    " WHERE k.key_hash = $2) UNION ALL SELECT record FROM (",
-                    grace_records!(),
-                    " AND g.key_hash = $2) LIMIT 1"
-                ))
-                .bind(now)
-                .bind(hash)
-                .fetch_optional(&mut *conn)
-                .await?
-            }
-            None => None,
-        };
+        let (record, tables) = with_pool!(self, |pool, sql| {
+            let mut conn = pool.acquire().await?;
+            let record: Option<String> = match hash_hex {
+                Some(hash) => {
+                    sqlx::query_scalar(sql.record_by_hash)
+                        .bind(now)
+                        .bind(hash)
+                        .fetch_optional(&mut *conn)
+                        .await?
+                }
+                None => None,
+            };
+            let groups = sqlx::query(GROUP_TABLE).fetch_all(&mut *conn).await?;
+            let accounts = sqlx::query(ACCOUNT_TABLE).fetch_all(&mut *conn).await?;
+            (record, tables(&groups, &accounts)?)
+        });
         let record = record
             .map(|json| {
                 serde_json::from_str::<KeyRecord>(&json).map_err(|e| StoreError::Corrupt {
@@ -598,23 +705,18 @@ impl Store {
                 })
             })
             .transpose()?;
-        Ok((record, read_tables(&mut conn).await?))
+        Ok((record, tables))
     }
 }
 
-/// Every group's model list and every account's balance.
-async fn read_tables(conn: &mut SqliteConnection) -> Result<TablesWire, StoreError> {
-    let group_rows = sqlx::query("SELECT name, models FROM groups ORDER BY name")
-        .fetch_all(&mut *conn)
-        .await?;
-    let account_rows = sqlx::query("SELECT name, balance FROM accounts ORDER BY name")
-        .fetch_all(&mut *conn)
-        .await?;
+/// Every group's model list and every account's balance, from `GROUP_TABLE` and
+/// `ACCOUNT_TABLE`.
+fn tables(group_rows: &[impl Get], account_rows: &[impl Get]) -> Result<TablesWire, StoreError> {
     let groups = group_rows
         .iter()
         .map(|row| {
-            let name: String = row.try_get("name")?;
-            let models = parse_list(&name, "groups.models", row.try_get("models")?)?;
+            let name = row.text("name")?;
+            let models = parse_list(&name, "groups.models", row.text("models")?)?;
             Ok(GroupRecord { name, models })
         })
         .collect::<Result<_, StoreError>>()?;
@@ -622,8 +724,8 @@ async fn read_tables(conn: &mut SqliteConnection) -> Result<TablesWire, StoreErr
         .iter()
         .map(|row| {
             Ok(AccountRecord {
-                name: row.try_get("name")?,
-                balance: row.try_get("balance")?,
+                name: row.text("name")?,
+                balance: row.opt_int("balance")?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()?;
@@ -702,49 +804,32 @@ pub struct SnapshotPage {
     pub limit: usize,
 }
 
-async fn record_change(
-    tx: &mut Transaction<'static, Sqlite>,
-    key_id: &str,
-    kind: &str,
-    now: i64,
-    revoked_hash: Option<&str>,
-) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO key_changes (key_id, kind, at, revoked_hash) VALUES ($1, $2, $3, $4)")
-        .bind(key_id)
-        .bind(kind)
-        .bind(now)
-        .bind(revoked_hash)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-fn key_row(row: &SqliteRow) -> Result<KeyRow, StoreError> {
-    let id: String = row.try_get("id")?;
-    let status: String = row.try_get("status")?;
+fn key_row(row: &impl Get) -> Result<KeyRow, StoreError> {
+    let id = row.text("id")?;
+    let status = row.text("status")?;
     let status = status.parse().map_err(|()| StoreError::Corrupt {
         id: id.clone(),
         column: "status",
         detail: status,
     })?;
-    let models = parse_list(&id, "models", row.try_get("models")?)?;
-    let ip_allowlist = parse_list(&id, "ip_allowlist", row.try_get("ip_allowlist")?)?;
+    let models = parse_list(&id, "models", row.text("models")?)?;
+    let ip_allowlist = parse_list(&id, "ip_allowlist", row.text("ip_allowlist")?)?;
     Ok(KeyRow {
-        name: row.try_get("name")?,
-        masked_key: row.try_get("masked_key")?,
-        account: row.try_get("account")?,
-        group: row.try_get("group_name")?,
+        name: row.text("name")?,
+        masked_key: row.text("masked_key")?,
+        account: row.text("account")?,
+        group: row.text("group_name")?,
         status,
-        enabled: row.try_get("enabled")?,
-        expires_at: row.try_get("expires_at")?,
-        unlimited_quota: row.try_get("unlimited_quota")?,
-        quota: row.try_get("quota")?,
-        used_quota: row.try_get("used_quota")?,
+        enabled: row.flag("enabled")?,
+        expires_at: row.opt_int("expires_at")?,
+        unlimited_quota: row.flag("unlimited_quota")?,
+        quota: row.int("quota")?,
+        used_quota: row.int("used_quota")?,
         models,
         ip_allowlist,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        last_used_at: row.try_get("last_used_at")?,
+        created_at: row.int("created_at")?,
+        updated_at: row.int("updated_at")?,
+        last_used_at: row.opt_int("last_used_at")?,
         id,
     })
 }
@@ -817,7 +902,7 @@ mod tests {
     #[tokio::test]
     async fn each_change_is_logged_and_raises_the_version() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        let store = Store::open_for_test(dir.path()).await.unwrap();
         store
             .insert_keys(&[new_key("a", "one"), new_key("b", "two")], 100)
             .await
@@ -853,27 +938,37 @@ mod tests {
     #[tokio::test]
     async fn full_snapshots_come_in_pages() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
-        let keys: Vec<NewKey> = ["c", "a", "b"].iter().map(|id| new_key(id, id)).collect();
+        let store = Store::open_for_test(dir.path()).await.unwrap();
+        let keys: Vec<NewKey> = ["c", "a", "b", "e", "d"]
+            .iter()
+            .map(|id| new_key(id, id))
+            .collect();
         store.insert_keys(&keys, 100).await.unwrap();
         let mut page = SnapshotPage {
             after: None,
             limit: 2,
         };
-        let first = wire(store.snapshot(None, &page, 0).await.unwrap());
-        let ids: Vec<&str> = first.keys.iter().map(|k| k.id.as_str()).collect();
-        assert_eq!(ids, ["c", "a"], "storage order");
-        assert_eq!(first.next.as_deref(), Some("2"));
-        page.after = first.next;
-        let second = wire(store.snapshot(None, &page, 0).await.unwrap());
-        let ids: Vec<&str> = second.keys.iter().map(|k| k.id.as_str()).collect();
-        assert_eq!((ids, second.next), (vec!["b"], None));
+        let mut seen = Vec::new();
+        let mut sizes = Vec::new();
+        loop {
+            let body = wire(store.snapshot(None, &page, 0).await.unwrap());
+            sizes.push(body.keys.len());
+            seen.extend(body.keys.into_iter().map(|k| k.id));
+            match body.next {
+                Some(next) => page.after = Some(next),
+                None => break,
+            }
+        }
+        // Full pages until the last; every key exactly once.
+        assert_eq!(sizes, [2, 2, 1]);
+        seen.sort();
+        assert_eq!(seen, ["a", "b", "c", "d", "e"]);
     }
 
     #[tokio::test]
     async fn deltas_name_the_hashes_that_rotation_and_deletion_revoke() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        let store = Store::open_for_test(dir.path()).await.unwrap();
         let keys: Vec<NewKey> = ["a", "b", "c"].iter().map(|id| new_key(id, id)).collect();
         store.insert_keys(&keys, 100).await.unwrap();
         let new_hash = format!("{:f>64}", "");
@@ -899,7 +994,7 @@ mod tests {
     #[tokio::test]
     async fn a_grace_period_keeps_the_old_hash_until_it_ends() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        let store = Store::open_for_test(dir.path()).await.unwrap();
         store.insert_keys(&[new_key("a", "a")], 100).await.unwrap();
         let (old, new) = (format!("{:0>64}", "a"), format!("{:f>64}", ""));
         assert!(store
@@ -938,7 +1033,7 @@ mod tests {
     #[tokio::test]
     async fn a_version_older_than_the_pruned_log_gets_a_full_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        let store = Store::open_for_test(dir.path()).await.unwrap();
         for (i, at) in [(1, 100), (2, 200), (3, 300)] {
             let id = format!("k{i}");
             store.insert_keys(&[new_key(&id, &id)], at).await.unwrap();
@@ -961,7 +1056,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_batch_stores_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        let store = Store::open_for_test(dir.path()).await.unwrap();
         let mut bad = new_key("b", "two");
         bad.account = "no-such-account".into();
         let err = store

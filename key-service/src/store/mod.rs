@@ -1,9 +1,11 @@
 //! Storage: the only module that speaks SQL. `Store` is the seam the rest of the service
-//! goes through, so that PostgreSQL can be added next to SQLite without touching handlers.
+//! goes through; behind it sits SQLite (embedded, the default) or PostgreSQL.
 //!
 //! Queries are checked at run time (`sqlx::query`), so building needs no database. They
 //! keep to SQL both engines accept: `$1` placeholders, BIGINT unix seconds, BOOLEAN,
 //! JSON lists in TEXT. Every clock value comes in as a parameter; SQL never reads the time.
+//! Each method's body is written once and compiled once per engine (`with_pool!`); the
+//! few statements the engines spell differently live in `Dialect`.
 
 mod catalog;
 mod keys;
@@ -13,40 +15,53 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{SqlSafeStr, SqlitePool};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Postgres, Row, SqlSafeStr, Sqlite, Transaction};
+
+use crate::config::Database;
 
 pub use catalog::{AccountRow, GroupRow, ModelPrice, Removed};
 pub use keys::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey, SnapshotPage};
+use keys::{POSTGRES, SQLITE};
 pub use usage::{Ingested, UsageFilter, UsageRecord, UsageRow};
 
-/// SQLite migrations, compiled in so the binary needs no files beside it. Versions and
-/// descriptions follow the file names; a unit test checks no file is left out.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+/// Migrations, compiled in so the binary needs no files beside it: version, description
+/// (both follow the file names, a unit test checks no file is left out), SQLite's text and
+/// PostgreSQL's.
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     (
         1,
         "initial",
         include_str!("../../migrations/sqlite/0001_initial.sql"),
+        include_str!("../../migrations/postgres/0001_initial.sql"),
     ),
     (
         2,
         "revoked_hashes",
         include_str!("../../migrations/sqlite/0002_revoked_hashes.sql"),
+        include_str!("../../migrations/postgres/0002_revoked_hashes.sql"),
     ),
     (
         3,
         "model_prices",
         include_str!("../../migrations/sqlite/0003_model_prices.sql"),
+        include_str!("../../migrations/postgres/0003_model_prices.sql"),
     ),
     (
         4,
         "usage_log",
         include_str!("../../migrations/sqlite/0004_usage_log.sql"),
+        include_str!("../../migrations/postgres/0004_usage_log.sql"),
     ),
     (
         5,
         "grace_secrets",
         include_str!("../../migrations/sqlite/0005_grace_secrets.sql"),
+        include_str!("../../migrations/postgres/0005_grace_secrets.sql"),
     ),
 ];
 
@@ -82,8 +97,131 @@ impl StoreError {
 /// A handle on the database; cheap to clone (it wraps a connection pool).
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    db: Db,
 }
+
+#[derive(Debug, Clone)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the store's pool and `$sql` to its engine's
+/// `Dialect`; the body is compiled once for each engine, so it may use the pool's own
+/// types (its transactions, rows, query builders) without naming them.
+macro_rules! with_pool {
+    ($store:expr, |$pool:ident, $sql:ident| $body:expr) => {
+        match &$store.db {
+            $crate::store::Db::Sqlite($pool) => {
+                #[allow(unused_variables)]
+                let $sql = &$crate::store::SQLITE;
+                $body
+            }
+            $crate::store::Db::Postgres($pool) => {
+                #[allow(unused_variables)]
+                let $sql = &$crate::store::POSTGRES;
+                $body
+            }
+        }
+    };
+    ($store:expr, |$pool:ident| $body:expr) => {
+        with_pool!($store, |$pool, _sql| $body)
+    };
+}
+use with_pool;
+
+/// The statements the engines spell differently.
+pub(crate) struct Dialect {
+    /// One page of the full snapshot: `$1` = cursor (text), `$2` = limit. Columns
+    /// `cursor` (text, what the next page starts after) and `record` (a key's JSON).
+    snapshot_page: &'static str,
+    /// The cursor before the first row.
+    first_cursor: &'static str,
+    /// Keys changed after `$1`, as `record`.
+    snapshot_changed: &'static str,
+    /// Old secrets in their grace period at `$1`, as `record`.
+    grace_records: &'static str,
+    /// ... of the keys changed after `$2`.
+    grace_changed: &'static str,
+    /// The key or grace secret with hash `$2` at `$1`, as `record`.
+    record_by_hash: &'static str,
+}
+
+/// A transaction that will write: writers are serialised, so change-log sequence numbers
+/// commit in the order they were taken and a filter polling `since=N` can never miss a
+/// change numbered below N that committed after it read N.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    async fn begin_write(&self) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = Sqlite;
+    /// SQLite has one writer at a time; IMMEDIATE takes the lock up front, so a
+    /// transaction that reads first cannot fail on upgrading it.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+/// Any constant both sides agree on: the lock that orders keygate's writers.
+const PG_WRITE_LOCK: i64 = 0x006b_6579_6761_7465; // "keygate" in ASCII
+
+impl BeginWrite for PgPool {
+    type Db = Postgres;
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let mut tx = self.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(PG_WRITE_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+}
+
+/// Typed column reads shared by both engines' rows, so row decoders are written once.
+pub(crate) trait Get {
+    fn text(&self, column: &str) -> Result<String, sqlx::Error>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error>;
+    fn int(&self, column: &str) -> Result<i64, sqlx::Error>;
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn real(&self, column: &str) -> Result<f64, sqlx::Error>;
+    fn opt_real(&self, column: &str) -> Result<Option<f64>, sqlx::Error>;
+    fn flag(&self, column: &str) -> Result<bool, sqlx::Error>;
+}
+
+macro_rules! impl_get {
+    ($row:ty) => {
+        impl Get for $row {
+            fn text(&self, column: &str) -> Result<String, sqlx::Error> {
+                self.try_get(column)
+            }
+            fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+                self.try_get(column)
+            }
+            fn int(&self, column: &str) -> Result<i64, sqlx::Error> {
+                self.try_get(column)
+            }
+            fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
+                self.try_get(column)
+            }
+            fn real(&self, column: &str) -> Result<f64, sqlx::Error> {
+                self.try_get(column)
+            }
+            fn opt_real(&self, column: &str) -> Result<Option<f64>, sqlx::Error> {
+                self.try_get(column)
+            }
+            fn flag(&self, column: &str) -> Result<bool, sqlx::Error> {
+                self.try_get(column)
+            }
+        }
+    };
+}
+impl_get!(SqliteRow);
+impl_get!(PgRow);
+
+/// How long a connection attempt to PostgreSQL may take before start-up fails.
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Store {
     /// Opens (creating it and its directory if needed) the SQLite database at `path` and
@@ -107,43 +245,85 @@ impl Store {
             .max_connections(8)
             .connect_with(options)
             .await?;
-        sqlite_migrator().run(&pool).await?;
-        Ok(Store { pool })
+        migrator(Engine::Sqlite).run(&pool).await?;
+        Ok(Store {
+            db: Db::Sqlite(pool),
+        })
     }
 
-    /// Closes every connection; call before exit so the WAL is checkpointed.
+    /// Connects to the PostgreSQL database at `url` (`postgres://user:pass@host/db`) and
+    /// brings its schema up to date. Several replicas may share one database; migrations
+    /// run under sqlx's own lock.
+    pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(PG_CONNECT_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        migrator(Engine::Postgres).run(&pool).await?;
+        Ok(Store {
+            db: Db::Postgres(pool),
+        })
+    }
+
+    /// Which engine this store runs on, for logs.
+    pub fn engine(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes every connection; call before exit so SQLite's WAL is checkpointed.
     pub async fn close(&self) {
-        self.pool.close().await;
+        with_pool!(self, |pool| pool.close().await)
     }
 
     /// Succeeds when the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        with_pool!(self, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
         Ok(())
     }
 
     pub async fn account_exists(&self, name: &str) -> Result<bool, StoreError> {
-        let found = sqlx::query("SELECT 1 FROM accounts WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(found.is_some())
+        with_pool!(self, |pool| {
+            let found = sqlx::query("SELECT 1 FROM accounts WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?;
+            Ok(found.is_some())
+        })
     }
 
     pub async fn group_exists(&self, name: &str) -> Result<bool, StoreError> {
-        let found = sqlx::query("SELECT 1 FROM groups WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(found.is_some())
+        with_pool!(self, |pool| {
+            let found = sqlx::query("SELECT 1 FROM groups WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?;
+            Ok(found.is_some())
+        })
     }
 }
 
-fn sqlite_migrator() -> Migrator {
+#[derive(Clone, Copy)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+fn migrator(engine: Engine) -> Migrator {
     Migrator::with_migrations(
-        SQLITE_MIGRATIONS
+        MIGRATIONS
             .iter()
-            .map(|&(version, description, sql)| {
+            .map(|&(version, description, sqlite, postgres)| {
+                let sql = match engine {
+                    Engine::Sqlite => sqlite,
+                    Engine::Postgres => postgres,
+                };
                 Migration::new(
                     version,
                     description.into(),
@@ -156,47 +336,135 @@ fn sqlite_migrator() -> Migrator {
     )
 }
 
+impl Store {
+    /// Opens the configured database, creating or migrating its schema.
+    pub async fn open(database: &Database) -> Result<Self, StoreError> {
+        match database {
+            Database::Sqlite { path } => Store::open_sqlite(path).await,
+            Database::Postgres { url } => Store::open_postgres(url).await,
+        }
+    }
+
+    /// A fresh, empty store for a test: SQLite in `dir`, or, when `KEYGATE_TEST_POSTGRES`
+    /// names a server (`postgres://user@host:port`), a new database of its own there, so
+    /// the same tests run against both engines.
+    #[doc(hidden)]
+    pub async fn open_for_test(dir: &Path) -> Result<Self, StoreError> {
+        Store::open(&test_database(dir).await?).await
+    }
+}
+
+/// Where `open_for_test` puts a test's data (see there); nothing is opened yet.
+#[doc(hidden)]
+pub async fn test_database(dir: &Path) -> Result<Database, StoreError> {
+    Ok(match std::env::var("KEYGATE_TEST_POSTGRES") {
+        Ok(server) => Database::Postgres {
+            url: create_test_database(&server).await?,
+        },
+        Err(_) => Database::Sqlite {
+            path: dir.join("keygate.db"),
+        },
+    })
+}
+
+/// Creates an empty database with a unique name on the server; returns its URL.
+async fn create_test_database(server: &str) -> Result<String, StoreError> {
+    let admin = PgPool::connect(&format!("{server}/postgres")).await?;
+    let suffix = crate::random::base62(16)
+        .map_err(|e| sqlx::Error::Protocol(format!("no randomness: {e}")))?;
+    let name = format!("keygate_test_{}", suffix.to_lowercase());
+    let created = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await;
+    admin.close().await;
+    created?;
+    Ok(format!("{server}/{name}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_migration_file_is_compiled_in() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
-        let mut files: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|name| name.ends_with(".sql"))
-            .collect();
-        files.sort();
-        let listed: Vec<String> = SQLITE_MIGRATIONS
+        let listed: Vec<String> = MIGRATIONS
             .iter()
-            .map(|(version, description, _)| format!("{version:04}_{description}.sql"))
+            .map(|(version, description, _, _)| format!("{version:04}_{description}.sql"))
             .collect();
-        assert_eq!(files, listed);
+        for engine in ["sqlite", "postgres"] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(engine);
+            let mut files: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|name| name.ends_with(".sql"))
+                .collect();
+            files.sort();
+            assert_eq!(files, listed, "{engine}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_database_made_in_a_new_directory_can_be_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/keygate.db");
+        let store = Store::open_sqlite(&path).await.unwrap();
+        store.close().await;
+        let store = Store::open_sqlite(&path).await.unwrap();
+        assert!(store.group_exists("default").await.unwrap());
     }
 
     #[tokio::test]
     async fn opening_twice_keeps_the_data_and_the_schema() {
+        // As a restarted service, or a second replica on the same PostgreSQL, does.
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("nested/dir/keygate.db");
-        let store = Store::open_sqlite(&path).await.unwrap();
+        let database = test_database(dir.path()).await.unwrap();
+        let store = Store::open(&database).await.unwrap();
         store.create_account("acme", Some(10), 0).await.unwrap();
+        let replica = Store::open(&database).await.unwrap();
+        assert!(replica.account_exists("acme").await.unwrap());
         store.close().await;
 
-        let store = Store::open_sqlite(&path).await.unwrap();
+        let store = Store::open(&database).await.unwrap();
         assert!(store.account_exists("acme").await.unwrap());
         assert!(store.account_exists("default").await.unwrap());
         assert!(store.group_exists("default").await.unwrap());
         assert!(!store.group_exists("acme").await.unwrap());
         // The account's creation is the one change so far.
         assert_eq!(store.snapshot_version().await.unwrap(), 1);
+        assert_eq!(replica.snapshot_version().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_writer_waits_for_the_one_before_it_to_commit() {
+        // Without this, a change could commit after a later-numbered one that a filter
+        // already polled past, and that filter would never see it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_for_test(dir.path()).await.unwrap();
+        let other = store.clone();
+        with_pool!(store, |pool| {
+            let mut tx = pool.begin_write().await.unwrap();
+            sqlx::query("INSERT INTO key_changes (key_id, kind, at) VALUES ('', 'test', 0)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let second = tokio::spawn(async move { other.create_account("late", None, 1).await });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                !second.is_finished(),
+                "a second writer went ahead of an uncommitted first"
+            );
+            tx.commit().await.unwrap();
+            second.await.unwrap().unwrap();
+        });
+        assert_eq!(store.snapshot_version().await.unwrap(), 2);
     }
 
     #[tokio::test]
     async fn a_duplicate_account_is_a_unique_violation() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        let store = Store::open_for_test(dir.path()).await.unwrap();
         let err = store.create_account("default", None, 0).await.unwrap_err();
         assert!(err.is_unique_violation(), "{err}");
     }

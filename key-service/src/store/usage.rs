@@ -3,10 +3,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Database, Encode, QueryBuilder, Type};
 
-use super::{Store, StoreError};
+use super::{with_pool, BeginWrite, Get, Store, StoreError};
 use crate::pricing::{self, Price, Tokens};
 
 /// One request as the filter reports it.
@@ -62,25 +61,29 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn usage_row(row: &SqliteRow) -> Result<UsageRow, sqlx::Error> {
+fn usage_row(row: &impl Get) -> Result<UsageRow, sqlx::Error> {
     Ok(UsageRow {
-        request_id: row.try_get("request_id")?,
-        key_id: row.try_get("key_id")?,
-        key_name: row.try_get("key_name")?,
-        account: row.try_get("account")?,
-        model: row.try_get("model")?,
-        input_tokens: row.try_get("input_tokens")?,
-        cached_input_tokens: row.try_get("cached_input_tokens")?,
-        output_tokens: row.try_get("output_tokens")?,
-        cost: row.try_get("cost")?,
-        priced: row.try_get("priced")?,
-        status: row.try_get("status")?,
-        ts: row.try_get("ts")?,
+        request_id: row.text("request_id")?,
+        key_id: row.text("key_id")?,
+        key_name: row.opt_text("key_name")?,
+        account: row.opt_text("account")?,
+        model: row.text("model")?,
+        input_tokens: row.int("input_tokens")?,
+        cached_input_tokens: row.int("cached_input_tokens")?,
+        output_tokens: row.int("output_tokens")?,
+        cost: row.int("cost")?,
+        priced: row.flag("priced")?,
+        status: row.int("status")?,
+        ts: row.int("ts")?,
     })
 }
 
 /// Appends ` WHERE ...` for the filter's conditions.
-fn push_filter(q: &mut QueryBuilder<Sqlite>, filter: &UsageFilter) {
+fn push_filter<DB: Database>(q: &mut QueryBuilder<DB>, filter: &UsageFilter)
+where
+    String: for<'t> Encode<'t, DB> + Type<DB>,
+    i64: for<'t> Encode<'t, DB> + Type<DB>,
+{
     q.push(" WHERE 1 = 1");
     let text = [
         (" AND key_id = ", &filter.key_id),
@@ -111,121 +114,125 @@ impl Store {
         records: &[UsageRecord],
         now: i64,
     ) -> Result<Ingested, StoreError> {
-        // Reads come before the first write here: take SQLite's write lock up front so
-        // the transaction cannot fail on upgrading it.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut prices: HashMap<String, Option<Price>> = HashMap::new();
-        let mut billed_keys = BTreeSet::new();
-        let mut billed_account = false;
-        let mut done = Ingested::default();
-        for record in records {
-            let key = sqlx::query(
-                "SELECT k.name, k.account, g.ratio FROM keys k \
-                 LEFT JOIN groups g ON g.name = k.group_name WHERE k.id = $1",
-            )
-            .bind(&record.key_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let (key_name, account, ratio) = match &key {
-                Some(row) => (
-                    Some(row.try_get::<String, _>("name")?),
-                    Some(row.try_get::<String, _>("account")?),
-                    row.try_get::<Option<f64>, _>("ratio")?.unwrap_or(1.0),
-                ),
-                None => (None, None, 1.0),
-            };
-            let price = match prices.get(&record.model) {
-                Some(price) => *price,
-                None => {
-                    let price = sqlx::query(
-                        "SELECT input, output, cached_input FROM model_prices WHERE name = $1",
-                    )
-                    .bind(&record.model)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|row| -> Result<Price, sqlx::Error> {
-                        let input: f64 = row.try_get("input")?;
-                        Ok(Price {
-                            input,
-                            output: row.try_get("output")?,
-                            cached_input: row
-                                .try_get::<Option<f64>, _>("cached_input")?
-                                .unwrap_or(input),
-                        })
-                    })
-                    .transpose()?;
-                    prices.insert(record.model.clone(), price);
-                    price
-                }
-            };
-            let cost = pricing::cost(record.tokens, price, ratio);
-            let inserted = sqlx::query(
-                "INSERT INTO usage_log (request_id, key_id, key_name, account, model, \
-                     input_tokens, cached_input_tokens, output_tokens, cost, priced, status, ts) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                 ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(&record.request_id)
-            .bind(&record.key_id)
-            .bind(&key_name)
-            .bind(&account)
-            .bind(&record.model)
-            .bind(to_i64(record.tokens.input))
-            .bind(to_i64(record.tokens.cached_input))
-            .bind(to_i64(record.tokens.output))
-            .bind(cost)
-            .bind(price.is_some())
-            .bind(i64::from(record.status))
-            .bind(record.ts)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                done.duplicates += 1;
-                continue;
-            }
-            done.accepted += 1;
-            if key.is_none() {
-                continue;
-            }
-            sqlx::query(
-                "UPDATE keys SET used_quota = used_quota + $2, \
-                 last_used_at = MAX(COALESCE(last_used_at, 0), $3) WHERE id = $1",
-            )
-            .bind(&record.key_id)
-            .bind(cost)
-            .bind(record.ts)
-            .execute(&mut *tx)
-            .await?;
-            if cost > 0 {
-                billed_keys.insert(record.key_id.clone());
-                billed_account |= sqlx::query(
-                    "UPDATE accounts SET balance = balance - $2 \
-                     WHERE name = $1 AND balance IS NOT NULL",
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let mut prices: HashMap<String, Option<Price>> = HashMap::new();
+            let mut billed_keys = BTreeSet::new();
+            let mut billed_account = false;
+            let mut done = Ingested::default();
+            for record in records {
+                let key = sqlx::query(
+                    "SELECT k.name, k.account, g.ratio FROM keys k \
+                     LEFT JOIN groups g ON g.name = k.group_name WHERE k.id = $1",
                 )
+                .bind(&record.key_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let (key_name, account, ratio) = match &key {
+                    Some(row) => (
+                        Some(row.text("name")?),
+                        Some(row.text("account")?),
+                        row.opt_real("ratio")?.unwrap_or(1.0),
+                    ),
+                    None => (None, None, 1.0),
+                };
+                let price = match prices.get(&record.model) {
+                    Some(price) => *price,
+                    None => {
+                        let price = sqlx::query(
+                            "SELECT input, output, cached_input FROM model_prices \
+                             WHERE name = $1",
+                        )
+                        .bind(&record.model)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|row| -> Result<Price, sqlx::Error> {
+                            let input = row.real("input")?;
+                            Ok(Price {
+                                input,
+                                output: row.real("output")?,
+                                cached_input: row.opt_real("cached_input")?.unwrap_or(input),
+                            })
+                        })
+                        .transpose()?;
+                        prices.insert(record.model.clone(), price);
+                        price
+                    }
+                };
+                let cost = pricing::cost(record.tokens, price, ratio);
+                let inserted = sqlx::query(
+                    "INSERT INTO usage_log (request_id, key_id, key_name, account, model, \
+                         input_tokens, cached_input_tokens, output_tokens, cost, priced, \
+                         status, ts) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                     ON CONFLICT (request_id) DO NOTHING",
+                )
+                .bind(&record.request_id)
+                .bind(&record.key_id)
+                .bind(&key_name)
                 .bind(&account)
+                .bind(&record.model)
+                .bind(to_i64(record.tokens.input))
+                .bind(to_i64(record.tokens.cached_input))
+                .bind(to_i64(record.tokens.output))
                 .bind(cost)
+                .bind(price.is_some())
+                .bind(i64::from(record.status))
+                .bind(record.ts)
                 .execute(&mut *tx)
                 .await?
-                .rows_affected()
-                    > 0;
+                .rows_affected();
+                if inserted == 0 {
+                    done.duplicates += 1;
+                    continue;
+                }
+                done.accepted += 1;
+                if key.is_none() {
+                    continue;
+                }
+                sqlx::query(
+                    "UPDATE keys SET used_quota = used_quota + $2, \
+                     last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $3 \
+                         THEN $3 ELSE last_used_at END \
+                     WHERE id = $1",
+                )
+                .bind(&record.key_id)
+                .bind(cost)
+                .bind(record.ts)
+                .execute(&mut *tx)
+                .await?;
+                if cost > 0 {
+                    billed_keys.insert(record.key_id.clone());
+                    billed_account |= sqlx::query(
+                        "UPDATE accounts SET balance = balance - $2 \
+                         WHERE name = $1 AND balance IS NOT NULL",
+                    )
+                    .bind(&account)
+                    .bind(cost)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        > 0;
+                }
             }
-        }
-        for key_id in &billed_keys {
-            sqlx::query("INSERT INTO key_changes (key_id, kind, at) VALUES ($1, 'usage', $2)")
-                .bind(key_id)
+            for key_id in &billed_keys {
+                sqlx::query("INSERT INTO key_changes (key_id, kind, at) VALUES ($1, 'usage', $2)")
+                    .bind(key_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if billed_account {
+                sqlx::query(
+                    "INSERT INTO key_changes (key_id, kind, at) VALUES ('', 'account', $1)",
+                )
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-        }
-        if billed_account {
-            sqlx::query("INSERT INTO key_changes (key_id, kind, at) VALUES ('', 'account', $1)")
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(done)
+            }
+            tx.commit().await?;
+            Ok(done)
+        })
     }
 
     /// One page of the usage log, newest first, and the number of rows matching.
@@ -235,18 +242,20 @@ impl Store {
         limit: u32,
         offset: u64,
     ) -> Result<(Vec<UsageRow>, u64), StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT * FROM usage_log");
-        push_filter(&mut q, filter);
-        q.push(" ORDER BY ts DESC, request_id LIMIT ")
-            .push_bind(i64::from(limit))
-            .push(" OFFSET ")
-            .push_bind(to_i64(offset));
-        let rows = q.build().fetch_all(&self.pool).await?;
-        let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM usage_log");
-        push_filter(&mut count, filter);
-        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
-        let rows = rows.iter().map(usage_row).collect::<Result<_, _>>()?;
-        Ok((rows, u64::try_from(total).unwrap_or(0)))
+        with_pool!(self, |pool| {
+            let mut q = QueryBuilder::new("SELECT * FROM usage_log");
+            push_filter(&mut q, filter);
+            q.push(" ORDER BY ts DESC, request_id LIMIT ")
+                .push_bind(i64::from(limit))
+                .push(" OFFSET ")
+                .push_bind(to_i64(offset));
+            let rows = q.build().fetch_all(pool).await?;
+            let mut count = QueryBuilder::new("SELECT COUNT(*) FROM usage_log");
+            push_filter(&mut count, filter);
+            let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+            let rows = rows.iter().map(usage_row).collect::<Result<_, _>>()?;
+            Ok((rows, u64::try_from(total).unwrap_or(0)))
+        })
     }
 }
 
@@ -272,7 +281,7 @@ mod tests {
 
     async fn store_with_key() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("k.db")).await.unwrap();
+        let store = Store::open_for_test(dir.path()).await.unwrap();
         let mut half = GroupRow::open("half");
         half.ratio = 0.5;
         store.put_group(&half, 0).await.unwrap();

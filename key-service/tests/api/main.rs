@@ -1,4 +1,5 @@
-//! The key-service's HTTP API, served on 127.0.0.1:0 with a fresh SQLite file per test
+//! The key-service's HTTP API, served on 127.0.0.1:0 with a fresh database per test (SQLite,
+//! or PostgreSQL when `KEYGATE_TEST_POSTGRES` names a server)
 //! and called over real HTTP.
 
 // Test code: a failed unwrap is a failed test.
@@ -11,6 +12,7 @@ mod create;
 mod edit;
 mod errors;
 mod list;
+mod replicas;
 mod snapshot;
 mod usage;
 mod validation;
@@ -67,9 +69,13 @@ impl Reply {
 impl Service {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("keygate.db"))
-            .await
-            .unwrap();
+        let database = key_service::store::test_database(dir.path()).await.unwrap();
+        Service::on(&database, dir).await
+    }
+
+    /// A service on an existing database: several of them on one database are replicas.
+    pub async fn on(database: &key_service::config::Database, dir: TempDir) -> Self {
+        let store = Store::open(database).await.unwrap();
         let app = key_service::app(AppState::new(store.clone(), ADMIN, FILTER));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
