@@ -44,6 +44,10 @@ pub struct Config {
     pub usage_queue_max: usize,
     /// Records per usage report (the key-service takes at most 1000).
     pub usage_batch_max: usize,
+    /// Output tokens assumed for a request that sets no limit of its own (`max_tokens`
+    /// and its kin), when estimating what it may cost a key with a quota or an account
+    /// with a balance.
+    pub default_output_tokens: u64,
 }
 
 /// The request headers the filter sets for the upstream; `null` leaves one out (each
@@ -127,6 +131,7 @@ impl Default for Config {
             usage_path: "/filter/v1/usage".into(),
             usage_queue_max: 100_000,
             usage_batch_max: 1_000,
+            default_output_tokens: 4_096,
         }
     }
 }
@@ -207,6 +212,11 @@ impl Config {
                 "snapshot_page_size must be between 1 and 100000".into(),
             ));
         }
+        if !(1..=10_000_000).contains(&self.default_output_tokens) {
+            return Err(ConfigError(
+                "default_output_tokens must be between 1 and 10000000".into(),
+            ));
+        }
         if !(1..=(64 << 20)).contains(&self.max_body_bytes) {
             return Err(ConfigError(
                 "max_body_bytes must be between 1 and 67108864".into(),
@@ -279,6 +289,7 @@ mod tests {
             br#"{"snapshot_path":"/x?y=1"}"#,
             br#"{"usage_path":"usage"}"#,
             br#"{"usage_batch_max":1001}"#,
+            br#"{"default_output_tokens":0}"#,
             br#"{"usage_queue_max":0}"#,
             br#"{"identity_headers":{"key_id":"Bad Name"}}"#,
             br#"{"identity_headers":{"key_id":"authorization"}}"#,

@@ -376,6 +376,7 @@ mod tests {
                     balance: Some(0),
                 },
             ],
+            prices: vec![],
         });
         let check = |i: u8| denial(decide(Some(&t), Some(&secret(i)), NOW, k.lookup(), no_ip));
         assert_eq!(
@@ -404,13 +405,16 @@ mod tests {
                 GroupRecord {
                     name: "default".into(),
                     models: strings(&["*"]),
+                    ratio: 1.0,
                 },
                 GroupRecord {
                     name: "cheap".into(),
                     models: strings(&["gpt-4o-mini", "claude-haiku"]),
+                    ratio: 1.0,
                 },
             ],
             accounts: vec![],
+            prices: vec![],
         });
         let k = Keys::of(vec![open, narrow, free]);
         let (open, narrow, free) = (k.get(0), k.get(1), k.get(2));

@@ -18,8 +18,10 @@ use crate::decision::{check_model, decide, restricts_models, Denial};
 use crate::entry::Entry;
 use crate::host::{self, Shared};
 use crate::include_usage::{self, StreamEditor};
+use crate::ledger::{self, Estimate};
 use crate::metrics::Metrics;
-use crate::report::Record;
+use crate::pricing::{self, Tokens};
+use crate::report::{Charge, Record};
 use crate::root::{SharedOutbox, SharedView};
 use crate::secret::{self, KeyHash};
 use crate::shared::{self, HostError, View};
@@ -41,6 +43,19 @@ pub struct Http {
     awaiting_body: Option<BodyWait>,
     /// Takes out of an OpenAI stream what asking for its usage added.
     editor: Option<StreamEditor>,
+    /// What this request holds in the quota ledgers until it ends.
+    reservation: Option<Reservation>,
+    default_output_tokens: u64,
+}
+
+/// An admitted request's reservation in the ledgers of its key and account (`ledger`),
+/// each only if limited.
+struct Reservation {
+    amount: u64,
+    key_ledger: Option<String>,
+    account_ledger: Option<String>,
+    /// The group's price multiplier, to price what the request turns out to use.
+    ratio: f64,
 }
 
 /// What is known of an admitted LLM request when its response starts.
@@ -58,10 +73,20 @@ struct Pending {
 /// Why an admitted request's body is being read.
 #[derive(Debug, Clone, Copy)]
 struct BodyWait {
-    /// The model must be checked against the key with this hash.
-    model_check: Option<KeyHash>,
+    /// The hash of the request's key, to look the key up again once the body is in.
+    key: KeyHash,
+    /// The model must be checked against the key.
+    model_check: bool,
     /// It may be an OpenAI stream that does not ask for usage.
     add_usage: bool,
+    /// The key or its account is limited: what the request may cost is reserved.
+    reserve: bool,
+}
+
+/// Whether LLM requests of this key must reserve what they may cost: the key has a quota,
+/// or its account a balance.
+fn is_limited(view: &View, key: &Entry) -> bool {
+    key.remaining_quota.is_some() || view.tables.balance(key.account()).is_some()
 }
 
 /// Any host failure on the request path: the request cannot be decided safely.
@@ -86,6 +111,8 @@ impl Http {
             max_snapshot_age_ms: config.max_snapshot_age_ms,
             awaiting_body: None,
             editor: None,
+            reservation: None,
+            default_output_tokens: config.default_output_tokens,
         }
     }
 
@@ -121,7 +148,10 @@ impl Http {
         Action::Continue
     }
 
-    fn deny(&self, denial: Denial) -> Action {
+    fn deny(&mut self, denial: Denial) -> Action {
+        // Refused here, it never reached a provider: nothing to record or reserve.
+        self.pending = None;
+        self.settle(None, None);
         self.metrics.denied(denial);
         // Nothing more to do if this fails: the stream is gone.
         let _ = host::send_response(
@@ -195,8 +225,9 @@ impl Http {
         // OpenAI streams may need usage asked for: their body is read (up to the limit).
         let add_usage =
             !end_of_stream && self.pending.is_some() && path.is_some_and(include_usage::applies_to);
-        let mut model_check = None;
-        if let Some(requested) = path.and_then(model::from_path) {
+        let mut model_check = false;
+        let path_model = path.and_then(model::from_path);
+        if let Some(requested) = path_model {
             self.forward_model(Some(requested))
                 .map_err(|_| HOST_FAILED)?;
             if let Some(pending) = self.pending.as_mut() {
@@ -208,33 +239,121 @@ impl Http {
             if end_of_stream {
                 check_model(&view.tables, &key, None)?;
             } else {
-                model_check = Some(secret::hash(secret));
+                model_check = true;
             }
         }
-        if model_check.is_none() && !add_usage {
+        // LLM requests of a limited key or account reserve what they may cost; the body
+        // tells how much, when there is one.
+        let limited = self.pending.is_some() && is_limited(view, &key);
+        if limited && end_of_stream {
+            self.reserve(view, &secret::hash(secret), path_model, Estimate::default())?;
+        }
+        let reserve = limited && !end_of_stream;
+        if !model_check && !add_usage && !reserve {
             return Ok(Action::Continue);
         }
         self.awaiting_body = Some(BodyWait {
+            key: secret::hash(secret),
             model_check,
             add_usage,
+            reserve,
         });
         Ok(Action::Pause)
     }
 
+    /// Reserves in the key's and the account's ledgers (those that are limited) what the
+    /// request may cost, or refuses it with `insufficient_quota`.
+    fn reserve(
+        &mut self,
+        view: &View,
+        hash: &KeyHash,
+        model: Option<&str>,
+        estimate: Estimate,
+    ) -> Result<(), Denial> {
+        // The snapshot version first, then the key: a key entry is written before the
+        // version moves, so it shows at least what that version does, and a cost landing
+        // after that version is counted by the ledger (perhaps twice for a moment: the
+        // safe way). The account's balance comes with this VM's view and its version.
+        let (meta, _) = shared::read_meta(&Shared).map_err(|_| HOST_FAILED)?;
+        let key = Self::lookup(hash, meta.epoch)?.ok_or(Denial::InvalidApiKey)?;
+        let ratio = view.tables.ratio(key.group());
+        let price = model.and_then(|m| view.tables.price(m));
+        let amount = estimate.credits(price, ratio, self.default_output_tokens);
+        let key_limit = key.remaining_quota;
+        let account_limit = view.tables.balance(key.account());
+        let key_ledger = key_limit.map(|_| ledger::key_entry(key.id()));
+        let account_ledger = account_limit.map(|_| ledger::account_entry(key.account()));
+        if let (Some(name), Some(limit)) = (&key_ledger, key_limit) {
+            let admitted = ledger::reserve(&Shared, name, limit, amount, meta.version)
+                .map_err(|_| HOST_FAILED)?;
+            if !admitted {
+                return Err(Denial::InsufficientQuota);
+            }
+        }
+        if let (Some(name), Some(limit)) = (&account_ledger, account_limit) {
+            let admitted = ledger::reserve(&Shared, name, limit, amount, view.meta.version)
+                .map_err(|_| HOST_FAILED)?;
+            if !admitted {
+                if let Some(key_ledger) = &key_ledger {
+                    let _ = ledger::settle(&Shared, key_ledger, amount, 0);
+                }
+                return Err(Denial::InsufficientQuota);
+            }
+        }
+        self.reservation = Some(Reservation {
+            amount,
+            key_ledger,
+            account_ledger,
+            ratio,
+        });
+        Ok(())
+    }
+
+    /// The request ended: its reservation goes back, and what it used (priced as the
+    /// snapshot prices its model) counts until the key-service's snapshot shows it.
+    fn settle(&mut self, model: Option<&str>, usage: Option<&Usage>) -> Option<Charge> {
+        let reservation = self.reservation.take()?;
+        let price = model.and_then(|m| {
+            let view = self.view.borrow();
+            view.as_ref().and_then(|v| v.tables.price(m))
+        });
+        let tokens = usage.map_or_else(Tokens::default, |u| Tokens {
+            input: u.input,
+            cached_input: u.cached_input,
+            output: u.output,
+        });
+        let cost = u64::try_from(pricing::cost(tokens, price, reservation.ratio)).unwrap_or(0);
+        for name in [&reservation.key_ledger, &reservation.account_ledger]
+            .into_iter()
+            .flatten()
+        {
+            // A failure here leaves the estimate counted until Envoy restarts: the key
+            // is refused early, never overdrawn.
+            let _ = ledger::settle(&Shared, name, reservation.amount, cost);
+        }
+        Some(Charge {
+            cost,
+            key_ledger: reservation.key_ledger?,
+            account_ledger: reservation.account_ledger,
+        })
+    }
+
     fn on_body(&mut self, wait: BodyWait, body_size: usize) -> Result<Action, Denial> {
         let body = host::request_body(body_size).map_err(|_| HOST_FAILED)?;
-        let requested = match (model::from_body(&body), wait.model_check) {
-            (Ok(requested), _) => requested,
-            (Err(model::BodyError::NotJson), Some(_)) => return Err(Denial::InvalidRequestBody),
-            // Read only to add usage: whatever it is goes on as it is.
-            (Err(model::BodyError::NotJson), None) => None,
+        let facts = match (model::facts(&body), wait.model_check) {
+            (Ok(facts), _) => facts,
+            (Err(model::BodyError::NotJson), true) => return Err(Denial::InvalidRequestBody),
+            // Read only to add usage or to estimate: whatever it is goes on as it is.
+            (Err(model::BodyError::NotJson), false) => model::Facts::default(),
         };
-        self.forward_model(requested.as_deref())
-            .map_err(|_| HOST_FAILED)?;
+        let requested = facts.model.as_deref();
+        self.forward_model(requested).map_err(|_| HOST_FAILED)?;
         if let Some(pending) = self.pending.as_mut() {
-            pending.model.clone_from(&requested);
+            if pending.model.is_none() {
+                pending.model = facts.model.clone();
+            }
         }
-        if let Some(hash) = wait.model_check {
+        if wait.model_check || wait.reserve {
             let now_ms = host::now_ms().map_err(|_| HOST_FAILED)?;
             let shared = Rc::clone(&self.view);
             let view = shared.borrow();
@@ -244,8 +363,18 @@ impl Http {
                 .ok_or(Denial::KeyServiceUnavailable)?;
             // The snapshot may have changed while the body arrived: check the key as it is
             // now.
-            let key = Self::lookup(&hash, view.meta.epoch)?.ok_or(Denial::InvalidApiKey)?;
-            check_model(&view.tables, &key, requested.as_deref())?;
+            let key = Self::lookup(&wait.key, view.meta.epoch)?.ok_or(Denial::InvalidApiKey)?;
+            if wait.model_check {
+                check_model(&view.tables, &key, requested)?;
+            }
+            if wait.reserve {
+                let model = self.pending.as_ref().and_then(|p| p.model.clone());
+                let estimate = Estimate {
+                    body_bytes: body.len() as u64,
+                    max_output_tokens: facts.max_output_tokens,
+                };
+                self.reserve(view, &wait.key, model.as_deref(), estimate)?;
+            }
         }
         if wait.add_usage {
             if let Some(changed) = include_usage::add_to_request(&body) {
@@ -369,22 +498,27 @@ impl HttpContext for Http {
 
     fn on_log(&mut self) {
         let Some(pending) = self.pending.take() else {
+            // Nothing was reserved without a pending request; release anything anyway.
+            self.settle(None, None);
             return;
         };
         let scanned = self.scanner.take().map(Scanner::finish).unwrap_or_default();
+        let model = pending.model.or(scanned.model);
         let usage = match scanned.usage {
             Some(usage) => usage,
             // An error from the provider is logged with its status, and no tokens unless
             // it reported some.
             None if pending.status >= 400 || pending.status == 0 => Usage::default(),
             None => {
+                self.settle(model.as_deref(), None);
                 self.metrics.usage_missing();
                 return;
             }
         };
+        let charge = self.settle(model.as_deref(), Some(&usage));
         let ts = host::now_ms().map_or(0, |ms| i64::try_from(ms / 1000).unwrap_or(0));
-        let model = pending.model.or(scanned.model);
         let record = Record {
+            charge: charge.filter(|c| c.cost > 0),
             request_id: pending.request_id,
             key_id: pending.key_id,
             model: model.map_or_else(|| "unknown".into(), |m| clamp(&m, 256)),
@@ -414,7 +548,8 @@ impl HttpContext for Http {
         };
         if body_size > self.max_body_bytes {
             self.awaiting_body = None;
-            if wait.model_check.is_some() {
+            if wait.model_check || wait.reserve {
+                // Too large to read for its model or what it may cost.
                 return self.deny(Denial::RequestTooLarge);
             }
             // Too large to add usage to: it goes on as it is.

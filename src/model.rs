@@ -73,22 +73,61 @@ pub enum BodyError {
     NotJson,
 }
 
-/// The body's `model` field; `Ok(None)` when a JSON object has none (or not a string).
-pub fn from_body(body: &[u8]) -> Result<Option<String>, BodyError> {
+/// What a request body tells: its model, and the output limit it sets (OpenAI
+/// `max_tokens`, `max_completion_tokens` or `max_output_tokens`, Anthropic `max_tokens`,
+/// Gemini `generationConfig.maxOutputTokens`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub model: Option<String>,
+    pub max_output_tokens: Option<u64>,
+}
+
+/// The body's facts; fields of the wrong type read as absent.
+pub fn facts(body: &[u8]) -> Result<Facts, BodyError> {
     #[derive(Deserialize)]
     struct Request {
         #[serde(default)]
         model: Option<serde_json::Value>,
+        #[serde(default)]
+        max_tokens: Option<serde_json::Value>,
+        #[serde(default)]
+        max_completion_tokens: Option<serde_json::Value>,
+        #[serde(default)]
+        max_output_tokens: Option<serde_json::Value>,
+        #[serde(default, rename = "generationConfig")]
+        generation_config: Option<GenerationConfig>,
+    }
+    #[derive(Deserialize)]
+    struct GenerationConfig {
+        #[serde(default, rename = "maxOutputTokens")]
+        max_output_tokens: Option<serde_json::Value>,
     }
     // serde would also read a struct from a JSON array; a request body is an object.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(BodyError::NotJson);
     }
     let request: Request = serde_json::from_slice(body).map_err(|_| BodyError::NotJson)?;
-    Ok(match request.model {
-        Some(serde_json::Value::String(model)) => Some(model),
-        _ => None,
+    let limit = [
+        request.max_completion_tokens,
+        request.max_tokens,
+        request.max_output_tokens,
+        request.generation_config.and_then(|g| g.max_output_tokens),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|v| v.as_u64());
+    Ok(Facts {
+        model: match request.model {
+            Some(serde_json::Value::String(model)) => Some(model),
+            _ => None,
+        },
+        max_output_tokens: limit,
     })
+}
+
+/// The body's `model` field; `Ok(None)` when a JSON object has none (or not a string).
+pub fn from_body(body: &[u8]) -> Result<Option<String>, BodyError> {
+    facts(body).map(|f| f.model)
 }
 
 #[cfg(test)]
@@ -154,6 +193,24 @@ mod tests {
         assert!(!is_header_safe("x\r\ny: z"));
         assert!(!is_header_safe("modèle"));
         assert!(!is_header_safe(&"m".repeat(257)));
+    }
+
+    #[test]
+    fn output_limits_are_read_in_each_providers_spelling() {
+        let limit = |body: &str| facts(body.as_bytes()).unwrap().max_output_tokens;
+        assert_eq!(limit(r#"{"model":"m","max_tokens":64}"#), Some(64));
+        assert_eq!(
+            limit(r#"{"max_completion_tokens":32,"max_tokens":64}"#),
+            Some(32)
+        );
+        assert_eq!(limit(r#"{"max_output_tokens":16}"#), Some(16));
+        assert_eq!(
+            limit(r#"{"contents":[],"generationConfig":{"maxOutputTokens":8}}"#),
+            Some(8)
+        );
+        assert_eq!(limit(r#"{"max_tokens":"lots"}"#), None);
+        assert_eq!(limit(r#"{"max_tokens":-1}"#), None);
+        assert_eq!(limit(r#"{"messages":[]}"#), None);
     }
 
     #[test]

@@ -23,6 +23,18 @@ pub struct Record {
     pub status: u16,
     /// Unix seconds.
     pub ts: i64,
+    /// What it cost the quota ledgers it was admitted against; stays in the filter.
+    #[serde(skip)]
+    pub charge: Option<Charge>,
+}
+
+/// A request's cost, as the filter priced it, and the ledgers (`ledger`) that count it
+/// until the key-service's snapshot does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    pub cost: u64,
+    pub key_ledger: String,
+    pub account_ledger: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -43,6 +55,8 @@ pub struct Outbox {
     next_try_ms: u64,
     /// Records dropped for want of room since the last `take_dropped`.
     dropped: u64,
+    /// The charges of those records: their usage will never be billed.
+    lost: Vec<Charge>,
 }
 
 impl Default for Outbox {
@@ -61,20 +75,36 @@ impl Outbox {
             backoff_ms: 0,
             next_try_ms: 0,
             dropped: 0,
+            lost: Vec::new(),
         }
     }
 
     pub fn push(&mut self, record: Record) {
         let held = self.queue.len() + self.in_flight.as_ref().map_or(0, Vec::len);
         if held >= self.capacity {
-            if self.queue.pop_front().is_none() {
-                // Everything held is in flight: drop the new one instead.
-                self.dropped += 1;
+            // The oldest waiting goes; if everything held is in flight, the new one.
+            let (dropped, kept) = match self.queue.pop_front() {
+                Some(oldest) => (oldest, Some(record)),
+                None => (record, None),
+            };
+            self.drop_record(dropped);
+            let Some(record) = kept else {
                 return;
-            }
-            self.dropped += 1;
+            };
+            self.queue.push_back(record);
+            return;
         }
         self.queue.push_back(record);
+    }
+
+    fn drop_record(&mut self, record: Record) {
+        self.dropped += 1;
+        self.lost.extend(record.charge);
+    }
+
+    /// The charges of records dropped since the last call.
+    pub fn take_lost(&mut self) -> Vec<Charge> {
+        std::mem::take(&mut self.lost)
     }
 
     /// Records waiting, in flight included.
@@ -103,11 +133,12 @@ impl Outbox {
         Some(body)
     }
 
-    /// The report in flight was stored; returns how many records it held.
-    pub fn delivered(&mut self) -> u64 {
+    /// The report in flight was answered (stored, or refused for good); returns its
+    /// records.
+    pub fn delivered(&mut self) -> Vec<Record> {
         self.backoff_ms = 0;
         self.next_try_ms = 0;
-        self.in_flight.take().map_or(0, |batch| batch.len() as u64)
+        self.in_flight.take().unwrap_or_default()
     }
 
     /// The report in flight failed: its records go back to the front, and the next try
@@ -121,8 +152,9 @@ impl Outbox {
         self.backoff_ms = (self.backoff_ms * 2).clamp(FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
         self.next_try_ms = now_ms + self.backoff_ms;
         while self.queue.len() > self.capacity {
-            self.queue.pop_front();
-            self.dropped += 1;
+            if let Some(oldest) = self.queue.pop_front() {
+                self.drop_record(oldest);
+            }
         }
     }
 }
@@ -143,6 +175,11 @@ mod tests {
             output_tokens: 1,
             status: 200,
             ts: 1,
+            charge: Some(Charge {
+                cost: n,
+                key_ledger: "kg:q:k:k".into(),
+                account_ledger: None,
+            }),
         }
     }
 
@@ -166,7 +203,7 @@ mod tests {
         let first = o.next_report(0).unwrap();
         assert_eq!(ids(&first), ["r0", "r1"]);
         assert_eq!(o.next_report(0), None, "one batch in flight at a time");
-        assert_eq!(o.delivered(), 2);
+        assert_eq!(o.delivered().len(), 2);
         assert_eq!(ids(&o.next_report(0).unwrap()), ["r2", "r3"]);
         assert_eq!(o.len(), 3);
     }
@@ -206,11 +243,15 @@ mod tests {
         assert_eq!(o.len(), 3);
         assert_eq!(o.take_dropped(), 2);
         assert_eq!(o.take_dropped(), 0);
+        // Their charges are handed back, to stop counting in the ledgers.
+        let lost: Vec<u64> = o.take_lost().iter().map(|c| c.cost).collect();
+        assert_eq!(lost, [0, 1]);
         assert_eq!(ids(&o.next_report(0).unwrap()), ["r2", "r3"]);
         // While a batch is out, the room it takes counts too.
         o.push(record(9));
         assert_eq!(o.len(), 3);
         assert_eq!(o.take_dropped(), 1);
+        assert_eq!(o.take_lost()[0].cost, 4);
         o.failed(0);
         assert_eq!(o.len(), 3);
     }

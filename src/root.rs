@@ -15,8 +15,9 @@ use proxy_wasm::types::ContextType;
 use crate::config::{Config, IdentityHeaders};
 use crate::host::{self, Shared};
 use crate::http::Http;
+use crate::ledger;
 use crate::metrics::Metrics;
-use crate::report::Outbox;
+use crate::report::{Charge, Outbox, Record};
 use crate::shared::{self, Leader, SyncError, View};
 use crate::snapshot::SnapshotWire;
 
@@ -182,6 +183,8 @@ impl Root {
         if dropped > 0 {
             self.metrics.usage_dropped(dropped);
             warn!("{dropped} usage records dropped: the outbox is full (usage_queue_max)");
+            let lost = self.outbox.borrow_mut().take_lost();
+            lose(lost.iter());
         }
         if self.report_in_flight.is_some() {
             return;
@@ -211,13 +214,14 @@ impl Root {
         }
     }
 
-    fn usage_reported(&mut self) {
+    fn usage_reported(&mut self, body_size: usize) {
         self.report_in_flight = None;
         let now_ms = host::now_ms().unwrap_or(0);
         match host::call_response_status() {
             Ok(Some(status)) if status == "200" => {
-                let n = self.outbox.borrow_mut().delivered();
-                self.metrics.usage_delivered(n);
+                let records = self.outbox.borrow_mut().delivered();
+                self.metrics.usage_delivered(records.len() as u64);
+                self.landed(&records, body_size);
                 if self.reports_failing {
                     info!("usage reports delivered again");
                     self.reports_failing = false;
@@ -228,14 +232,42 @@ impl Root {
             // The key-service refused the records themselves: sending them again cannot
             // help, and they would block every later record.
             Ok(Some(status)) if status == "400" => {
-                let n = self.outbox.borrow_mut().delivered();
-                self.metrics.usage_dropped(n);
+                let records = self.outbox.borrow_mut().delivered();
+                let n = records.len();
+                self.metrics.usage_dropped(n as u64);
+                lose(records.iter().filter_map(|r| r.charge.as_ref()));
                 warn!("the key-service refused a usage report of {n} records as invalid");
                 self.report_usage(now_ms);
             }
             Ok(Some(other)) => self.report_failed(now_ms, &format!("key-service answered {other}")),
             Ok(None) => self.report_failed(now_ms, "request failed or timed out"),
             Err(e) => self.report_failed(now_ms, &format!("{e:?}")),
+        }
+    }
+
+    /// The key-service took these records: their costs stop counting as unreported and
+    /// count until the snapshot reaches the version it answered with.
+    fn landed(&self, records: &[Record], body_size: usize) {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            version: Option<u64>,
+        }
+        if records.iter().all(|r| r.charge.is_none()) {
+            return;
+        }
+        let snapshot_version = self.view.borrow().as_ref().map_or(0, |v| v.meta.version);
+        // Without a version (a key-service older than this filter), the costs count until
+        // the snapshot moves on once.
+        let at_version = host::call_response_body(body_size)
+            .ok()
+            .and_then(|body| serde_json::from_slice::<Answer>(&body).ok())
+            .and_then(|a| a.version)
+            .unwrap_or(snapshot_version + 1);
+        for charge in records.iter().filter_map(|r| r.charge.as_ref()) {
+            let ledgers = std::iter::once(&charge.key_ledger).chain(&charge.account_ledger);
+            for name in ledgers {
+                let _ = ledger::landed(&Shared, name, charge.cost, at_version, snapshot_version);
+            }
         }
     }
 
@@ -252,6 +284,16 @@ impl Root {
     }
 }
 
+/// Usage that will never be billed stops counting in its ledgers.
+fn lose<'a>(charges: impl Iterator<Item = &'a Charge>) {
+    for charge in charges {
+        let ledgers = std::iter::once(&charge.key_ledger).chain(&charge.account_ledger);
+        for name in ledgers {
+            let _ = ledger::lost(&Shared, name, charge.cost);
+        }
+    }
+}
+
 fn describe(e: &SyncError) -> String {
     match e {
         SyncError::Host(status) => format!("shared data refused a call: {status:?}"),
@@ -263,7 +305,7 @@ fn describe(e: &SyncError) -> String {
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
         if self.report_in_flight == Some(token) {
-            return self.usage_reported();
+            return self.usage_reported(body_size);
         }
         if self.in_flight != Some(token) {
             return;

@@ -11,9 +11,11 @@
 //!   singleton VM). A leader that dies is replaced once its lease runs out.
 //! - `kg:meta`: JSON `Meta`: the snapshot version, the epoch of the last complete full
 //!   load, when the key-service last confirmed it, and counts for the stats.
-//! - `kg:tables`: JSON `TablesWire`, the groups and accounts (small; each VM keeps them
-//!   parsed and rereads them when the version changes).
+//! - `kg:tables`: JSON `TablesWire`, the groups, accounts and prices (small; each VM
+//!   keeps them parsed and rereads them when the version changes).
 //! - one entry per key, named by its hash (`entry::name`), value `entry::encode`.
+//! - `kg:q:k:{key id}` and `kg:q:a:{account}`: the quota ledgers of limited keys and
+//!   accounts (`ledger`), created here before the key or account is stored.
 //!
 //! Shared data has no delete. A revoked hash (rotated away, deleted) is overwritten with
 //! an empty value. A full load writes every key with a new epoch and then publishes that
@@ -23,6 +25,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::entry::{self, Entry};
+use crate::ledger;
 use crate::secret::{self, KeyHash};
 use crate::snapshot::{KeyRecord, SnapshotWire, Tables, TablesWire};
 
@@ -335,7 +338,7 @@ impl Leader {
                         skipped,
                     });
                 }
-                write_tables(shared, wire.groups, wire.accounts)?;
+                write_tables(shared, wire.groups, wire.accounts, wire.prices)?;
                 let published = update_meta(shared, |meta| {
                     meta.epoch = epoch;
                     meta.version = version;
@@ -375,7 +378,7 @@ impl Leader {
                 }
                 let (written, skipped) = write_keys(shared, &wire.keys, meta.epoch)?;
                 new = new.min(written);
-                write_tables(shared, wire.groups, wire.accounts)?;
+                write_tables(shared, wire.groups, wire.accounts, wire.prices)?;
                 let published = update_meta(shared, |m| {
                     m.version = wire.version;
                     m.confirmed_at_ms = now_ms;
@@ -408,6 +411,10 @@ fn write_keys(
     for record in records {
         match entry::encode(record, epoch) {
             Ok((name, value)) => {
+                // A limited key's ledger exists before the key can be seen.
+                if record.remaining_quota.is_some() {
+                    ledger::ensure(shared, &ledger::key_entry(&record.id))?;
+                }
                 shared.set(&name, &value, None)?;
                 written += 1;
             }
@@ -421,8 +428,17 @@ fn write_tables(
     shared: &impl SharedData,
     groups: Vec<crate::snapshot::GroupRecord>,
     accounts: Vec<crate::snapshot::AccountRecord>,
+    prices: Vec<crate::snapshot::PriceRecord>,
 ) -> Result<(), HostError> {
-    let bytes = serde_json::to_vec(&TablesWire { groups, accounts }).unwrap_or_default();
+    for account in accounts.iter().filter(|a| a.balance.is_some()) {
+        ledger::ensure(shared, &ledger::account_entry(&account.name))?;
+    }
+    let tables = TablesWire {
+        groups,
+        accounts,
+        prices,
+    };
+    let bytes = serde_json::to_vec(&tables).unwrap_or_default();
     shared.set(TABLES, &bytes, None)?;
     Ok(())
 }
@@ -572,6 +588,7 @@ mod tests {
         last.groups = vec![GroupRecord {
             name: "default".into(),
             models: vec!["gpt-4o".into()],
+            ratio: 1.0,
         }];
         // The last page publishes, and asks at once for what changed since the first.
         assert!(leader.apply(&shared, last, 2_000).unwrap().more);

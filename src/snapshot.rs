@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelList;
+use crate::pricing::Price;
 
 /// `GET /filter/v1/snapshot` response body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -32,6 +33,9 @@ pub struct SnapshotWire {
     /// Every account's balance. A snapshot without accounts limits no key by balance.
     #[serde(default)]
     pub accounts: Vec<AccountRecord>,
+    /// Every model's prices, to estimate and settle what a request costs (`ledger`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prices: Vec<PriceRecord>,
 }
 
 /// The groups and accounts of a snapshot: small, sent whole with every answer, stored in
@@ -42,6 +46,17 @@ pub struct TablesWire {
     pub groups: Vec<GroupRecord>,
     #[serde(default)]
     pub accounts: Vec<AccountRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prices: Vec<PriceRecord>,
+}
+
+/// A model's prices in credits per 1,000,000 tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PriceRecord {
+    pub name: String,
+    pub input: f64,
+    pub output: f64,
+    pub cached_input: f64,
 }
 
 /// An account as the filter needs it.
@@ -58,6 +73,13 @@ pub struct GroupRecord {
     pub name: String,
     /// Models the group's keys may use; `["*"]` = all.
     pub models: Vec<String>,
+    /// Price multiplier of the group's keys.
+    #[serde(default = "one")]
+    pub ratio: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// One key as the filter needs to know it. Never carries the secret.
@@ -94,6 +116,8 @@ pub struct Tables {
     accounts: HashMap<String, Option<i64>>,
     /// Likewise for accounts: an unknown account has nothing to spend.
     accounts_known: bool,
+    ratios: HashMap<String, f64>,
+    prices: HashMap<String, Price>,
 }
 
 static ANY_MODEL: ModelList = ModelList::Any;
@@ -103,6 +127,23 @@ impl Tables {
     pub fn new(wire: TablesWire) -> Tables {
         Tables {
             groups_known: !wire.groups.is_empty(),
+            ratios: wire
+                .groups
+                .iter()
+                .map(|g| (g.name.clone(), g.ratio))
+                .collect(),
+            prices: wire
+                .prices
+                .into_iter()
+                .map(|p| {
+                    let price = Price {
+                        input: p.input,
+                        cached_input: p.cached_input,
+                        output: p.output,
+                    };
+                    (p.name, price)
+                })
+                .collect(),
             groups: wire
                 .groups
                 .into_iter()
@@ -132,6 +173,25 @@ impl Tables {
             Some(balance) => balance.is_none_or(|b| b > 0),
             None => !self.accounts_known,
         }
+    }
+
+    /// An account's balance; `None` = unlimited (or no accounts sent).
+    pub fn balance(&self, account: &str) -> Option<i64> {
+        match self.accounts.get(account) {
+            Some(balance) => *balance,
+            None if self.accounts_known => Some(0),
+            None => None,
+        }
+    }
+
+    /// A group's price multiplier (1 for a group the snapshot does not name).
+    pub fn ratio(&self, group: &str) -> f64 {
+        self.ratios.get(group).copied().unwrap_or(1.0)
+    }
+
+    /// A model's prices; `None` = the model costs nothing.
+    pub fn price(&self, model: &str) -> Option<Price> {
+        self.prices.get(model).copied()
     }
 }
 
@@ -168,6 +228,7 @@ mod tests {
                 account("broke", Some(0)),
                 account("owing", Some(-3)),
             ],
+            prices: vec![],
         });
         let expected = [
             ("rich", true),
@@ -180,6 +241,9 @@ mod tests {
             assert_eq!(tables.account_has_credit(name), has, "account {name}");
         }
         assert!(Tables::default().account_has_credit("anyone"));
+        assert_eq!(tables.balance("some"), Some(5));
+        assert_eq!(tables.balance("vanished"), Some(0));
+        assert_eq!(Tables::default().balance("anyone"), None);
     }
 
     #[test]
@@ -190,14 +254,25 @@ mod tests {
                 GroupRecord {
                     name: "default".into(),
                     models: vec!["*".into()],
+                    ratio: 1.0,
                 },
                 GroupRecord {
                     name: "cheap".into(),
                     models: vec!["gpt-4o-mini".into()],
+                    ratio: 0.5,
                 },
             ],
             accounts: vec![],
+            prices: vec![PriceRecord {
+                name: "gpt-4o-mini".into(),
+                input: 0.15,
+                output: 0.6,
+                cached_input: 0.075,
+            }],
         });
+        assert_eq!((tables.ratio("cheap"), tables.ratio("unknown")), (0.5, 1.0));
+        assert_eq!(tables.price("gpt-4o-mini").map(|p| p.output), Some(0.6));
+        assert_eq!(tables.price("gpt-4o"), None);
         assert_eq!(tables.group_models("default"), &ModelList::Any);
         assert!(tables.group_models("cheap").allows("gpt-4o-mini"));
         assert!(!tables.group_models("cheap").allows("gpt-4o"));

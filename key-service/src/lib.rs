@@ -10,7 +10,7 @@ pub mod error;
 pub mod expiry;
 pub mod extract;
 pub mod metrics;
-pub mod pricing;
+pub use keygate::pricing;
 pub mod random;
 pub mod store;
 pub mod tokens;

@@ -211,7 +211,10 @@ pub async fn put_model(
         .cached_input
         .map(|c| non_negative("cached_input", c))
         .transpose()?;
-    let created = state.store.put_price(&name, input, output, cached).await?;
+    let created = state
+        .store
+        .put_price(&name, input, output, cached, crate::expiry::now())
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {

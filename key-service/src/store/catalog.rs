@@ -207,6 +207,7 @@ impl Store {
         input: f64,
         output: f64,
         cached_input: Option<f64>,
+        now: i64,
     ) -> Result<bool, StoreError> {
         with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
@@ -233,6 +234,12 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            // Prices travel in the snapshot (the filter estimates costs with them).
+            sqlx::query(RECORD_TABLE_CHANGE)
+                .bind("price")
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(updated == 0)
         })
@@ -394,12 +401,12 @@ mod tests {
     #[tokio::test]
     async fn prices_default_their_cached_input_to_the_input_price() {
         let (_dir, store) = store().await;
-        assert!(store.put_price("gpt-4o", 2.5, 10.0, None).await.unwrap());
+        assert!(store.put_price("gpt-4o", 2.5, 10.0, None, 0).await.unwrap());
         assert!(!store
-            .put_price("gpt-4o", 2.5, 10.0, Some(1.25))
+            .put_price("gpt-4o", 2.5, 10.0, Some(1.25), 0)
             .await
             .unwrap());
-        store.put_price("embed", 0.02, 0.0, None).await.unwrap();
+        store.put_price("embed", 0.02, 0.0, None, 0).await.unwrap();
         let prices = store.list_prices().await.unwrap();
         assert_eq!(prices.len(), 2);
         assert_eq!(prices[0].cached_input, 0.02);

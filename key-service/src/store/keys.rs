@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::{with_pool, BeginWrite, Dialect, Get, Store, StoreError};
-use keygate::snapshot::{AccountRecord, GroupRecord, KeyRecord, TablesWire};
+use keygate::snapshot::{AccountRecord, GroupRecord, KeyRecord, PriceRecord, TablesWire};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -270,7 +270,9 @@ const COUNT_KEYS: &str = concat!("SELECT COUNT(*) FROM (", key_view!(), ") v", k
 /// One change-log row: key id, kind, time, the hash it takes out of service (or NULL).
 const RECORD_CHANGE: &str =
     "INSERT INTO key_changes (key_id, kind, at, revoked_hash) VALUES ($1, $2, $3, $4)";
-const GROUP_TABLE: &str = "SELECT name, models FROM groups ORDER BY name";
+const GROUP_TABLE: &str = "SELECT name, models, ratio FROM groups ORDER BY name";
+const PRICE_TABLE: &str =
+    "SELECT name, input, output, cached_input FROM model_prices ORDER BY name";
 const ACCOUNT_TABLE: &str = "SELECT name, balance FROM accounts ORDER BY name";
 
 /// What `change_one` does to a key.
@@ -620,8 +622,13 @@ impl Store {
             };
             let groups = sqlx::query(GROUP_TABLE).fetch_all(&mut *tx).await?;
             let accounts = sqlx::query(ACCOUNT_TABLE).fetch_all(&mut *tx).await?;
+            let prices = sqlx::query(PRICE_TABLE).fetch_all(&mut *tx).await?;
             tx.commit().await?;
-            let TablesWire { groups, accounts } = tables(&groups, &accounts)?;
+            let TablesWire {
+                groups,
+                accounts,
+                prices,
+            } = tables(&groups, &accounts, &prices)?;
             Ok(SnapshotBody {
                 version: u64::try_from(version).unwrap_or(0),
                 delta: since.is_some(),
@@ -630,6 +637,7 @@ impl Store {
                 next,
                 groups,
                 accounts,
+                prices,
             })
         })
     }
@@ -694,7 +702,8 @@ impl Store {
             };
             let groups = sqlx::query(GROUP_TABLE).fetch_all(&mut *conn).await?;
             let accounts = sqlx::query(ACCOUNT_TABLE).fetch_all(&mut *conn).await?;
-            (record, tables(&groups, &accounts)?)
+            let prices = sqlx::query(PRICE_TABLE).fetch_all(&mut *conn).await?;
+            (record, tables(&groups, &accounts, &prices)?)
         });
         let record = record
             .map(|json| {
@@ -709,17 +718,37 @@ impl Store {
     }
 }
 
-/// Every group's model list and every account's balance, from `GROUP_TABLE` and
-/// `ACCOUNT_TABLE`.
-fn tables(group_rows: &[impl Get], account_rows: &[impl Get]) -> Result<TablesWire, StoreError> {
+/// Every group's model list and ratio, every account's balance and every model's prices,
+/// from `GROUP_TABLE`, `ACCOUNT_TABLE` and `PRICE_TABLE`.
+fn tables(
+    group_rows: &[impl Get],
+    account_rows: &[impl Get],
+    price_rows: &[impl Get],
+) -> Result<TablesWire, StoreError> {
     let groups = group_rows
         .iter()
         .map(|row| {
             let name = row.text("name")?;
             let models = parse_list(&name, "groups.models", row.text("models")?)?;
-            Ok(GroupRecord { name, models })
+            Ok(GroupRecord {
+                name,
+                models,
+                ratio: row.real("ratio")?,
+            })
         })
         .collect::<Result<_, StoreError>>()?;
+    let prices = price_rows
+        .iter()
+        .map(|row| {
+            let input = row.real("input")?;
+            Ok(PriceRecord {
+                name: row.text("name")?,
+                input,
+                output: row.real("output")?,
+                cached_input: row.opt_real("cached_input")?.unwrap_or(input),
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
     let accounts = account_rows
         .iter()
         .map(|row| {
@@ -729,7 +758,11 @@ fn tables(group_rows: &[impl Get], account_rows: &[impl Get]) -> Result<TablesWi
             })
         })
         .collect::<Result<_, sqlx::Error>>()?;
-    Ok(TablesWire { groups, accounts })
+    Ok(TablesWire {
+        groups,
+        accounts,
+        prices,
+    })
 }
 
 /// A snapshot answer, as `keygate::snapshot::SnapshotWire` but with each key already
@@ -744,6 +777,7 @@ pub struct SnapshotBody {
     pub next: Option<String>,
     pub groups: Vec<GroupRecord>,
     pub accounts: Vec<AccountRecord>,
+    pub prices: Vec<PriceRecord>,
 }
 
 impl SnapshotBody {
@@ -774,6 +808,10 @@ impl SnapshotBody {
         out.push_str(&json(&self.groups));
         out.push_str(",\"accounts\":");
         out.push_str(&json(&self.accounts));
+        if !self.prices.is_empty() {
+            out.push_str(",\"prices\":");
+            out.push_str(&json(&self.prices));
+        }
         out.push('}');
         out
     }

@@ -28,6 +28,9 @@ pub struct Ingested {
     pub accepted: u64,
     /// Records whose `request_id` was already logged (a retried report).
     pub duplicates: u64,
+    /// The snapshot version once the batch is in: a filter whose snapshot has reached it
+    /// sees the batch's costs in its keys' remaining quota and accounts' balances.
+    pub version: u64,
 }
 
 /// A usage-log row, as `GET /api/v1/usage` shows it.
@@ -230,6 +233,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            // Read under the write lock, so no later change is counted in.
+            let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM key_changes")
+                .fetch_one(&mut *tx)
+                .await?;
+            done.version = u64::try_from(version).unwrap_or(0);
             tx.commit().await?;
             Ok(done)
         })
@@ -302,7 +310,7 @@ mod tests {
         store.insert_keys(&[key], 0).await.unwrap();
         // 2 credits per token in and out.
         store
-            .put_price("m", 2_000_000.0, 2_000_000.0, None)
+            .put_price("m", 2_000_000.0, 2_000_000.0, None, 0)
             .await
             .unwrap();
         (dir, store)

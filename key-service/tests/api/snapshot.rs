@@ -11,8 +11,21 @@ async fn the_snapshot_carries_each_key_by_the_hash_of_its_secret() {
     assert_eq!(
         empty.body,
         json!({"version": 0, "delta": false, "keys": [],
-            "groups": [{"name": "default", "models": ["*"]}],
+            "groups": [{"name": "default", "models": ["*"], "ratio": 1.0}],
             "accounts": [{"name": "default", "balance": null}]})
+    );
+    // Prices travel too once there are any, for the filter's quota estimates.
+    let put = service
+        .request(
+            Method::PUT,
+            "/api/v1/models/gpt-4o-mini",
+            Some(crate::ADMIN),
+        )
+        .json(&json!({"input": 0.15, "output": 0.6}));
+    assert_eq!(service.send(put).await.status, 201);
+    assert_eq!(
+        service.snapshot().await.body["prices"],
+        json!([{"name": "gpt-4o-mini", "input": 0.15, "output": 0.6, "cached_input": 0.15}])
     );
 
     let created = service
@@ -25,7 +38,7 @@ async fn the_snapshot_carries_each_key_by_the_hash_of_its_secret() {
 
     let reply = service.snapshot().await;
     let wire: keygate::snapshot::SnapshotWire = serde_json::from_value(reply.body.clone()).unwrap();
-    assert_eq!(wire.version, 1);
+    assert_eq!(wire.version, 2, "the price, then the key");
     assert_eq!(wire.keys.len(), 1);
     let record = &wire.keys[0];
     assert_eq!(

@@ -39,11 +39,19 @@ async fn reported_usage_is_billed_once_and_exhausts_the_key() {
         .report(json!([record("req-1", id, 10, 20)]), FILTER)
         .await;
     assert_eq!(first.status, 200);
-    assert_eq!(first.body, json!({"accepted": 1, "duplicates": 0}));
+    let version = service.snapshot().await.body["version"].clone();
+    assert_eq!(
+        first.body,
+        json!({"accepted": 1, "duplicates": 0, "version": version}),
+        "the version that carries the billing"
+    );
     let retried = service
         .report(json!([record("req-1", id, 10, 20)]), FILTER)
         .await;
-    assert_eq!(retried.body, json!({"accepted": 0, "duplicates": 1}));
+    assert_eq!(
+        retried.body,
+        json!({"accepted": 0, "duplicates": 1, "version": version})
+    );
     let shown = service.admin_get(&format!("/api/v1/keys/{id}")).await.body;
     assert_eq!(
         (

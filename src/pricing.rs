@@ -2,6 +2,9 @@
 //! `ceil(((input - cached) * price.input + cached * price.cached_input
 //! + output * price.output) / 1e6 * group.ratio)`.
 
+// Shared by the key-service, which bills each reported request, and the filter, which
+// reserves an estimate before a request and settles what it used after (`ledger`).
+
 /// Tokens of one request as the filter read them from the response.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tokens {
@@ -42,6 +45,8 @@ pub fn cost(tokens: Tokens, price: Option<Price>, ratio: f64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const GPT4O: Price = Price {
         input: 2_500_000.0,

@@ -1,0 +1,338 @@
+//! Quota that cannot be raced. The snapshot tells each key's remaining quota and each
+//! account's balance as the key-service last billed them; what it cannot know is what
+//! requests in flight will cost, and what finished requests cost before their usage
+//! reached the key-service and came back in a snapshot. Each key and each limited account
+//! has a ledger of that in shared data, so every worker VM of one Envoy sees it:
+//!
+//! - `reserved`: estimates of requests in flight, taken when a request is admitted and
+//!   given back when its response ends (however it ends);
+//! - `unreported`: what finished requests cost, until the key-service has their usage;
+//! - `landing`: what the key-service has accepted, each amount with the snapshot version
+//!   from which remaining quotas and balances include it; counted until the VM's snapshot
+//!   reaches that version.
+//!
+//! A request is admitted only if the limit minus all of that covers its estimate. Every
+//! change is a compare-and-swap on the ledger's entry, retried on a lost race. The leader
+//! creates a ledger when it stores a limited key or account, before the request path can
+//! see it, because shared data cannot create an entry only if it is absent.
+
+use crate::pricing::{self, Price, Tokens};
+use crate::shared::{HostError, SharedData};
+
+/// The shared-data entry of a key's ledger.
+pub fn key_entry(key_id: &str) -> String {
+    format!("kg:q:k:{key_id}")
+}
+
+/// The shared-data entry of an account's ledger.
+pub fn account_entry(account: &str) -> String {
+    format!("kg:q:a:{account}")
+}
+
+/// Compare-and-swap attempts before a change is given up (each loss means another VM
+/// changed the ledger in between).
+const MAX_TRIES: usize = 64;
+
+/// The host status for a compare-and-swap mismatch, reported when every try lost.
+const CAS_MISMATCH: u32 = 8;
+
+const ENCODED_LEN: usize = 48;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ledger {
+    pub reserved: u64,
+    pub unreported: u64,
+    /// `(version, amount)`; `(0, 0)` is a free slot.
+    pub landing: [(u64, u64); 2],
+}
+
+impl Ledger {
+    pub fn decode(bytes: &[u8]) -> Ledger {
+        let Some(bytes) = bytes.get(..ENCODED_LEN) else {
+            return Ledger::default();
+        };
+        let word = |i: usize| {
+            let mut b = [0; 8];
+            b.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(b)
+        };
+        Ledger {
+            reserved: word(0),
+            unreported: word(1),
+            landing: [(word(2), word(3)), (word(4), word(5))],
+        }
+    }
+
+    pub fn encode(&self) -> [u8; ENCODED_LEN] {
+        let words = [
+            self.reserved,
+            self.unreported,
+            self.landing[0].0,
+            self.landing[0].1,
+            self.landing[1].0,
+            self.landing[1].1,
+        ];
+        let mut out = [0; ENCODED_LEN];
+        for (i, word) in words.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
+        }
+        out
+    }
+
+    /// What a snapshot at `version` does not show yet.
+    pub fn pending(&self, version: u64) -> u64 {
+        let landing = self
+            .landing
+            .iter()
+            .filter(|(at, _)| *at > version)
+            .fold(0u64, |sum, (_, amount)| sum.saturating_add(*amount));
+        self.reserved
+            .saturating_add(self.unreported)
+            .saturating_add(landing)
+    }
+
+    /// Moves `amount` from unreported to landing at `at_version`. Two slots: amounts that
+    /// land at the same version share one; a third version merges into the newer slot,
+    /// which then counts a little longer than needed, never shorter.
+    pub fn land(&mut self, amount: u64, at_version: u64, snapshot_version: u64) {
+        self.unreported = self.unreported.saturating_sub(amount);
+        for slot in &mut self.landing {
+            if slot.0 <= snapshot_version {
+                *slot = (0, 0);
+            }
+        }
+        if amount == 0 {
+            return;
+        }
+        if let Some(slot) = self.landing.iter_mut().find(|s| s.0 == at_version) {
+            slot.1 = slot.1.saturating_add(amount);
+        } else if let Some(slot) = self.landing.iter_mut().find(|s| **s == (0, 0)) {
+            *slot = (at_version, amount);
+        } else {
+            let newer = usize::from(self.landing[1].0 > self.landing[0].0);
+            let slot = &mut self.landing[newer];
+            *slot = (slot.0.max(at_version), slot.1.saturating_add(amount));
+        }
+    }
+}
+
+/// Applies `change` to the ledger in `name` by compare-and-swap, retrying when another VM
+/// changed it in between. `change` returning `None` leaves the ledger as it is.
+fn update<T>(
+    shared: &impl SharedData,
+    name: &str,
+    mut change: impl FnMut(&mut Ledger) -> Option<T>,
+) -> Result<Option<T>, HostError> {
+    for _ in 0..MAX_TRIES {
+        let (ledger, cas) = match shared.get(name)? {
+            Some((bytes, cas)) => (Ledger::decode(&bytes), Some(cas)),
+            None => (Ledger::default(), None),
+        };
+        let mut changed = ledger;
+        let Some(out) = change(&mut changed) else {
+            return Ok(None);
+        };
+        if changed == ledger || shared.set(name, &changed.encode(), cas)? {
+            return Ok(Some(out));
+        }
+    }
+    Err(HostError(CAS_MISMATCH))
+}
+
+/// Creates an empty ledger in `name` unless there is one: for the leader, before it
+/// stores the key or account it belongs to.
+pub fn ensure(shared: &impl SharedData, name: &str) -> Result<(), HostError> {
+    if shared.get(name)?.is_none() {
+        shared.set(name, &Ledger::default().encode(), None)?;
+    }
+    Ok(())
+}
+
+/// Reserves `amount` in `name` if `limit` minus what the ledger holds (against a snapshot
+/// at `version`) covers it; `false` when it does not.
+pub fn reserve(
+    shared: &impl SharedData,
+    name: &str,
+    limit: i64,
+    amount: u64,
+    version: u64,
+) -> Result<bool, HostError> {
+    let admitted = update(shared, name, |ledger| {
+        let left = i128::from(limit) - i128::from(ledger.pending(version));
+        if left < i128::from(amount) {
+            return None;
+        }
+        ledger.reserved = ledger.reserved.saturating_add(amount);
+        Some(())
+    })?;
+    Ok(admitted.is_some())
+}
+
+/// A request ended: its reservation goes, what it cost waits for the key-service.
+pub fn settle(
+    shared: &impl SharedData,
+    name: &str,
+    reserved: u64,
+    cost: u64,
+) -> Result<(), HostError> {
+    update(shared, name, |ledger| {
+        ledger.reserved = ledger.reserved.saturating_sub(reserved);
+        ledger.unreported = ledger.unreported.saturating_add(cost);
+        Some(())
+    })?;
+    Ok(())
+}
+
+/// The key-service took usage costing `cost`; snapshots from `at_version` show it.
+pub fn landed(
+    shared: &impl SharedData,
+    name: &str,
+    cost: u64,
+    at_version: u64,
+    snapshot_version: u64,
+) -> Result<(), HostError> {
+    update(shared, name, |ledger| {
+        ledger.land(cost, at_version, snapshot_version);
+        Some(())
+    })?;
+    Ok(())
+}
+
+/// Usage costing `cost` will never reach the key-service (refused, or dropped from a full
+/// outbox): it stops counting.
+pub fn lost(shared: &impl SharedData, name: &str, cost: u64) -> Result<(), HostError> {
+    update(shared, name, |ledger| {
+        ledger.unreported = ledger.unreported.saturating_sub(cost);
+        Some(())
+    })?;
+    Ok(())
+}
+
+/// What the filter knows of a request before it is sent, to estimate its cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Estimate {
+    /// Size of the request body: the prompt is at most about a token per 4 bytes of it.
+    pub body_bytes: u64,
+    /// The request's own output limit (`max_tokens` and its kin), if it set one.
+    pub max_output_tokens: Option<u64>,
+}
+
+impl Estimate {
+    /// Credits the request may cost at most (as far as a request can say): a token per 4
+    /// body bytes in, the output limit (or `default_output_tokens`) out.
+    pub fn credits(&self, price: Option<Price>, ratio: f64, default_output_tokens: u64) -> u64 {
+        let tokens = Tokens {
+            input: self.body_bytes.div_ceil(4),
+            cached_input: 0,
+            output: self.max_output_tokens.unwrap_or(default_output_tokens),
+        };
+        u64::try_from(pricing::cost(tokens, price, ratio)).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::testing::MemShared;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const KEY: &str = "kg:q:k:key_1";
+
+    fn ledger(shared: &MemShared) -> Ledger {
+        Ledger::decode(&shared.get(KEY).unwrap().unwrap().0)
+    }
+
+    #[test]
+    fn ledgers_round_trip_and_garbage_reads_as_empty() {
+        let l = Ledger {
+            reserved: 1,
+            unreported: u64::MAX,
+            landing: [(7, 3), (9, 4)],
+        };
+        assert_eq!(Ledger::decode(&l.encode()), l);
+        assert_eq!(Ledger::decode(b"short"), Ledger::default());
+    }
+
+    #[test]
+    fn reservations_stop_at_the_limit_and_come_back_when_settled() {
+        let shared = MemShared::default();
+        ensure(&shared, KEY).unwrap();
+        // 100 credits left: two requests estimated at 40 fit, a third does not.
+        assert!(reserve(&shared, KEY, 100, 40, 5).unwrap());
+        assert!(reserve(&shared, KEY, 100, 40, 5).unwrap());
+        assert!(!reserve(&shared, KEY, 100, 40, 5).unwrap());
+        // One ends having cost 10: 30 of its 40 come back.
+        settle(&shared, KEY, 40, 10).unwrap();
+        assert_eq!(ledger(&shared).pending(5), 50);
+        assert!(reserve(&shared, KEY, 100, 40, 5).unwrap());
+        assert!(!reserve(&shared, KEY, 100, 11, 5).unwrap());
+        // A request that costs nothing always fits, even at the limit.
+        assert!(reserve(&shared, KEY, 100, 0, 5).unwrap());
+    }
+
+    #[test]
+    fn a_cost_counts_until_the_snapshot_shows_it() {
+        let shared = MemShared::default();
+        ensure(&shared, KEY).unwrap();
+        assert!(reserve(&shared, KEY, 100, 40, 5).unwrap());
+        settle(&shared, KEY, 40, 25).unwrap();
+        assert_eq!(ledger(&shared).pending(5), 25, "unreported");
+        // The key-service took it; snapshots from version 8 include it.
+        landed(&shared, KEY, 25, 8, 5).unwrap();
+        let l = ledger(&shared);
+        assert_eq!((l.unreported, l.pending(7), l.pending(8)), (0, 25, 0));
+        // The slot is reused once the snapshot is past it.
+        landed(&shared, KEY, 0, 9, 8).unwrap();
+        assert_eq!(ledger(&shared).landing, [(0, 0), (0, 0)]);
+    }
+
+    #[test]
+    fn a_third_landing_version_merges_into_the_newer_slot() {
+        let mut l = Ledger {
+            unreported: 60,
+            ..Ledger::default()
+        };
+        l.land(10, 6, 5);
+        l.land(20, 7, 5);
+        l.land(30, 9, 5);
+        assert_eq!(l.landing, [(6, 10), (9, 50)]);
+        assert_eq!((l.pending(6), l.pending(8), l.pending(9)), (50, 50, 0));
+        l.land(5, 9, 6);
+        assert_eq!(l.landing, [(0, 0), (9, 55)]);
+    }
+
+    #[test]
+    fn lost_usage_stops_counting() {
+        let shared = MemShared::default();
+        settle(&shared, KEY, 0, 30).unwrap();
+        lost(&shared, KEY, 30).unwrap();
+        assert_eq!(ledger(&shared).pending(0), 0);
+    }
+
+    #[test]
+    fn estimates_price_the_body_and_the_output_limit() {
+        let price = Some(Price {
+            input: 1_000_000.0,
+            cached_input: 1_000_000.0,
+            output: 2_000_000.0,
+        });
+        let asked = Estimate {
+            body_bytes: 400,
+            max_output_tokens: Some(50),
+        };
+        // 100 tokens in at 1 credit, 50 out at 2.
+        assert_eq!(asked.credits(price, 1.0, 4096), 200);
+        assert_eq!(asked.credits(price, 0.5, 4096), 100);
+        let silent = Estimate {
+            body_bytes: 0,
+            max_output_tokens: None,
+        };
+        assert_eq!(silent.credits(price, 1.0, 10), 20);
+        assert_eq!(
+            asked.credits(None, 1.0, 4096),
+            0,
+            "unpriced models are free"
+        );
+    }
+}

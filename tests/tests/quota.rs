@@ -1,0 +1,145 @@
+//! Quota that cannot be raced, in the real Envoy with two workers: requests in flight
+//! reserve what they may cost in a ledger all workers share, so concurrent requests
+//! cannot overdraw a key between its check and its billing, and the key-service never
+//! bills more than the quota.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use keygate_e2e::api::{admin, client, create_key, until_synced};
+use keygate_e2e::stack::Stack;
+use reqwest::blocking::Response;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const QUOTA: u64 = 1_000;
+const MAX_TOKENS: u64 = 100;
+
+/// A chat call that may cost at most about `estimate()` credits and costs exactly
+/// `actual()` (the mock upstream answers with `max_tokens` output tokens and one input
+/// token per word).
+fn body() -> Value {
+    json!({"model": "gpt-4o-mini", "max_tokens": MAX_TOKENS,
+        "messages": [{"role": "user", "content": "two words"}]})
+}
+
+/// The filter's estimate at one credit per token: a token per 4 body bytes in, the
+/// request's `max_tokens` out.
+fn estimate() -> u64 {
+    (body().to_string().len() as u64).div_ceil(4) + MAX_TOKENS
+}
+
+fn actual() -> u64 {
+    2 + MAX_TOKENS
+}
+
+fn send(stack: &Stack, secret: &str, delay_ms: u64) -> Response {
+    client()
+        .post(format!("{}/v1/chat/completions", stack.envoy_url))
+        .bearer_auth(secret)
+        .header("x-mock-delay-ms", delay_ms.to_string())
+        .json(&body())
+        .send()
+        .expect("chat call")
+}
+
+fn billed(stack: &Stack, key_id: &str) -> (u64, usize) {
+    let (status, page) = admin(
+        stack,
+        Method::GET,
+        &format!("/api/v1/usage?key_id={key_id}&per_page=100"),
+        None,
+    );
+    assert_eq!(status, 200);
+    let rows = page["usage"].as_array().cloned().unwrap_or_default();
+    let cost = rows.iter().map(|r| r["cost"].as_u64().unwrap()).sum();
+    (cost, rows.len())
+}
+
+#[test]
+fn concurrent_requests_cannot_overdraw_a_key() {
+    let stack = Stack::builder().concurrency(2).start();
+    // One credit per token, in and out.
+    let (status, _) = admin(
+        &stack,
+        Method::PUT,
+        "/api/v1/models/gpt-4o-mini",
+        Some(json!({"input": 1_000_000, "output": 1_000_000})),
+    );
+    assert_eq!(status, 201);
+    let key = create_key(
+        &stack,
+        json!({"name": "metered", "unlimited_quota": false, "quota": QUOTA}),
+    );
+    // The first call also proves the price reached the filter (the estimate needs it).
+    let first = until_synced(|| send(&stack, &key.secret, 0));
+    assert_eq!(first.status(), 200);
+    let spent = actual();
+
+    // A burst of slow calls, all in flight at once: only as many as the quota left
+    // covers at their estimate get through; the others are refused before any upstream
+    // call, as OpenAI refuses a key out of quota.
+    let fits = (QUOTA - spent) / estimate();
+    let burst = fits as usize + 4;
+    let stack_ref = &stack;
+    let secret = key.secret.as_str();
+    let statuses: Vec<(u16, Value)> = thread::scope(|s| {
+        let calls: Vec<_> = (0..burst)
+            .map(|_| {
+                s.spawn(move || {
+                    let res = send(stack_ref, secret, 1_500);
+                    let status = res.status().as_u16();
+                    (status, res.json::<Value>().unwrap_or(Value::Null))
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let admitted = statuses.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<&Value> = statuses
+        .iter()
+        .filter(|(s, _)| *s == 429)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(
+        admitted,
+        fits as usize,
+        "{fits} fit in the quota at {} each: {statuses:?}",
+        estimate()
+    );
+    assert_eq!(refused.len(), burst - admitted, "{statuses:?}");
+    assert!(refused
+        .iter()
+        .all(|b| b["error"]["code"] == "insufficient_quota"));
+
+    // Then one at a time until refused: settled costs count at once, so what passes never
+    // adds up to more than the quota, even before the key-service has billed it.
+    let mut sequential = 0;
+    loop {
+        let res = send(&stack, &key.secret, 0);
+        match res.status().as_u16() {
+            200 => sequential += 1,
+            429 => break,
+            other => panic!("unexpected {other}"),
+        }
+        assert!(sequential < 20, "never refused");
+    }
+    let calls = 1 + admitted + sequential;
+
+    // Everything admitted is billed, exactly once, and the sum stays within the quota.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut bill = billed(&stack, &key.id);
+    while bill.1 < calls && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+        bill = billed(&stack, &key.id);
+    }
+    assert_eq!(bill.1, calls, "every admitted call is in the usage log");
+    assert_eq!(bill.0, calls as u64 * actual());
+    assert!(bill.0 <= QUOTA, "billed {} of a {QUOTA} quota", bill.0);
+    // And the last refusal was right: another call might have cost more than was left.
+    assert!(
+        QUOTA - bill.0 < estimate(),
+        "refused with {} left",
+        QUOTA - bill.0
+    );
+}
