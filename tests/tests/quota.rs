@@ -143,3 +143,59 @@ fn concurrent_requests_cannot_overdraw_a_key() {
         QUOTA - bill.0
     );
 }
+
+#[test]
+fn a_client_that_goes_away_gives_its_reservation_back() {
+    let stack = Stack::start();
+    let (status, _) = admin(
+        &stack,
+        Method::PUT,
+        "/api/v1/models/gpt-4o-mini",
+        Some(json!({"input": 1_000_000, "output": 1_000_000})),
+    );
+    assert_eq!(status, 201);
+    // Room for one call in flight, not two.
+    let key = create_key(
+        &stack,
+        json!({"name": "one-at-a-time", "unlimited_quota": false, "quota": estimate() + 10}),
+    );
+    until_synced(|| {
+        client()
+            .get(format!("{}/v1/models", stack.envoy_url))
+            .bearer_auth(&key.secret)
+            .send()
+            .unwrap()
+    });
+    let slow = thread::spawn({
+        let url = format!("{}/v1/chat/completions", stack.envoy_url);
+        let secret = key.secret.clone();
+        move || {
+            // The upstream would answer in 10 s; the client gives up after 0.5 s.
+            reqwest::blocking::Client::builder()
+                .timeout(Duration::from_millis(500))
+                .build()
+                .unwrap()
+                .post(url)
+                .bearer_auth(secret)
+                .header("x-mock-delay-ms", "10000")
+                .json(&body())
+                .send()
+        }
+    });
+    thread::sleep(Duration::from_millis(250));
+    let while_in_flight = send(&stack, &key.secret, 0);
+    assert_eq!(
+        while_in_flight.status(),
+        429,
+        "the slow call holds the room"
+    );
+    assert!(slow.join().unwrap().is_err(), "the client timed out");
+    // Long before the upstream would have answered, the room is back.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut after = send(&stack, &key.secret, 0);
+    while after.status() != 200 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        after = send(&stack, &key.secret, 0);
+    }
+    assert_eq!(after.status(), 200, "the reservation was released");
+}
