@@ -68,6 +68,8 @@ struct Pending {
     status: u16,
     /// The filter added `stream_options.include_usage` to the request.
     added_usage: bool,
+    /// Size of the request body (its `content-length`, or what was read).
+    request_bytes: u64,
 }
 
 /// Why an admitted request's body is being read.
@@ -352,6 +354,7 @@ impl Http {
             if pending.model.is_none() {
                 pending.model = facts.model.clone();
             }
+            pending.request_bytes = body.len() as u64;
         }
         if wait.model_check || wait.reserve {
             let now_ms = host::now_ms().map_err(|_| HOST_FAILED)?;
@@ -420,6 +423,9 @@ impl Http {
             model: None,
             status: 0,
             added_usage: false,
+            request_bytes: header("content-length")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0),
         });
         Ok(())
     }
@@ -504,17 +510,36 @@ impl HttpContext for Http {
         };
         let scanned = self.scanner.take().map(Scanner::finish).unwrap_or_default();
         let model = pending.model.or(scanned.model);
-        let usage = match scanned.usage {
-            Some(usage) => usage,
+        // The prompt reached the provider, which bills it: about a token per 4 bytes.
+        let prompt = Usage {
+            input: pending.request_bytes.div_ceil(4),
+            ..Usage::default()
+        };
+        let (usage, estimated) = match scanned.usage {
+            Some(usage) => (usage, false),
+            // The client left before any answer.
+            None if pending.status == 0 => (prompt, true),
             // An error from the provider is logged with its status, and no tokens unless
             // it reported some.
-            None if pending.status >= 400 || pending.status == 0 => Usage::default(),
+            None if pending.status >= 400 => (Usage::default(), false),
+            // A stream cut before its usage (the client went away, or the provider did):
+            // the prompt, and an output token per event that went by.
+            None if scanned.events > 0 => (
+                Usage {
+                    output: scanned.events,
+                    ..prompt
+                },
+                true,
+            ),
             None => {
                 self.settle(model.as_deref(), None);
                 self.metrics.usage_missing();
                 return;
             }
         };
+        if estimated {
+            self.metrics.usage_estimated();
+        }
         let charge = self.settle(model.as_deref(), Some(&usage));
         let ts = host::now_ms().map_or(0, |ms| i64::try_from(ms / 1000).unwrap_or(0));
         let record = Record {
@@ -532,6 +557,7 @@ impl HttpContext for Http {
                 pending.status
             },
             ts,
+            estimated,
         };
         self.outbox.borrow_mut().push(record);
         self.metrics.usage_recorded(&usage);

@@ -33,6 +33,7 @@ pub struct Metrics {
     usage_delivered: Tally,
     usage_dropped: Option<u32>,
     usage_missing: Option<u32>,
+    usage_estimated: Option<u32>,
     usage_report_failures: Option<u32>,
     tokens_input: Tally,
     tokens_cached_input: Tally,
@@ -107,6 +108,7 @@ impl Metrics {
             response_bytes_scanned: Tally::new("keygate.response_bytes_scanned"),
             usage_dropped: define(MetricType::Counter, "keygate.usage_dropped"),
             usage_missing: define(MetricType::Counter, "keygate.usage_missing"),
+            usage_estimated: define(MetricType::Counter, "keygate.usage_estimated"),
             usage_report_failures: define(MetricType::Counter, "keygate.usage_report_failures"),
             pending: (0..=Denial::ALL.len()).map(|_| Cell::new(0)).collect(),
         }
@@ -187,6 +189,10 @@ impl Metrics {
     /// A successful response of an LLM API named no usage (so nothing is billed).
     pub fn usage_missing(&self) {
         Self::add(self.usage_missing, 1);
+    }
+
+    pub fn usage_estimated(&self) {
+        Self::add(self.usage_estimated, 1);
     }
 
     pub fn usage_dropped(&self, n: u64) {

@@ -23,6 +23,9 @@ pub struct Record {
     pub status: u16,
     /// Unix seconds.
     pub ts: i64,
+    /// The tokens are the filter's estimate: the response ended without its usage.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
     /// What it cost the quota ledgers it was admitted against; stays in the filter.
     #[serde(skip)]
     pub charge: Option<Charge>,
@@ -175,6 +178,7 @@ mod tests {
             output_tokens: 1,
             status: 200,
             ts: 1,
+            estimated: false,
             charge: Some(Charge {
                 cost: n,
                 key_ledger: "kg:q:k:k".into(),

@@ -134,6 +134,8 @@ pub struct Scanner {
     head: Vec<u8>,
     /// The model the response names, once seen.
     model: Option<String>,
+    /// SSE: events with data seen (`[DONE]` aside).
+    events: u64,
 }
 
 /// What a body reported.
@@ -143,6 +145,9 @@ pub struct Scanned {
     /// The model the response names (OpenAI and Anthropic `model`, Gemini
     /// `modelVersion`), for when the request's was not read.
     pub model: Option<String>,
+    /// Stream events that carried data: a floor on the output tokens delivered (each
+    /// content event carries at least one), for a stream cut before its usage.
+    pub events: u64,
 }
 
 /// The string value of the first `"key": "..."` in `bytes`.
@@ -185,6 +190,7 @@ impl Scanner {
             usage: None,
             head: Vec::new(),
             model: None,
+            events: 0,
         }
     }
 
@@ -255,6 +261,10 @@ impl Scanner {
     }
 
     fn event(&mut self, data: &[u8]) {
+        if data.is_empty() || data == b"[DONE]" {
+            return;
+        }
+        self.events += 1;
         if self.model.is_none() {
             self.model = string_field(data, self.model_key());
         }
@@ -339,6 +349,7 @@ impl Scanner {
             return Scanned {
                 usage: self.usage,
                 model: self.model,
+                events: self.events,
             };
         }
         let model = string_field(&self.head, self.model_key())
@@ -346,6 +357,7 @@ impl Scanner {
         Scanned {
             usage: self.tail_usage(),
             model,
+            events: 0,
         }
     }
 
@@ -639,5 +651,18 @@ mod tests {
         ] {
             assert_eq!(Api::from_path(path), api, "{path}");
         }
+    }
+
+    #[test]
+    fn a_stream_cut_before_its_usage_tells_how_many_events_went_by() {
+        let mut scanner = Scanner::new(Api::OpenAi, true);
+        scanner.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n");
+        scanner.push(b": keep-alive\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\n\n");
+        scanner.push(b"data: {\"choices\":[{\"delta\":");
+        let cut = scanner.finish();
+        assert_eq!((cut.usage, cut.events), (None, 3));
+        let mut done = Scanner::new(Api::OpenAi, true);
+        done.push(b"data: {\"x\":1}\n\ndata: [DONE]\n\n");
+        assert_eq!(done.finish().events, 1, "[DONE] is not an event");
     }
 }

@@ -302,3 +302,56 @@ fn a_provider_error_is_logged_with_its_status_and_no_tokens() {
         "the successful call's input tokens were never counted"
     );
 }
+
+#[test]
+fn a_stream_the_client_leaves_is_billed_as_an_estimate_of_what_went_by() {
+    use std::io::Read;
+
+    let stack = Stack::start();
+    let key = create_key(&stack, json!({"name": "impatient"}));
+    until_synced(|| {
+        client()
+            .get(format!("{}/v1/models", stack.envoy_url))
+            .bearer_auth(&key.secret)
+            .send()
+            .unwrap()
+    });
+    // 40 words, one chunk each, 200 ms apart: 8 s in all. The client reads for about a
+    // second and hangs up.
+    let mut res = client()
+        .post(format!("{}/v1/chat/completions", stack.envoy_url))
+        .bearer_auth(&key.secret)
+        .header("x-mock-chunk-delay-ms", "200")
+        .json(
+            &json!({"model": "gpt-4o-mini", "max_tokens": 40, "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "tell me a long story"}]}),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    let mut read = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        read += res.read(&mut buf).unwrap();
+    }
+    assert!(read > 0);
+    drop(res);
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut log = usage_log(&stack);
+    while log.is_empty() && Instant::now() < deadline {
+        sleep(Duration::from_millis(200));
+        log = usage_log(&stack);
+    }
+    assert_eq!(log.len(), 1, "{log:#?}");
+    let record = &log[0];
+    assert_eq!(record["estimated"], true, "{record}");
+    assert_eq!(record["status"], 200);
+    // The prompt, and no more output than the 40 words, nor less than one.
+    assert!(record["input_tokens"].as_u64().unwrap() > 0, "{record}");
+    let output = record["output_tokens"].as_u64().unwrap();
+    assert!((1..40).contains(&output), "{record}");
+    assert!(filter_stat(&stack, "keygate.usage_estimated").is_some());
+}

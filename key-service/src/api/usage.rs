@@ -39,6 +39,9 @@ pub struct ReportedUsage {
     /// Unix seconds of the request (the intake's clock when absent).
     #[serde(default)]
     pub ts: Option<i64>,
+    /// The filter estimated the tokens (the response ended without its usage).
+    #[serde(default)]
+    pub estimated: bool,
 }
 
 impl UsageReport {
@@ -89,6 +92,7 @@ impl UsageReport {
                     },
                     status,
                     ts: r.ts.unwrap_or(now),
+                    estimated: r.estimated,
                 })
             })
             .collect()

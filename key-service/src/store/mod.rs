@@ -63,6 +63,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0005_grace_secrets.sql"),
         include_str!("../../migrations/postgres/0005_grace_secrets.sql"),
     ),
+    (
+        6,
+        "usage_estimated",
+        include_str!("../../migrations/sqlite/0006_usage_estimated.sql"),
+        include_str!("../../migrations/postgres/0006_usage_estimated.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,8 @@ pub struct UsageRecord {
     pub status: u16,
     /// Unix seconds.
     pub ts: i64,
+    /// The tokens are the filter's estimate (the response ended without its usage).
+    pub estimated: bool,
 }
 
 /// What an intake did.
@@ -48,6 +50,7 @@ pub struct UsageRow {
     pub priced: bool,
     pub status: i64,
     pub ts: i64,
+    pub estimated: bool,
 }
 
 /// Filters of `GET /api/v1/usage`; `from` and `to` are Unix seconds, `to` exclusive.
@@ -78,6 +81,7 @@ fn usage_row(row: &impl Get) -> Result<UsageRow, sqlx::Error> {
         priced: row.flag("priced")?,
         status: row.int("status")?,
         ts: row.int("ts")?,
+        estimated: row.flag("estimated")?,
     })
 }
 
@@ -166,8 +170,8 @@ impl Store {
                 let inserted = sqlx::query(
                     "INSERT INTO usage_log (request_id, key_id, key_name, account, model, \
                          input_tokens, cached_input_tokens, output_tokens, cost, priced, \
-                         status, ts) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                         status, ts, estimated) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                      ON CONFLICT (request_id) DO NOTHING",
                 )
                 .bind(&record.request_id)
@@ -182,6 +186,7 @@ impl Store {
                 .bind(price.is_some())
                 .bind(i64::from(record.status))
                 .bind(record.ts)
+                .bind(record.estimated)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -284,6 +289,7 @@ mod tests {
             },
             status: 200,
             ts: 1_000,
+            estimated: false,
         }
     }
 
