@@ -15,8 +15,9 @@ help:
 	@echo "make demo     run Envoy :10000 + key-service :8081 + mock upstream :8082 (Ctrl-C stops all)"
 	@echo "make test     lint, unit tests (key-service on SQLite and PostgreSQL), wasm logic tests in V8,"
 	@echo "              config validation, end-to-end tests"
-	@echo "make bench    keygate in Envoy against no filter and a no-op Wasm filter, and the"
-	@echo "              key-service on SQLite and PostgreSQL (make bench-service; about 15 min)"
+	@echo "make bench    keygate in Envoy against no filter and a no-op Wasm filter, streams (TTFB,"
+	@echo "              scanning CPU), billing reconciled under load, and the key-service on"
+	@echo "              SQLite and PostgreSQL (make bench-service); about 20 min"
 
 setup:
 	bash .ci/setup.sh
@@ -77,6 +78,8 @@ bench: build bench-service
 	$(WASM_CARGO) build -p keygate-noop-filter --target wasm32-wasip1 --release
 	target/release/keygate-bench --keys 0,10000,1000000 --rounds 3 --duration 4 \
 	    --out bench/results/filter.md
+	target/release/keygate-stream-bench --out bench/results/streams.md
+	target/release/keygate-reconcile --seconds 60 --out bench/results/reconciliation.md
 
 # The key-service alone on SQLite and on a throwaway PostgreSQL (about 4 min).
 bench-service: build-native

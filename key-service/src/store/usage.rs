@@ -1,6 +1,6 @@
 //! The usage log: what the filter reports after each request, priced and billed once.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use sqlx::{Database, Encode, QueryBuilder, Type};
@@ -123,26 +123,38 @@ impl Store {
     ) -> Result<Ingested, StoreError> {
         with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
+            // Looked up once per batch: a batch holds few keys and models, many records.
+            let mut keys: HashMap<String, Option<(String, String, f64)>> = HashMap::new();
             let mut prices: HashMap<String, Option<Price>> = HashMap::new();
-            let mut billed_keys = BTreeSet::new();
-            let mut billed_account = false;
+            // Per key: credits and the newest request; per account: credits. Written once
+            // each at the end.
+            let mut billed_keys: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+            let mut billed_accounts: BTreeMap<String, i64> = BTreeMap::new();
             let mut done = Ingested::default();
             for record in records {
-                let key = sqlx::query(
-                    "SELECT k.name, k.account, g.ratio FROM keys k \
-                     LEFT JOIN groups g ON g.name = k.group_name WHERE k.id = $1",
-                )
-                .bind(&record.key_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let (key_name, account, ratio) = match &key {
-                    Some(row) => (
-                        Some(row.text("name")?),
-                        Some(row.text("account")?),
-                        row.opt_real("ratio")?.unwrap_or(1.0),
-                    ),
-                    None => (None, None, 1.0),
+                let key = match keys.get(&record.key_id) {
+                    Some(key) => key.clone(),
+                    None => {
+                        let row = sqlx::query(
+                            "SELECT k.name, k.account, g.ratio FROM keys k \
+                             LEFT JOIN groups g ON g.name = k.group_name WHERE k.id = $1",
+                        )
+                        .bind(&record.key_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let key = match &row {
+                            Some(row) => Some((
+                                row.text("name")?,
+                                row.text("account")?,
+                                row.opt_real("ratio")?.unwrap_or(1.0),
+                            )),
+                            None => None,
+                        };
+                        keys.insert(record.key_id.clone(), key.clone());
+                        key
+                    }
                 };
+                let ratio = key.as_ref().map_or(1.0, |k| k.2);
                 let price = match prices.get(&record.model) {
                     Some(price) => *price,
                     None => {
@@ -176,8 +188,8 @@ impl Store {
                 )
                 .bind(&record.request_id)
                 .bind(&record.key_id)
-                .bind(&key_name)
-                .bind(&account)
+                .bind(key.as_ref().map(|k| &k.0))
+                .bind(key.as_ref().map(|k| &k.1))
                 .bind(&record.model)
                 .bind(to_i64(record.tokens.input))
                 .bind(to_i64(record.tokens.cached_input))
@@ -195,40 +207,51 @@ impl Store {
                     continue;
                 }
                 done.accepted += 1;
-                if key.is_none() {
+                let Some((_, account, _)) = &key else {
                     continue;
+                };
+                let billed = billed_keys.entry(record.key_id.clone()).or_insert((0, 0));
+                billed.0 = billed.0.saturating_add(cost);
+                billed.1 = billed.1.max(record.ts);
+                if cost > 0 {
+                    let spent = billed_accounts.entry(account.clone()).or_insert(0);
+                    *spent = spent.saturating_add(cost);
                 }
+            }
+            for (key_id, (cost, last_used)) in &billed_keys {
                 sqlx::query(
                     "UPDATE keys SET used_quota = used_quota + $2, \
                      last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $3 \
                          THEN $3 ELSE last_used_at END \
                      WHERE id = $1",
                 )
-                .bind(&record.key_id)
+                .bind(key_id)
                 .bind(cost)
-                .bind(record.ts)
+                .bind(last_used)
                 .execute(&mut *tx)
                 .await?;
-                if cost > 0 {
-                    billed_keys.insert(record.key_id.clone());
-                    billed_account |= sqlx::query(
-                        "UPDATE accounts SET balance = balance - $2 \
-                         WHERE name = $1 AND balance IS NOT NULL",
+                if *cost > 0 {
+                    sqlx::query(
+                        "INSERT INTO key_changes (key_id, kind, at) VALUES ($1, 'usage', $2)",
                     )
-                    .bind(&account)
-                    .bind(cost)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                        > 0;
-                }
-            }
-            for key_id in &billed_keys {
-                sqlx::query("INSERT INTO key_changes (key_id, kind, at) VALUES ($1, 'usage', $2)")
                     .bind(key_id)
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
+                }
+            }
+            let mut billed_account = false;
+            for (account, cost) in &billed_accounts {
+                billed_account |= sqlx::query(
+                    "UPDATE accounts SET balance = balance - $2 \
+                     WHERE name = $1 AND balance IS NOT NULL",
+                )
+                .bind(account)
+                .bind(cost)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    > 0;
             }
             if billed_account {
                 sqlx::query(

@@ -2,14 +2,16 @@
 //! Embeddings, also under Azure's deployment paths), Anthropic Messages and Gemini
 //! generateContent / streamGenerateContent, streamed or not, with deterministic usage.
 //! It also records what reached it (`GET /mock/requests`) so tests can check what the
-//! filter let through.
+//! filter let through, and tallies the usage its chat answers reported per
+//! `x-keygate-key-id` (`GET /mock/usage`), so the benchmark can reconcile it with what
+//! the key-service billed.
 
 mod anthropic;
 mod gemini;
 mod openai;
 mod usage;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +38,8 @@ const MAX_DELAY_MS: u64 = 30_000;
 #[derive(Clone, Default)]
 struct AppState {
     log: Arc<Mutex<VecDeque<Value>>>,
+    /// Per key id: chat calls answered, input and output tokens reported.
+    tally: Arc<Mutex<BTreeMap<String, [u64; 3]>>>,
 }
 
 /// Every route of the mock upstream.
@@ -44,6 +48,7 @@ pub fn router() -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/mock/requests", get(requests).delete(clear_requests))
+        .route("/mock/usage", get(tally))
         .route("/v1/chat/completions", post(openai_chat))
         .route("/v1/completions", post(openai_completions))
         .route("/v1/responses", post(openai_responses))
@@ -68,6 +73,8 @@ struct Call {
     body: Value,
     knobs: Knobs,
     query: String,
+    /// The `x-keygate-key-id` the filter set.
+    key_id: Option<String>,
 }
 
 /// Test knobs, each an `x-mock-*` request header.
@@ -78,6 +85,9 @@ pub struct Knobs {
     pub chunk_delay_ms: u64,
     pub cached_tokens: u64,
     pub reasoning_tokens: u64,
+    /// Bytes of filler appended to a plain chat answer's text (`x-mock-pad-bytes`), for
+    /// large bodies.
+    pub pad_bytes: u64,
 }
 
 impl Knobs {
@@ -94,6 +104,7 @@ impl Knobs {
             chunk_delay_ms: num("x-mock-chunk-delay-ms").unwrap_or(0).min(MAX_DELAY_MS),
             cached_tokens: num("x-mock-cached-tokens").unwrap_or(0),
             reasoning_tokens: num("x-mock-reasoning-tokens").unwrap_or(0),
+            pad_bytes: num("x-mock-pad-bytes").unwrap_or(0).min(BODY_LIMIT as u64),
         }
     }
 }
@@ -160,6 +171,11 @@ async fn accept(state: &AppState, req: Request, provider: Provider) -> Result<Ca
         body,
         knobs,
         query: parts.uri.query().unwrap_or_default().to_string(),
+        key_id: parts
+            .headers
+            .get("x-keygate-key-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     })
 }
 
@@ -237,9 +253,33 @@ async fn not_found() -> Response {
 
 async fn openai_chat(State(s): State<AppState>, req: Request) -> Response {
     match accept(&s, req, Provider::OpenAi).await {
-        Ok(call) => openai::chat(&call.body, None, call.knobs),
+        Ok(call) => {
+            if let (Some(key), Ok(mut tally)) = (&call.key_id, s.tally.lock()) {
+                let usage = openai::chat_usage(&call.body, call.knobs);
+                let t = tally.entry(key.clone()).or_default();
+                t[0] += 1;
+                t[1] += usage.input;
+                t[2] += usage.output;
+            }
+            openai::chat(&call.body, None, call.knobs)
+        }
         Err(res) => res,
     }
+}
+
+/// `GET /mock/usage`: per key id, the chat calls answered and the tokens they reported.
+async fn tally(State(s): State<AppState>) -> Json<Value> {
+    let tally = s.tally.lock().map(|t| t.clone()).unwrap_or_default();
+    let out: serde_json::Map<String, Value> = tally
+        .into_iter()
+        .map(|(key, [calls, input, output])| {
+            (
+                key,
+                json!({"calls": calls, "input_tokens": input, "output_tokens": output}),
+            )
+        })
+        .collect();
+    Json(Value::Object(out))
 }
 
 async fn openai_completions(State(s): State<AppState>, req: Request) -> Response {

@@ -35,13 +35,18 @@ enum Kind {
 }
 
 pub fn chat(body: &Value, deployment: Option<&str>, knobs: Knobs) -> Response {
-    let usage = Usage::of(
+    let usage = chat_usage(body, knobs);
+    generate(Kind::Chat, body, model_of(body, deployment), usage, knobs)
+}
+
+/// The usage a chat call reports.
+pub fn chat_usage(body: &Value, knobs: Knobs) -> Usage {
+    Usage::of(
         body,
         &["messages"],
         &["max_completion_tokens", "max_tokens"],
         knobs,
-    );
-    generate(Kind::Chat, body, model_of(body, deployment), usage, knobs)
+    )
 }
 
 pub fn completions(body: &Value, deployment: Option<&str>, knobs: Knobs) -> Response {
@@ -61,10 +66,15 @@ fn generate(kind: Kind, body: &Value, model: &str, usage: Usage, knobs: Knobs) -
         Kind::Completion => ("text_completion", "cmpl-mock"),
     };
     if !wants_stream(body) {
+        let mut text = usage.text();
+        if knobs.pad_bytes > 0 {
+            text.push(' ');
+            text.extend(std::iter::repeat_n('x', knobs.pad_bytes as usize));
+        }
         let choice = match kind {
             Kind::Chat => json!({"index": 0, "finish_reason": "stop",
-                "message": {"role": "assistant", "content": usage.text()}}),
-            Kind::Completion => json!({"index": 0, "finish_reason": "stop", "text": usage.text()}),
+                "message": {"role": "assistant", "content": text}}),
+            Kind::Completion => json!({"index": 0, "finish_reason": "stop", "text": text}),
         };
         return Json(
             json!({"id": id, "object": object, "created": CREATED, "model": model,
