@@ -154,10 +154,13 @@ fn a_client_that_goes_away_gives_its_reservation_back() {
         Some(json!({"input": 1_000_000, "output": 1_000_000})),
     );
     assert_eq!(status, 201);
-    // Room for one call in flight, not two.
+    // Room for one call in flight, not two; and for one more once the first has gone,
+    // billed its prompt (the provider had it), about a token per 4 bytes of body.
+    let prompt = estimate() - MAX_TOKENS;
     let key = create_key(
         &stack,
-        json!({"name": "one-at-a-time", "unlimited_quota": false, "quota": estimate() + 10}),
+        json!({"name": "one-at-a-time", "unlimited_quota": false,
+            "quota": estimate() + prompt + 10}),
     );
     until_synced(|| {
         client()
@@ -198,4 +201,54 @@ fn a_client_that_goes_away_gives_its_reservation_back() {
         after = send(&stack, &key.secret, 0);
     }
     assert_eq!(after.status(), 200, "the reservation was released");
+}
+
+#[test]
+fn an_account_balance_is_shared_by_its_keys_in_flight() {
+    let stack = Stack::builder().concurrency(2).start();
+    let (status, _) = admin(
+        &stack,
+        Method::PUT,
+        "/api/v1/models/gpt-4o-mini",
+        Some(json!({"input": 1_000_000, "output": 1_000_000})),
+    );
+    assert_eq!(status, 201);
+    let balance = 3 * estimate() + 10;
+    let (status, _) = admin(
+        &stack,
+        Method::POST,
+        "/api/v1/accounts",
+        Some(json!({"name": "team", "balance": balance})),
+    );
+    assert_eq!(status, 201);
+    // Two keys without quotas of their own, drawing on one balance.
+    let keys: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|n| create_key(&stack, json!({"name": n, "account": "team"})))
+        .collect();
+    for key in &keys {
+        until_synced(|| {
+            client()
+                .get(format!("{}/v1/models", stack.envoy_url))
+                .bearer_auth(&key.secret)
+                .send()
+                .unwrap()
+        });
+    }
+    let stack_ref = &stack;
+    let statuses: Vec<u16> = thread::scope(|s| {
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let secret = keys[i % 2].secret.as_str();
+                s.spawn(move || send(stack_ref, secret, 1_500).status().as_u16())
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        admitted, 3,
+        "three estimates fit in the balance: {statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5);
 }
