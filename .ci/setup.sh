@@ -88,6 +88,14 @@ if ! command -v wrk >/dev/null; then
 fi
 ok "$(command -v wrk)"
 
+say "Chromium and ChromeDriver (the console's browser tests drive them headless)"
+missing=$(missing_debs chromium chromium-driver)
+if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086
+    apt_install $missing
+fi
+ok "$(chromium --version 2>/dev/null | head -1), $(chromedriver --version | head -1 | cut -d' ' -f1-2)"
+
 say "wasm-bindgen-test-runner (the version Cargo.lock pins)"
 wbg=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print }' Cargo.lock)
 [ -n "$wbg" ] || die "wasm-bindgen not found in Cargo.lock"

@@ -38,6 +38,15 @@ pub struct Config {
     #[arg(long, env = "KEYGATE_CHANGE_LOG_RETENTION", default_value = "7d")]
     pub change_log_retention: String,
 
+    /// The gateway's address as clients use it: the console shows it, with a ready curl
+    /// line, next to each new secret.
+    #[arg(
+        long,
+        env = "KEYGATE_PUBLIC_BASE_URL",
+        default_value = "http://localhost:10000/v1"
+    )]
+    pub public_base_url: String,
+
     /// Without a command the service runs; with one, it acts on the database and exits.
     #[command(subcommand)]
     pub command: Option<crate::cli::Command>,

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod expiry;
 pub mod extract;
@@ -18,6 +19,7 @@ pub mod tokens;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
@@ -41,6 +43,8 @@ pub struct AppState {
     filter: Guard,
     check: Guard,
     pub metrics: metrics::SharedMetrics,
+    /// What the console shows clients as the base URL.
+    pub public_base_url: Arc<str>,
 }
 
 impl AppState {
@@ -51,7 +55,13 @@ impl AppState {
             filter: Guard::filter(filter_token),
             check: Guard::check(filter_token),
             metrics: metrics::SharedMetrics::default(),
+            public_base_url: Arc::from("http://localhost:10000/v1"),
         }
+    }
+
+    pub fn with_public_base_url(mut self, url: &str) -> Self {
+        self.public_base_url = Arc::from(url);
+        self
     }
 }
 
@@ -88,6 +98,7 @@ pub fn app(state: AppState) -> Router {
             patch(api::catalog::update_account),
         )
         .route("/api/v1/usage", get(api::usage::list))
+        .route("/api/v1/usage/summary", get(api::usage::summary))
         .route_layer(middleware::from_fn_with_state(
             state.admin.clone(),
             auth::require,
@@ -115,6 +126,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(metrics::render))
         .route("/api/v1/openapi.json", get(api::openapi))
+        .merge(console::routes())
         .merge(admin)
         .merge(filter)
         .merge(check)
@@ -213,7 +225,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tokio::spawn(prune_periodically(store.clone(), seconds));
     }
 
-    let state = AppState::new(store.clone(), admin.expose(), filter.expose());
+    let state = AppState::new(store.clone(), admin.expose(), filter.expose())
+        .with_public_base_url(&config.public_base_url);
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await;

@@ -2,6 +2,7 @@
 //! (`upstream`, run as the `mock-upstream` binary).
 
 pub mod api;
+pub mod browser;
 pub mod seed;
 pub mod stack;
 pub mod upstream;

@@ -69,14 +69,14 @@ pub fn random_token() -> String {
 }
 
 /// One child process with its log file; killed on drop.
-struct Proc {
+pub(crate) struct Proc {
     name: &'static str,
     child: Child,
     log: PathBuf,
 }
 
 impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command, dir: &Path) -> Proc {
+    pub(crate) fn spawn(name: &'static str, mut cmd: Command, dir: &Path) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let out = fs::File::create(&log).expect("create log file");
         let err = out.try_clone().expect("clone log file");
@@ -96,12 +96,12 @@ impl Proc {
         Proc { name, child, log }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits for `prefix <address>` in the process's output and returns the address.
-    fn wait_for_line(&mut self, prefix: &str) -> String {
+    pub(crate) fn wait_for_line(&mut self, prefix: &str) -> String {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(addr) = self

@@ -131,20 +131,27 @@ fn time_param(name: &str, value: &str) -> Result<i64, ApiError> {
         .map_err(|e| ApiError::invalid(name, format!("{name} must be RFC 3339: {e}")))
 }
 
-/// `GET /api/v1/usage`: filters `key_id`, `account`, `model`, `from`, `to` (RFC 3339,
-/// `to` exclusive); `page`, `per_page`; newest first.
-pub async fn list(
-    State(state): State<AppState>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<UsagePage>, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::InvalidRequest {
-        param: None,
-        code: "invalid_query",
-        message: format!("the query string could not be decoded: {e}"),
-    })?;
+/// `row` as JSON, with its `ts` (Unix seconds) in RFC 3339.
+fn json_with_time(row: &impl Serialize, ts: i64) -> Result<serde_json::Value, ApiError> {
+    let mut value = serde_json::to_value(row).map_err(ApiError::internal)?;
+    value["ts"] = serde_json::json!(expiry::to_rfc3339(ts));
+    Ok(value)
+}
+
+/// The query of the usage routes: the log's filters `key_id`, `account`, `model`, `from`,
+/// `to` (RFC 3339, `to` exclusive) go into the filter; `other` takes the route's own
+/// parameters and answers false for a name it does not know either.
+fn usage_query(
+    query: Option<&str>,
+    mut other: impl FnMut(&str, &str) -> Result<bool, ApiError>,
+) -> Result<UsageFilter, ApiError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| ApiError::InvalidRequest {
+            param: None,
+            code: "invalid_query",
+            message: format!("the query string could not be decoded: {e}"),
+        })?;
     let mut filter = UsageFilter::default();
-    let (mut page, mut per_page) = (1, PER_PAGE_DEFAULT);
     for (name, value) in pairs {
         if value.is_empty() {
             continue;
@@ -155,8 +162,7 @@ pub async fn list(
             "model" => filter.model = Some(value),
             "from" => filter.from = Some(time_param("from", &value)?),
             "to" => filter.to = Some(time_param("to", &value)?),
-            "page" => page = number("page", &value, 1, u32::MAX)?,
-            "per_page" => per_page = number("per_page", &value, 1, PER_PAGE_MAX)?,
+            _ if other(&name, &value)? => {}
             _ => {
                 return Err(ApiError::InvalidRequest {
                     param: Some(name.clone()),
@@ -166,22 +172,93 @@ pub async fn list(
             }
         }
     }
+    Ok(filter)
+}
+
+/// `GET /api/v1/usage`: the log's filters (see [`usage_query`]); `page`, `per_page`;
+/// newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<UsagePage>, ApiError> {
+    let (mut page, mut per_page) = (1, PER_PAGE_DEFAULT);
+    let filter = usage_query(query.as_deref(), |name, value| {
+        match name {
+            "page" => page = number("page", value, 1, u32::MAX)?,
+            "per_page" => per_page = number("per_page", value, 1, PER_PAGE_MAX)?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    })?;
     let offset = u64::from(page - 1) * u64::from(per_page);
     let (rows, total) = state.store.list_usage(&filter, per_page, offset).await?;
     let usage = rows
         .into_iter()
-        .map(|row| {
-            let ts = expiry::to_rfc3339(row.ts);
-            let mut value = serde_json::to_value(row).map_err(ApiError::internal)?;
-            value["ts"] = serde_json::json!(ts);
-            Ok(value)
-        })
+        .map(|row| json_with_time(&row, row.ts))
         .collect::<Result<_, ApiError>>()?;
     Ok(Json(UsagePage {
         usage,
         page,
         per_page,
         total,
+    }))
+}
+
+/// Buckets one summary may hold at most (a month of hours is 744).
+pub const SUMMARY_BUCKETS_MAX: i64 = 1_000;
+
+#[derive(Debug, Serialize)]
+pub struct UsageSummary {
+    pub bucket: &'static str,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub buckets: Vec<serde_json::Value>,
+}
+
+/// `GET /api/v1/usage/summary`: the log's filters (see [`usage_query`]) and `bucket`
+/// (`hour`, the default, or `day`); tokens, requests and credits per bucket and model,
+/// oldest first. Without `from` and `to`, the last 24 hours (hour) or 30 days (day).
+pub async fn summary(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<UsageSummary>, ApiError> {
+    let mut bucket = ("hour", 3_600);
+    let mut filter = usage_query(query.as_deref(), |name, value| {
+        if name != "bucket" {
+            return Ok(false);
+        }
+        bucket = match value {
+            "hour" => ("hour", 3_600),
+            "day" => ("day", 86_400),
+            _ => return Err(ApiError::invalid("bucket", "bucket must be hour or day")),
+        };
+        Ok(true)
+    })?;
+    let (name, seconds) = bucket;
+    let to = filter.to.unwrap_or_else(|| expiry::now() + 1);
+    let from = filter
+        .from
+        .unwrap_or(to - seconds * if seconds == 3_600 { 24 } else { 30 });
+    if from >= to {
+        return Err(ApiError::invalid("from", "from must be before to"));
+    }
+    if (to - from) / seconds >= SUMMARY_BUCKETS_MAX {
+        return Err(ApiError::invalid(
+            "from",
+            format!("from..to spans more than {SUMMARY_BUCKETS_MAX} buckets of a {name}"),
+        ));
+    }
+    (filter.from, filter.to) = (Some(from), Some(to));
+    let rows = state.store.summarize_usage(&filter, seconds).await?;
+    let buckets = rows
+        .into_iter()
+        .map(|row| json_with_time(&row, row.ts))
+        .collect::<Result<_, ApiError>>()?;
+    Ok(Json(UsageSummary {
+        bucket: name,
+        from: expiry::to_rfc3339(from),
+        to: expiry::to_rfc3339(to),
+        buckets,
     }))
 }
 

@@ -63,6 +63,19 @@ pub struct UsageFilter {
     pub to: Option<i64>,
 }
 
+/// Usage added up per time bucket and model, as the console's charts show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageBucket {
+    /// Start of the bucket, Unix seconds.
+    pub ts: i64,
+    pub model: String,
+    pub requests: i64,
+    pub input_tokens: i64,
+    pub cached_input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost: i64,
+}
+
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -293,6 +306,42 @@ impl Store {
             Ok((rows, u64::try_from(total).unwrap_or(0)))
         })
     }
+
+    /// The log's rows matching `filter`, added up per model and per `bucket` seconds
+    /// (buckets start at multiples of `bucket` since the Unix epoch), oldest first.
+    pub async fn summarize_usage(
+        &self,
+        filter: &UsageFilter,
+        bucket: i64,
+    ) -> Result<Vec<UsageBucket>, StoreError> {
+        let bucket = bucket.max(1);
+        with_pool!(self, |pool| {
+            let mut q = QueryBuilder::new("SELECT (ts / ");
+            q.push_bind(bucket).push(") * ").push_bind(bucket).push(
+                // PostgreSQL's SUM of BIGINT is NUMERIC: cast back.
+                " AS bucket, model, COUNT(*) AS requests, \
+                     CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
+                     CAST(SUM(cached_input_tokens) AS BIGINT) AS cached_input_tokens, \
+                     CAST(SUM(output_tokens) AS BIGINT) AS output_tokens, \
+                     CAST(SUM(cost) AS BIGINT) AS cost FROM usage_log",
+            );
+            push_filter(&mut q, filter);
+            q.push(" GROUP BY bucket, model ORDER BY bucket, model");
+            let rows = q.build().fetch_all(pool).await?;
+            let buckets = rows.iter().map(|row| {
+                Ok(UsageBucket {
+                    ts: row.int("bucket")?,
+                    model: row.text("model")?,
+                    requests: row.int("requests")?,
+                    input_tokens: row.int("input_tokens")?,
+                    cached_input_tokens: row.int("cached_input_tokens")?,
+                    output_tokens: row.int("output_tokens")?,
+                    cost: row.int("cost")?,
+                })
+            });
+            Ok(buckets.collect::<Result<_, sqlx::Error>>()?)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -343,6 +392,51 @@ mod tests {
             .await
             .unwrap();
         (dir, store)
+    }
+
+    #[tokio::test]
+    async fn usage_adds_up_per_bucket_and_model() {
+        let (_dir, store) = store_with_key().await;
+        let at = |id: &str, model: &str, ts: i64| UsageRecord {
+            ts,
+            ..record(id, "k1", model, 10, 5)
+        };
+        let batch = [
+            at("a", "m", 3_600),
+            at("b", "m", 7_199),
+            at("c", "other", 7_000),
+            at("d", "m", 7_200),
+            at("e", "m", 9_000_000),
+        ];
+        store.ingest_usage(&batch, 10_000).await.unwrap();
+        let filter = UsageFilter {
+            to: Some(1_000_000),
+            ..UsageFilter::default()
+        };
+        let buckets = store.summarize_usage(&filter, 3_600).await.unwrap();
+        let seen: Vec<_> = buckets
+            .iter()
+            .map(|b| {
+                (
+                    b.ts,
+                    b.model.as_str(),
+                    b.requests,
+                    b.input_tokens,
+                    b.output_tokens,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (3_600, "m", 2, 20, 10),
+                (3_600, "other", 1, 10, 5),
+                (7_200, "m", 1, 10, 5)
+            ]
+        );
+        // 15 tokens at 2 credits, group ratio 0.5.
+        assert_eq!(buckets[0].cost, 30);
+        assert_eq!(buckets[1].cost, 0, "an unpriced model costs nothing");
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 mod auth;
 mod catalog;
 mod check;
+mod console;
 mod create;
 mod edit;
 mod errors;
@@ -93,11 +94,11 @@ impl Service {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.unwrap();
-        let plain = headers
+        let json = headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/plain"));
-        let body = if bytes.is_empty() || plain {
+            .is_some_and(|v| v.starts_with("application/json"));
+        let body = if bytes.is_empty() || !json {
             Value::Null
         } else {
             serde_json::from_slice(&bytes)

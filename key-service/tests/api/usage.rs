@@ -131,3 +131,89 @@ async fn usage_needs_the_filter_token_and_good_records() {
         .error();
     assert_eq!((status, param.as_deref()), (400, Some("from")));
 }
+
+#[tokio::test]
+async fn the_summary_adds_usage_up_per_hour_or_day_and_model() {
+    let service = Service::start().await;
+    let put = service
+        .request(Method::PUT, "/api/v1/models/gpt-4o", Some(ADMIN))
+        .json(&json!({"input": 1_000_000, "output": 1_000_000}));
+    assert_eq!(service.send(put).await.status, 201);
+    let key = service
+        .create_ok(json!({"name": "charted"}))
+        .await
+        .remove(0);
+    let id = key["id"].as_str().unwrap();
+    // 1_800_000_000 is 2027-01-15T08:00:00Z.
+    let at = |request_id: &str, ts: i64, model: &str| {
+        let mut r = record(request_id, id, 10, 20);
+        r["ts"] = json!(ts);
+        r["model"] = json!(model);
+        r
+    };
+    let records = json!([
+        at("a", 1_800_000_000, "gpt-4o"),
+        at("b", 1_800_003_599, "gpt-4o"),
+        at("c", 1_800_003_600, "gpt-4o"),
+        at("d", 1_800_000_100, "other")
+    ]);
+    assert_eq!(service.report(records, FILTER).await.status, 200);
+
+    let window = "from=2027-01-15T00:00:00Z&to=2027-01-16T00:00:00Z";
+    let hourly = service
+        .admin_get(&format!("/api/v1/usage/summary?{window}&key_id={id}"))
+        .await;
+    assert_eq!(hourly.status, 200, "{}", hourly.body);
+    assert_eq!(hourly.body["bucket"], "hour");
+    let rows: Vec<_> = hourly.body["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["ts"].as_str().unwrap().to_owned(),
+                b["model"].as_str().unwrap().to_owned(),
+                b["requests"].as_i64().unwrap(),
+                b["output_tokens"].as_i64().unwrap(),
+                b["cost"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let row = |ts: &str, model: &str, n, out, cost| (ts.to_owned(), model.to_owned(), n, out, cost);
+    assert_eq!(
+        rows,
+        [
+            row("2027-01-15T08:00:00Z", "gpt-4o", 2, 40, 60),
+            row("2027-01-15T08:00:00Z", "other", 1, 20, 0),
+            row("2027-01-15T09:00:00Z", "gpt-4o", 1, 20, 30),
+        ]
+    );
+    let daily = service
+        .admin_get(&format!(
+            "/api/v1/usage/summary?{window}&bucket=day&model=gpt-4o"
+        ))
+        .await;
+    assert_eq!(daily.body["buckets"][0]["requests"], 3, "{}", daily.body);
+    assert_eq!(daily.body["buckets"].as_array().unwrap().len(), 1);
+
+    for (query, param) in [
+        ("bucket=week", "bucket"),
+        ("from=2027-01-16T00:00:00Z&to=2027-01-15T00:00:00Z", "from"),
+        ("from=2020-01-01T00:00:00Z&to=2027-01-01T00:00:00Z", "from"),
+        ("from=yesterday", "from"),
+        ("page=2", "page"),
+    ] {
+        let reply = service
+            .admin_get(&format!("/api/v1/usage/summary?{query}"))
+            .await;
+        assert_eq!(
+            reply.error(),
+            (400, reply.error().1.clone(), Some(param.into())),
+            "{query}"
+        );
+    }
+    let anonymous = service
+        .send(service.request(Method::GET, "/api/v1/usage/summary", None))
+        .await;
+    assert_eq!(anonymous.status, 401);
+}

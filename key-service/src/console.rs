@@ -1,0 +1,64 @@
+//! The web console: three static files compiled into the binary (no build step, no CDN)
+//! and the one setting they need. The console signs in with the admin token and uses the
+//! management API like any other client; nothing here needs a token.
+
+use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::HeaderName;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::AppState;
+
+const INDEX: &str = include_str!("../console/index.html");
+const SCRIPT: &str = include_str!("../console/console.js");
+const STYLE: &str = include_str!("../console/console.css");
+
+/// Scripts, styles and requests from this origin only; never framed (no clickjacking of
+/// the delete button); no referrer leaves the page.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
+        )
+        .route(
+            "/console/console.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/console/console.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+        .route("/console/settings.json", get(settings))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (CONTENT_TYPE, content_type),
+            // A new binary's console is seen at the next load.
+            (CACHE_CONTROL, "no-cache"),
+            (HeaderName::from_static("content-security-policy"), CSP),
+            (HeaderName::from_static("x-content-type-options"), "nosniff"),
+            (HeaderName::from_static("referrer-policy"), "no-referrer"),
+        ],
+        body,
+    )
+}
+
+#[derive(serde::Serialize)]
+pub struct Settings {
+    base_url: String,
+}
+
+/// `GET /console/settings.json`: what the console shows next to a new secret.
+async fn settings(State(state): State<AppState>) -> Json<Settings> {
+    Json(Settings {
+        base_url: state.public_base_url.to_string(),
+    })
+}
