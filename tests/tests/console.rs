@@ -264,6 +264,52 @@ fn a_key_made_in_the_console_works_through_envoy_until_the_console_disables_rota
     });
     browser.screenshot("usage");
 
+    // Edit: the dialog comes filled with the key's settings; the list shows the change.
+    browser.run(async {
+        click(c, r#"nav a[data-page="keys"]"#).await;
+        click(c, r#"button[aria-label="Edit console-e2e"]"#).await;
+        until_text(c, "#key-dialog-title", "Edit console-e2e").await;
+        let ips = script(c, "return document.querySelector('#kf-ips').value").await;
+        assert_eq!(
+            ips, "127.0.0.1/32\n::1/128",
+            "as the service normalised them"
+        );
+        fill(c, "#kf-quota", "250000").await;
+        click(c, "#kf-submit").await;
+        until_text(c, "#notice", "console-e2e is saved").await;
+    });
+    let (_, page) = admin(&stack, Method::GET, "/api/v1/keys?q=console-e2e", None);
+    let edited = &page["keys"][0];
+    assert_eq!(edited["quota"], 250_000, "{page}");
+    let remaining = edited["remaining_quota"].as_u64().unwrap();
+    let shown = format!("/ {},{:03}", remaining / 1000, remaining % 1000);
+    browser.run(until_text(c, "#key-list tbody tr", &shown));
+
+    // Groups and accounts: made through their forms, refused in words when they must be.
+    browser.run(async {
+        click(c, r#"nav a[data-page="groups"]"#).await;
+        fill(c, "#group-form-name", "team-a").await;
+        fill(c, "#group-form-models", "gpt-4o-mini, claude-sonnet-4").await;
+        fill(c, "#group-form-ratio", "1.5").await;
+        click(c, "#group-form button[type=submit]").await;
+        until_text(c, "table tbody tr", "team-a").await;
+        until_text(c, "table tbody tr", "×1.5").await;
+        click(c, r#"button[aria-label="Delete default"]"#).await;
+        click(c, "#confirm-ok").await;
+        until_text(c, "#notice", "the default group cannot be deleted").await;
+        click(c, r#"nav a[data-page="accounts"]"#).await;
+        fill(c, "#account-form-name", "research").await;
+        fill(c, "#account-form-balance", "5000").await;
+        click(c, "#account-form button[type=submit]").await;
+        until_text(c, "table tbody tr", "5,000").await;
+    });
+    let (status, groups) = admin(&stack, Method::GET, "/api/v1/groups", None);
+    assert_eq!(status, 200);
+    assert!(
+        groups.to_string().contains("\"default\""),
+        "the default group stays: {groups}"
+    );
+
     // Prices: an API error lands next to the field it names.
     browser.run(async {
         click(c, r#"nav a[data-page="models"]"#).await;

@@ -5,7 +5,12 @@ use crate::{Service, ADMIN};
 #[tokio::test]
 async fn an_unknown_route_is_a_json_404() {
     let service = Service::start().await;
-    for path in ["/nope", "/console/nope.js", "/api/v2/keys", "/filter/v1/other"] {
+    for path in [
+        "/nope",
+        "/console/nope.js",
+        "/api/v2/keys",
+        "/filter/v1/other",
+    ] {
         let reply = service
             .send(service.request(Method::GET, path, Some(ADMIN)))
             .await;
