@@ -48,7 +48,9 @@ pids+=($!)
 cat <<TXT
 
 keygate demo: Envoy http://127.0.0.1:10000  key-service http://127.0.0.1:8081  upstream :8082
-In another shell, from $(pwd):
+
+Console: open http://127.0.0.1:8081/ and sign in with the admin token ($admin_token_cmd).
+Or, in another shell, from $(pwd):
 
   ADMIN=\$($admin_token_cmd)
   KEY=\$(curl -s -H "Authorization: Bearer \$ADMIN" -H 'content-type: application/json' \\
