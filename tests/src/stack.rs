@@ -183,6 +183,8 @@ pub struct StackBuilder {
     direct_response: bool,
     /// A key-service database to start from (copied), instead of an empty one.
     database: Option<PathBuf>,
+    /// Envoy runs `envoy/multi-provider.yaml` with every provider at the mock upstream.
+    multi_provider: bool,
 }
 
 impl StackBuilder {
@@ -220,6 +222,14 @@ impl StackBuilder {
         self
     }
 
+    /// Runs the shipped `envoy/multi-provider.yaml` instead of `envoy/envoy.yaml`, with
+    /// each provider's address pointed at the mock upstream over plain HTTP and the
+    /// provider credentials of [`PROVIDER_CREDENTIALS`] in its SDS files.
+    pub fn multi_provider(mut self) -> Self {
+        self.multi_provider = true;
+        self
+    }
+
     /// Starts the key-service on a copy of this SQLite database.
     pub fn database(mut self, path: &Path) -> Self {
         self.database = Some(path.to_path_buf());
@@ -254,6 +264,7 @@ impl Stack {
             filter: None,
             direct_response: false,
             database: None,
+            multi_provider: false,
         }
     }
 
@@ -286,7 +297,11 @@ impl Stack {
         let key_service = procs[1].wait_for_line("key-service listening on");
 
         let config = dir.join("envoy.yaml");
-        let mut text = envoy_config(&wasm, &upstream, &key_service);
+        let mut text = if options.multi_provider {
+            multi_provider_config(&wasm, &upstream, &key_service, &dir)
+        } else {
+            envoy_config(&wasm, &upstream, &key_service)
+        };
         for (field, value) in &options.filter_settings {
             text = with_filter_setting(&text, field, value);
         }
@@ -456,6 +471,89 @@ pub fn envoy_config(wasm: &Path, upstream: &str, key_service: &str) -> String {
         config = config.replace(&from, &to);
     }
     config
+}
+
+/// The provider credentials a multi-provider stack's Envoy injects, by SDS secret name.
+pub const PROVIDER_CREDENTIALS: [(&str, &str); 3] = [
+    ("openai", "Bearer upstream-openai-credential"),
+    ("anthropic", "upstream-anthropic-credential"),
+    ("gemini", "upstream-gemini-credential"),
+];
+
+/// `envoy/multi-provider.yaml` made runnable here: free ports, the built filter, every
+/// provider at the mock upstream over plain HTTP (the TLS blocks removed), and SDS files
+/// with [`PROVIDER_CREDENTIALS`] in `dir/secrets/`. Each edit must match exactly, so a
+/// change to the shipped file that the test no longer exercises fails loudly.
+pub fn multi_provider_config(wasm: &Path, upstream: &str, key_service: &str, dir: &Path) -> String {
+    let shipped = fs::read_to_string(repo_root().join("envoy/multi-provider.yaml"))
+        .expect("read envoy/multi-provider.yaml");
+    let secrets = dir.join("secrets");
+    fs::create_dir_all(&secrets).expect("secrets directory");
+    for (name, credential) in PROVIDER_CREDENTIALS {
+        let sds = format!(
+            "resources:\n  - \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n    \
+             name: {name}\n    generic_secret: {{ secret: {{ inline_string: \"{credential}\" }} }}\n"
+        );
+        fs::write(secrets.join(format!("{name}.yaml")), sds).expect("write an SDS file");
+    }
+    let (mock_host, mock_port) = upstream.rsplit_once(':').expect("mock address");
+    let port = |addr: &str| addr.rsplit(':').next().unwrap_or_default().to_string();
+    let mut config = shipped;
+    for (from, to) in [
+        ("port_value: 10000 }", "port_value: 0 }".to_string()),
+        ("port_value: 9901 }", "port_value: 0 }".to_string()),
+        (
+            "port_value: 8081 }",
+            format!("port_value: {} }}", port(key_service)),
+        ),
+        (
+            "filename: target/wasm32-wasip1/release/keygate.wasm",
+            format!("filename: {}", wasm.display()),
+        ),
+    ] {
+        config = replace_once(&config, from, &to);
+    }
+    for provider in [
+        "api.openai.com",
+        "api.anthropic.com",
+        "generativelanguage.googleapis.com",
+    ] {
+        config = replace_once(
+            &config,
+            &format!("address: {provider}, port_value: 443"),
+            &format!("address: {mock_host}, port_value: {mock_port}"),
+        );
+    }
+    config = config.replace("/etc/keygate/secrets/", &format!("{}/", secrets.display()));
+    // HTTP/2 is chosen by ALPN, which needs TLS; the mock speaks HTTP/1.1.
+    let alpn = "auto_config: { http2_protocol_options: {} }";
+    assert_eq!(config.matches(alpn).count(), 3, "{alpn:?} in each provider cluster");
+    config = config.replace(alpn, "explicit_http_config: { http_protocol_options: {} }");
+    // Each cluster's `transport_socket:` block, up to the next line indented no deeper.
+    let mut out = String::new();
+    let mut skipping = None;
+    let mut removed = 0;
+    for line in config.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(depth) = skipping {
+            if line.trim().is_empty() || indent > depth {
+                continue;
+            }
+            skipping = None;
+        }
+        if line.trim_start() == "transport_socket:" {
+            skipping = Some(indent);
+            removed += 1;
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    assert_eq!(
+        removed, 3,
+        "envoy/multi-provider.yaml should have three TLS clusters"
+    );
+    out
 }
 
 /// Adds one field, which the shipped configuration does not set, to the filter's JSON
