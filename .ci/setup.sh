@@ -96,6 +96,14 @@ if [ -n "$missing" ]; then
 fi
 ok "$(chromium --version 2>/dev/null | head -1), $(chromedriver --version | head -1 | cut -d' ' -f1-2)"
 
+say "skopeo, docker-registry and python3-yaml (the Wasm OCI image goes through a loopback registry; Istio manifests are read as YAML)"
+missing=$(missing_debs skopeo docker-registry python3-yaml)
+if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086
+    apt_install $missing
+fi
+ok "$(skopeo --version), $(docker-registry --version 2>&1 | head -1)"
+
 say "wasm-bindgen-test-runner (the version Cargo.lock pins)"
 wbg=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print }' Cargo.lock)
 [ -n "$wbg" ] || die "wasm-bindgen not found in Cargo.lock"

@@ -527,7 +527,11 @@ pub fn multi_provider_config(wasm: &Path, upstream: &str, key_service: &str, dir
     config = config.replace("/etc/keygate/secrets/", &format!("{}/", secrets.display()));
     // HTTP/2 is chosen by ALPN, which needs TLS; the mock speaks HTTP/1.1.
     let alpn = "auto_config: { http2_protocol_options: {} }";
-    assert_eq!(config.matches(alpn).count(), 3, "{alpn:?} in each provider cluster");
+    assert_eq!(
+        config.matches(alpn).count(),
+        3,
+        "{alpn:?} in each provider cluster"
+    );
     config = config.replace(alpn, "explicit_http_config: { http_protocol_options: {} }");
     // Each cluster's `transport_socket:` block, up to the next line indented no deeper.
     let mut out = String::new();
