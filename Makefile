@@ -82,8 +82,8 @@ demo: build
 # bench/results/. The first run seeds a million keys (about 2 min); later runs reuse them.
 bench: build bench-service
 	$(WASM_CARGO) build -p keygate-noop-filter --target wasm32-wasip1 --release
-	target/release/keygate-bench --keys 0,10000,1000000 --rounds 3 --duration 4 \
-	    --out bench/results/filter.md
+	target/release/keygate-bench --keys 0,10000,100000,1000000 --rounds 3 --duration 4 \
+	    --enforcement-tries 50 --out bench/results/filter.md
 	target/release/keygate-stream-bench --out bench/results/streams.md
 	target/release/keygate-reconcile --seconds 60 --out bench/results/reconciliation.md
 

@@ -185,6 +185,9 @@ pub struct StackBuilder {
     database: Option<PathBuf>,
     /// Envoy runs `envoy/multi-provider.yaml` with every provider at the mock upstream.
     multi_provider: bool,
+    /// HTTP filter entries (YAML, indented as `http_filters` items) in keygate's place:
+    /// the benchmark's peers. `{FILTER_TOKEN}` in them becomes the filter token.
+    http_filters: Option<String>,
 }
 
 impl StackBuilder {
@@ -219,6 +222,12 @@ impl StackBuilder {
     /// measured, not the upstream.
     pub fn direct_response(mut self) -> Self {
         self.direct_response = true;
+        self
+    }
+
+    /// Puts these `http_filters` entries where keygate's is (see the field).
+    pub fn http_filters(mut self, yaml: String) -> Self {
+        self.http_filters = Some(yaml);
         self
     }
 
@@ -265,6 +274,7 @@ impl Stack {
             direct_response: false,
             database: None,
             multi_provider: false,
+            http_filters: None,
         }
     }
 
@@ -306,7 +316,10 @@ impl Stack {
             text = with_filter_setting(&text, field, value);
         }
         if options.filter == Some(None) {
-            text = without_filter(&text);
+            text = without_filter(&text, "");
+        }
+        if let Some(filters) = &options.http_filters {
+            text = without_filter(&text, &filters.replace("{FILTER_TOKEN}", &filter_token));
         }
         if options.direct_response {
             text = replace_once(
@@ -577,16 +590,16 @@ fn replace_once(config: &str, from: &str, to: &str) -> String {
     config.replace(from, to)
 }
 
-/// The configuration without the keygate filter (everything from its entry in
+/// The configuration with `instead` in place of the keygate filter (everything from its entry in
 /// `http_filters` up to the router's).
-fn without_filter(config: &str) -> String {
+fn without_filter(config: &str, instead: &str) -> String {
     let start = config
         .find("                  - name: keygate\n")
         .expect("keygate filter entry");
     let end = config
         .find("                  - name: envoy.filters.http.router")
         .expect("router entry");
-    format!("{}{}", &config[..start], &config[end..])
+    format!("{}{instead}{}", &config[..start], &config[end..])
 }
 
 fn wait_for_file(path: &Path, proc: &mut Proc) -> String {

@@ -8,6 +8,11 @@
 //! saturation, latency percentiles of a single connection (one request at a time: the
 //! added latency per request), Envoy's resident memory once loaded, and how long the
 //! snapshot took to load. Medians and spreads go to a Markdown report.
+//!
+//! Peers, given the same keys: Envoy's native `api_key_auth`, a Lua filter doing the
+//! table lookup, and `ext_authz` asking the key-service on every request; the report
+//! gives keygate's added latency as a ratio to each one's. `--enforcement-tries N` also
+//! times N disables from the API call to the first 401.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -17,7 +22,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use keygate_e2e::api::{client, filter_stat};
+use keygate_e2e::api::{admin, client, filter_stat};
 use keygate_e2e::seed::{secret_of, seed_keys};
 use keygate_e2e::stack::{repo_root, Stack};
 
@@ -53,6 +58,10 @@ struct Args {
     /// largest key count) and report Envoy's memory growth per rotation.
     #[arg(long, default_value_t = 0)]
     churn: usize,
+    /// How many times to time a `disable` from the API call to the first 401 (0: not
+    /// measured), over the smallest non-zero key count.
+    #[arg(long, default_value_t = 0)]
+    enforcement_tries: usize,
     /// Where the Markdown report goes.
     #[arg(long, default_value = "bench/results/filter.md")]
     out: PathBuf,
@@ -64,12 +73,110 @@ enum Filter {
     Wasm(PathBuf),
     /// The built keygate, with these `(field, JSON value)` settings.
     Keygate(Vec<(&'static str, &'static str)>),
+    /// Another way of checking the same keys, with the same Envoy around it.
+    Peer(Peer),
+}
+
+/// The usual alternatives to keygate, each given the same keys (`secret_of(0..count)`).
+#[derive(Clone, Copy, PartialEq)]
+enum Peer {
+    /// Envoy's native `envoy.filters.http.api_key_auth`, keys inline in its config.
+    ApiKeyAuth,
+    /// A Lua filter looking the bearer token up in a table of the keys.
+    Lua,
+    /// `ext_authz` asking the key-service's `/filter/v1/check` on every request.
+    ExtAuthz,
+}
+
+impl Peer {
+    /// Peers whose config lists every key inline are measured up to this many keys (a
+    /// LuaJIT function holds at most 65,536 constants, so a bigger Lua table fails to load).
+    const INLINE_KEYS_MAX: usize = 10_000;
+
+    /// The `http_filters` entries that stand in keygate's place.
+    fn filters(self, count: usize) -> String {
+        let indent = "                  ";
+        match self {
+            Peer::ApiKeyAuth => {
+                let mut yaml = format!(
+                    "{indent}- name: envoy.filters.http.api_key_auth\n{indent}  typed_config:\n\
+                     {indent}    \"@type\": type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth\n\
+                     {indent}    key_sources: [{{ header: x-api-key }}]\n{indent}    credentials:\n"
+                );
+                for i in 0..count {
+                    let _ = writeln!(yaml, "{indent}      - {{ key: \"{}\", client: \"key_{i:0>16}\" }}", secret_of(i));
+                }
+                yaml
+            }
+            Peer::Lua => {
+                let code = format!("{indent}        ");
+                let mut yaml = format!(
+                    "{indent}- name: envoy.filters.http.lua\n{indent}  typed_config:\n\
+                     {indent}    \"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua\n\
+                     {indent}    default_source_code:\n{indent}      inline_string: |\n{code}local keys = {{\n"
+                );
+                for i in 0..count {
+                    let _ = writeln!(yaml, "{code}  [\"{}\"] = \"key_{i:0>16}\",", secret_of(i));
+                }
+                for line in [
+                    "}",
+                    "function envoy_on_request(request)",
+                    "  local headers = request:headers()",
+                    "  local auth = headers:get(\"authorization\")",
+                    "  local id = auth and keys[string.match(auth, \"^Bearer (.+)$\") or \"\"]",
+                    "  if not id then",
+                    "    request:respond({[\":status\"] = \"401\", [\"content-type\"] = \"application/json\"},",
+                    "      '{\"error\":{\"code\":\"invalid_api_key\",\"type\":\"invalid_request_error\"}}')",
+                    "    return",
+                    "  end",
+                    "  headers:remove(\"authorization\")",
+                    "  headers:add(\"x-keygate-key-id\", id)",
+                    "end",
+                ] {
+                    let _ = writeln!(yaml, "{code}{line}");
+                }
+                yaml
+            }
+            Peer::ExtAuthz => format!(
+                "{indent}- name: envoy.filters.http.ext_authz\n{indent}  typed_config:\n\
+                 {indent}    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz\n\
+                 {indent}    transport_api_version: V3\n\
+                 {indent}    http_service:\n\
+                 {indent}      server_uri: {{ uri: \"http://key-service\", cluster: key_service, timeout: 2s }}\n\
+                 {indent}      path_prefix: /filter/v1/check\n\
+                 {indent}      authorization_request:\n\
+                 {indent}        headers_to_add: [{{ key: x-keygate-token, value: \"{{FILTER_TOKEN}}\" }}]\n\
+                 {indent}      authorization_response:\n\
+                 {indent}        allowed_upstream_headers: {{ patterns: [{{ prefix: x-keygate- }}] }}\n"
+            ),
+        }
+    }
+
+    /// The header that carries the key to this peer.
+    fn auth_header(self, secret: &str) -> String {
+        match self {
+            Peer::ApiKeyAuth => format!("x-api-key: {secret}"),
+            _ => format!("Authorization: Bearer {secret}"),
+        }
+    }
 }
 
 #[derive(Clone)]
 struct Variant {
     name: String,
     filter: Filter,
+}
+
+impl Variant {
+    /// Peers check real keys (none: nothing to compare); those with every key inline in
+    /// their config stop at `Peer::INLINE_KEYS_MAX`.
+    fn measured_with(&self, count: usize) -> bool {
+        match self.filter {
+            Filter::Peer(Peer::ExtAuthz) => count > 0,
+            Filter::Peer(_) => count > 0 && count <= Peer::INLINE_KEYS_MAX,
+            _ => true,
+        }
+    }
 }
 
 #[derive(Default, Clone)]
@@ -105,6 +212,18 @@ fn main() {
                 "identity_headers",
                 r#"{"key_name": null, "group": null, "account": null}"#,
             )]),
+        },
+        Variant {
+            name: "envoy api_key_auth".into(),
+            filter: Filter::Peer(Peer::ApiKeyAuth),
+        },
+        Variant {
+            name: "lua table lookup".into(),
+            filter: Filter::Peer(Peer::Lua),
+        },
+        Variant {
+            name: "ext_authz to key-service".into(),
+            filter: Filter::Peer(Peer::ExtAuthz),
         },
     ];
     if !args.only.is_empty() {
@@ -148,6 +267,9 @@ fn main() {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
         for round in 0..args.rounds {
             for (i, variant) in variants.iter().enumerate() {
+                if !variant.measured_with(count) {
+                    continue;
+                }
                 let sample = measure(variant, &db, count, secret.as_deref(), &args);
                 eprintln!(
                     "{count} keys, round {round}, {}: {:.0} rps, p50 {:.0} us, p99 {:.0} us, \
@@ -165,6 +287,17 @@ fn main() {
         if args.rounds > 0 {
             write_table(&mut report, count, &variants, &samples);
         }
+    }
+    if args.enforcement_tries > 0 {
+        let count = args
+            .keys
+            .iter()
+            .copied()
+            .filter(|&n| n > 0)
+            .min()
+            .unwrap_or(10_000);
+        let db = work.join(format!("keys-{count}.db"));
+        enforcement(&db, count, args.enforcement_tries, &mut report);
     }
     if args.churn > 0 {
         let count = args.keys.iter().copied().max().unwrap_or(0).max(1);
@@ -195,23 +328,33 @@ fn measure(
         Filter::Keygate(settings) => settings
             .iter()
             .fold(builder, |b, (field, value)| b.filter_setting(field, value)),
+        Filter::Peer(peer) => builder.http_filters(peer.filters(count)),
     };
     let started = Instant::now();
     let stack = builder.start();
     let envoy = stack.pid("envoy").expect("envoy pid");
     pin(envoy, "0");
-    let keygate_like = !matches!(variant.filter, Filter::None) && !variant.name.contains("no-op");
+    let keygate_like = matches!(variant.filter, Filter::Keygate(_));
     let mut load_s = None;
     if keygate_like && count > 0 {
         wait_for(&stack, "keygate.keys_loaded", count as u64);
         load_s = Some(load_seconds(&stack.log("envoy")).unwrap_or(started.elapsed().as_secs_f64()));
     }
+    if let Filter::Peer(Peer::ExtAuthz) = variant.filter {
+        // The key-service answers every request: it shares wrk's CPU.
+        pin(stack.pid("key-service").expect("key-service pid"), "1");
+    }
     let url = format!("{}/healthz", stack.envoy_url);
-    let auth = format!("Authorization: Bearer {}", secret.unwrap_or("sk-none"));
-    if keygate_like && count > 0 {
+    let auth = match variant.filter {
+        Filter::Peer(peer) => peer.auth_header(secret.unwrap_or("sk-none")),
+        _ => format!("Authorization: Bearer {}", secret.unwrap_or("sk-none")),
+    };
+    let checks = !matches!(variant.filter, Filter::None | Filter::Wasm(_));
+    if checks && count > 0 {
+        let (name, value) = auth.split_once(": ").expect("header");
         let status = client()
             .get(&url)
-            .header("authorization", format!("Bearer {}", secret.unwrap_or("")))
+            .header(name, value)
             .send()
             .map(|r| r.status().as_u16());
         assert_eq!(
@@ -281,6 +424,63 @@ fn churn(
          deltas is included).\n",
         before as f64 / 1024.0,
         after as f64 / 1024.0
+    );
+}
+
+/// Times `tries` disables, each from the API call's start to the first request refused
+/// with 401 (requests sent back to back), in a stack with the default 1 s sync interval.
+fn enforcement(db: &Path, count: usize, tries: usize, report: &mut String) {
+    assert!(tries < count, "--enforcement-tries needs that many keys");
+    let stack = Stack::builder()
+        .concurrency(1)
+        .direct_response()
+        .database(db)
+        .start();
+    wait_for(&stack, "keygate.keys_loaded", count as u64);
+    let url = format!("{}/healthz", stack.envoy_url);
+    let status = |secret: &str| {
+        client()
+            .get(&url)
+            .bearer_auth(secret)
+            .send()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let mut delays_ms = Vec::new();
+    for n in 0..tries {
+        let secret = secret_of(n);
+        assert_eq!(status(&secret), 200, "key {n} before its disable");
+        // Start at a random point of the sync interval, as a real change would.
+        sleep(Duration::from_millis((n as u64 * 379) % 1000));
+        let started = Instant::now();
+        let (code, body) = admin(
+            &stack,
+            reqwest::Method::PATCH,
+            &format!("/api/v1/keys/key_{n:0>16}"),
+            Some(serde_json::json!({"enabled": false})),
+        );
+        assert_eq!(code, 200, "disable: {body}");
+        while status(&secret) != 401 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "key {n} never refused"
+            );
+        }
+        delays_ms.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    delays_ms.sort_by(f64::total_cmp);
+    let at = |q: f64| delays_ms[((delays_ms.len() - 1) as f64 * q).round() as usize];
+    let _ = writeln!(
+        report,
+        "## Enforcement delay
+
+`disable` through the API to the first 401 at Envoy, {tries} \
+         tries over {count} keys, `sync_interval_ms` 1000: p50 **{:.0} ms**, p99 **{:.0} ms**, \
+         min {:.0} ms, max {:.0} ms.\n",
+        at(0.5),
+        at(0.99),
+        delays_ms[0],
+        delays_ms[delays_ms.len() - 1]
     );
 }
 
@@ -413,6 +613,9 @@ fn write_table(report: &mut String, count: usize, variants: &[Variant], samples:
         }
     );
     for (i, v) in variants.iter().enumerate() {
+        if samples[i].is_empty() {
+            continue;
+        }
         let rps = stat(i, |s| s.rps);
         let (p50, p90, p99) = (
             stat(i, |s| s.p50_us),
@@ -445,4 +648,31 @@ fn write_table(report: &mut String, count: usize, variants: &[Variant], samples:
         );
     }
     let _ = writeln!(report);
+    // keygate against each peer: the latency each adds to Envoy alone, as a ratio.
+    let added = |name: &str| named(name, |s| s.p50_us) - floor_p50;
+    let keygate = added("keygate");
+    let peers: Vec<_> = variants
+        .iter()
+        .zip(samples)
+        .filter(|(v, s)| matches!(v.filter, Filter::Peer(_)) && !s.is_empty())
+        .collect();
+    if !peers.is_empty() && keygate.is_finite() {
+        let _ = writeln!(
+            report,
+            "keygate adds {keygate:.0} us at p50 over no filter; as a ratio to what each peer \
+             adds (below 1: keygate adds less):\n\n| peer | peer adds p50 us | keygate / peer | \
+             peer req/s / keygate req/s |\n|---|---|---|---|"
+        );
+        for (v, _) in peers {
+            let peer = added(&v.name);
+            let _ = writeln!(
+                report,
+                "| {} | {peer:.0} | {:.2} | {:.2} |",
+                v.name,
+                keygate / peer,
+                named(&v.name, |s| s.rps) / named("keygate", |s| s.rps)
+            );
+        }
+        let _ = writeln!(report);
+    }
 }
