@@ -16,9 +16,10 @@ help:
 	@echo "make wasm-image  target/wasm-image/: keygate.wasm as an OCI image layout for Istio"
 	@echo "make test     lint, unit tests (key-service on SQLite and PostgreSQL), wasm logic tests in V8,"
 	@echo "              config validation, end-to-end tests"
-	@echo "make bench    keygate in Envoy against no filter and a no-op Wasm filter, streams (TTFB,"
-	@echo "              scanning CPU), billing reconciled under load, and the key-service on"
-	@echo "              SQLite and PostgreSQL (make bench-service); about 20 min"
+	@echo "make bench    keygate in Envoy against no filter, a no-op Wasm filter, api_key_auth, Lua and"
+	@echo "              ext_authz; disable-to-401 delay; streams (TTFB, scanning CPU); billing reconciled"
+	@echo "              under load; bench/results/REPORT.md with plots"
+	@echo "make bench-service  the key-service alone on SQLite and PostgreSQL (about 4 min)"
 
 setup:
 	bash .ci/setup.sh
@@ -80,12 +81,13 @@ demo: build
 
 # Not part of `make test`: it takes minutes and wants a quiet machine. Reports go to
 # bench/results/. The first run seeds a million keys (about 2 min); later runs reuse them.
-bench: build bench-service
+bench: build
 	$(WASM_CARGO) build -p keygate-noop-filter --target wasm32-wasip1 --release
 	target/release/keygate-bench --keys 0,10000,100000,1000000 --rounds 3 --duration 4 \
 	    --enforcement-tries 50 --out bench/results/filter.md
 	target/release/keygate-stream-bench --out bench/results/streams.md
 	target/release/keygate-reconcile --seconds 60 --out bench/results/reconciliation.md
+	/usr/bin/python3 bench/report.py bench/results
 
 # The key-service alone on SQLite and on a throwaway PostgreSQL (about 4 min).
 bench-service: build-native

@@ -96,8 +96,8 @@ if [ -n "$missing" ]; then
 fi
 ok "$(chromium --version 2>/dev/null | head -1), $(chromedriver --version | head -1 | cut -d' ' -f1-2)"
 
-say "skopeo, docker-registry and python3-yaml (the Wasm OCI image goes through a loopback registry; Istio manifests are read as YAML)"
-missing=$(missing_debs skopeo docker-registry python3-yaml)
+say "skopeo, docker-registry, python3-yaml, python3-matplotlib (the Wasm OCI image goes through a loopback registry; Istio manifests are read as YAML; make bench plots)"
+missing=$(missing_debs skopeo docker-registry python3-yaml python3-matplotlib)
 if [ -n "$missing" ]; then
     # shellcheck disable=SC2086
     apt_install $missing

@@ -240,6 +240,8 @@ fn main() {
     let work = std::env::temp_dir().join("keygate-bench");
     fs::create_dir_all(&work).expect("bench dir");
     let mut report = String::new();
+    // Medians per key count and variant, for bench/report.py's plots.
+    let mut results = Vec::new();
     let _ = writeln!(
         report,
         "# keygate filter benchmark\n\n`{}`, {} rounds, {} s per run, Envoy {} worker(s) on \
@@ -286,6 +288,22 @@ fn main() {
         }
         if args.rounds > 0 {
             write_table(&mut report, count, &variants, &samples);
+            for (variant, samples) in variants.iter().zip(&samples) {
+                if samples.is_empty() {
+                    continue;
+                }
+                let stat = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect()).0;
+                results.push(serde_json::json!({
+                    "keys": count,
+                    "variant": variant.name,
+                    "rps": stat(|s| s.rps),
+                    "p50_us": stat(|s| s.p50_us),
+                    "p90_us": stat(|s| s.p90_us),
+                    "p99_us": stat(|s| s.p99_us),
+                    "rss_mb": stat(|s| s.rss_mb),
+                    "load_s": median(samples.iter().filter_map(|s| s.load_s).collect()).0,
+                }));
+            }
         }
     }
     if args.enforcement_tries > 0 {
@@ -308,6 +326,8 @@ fn main() {
         fs::create_dir_all(dir).expect("report dir");
     }
     fs::write(&args.out, &report).expect("write report");
+    let json = serde_json::to_string_pretty(&results).expect("results as JSON");
+    fs::write(args.out.with_extension("json"), json).expect("write results");
     println!("{report}");
 }
 
