@@ -685,11 +685,16 @@ fn write_table(report: &mut String, count: usize, variants: &[Variant], samples:
         );
         for (v, _) in peers {
             let peer = added(&v.name);
+            // A peer that measured no slower than no filter adds nothing to divide by.
+            let ratio = if peer > 0.0 {
+                format!("{:.2}", keygate / peer)
+            } else {
+                "- (the peer is within noise of no filter)".into()
+            };
             let _ = writeln!(
                 report,
-                "| {} | {peer:.0} | {:.2} | {:.2} |",
+                "| {} | {peer:.0} | {ratio} | {:.2} |",
                 v.name,
-                keygate / peer,
                 named(&v.name, |s| s.rps) / named("keygate", |s| s.rps)
             );
         }
