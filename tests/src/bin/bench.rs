@@ -5,9 +5,11 @@
 //! in turn, round after round (A B C A B C ...), each in a fresh Envoy with one worker
 //! pinned to CPU 0 and `wrk` pinned to CPU 1. Envoy answers itself (direct response), so
 //! only Envoy and the filter are measured. Per variant and round: requests per second at
-//! saturation, latency percentiles of a single connection (one request at a time: the
-//! added latency per request), Envoy's resident memory once loaded, and how long the
-//! snapshot took to load. Medians and spreads go to a Markdown report.
+//! saturation (wrk), latency percentiles at a fixed moderate rate (`--rate`, open loop:
+//! requests go out on schedule whatever earlier ones are doing, so a stall counts against
+//! every request sent during it), Envoy's resident memory once loaded, and how long the snapshot
+//! took to load. Medians and spreads go to a Markdown report. `--upstream` sends the
+//! requests through to the mock upstream instead of a direct response.
 //!
 //! Peers, given the same keys: Envoy's native `api_key_auth`, a Lua filter doing the
 //! table lookup, and `ext_authz` asking the key-service on every request; the report
@@ -62,6 +64,12 @@ struct Args {
     /// measured), over the smallest non-zero key count.
     #[arg(long, default_value_t = 0)]
     enforcement_tries: usize,
+    /// Requests per second of the latency run (open loop, from CPU 1).
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Route to the mock upstream instead of answering in Envoy (direct response).
+    #[arg(long)]
+    upstream: bool,
     /// Where the Markdown report goes.
     #[arg(long, default_value = "bench/results/filter.md")]
     out: PathBuf,
@@ -245,11 +253,20 @@ fn main() {
     let _ = writeln!(
         report,
         "# keygate filter benchmark\n\n`{}`, {} rounds, {} s per run, Envoy {} worker(s) on \
-         CPU 0, wrk on CPU 1, direct response. Medians, (min-max) over rounds.\n",
+         CPU 0, wrk and the latency run on CPU 1, {}. req/s: wrk at saturation; latency: \
+         {} requests/s, open loop, timed by the client from before each send (its own cost \
+         is in every configuration's figure alike: compare the added column). Medians, \
+         (min-max) over rounds.\n",
         std::env::args().collect::<Vec<_>>().join(" "),
         args.rounds,
         args.duration,
-        args.workers
+        args.workers,
+        if args.upstream {
+            "through to the mock upstream"
+        } else {
+            "direct response"
+        },
+        args.rate
     );
     for &count in &args.keys {
         let db = work.join(format!("keys-{count}.db"));
@@ -338,10 +355,12 @@ fn measure(
     secret: Option<&str>,
     args: &Args,
 ) -> Sample {
-    let builder = Stack::builder()
-        .concurrency(args.workers)
-        .direct_response()
-        .database(db);
+    let builder = Stack::builder().concurrency(args.workers).database(db);
+    let builder = if args.upstream {
+        builder
+    } else {
+        builder.direct_response()
+    };
     let builder = match &variant.filter {
         Filter::None => builder.filter(None),
         Filter::Wasm(path) => builder.filter(Some(path.clone())),
@@ -384,17 +403,17 @@ fn measure(
             variant.name
         );
     }
-    // Warm up, then saturate, then one connection for latency.
+    // Warm up, then saturate, then a fixed moderate rate for latency.
     // With no keys, keygate refuses every request (401): that path is measured then.
     let refused_ok = count == 0;
     wrk(&url, &auth, 8, 1, refused_ok);
     let saturated = wrk(&url, &auth, args.connections, args.duration, refused_ok);
-    let single = wrk(&url, &auth, 1, args.duration, refused_ok);
+    let paced = fixed_rate(&url, &auth, args.rate, args.duration, refused_ok);
     Sample {
         rps: saturated.rps,
-        p50_us: single.p50_us,
-        p90_us: single.p90_us,
-        p99_us: single.p99_us,
+        p50_us: paced.p50_us,
+        p90_us: paced.p90_us,
+        p99_us: paced.p99_us,
         rss_mb: rss_kb(envoy) as f64 / 1024.0,
         load_s,
     }
@@ -584,6 +603,66 @@ fn wrk(url: &str, auth: &str, connections: usize, seconds: u64, refused_ok: bool
         p90_us: percentile("90%"),
         p99_us: percentile("99%"),
     }
+}
+
+/// Latency at `rate` requests per second for `seconds`, open loop: request `i` is sent at
+/// `i / rate` s whatever the answers to earlier ones are doing, each on its own (the
+/// pool opens connections as needed), so none waits behind another (no coordinated
+/// omission). Runs on its own single-threaded runtime, pinned to CPU 1.
+fn fixed_rate(url: &str, auth: &str, rate: u32, seconds: u64, refused_ok: bool) -> Wrk {
+    pin_self("1");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (name, value) = auth.split_once(": ").expect("header");
+    let client = reqwest::Client::new();
+    let total = u64::from(rate) * seconds;
+    let mut micros: Vec<u64> = runtime.block_on(async {
+        let started = tokio::time::Instant::now();
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..total {
+            let due = started + Duration::from_secs_f64(i as f64 / f64::from(rate));
+            tokio::time::sleep_until(due).await;
+            // Timed from its actual start: the timer's 1 ms granularity is the
+            // generator's lateness, not Envoy's. No request waits for another's answer,
+            // so a stall still shows in every request sent during it.
+            let sent = tokio::time::Instant::now();
+            let request = client.get(url).header(name, value).send();
+            calls.spawn(async move {
+                let status = request.await.map(|r| r.status().as_u16()).unwrap_or(0);
+                (status, sent.elapsed().as_micros() as u64)
+            });
+        }
+        let mut micros = Vec::with_capacity(total as usize);
+        while let Some(done) = calls.join_next().await {
+            let (status, us) = done.expect("request task");
+            assert!(
+                status == 200 || (refused_ok && status == 401),
+                "a paced request got {status}"
+            );
+            micros.push(us);
+        }
+        micros
+    });
+    micros.sort_unstable();
+    let at = |q: f64| micros[((micros.len() - 1) as f64 * q) as usize] as f64;
+    Wrk {
+        rps: f64::from(rate),
+        p50_us: at(0.50),
+        p90_us: at(0.90),
+        p99_us: at(0.99),
+    }
+}
+
+/// Pins the calling thread (the latency run's) to the given CPUs.
+fn pin_self(cpus: &str) {
+    let tid = unsafe { libc::gettid() };
+    let status = Command::new("taskset")
+        .args(["-p", "-c", cpus, &tid.to_string()])
+        .output()
+        .expect("taskset");
+    assert!(status.status.success(), "taskset failed");
 }
 
 fn parse_duration_us(text: &str) -> f64 {
