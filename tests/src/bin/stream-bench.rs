@@ -179,7 +179,7 @@ fn main() {
          `usage.total_tokens` out of SSE events, and without any filter, in front of the \
          mock upstream on loopback; calls alternate between them. Time to first byte: the \
          client's, from sending a streamed chat call to its first body byte. CPU: Envoy's \
-         user + system time over {} plain chat answers of {} bytes and more (sse_to_metadata
+         user + system time over {} plain chat answers of {} bytes and more (sse_to_metadata \
          parses only SSE bodies), and over as many streamed answers of {} events, per \
          answer.\n",
         args.streams, args.large, args.large, PAD, LONG_EVENTS
