@@ -310,8 +310,8 @@ function keyRow(key) {
 
 async function setEnabled(key, enabled) {
   await guarded(() => api("PATCH", `/api/v1/keys/${encodeURIComponent(key.id)}`, { enabled }));
-  notify(`${key.name} is ${enabled ? "enabled" : "disabled"}: gateways enforce it within about a second.`);
   await refreshKeys();
+  notify(`${key.name} is ${enabled ? "enabled" : "disabled"}: gateways enforce it within about a second.`);
 }
 
 /** Asks before a destructive action; resolves to true when confirmed. */
@@ -333,8 +333,8 @@ async function deleteKey(key) {
       "second on. Its usage history stays. This cannot be undone.", `Delete ${key.name}`);
   if (!ok) return;
   await guarded(() => api("DELETE", `/api/v1/keys/${encodeURIComponent(key.id)}`));
-  notify(`${key.name} is deleted.`);
   await refreshKeys();
+  notify(`${key.name} is deleted.`);
 }
 
 async function rotateKey(key) {
@@ -475,8 +475,8 @@ async function submitKeyForm(event) {
     if (editing) {
       const saved = await api("PATCH", `/api/v1/keys/${encodeURIComponent(editing.id)}`, body);
       $("#key-dialog").close();
-      notify(`${saved.name} is saved.`);
       await refreshKeys();
+      notify(`${saved.name} is saved.`);
     } else {
       const created = await api("POST", "/api/v1/keys", body);
       $("#key-dialog").close();
