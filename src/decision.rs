@@ -207,6 +207,9 @@ mod tests {
             ip_allowlist: vec![],
             models: vec![],
             remaining_quota: None,
+            rpm: None,
+            tpm: None,
+            max_parallel: None,
         }
     }
 
@@ -406,11 +409,15 @@ mod tests {
                     name: "default".into(),
                     models: strings(&["*"]),
                     ratio: 1.0,
+                    rpm: None,
+                    tpm: None,
                 },
                 GroupRecord {
                     name: "cheap".into(),
                     models: strings(&["gpt-4o-mini", "claude-haiku"]),
                     ratio: 1.0,
+                    rpm: None,
+                    tpm: None,
                 },
             ],
             accounts: vec![],

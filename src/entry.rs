@@ -340,6 +340,9 @@ mod tests {
             ip_allowlist: vec![],
             models: vec![],
             remaining_quota: None,
+            rpm: None,
+            tpm: None,
+            max_parallel: None,
         }
     }
 

@@ -503,6 +503,9 @@ mod tests {
             ip_allowlist: vec![],
             models: vec![],
             remaining_quota: None,
+            rpm: None,
+            tpm: None,
+            max_parallel: None,
         }
     }
 
@@ -589,6 +592,8 @@ mod tests {
             name: "default".into(),
             models: vec!["gpt-4o".into()],
             ratio: 1.0,
+            rpm: None,
+            tpm: None,
         }];
         // The last page publishes, and asks at once for what changed since the first.
         assert!(leader.apply(&shared, last, 2_000).unwrap().more);

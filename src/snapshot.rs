@@ -76,6 +76,12 @@ pub struct GroupRecord {
     /// Price multiplier of the group's keys.
     #[serde(default = "one")]
     pub ratio: f64,
+    /// Requests per minute each key of the group may make; `None` = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    /// Tokens per minute each key of the group may use; `None` = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
 }
 
 fn one() -> f64 {
@@ -104,6 +110,14 @@ pub struct KeyRecord {
     /// Credits the key may still spend (`quota - used_quota`); `None` = unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining_quota: Option<i64>,
+    /// The key's own rate limits (its group's may be stricter); `None` = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Requests of the key in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u64>,
 }
 
 /// Each group's model list and each account's balance, as one VM looks them up.
@@ -255,11 +269,15 @@ mod tests {
                     name: "default".into(),
                     models: vec!["*".into()],
                     ratio: 1.0,
+                    rpm: None,
+                    tpm: None,
                 },
                 GroupRecord {
                     name: "cheap".into(),
                     models: vec!["gpt-4o-mini".into()],
                     ratio: 0.5,
+                    rpm: None,
+                    tpm: None,
                 },
             ],
             accounts: vec![],

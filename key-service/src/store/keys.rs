@@ -734,6 +734,8 @@ fn tables(
                 name,
                 models,
                 ratio: row.real("ratio")?,
+                rpm: None,
+                tpm: None,
             })
         })
         .collect::<Result<_, StoreError>>()?;
