@@ -48,6 +48,10 @@ pub struct Config {
     /// and its kin), when estimating what it may cost a key with a quota or an account
     /// with a balance.
     pub default_output_tokens: u64,
+    /// Envoy replicas sharing the traffic of the same keys: each RPM, TPM and parallel
+    /// limit is divided by it, since each Envoy counts only what it sees (approximate:
+    /// exact only when a load balancer spreads each key's traffic evenly).
+    pub replicas: u64,
 }
 
 /// The request headers the filter sets for the upstream; `null` leaves one out (each
@@ -132,6 +136,7 @@ impl Default for Config {
             usage_queue_max: 100_000,
             usage_batch_max: 1_000,
             default_output_tokens: 4_096,
+            replicas: 1,
         }
     }
 }
@@ -217,6 +222,9 @@ impl Config {
                 "default_output_tokens must be between 1 and 10000000".into(),
             ));
         }
+        if !(1..=10_000).contains(&self.replicas) {
+            return Err(ConfigError("replicas must be between 1 and 10000".into()));
+        }
         if !(1..=(64 << 20)).contains(&self.max_body_bytes) {
             return Err(ConfigError(
                 "max_body_bytes must be between 1 and 67108864".into(),
@@ -242,10 +250,11 @@ mod tests {
     #[test]
     fn given_fields_override_defaults() {
         let c = Config::parse(Some(
-            br#"{"key_service_cluster":"ks","sync_interval_ms":250}"#,
+            br#"{"key_service_cluster":"ks","sync_interval_ms":250,"replicas":3}"#,
         ))
         .unwrap();
         assert_eq!(c.key_service_cluster, "ks");
+        assert_eq!((c.replicas, Config::default().replicas), (3, 1));
         assert_eq!(c.sync_interval_ms, 250);
         assert_eq!(c.token_env, "KEYGATE_FILTER_TOKEN");
     }
@@ -291,6 +300,7 @@ mod tests {
             br#"{"usage_batch_max":1001}"#,
             br#"{"default_output_tokens":0}"#,
             br#"{"usage_queue_max":0}"#,
+            br#"{"replicas":0}"#,
             br#"{"identity_headers":{"key_id":"Bad Name"}}"#,
             br#"{"identity_headers":{"key_id":"authorization"}}"#,
             br#"{"identity_headers":{"group":"x-a","account":"x-a"}}"#,

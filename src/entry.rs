@@ -15,6 +15,7 @@
 //! str id, str name, str group, str account     (str = u16 length + UTF-8)
 //! u16 count + str * count                if MODELS (the key's own list)
 //! u16 count + net * count                if IPS (net = u8 prefix, u8 4|6, 4|16 bytes)
+//! u64 rpm, u64 tpm, u64 max_parallel     if LIMITS (0 = no limit)
 //! ```
 //!
 //! An empty value is a revoked key (shared data has no delete).
@@ -27,6 +28,7 @@ use base64::Engine;
 use ipnet::IpNet;
 
 use crate::client_ip::{self, Allowlist};
+use crate::rate::Limits;
 use crate::secret::{self, KeyHash};
 use crate::snapshot::KeyRecord;
 
@@ -39,6 +41,8 @@ const MODELS: u8 = 1 << 3;
 const IPS: u8 = 1 << 4;
 /// The key had allowlist entries, none of which parsed: it admits no source.
 const IPS_UNUSABLE: u8 = 1 << 5;
+/// The key has rate limits of its own.
+const LIMITS: u8 = 1 << 6;
 
 /// Bytes of the hash in the entry's name: 120 bits. Finding a secret whose hash shares
 /// them with one of a million stored keys takes about 2^100 hashes.
@@ -72,6 +76,7 @@ pub fn encode(record: &KeyRecord, epoch: u32) -> Result<(String, Vec<u8>), Encod
         (!record.models.is_empty(), MODELS),
         (!allowlist.nets().is_empty(), IPS),
         (allowlist.is_unusable(), IPS_UNUSABLE),
+        (limits(record).any(), LIMITS),
     ] {
         if set {
             flags |= flag;
@@ -111,7 +116,22 @@ pub fn encode(record: &KeyRecord, epoch: u32) -> Result<(String, Vec<u8>), Encod
             }
         }
     }
+    if limits(record).any() {
+        for limit in [record.rpm, record.tpm, record.max_parallel] {
+            out.extend_from_slice(&limit.unwrap_or(0).to_le_bytes());
+        }
+    }
     Ok((name(&hash), out))
+}
+
+/// The key's own limits; a limit of 0 (which the key-service refuses) is none.
+fn limits(record: &KeyRecord) -> Limits {
+    let set = |limit: Option<u64>| limit.filter(|&l| l > 0);
+    Limits {
+        rpm: set(record.rpm),
+        tpm: set(record.tpm),
+        max_parallel: set(record.max_parallel),
+    }
 }
 
 fn put_len(out: &mut Vec<u8>, len: usize) -> Result<(), EncodeError> {
@@ -143,6 +163,8 @@ pub struct Entry {
     models: Option<usize>,
     /// Start of the IP list (its count), if the key has one.
     ips: Option<usize>,
+    /// The key's own rate limits (its group's may be stricter).
+    pub limits: Limits,
 }
 
 /// Reads through a value, refusing to run past its end.
@@ -238,7 +260,21 @@ pub fn decode(bytes: Vec<u8>) -> Option<Entry> {
     } else {
         None
     };
+    let limits = if flags & LIMITS != 0 {
+        let mut limit = || {
+            r.array::<8>()
+                .map(|b| Some(u64::from_le_bytes(b)).filter(|&l| l > 0))
+        };
+        Limits {
+            rpm: limit()?,
+            tpm: limit()?,
+            max_parallel: limit()?,
+        }
+    } else {
+        Limits::default()
+    };
     Some(Entry {
+        limits,
         flags,
         epoch,
         expires_at,
@@ -375,6 +411,7 @@ mod tests {
         assert_eq!((e.expires_at, e.remaining_quota), (None, None));
         assert!(!e.restricts_models() && e.allows_model("anything"));
         assert!(!e.restricts_ips() && e.admits(None));
+        assert!(!e.limits.any());
     }
 
     #[test]
@@ -386,7 +423,17 @@ mod tests {
         r.models = vec!["gpt-4o".into(), "claude-3-5-haiku".into()];
         r.ip_allowlist = vec!["10.0.0.0/8".into(), "2001:db8::/32".into(), "junk".into()];
         r.name = "ünïcode name".into();
+        r.rpm = Some(60);
+        r.max_parallel = Some(u64::MAX);
         let e = round_trip(&r);
+        assert_eq!(
+            e.limits,
+            Limits {
+                rpm: Some(60),
+                tpm: None,
+                max_parallel: Some(u64::MAX)
+            }
+        );
         assert!(!e.enabled());
         assert_eq!(e.expires_at, Some(-5));
         assert_eq!(e.remaining_quota, Some(i64::MAX));
@@ -423,6 +470,7 @@ mod tests {
         r.models = vec!["gpt-4o".into()];
         r.ip_allowlist = vec!["10.0.0.0/8".into()];
         r.expires_at = Some(1);
+        r.tpm = Some(1_000);
         let (_, value) = encode(&r, 1).unwrap();
         for cut in 0..value.len() {
             assert_eq!(decode(value[..cut].to_vec()), None, "cut at {cut}");

@@ -169,15 +169,17 @@ pub fn request_headers() -> Result<Vec<u8>, HostError> {
 }
 
 pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {
+    replace_header(REQUEST_HEADERS, name, value)
+}
+
+pub fn set_response_header(name: &str, value: &str) -> Result<(), HostError> {
+    replace_header(RESPONSE_HEADERS, name, value)
+}
+
+fn replace_header(map: u32, name: &str, value: &str) -> Result<(), HostError> {
     // SAFETY: the host only reads the given ranges during the call.
     check(unsafe {
-        proxy_replace_header_map_value(
-            REQUEST_HEADERS,
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
+        proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
     })
 }
 

@@ -21,6 +21,7 @@ use crate::include_usage::{self, StreamEditor};
 use crate::ledger::{self, Estimate};
 use crate::metrics::Metrics;
 use crate::pricing::{self, Tokens};
+use crate::rate::{self, Limits, Standing};
 use crate::report::{Charge, Record};
 use crate::root::{SharedOutbox, SharedView};
 use crate::secret::{self, KeyHash};
@@ -46,6 +47,19 @@ pub struct Http {
     /// What this request holds in the quota ledgers until it ends.
     reservation: Option<Reservation>,
     default_output_tokens: u64,
+    /// Envoys sharing the keys' traffic (each rate limit is divided by it).
+    replicas: u64,
+    /// The request's key has rate limits: its windows, and once admitted how it stood.
+    rate: Option<RateHold>,
+}
+
+/// A rate-limited key's request.
+struct RateHold {
+    entry: String,
+    limits: Limits,
+    /// Set when the windows admitted (counted) the request; refused, the standing that
+    /// says how long to wait.
+    standing: Option<Result<Standing, Standing>>,
 }
 
 /// An admitted request's reservation in the ledgers of its key and account (`ledger`),
@@ -115,6 +129,8 @@ impl Http {
             editor: None,
             reservation: None,
             default_output_tokens: config.default_output_tokens,
+            replicas: config.replicas,
+            rate: None,
         }
     }
 
@@ -155,13 +171,62 @@ impl Http {
         self.pending = None;
         self.settle(None, None);
         self.metrics.denied(denial);
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        if let Some(hold) = &self.rate {
+            if let Some(Err(standing)) = &hold.standing {
+                headers.extend(rate::headers(&hold.limits, standing));
+            }
+        }
+        // A request the windows had admitted (and a host failure then refused) ends here.
+        self.end_rate(0);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         // Nothing more to do if this fails: the stream is gone.
-        let _ = host::send_response(
-            denial.status(),
-            &[("content-type", "application/json")],
-            denial.body().as_bytes(),
-        );
+        let _ = host::send_response(denial.status(), &headers, denial.body().as_bytes());
         Action::Pause
+    }
+
+    /// The rate windows of the key, if it or its group has limits.
+    fn rate_hold(&self, view: &View, key: &Entry) -> Option<RateHold> {
+        let (group_rpm, group_tpm) = view.tables.group_rates(key.group());
+        let limits = Limits::effective(key.limits, group_rpm, group_tpm, self.replicas);
+        limits.any().then(|| RateHold {
+            entry: rate::entry_name(key.id()),
+            limits,
+            standing: None,
+        })
+    }
+
+    /// The last check of a request: its key's windows count it, or refuse it with
+    /// `rate_limit_exceeded`.
+    fn admit_rate(&mut self) -> Result<(), Denial> {
+        let Some(hold) = self.rate.as_mut() else {
+            return Ok(());
+        };
+        let now_ms = host::now_ms().map_err(|_| HOST_FAILED)?;
+        let standing =
+            rate::admit(&Shared, &hold.entry, hold.limits, now_ms).map_err(|_| HOST_FAILED)?;
+        let refused = standing.is_err();
+        hold.standing = Some(standing);
+        if refused {
+            return Err(Denial::RateLimitExceeded);
+        }
+        Ok(())
+    }
+
+    /// An admitted request of a rate-limited key ended having used `tokens`.
+    fn end_rate(&mut self, tokens: u64) {
+        let Some(hold) = self.rate.take() else {
+            return;
+        };
+        if !matches!(hold.standing, Some(Ok(_))) || !hold.limits.counts_the_end() {
+            return;
+        }
+        let in_flight = hold.limits.max_parallel.is_some();
+        if let Ok(now_ms) = host::now_ms() {
+            // A failure leaves the request counted in flight until Envoy restarts: the
+            // key gets fewer parallel requests, never more.
+            let _ = rate::end(&Shared, &hold.entry, now_ms, tokens, in_flight);
+        }
     }
 
     /// Removes every client credential and client-sent `x-keygate-*` header, and tells
@@ -251,7 +316,9 @@ impl Http {
             self.reserve(view, &secret::hash(secret), path_model, Estimate::default())?;
         }
         let reserve = limited && !end_of_stream;
+        self.rate = self.rate_hold(view, &key);
         if !model_check && !add_usage && !reserve {
+            self.admit_rate()?;
             return Ok(Action::Continue);
         }
         self.awaiting_body = Some(BodyWait {
@@ -379,6 +446,7 @@ impl Http {
                 self.reserve(view, &wait.key, model.as_deref(), estimate)?;
             }
         }
+        self.admit_rate()?;
         if wait.add_usage {
             if let Some(changed) = include_usage::add_to_request(&body) {
                 host::set_request_body(body_size, &changed).map_err(|_| HOST_FAILED)?;
@@ -456,6 +524,17 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(RateHold {
+            limits,
+            standing: Some(Ok(standing)),
+            ..
+        }) = &self.rate
+        {
+            for (name, value) in rate::headers(limits, standing) {
+                // Only informative: the response goes on without it.
+                let _ = host::set_response_header(name, &value);
+            }
+        }
         let Some(pending) = self.pending.as_mut() else {
             return Action::Continue;
         };
@@ -503,10 +582,46 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
+        let tokens = self.record_usage();
+        self.end_rate(tokens);
+    }
+
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let result = self.on_headers(end_of_stream);
+        self.finish(result)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(wait) = self.awaiting_body else {
+            return Action::Continue;
+        };
+        if body_size > self.max_body_bytes {
+            self.awaiting_body = None;
+            if wait.model_check || wait.reserve {
+                // Too large to read for its model or what it may cost.
+                return self.deny(Denial::RequestTooLarge);
+            }
+            // Too large to add usage to: it goes on as it is.
+            let result = self.admit_rate().map(|()| Action::Continue);
+            return self.finish(result);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.awaiting_body = None;
+        let result = self.on_body(wait, body_size);
+        self.finish(result)
+    }
+}
+
+impl Http {
+    /// The request ended: what it used goes to the outbox for the key-service (and its
+    /// reservation is settled). Returns the tokens it used, 0 if unknown.
+    fn record_usage(&mut self) -> u64 {
         let Some(pending) = self.pending.take() else {
             // Nothing was reserved without a pending request; release anything anyway.
             self.settle(None, None);
-            return;
+            return 0;
         };
         let scanned = self.scanner.take().map(Scanner::finish).unwrap_or_default();
         let model = pending.model.or(scanned.model);
@@ -534,7 +649,7 @@ impl HttpContext for Http {
             None => {
                 self.settle(model.as_deref(), None);
                 self.metrics.usage_missing();
-                return;
+                return 0;
             }
         };
         if estimated {
@@ -561,31 +676,6 @@ impl HttpContext for Http {
         };
         self.outbox.borrow_mut().push(record);
         self.metrics.usage_recorded(&usage);
-    }
-
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let result = self.on_headers(end_of_stream);
-        self.finish(result)
-    }
-
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(wait) = self.awaiting_body else {
-            return Action::Continue;
-        };
-        if body_size > self.max_body_bytes {
-            self.awaiting_body = None;
-            if wait.model_check || wait.reserve {
-                // Too large to read for its model or what it may cost.
-                return self.deny(Denial::RequestTooLarge);
-            }
-            // Too large to add usage to: it goes on as it is.
-            return self.allow();
-        }
-        if !end_of_stream {
-            return Action::Pause;
-        }
-        self.awaiting_body = None;
-        let result = self.on_body(wait, body_size);
-        self.finish(result)
+        usage.input.saturating_add(usage.output)
     }
 }

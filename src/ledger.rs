@@ -17,7 +17,7 @@
 //! see it, because shared data cannot create an entry only if it is absent.
 
 use crate::pricing::{self, Price, Tokens};
-use crate::shared::{HostError, SharedData};
+use crate::shared::{self, Cell, HostError, SharedData};
 
 /// The shared-data entry of a key's ledger.
 pub fn key_entry(key_id: &str) -> String {
@@ -28,13 +28,6 @@ pub fn key_entry(key_id: &str) -> String {
 pub fn account_entry(account: &str) -> String {
     format!("kg:q:a:{account}")
 }
-
-/// Compare-and-swap attempts before a change is given up (each loss means another VM
-/// changed the ledger in between).
-const MAX_TRIES: usize = 64;
-
-/// The host status for a compare-and-swap mismatch, reported when every try lost.
-const CAS_MISMATCH: u32 = 8;
 
 const ENCODED_LEN: usize = 48;
 
@@ -116,27 +109,22 @@ impl Ledger {
     }
 }
 
-/// Applies `change` to the ledger in `name` by compare-and-swap, retrying when another VM
-/// changed it in between. `change` returning `None` leaves the ledger as it is.
+impl Cell for Ledger {
+    fn decode(bytes: &[u8]) -> Self {
+        Ledger::decode(bytes)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        Ledger::encode(self).to_vec()
+    }
+}
+
 fn update<T>(
     shared: &impl SharedData,
     name: &str,
-    mut change: impl FnMut(&mut Ledger) -> Option<T>,
+    change: impl FnMut(&mut Ledger) -> Option<T>,
 ) -> Result<Option<T>, HostError> {
-    for _ in 0..MAX_TRIES {
-        let (ledger, cas) = match shared.get(name)? {
-            Some((bytes, cas)) => (Ledger::decode(&bytes), Some(cas)),
-            None => (Ledger::default(), None),
-        };
-        let mut changed = ledger;
-        let Some(out) = change(&mut changed) else {
-            return Ok(None);
-        };
-        if changed == ledger || shared.set(name, &changed.encode(), cas)? {
-            return Ok(Some(out));
-        }
-    }
-    Err(HostError(CAS_MISMATCH))
+    shared::update(shared, name, change)
 }
 
 /// Creates an empty ledger in `name` unless there is one: for the leader, before it

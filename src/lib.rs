@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod model;
 pub mod pairs;
 pub mod pricing;
+pub mod rate;
 pub mod report;
 pub mod secret;
 pub mod shared;

@@ -50,6 +50,45 @@ pub trait SharedData {
     fn set(&self, name: &str, value: &[u8], cas: Option<u32>) -> Result<bool, HostError>;
 }
 
+/// A small value that workers change in place by compare-and-swap (a quota ledger, a
+/// key's rate windows). Bytes it cannot read decode to its empty state.
+pub trait Cell: Clone + PartialEq {
+    fn decode(bytes: &[u8]) -> Self;
+    fn encode(&self) -> Vec<u8>;
+}
+
+/// Compare-and-swap attempts before a change is given up (each loss means another VM
+/// changed the value in between).
+const MAX_TRIES: usize = 64;
+
+/// The host status for a compare-and-swap mismatch, reported when every try lost.
+const CAS_MISMATCH: u32 = 8;
+
+/// Applies `change` to the cell in `name` by compare-and-swap, retrying when another VM
+/// changed it in between. `change` returning `None` leaves the cell as it is. A cell not
+/// there yet is created from the empty state (without compare-and-swap: shared data
+/// cannot create an entry only if it is absent).
+pub fn update<C: Cell, T>(
+    shared: &impl SharedData,
+    name: &str,
+    mut change: impl FnMut(&mut C) -> Option<T>,
+) -> Result<Option<T>, HostError> {
+    for _ in 0..MAX_TRIES {
+        let (cell, cas) = match shared.get(name)? {
+            Some((bytes, cas)) => (C::decode(&bytes), Some(cas)),
+            None => (C::decode(&[]), None),
+        };
+        let mut changed = cell.clone();
+        let Some(out) = change(&mut changed) else {
+            return Ok(None);
+        };
+        if changed == cell || shared.set(name, &changed.encode(), cas)? {
+            return Ok(Some(out));
+        }
+    }
+    Err(HostError(CAS_MISMATCH))
+}
+
 /// What `kg:meta` holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Meta {

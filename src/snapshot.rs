@@ -132,6 +132,8 @@ pub struct Tables {
     accounts_known: bool,
     ratios: HashMap<String, f64>,
     prices: HashMap<String, Price>,
+    /// `(rpm, tpm)` of the groups that have either.
+    rates: HashMap<String, (Option<u64>, Option<u64>)>,
 }
 
 static ANY_MODEL: ModelList = ModelList::Any;
@@ -141,6 +143,12 @@ impl Tables {
     pub fn new(wire: TablesWire) -> Tables {
         Tables {
             groups_known: !wire.groups.is_empty(),
+            rates: wire
+                .groups
+                .iter()
+                .filter(|g| g.rpm.is_some() || g.tpm.is_some())
+                .map(|g| (g.name.clone(), (g.rpm, g.tpm)))
+                .collect(),
             ratios: wire
                 .groups
                 .iter()
@@ -201,6 +209,14 @@ impl Tables {
     /// A group's price multiplier (1 for a group the snapshot does not name).
     pub fn ratio(&self, group: &str) -> f64 {
         self.ratios.get(group).copied().unwrap_or(1.0)
+    }
+
+    /// A group's `(rpm, tpm)` limits for each of its keys; `None` = no limit.
+    pub fn group_rates(&self, group: &str) -> (Option<u64>, Option<u64>) {
+        if self.rates.is_empty() {
+            return (None, None);
+        }
+        self.rates.get(group).copied().unwrap_or((None, None))
     }
 
     /// A model's prices; `None` = the model costs nothing.
@@ -276,7 +292,7 @@ mod tests {
                     name: "cheap".into(),
                     models: vec!["gpt-4o-mini".into()],
                     ratio: 0.5,
-                    rpm: None,
+                    rpm: Some(60),
                     tpm: None,
                 },
             ],
@@ -289,6 +305,8 @@ mod tests {
             }],
         });
         assert_eq!((tables.ratio("cheap"), tables.ratio("unknown")), (0.5, 1.0));
+        assert_eq!(tables.group_rates("cheap"), (Some(60), None));
+        assert_eq!(tables.group_rates("default"), (None, None));
         assert_eq!(tables.price("gpt-4o-mini").map(|p| p.output), Some(0.6));
         assert_eq!(tables.price("gpt-4o"), None);
         assert_eq!(tables.group_models("default"), &ModelList::Any);
