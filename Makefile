@@ -83,8 +83,11 @@ demo: build
 # bench/results/. The first run seeds a million keys (about 2 min); later runs reuse them.
 bench: build
 	$(WASM_CARGO) build -p keygate-noop-filter --target wasm32-wasip1 --release
-	target/release/keygate-bench --keys 0,10000,100000,1000000 --rounds 3 --duration 4 \
-	    --enforcement-tries 50 --out bench/results/filter.md
+	target/release/keygate-bench --keys 10000,1000000 --memory-keys 0,100000 --rounds 3 \
+	    --duration 3 --enforcement-tries 50 --out bench/results/filter.md
+	target/release/keygate-bench --keys 10000 --rounds 1 --duration 3 --upstream \
+	    --only "no filter,no-op wasm,keygate,envoy api_key_auth,lua table lookup,ext_authz to key-service" \
+	    --out bench/results/filter-upstream.md
 	target/release/keygate-stream-bench --out bench/results/streams.md
 	target/release/keygate-reconcile --seconds 60 --out bench/results/reconciliation.md
 	/usr/bin/python3 bench/report.py bench/results

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """`make bench`'s last step: bench/results/REPORT.md and its plots, from what the
-benchmark binaries wrote (filter.md and filter.json, streams.md, reconciliation.md).
+benchmark binaries wrote (filter.md and filter.json, filter-upstream.md, streams.md,
+reconciliation.md).
 
 Run with Debian's python3 and python3-matplotlib (`make setup` installs them).
 """
@@ -47,7 +48,7 @@ def plots(rows):
         xs = [n + (i - 1) * width for n in range(len(at))]
         ax.bar(xs, [r[key] or 0 for r in at], width, label=label)
     ax.set_xticks(range(len(at)), names, rotation=20, ha="right")
-    ax.set_ylabel("latency, us (one connection, one request at a time)")
+    ax.set_ylabel("latency, us (fixed rate, open loop)")
     ax.set_title(f"Latency per configuration, {PEER_KEYS:,} keys")
     ax.legend()
     made.append(save(fig, "latency.png"))
@@ -95,6 +96,7 @@ def main():
         "medians with (min-max).\n",
         "\n".join(f"![{name}]({name})" for name in images) + "\n",
         section("filter.md"),
+        section("filter-upstream.md"),
         section("streams.md"),
         section("reconciliation.md"),
     ]

@@ -70,6 +70,10 @@ struct Args {
     /// Route to the mock upstream instead of answering in Envoy (direct response).
     #[arg(long)]
     upstream: bool,
+    /// Key counts at which only keygate's memory and initial load are measured (one round,
+    /// no load generator), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    memory_keys: Vec<usize>,
     /// Where the Markdown report goes.
     #[arg(long, default_value = "bench/results/filter.md")]
     out: PathBuf,
@@ -81,6 +85,9 @@ enum Filter {
     Wasm(PathBuf),
     /// The built keygate, with these `(field, JSON value)` settings.
     Keygate(Vec<(&'static str, &'static str)>),
+    /// The built keygate, with RPM and TPM limits on the default group (so on every key)
+    /// set too high to refuse anything: every request goes through the rate windows.
+    KeygateLimited,
     /// Another way of checking the same keys, with the same Envoy around it.
     Peer(Peer),
 }
@@ -182,6 +189,11 @@ impl Variant {
         match self.filter {
             Filter::Peer(Peer::ExtAuthz) => count > 0,
             Filter::Peer(_) => count > 0 && count <= Peer::INLINE_KEYS_MAX,
+            // keygate's variants show their cost at the peers' key count.
+            Filter::KeygateLimited => count > 0 && count <= Peer::INLINE_KEYS_MAX,
+            Filter::Keygate(ref settings) if !settings.is_empty() => {
+                count > 0 && count <= Peer::INLINE_KEYS_MAX
+            }
             _ => true,
         }
     }
@@ -220,6 +232,10 @@ fn main() {
                 "identity_headers",
                 r#"{"key_name": null, "group": null, "account": null}"#,
             )]),
+        },
+        Variant {
+            name: "keygate, RPM+TPM limited".into(),
+            filter: Filter::KeygateLimited,
         },
         Variant {
             name: "envoy api_key_auth".into(),
@@ -268,7 +284,7 @@ fn main() {
         },
         args.rate
     );
-    for &count in &args.keys {
+    let seeded = |count: usize| {
         let db = work.join(format!("keys-{count}.db"));
         // Seeding a million keys takes minutes: a database seeded by an earlier run (of
         // the same schema) is reused.
@@ -282,6 +298,10 @@ fn main() {
                 started.elapsed().as_secs_f64()
             );
         }
+        db
+    };
+    for &count in &args.keys {
+        let db = seeded(count);
         let secret = (count > 0).then(|| secret_of(0));
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
         for round in 0..args.rounds {
@@ -289,7 +309,7 @@ fn main() {
                 if !variant.measured_with(count) {
                     continue;
                 }
-                let sample = measure(variant, &db, count, secret.as_deref(), &args);
+                let sample = measure(variant, &db, count, secret.as_deref(), &args, true);
                 eprintln!(
                     "{count} keys, round {round}, {}: {:.0} rps, p50 {:.0} us, p99 {:.0} us, \
                      rss {:.1} MB, load {:?}",
@@ -323,6 +343,28 @@ fn main() {
             }
         }
     }
+    if !args.memory_keys.is_empty() {
+        let _ = writeln!(
+            report,
+            "## Memory and initial load (keygate only, one round, no load)\n\n\
+             | keys | Envoy RSS MB | load s |\n|---|---|---|"
+        );
+        for &count in &args.memory_keys {
+            let keygate = Variant {
+                name: "keygate".into(),
+                filter: Filter::Keygate(vec![]),
+            };
+            let sample = measure(&keygate, &seeded(count), count, None, &args, false);
+            let load = sample.load_s.map_or("-".into(), |s| format!("{s:.2}"));
+            let _ = writeln!(report, "| {count} | {:.1} | {load} |", sample.rss_mb);
+            results.push(serde_json::json!({
+                "keys": count, "variant": "keygate", "rss_mb": sample.rss_mb,
+                "load_s": sample.load_s, "rps": null, "p50_us": null, "p90_us": null,
+                "p99_us": null,
+            }));
+        }
+        let _ = writeln!(report);
+    }
     if args.enforcement_tries > 0 {
         let count = args
             .keys
@@ -348,12 +390,15 @@ fn main() {
     println!("{report}");
 }
 
+/// One run of `variant` in a fresh stack; `load` false measures only memory and the
+/// initial load.
 fn measure(
     variant: &Variant,
     db: &Path,
     count: usize,
     secret: Option<&str>,
     args: &Args,
+    load: bool,
 ) -> Sample {
     let builder = Stack::builder().concurrency(args.workers).database(db);
     let builder = if args.upstream {
@@ -368,16 +413,27 @@ fn measure(
             .iter()
             .fold(builder, |b, (field, value)| b.filter_setting(field, value)),
         Filter::Peer(peer) => builder.http_filters(peer.filters(count)),
+        Filter::KeygateLimited => builder,
     };
     let started = Instant::now();
     let stack = builder.start();
     let envoy = stack.pid("envoy").expect("envoy pid");
     pin(envoy, "0");
-    let keygate_like = matches!(variant.filter, Filter::Keygate(_));
+    let keygate_like = matches!(variant.filter, Filter::Keygate(_) | Filter::KeygateLimited);
     let mut load_s = None;
     if keygate_like && count > 0 {
         wait_for(&stack, "keygate.keys_loaded", count as u64);
         load_s = Some(load_seconds(&stack.log("envoy")).unwrap_or(started.elapsed().as_secs_f64()));
+    }
+    if !load {
+        return Sample {
+            rss_mb: rss_kb(envoy) as f64 / 1024.0,
+            load_s,
+            ..Sample::default()
+        };
+    }
+    if let Filter::KeygateLimited = variant.filter {
+        set_default_group_limits(&stack, true);
     }
     if let Filter::Peer(Peer::ExtAuthz) = variant.filter {
         // The key-service answers every request: it shares wrk's CPU.
@@ -391,17 +447,21 @@ fn measure(
     let checks = !matches!(variant.filter, Filter::None | Filter::Wasm(_));
     if checks && count > 0 {
         let (name, value) = auth.split_once(": ").expect("header");
-        let status = client()
-            .get(&url)
-            .header(name, value)
-            .send()
-            .map(|r| r.status().as_u16());
-        assert_eq!(
-            status.ok(),
-            Some(200),
-            "{}: the key is refused",
-            variant.name
-        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let res = client().get(&url).header(name, value).send();
+            let status = res.as_ref().map(|r| r.status().as_u16()).ok();
+            assert_eq!(status, Some(200), "{}: the key is refused", variant.name);
+            // The limited variant waits for its limits to reach the filter.
+            let limited = res
+                .ok()
+                .is_some_and(|r| r.headers().contains_key("x-ratelimit-limit-requests"));
+            if limited || !matches!(variant.filter, Filter::KeygateLimited) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the group's limits never reached the filter");
+            sleep(Duration::from_millis(100));
+        }
     }
     // Warm up, then saturate, then a fixed moderate rate for latency.
     // With no keys, keygate refuses every request (401): that path is measured then.
@@ -409,6 +469,10 @@ fn measure(
     wrk(&url, &auth, 8, 1, refused_ok);
     let saturated = wrk(&url, &auth, args.connections, args.duration, refused_ok);
     let paced = fixed_rate(&url, &auth, args.rate, args.duration, refused_ok);
+    if let Filter::KeygateLimited = variant.filter {
+        // The database is shared with the other variants' runs.
+        set_default_group_limits(&stack, false);
+    }
     Sample {
         rps: saturated.rps,
         p50_us: paced.p50_us,
@@ -417,6 +481,20 @@ fn measure(
         rss_mb: rss_kb(envoy) as f64 / 1024.0,
         load_s,
     }
+}
+
+/// Sets the default group's RPM and TPM far above anything the run can reach, or takes
+/// them off.
+fn set_default_group_limits(stack: &Stack, on: bool) {
+    let limit = |n: u64| on.then_some(n);
+    let (status, body) = admin(
+        stack,
+        reqwest::Method::PUT,
+        "/api/v1/groups/default",
+        Some(serde_json::json!({"models": ["*"], "ratio": 1.0,
+            "rpm": limit(1_000_000_000), "tpm": limit(1_000_000_000_000)})),
+    );
+    assert!(status == 200 || status == 201, "default group limits: {status} {body}");
 }
 
 /// Rotates `rotations` keys through the store of a running stack and reports how Envoy's
