@@ -273,7 +273,7 @@ async function refreshKeys(list = $("#key-list")) {
   const data = await guarded(() => api("GET", `/api/v1/keys${query({ q, status, group, page, per_page: PER_PAGE })}`));
   list.replaceChildren(
     table("API keys",
-      ["Name", "Key", "Status", "Group", "Quota used / remaining", "Expires", "Models", "IP allowlist", "Last used", "Actions"],
+      ["Name", "Key", "Status", "Group", "Quota used / remaining", "Expires", "Models", "IP allowlist", "Rate limits", "Last used", "Actions"],
       data.keys.map(keyRow), "No keys yet: create one."),
     pager(data.page, data.per_page, data.total, (p) => { keysView.page = p; refreshKeys(list); }));
 }
@@ -281,6 +281,15 @@ async function refreshKeys(list = $("#key-list")) {
 function quotaCell(key) {
   if (key.unlimited_quota) return [number(key.used_quota), " / ", h("span", { class: "muted" }, "unlimited")];
   return `${number(key.used_quota)} / ${number(key.remaining_quota)}`;
+}
+
+/** "60 RPM · 100,000 TPM · 4 parallel": the key's own limits, empty when it has none. */
+function limitsText(key) {
+  return [
+    key.rpm && `${number(key.rpm)} RPM`,
+    key.tpm && `${number(key.tpm)} TPM`,
+    key.max_parallel && `${number(key.max_parallel)} parallel`,
+  ].filter(Boolean).join(" · ");
 }
 
 function expiryCell(key) {
@@ -300,6 +309,7 @@ function keyRow(key) {
     h("td", {}, expiryCell(key)),
     h("td", {}, key.models.length ? key.models.join(", ") : h("span", { class: "muted" }, "group's")),
     h("td", {}, key.ip_allowlist.length ? key.ip_allowlist.join(", ") : h("span", { class: "muted" }, "any")),
+    h("td", {}, limitsText(key)),
     h("td", {}, key.last_used_at ? relative(key.last_used_at) : h("span", { class: "muted" }, "never")),
     h("td", { class: "actions" },
       action("Edit", () => openKeyDialog(key)),
@@ -357,6 +367,9 @@ async function rotateKey(key) {
 
 let editing = null; // the key being edited, or null when creating
 
+/** The key's own rate limits, as the API and the dialog's inputs name them. */
+const LIMITS = ["rpm", "tpm", "max_parallel"];
+
 function openKeyDialog(key = null) {
   editing = key;
   const form = $("#key-form");
@@ -384,6 +397,7 @@ function openKeyDialog(key = null) {
     $("#kf-quota").value = key.unlimited_quota ? "" : key.quota;
     $("#kf-models-other").value = key.models.filter((m) => !known.includes(m)).join(", ");
     $("#kf-ips").value = key.ip_allowlist.join("\n");
+    for (const field of LIMITS) form.elements.namedItem(field).value = key[field] ?? "";
   } else {
     // The seeds' recommended first key.
     form.elements.namedItem("name").value = "dev-local";
@@ -404,6 +418,8 @@ function syncKeyForm() {
   $("#kf-expires-at").disabled = form.expiry.value !== "custom";
   const group = catalog.groups.find((g) => g.name === $("#kf-group").value);
   $("#kf-group-info").textContent = group ? `Group ${group.name}: ${groupSummary(group)}` : "";
+  $("#kf-rpm").placeholder = group?.rpm ? `group's limit (${number(group.rpm)})` : "no limit";
+  $("#kf-tpm").placeholder = group?.tpm ? `group's limit (${number(group.tpm)})` : "no limit";
   checkAllowlist();
 }
 
@@ -458,6 +474,16 @@ function keyFormBody() {
   const other = form.models_other.value.split(",").map((m) => m.trim()).filter(Boolean);
   body.models = [...new Set([...ticked, ...other])];
   body.ip_allowlist = allowlistEntries();
+  for (const field of LIMITS) {
+    // Empty is null (no limit of the key's own; on edit, it takes one away). The service
+    // checks the range.
+    const input = form.elements.namedItem(field);
+    const value = input.value.trim();
+    if (input.validity.badInput || (value !== "" && !/^\d+$/.test(value))) {
+      throw new ApiError(400, { param: field, message: "Enter a whole number, or leave it empty for no limit." });
+    }
+    body[field] = value === "" ? null : Number(value);
+  }
   if (!editing) body.quantity = Number(form.quantity.value || 1);
   return body;
 }

@@ -62,6 +62,15 @@ pub struct CreateArgs {
     /// Addresses and CIDRs requests may come from, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub ip_allowlist: Vec<String>,
+    /// Requests per minute the key may make (its group's limit may be stricter).
+    #[arg(long)]
+    pub rpm: Option<i64>,
+    /// Tokens per minute the key may use (likewise).
+    #[arg(long)]
+    pub tpm: Option<i64>,
+    /// Requests the key may have in flight at once.
+    #[arg(long)]
+    pub max_parallel: Option<i64>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -96,6 +105,9 @@ pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiErro
                 quota: a.quota,
                 models: Some(a.models),
                 ip_allowlist: Some(a.ip_allowlist),
+                rpm: a.rpm,
+                tpm: a.tpm,
+                max_parallel: a.max_parallel,
             };
             let created = keys::create_keys(store, request, now).await?;
             created.iter().map(json).collect()

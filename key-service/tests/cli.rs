@@ -66,6 +66,12 @@ fn an_operator_manages_keys_from_the_command_line() {
         "gpt-4o,gpt-4o-mini",
         "--expires-in",
         "1d",
+        "--rpm",
+        "60",
+        "--tpm",
+        "100000",
+        "--max-parallel",
+        "4",
     ]);
     assert!(ok, "{err}");
     assert_eq!(created.len(), 2);
@@ -76,6 +82,12 @@ fn an_operator_manages_keys_from_the_command_line() {
         serde_json::json!(["gpt-4o", "gpt-4o-mini"])
     );
     assert_eq!(created[0]["remaining_quota"], 100);
+    for key in &created {
+        assert_eq!(
+            (&key["rpm"], &key["tpm"], &key["max_parallel"]),
+            (&60.into(), &100_000.into(), &4.into())
+        );
+    }
     let id = created[0]["id"].as_str().unwrap();
 
     let (ok, listed, _) = cli.keys(&["list"]);
@@ -107,6 +119,9 @@ fn bad_input_fails_with_the_apis_message() {
     let (ok, out, err) = cli.keys(&["create", "--name", "x", "--quantity", "0"]);
     assert!(!ok && out.is_empty());
     assert!(err.contains("quantity"), "{err}");
+    let (ok, out, err) = cli.keys(&["create", "--name", "x", "--max-parallel", "0"]);
+    assert!(!ok && out.is_empty());
+    assert!(err.contains("max_parallel"), "{err}");
     let (ok, _, err) = cli.keys(&["disable", "key_nope"]);
     assert!(!ok);
     assert!(err.contains("no key"), "{err}");

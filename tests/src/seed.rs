@@ -45,6 +45,9 @@ pub async fn seed_database(database: &Database, count: usize) {
             quota: 0,
             models: vec![],
             ip_allowlist: vec![],
+            rpm: None,
+            tpm: None,
+            max_parallel: None,
         });
         if batch.len() == batch.capacity() || i + 1 == count {
             store.insert_keys(&batch, 0).await.expect("insert keys");

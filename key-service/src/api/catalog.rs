@@ -5,9 +5,10 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::api::keys::check_models;
+use crate::api::{limit, nullable};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
@@ -55,21 +56,6 @@ fn non_negative(param: &str, value: f64) -> Result<f64, ApiError> {
             format!("{param} must be a number >= 0"),
         ))
     }
-}
-
-fn limit(param: &str, value: Option<i64>) -> Result<Option<i64>, ApiError> {
-    match value {
-        Some(v) if v < 1 => Err(ApiError::invalid(
-            param,
-            format!("{param} must be at least 1, or null for no limit"),
-        )),
-        other => Ok(other),
-    }
-}
-
-/// `null` and absent told apart: `Some(None)` for an explicit `null`.
-fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
-    Option::<i64>::deserialize(d).map(Some)
 }
 
 #[derive(Serialize)]

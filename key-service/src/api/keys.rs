@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use keygate::secret;
 use serde::{Deserialize, Serialize};
 
+use crate::api::{limit, nullable};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
@@ -49,6 +50,15 @@ pub struct CreateKey {
     pub models: Option<Vec<String>>,
     #[serde(default)]
     pub ip_allowlist: Option<Vec<String>>,
+    /// Requests per minute; absent or `null` = no limit of the key's own.
+    #[serde(default)]
+    pub rpm: Option<i64>,
+    /// Tokens per minute; likewise.
+    #[serde(default)]
+    pub tpm: Option<i64>,
+    /// Requests in flight at once; likewise.
+    #[serde(default)]
+    pub max_parallel: Option<i64>,
 }
 
 /// A create request with defaults filled in and every field checked.
@@ -64,6 +74,10 @@ pub struct KeySpec {
     pub models: Vec<String>,
     /// Normalised CIDRs (`10.0.0.0/8`, `192.0.2.7/32`, `2001:db8::/32`).
     pub ip_allowlist: Vec<String>,
+    /// The key's own rate limits, each at least 1; `None` = none of its own.
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub max_parallel: Option<i64>,
 }
 
 impl CreateKey {
@@ -99,6 +113,9 @@ impl CreateKey {
             quota,
             models: check_models(self.models.unwrap_or_default())?,
             ip_allowlist: check_allowlist(self.ip_allowlist.unwrap_or_default())?,
+            rpm: limit("rpm", self.rpm)?,
+            tpm: limit("tpm", self.tpm)?,
+            max_parallel: limit("max_parallel", self.max_parallel)?,
         })
     }
 }
@@ -159,6 +176,15 @@ pub struct UpdateKey {
     pub ip_allowlist: Option<Vec<String>>,
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// A new requests-per-minute limit; `null` = none of the key's own.
+    #[serde(default, deserialize_with = "nullable")]
+    pub rpm: Option<Option<i64>>,
+    /// Likewise for tokens per minute.
+    #[serde(default, deserialize_with = "nullable")]
+    pub tpm: Option<Option<i64>>,
+    /// Likewise for requests in flight at once.
+    #[serde(default, deserialize_with = "nullable")]
+    pub max_parallel: Option<Option<i64>>,
 }
 
 impl UpdateKey {
@@ -177,6 +203,12 @@ impl UpdateKey {
             models: self.models.map(check_models).transpose()?,
             ip_allowlist: self.ip_allowlist.map(check_allowlist).transpose()?,
             enabled: self.enabled,
+            rpm: self.rpm.map(|v| limit("rpm", v)).transpose()?,
+            tpm: self.tpm.map(|v| limit("tpm", v)).transpose()?,
+            max_parallel: self
+                .max_parallel
+                .map(|v| limit("max_parallel", v))
+                .transpose()?,
         })
     }
 }
@@ -292,6 +324,10 @@ pub struct KeyView {
     pub remaining_quota: Option<i64>,
     pub models: Vec<String>,
     pub ip_allowlist: Vec<String>,
+    /// The key's own rate limits; `null` = none of its own (its group's may apply).
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub max_parallel: Option<i64>,
     pub created_at: String,
     pub updated_at: String,
     pub last_used_at: Option<String>,
@@ -323,6 +359,9 @@ impl KeyView {
             used_quota: row.used_quota,
             models: row.models,
             ip_allowlist: row.ip_allowlist,
+            rpm: row.rpm,
+            tpm: row.tpm,
+            max_parallel: row.max_parallel,
         })
     }
 }
@@ -383,6 +422,9 @@ pub async fn create_keys(
             quota: spec.quota,
             models: spec.models.clone(),
             ip_allowlist: spec.ip_allowlist.clone(),
+            rpm: spec.rpm,
+            tpm: spec.tpm,
+            max_parallel: spec.max_parallel,
         });
         secrets.push(secret);
     }
@@ -650,7 +692,7 @@ mod tests {
         }
     }
 
-    fn param_of(result: Result<KeySpec, ApiError>) -> String {
+    fn param_of<T: std::fmt::Debug>(result: Result<T, ApiError>) -> String {
         match result {
             Err(ApiError::InvalidRequest { param: Some(p), .. }) => p,
             other => panic!("expected a 400 with a param, got {other:?}"),
@@ -672,6 +714,9 @@ mod tests {
                 quota: 0,
                 models: vec![],
                 ip_allowlist: vec![],
+                rpm: None,
+                tpm: None,
+                max_parallel: None,
             }
         );
     }
@@ -706,6 +751,40 @@ mod tests {
             s(|r| r.ip_allowlist = Some(vec!["10.0.0.0/33".into()])),
             "ip_allowlist"
         );
+        assert_eq!(s(|r| r.rpm = Some(0)), "rpm");
+        assert_eq!(s(|r| r.tpm = Some(-1)), "tpm");
+        assert_eq!(s(|r| r.max_parallel = Some(0)), "max_parallel");
+    }
+
+    #[test]
+    fn rate_limits_are_kept_on_create() {
+        let mut r = request("k");
+        (r.rpm, r.tpm, r.max_parallel) = (Some(1), Some(100_000), None);
+        let spec = r.validate(NOW).unwrap();
+        assert_eq!(
+            (spec.rpm, spec.tpm, spec.max_parallel),
+            (Some(1), Some(100_000), None)
+        );
+    }
+
+    #[test]
+    fn an_edit_sets_clears_or_leaves_each_rate_limit() {
+        let edit = |body: &str| {
+            crate::extract::parse::<UpdateKey>(body.as_bytes()).and_then(|u| u.validate(NOW))
+        };
+        let e = edit(r#"{"rpm": 60, "tpm": null}"#).unwrap();
+        assert_eq!(
+            (e.rpm, e.tpm, e.max_parallel),
+            (Some(Some(60)), Some(None), None)
+        );
+        let e = edit(r#"{"max_parallel": 4}"#).unwrap();
+        assert_eq!((e.rpm, e.tpm, e.max_parallel), (None, None, Some(Some(4))));
+        for field in ["rpm", "tpm", "max_parallel"] {
+            for bad in ["0", "-1", "\"x\"", "1.5"] {
+                let body = format!("{{\"{field}\": {bad}}}");
+                assert_eq!(param_of(edit(&body)), field, "{body}");
+            }
+        }
     }
 
     #[test]

@@ -382,6 +382,9 @@ mod tests {
             quota: 0,
             models: vec![],
             ip_allowlist: vec![],
+            rpm: None,
+            tpm: None,
+            max_parallel: None,
         };
         store.insert_keys(&[key], 1).await.unwrap();
         assert_eq!(store.delete_group("used", 2).await.unwrap(), Removed::InUse);

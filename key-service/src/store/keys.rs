@@ -66,10 +66,15 @@ pub struct NewKey {
     pub quota: i64,
     pub models: Vec<String>,
     pub ip_allowlist: Vec<String>,
+    /// The key's own rate limits (see `KeyRow`); `None` = none of its own.
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub max_parallel: Option<i64>,
 }
 
 /// A checked edit of a key: `None` leaves a field as it is. `expires_at` is
-/// `Some(None)` to make the key never expire.
+/// `Some(None)` to make the key never expire; `rpm`, `tpm` and `max_parallel` are
+/// `Some(None)` to take the key's own limit away.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeyEdit {
     pub name: Option<String>,
@@ -80,6 +85,9 @@ pub struct KeyEdit {
     pub models: Option<Vec<String>>,
     pub ip_allowlist: Option<Vec<String>>,
     pub enabled: Option<bool>,
+    pub rpm: Option<Option<i64>>,
+    pub tpm: Option<Option<i64>>,
+    pub max_parallel: Option<Option<i64>>,
 }
 
 /// A stored key as the management API shows it (never with its secret or hash).
@@ -98,6 +106,12 @@ pub struct KeyRow {
     pub used_quota: i64,
     pub models: Vec<String>,
     pub ip_allowlist: Vec<String>,
+    /// Requests per minute, tokens per minute and requests in flight at once the key may
+    /// have; `None` = no limit of its own (its group's RPM and TPM may still apply, and
+    /// the filter enforces the stricter).
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+    pub max_parallel: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     pub last_used_at: Option<i64>,
@@ -116,8 +130,8 @@ pub struct KeyFilter {
 // Each key as the filter's `KeyRecord` JSON, built by the database: decoding a dozen
 // columns per row in Rust costs several times what the database takes to write the text,
 // and a full snapshot of a million keys must take seconds, not tens of them. Fields at
-// their default (no expiry, no lists, unlimited) are left out, as `KeyRecord` serializes
-// them. `$hash` and `$expires` are the SQL of the record's hash and expiry.
+// their default (no expiry, no lists, unlimited, no rate limits) are left out, as
+// `KeyRecord` serializes them. `$hash` and `$expires` are the SQL of the record's hash and expiry.
 macro_rules! sqlite_record {
     ($hash:expr, $expires:expr) => {
         concat!(
@@ -136,7 +150,11 @@ macro_rules! sqlite_record {
                 ELSE ',\"ip_allowlist\":' || json(k.ip_allowlist) END \
              || CASE WHEN k.models = '[]' THEN '' ELSE ',\"models\":' || json(k.models) END \
              || CASE WHEN k.unlimited_quota THEN '' \
-                ELSE ',\"remaining_quota\":' || (k.quota - k.used_quota) END || '}'"
+                ELSE ',\"remaining_quota\":' || (k.quota - k.used_quota) END \
+             || CASE WHEN k.rpm IS NULL THEN '' ELSE ',\"rpm\":' || k.rpm END \
+             || CASE WHEN k.tpm IS NULL THEN '' ELSE ',\"tpm\":' || k.tpm END \
+             || CASE WHEN k.max_parallel IS NULL THEN '' \
+                ELSE ',\"max_parallel\":' || k.max_parallel END || '}'"
         )
     };
 }
@@ -154,7 +172,8 @@ macro_rules! postgres_record {
                 ELSE k.ip_allowlist::json END, \
              'models', CASE WHEN k.models = '[]' THEN NULL ELSE k.models::json END, \
              'remaining_quota', CASE WHEN k.unlimited_quota THEN NULL \
-                ELSE k.quota - k.used_quota END))::text"
+                ELSE k.quota - k.used_quota END, \
+             'rpm', k.rpm, 'tpm', k.tpm, 'max_parallel', k.max_parallel))::text"
         )
     };
 }
@@ -235,7 +254,8 @@ macro_rules! key_view {
     () => {
         "SELECT k.id, k.name, k.masked_key, k.account, k.group_name, k.enabled, \
                 k.expires_at, k.unlimited_quota, k.quota, k.used_quota, k.models, \
-                k.ip_allowlist, k.created_at, k.updated_at, k.last_used_at, \
+                k.ip_allowlist, k.rpm, k.tpm, k.max_parallel, k.created_at, k.updated_at, \
+                k.last_used_at, \
                 CASE \
                     WHEN NOT k.enabled THEN 'disabled' \
                     WHEN k.expires_at IS NOT NULL AND k.expires_at <= $1 THEN 'expired' \
@@ -270,7 +290,7 @@ const COUNT_KEYS: &str = concat!("SELECT COUNT(*) FROM (", key_view!(), ") v", k
 /// One change-log row: key id, kind, time, the hash it takes out of service (or NULL).
 const RECORD_CHANGE: &str =
     "INSERT INTO key_changes (key_id, kind, at, revoked_hash) VALUES ($1, $2, $3, $4)";
-const GROUP_TABLE: &str = "SELECT name, models, ratio FROM groups ORDER BY name";
+const GROUP_TABLE: &str = "SELECT name, models, ratio, rpm, tpm FROM groups ORDER BY name";
 const PRICE_TABLE: &str =
     "SELECT name, input, output, cached_input FROM model_prices ORDER BY name";
 const ACCOUNT_TABLE: &str = "SELECT name, balance FROM accounts ORDER BY name";
@@ -304,9 +324,10 @@ impl Store {
                 sqlx::query(
                     "INSERT INTO keys (id, name, key_hash, masked_key, account, group_name, \
                          enabled, expires_at, unlimited_quota, quota, used_quota, models, \
-                         ip_allowlist, created_at, updated_at, last_used_at) \
+                         ip_allowlist, created_at, updated_at, last_used_at, rpm, tpm, \
+                         max_parallel) \
                      VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9, 0, $10, $11, $12, $12, \
-                         NULL)",
+                         NULL, $13, $14, $15)",
                 )
                 .bind(&key.id)
                 .bind(&key.name)
@@ -320,6 +341,9 @@ impl Store {
                 .bind(json_list(&key.models))
                 .bind(json_list(&key.ip_allowlist))
                 .bind(now)
+                .bind(key.rpm)
+                .bind(key.tpm)
+                .bind(key.max_parallel)
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(RECORD_CHANGE)
@@ -483,8 +507,9 @@ impl Store {
                 Revokes::Nothing | Revokes::OldHash => {}
             }
             let statement = match change {
-                // COALESCE keeps a column whose new value was not given; `expires_at` has
-                // its own flag since NULL (never expires) is a value one can set.
+                // COALESCE keeps a column whose new value was not given; `expires_at` and
+                // the rate limits have their own flags since NULL (never expires, no
+                // limit) is a value one can set.
                 Change::Edit(edit) => sqlx::query(
                     "UPDATE keys SET name = COALESCE($2, name), \
                          group_name = COALESCE($3, group_name), \
@@ -493,7 +518,10 @@ impl Store {
                          unlimited_quota = COALESCE($7, unlimited_quota), \
                          models = COALESCE($8, models), \
                          ip_allowlist = COALESCE($9, ip_allowlist), \
-                         enabled = COALESCE($10, enabled), updated_at = $11 \
+                         enabled = COALESCE($10, enabled), updated_at = $11, \
+                         rpm = CASE WHEN $12 THEN $13 ELSE rpm END, \
+                         tpm = CASE WHEN $14 THEN $15 ELSE tpm END, \
+                         max_parallel = CASE WHEN $16 THEN $17 ELSE max_parallel END \
                      WHERE id = $1",
                 )
                 .bind(id)
@@ -506,7 +534,13 @@ impl Store {
                 .bind(edit.models.as_deref().map(json_list))
                 .bind(edit.ip_allowlist.as_deref().map(json_list))
                 .bind(edit.enabled)
-                .bind(now),
+                .bind(now)
+                .bind(edit.rpm.is_some())
+                .bind(edit.rpm.flatten())
+                .bind(edit.tpm.is_some())
+                .bind(edit.tpm.flatten())
+                .bind(edit.max_parallel.is_some())
+                .bind(edit.max_parallel.flatten()),
                 Change::Rotate {
                     key_hash,
                     masked_key,
@@ -718,8 +752,8 @@ impl Store {
     }
 }
 
-/// Every group's model list and ratio, every account's balance and every model's prices,
-/// from `GROUP_TABLE`, `ACCOUNT_TABLE` and `PRICE_TABLE`.
+/// Every group's model list, ratio and rate limits, every account's balance and every
+/// model's prices, from `GROUP_TABLE`, `ACCOUNT_TABLE` and `PRICE_TABLE`.
 fn tables(
     group_rows: &[impl Get],
     account_rows: &[impl Get],
@@ -731,11 +765,11 @@ fn tables(
             let name = row.text("name")?;
             let models = parse_list(&name, "groups.models", row.text("models")?)?;
             Ok(GroupRecord {
-                name,
                 models,
                 ratio: row.real("ratio")?,
-                rpm: None,
-                tpm: None,
+                rpm: wire_limit(&name, "groups.rpm", row.opt_int("rpm")?)?,
+                tpm: wire_limit(&name, "groups.tpm", row.opt_int("tpm")?)?,
+                name,
             })
         })
         .collect::<Result<_, StoreError>>()?;
@@ -867,11 +901,32 @@ fn key_row(row: &impl Get) -> Result<KeyRow, StoreError> {
         used_quota: row.int("used_quota")?,
         models,
         ip_allowlist,
+        rpm: row.opt_int("rpm")?,
+        tpm: row.opt_int("tpm")?,
+        max_parallel: row.opt_int("max_parallel")?,
         created_at: row.int("created_at")?,
         updated_at: row.int("updated_at")?,
         last_used_at: row.opt_int("last_used_at")?,
         id,
     })
+}
+
+/// A stored rate limit as the filter takes it; the API stores none below 1, so a negative
+/// one is a corrupt row, not "no limit".
+fn wire_limit(
+    name: &str,
+    column: &'static str,
+    value: Option<i64>,
+) -> Result<Option<u64>, StoreError> {
+    value
+        .map(|v| {
+            u64::try_from(v).map_err(|e| StoreError::Corrupt {
+                id: name.to_owned(),
+                column,
+                detail: format!("{v}: {e}"),
+            })
+        })
+        .transpose()
 }
 
 fn json_list(items: &[String]) -> String {
@@ -936,6 +991,9 @@ mod tests {
             quota: 0,
             models: vec!["gpt-4o".into()],
             ip_allowlist: vec![],
+            rpm: None,
+            tpm: None,
+            max_parallel: None,
         }
     }
 

@@ -69,6 +69,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0006_usage_estimated.sql"),
         include_str!("../../migrations/postgres/0006_usage_estimated.sql"),
     ),
+    (
+        7,
+        "key_rate_limits",
+        include_str!("../../migrations/sqlite/0007_key_rate_limits.sql"),
+        include_str!("../../migrations/postgres/0007_key_rate_limits.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -384,6 +384,9 @@ mod tests {
             quota: 500,
             models: vec![],
             ip_allowlist: vec![],
+            rpm: None,
+            tpm: None,
+            max_parallel: None,
         };
         store.insert_keys(&[key], 0).await.unwrap();
         // 2 credits per token in and out.

@@ -2,7 +2,7 @@ use serde_json::json;
 
 use crate::Service;
 
-const KEY_FIELDS: [&str; 18] = [
+const KEY_FIELDS: [&str; 21] = [
     "id",
     "name",
     "masked_key",
@@ -17,6 +17,9 @@ const KEY_FIELDS: [&str; 18] = [
     "remaining_quota",
     "models",
     "ip_allowlist",
+    "rpm",
+    "tpm",
+    "max_parallel",
     "created_at",
     "updated_at",
     "last_used_at",
@@ -56,6 +59,9 @@ async fn creating_one_key_returns_its_secret_once() {
     assert_eq!(key["used_quota"], 0);
     assert_eq!(key["models"], json!([]));
     assert_eq!(key["ip_allowlist"], json!([]));
+    assert_eq!(key["rpm"], json!(null));
+    assert_eq!(key["tpm"], json!(null));
+    assert_eq!(key["max_parallel"], json!(null));
     assert_eq!(key["last_used_at"], json!(null));
     assert_eq!(key["created_at"], key["updated_at"]);
     assert!(key["created_at"].as_str().unwrap().ends_with('Z'));
@@ -100,6 +106,9 @@ async fn every_field_round_trips() {
             "unlimited_quota": false,
             "models": ["gpt-4o", "claude-sonnet-4", "gpt-4o"],
             "ip_allowlist": ["10.1.2.3/8", "192.0.2.7", "2001:db8::/32"],
+            "rpm": 60,
+            "tpm": 100_000,
+            "max_parallel": 4,
         }))
         .await;
     let key = &keys[0];
@@ -116,18 +125,26 @@ async fn every_field_round_trips() {
         key["ip_allowlist"],
         json!(["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"])
     );
+    assert_eq!(
+        (&key["rpm"], &key["tpm"], &key["max_parallel"]),
+        (&json!(60), &json!(100_000), &json!(4))
+    );
     let stored = service
         .admin_get(&format!("/api/v1/keys/{}", key["id"].as_str().unwrap()))
         .await;
     assert_eq!(stored.body["ip_allowlist"], key["ip_allowlist"]);
     assert_eq!(stored.body["expires_at"], key["expires_at"]);
+    for field in ["rpm", "tpm", "max_parallel"] {
+        assert_eq!(stored.body[field], key[field], "{field}");
+    }
 }
 
 #[tokio::test]
 async fn a_batch_gets_distinct_secrets_ids_and_suffixed_names() {
     let service = Service::start().await;
     let keys = service
-        .create_ok(json!({"name": "team", "quantity": 5, "expires_in": "30d"}))
+        .create_ok(json!({"name": "team", "quantity": 5, "expires_in": "30d",
+            "rpm": 30, "tpm": null, "max_parallel": 2}))
         .await;
     assert_eq!(keys.len(), 5);
     let mut ids = std::collections::HashSet::new();
@@ -143,6 +160,11 @@ async fn a_batch_gets_distinct_secrets_ids_and_suffixed_names() {
         assert!(secrets.insert(secret.to_owned()));
         assert!(key["expires_at"].is_string());
         assert_eq!(key["expires_at"], keys[0]["expires_at"]);
+        assert_eq!(
+            (&key["rpm"], &key["tpm"], &key["max_parallel"]),
+            (&json!(30), &json!(null), &json!(2)),
+            "{name}: the batch's limits"
+        );
     }
     assert_eq!(service.admin_get("/api/v1/keys").await.body["total"], 5);
 }

@@ -52,13 +52,67 @@ async fn patch_changes_only_the_given_fields_and_bumps_the_version() {
 }
 
 #[tokio::test]
-async fn patch_refuses_bad_fields_unknown_groups_and_unknown_keys() {
+async fn patch_sets_and_clears_each_rate_limit() {
     let service = Service::start().await;
-    let id = service.create_ok(json!({"name": "k"})).await[0]["id"]
+    let id = service.create_ok(json!({"name": "limits"})).await[0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let cases = [
+    let limits = |key: &Value| {
+        (
+            key["rpm"].clone(),
+            key["tpm"].clone(),
+            key["max_parallel"].clone(),
+        )
+    };
+    let path = format!("/api/v1/keys/{id}");
+    let null = Value::Null;
+    // Each step: the edit, then the limits it leaves (rpm, tpm, max_parallel).
+    let steps = [
+        (
+            json!({"rpm": 60, "tpm": 100_000, "max_parallel": 4}),
+            (json!(60), json!(100_000), json!(4)),
+        ),
+        // Absent fields stay as they are.
+        (
+            json!({"name": "renamed"}),
+            (json!(60), json!(100_000), json!(4)),
+        ),
+        (json!({"rpm": 120}), (json!(120), json!(100_000), json!(4))),
+        (
+            json!({"rpm": null}),
+            (null.clone(), json!(100_000), json!(4)),
+        ),
+        (json!({"tpm": null}), (null.clone(), null.clone(), json!(4))),
+        (
+            json!({"max_parallel": null}),
+            (null.clone(), null.clone(), null.clone()),
+        ),
+        (json!({"tpm": 1}), (null.clone(), json!(1), null.clone())),
+        (
+            json!({"max_parallel": 1}),
+            (null.clone(), json!(1), json!(1)),
+        ),
+    ];
+    for (body, want) in steps {
+        let reply = service.patch(&id, body.clone()).await;
+        assert_eq!(reply.status, 200, "{body}: {}", reply.body);
+        assert_eq!(limits(&reply.body), want, "answer to {body}");
+        let stored = service.admin_get(&path).await;
+        assert_eq!(limits(&stored.body), want, "stored after {body}");
+    }
+}
+
+#[tokio::test]
+async fn patch_refuses_bad_fields_unknown_groups_and_unknown_keys() {
+    let service = Service::start().await;
+    let id = service
+        .create_ok(json!({"name": "k", "rpm": 5, "tpm": 500, "max_parallel": 2}))
+        .await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut cases = vec![
         (json!({"name": ""}), "name"),
         (json!({"quota": -1}), "quota"),
         (json!({"group": "nope"}), "group"),
@@ -66,11 +120,22 @@ async fn patch_refuses_bad_fields_unknown_groups_and_unknown_keys() {
         (json!({"expires_at": "soon"}), "expires_at"),
         (json!({"account": "default"}), "account"),
     ];
+    for param in ["rpm", "tpm", "max_parallel"] {
+        for bad in [json!(0), json!(-1), json!("x"), json!(1.5)] {
+            cases.push((json!({ param: bad, "name": "ok" }), param));
+        }
+    }
     for (body, param) in cases {
         let (status, _, got) = service.patch(&id, body.clone()).await.error();
         assert_eq!(status, 400, "{body}");
         assert_eq!(got.as_deref(), Some(param), "{body}");
     }
+    // A refused edit changes nothing.
+    let key = service.admin_get(&format!("/api/v1/keys/{id}")).await.body;
+    assert_eq!(
+        (&key["name"], &key["rpm"], &key["tpm"], &key["max_parallel"]),
+        (&json!("k"), &json!(5), &json!(500), &json!(2))
+    );
     let (status, code, _) = service
         .patch("key_missing", json!({"enabled": true}))
         .await
@@ -81,7 +146,10 @@ async fn patch_refuses_bad_fields_unknown_groups_and_unknown_keys() {
 #[tokio::test]
 async fn rotate_gives_a_new_secret_to_the_same_key() {
     let service = Service::start().await;
-    let key = service.create_ok(json!({"name": "rot"})).await.remove(0);
+    let key = service
+        .create_ok(json!({"name": "rot", "rpm": 60, "tpm": 100_000, "max_parallel": 4}))
+        .await
+        .remove(0);
     let id = key["id"].as_str().unwrap();
     let path = format!("/api/v1/keys/{id}/rotate");
     let reply = service
@@ -93,12 +161,23 @@ async fn rotate_gives_a_new_secret_to_the_same_key() {
     assert_ne!(new_secret, key["key"].as_str().unwrap());
     assert_eq!(reply.body["id"], key["id"]);
     assert_eq!(reply.body["name"], "rot");
+    for field in ["rpm", "tpm", "max_parallel"] {
+        assert_eq!(reply.body[field], key[field], "{field} kept by rotation");
+    }
 
     let wire: keygate::snapshot::SnapshotWire =
         serde_json::from_value(service.snapshot().await.body).unwrap();
     let hash = keygate::secret::hash_hex(&keygate::secret::hash(new_secret));
     assert_eq!(wire.keys.len(), 1);
     assert_eq!(wire.keys[0].hash, hash);
+    assert_eq!(
+        (
+            wire.keys[0].rpm,
+            wire.keys[0].tpm,
+            wire.keys[0].max_parallel
+        ),
+        (Some(60), Some(100_000), Some(4))
+    );
 
     let missing = service
         .send(service.request(Method::POST, "/api/v1/keys/key_missing/rotate", Some(ADMIN)))
@@ -110,7 +189,7 @@ async fn rotate_gives_a_new_secret_to_the_same_key() {
 async fn rotation_with_a_grace_period_keeps_the_old_secret_until_it_ends() {
     let service = Service::start().await;
     let key = service
-        .create_ok(json!({"name": "graceful"}))
+        .create_ok(json!({"name": "graceful", "rpm": 7, "max_parallel": 3}))
         .await
         .remove(0);
     let old = key["key"].as_str().unwrap();
@@ -152,6 +231,13 @@ async fn rotation_with_a_grace_period_keeps_the_old_secret_until_it_ends() {
         "old secret ends in an hour, {left} s"
     );
     assert_eq!(new_record.expires_at, None);
+    for record in [&old_record, &new_record] {
+        assert_eq!(
+            (record.rpm, record.tpm, record.max_parallel),
+            (Some(7), None, Some(3)),
+            "both secrets carry the key's limits"
+        );
+    }
 }
 
 fn keygate_now() -> i64 {

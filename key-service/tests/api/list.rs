@@ -56,6 +56,42 @@ async fn filters_narrow_the_list() {
 }
 
 #[tokio::test]
+async fn the_list_shows_each_keys_rate_limits() {
+    let service = Service::start().await;
+    service
+        .create_ok(json!({"name": "limited", "rpm": 60, "tpm": 100_000, "max_parallel": 4}))
+        .await;
+    service
+        .create_ok(json!({"name": "parallel-only", "max_parallel": 1}))
+        .await;
+    service.create_ok(json!({"name": "free"})).await;
+    let list = service.admin_get("/api/v1/keys").await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    let mut limits: Vec<(String, Value, Value, Value)> = list.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["name"].as_str().unwrap().to_owned(),
+                k["rpm"].clone(),
+                k["tpm"].clone(),
+                k["max_parallel"].clone(),
+            )
+        })
+        .collect();
+    limits.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        limits,
+        [
+            ("free".into(), Value::Null, Value::Null, Value::Null),
+            ("limited".into(), json!(60), json!(100_000), json!(4)),
+            ("parallel-only".into(), Value::Null, Value::Null, json!(1)),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn pages_split_the_list_without_overlap() {
     let service = Service::start().await;
     service.create_ok(json!({"name": "k", "quantity": 7})).await;

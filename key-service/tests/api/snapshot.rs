@@ -219,3 +219,106 @@ async fn since_answers_with_only_the_changes_after_that_version() {
     let (status, _, param) = bad.error();
     assert_eq!((status, param.as_deref()), (400, Some("query")));
 }
+
+#[tokio::test]
+async fn key_and_group_rate_limits_travel_in_full_snapshots_and_deltas() {
+    let service = Service::start().await;
+    let put_group = |body: serde_json::Value| {
+        service.send(
+            service
+                .request(Method::PUT, "/api/v1/groups/metered", Some(crate::ADMIN))
+                .json(&body),
+        )
+    };
+    assert_eq!(
+        put_group(json!({"rpm": 600, "tpm": 1_000_000}))
+            .await
+            .status,
+        201
+    );
+    let limited = service
+        .create_ok(json!({"name": "limited", "group": "metered",
+            "rpm": 60, "tpm": 100_000, "max_parallel": 4}))
+        .await
+        .remove(0);
+    let plain = service
+        .create_ok(json!({"name": "plain", "group": "metered"}))
+        .await
+        .remove(0);
+    // The raw JSON: a field left out is not the same as one sent as null or 0.
+    let find = |body: &serde_json::Value, list: &str, field: &str, value: &serde_json::Value| {
+        body[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|item| &item[field] == value)
+            .unwrap_or_else(|| panic!("no {list} entry with {field} {value} in {body}"))
+            .as_object()
+            .unwrap()
+            .clone()
+    };
+    let limits = |record: &serde_json::Map<String, serde_json::Value>| {
+        ["rpm", "tpm", "max_parallel"].map(|f| record.get(f).cloned())
+    };
+
+    let full = service.snapshot().await.body;
+    assert_eq!(full["delta"], false);
+    assert_eq!(
+        limits(&find(&full, "keys", "id", &limited["id"])),
+        [Some(json!(60)), Some(json!(100_000)), Some(json!(4))]
+    );
+    assert_eq!(
+        limits(&find(&full, "keys", "id", &plain["id"])),
+        [None, None, None],
+        "a key without limits has none of the fields"
+    );
+    let metered = find(&full, "groups", "name", &json!("metered"));
+    assert_eq!(
+        (metered.get("rpm"), metered.get("tpm")),
+        (Some(&json!(600)), Some(&json!(1_000_000)))
+    );
+    let default = find(&full, "groups", "name", &json!("default"));
+    assert!(!default.contains_key("rpm") && !default.contains_key("tpm"));
+    // The filter's own types read them.
+    let wire: keygate::snapshot::SnapshotWire = serde_json::from_value(full.clone()).unwrap();
+    let record = wire.keys.iter().find(|k| k.name == "limited").unwrap();
+    assert_eq!(
+        (record.rpm, record.tpm, record.max_parallel),
+        (Some(60), Some(100_000), Some(4))
+    );
+    let group = wire.groups.iter().find(|g| g.name == "metered").unwrap();
+    assert_eq!((group.rpm, group.tpm), (Some(600), Some(1_000_000)));
+
+    // Changes reach a delta: limits set, cleared, and the group's replaced.
+    let since = full["version"].as_u64().unwrap();
+    for (key, body) in [
+        (&limited, json!({"rpm": null, "tpm": 5})),
+        (&plain, json!({"max_parallel": 2})),
+    ] {
+        let path = format!("/api/v1/keys/{}", key["id"].as_str().unwrap());
+        let patch = service
+            .request(Method::PATCH, &path, Some(crate::ADMIN))
+            .json(&body);
+        assert_eq!(service.send(patch).await.status, 200, "{body}");
+    }
+    assert_eq!(put_group(json!({"rpm": 300})).await.status, 200);
+    let path = format!("/filter/v1/snapshot?since={since}");
+    let delta = service
+        .send(service.request(Method::GET, &path, Some(FILTER)))
+        .await
+        .body;
+    assert_eq!(delta["delta"], true, "{delta}");
+    assert_eq!(
+        limits(&find(&delta, "keys", "id", &limited["id"])),
+        [None, Some(json!(5)), Some(json!(4))]
+    );
+    assert_eq!(
+        limits(&find(&delta, "keys", "id", &plain["id"])),
+        [None, None, Some(json!(2))]
+    );
+    let metered = find(&delta, "groups", "name", &json!("metered"));
+    assert_eq!(
+        (metered.get("rpm"), metered.get("tpm")),
+        (Some(&json!(300)), None)
+    );
+}

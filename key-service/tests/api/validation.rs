@@ -6,7 +6,7 @@ use crate::{Service, ADMIN};
 #[tokio::test]
 async fn each_bad_field_is_refused_and_named() {
     let service = Service::start().await;
-    let cases: Vec<(Value, &str)> = vec![
+    let mut cases: Vec<(Value, &str)> = vec![
         (json!({}), "name"),
         (json!({"name": ""}), "name"),
         (json!({"name": "x".repeat(65)}), "name"),
@@ -56,6 +56,11 @@ async fn each_bad_field_is_refused_and_named() {
             "ip_allowlist",
         ),
     ];
+    for param in ["rpm", "tpm", "max_parallel"] {
+        for bad in [json!(0), json!(-1), json!("x"), json!(1.5), json!(1e30)] {
+            cases.push((json!({"name": "k", param: bad}), param));
+        }
+    }
     for (body, param) in cases {
         let reply = service.create(body.clone()).await;
         let (status, _, got) = reply.error();
