@@ -261,24 +261,41 @@ impl Http {
         }
     }
 
-    fn on_headers(&mut self, end_of_stream: bool) -> Result<Action, Denial> {
+    /// Decides a request from its headers. `may_refresh`: if the key is newer than this
+    /// VM's tables (its group or account came with a sync the VM has not read yet, as
+    /// when both were created a moment ago), reread them and decide again, once.
+    fn on_headers(&mut self, end_of_stream: bool, may_refresh: bool) -> Result<Action, Denial> {
         let buf = host::request_headers().map_err(|_| HOST_FAILED)?;
         let headers = pairs::parse(&buf).ok_or(HOST_FAILED)?;
         let secret = credential::find(&headers);
         let now_ms = host::now_ms().map_err(|_| HOST_FAILED)?;
         self.ensure_view();
         let shared = Rc::clone(&self.view);
-        let view = shared.borrow();
-        let view = view.as_ref().filter(|v| self.is_fresh(v, now_ms));
+        let held = shared.borrow();
+        let view = held.as_ref().filter(|v| self.is_fresh(v, now_ms));
         let epoch = view.map_or(0, |v| v.meta.epoch);
         let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
-        let key = decide(
+        let newer_than_tables = std::cell::Cell::new(false);
+        let decided = decide(
             view.map(|v| &v.tables),
             secret,
             now,
-            |hash| Self::lookup(hash, epoch),
+            |hash| {
+                let key = Self::lookup(hash, epoch)?;
+                if let (Some(key), Some(view)) = (&key, view) {
+                    newer_than_tables.set(!view.tables.knows(key.group(), key.account()));
+                }
+                Ok(key)
+            },
             Self::client_ip,
-        )?;
+        );
+        if newer_than_tables.get() && may_refresh {
+            drop(held);
+            let older = self.view.borrow_mut().take();
+            *self.view.borrow_mut() = View::refresh(&Shared, older).ok().flatten();
+            return self.on_headers(end_of_stream, false);
+        }
+        let key = decided?;
         // decide() admits only with a view and a secret.
         let (Some(view), Some(secret)) = (view, secret) else {
             return Err(HOST_FAILED);
@@ -587,7 +604,7 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let result = self.on_headers(end_of_stream);
+        let result = self.on_headers(end_of_stream, true);
         self.finish(result)
     }
 

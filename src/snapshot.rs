@@ -189,6 +189,13 @@ impl Tables {
         }
     }
 
+    /// Whether these tables name the group and the account (or name none of either): a
+    /// key whose group or account they lack came with a later sync than they did.
+    pub fn knows(&self, group: &str, account: &str) -> bool {
+        (!self.groups_known || self.groups.contains_key(group))
+            && (!self.accounts_known || self.accounts.contains_key(account))
+    }
+
     /// Whether an account has credits to spend.
     pub fn account_has_credit(&self, account: &str) -> bool {
         match self.accounts.get(account) {
@@ -273,6 +280,8 @@ mod tests {
         assert!(Tables::default().account_has_credit("anyone"));
         assert_eq!(tables.balance("some"), Some(5));
         assert_eq!(tables.balance("vanished"), Some(0));
+        assert!(tables.knows("any group: none were sent", "some"));
+        assert!(!tables.knows("any group: none were sent", "vanished"));
         assert_eq!(Tables::default().balance("anyone"), None);
     }
 
@@ -313,5 +322,7 @@ mod tests {
         assert!(tables.group_models("cheap").allows("gpt-4o-mini"));
         assert!(!tables.group_models("cheap").allows("gpt-4o"));
         assert!(!tables.group_models("unknown").allows("gpt-4o-mini"));
+        assert!(tables.knows("cheap", "any account: none were sent"));
+        assert!(!tables.knows("unknown", "any account: none were sent"));
     }
 }

@@ -112,16 +112,18 @@ pub fn header<'a>(request: &'a Value, name: &str) -> Option<&'a str> {
         .and_then(|pair| pair[1].as_str())
 }
 
-/// One of the filter's stats from Envoy's admin (`wasmcustom.<name>`), if defined.
-pub fn filter_stat(stack: &Stack, name: &str) -> Option<u64> {
-    let text = client()
-        .get(format!(
-            "{}/stats?filter=^wasmcustom\\.",
-            stack.envoy_admin_url
-        ))
+/// Envoy's admin stats whose names match the regular expression `filter`, as text.
+pub fn envoy_stats(stack: &Stack, filter: &str) -> String {
+    client()
+        .get(format!("{}/stats?filter={filter}", stack.envoy_admin_url))
         .send()
         .and_then(Response::text)
-        .expect("envoy stats");
+        .expect("envoy stats")
+}
+
+/// One of the filter's stats from Envoy's admin (`wasmcustom.<name>`), if defined.
+pub fn filter_stat(stack: &Stack, name: &str) -> Option<u64> {
+    let text = envoy_stats(stack, "^wasmcustom\\.");
     let prefix = format!("wasmcustom.{name}: ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))

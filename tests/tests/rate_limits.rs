@@ -5,7 +5,7 @@
 use std::thread;
 use std::time::Duration;
 
-use keygate_e2e::api::{admin, assert_error, client, create_key, until_synced, CHAT};
+use keygate_e2e::api::{admin, assert_error, client, create_key, envoy_stats, until_synced, CHAT};
 use keygate_e2e::stack::Stack;
 use reqwest::blocking::Response;
 use reqwest::Method;
@@ -29,14 +29,7 @@ fn header(res: &Response, name: &str) -> Option<u64> {
 
 /// Connections each Envoy worker has accepted on the listener.
 fn worker_connections(stack: &Stack) -> Vec<u64> {
-    let text = client()
-        .get(format!(
-            "{}/stats?filter=downstream_cx_total",
-            stack.envoy_admin_url
-        ))
-        .send()
-        .and_then(Response::text)
-        .expect("envoy stats");
+    let text = envoy_stats(stack, "downstream_cx_total");
     text.lines()
         .filter(|l| l.starts_with("listener.127.0.0.1_") && l.contains(".worker_"))
         .filter_map(|l| l.rsplit_once(": ")?.1.trim().parse().ok())
@@ -130,6 +123,8 @@ fn limits_hold_across_workers_and_say_when_to_come_back() {
         &stack,
         json!({"name": "grouped", "group": "tight", "rpm": 100}),
     );
+    // Made a moment after its group, the key works at once on every worker (a worker
+    // whose tables predate the group rereads them rather than refusing the model).
     let first = until_synced(|| send(&stack, &grouped.secret, 1, 0));
     assert_eq!(first.status(), 200);
     assert_eq!(header(&first, "x-ratelimit-limit-requests"), Some(3));

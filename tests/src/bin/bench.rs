@@ -459,7 +459,10 @@ fn measure(
             if limited || !matches!(variant.filter, Filter::KeygateLimited) {
                 break;
             }
-            assert!(Instant::now() < deadline, "the group's limits never reached the filter");
+            assert!(
+                Instant::now() < deadline,
+                "the group's limits never reached the filter"
+            );
             sleep(Duration::from_millis(100));
         }
     }
@@ -494,7 +497,10 @@ fn set_default_group_limits(stack: &Stack, on: bool) {
         Some(serde_json::json!({"models": ["*"], "ratio": 1.0,
             "rpm": limit(1_000_000_000), "tpm": limit(1_000_000_000_000)})),
     );
-    assert!(status == 200 || status == 201, "default group limits: {status} {body}");
+    assert!(
+        status == 200 || status == 201,
+        "default group limits: {status} {body}"
+    );
 }
 
 /// Rotates `rotations` keys through the store of a running stack and reports how Envoy's
