@@ -275,11 +275,20 @@ fn a_key_made_in_the_console_works_through_envoy_until_the_console_disables_rota
             "as the service normalised them"
         );
         fill(c, "#kf-quota", "250000").await;
+        fill(c, "#kf-rpm", "600").await;
+        fill(c, "#kf-max-parallel", "4").await;
         click(c, "#kf-submit").await;
         until_text(c, "#notice", "console-e2e is saved").await;
+        until_text(c, "#key-list", "600 RPM · 4 parallel").await;
     });
     let (_, page) = admin(&stack, Method::GET, "/api/v1/keys?q=console-e2e", None);
     assert_eq!(page["keys"][0]["quota"], 250_000, "{page}");
+    let limits = &page["keys"][0];
+    assert_eq!(
+        (&limits["rpm"], &limits["tpm"], &limits["max_parallel"]),
+        (&json!(600), &Value::Null, &json!(4)),
+        "{page}"
+    );
     // The notice comes once the list is redrawn. It shows used / remaining, which add up
     // to the new quota whatever usage has arrived since (the calls above are still being
     // billed).

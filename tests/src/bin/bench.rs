@@ -187,7 +187,8 @@ impl Variant {
     /// their config stop at `Peer::INLINE_KEYS_MAX`.
     fn measured_with(&self, count: usize) -> bool {
         match self.filter {
-            Filter::Peer(Peer::ExtAuthz) => count > 0,
+            // Its cost is the key-service's round trip, measured at the peers' key count.
+            Filter::Peer(Peer::ExtAuthz) => count > 0 && count <= Peer::INLINE_KEYS_MAX,
             Filter::Peer(_) => count > 0 && count <= Peer::INLINE_KEYS_MAX,
             // keygate's variants show their cost at the peers' key count.
             Filter::KeygateLimited => count > 0 && count <= Peer::INLINE_KEYS_MAX,
@@ -431,6 +432,11 @@ fn measure(
             load_s,
             ..Sample::default()
         };
+    }
+    if args.upstream {
+        // The mock upstream answers every request: it shares the load generator's CPU,
+        // leaving CPU 0 to Envoy alone.
+        pin(stack.pid("mock-upstream").expect("mock-upstream pid"), "1");
     }
     if let Filter::KeygateLimited = variant.filter {
         set_default_group_limits(&stack, true);
