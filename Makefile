@@ -86,7 +86,7 @@ bench: build
 	target/release/keygate-bench --keys 10000,1000000 --memory-keys 0,100000 --rounds 3 \
 	    --duration 3 --enforcement-tries 50 --out bench/results/filter.md
 	target/release/keygate-bench --keys 10000 --rounds 2 --duration 3 --upstream \
-	    --only "no filter,no-op wasm,keygate,envoy api_key_auth" \
+	    --only "no filter,no-op wasm,keygate,envoy api_key_auth,lua table lookup,ext_authz to key-service" \
 	    --out bench/results/filter-upstream.md
 	target/release/keygate-stream-bench --out bench/results/streams.md
 	target/release/keygate-reconcile --seconds 40 --out bench/results/reconciliation.md

@@ -3,9 +3,11 @@
 //! each connection lands on.
 
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use keygate_e2e::api::{admin, assert_error, client, create_key, envoy_stats, until_synced, CHAT};
+use keygate_e2e::api::{
+    admin, assert_error, client, create_key, envoy_stats, until_synced, upstream_requests, CHAT,
+};
 use keygate_e2e::stack::Stack;
 use reqwest::blocking::Response;
 use reqwest::Method;
@@ -137,11 +139,11 @@ fn limits_hold_across_workers_and_say_when_to_come_back() {
     let first = until_synced(|| send(&stack, &tpm.secret, 40, 0));
     assert_eq!(first.status(), 200);
     // The usage of a response counts once the stream has ended in Envoy.
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(Duration::from_millis(500));
     let second = send(&stack, &tpm.secret, 40, 0);
     assert_eq!(second.status(), 200);
     assert_eq!(header(&second, "x-ratelimit-remaining-tokens"), Some(8));
-    thread::sleep(Duration::from_millis(300));
+    thread::sleep(Duration::from_millis(500));
     let third = send(&stack, &tpm.secret, 40, 0);
     assert_eq!(header(&third, "x-ratelimit-remaining-tokens"), Some(0));
     assert!(header(&third, "retry-after").is_some_and(|s| (55..=62).contains(&s)));
@@ -154,9 +156,18 @@ fn limits_hold_across_workers_and_say_when_to_come_back() {
         until_synced(|| send(&stack, &single.secret, 1, 0)).status(),
         200
     );
+    let upstream_seen = upstream_requests(&stack).len();
     thread::scope(|s| {
-        let slow = s.spawn(|| send(&stack, &single.secret, 1, 1_500));
-        thread::sleep(Duration::from_millis(500));
+        let slow = s.spawn(|| send(&stack, &single.secret, 1, 2_000));
+        // Once the slow call has reached the upstream, it is in flight.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while upstream_requests(&stack).len() == upstream_seen {
+            assert!(
+                Instant::now() < deadline,
+                "the slow call never reached the upstream"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
         let refused = send(&stack, &single.secret, 1, 0);
         assert_eq!(header(&refused, "retry-after"), Some(1));
         assert_error(refused, 429, "rate_limit_exceeded");

@@ -855,10 +855,12 @@ fn write_table(report: &mut String, count: usize, variants: &[Variant], samples:
         for (v, _) in peers {
             let peer = added(&v.name);
             // A peer that measured no slower than no filter adds nothing to divide by.
-            let ratio = if peer > 0.0 {
-                format!("{:.2}", keygate / peer)
+            let ratio = if peer <= 0.0 {
+                "- (the peer is within noise of no filter)".to_string()
+            } else if keygate <= 0.0 {
+                "- (keygate is within noise of no filter)".to_string()
             } else {
-                "- (the peer is within noise of no filter)".into()
+                format!("{:.2}", keygate / peer)
             };
             let _ = writeln!(
                 report,
