@@ -42,6 +42,8 @@ pub struct Http {
     metrics: Rc<Metrics>,
     /// Set while the request body is being buffered, and why.
     awaiting_body: Option<BodyWait>,
+    /// Size of the body buffered so far.
+    body_size: usize,
     /// Takes out of an OpenAI stream what asking for its usage added.
     editor: Option<StreamEditor>,
     /// What this request holds in the quota ledgers until it ends.
@@ -126,6 +128,7 @@ impl Http {
             max_body_bytes: config.max_body_bytes,
             max_snapshot_age_ms: config.max_snapshot_age_ms,
             awaiting_body: None,
+            body_size: 0,
             editor: None,
             reservation: None,
             default_output_tokens: config.default_output_tokens,
@@ -291,8 +294,9 @@ impl Http {
         );
         if newer_than_tables.get() && may_refresh {
             drop(held);
-            let older = self.view.borrow_mut().take();
-            *self.view.borrow_mut() = View::refresh(&Shared, older).ok().flatten();
+            // The tables are reread even if the version has not moved yet: the leader
+            // writes them before the keys, and publishes the version after both.
+            *self.view.borrow_mut() = View::refresh(&Shared, None).ok().flatten();
             return self.on_headers(end_of_stream, false);
         }
         let key = decided?;
@@ -612,6 +616,7 @@ impl HttpContext for Http {
         let Some(wait) = self.awaiting_body else {
             return Action::Continue;
         };
+        self.body_size = body_size;
         if body_size > self.max_body_bytes {
             self.awaiting_body = None;
             if wait.model_check || wait.reserve {
@@ -627,6 +632,17 @@ impl HttpContext for Http {
         }
         self.awaiting_body = None;
         let result = self.on_body(wait, body_size);
+        self.finish(result)
+    }
+
+    /// A request may end with trailers instead of a last body chunk (HTTP/2 allows it): its
+    /// body is complete now, and it is decided as if the last chunk had said so; without
+    /// this, Envoy would pass it on unchecked.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let Some(wait) = self.awaiting_body.take() else {
+            return Action::Continue;
+        };
+        let result = self.on_body(wait, self.body_size);
         self.finish(result)
     }
 }

@@ -68,6 +68,10 @@ pub fn entry_name(key_id: &str) -> String {
 }
 
 const SLOT_MS: u64 = 2_000;
+/// A key with no request admitted or ended for this many slots (10 minutes) has nothing in
+/// flight: a count its end never took back (a VM that failed mid-request) is forgotten
+/// then, rather than keeping the key below its `max_parallel` until Envoy restarts.
+const IDLE_SLOTS: u64 = 300;
 /// The current slot and the 30 before it.
 const SLOTS: usize = 31;
 const ENCODED_LEN: usize = 8 + 4 + SLOTS * 8;
@@ -146,8 +150,19 @@ impl Window {
     /// behind the newest slot (another worker moved it a moment ago) counts in it.
     fn advance(&mut self, now_ms: u64) {
         let current = now_ms / SLOT_MS;
+        if self.newest > current.saturating_add(SLOTS as u64) {
+            // The clock stepped back by more than the window: start again from now rather
+            // than keep counting until the clock catches up.
+            self.requests = [0; SLOTS];
+            self.tokens = [0; SLOTS];
+            self.newest = current;
+            return;
+        }
         if current <= self.newest {
             return;
+        }
+        if current - self.newest > IDLE_SLOTS {
+            self.in_flight = 0;
         }
         let passed = (current - self.newest).min(SLOTS as u64);
         for index in current + 1 - passed..=current {
@@ -476,6 +491,36 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(names(parallel, &refused), ["retry-after=7"]);
+    }
+
+    #[test]
+    fn a_count_in_flight_that_never_ended_is_forgotten_after_ten_idle_minutes() {
+        let limits = Limits {
+            max_parallel: Some(1),
+            ..Limits::default()
+        };
+        let shared = MemShared::default();
+        let try_at = |ms| admit(&shared, NAME, limits, T0 + ms).unwrap().is_ok();
+        assert!(try_at(0));
+        // Its end never comes (the VM failed): refused (refusals change nothing)...
+        assert!(!try_at(9 * 60_000));
+        assert!(!try_at(10 * 60_000));
+        // ...and admitted once nothing was admitted or ended for more than 10 minutes.
+        assert!(try_at(10 * 60_000 + 2_000));
+        // Then counted again as usual.
+        assert!(!try_at(10 * 60_000 + 3_000));
+    }
+
+    #[test]
+    fn a_clock_stepped_back_starts_the_window_again() {
+        let mut w = Window::default();
+        for _ in 0..5 {
+            w.admit(rpm(5), T0).unwrap();
+        }
+        // A small step back still counts in the newest slot.
+        assert!(w.admit(rpm(5), T0 - 1_000).is_err());
+        // A step back by more than the window forgets it.
+        assert!(w.admit(rpm(5), T0 - 3_600_000).is_ok());
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub const TABLES: &str = "kg:tables";
 
 /// Bumped when the layout of the entries or the meta changes: a filter finding another
 /// format in shared data (an upgrade in place) starts a full load of its own.
-const META_FORMAT: u32 = 1;
+/// 2: entries carry the key's rate limits and the tables the groups' (a filter of format 1
+/// left entries without them, so an upgrade in place reloads).
+const META_FORMAT: u32 = 2;
 
 /// A host call failed with this proxy-wasm status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,9 +417,11 @@ impl Leader {
                         .flatten();
                     new += u64::from(known.is_none());
                 }
+                // The tables first: a worker that finds a new key and not its group or
+                // account rereads them (`http`), and must then find them.
+                write_tables(shared, wire.groups, wire.accounts, wire.prices)?;
                 let (written, skipped) = write_keys(shared, &wire.keys, meta.epoch)?;
                 new = new.min(written);
-                write_tables(shared, wire.groups, wire.accounts, wire.prices)?;
                 let published = update_meta(shared, |m| {
                     m.version = wire.version;
                     m.confirmed_at_ms = now_ms;

@@ -475,7 +475,8 @@ fn measure(
     // Warm up, then saturate, then a fixed moderate rate for latency.
     // With no keys, keygate refuses every request (401): that path is measured then.
     let refused_ok = count == 0;
-    wrk(&url, &auth, 8, 1, refused_ok);
+    // (An extra filter may still be loading its keys: the warm-up takes any answer.)
+    wrk(&url, &auth, 8, 1, true);
     let saturated = wrk(&url, &auth, args.connections, args.duration, refused_ok);
     let paced = fixed_rate(&url, &auth, args.rate, args.duration, refused_ok);
     if let Filter::KeygateLimited = variant.filter {
