@@ -275,6 +275,10 @@ fn a_key_made_in_the_console_works_through_envoy_until_the_console_disables_rota
             "as the service normalised them"
         );
         fill(c, "#kf-quota", "250000").await;
+        // A limit the API refuses is named next to its field.
+        fill(c, "#kf-rpm", "0").await;
+        click(c, "#kf-submit").await;
+        until_text(c, "#kf-rpm-error", "rpm must be at least 1").await;
         fill(c, "#kf-rpm", "600").await;
         fill(c, "#kf-max-parallel", "4").await;
         click(c, "#kf-submit").await;
