@@ -174,15 +174,19 @@ impl Http {
         self.pending = None;
         self.settle(None, None);
         self.metrics.denied(denial);
-        let mut headers = vec![("content-type", "application/json".to_string())];
-        if let Some(hold) = &self.rate {
-            if let Some(Err(standing)) = &hold.standing {
-                headers.extend(rate::headers(&hold.limits, standing));
-            }
-        }
+        // A rate-limit refusal says how the key stands; other refusals need nothing built.
+        let limited = match &self.rate {
+            Some(RateHold {
+                limits,
+                standing: Some(Err(standing)),
+                ..
+            }) => rate::headers(limits, standing),
+            _ => Vec::new(),
+        };
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(limited.iter().map(|(n, v)| (*n, v.as_str())));
         // A request the windows had admitted (and a host failure then refused) ends here.
         self.end_rate(0);
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         // Nothing more to do if this fails: the stream is gone.
         let _ = host::send_response(denial.status(), &headers, denial.body().as_bytes());
         Action::Pause
