@@ -18,7 +18,7 @@ use crate::http::Http;
 use crate::ledger;
 use crate::metrics::Metrics;
 use crate::report::{Charge, Outbox, Record};
-use crate::shared::{self, Leader, SyncError, View};
+use crate::shared::{self, Ask, Leader, SyncError, View};
 use crate::snapshot::SnapshotWire;
 
 /// This VM's view of the snapshot, shared by its root and HTTP contexts; `None` until a
@@ -30,6 +30,10 @@ pub type SharedOutbox = Rc<RefCell<Outbox>>;
 
 /// Tick period until the first snapshot is in, so a fresh Envoy serves soon.
 const FIRST_LOAD_TICK: Duration = Duration::from_millis(200);
+
+/// Tick period while a page of a full load waits to be written: the next tick writes it,
+/// once Envoy has sent the request for the page after it.
+const WRITE_SOON: Duration = Duration::from_millis(1);
 
 #[derive(Default)]
 pub struct Root {
@@ -43,11 +47,16 @@ pub struct Root {
     leader: Leader,
     /// Token of the snapshot call in flight, if any; one call at a time.
     in_flight: Option<u32>,
+    /// A page of a full load, received (with the time it came) and not written yet: the
+    /// next page is asked for first, so that the key-service prepares it meanwhile.
+    unwritten: Option<(SnapshotWire, u64)>,
     /// Whether the last sync failed: failures are logged when they start and end, not on
     /// every attempt.
     failing: bool,
     /// Whether the tick runs at the configured interval yet (after the first load).
     steady: bool,
+    /// The tick period last set.
+    period: Duration,
     /// Defined in `on_configure`; shared with every HTTP context of this VM.
     metrics: Rc<Metrics>,
     identity: Rc<IdentityHeaders>,
@@ -87,10 +96,13 @@ impl Root {
 
     /// Asks the key-service for what the leader needs next.
     fn ask(&mut self) {
-        let ask = match self.leader.next_ask(&Shared) {
-            Ok(ask) => ask,
-            Err(e) => return self.sync_failed(&describe(&e)),
-        };
+        match self.leader.next_ask(&Shared) {
+            Ok(ask) => self.send(&ask),
+            Err(e) => self.sync_failed(&describe(&e)),
+        }
+    }
+
+    fn send(&mut self, ask: &Ask) {
         let path = format!("{}?{}", self.config.snapshot_path, ask.query);
         let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut headers = vec![
@@ -136,7 +148,8 @@ impl Root {
             Ok(more) => {
                 self.sync_succeeded();
                 self.refresh_view();
-                if more {
+                // (A full load may have asked for its next page already.)
+                if more && self.in_flight.is_none() {
                     self.ask();
                 }
             }
@@ -144,18 +157,63 @@ impl Root {
                 info!("another VM wrote the snapshot meta; this one stops syncing");
                 self.leader.stop();
                 self.leading = false;
+                self.in_flight = None;
             }
             Err(e) => {
-                // A load that failed half-way starts over, with a new epoch.
+                // A load that failed half-way starts over, with a new epoch; the answer
+                // to a page asked for early is ignored.
                 self.leader.stop();
+                self.in_flight = None;
                 self.sync_failed(&describe(&e));
             }
         }
     }
 
-    fn apply(&mut self, body: &[u8], now_ms: u64) -> Result<bool, SyncError> {
-        let wire: SnapshotWire = serde_json::from_slice(body)
-            .map_err(|_| SyncError::Protocol("snapshot body is not valid JSON"))?;
+    /// An answer to the snapshot call: a page of a full load is written at the next tick,
+    /// after the page that follows it has been asked for; anything else at once.
+    fn received(&mut self, body: &[u8], now_ms: u64) {
+        let wire: SnapshotWire = match serde_json::from_slice(body) {
+            Ok(wire) => wire,
+            Err(_) => {
+                let e = SyncError::Protocol("snapshot body is not valid JSON");
+                return self.handle(Err(e));
+            }
+        };
+        if let Some(ask) = self.leader.prefetch(&wire) {
+            self.send(&ask);
+            self.unwritten = Some((wire, now_ms));
+            self.tick_every(WRITE_SOON);
+            return;
+        }
+        let result = self.apply(wire, now_ms);
+        self.handle(result);
+    }
+
+    /// Writes the page received earlier, if any.
+    fn write_unwritten(&mut self) {
+        if let Some((wire, now_ms)) = self.unwritten.take() {
+            let result = self.apply(wire, now_ms);
+            self.handle(result);
+        }
+    }
+
+    /// Back to the regular tick: the first load's, then the configured interval.
+    fn tick_regularly(&mut self) {
+        self.tick_every(if self.steady {
+            Duration::from_millis(self.config.sync_interval_ms)
+        } else {
+            FIRST_LOAD_TICK
+        });
+    }
+
+    fn tick_every(&mut self, period: Duration) {
+        if self.period != period {
+            self.set_tick_period(period);
+            self.period = period;
+        }
+    }
+
+    fn apply(&mut self, wire: SnapshotWire, now_ms: u64) -> Result<bool, SyncError> {
         let loading = self.leader.is_loading();
         let applied = self.leader.apply(&Shared, wire, now_ms)?;
         if applied.skipped > 0 {
@@ -310,6 +368,11 @@ impl Context for Root {
         if self.in_flight != Some(token) {
             return;
         }
+        // The page before this one is written first (if the tick has not come yet).
+        self.write_unwritten();
+        if self.in_flight != Some(token) {
+            return;
+        }
         self.in_flight = None;
         if !self.leading {
             return;
@@ -320,7 +383,7 @@ impl Context for Root {
         };
         let result = match host::call_response_status() {
             Ok(Some(status)) if status == "200" => match host::call_response_body(body_size) {
-                Ok(body) => self.apply(&body, now_ms),
+                Ok(body) => return self.received(&body, now_ms),
                 Err(e) => Err(SyncError::Host(e)),
             },
             Ok(Some(status)) if status == "304" => {
@@ -360,11 +423,15 @@ impl RootContext for Root {
         )));
         self.leader = Leader::new(self.config.snapshot_page_size);
         self.metrics = Rc::new(Metrics::define());
-        self.set_tick_period(FIRST_LOAD_TICK);
+        self.tick_every(FIRST_LOAD_TICK);
         true
     }
 
     fn on_tick(&mut self) {
+        if self.unwritten.is_some() {
+            self.write_unwritten();
+            return self.tick_regularly();
+        }
         self.metrics.flush();
         let Ok(now) = host::now_ms() else {
             return;
@@ -390,10 +457,8 @@ impl RootContext for Root {
             Err(e) => self.sync_failed(&format!("lease unreadable: {e:?}")),
         }
         self.refresh_view();
-        if !self.steady && self.view.borrow().is_some() {
-            self.set_tick_period(Duration::from_millis(self.config.sync_interval_ms));
-            self.steady = true;
-        }
+        self.steady |= self.view.borrow().is_some();
+        self.tick_regularly();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -303,18 +303,31 @@ impl Leader {
             });
         }
         Ok(match &self.phase {
-            Some(Phase::Loading { after, .. }) => Ask {
-                query: match after {
-                    Some(after) => format!("limit={}&after={after}", self.page_size),
-                    None => format!("limit={}", self.page_size),
-                },
-                if_none_match: None,
-            },
+            Some(Phase::Loading { after, .. }) => self.page(after.as_deref()),
             _ => Ask {
                 query: format!("since={}", meta.version),
                 if_none_match: Some(format!("\"{}\"", meta.version)),
             },
         })
+    }
+
+    /// During a full load, the ask for the page after `wire`, known before `wire` is
+    /// written: sent first, the key-service prepares that page while this one is written.
+    pub fn prefetch(&self, wire: &SnapshotWire) -> Option<Ask> {
+        match (&self.phase, &wire.next) {
+            (Some(Phase::Loading { .. }), Some(next)) if !wire.delta => Some(self.page(Some(next))),
+            _ => None,
+        }
+    }
+
+    fn page(&self, after: Option<&str>) -> Ask {
+        Ask {
+            query: match after {
+                Some(after) => format!("limit={}&after={after}", self.page_size),
+                None => format!("limit={}", self.page_size),
+            },
+            if_none_match: None,
+        }
     }
 
     fn reserve_epoch(&self, shared: &impl SharedData) -> Result<Phase, SyncError> {
@@ -619,18 +632,16 @@ mod tests {
         let mut leader = Leader::new(2);
         let ask = leader.next_ask(&shared).unwrap();
         assert_eq!(ask.query, "limit=2");
-        assert!(
-            leader
-                .apply(&shared, page(5, &["sk-a", "sk-b"], Some("cursor")), 1_000)
-                .unwrap()
-                .more
-        );
+        let first = page(5, &["sk-a", "sk-b"], Some("cursor"));
+        // The next page can be asked for before this one is written, and is the same ask.
+        let early = leader.prefetch(&first).unwrap();
+        assert!(leader.apply(&shared, first, 1_000).unwrap().more);
         assert_eq!(View::refresh(&shared, None).unwrap().map(|v| v.meta), None);
-        assert_eq!(
-            leader.next_ask(&shared).unwrap().query,
-            "limit=2&after=cursor"
-        );
+        assert_eq!(leader.next_ask(&shared).unwrap(), early);
+        assert_eq!(early.query, "limit=2&after=cursor");
         let mut last = page(6, &["sk-c"], None);
+        // Nothing follows the last page, nor any answer outside a full load.
+        assert_eq!(leader.prefetch(&last), None);
         last.groups = vec![GroupRecord {
             name: "default".into(),
             models: vec!["gpt-4o".into()],
@@ -653,6 +664,7 @@ mod tests {
         let ask = leader.next_ask(&shared).unwrap();
         assert_eq!(ask.query, "since=5");
         assert_eq!(ask.if_none_match.as_deref(), Some("\"5\""));
+        assert_eq!(leader.prefetch(&page(7, &["sk-d"], Some("cursor"))), None);
     }
 
     #[test]
