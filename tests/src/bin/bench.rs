@@ -74,6 +74,10 @@ struct Args {
     /// no load generator), comma-separated.
     #[arg(long, value_delimiter = ',')]
     memory_keys: Vec<usize>,
+    /// Measure instead what each kind of host call keygate makes costs: bench/hostcall-filter
+    /// making one kind 20 times per request, against making none.
+    #[arg(long)]
+    host_calls: bool,
     /// Where the Markdown report goes.
     #[arg(long, default_value = "bench/results/filter.md")]
     out: PathBuf,
@@ -90,7 +94,28 @@ enum Filter {
     KeygateLimited,
     /// Another way of checking the same keys, with the same Envoy around it.
     Peer(Peer),
+    /// bench/hostcall-filter making this host call `HOST_CALL_REPEAT` times per request.
+    HostCall(&'static str),
 }
+
+/// The host calls keygate makes on a request's path, as bench/hostcall-filter names them;
+/// `none` is the baseline.
+const HOST_CALLS: [&str; 11] = [
+    "none",
+    "get_header_map_pairs",
+    "get_header",
+    "get_current_time",
+    "get_shared_data",
+    "get_shared_data, absent",
+    "replace_header",
+    "remove_header",
+    "set_header_map_pairs",
+    "increment_metric",
+    "get_property",
+];
+
+/// Calls per request of bench/hostcall-filter (its `REPEAT`).
+const HOST_CALL_REPEAT: f64 = 20.0;
 
 /// The usual alternatives to keygate, each given the same keys (`secret_of(0..count)`).
 #[derive(Clone, Copy, PartialEq)]
@@ -254,6 +279,15 @@ fn main() {
     if !args.only.is_empty() {
         variants.retain(|v| args.only.contains(&v.name));
     }
+    if args.host_calls {
+        variants = HOST_CALLS
+            .iter()
+            .map(|call| Variant {
+                name: format!("host call: {call}"),
+                filter: Filter::HostCall(call),
+            })
+            .collect();
+    }
     for extra in &args.extra {
         let (name, path) = extra.split_once('=').expect("--extra NAME=PATH.wasm");
         variants.push(Variant {
@@ -415,6 +449,11 @@ fn measure(
             .fold(builder, |b, (field, value)| b.filter_setting(field, value)),
         Filter::Peer(peer) => builder.http_filters(peer.filters(count)),
         Filter::KeygateLimited => builder,
+        Filter::HostCall(call) => builder
+            .filter(Some(repo_root().join(
+                "target/wasm32-wasip1/release/keygate_hostcall_filter.wasm",
+            )))
+            .filter_setting("host_call", &format!("{call:?}")),
     };
     let started = Instant::now();
     let stack = builder.start();
@@ -450,7 +489,10 @@ fn measure(
         Filter::Peer(peer) => peer.auth_header(secret.unwrap_or("sk-none")),
         _ => format!("Authorization: Bearer {}", secret.unwrap_or("sk-none")),
     };
-    let checks = !matches!(variant.filter, Filter::None | Filter::Wasm(_));
+    let checks = !matches!(
+        variant.filter,
+        Filter::None | Filter::Wasm(_) | Filter::HostCall(_)
+    );
     if checks && count > 0 {
         let (name, value) = auth.split_once(": ").expect("header");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -770,6 +812,34 @@ fn parse_duration_us(text: &str) -> f64 {
     }
 }
 
+/// What one host call costs: the time per request it adds over the filter making none,
+/// divided by the calls made per request.
+fn write_host_calls(report: &mut String, variants: &[Variant], rps: &dyn Fn(&str) -> f64) {
+    if !variants
+        .iter()
+        .any(|v| matches!(v.filter, Filter::HostCall(_)))
+    {
+        return;
+    }
+    let base_us = 1e6 / rps("host call: none");
+    let _ = writeln!(
+        report,
+        "Each host call's price: (1 / its req/s - 1 / the req/s of none) / {HOST_CALL_REPEAT} \
+         calls, from the medians above ({base_us:.1} us per request with none; negative = \
+         within noise).\n\n| host call | us per call |\n|---|---|"
+    );
+    for v in variants {
+        if let Filter::HostCall(call) = v.filter {
+            if call == "none" {
+                continue;
+            }
+            let per_call = (1e6 / rps(&v.name) - base_us) / HOST_CALL_REPEAT;
+            let _ = writeln!(report, "| {call} | {per_call:.2} |");
+        }
+    }
+    let _ = writeln!(report);
+}
+
 fn median(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
     let n = values.len();
@@ -814,21 +884,25 @@ fn write_table(report: &mut String, count: usize, variants: &[Variant], samples:
         );
         let rss = stat(i, |s| s.rss_mb);
         let load = median(samples[i].iter().filter_map(|s| s.load_s).collect());
+        // A baseline this run did not measure shows as "-".
+        let or_dash = |value: f64, text: String| if value.is_nan() { "-".into() } else { text };
+        let ratio = |base: f64| or_dash(rps.0 / base, format!("{:.2}x", rps.0 / base));
         let _ = writeln!(
             report,
-            "| {} | {:.0} ({:.0}-{:.0}) | {:.2}x | {:.2}x | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} \
-             | {:.1} | {} |",
+            "| {} | {:.0} ({:.0}-{:.0}) | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {} |",
             v.name,
             rps.0,
             rps.1,
             rps.2,
-            rps.0 / floor_rps,
-            rps.0 / noop_rps,
+            ratio(floor_rps),
+            ratio(noop_rps),
             p50.0,
             p90.0,
             p99.0,
-            p50.0 - floor_p50,
-            p99.0 - floor_p99,
+            or_dash(
+                floor_p50,
+                format!("{:.0} / {:.0}", p50.0 - floor_p50, p99.0 - floor_p99)
+            ),
             rss.0,
             if load.0.is_nan() {
                 "-".to_string()
@@ -838,6 +912,7 @@ fn write_table(report: &mut String, count: usize, variants: &[Variant], samples:
         );
     }
     let _ = writeln!(report);
+    write_host_calls(report, variants, &|name| named(name, |s| s.rps));
     // keygate against each peer: the latency each adds to Envoy alone, as a ratio.
     let added = |name: &str| named(name, |s| s.p50_us) - floor_p50;
     let keygate = added("keygate");
