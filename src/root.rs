@@ -35,6 +35,9 @@ const FIRST_LOAD_TICK: Duration = Duration::from_millis(200);
 /// once Envoy has sent the request for the page after it.
 const WRITE_SOON: Duration = Duration::from_millis(1);
 
+/// A tick this close to when its regular work is due does that work.
+const TICK_SLACK_MS: u64 = 5;
+
 #[derive(Default)]
 pub struct Root {
     config: Config,
@@ -57,6 +60,9 @@ pub struct Root {
     steady: bool,
     /// The tick period last set.
     period: Duration,
+    /// When the regular work of a tick (lease, sync, usage reports, stats) is next due:
+    /// ticks come every millisecond or so while a full load's pages are written.
+    regular_due_ms: u64,
     /// Defined in `on_configure`; shared with every HTTP context of this VM.
     metrics: Rc<Metrics>,
     identity: Rc<IdentityHeaders>,
@@ -197,13 +203,17 @@ impl Root {
         }
     }
 
-    /// Back to the regular tick: the first load's, then the configured interval.
-    fn tick_regularly(&mut self) {
-        self.tick_every(if self.steady {
+    /// The first load's tick period, then the configured interval.
+    fn regular_period(&self) -> Duration {
+        if self.steady {
             Duration::from_millis(self.config.sync_interval_ms)
         } else {
             FIRST_LOAD_TICK
-        });
+        }
+    }
+
+    fn tick_regularly(&mut self) {
+        self.tick_every(self.regular_period());
     }
 
     fn tick_every(&mut self, period: Duration) {
@@ -428,14 +438,18 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        if self.unwritten.is_some() {
-            self.write_unwritten();
-            return self.tick_regularly();
-        }
-        self.metrics.flush();
+        self.write_unwritten();
         let Ok(now) = host::now_ms() else {
-            return;
+            return self.tick_regularly();
         };
+        // A tick that came early to write a page does the rest only when it is due, so the
+        // lease is renewed (and usage reported) during a long load too.
+        if now.saturating_add(TICK_SLACK_MS) < self.regular_due_ms {
+            return self.tick_every(Duration::from_millis(self.regular_due_ms - now));
+        }
+        let period = u64::try_from(self.regular_period().as_millis()).unwrap_or(u64::MAX);
+        self.regular_due_ms = now.saturating_add(period);
+        self.metrics.flush();
         self.report_usage(now);
         match shared::try_lead(&Shared, self.me, now, self.lease_ttl_ms()) {
             Ok(true) => {
