@@ -459,6 +459,9 @@ fn measure(
     let stack = builder.start();
     let envoy = stack.pid("envoy").expect("envoy pid");
     pin(envoy, "0");
+    // CPU 0 is Envoy's alone: the key-service (serving the initial load, or every request
+    // of ext_authz) shares wrk's CPU.
+    pin(stack.pid("key-service").expect("key-service pid"), "1");
     let keygate_like = matches!(variant.filter, Filter::Keygate(_) | Filter::KeygateLimited);
     let mut load_s = None;
     if keygate_like && count > 0 {
@@ -479,10 +482,6 @@ fn measure(
     }
     if let Filter::KeygateLimited = variant.filter {
         set_default_group_limits(&stack, true);
-    }
-    if let Filter::Peer(Peer::ExtAuthz) = variant.filter {
-        // The key-service answers every request: it shares wrk's CPU.
-        pin(stack.pid("key-service").expect("key-service pid"), "1");
     }
     let url = format!("{}/healthz", stack.envoy_url);
     let auth = match variant.filter {
