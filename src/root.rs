@@ -19,7 +19,7 @@ use crate::ledger;
 use crate::metrics::Metrics;
 use crate::report::{Charge, Outbox, Record};
 use crate::shared::{self, Ask, Leader, SyncError, View};
-use crate::snapshot::SnapshotWire;
+use crate::snapshot::{PageHead, SnapshotWire};
 
 /// This VM's view of the snapshot, shared by its root and HTTP contexts; `None` until a
 /// complete snapshot is in shared data.
@@ -34,6 +34,8 @@ const FIRST_LOAD_TICK: Duration = Duration::from_millis(200);
 /// Tick period while a page of a full load waits to be written: the next tick writes it,
 /// once Envoy has sent the request for the page after it.
 const WRITE_SOON: Duration = Duration::from_millis(1);
+
+const NOT_JSON: SyncError = SyncError::Protocol("snapshot body is not valid JSON");
 
 /// A tick this close to when its regular work is due does that work.
 const TICK_SLACK_MS: u64 = 5;
@@ -50,9 +52,10 @@ pub struct Root {
     leader: Leader,
     /// Token of the snapshot call in flight, if any; one call at a time.
     in_flight: Option<u32>,
-    /// A page of a full load, received (with the time it came) and not written yet: the
-    /// next page is asked for first, so that the key-service prepares it meanwhile.
-    unwritten: Option<(SnapshotWire, u64)>,
+    /// A page of a full load, received (with the time it came) and not read and written
+    /// yet: the next page is asked for first, so that the key-service prepares it
+    /// meanwhile.
+    unwritten: Option<(Vec<u8>, u64)>,
     /// Whether the last sync failed: failures are logged when they start and end, not on
     /// every attempt.
     failing: bool,
@@ -175,30 +178,28 @@ impl Root {
         }
     }
 
-    /// An answer to the snapshot call: a page of a full load is written at the next tick,
-    /// after the page that follows it has been asked for; anything else at once.
-    fn received(&mut self, body: &[u8], now_ms: u64) {
-        let wire: SnapshotWire = match serde_json::from_slice(body) {
-            Ok(wire) => wire,
-            Err(_) => {
-                let e = SyncError::Protocol("snapshot body is not valid JSON");
-                return self.handle(Err(e));
-            }
+    /// An answer to the snapshot call: a page of a full load is read and written at the
+    /// next tick, after the page that follows it has been asked for (only its head is read
+    /// now, for the cursor); anything else at once.
+    fn received(&mut self, body: Vec<u8>, now_ms: u64) {
+        let head = match serde_json::from_slice::<PageHead>(&body) {
+            Ok(head) => head,
+            Err(_) => return self.handle(Err(NOT_JSON)),
         };
-        if let Some(ask) = self.leader.prefetch(&wire) {
+        if let Some(ask) = self.leader.prefetch(&head) {
             self.send(&ask);
-            self.unwritten = Some((wire, now_ms));
+            self.unwritten = Some((body, now_ms));
             self.tick_every(WRITE_SOON);
             return;
         }
-        let result = self.apply(wire, now_ms);
+        let result = self.apply(&body, now_ms);
         self.handle(result);
     }
 
-    /// Writes the page received earlier, if any.
+    /// Reads and writes the page received earlier, if any.
     fn write_unwritten(&mut self) {
-        if let Some((wire, now_ms)) = self.unwritten.take() {
-            let result = self.apply(wire, now_ms);
+        if let Some((body, now_ms)) = self.unwritten.take() {
+            let result = self.apply(&body, now_ms);
             self.handle(result);
         }
     }
@@ -223,7 +224,8 @@ impl Root {
         }
     }
 
-    fn apply(&mut self, wire: SnapshotWire, now_ms: u64) -> Result<bool, SyncError> {
+    fn apply(&mut self, body: &[u8], now_ms: u64) -> Result<bool, SyncError> {
+        let wire: SnapshotWire = serde_json::from_slice(body).map_err(|_| NOT_JSON)?;
         let loading = self.leader.is_loading();
         let applied = self.leader.apply(&Shared, wire, now_ms)?;
         if applied.skipped > 0 {
@@ -393,7 +395,7 @@ impl Context for Root {
         };
         let result = match host::call_response_status() {
             Ok(Some(status)) if status == "200" => match host::call_response_body(body_size) {
-                Ok(body) => return self.received(&body, now_ms),
+                Ok(body) => return self.received(body, now_ms),
                 Err(e) => Err(SyncError::Host(e)),
             },
             Ok(Some(status)) if status == "304" => {

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::entry::{self, Entry};
 use crate::ledger;
 use crate::secret::{self, KeyHash};
-use crate::snapshot::{KeyRecord, SnapshotWire, Tables, TablesWire};
+use crate::snapshot::{KeyRecord, PageHead, SnapshotWire, Tables, TablesWire};
 
 pub const LEASE: &str = "kg:lease";
 pub const META: &str = "kg:meta";
@@ -311,11 +311,12 @@ impl Leader {
         })
     }
 
-    /// During a full load, the ask for the page after `wire`, known before `wire` is
-    /// written: sent first, the key-service prepares that page while this one is written.
-    pub fn prefetch(&self, wire: &SnapshotWire) -> Option<Ask> {
-        match (&self.phase, &wire.next) {
-            (Some(Phase::Loading { .. }), Some(next)) if !wire.delta => Some(self.page(Some(next))),
+    /// During a full load, the ask for the page after the one `head` begins, known before
+    /// that page is read and written: sent first, the key-service prepares the next page
+    /// meanwhile.
+    pub fn prefetch(&self, head: &PageHead) -> Option<Ask> {
+        match (&self.phase, &head.next) {
+            (Some(Phase::Loading { .. }), Some(next)) if !head.delta => Some(self.page(Some(next))),
             _ => None,
         }
     }
@@ -574,6 +575,12 @@ mod tests {
         }
     }
 
+    /// The head of `wire` as the leader reads it from the JSON.
+    fn head(wire: &SnapshotWire) -> PageHead {
+        let json = serde_json::to_vec(wire).unwrap();
+        serde_json::from_slice(&json).unwrap()
+    }
+
     fn delta(version: u64, secrets: &[&str], revoked: &[&str]) -> SnapshotWire {
         SnapshotWire {
             delta: true,
@@ -634,14 +641,14 @@ mod tests {
         assert_eq!(ask.query, "limit=2");
         let first = page(5, &["sk-a", "sk-b"], Some("cursor"));
         // The next page can be asked for before this one is written, and is the same ask.
-        let early = leader.prefetch(&first).unwrap();
+        let early = leader.prefetch(&head(&first)).unwrap();
         assert!(leader.apply(&shared, first, 1_000).unwrap().more);
         assert_eq!(View::refresh(&shared, None).unwrap().map(|v| v.meta), None);
         assert_eq!(leader.next_ask(&shared).unwrap(), early);
         assert_eq!(early.query, "limit=2&after=cursor");
         let mut last = page(6, &["sk-c"], None);
         // Nothing follows the last page, nor any answer outside a full load.
-        assert_eq!(leader.prefetch(&last), None);
+        assert_eq!(leader.prefetch(&head(&last)), None);
         last.groups = vec![GroupRecord {
             name: "default".into(),
             models: vec!["gpt-4o".into()],
@@ -664,7 +671,10 @@ mod tests {
         let ask = leader.next_ask(&shared).unwrap();
         assert_eq!(ask.query, "since=5");
         assert_eq!(ask.if_none_match.as_deref(), Some("\"5\""));
-        assert_eq!(leader.prefetch(&page(7, &["sk-d"], Some("cursor"))), None);
+        assert_eq!(
+            leader.prefetch(&head(&page(7, &["sk-d"], Some("cursor")))),
+            None
+        );
     }
 
     #[test]

@@ -38,6 +38,17 @@ pub struct SnapshotWire {
     pub prices: Vec<PriceRecord>,
 }
 
+/// What the leader needs of an answer before reading all of it: whether it is a delta,
+/// and the cursor of the next page. Deserialized alone, it skips the keys without
+/// building them, several times faster than the whole answer.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct PageHead {
+    #[serde(default)]
+    pub delta: bool,
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
 /// The groups and accounts of a snapshot: small, sent whole with every answer, stored in
 /// one shared-data entry and read into each VM's `Tables`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

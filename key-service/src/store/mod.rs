@@ -144,8 +144,9 @@ use with_pool;
 
 /// The statements the engines spell differently.
 pub(crate) struct Dialect {
-    /// One page of the full snapshot: `$1` = cursor (text), `$2` = limit. Columns
-    /// `cursor` (text, what the next page starts after) and `record` (a key's JSON).
+    /// One page of the full snapshot: `$1` = cursor (text), `$2` = limit. One row: `n`
+    /// (keys in the page), `cursor` (text, what the next page starts after; NULL for an
+    /// empty page) and `records` (their JSON objects joined by commas; NULL if none).
     snapshot_page: &'static str,
     /// The cursor before the first row.
     first_cursor: &'static str,
