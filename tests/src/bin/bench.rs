@@ -98,24 +98,8 @@ enum Filter {
     HostCall(&'static str),
 }
 
-/// The host calls keygate makes on a request's path, as bench/hostcall-filter names them;
-/// `none` is the baseline.
-const HOST_CALLS: [&str; 11] = [
-    "none",
-    "get_header_map_pairs",
-    "get_header",
-    "get_current_time",
-    "get_shared_data",
-    "get_shared_data, absent",
-    "replace_header",
-    "remove_header",
-    "set_header_map_pairs",
-    "increment_metric",
-    "get_property",
-];
-
-/// Calls per request of bench/hostcall-filter (its `REPEAT`).
-const HOST_CALL_REPEAT: f64 = 20.0;
+/// Calls per request of bench/hostcall-filter.
+const HOST_CALL_REPEAT: f64 = keygate_hostcall_filter::REPEAT as f64;
 
 /// The usual alternatives to keygate, each given the same keys (`secret_of(0..count)`).
 #[derive(Clone, Copy, PartialEq)]
@@ -280,7 +264,7 @@ fn main() {
         variants.retain(|v| args.only.contains(&v.name));
     }
     if args.host_calls {
-        variants = HOST_CALLS
+        variants = keygate_hostcall_filter::CALLS
             .iter()
             .map(|call| Variant {
                 name: format!("host call: {call}"),
