@@ -14,7 +14,8 @@
 //! Peers, given the same keys: Envoy's native `api_key_auth`, a Lua filter doing the
 //! table lookup, and `ext_authz` asking the key-service on every request; the report
 //! gives keygate's added latency as a ratio to each one's. `--enforcement-tries N` also
-//! times N disables from the API call to the first 401.
+//! times N disables from the API call to the first 401. `--host-calls` measures instead
+//! bench/hostcall-filter making each kind of host call keygate makes, and prices each.
 
 use std::fmt::Write as _;
 use std::fs;
