@@ -72,8 +72,9 @@ WASM_IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head 
 wasm-image: build-wasm
 	istio/wasm-image.sh $(FILTER_WASM) target/wasm-image $(WASM_IMAGE_TAG)
 
+# Under a throwaway PostgreSQL server: the hostile-tenant tests run on both engines.
 test-e2e: build
-	cargo test -p keygate-e2e --test '*' -- --test-threads 2
+	.ci/postgres.sh cargo test -p keygate-e2e --test '*' -- --test-threads 2
 
 test: lint test-unit test-postgres test-wasm validate test-e2e
 

@@ -44,6 +44,9 @@ pub struct Http {
     awaiting_body: Option<BodyWait>,
     /// Size of the body buffered so far.
     body_size: usize,
+    /// Bytes of request body that have arrived (what a client that leaves is billed for,
+    /// never its `content-length`, which it may lie in).
+    body_received: u64,
     /// Takes out of an OpenAI stream what asking for its usage added.
     editor: Option<StreamEditor>,
     /// What this request holds in the quota ledgers until it ends.
@@ -84,8 +87,8 @@ struct Pending {
     status: u16,
     /// The filter added `stream_options.include_usage` to the request.
     added_usage: bool,
-    /// Size of the request body (its `content-length`, or what was read).
-    request_bytes: u64,
+    /// Size of the request body as read, when it was read whole.
+    request_bytes: Option<u64>,
 }
 
 /// Why an admitted request's body is being read.
@@ -129,6 +132,7 @@ impl Http {
             max_snapshot_age_ms: config.max_snapshot_age_ms,
             awaiting_body: None,
             body_size: 0,
+            body_received: 0,
             editor: None,
             reservation: None,
             default_output_tokens: config.default_output_tokens,
@@ -346,6 +350,16 @@ impl Http {
             self.admit_rate()?;
             return Ok(Action::Continue);
         }
+        if model_check || reserve {
+            // A body that says it is too large to read is refused before it is buffered.
+            let length = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.trim().parse::<u64>().unwrap_or(u64::MAX));
+            if length.is_some_and(|n| n > self.max_body_bytes as u64) {
+                return Err(Denial::RequestTooLarge);
+            }
+        }
         self.awaiting_body = Some(BodyWait {
             key: secret::hash(secret),
             model_check,
@@ -446,7 +460,7 @@ impl Http {
             if pending.model.is_none() {
                 pending.model = facts.model.clone();
             }
-            pending.request_bytes = body.len() as u64;
+            pending.request_bytes = Some(body.len() as u64);
         }
         if wait.model_check || wait.reserve {
             let now_ms = host::now_ms().map_err(|_| HOST_FAILED)?;
@@ -516,9 +530,7 @@ impl Http {
             model: None,
             status: 0,
             added_usage: false,
-            request_bytes: header("content-length")
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0),
+            request_bytes: None,
         });
         Ok(())
     }
@@ -618,9 +630,13 @@ impl HttpContext for Http {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(wait) = self.awaiting_body else {
+            // Passed on chunk by chunk: each call brings the next chunk.
+            self.body_received = self.body_received.saturating_add(body_size as u64);
             return Action::Continue;
         };
+        // Buffered: each call brings the whole body so far.
         self.body_size = body_size;
+        self.body_received = body_size as u64;
         if body_size > self.max_body_bytes {
             self.awaiting_body = None;
             if wait.model_check || wait.reserve {
@@ -662,9 +678,14 @@ impl Http {
         };
         let scanned = self.scanner.take().map(Scanner::finish).unwrap_or_default();
         let model = pending.model.or(scanned.model);
-        // The prompt reached the provider, which bills it: about a token per 4 bytes.
+        // The prompt reached the provider, which bills it: about a token per 4 bytes of
+        // what arrived (never more than the limit of a body the filter reads).
+        let bytes = pending
+            .request_bytes
+            .unwrap_or(self.body_received)
+            .min(self.max_body_bytes as u64);
         let prompt = Usage {
-            input: pending.request_bytes.div_ceil(4),
+            input: bytes.div_ceil(4),
             ..Usage::default()
         };
         let (usage, estimated) = match scanned.usage {

@@ -5,6 +5,15 @@
 // Shared by the key-service, which bills each reported request, and the filter, which
 // reserves an estimate before a request and settles what it used after (`ledger`).
 
+/// The most tokens of one kind (input, cached input, output) one request is billed for:
+/// far beyond any model's context, so only a fault or a lie reaches it. Larger counts are
+/// billed as this many.
+pub const MAX_RECORD_TOKENS: u64 = 1_000_000_000;
+
+/// The most credits one request costs; larger costs are billed as this much. With it, sums
+/// of a billion requests' costs still fit an `i64`.
+pub const MAX_RECORD_COST: i64 = 1_000_000_000_000_000;
+
 /// Tokens of one request as the filter read them from the response.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tokens {
@@ -22,21 +31,37 @@ pub struct Price {
     pub output: f64,
 }
 
-/// The cost in whole credits (rounded up); a model without a price costs 0.
+impl Tokens {
+    /// Each count at most [`MAX_RECORD_TOKENS`], and cached input at most input.
+    pub fn bounded(self) -> Tokens {
+        let input = self.input.min(MAX_RECORD_TOKENS);
+        Tokens {
+            input,
+            cached_input: self.cached_input.min(input),
+            output: self.output.min(MAX_RECORD_TOKENS),
+        }
+    }
+}
+
+/// The cost in whole credits (rounded up, at most [`MAX_RECORD_COST`]); a model without a
+/// price costs 0. Counts above [`MAX_RECORD_TOKENS`] are priced as that many.
 pub fn cost(tokens: Tokens, price: Option<Price>, ratio: f64) -> i64 {
     let Some(price) = price else {
         return 0;
     };
     // More cached than input tokens would be a provider's error: count them as input.
-    let cached = tokens.cached_input.min(tokens.input);
+    let tokens = tokens.bounded();
+    let cached = tokens.cached_input;
     let uncached = tokens.input - cached;
     let micro = uncached as f64 * price.input
         + cached as f64 * price.cached_input
         + tokens.output as f64 * price.output;
     let credits = (micro / 1e6 * ratio).ceil();
     if credits.is_finite() && credits > 0.0 {
-        // Saturates at i64::MAX for absurd inputs rather than wrapping.
-        credits as i64
+        // `as` saturates at i64::MAX for absurd prices rather than wrapping.
+        (credits as i64).min(MAX_RECORD_COST)
+    } else if credits > 0.0 {
+        MAX_RECORD_COST
     } else {
         0
     }
@@ -91,7 +116,32 @@ mod tests {
         );
         assert_eq!(
             cost(tokens(u64::MAX, 0, u64::MAX), Some(GPT4O), 1e9),
-            i64::MAX
+            MAX_RECORD_COST
+        );
+        let huge = Price {
+            input: f64::MAX,
+            cached_input: f64::MAX,
+            output: f64::MAX,
+        };
+        // Infinite before rounding: the most a record costs, not 0.
+        assert_eq!(
+            cost(tokens(u64::MAX, 0, u64::MAX), Some(huge), f64::MAX),
+            MAX_RECORD_COST
+        );
+        // Counts beyond the bound cost what the bound does.
+        assert_eq!(
+            cost(tokens(u64::MAX, u64::MAX, 0), Some(GPT4O), 1.0),
+            cost(
+                tokens(MAX_RECORD_TOKENS, MAX_RECORD_TOKENS, 0),
+                Some(GPT4O),
+                1.0
+            )
+        );
+        let bounded = tokens(u64::MAX, u64::MAX - 1, 5).bounded();
+        assert_eq!(
+            bounded,
+            tokens(MAX_RECORD_TOKENS, MAX_RECORD_TOKENS, 5),
+            "cached never above input"
         );
     }
 }

@@ -155,9 +155,8 @@ impl KeyService {
         fs::create_dir_all(&dir).expect("create service dir");
         let admin_token = random_token();
         let filter_token = random_token();
-        let mut cmd = key_service_command(&dir, "127.0.0.1:0", &admin_token, &filter_token);
-        cmd.env("KEYGATE_DATABASE_URL", database_url)
-            .env("RUST_LOG", "warn");
+        let mut cmd = key_service_command("127.0.0.1:0", database_url, &admin_token, &filter_token);
+        cmd.env("RUST_LOG", "warn");
         let mut proc_ = Proc::spawn("key-service", cmd, &dir);
         let addr = proc_.wait_for_line("key-service listening on");
         KeyService {
@@ -188,6 +187,8 @@ pub struct StackBuilder {
     /// HTTP filter entries (YAML, indented as `http_filters` items) in keygate's place:
     /// the benchmark's peers. `{FILTER_TOKEN}` in them becomes the filter token.
     http_filters: Option<String>,
+    /// The key-service's database URL, instead of SQLite in the stack's directory.
+    database_url: Option<String>,
 }
 
 impl StackBuilder {
@@ -245,6 +246,29 @@ impl StackBuilder {
         self
     }
 
+    /// Runs the key-service on a fresh database of the PostgreSQL server that
+    /// `KEYGATE_TEST_POSTGRES` names (`make test-e2e` runs under `.ci/postgres.sh`, which
+    /// starts one); fails, never skips, without it.
+    pub fn postgres(mut self) -> Self {
+        assert!(
+            std::env::var_os("KEYGATE_TEST_POSTGRES").is_some(),
+            "this test needs PostgreSQL: run it under .ci/postgres.sh (make test-e2e does)"
+        );
+        let dir = std::env::temp_dir();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let database = runtime
+            .block_on(key_service::store::test_database(&dir))
+            .expect("create a PostgreSQL test database");
+        match database {
+            key_service::config::Database::Postgres { url } => self.database_url = Some(url),
+            other => panic!("expected a PostgreSQL database, got {other:?}"),
+        }
+        self
+    }
+
     pub fn start(self) -> Stack {
         Stack::start_with(self)
     }
@@ -262,6 +286,7 @@ pub struct Stack {
     // Dropped in reverse order of start: Envoy first.
     procs: Vec<Proc>,
     dir: PathBuf,
+    database_url: String,
 }
 
 impl Stack {
@@ -275,6 +300,7 @@ impl Stack {
             database: None,
             multi_provider: false,
             http_filters: None,
+            database_url: None,
         }
     }
 
@@ -302,7 +328,11 @@ impl Stack {
 
         let admin_token = random_token();
         let filter_token = random_token();
-        let cmd = key_service_command(&dir, "127.0.0.1:0", &admin_token, &filter_token);
+        let database_url = options
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}/keygate.db", dir.display()));
+        let cmd = key_service_command("127.0.0.1:0", &database_url, &admin_token, &filter_token);
         procs.push(Proc::spawn("key-service", cmd, &dir));
         let key_service = procs[1].wait_for_line("key-service listening on");
 
@@ -358,6 +388,7 @@ impl Stack {
             filter_token,
             procs,
             dir,
+            database_url,
         }
     }
 
@@ -379,7 +410,12 @@ impl Stack {
             .key_service_url
             .trim_start_matches("http://")
             .to_string();
-        let cmd = key_service_command(&self.dir, &addr, &self.admin_token, &self.filter_token);
+        let cmd = key_service_command(
+            &addr,
+            &self.database_url,
+            &self.admin_token,
+            &self.filter_token,
+        );
         // Its log file starts over.
         let mut proc = Proc::spawn("key-service", cmd, &self.dir);
         proc.wait_for_line("key-service listening on");
@@ -433,13 +469,15 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn key_service_command(dir: &Path, listen: &str, admin_token: &str, filter_token: &str) -> Command {
+fn key_service_command(
+    listen: &str,
+    database_url: &str,
+    admin_token: &str,
+    filter_token: &str,
+) -> Command {
     let mut cmd = Command::new(release_bin("key-service"));
     cmd.args(["--listen", listen])
-        .env(
-            "KEYGATE_DATABASE_URL",
-            format!("sqlite://{}/keygate.db", dir.display()),
-        )
+        .env("KEYGATE_DATABASE_URL", database_url)
         .env("KEYGATE_ADMIN_TOKEN", admin_token)
         .env("KEYGATE_FILTER_TOKEN", filter_token)
         .env("RUST_LOG", "info");

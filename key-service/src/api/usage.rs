@@ -81,18 +81,22 @@ impl UsageReport {
                 if !(100..=599).contains(&status) {
                     return Err(ApiError::invalid(&field("status"), "not an HTTP status"));
                 }
+                let reported = Tokens {
+                    input: r.input_tokens,
+                    cached_input: r.cached_input_tokens,
+                    output: r.output_tokens,
+                };
+                // Counts past the maximum are a fault or a lie: billed as the maximum,
+                // and flagged as not what was reported.
+                let tokens = reported.bounded();
                 Ok(UsageRecord {
                     request_id: r.request_id,
                     key_id: r.key_id,
                     model: r.model,
-                    tokens: Tokens {
-                        input: r.input_tokens,
-                        cached_input: r.cached_input_tokens,
-                        output: r.output_tokens,
-                    },
+                    tokens,
                     status,
                     ts: r.ts.unwrap_or(now),
-                    estimated: r.estimated,
+                    estimated: r.estimated || tokens != reported,
                 })
             })
             .collect()

@@ -190,8 +190,10 @@ macro_rules! grace_expiry {
 // Every statement of `Dialect` for one engine, from its record macro.
 macro_rules! dialect {
     ($record:ident, position: $position:literal, after: $after:literal, first: $first:literal,
-     last: $last:literal, join: $join:literal) => {
+     last: $last:literal, join: $join:literal, sum: $sum_open:literal ... $sum_close:literal) => {
         Dialect {
+            sum_open: $sum_open,
+            sum_close: $sum_close,
             snapshot_page: concat!(
                 "SELECT COUNT(*) AS n, ",
                 $last,
@@ -248,7 +250,8 @@ pub(crate) static SQLITE: Dialect = dialect!(
     after: "k.rowid > CAST($1 AS INTEGER) ORDER BY k.rowid",
     first: "0",
     last: "CAST(MAX(pos) AS TEXT)",
-    join: "group_concat(record, ',')"
+    join: "group_concat(record, ',')",
+    sum: "CAST(MIN(TOTAL(" ... "), 9223372036854775807.0) AS INTEGER)"
 );
 pub(crate) static POSTGRES: Dialect = dialect!(
     postgres_record,
@@ -256,7 +259,8 @@ pub(crate) static POSTGRES: Dialect = dialect!(
     after: "k.id > $1 ORDER BY k.id",
     first: "",
     last: "MAX(pos)",
-    join: "string_agg(record, ',' ORDER BY pos)"
+    join: "string_agg(record, ',' ORDER BY pos)",
+    sum: "CAST(LEAST(SUM(" ... "), 9223372036854775807) AS BIGINT)"
 );
 
 // The contract's definition of a key's status, with `$1` = now (unix seconds). Written as

@@ -158,6 +158,11 @@ pub(crate) struct Dialect {
     grace_changed: &'static str,
     /// The key or grace secret with hash `$2` at `$1`, as `record`.
     record_by_hash: &'static str,
+    /// `{sum_open}column{sum_close}`: a column's sum that saturates at `i64::MAX` instead
+    /// of failing (SQLite's SUM raises on overflow; PostgreSQL's casting back does).
+    /// Exact while the sum is below 2^53 on SQLite (it adds in floating point).
+    pub(crate) sum_open: &'static str,
+    pub(crate) sum_close: &'static str,
 }
 
 /// A transaction that will write: writers are serialised, so change-log sequence numbers

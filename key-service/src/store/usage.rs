@@ -233,7 +233,11 @@ impl Store {
             }
             for (key_id, (cost, last_used)) in &billed_keys {
                 sqlx::query(
-                    "UPDATE keys SET used_quota = used_quota + $2, \
+                    // Saturating: `used_quota + $2` past i64::MAX would turn into a
+                    // REAL on SQLite and fail on PostgreSQL.
+                    "UPDATE keys SET used_quota = CASE \
+                         WHEN used_quota > 9223372036854775807 - $2 THEN 9223372036854775807 \
+                         ELSE used_quota + $2 END, \
                      last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $3 \
                          THEN $3 ELSE last_used_at END \
                      WHERE id = $1",
@@ -256,7 +260,10 @@ impl Store {
             let mut billed_account = false;
             for (account, cost) in &billed_accounts {
                 billed_account |= sqlx::query(
-                    "UPDATE accounts SET balance = balance - $2 \
+                    // Saturating at -i64::MAX, as above.
+                    "UPDATE accounts SET balance = CASE \
+                         WHEN balance < $2 - 9223372036854775807 THEN -9223372036854775807 \
+                         ELSE balance - $2 END \
                      WHERE name = $1 AND balance IS NOT NULL",
                 )
                 .bind(account)
@@ -315,16 +322,20 @@ impl Store {
         bucket: i64,
     ) -> Result<Vec<UsageBucket>, StoreError> {
         let bucket = bucket.max(1);
-        with_pool!(self, |pool| {
+        with_pool!(self, |pool, sql| {
+            let sum = |column: &str| format!("{}{column}{}", sql.sum_open, sql.sum_close);
             let mut q = QueryBuilder::new("SELECT (ts / ");
-            q.push_bind(bucket).push(") * ").push_bind(bucket).push(
-                // PostgreSQL's SUM of BIGINT is NUMERIC: cast back.
-                " AS bucket, model, COUNT(*) AS requests, \
-                     CAST(SUM(input_tokens) AS BIGINT) AS input_tokens, \
-                     CAST(SUM(cached_input_tokens) AS BIGINT) AS cached_input_tokens, \
-                     CAST(SUM(output_tokens) AS BIGINT) AS output_tokens, \
-                     CAST(SUM(cost) AS BIGINT) AS cost FROM usage_log",
-            );
+            q.push_bind(bucket)
+                .push(") * ")
+                .push_bind(bucket)
+                .push(format!(
+                    " AS bucket, model, COUNT(*) AS requests, {} AS input_tokens, \
+                 {} AS cached_input_tokens, {} AS output_tokens, {} AS cost FROM usage_log",
+                    sum("input_tokens"),
+                    sum("cached_input_tokens"),
+                    sum("output_tokens"),
+                    sum("cost")
+                ));
             push_filter(&mut q, filter);
             q.push(" GROUP BY bucket, model ORDER BY bucket, model");
             let rows = q.build().fetch_all(pool).await?;

@@ -217,3 +217,75 @@ async fn the_summary_adds_usage_up_per_hour_or_day_and_model() {
         .await;
     assert_eq!(anonymous.status, 401);
 }
+
+/// Counts at `u64::MAX`, in 10,000 records at a price that makes each cost the most one
+/// record may (1e15 credits, so together more than `i64::MAX`):
+/// every number stays a whole number within its bound on both engines, and the key list
+/// and the snapshot still answer.
+#[tokio::test]
+async fn counts_at_the_extremes_are_bounded_and_sums_saturate() {
+    use key_service::pricing::{MAX_RECORD_COST, MAX_RECORD_TOKENS};
+    let service = Service::start().await;
+    let put = service
+        .request(Method::PUT, "/api/v1/models/gpt-4o", Some(ADMIN))
+        .json(&json!({"input": 1e15, "output": 1e15}));
+    assert_eq!(service.send(put).await.status, 201);
+    let account = service
+        .request(Method::POST, "/api/v1/accounts", Some(ADMIN))
+        .json(&json!({"name": "team", "balance": 5}));
+    assert_eq!(service.send(account).await.status, 201);
+    let key = service
+        .create_ok(
+            json!({"name": "huge", "account": "team", "unlimited_quota": false,
+            "quota": 10}),
+        )
+        .await
+        .remove(0);
+    let id = key["id"].as_str().unwrap();
+    for batch in 0..10 {
+        let records: Vec<Value> = (0..1000)
+            .map(|n| record(&format!("huge-{batch}-{n}"), id, u64::MAX, u64::MAX))
+            .collect();
+        let reply = service.report(json!(records), FILTER).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    let shown = service.admin_get(&format!("/api/v1/keys/{id}")).await.body;
+    // 10,000 records at the most a record costs would pass i64::MAX: it saturates.
+    assert_eq!(shown["used_quota"], json!(i64::MAX), "{shown}");
+    assert_eq!(shown["status"], "exhausted");
+    let list = service.admin_get("/api/v1/keys").await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    let accounts = service.admin_get("/api/v1/accounts").await.body;
+    let team = accounts["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "team")
+        .unwrap()
+        .clone();
+    assert_eq!(team["balance"], json!(-i64::MAX), "{team}");
+    let log = service
+        .admin_get(&format!("/api/v1/usage?key_id={id}&per_page=1"))
+        .await
+        .body;
+    let row = &log["usage"][0];
+    assert_eq!(row["input_tokens"], json!(MAX_RECORD_TOKENS), "{row}");
+    assert_eq!(row["output_tokens"], json!(MAX_RECORD_TOKENS), "{row}");
+    assert_eq!(row["cost"], json!(MAX_RECORD_COST), "{row}");
+    assert_eq!(row["estimated"], true, "not what was reported: {row}");
+    let snapshot = service.snapshot().await;
+    assert_eq!(snapshot.status, 200);
+    // The records' hour (ts 1,800,000,000) adds up to more than i64::MAX credits.
+    let summary = service
+        .admin_get("/api/v1/usage/summary?from=2027-01-15T00:00:00Z&to=2027-01-16T00:00:00Z")
+        .await;
+    assert_eq!(summary.status, 200, "{}", summary.body);
+    let bucket = &summary.body["buckets"][0];
+    assert_eq!(bucket["requests"], 10_000, "{bucket}");
+    assert_eq!(bucket["cost"], json!(i64::MAX), "{bucket}");
+    assert_eq!(
+        bucket["input_tokens"],
+        json!(10_000 * MAX_RECORD_TOKENS),
+        "{bucket}"
+    );
+}
