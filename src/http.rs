@@ -719,7 +719,11 @@ impl Http {
             charge: charge.filter(|c| c.cost > 0),
             request_id: pending.request_id,
             key_id: pending.key_id,
-            model: model.map_or_else(|| "unknown".into(), |m| clamp(&m, 256)),
+            // What the key-service stores: an empty or unprintable name is `unknown`.
+            model: model
+                .map(|m| clamp(&m, 256))
+                .filter(|m| !m.trim().is_empty())
+                .unwrap_or_else(|| "unknown".into()),
             input_tokens: usage.input,
             cached_input_tokens: usage.cached_input,
             output_tokens: usage.output,

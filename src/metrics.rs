@@ -32,6 +32,7 @@ pub struct Metrics {
     usage_records: Tally,
     usage_delivered: Tally,
     usage_dropped: Option<u32>,
+    usage_refused: Option<u32>,
     usage_missing: Option<u32>,
     usage_estimated: Option<u32>,
     usage_report_failures: Option<u32>,
@@ -107,6 +108,7 @@ impl Metrics {
             tokens_reasoning: Tally::new("keygate.tokens.reasoning"),
             response_bytes_scanned: Tally::new("keygate.response_bytes_scanned"),
             usage_dropped: define(MetricType::Counter, "keygate.usage_dropped"),
+            usage_refused: define(MetricType::Counter, "keygate.usage_refused"),
             usage_missing: define(MetricType::Counter, "keygate.usage_missing"),
             usage_estimated: define(MetricType::Counter, "keygate.usage_estimated"),
             usage_report_failures: define(MetricType::Counter, "keygate.usage_report_failures"),
@@ -197,6 +199,11 @@ impl Metrics {
 
     pub fn usage_dropped(&self, n: u64) {
         Self::add(self.usage_dropped, n);
+    }
+
+    /// Records the key-service refused one by one (each with its reason in its log).
+    pub fn usage_refused(&self, n: u64) {
+        Self::add(self.usage_refused, n);
     }
 
     pub fn usage_report_failed(&self) {

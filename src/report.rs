@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One request's usage, as `POST /filter/v1/usage` takes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,6 +43,49 @@ pub struct Charge {
 #[derive(Serialize)]
 struct Report<'a> {
     records: &'a [Record],
+}
+
+/// The key-service's answer to a report that it took (200).
+#[derive(Debug, Default, Deserialize)]
+pub struct Answer {
+    /// The snapshot version that carries the batch's costs (absent from key-services older
+    /// than this filter).
+    #[serde(default)]
+    pub version: Option<u64>,
+    /// What became of each record, in the order sent (absent from older key-services,
+    /// which refused a whole report instead).
+    #[serde(default)]
+    results: Vec<RecordResult>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordResult {
+    result: String,
+}
+
+impl Answer {
+    /// The answer in `body`; one that cannot be read says nothing (every record taken).
+    pub fn parse(body: &[u8]) -> Answer {
+        serde_json::from_slice(body).unwrap_or_default()
+    }
+
+    /// The delivered records the key-service took (accepted, or billed before), and those
+    /// it refused. Results that do not match the records one for one are not trusted to
+    /// refuse anything.
+    pub fn sort(&self, records: Vec<Record>) -> (Vec<Record>, Vec<Record>) {
+        if self.results.len() != records.len() {
+            return (records, Vec::new());
+        }
+        let (mut taken, mut refused) = (Vec::new(), Vec::new());
+        for (record, result) in records.into_iter().zip(&self.results) {
+            if result.result == "refused" {
+                refused.push(record);
+            } else {
+                taken.push(record);
+            }
+        }
+        (taken, refused)
+    }
 }
 
 const FIRST_BACKOFF_MS: u64 = 500;
@@ -184,6 +227,30 @@ mod tests {
                 key_ledger: "kg:q:k:k".into(),
                 account_ledger: None,
             }),
+        }
+    }
+
+    #[test]
+    fn only_the_records_the_answer_refuses_are_refused() {
+        let records: Vec<Record> = (0..3).map(record).collect();
+        let answer = Answer::parse(
+            br#"{"accepted":1,"duplicates":1,"refused":1,"version":9,"results":[
+                {"request_id":"r0","result":"accepted"},
+                {"request_id":"r1","result":"refused","reason":"key_id"},
+                {"request_id":"r2","result":"duplicate"}]}"#,
+        );
+        assert_eq!(answer.version, Some(9));
+        let (taken, refused) = answer.sort(records.clone());
+        assert_eq!(taken, vec![records[0].clone(), records[2].clone()]);
+        assert_eq!(refused, vec![records[1].clone()]);
+        // An older key-service's answer, a mismatched one, or none: all taken.
+        for body in [
+            &br#"{"accepted":3,"duplicates":0,"version":4}"#[..],
+            br#"{"results":[{"result":"refused"}]}"#,
+            b"not json",
+        ] {
+            let (taken, refused) = Answer::parse(body).sort(records.clone());
+            assert_eq!((taken.len(), refused.len()), (3, 0));
         }
     }
 

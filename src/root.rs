@@ -17,7 +17,7 @@ use crate::host::{self, Shared};
 use crate::http::Http;
 use crate::ledger;
 use crate::metrics::Metrics;
-use crate::report::{Charge, Outbox, Record};
+use crate::report::{Answer, Charge, Outbox, Record};
 use crate::shared::{self, Ask, Leader, SyncError, View};
 use crate::snapshot::{PageHead, SnapshotWire};
 
@@ -290,8 +290,18 @@ impl Root {
         match host::call_response_status() {
             Ok(Some(status)) if status == "200" => {
                 let records = self.outbox.borrow_mut().delivered();
-                self.metrics.usage_delivered(records.len() as u64);
-                self.landed(&records, body_size);
+                let answer = host::call_response_body(body_size)
+                    .map(|body| Answer::parse(&body))
+                    .unwrap_or_default();
+                // Each record is taken or refused alone: only the refused ones go.
+                let (taken, refused) = answer.sort(records);
+                self.metrics.usage_delivered(taken.len() as u64);
+                if !refused.is_empty() {
+                    self.metrics.usage_refused(refused.len() as u64);
+                    lose(refused.iter().filter_map(|r| r.charge.as_ref()));
+                    warn!("the key-service refused {} usage records", refused.len());
+                }
+                self.landed(&taken, answer.version);
                 if self.reports_failing {
                     info!("usage reports delivered again");
                     self.reports_failing = false;
@@ -317,22 +327,14 @@ impl Root {
 
     /// The key-service took these records: their costs stop counting as unreported and
     /// count until the snapshot reaches the version it answered with.
-    fn landed(&self, records: &[Record], body_size: usize) {
-        #[derive(serde::Deserialize)]
-        struct Answer {
-            version: Option<u64>,
-        }
+    fn landed(&self, records: &[Record], version: Option<u64>) {
         if records.iter().all(|r| r.charge.is_none()) {
             return;
         }
         let snapshot_version = self.view.borrow().as_ref().map_or(0, |v| v.meta.version);
         // Without a version (a key-service older than this filter), the costs count until
         // the snapshot moves on once.
-        let at_version = host::call_response_body(body_size)
-            .ok()
-            .and_then(|body| serde_json::from_slice::<Answer>(&body).ok())
-            .and_then(|a| a.version)
-            .unwrap_or(snapshot_version + 1);
+        let at_version = version.unwrap_or(snapshot_version + 1);
         for charge in records.iter().filter_map(|r| r.charge.as_ref()) {
             let ledgers = std::iter::once(&charge.key_ledger).chain(&charge.account_ledger);
             for name in ledgers {

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub snapshot_not_modified: AtomicU64,
     pub usage_accepted: AtomicU64,
     pub usage_duplicates: AtomicU64,
+    pub usage_refused: AtomicU64,
 }
 
 pub type SharedMetrics = Arc<Metrics>;
@@ -88,9 +89,11 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
         "# HELP keygate_usage_records_total Usage records reported by filters.\n\
          # TYPE keygate_usage_records_total counter\n\
          keygate_usage_records_total{{result=\"accepted\"}} {}\n\
-         keygate_usage_records_total{{result=\"duplicate\"}} {}",
+         keygate_usage_records_total{{result=\"duplicate\"}} {}\n\
+         keygate_usage_records_total{{result=\"refused\"}} {}",
         m.usage_accepted.load(Ordering::Relaxed),
-        m.usage_duplicates.load(Ordering::Relaxed)
+        m.usage_duplicates.load(Ordering::Relaxed),
+        m.usage_refused.load(Ordering::Relaxed)
     );
     let _ = writeln!(
         out,

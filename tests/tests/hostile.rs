@@ -125,3 +125,61 @@ fn a_lying_length_wedges_nothing_on_sqlite() {
 fn a_lying_length_wedges_nothing_on_postgres() {
     a_lying_length_wedges_nothing(Stack::builder().postgres().start());
 }
+
+/// Key A makes a normal call, then key B, on the same connection (so the same worker and
+/// the same usage report), sends `{"model": ""}`: B's odd record is normalised and billed,
+/// and A's record is never dropped with it.
+fn an_odd_record_voids_no_other_bill(stack: Stack) {
+    price(&stack, "gpt-4o-mini", 1);
+    let a = create_key(&stack, json!({"name": "a"}));
+    let b = create_key(&stack, json!({"name": "b"}));
+    let chat = |http: &reqwest::blocking::Client, secret: &str, model: &str| {
+        http.post(format!("{}/v1/chat/completions", stack.envoy_url))
+            .bearer_auth(secret)
+            .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi there"}]}))
+            .send()
+            .expect("chat request")
+    };
+    let http = client();
+    assert_eq!(
+        until_synced(|| chat(&http, &a.secret, "gpt-4o-mini")).status(),
+        200
+    );
+    assert_eq!(
+        until_synced(|| chat(&http, &b.secret, "gpt-4o-mini")).status(),
+        200
+    );
+    // Let the syncing calls' usage go out first.
+    usage_rows(&stack, &a, 1);
+    usage_rows(&stack, &b, 1);
+    let a_before = usage_rows(&stack, &a, 1).len();
+    let b_before = usage_rows(&stack, &b, 1).len();
+
+    assert_eq!(chat(&http, &a.secret, "gpt-4o-mini").status(), 200);
+    let odd = chat(&http, &b.secret, "");
+    assert!(odd.status().is_success(), "{}", odd.status());
+    let a_rows = usage_rows(&stack, &a, a_before + 1);
+    assert_eq!(
+        a_rows.len(),
+        a_before + 1,
+        "A's call is billed: {a_rows:#?}"
+    );
+    let b_rows = usage_rows(&stack, &b, b_before + 1);
+    assert_eq!(
+        b_rows.len(),
+        b_before + 1,
+        "B's call is billed: {b_rows:#?}"
+    );
+    assert_eq!(b_rows[0]["model"], "unknown", "{b_rows:#?}");
+    assert_eq!(filter_stat(&stack, "keygate.usage_dropped").unwrap_or(0), 0);
+}
+
+#[test]
+fn an_odd_record_voids_no_other_bill_on_sqlite() {
+    an_odd_record_voids_no_other_bill(Stack::start());
+}
+
+#[test]
+fn an_odd_record_voids_no_other_bill_on_postgres() {
+    an_odd_record_voids_no_other_bill(Stack::builder().postgres().start());
+}

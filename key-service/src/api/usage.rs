@@ -10,32 +10,38 @@ use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
 use crate::pricing::Tokens;
-use crate::store::{Ingested, UsageFilter, UsageRecord};
+use crate::store::{UsageFilter, UsageRecord};
 use crate::AppState;
 
 /// Records per report at most; the filter sends smaller batches.
 pub const BATCH_MAX: usize = 1000;
 
-/// Body of `POST /filter/v1/usage`.
+/// Longest `request_id` and `key_id` a record may carry.
+pub const ID_MAX: usize = 128;
+/// Longest model name stored; a longer one is cut (at a character boundary).
+pub const MODEL_MAX: usize = 256;
+
+/// Body of `POST /filter/v1/usage`. Each record is read on its own: one that cannot be
+/// read is refused alone, and the others are billed.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsageReport {
-    pub records: Vec<ReportedUsage>,
+    pub records: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReportedUsage {
     pub request_id: String,
     pub key_id: String,
-    pub model: String,
+    #[serde(default)]
+    pub model: Option<String>,
     pub input_tokens: u64,
     #[serde(default)]
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
     /// HTTP status the client got (200 when absent).
     #[serde(default)]
-    pub status: Option<u16>,
+    pub status: Option<u64>,
     /// Unix seconds of the request (the intake's clock when absent).
     #[serde(default)]
     pub ts: Option<i64>,
@@ -44,82 +50,158 @@ pub struct ReportedUsage {
     pub estimated: bool,
 }
 
-impl UsageReport {
-    /// Checks every record; the 400 names the first bad one (`records[3].request_id`).
-    pub fn validate(self, now: i64) -> Result<Vec<UsageRecord>, ApiError> {
-        if self.records.len() > BATCH_MAX {
-            return Err(ApiError::invalid(
-                "records",
-                format!("at most {BATCH_MAX} records per report"),
-            ));
+/// What became of one record of a report, in the order they came.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// `accepted`, `duplicate` (its `request_id` was billed before) or `refused`.
+    pub result: &'static str,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The answer to a usage report.
+#[derive(Debug, Serialize)]
+pub struct ReportAnswer {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub refused: u64,
+    /// See [`Ingested::version`](crate::store::Ingested::version).
+    pub version: u64,
+    pub results: Vec<RecordResult>,
+}
+
+/// `text` without control characters, at most `max` bytes (cut at a character boundary).
+fn printable(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max {
+            break;
         }
-        self.records
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let field = |name: &str| format!("records[{i}].{name}");
-                for (name, value, max) in [
-                    ("request_id", &r.request_id, 128),
-                    ("key_id", &r.key_id, 128),
-                    ("model", &r.model, 256),
-                ] {
-                    if value.is_empty() || value.len() > max || value.chars().any(char::is_control)
-                    {
-                        return Err(ApiError::invalid(
-                            &field(name),
-                            format!("{name} must be 1-{max} printable characters"),
-                        ));
-                    }
-                }
-                if r.cached_input_tokens > r.input_tokens {
-                    return Err(ApiError::invalid(
-                        &field("cached_input_tokens"),
-                        "cached_input_tokens cannot exceed input_tokens",
-                    ));
-                }
-                let status = r.status.unwrap_or(200);
-                if !(100..=599).contains(&status) {
-                    return Err(ApiError::invalid(&field("status"), "not an HTTP status"));
-                }
-                let reported = Tokens {
-                    input: r.input_tokens,
-                    cached_input: r.cached_input_tokens,
-                    output: r.output_tokens,
-                };
-                // Counts past the maximum are a fault or a lie: billed as the maximum,
-                // and flagged as not what was reported.
-                let tokens = reported.bounded();
-                Ok(UsageRecord {
-                    request_id: r.request_id,
-                    key_id: r.key_id,
-                    model: r.model,
-                    tokens,
-                    status,
-                    ts: r.ts.unwrap_or(now),
-                    estimated: r.estimated || tokens != reported,
-                })
-            })
-            .collect()
+        out.push(c);
     }
+    out
+}
+
+/// One reported record as it will be billed, or why it cannot be. Only what would make
+/// billing unsafe refuses a record (no id to bill it once by, no key); anything else odd
+/// is normalised and the record flagged `estimated` where its numbers changed: an empty
+/// or unprintable model is `unknown`, a long one is cut to [`MODEL_MAX`] bytes, counts
+/// are bounded by [`MAX_RECORD_TOKENS`](crate::pricing::MAX_RECORD_TOKENS) with cached
+/// input at most input, and a status that is not an HTTP status is stored as 502.
+pub fn normalise(record: serde_json::Value, now: i64) -> Result<UsageRecord, RecordResult> {
+    let request_id = record
+        .get("request_id")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned);
+    let refuse = |reason: String| RecordResult {
+        request_id: request_id.clone(),
+        result: "refused",
+        reason: Some(reason),
+    };
+    // The reason names the field, never its value (which could be anything).
+    let r: ReportedUsage = serde_path_to_error::deserialize(record).map_err(|e| {
+        refuse(match e.path().to_string() {
+            path if path == "." => "not a usage record".to_owned(),
+            path => format!("{path} cannot be read"),
+        })
+    })?;
+    for (name, value) in [("request_id", &r.request_id), ("key_id", &r.key_id)] {
+        if value.is_empty() || value.len() > ID_MAX || value.chars().any(char::is_control) {
+            return Err(refuse(format!(
+                "{name} must be 1-{ID_MAX} printable characters"
+            )));
+        }
+    }
+    let model = printable(r.model.as_deref().unwrap_or(""), MODEL_MAX);
+    let model = if model.trim().is_empty() {
+        "unknown".to_owned()
+    } else {
+        model
+    };
+    let status = r
+        .status
+        .map_or(200, |s| if (100..=599).contains(&s) { s } else { 502 });
+    let reported = Tokens {
+        input: r.input_tokens,
+        cached_input: r.cached_input_tokens,
+        output: r.output_tokens,
+    };
+    let tokens = reported.bounded();
+    Ok(UsageRecord {
+        request_id: r.request_id,
+        key_id: r.key_id,
+        model,
+        tokens,
+        status: u16::try_from(status).unwrap_or(502),
+        ts: r.ts.unwrap_or(now),
+        estimated: r.estimated || tokens != reported,
+    })
 }
 
 /// `POST /filter/v1/usage`: idempotent by `request_id`, so a retried report never bills
-/// twice.
+/// twice; answers for each record whether it was accepted, a duplicate or refused (and
+/// why), so the filter drops only what was refused.
 pub async fn report(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<UsageReport>,
-) -> Result<Json<Ingested>, ApiError> {
+) -> Result<Json<ReportAnswer>, ApiError> {
+    if body.records.len() > BATCH_MAX {
+        return Err(ApiError::invalid(
+            "records",
+            format!("at most {BATCH_MAX} records per report"),
+        ));
+    }
     let now = expiry::now();
-    let records = body.validate(now)?;
+    let mut results: Vec<Option<RecordResult>> = Vec::with_capacity(body.records.len());
+    let mut records = Vec::with_capacity(body.records.len());
+    for record in body.records {
+        match normalise(record, now) {
+            Ok(record) => {
+                records.push(record);
+                results.push(None);
+            }
+            Err(refused) => results.push(Some(refused)),
+        }
+    }
     let done = state.store.ingest_usage(&records, now).await?;
+    let mut fresh = records.iter().zip(&done.inserted);
+    let results: Vec<RecordResult> = results
+        .into_iter()
+        .map(|result| match result {
+            Some(refused) => refused,
+            None => {
+                let (record, inserted) = fresh.next().map_or((None, false), |(r, i)| (Some(r), *i));
+                RecordResult {
+                    request_id: record.map(|r| r.request_id.clone()),
+                    result: if inserted { "accepted" } else { "duplicate" },
+                    reason: None,
+                }
+            }
+        })
+        .collect();
+    let refused = results.iter().filter(|r| r.result == "refused").count() as u64;
     crate::metrics::add(&state.metrics.usage_accepted, done.accepted);
     crate::metrics::add(&state.metrics.usage_duplicates, done.duplicates);
+    crate::metrics::add(&state.metrics.usage_refused, refused);
+    if refused > 0 {
+        let reasons: Vec<&str> = results.iter().filter_map(|r| r.reason.as_deref()).collect();
+        tracing::warn!(refused, ?reasons, "usage records refused");
+    }
     tracing::debug!(
         accepted = done.accepted,
         duplicates = done.duplicates,
         "usage ingested"
     );
-    Ok(Json(done))
+    Ok(Json(ReportAnswer {
+        accepted: done.accepted,
+        duplicates: done.duplicates,
+        refused,
+        version: done.version,
+        results,
+    }))
 }
 
 #[derive(Debug, Serialize)]
@@ -269,38 +351,98 @@ pub async fn summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
 
-    fn report(records: serde_json::Value) -> Result<Vec<UsageRecord>, ApiError> {
-        let report: UsageReport =
-            serde_json::from_value(serde_json::json!({ "records": records })).unwrap();
-        report.validate(7)
+    fn record(fields: serde_json::Value) -> Result<UsageRecord, RecordResult> {
+        let mut base = json!({"request_id": "r", "key_id": "k", "model": "m",
+            "input_tokens": 3, "output_tokens": 4});
+        for (name, value) in fields.as_object().unwrap() {
+            base[name] = value.clone();
+        }
+        normalise(base, 7)
+    }
+
+    fn refused(result: Result<UsageRecord, RecordResult>) -> String {
+        match result {
+            Err(RecordResult {
+                result: "refused",
+                reason: Some(reason),
+                ..
+            }) => reason,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
-    fn records_take_defaults_and_bad_ones_are_named() {
-        let ok = report(
-            serde_json::json!([{"request_id": "r", "key_id": "k", "model": "m",
-            "input_tokens": 3, "output_tokens": 4}]),
-        )
-        .unwrap();
+    fn records_take_defaults() {
+        let ok = record(json!({})).unwrap();
         assert_eq!(
-            (ok[0].status, ok[0].ts, ok[0].tokens.cached_input),
-            (200, 7, 0)
+            (ok.status, ok.ts, ok.tokens.cached_input, ok.estimated),
+            (200, 7, 0, false)
         );
-        let bad = report(serde_json::json!([
-            {"request_id": "r", "key_id": "k", "model": "m", "input_tokens": 3, "output_tokens": 4},
-            {"request_id": "", "key_id": "k", "model": "m", "input_tokens": 3, "output_tokens": 4}
-        ]));
-        match bad {
-            Err(ApiError::InvalidRequest { param: Some(p), .. }) => {
-                assert_eq!(p, "records[1].request_id")
-            }
-            other => panic!("{other:?}"),
+    }
+
+    #[test]
+    fn only_what_makes_billing_unsafe_refuses_a_record() {
+        assert!(refused(record(json!({"request_id": ""}))).contains("request_id"));
+        assert!(refused(record(json!({"key_id": "a\nb"}))).contains("key_id"));
+        assert!(refused(record(json!({"key_id": "k".repeat(129)}))).contains("key_id"));
+        // The reason names the field, never its value.
+        let reason = refused(record(json!({"input_tokens": "sk-secret"})));
+        assert!(reason.contains("input_tokens"), "{reason}");
+        assert!(!reason.contains("sk-secret"), "{reason}");
+        assert_eq!(refused(normalise(json!(42), 7)), "not a usage record");
+        // The id is still named when it can be read.
+        let result = record(json!({"output_tokens": -1})).unwrap_err();
+        assert_eq!(result.request_id.as_deref(), Some("r"));
+    }
+
+    #[test]
+    fn odd_values_are_normalised_not_refused() {
+        for model in [json!(""), json!("  "), json!(null), json!("\u{7}")] {
+            assert_eq!(record(json!({"model": model})).unwrap().model, "unknown");
         }
-        let cached = report(
-            serde_json::json!([{"request_id": "r", "key_id": "k", "model": "m",
-            "input_tokens": 3, "cached_input_tokens": 4, "output_tokens": 4}]),
+        let long = record(json!({"model": "é".repeat(200)})).unwrap().model;
+        assert_eq!(long.len(), MODEL_MAX, "cut at a character boundary");
+        assert_eq!(record(json!({"status": 999})).unwrap().status, 502);
+        assert_eq!(record(json!({"status": 0})).unwrap().status, 502);
+        let cached = record(json!({"input_tokens": 3, "cached_input_tokens": 9})).unwrap();
+        assert_eq!(
+            (cached.tokens.cached_input, cached.estimated),
+            (3, true),
+            "cached input is part of input"
         );
-        assert!(cached.is_err());
+        let huge = record(json!({"input_tokens": u64::MAX})).unwrap();
+        assert_eq!(huge.tokens.input, crate::pricing::MAX_RECORD_TOKENS);
+        assert!(huge.estimated);
+        // Fields a newer filter may send are ignored.
+        assert!(record(json!({"reasoning_tokens": 5})).is_ok());
+    }
+
+    proptest! {
+        /// Whatever a record holds, it is normalised or refused, never a panic, and what
+        /// is accepted is within every bound.
+        #[test]
+        fn any_record_is_bounded_or_refused(
+            request_id in ".{0,140}",
+            model in proptest::option::of(".{0,300}"),
+            input in any::<u64>(),
+            cached in any::<u64>(),
+            output in any::<u64>(),
+            status in proptest::option::of(any::<u64>()),
+        ) {
+            let value = json!({"request_id": request_id, "key_id": "k", "model": model,
+                "input_tokens": input, "cached_input_tokens": cached, "output_tokens": output,
+                "status": status});
+            if let Ok(r) = normalise(value, 0) {
+                prop_assert!(!r.model.is_empty() && r.model.len() <= MODEL_MAX);
+                prop_assert!(!r.model.chars().any(char::is_control));
+                prop_assert!((100..=599).contains(&r.status));
+                prop_assert!(r.tokens.cached_input <= r.tokens.input);
+                prop_assert!(r.tokens.input <= crate::pricing::MAX_RECORD_TOKENS);
+                prop_assert!(r.tokens.output <= crate::pricing::MAX_RECORD_TOKENS);
+            }
+        }
     }
 }

@@ -25,7 +25,7 @@ pub struct UsageRecord {
 }
 
 /// What an intake did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Ingested {
     pub accepted: u64,
     /// Records whose `request_id` was already logged (a retried report).
@@ -33,6 +33,9 @@ pub struct Ingested {
     /// The snapshot version once the batch is in: a filter whose snapshot has reached it
     /// sees the batch's costs in its keys' remaining quota and accounts' balances.
     pub version: u64,
+    /// Per record, in order: whether it was new (billed now) rather than a duplicate.
+    #[serde(skip)]
+    pub inserted: Vec<bool>,
 }
 
 /// A usage-log row, as `GET /api/v1/usage` shows it.
@@ -215,6 +218,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                done.inserted.push(inserted > 0);
                 if inserted == 0 {
                     done.duplicates += 1;
                     continue;

@@ -42,7 +42,8 @@ async fn reported_usage_is_billed_once_and_exhausts_the_key() {
     let version = service.snapshot().await.body["version"].clone();
     assert_eq!(
         first.body,
-        json!({"accepted": 1, "duplicates": 0, "version": version}),
+        json!({"accepted": 1, "duplicates": 0, "refused": 0, "version": version,
+            "results": [{"request_id": "req-1", "result": "accepted"}]}),
         "the version that carries the billing"
     );
     let retried = service
@@ -50,7 +51,8 @@ async fn reported_usage_is_billed_once_and_exhausts_the_key() {
         .await;
     assert_eq!(
         retried.body,
-        json!({"accepted": 0, "duplicates": 1, "version": version})
+        json!({"accepted": 0, "duplicates": 1, "refused": 0, "version": version,
+            "results": [{"request_id": "req-1", "result": "duplicate"}]})
     );
     let shown = service.admin_get(&format!("/api/v1/keys/{id}")).await.body;
     assert_eq!(
@@ -110,16 +112,14 @@ async fn usage_needs_the_filter_token_and_good_records() {
     let service = Service::start().await;
     let with_admin = service.report(json!([record("r", "k", 1, 1)]), ADMIN).await;
     assert_eq!(with_admin.status, 401);
-    let mut bad = record("r", "k", 1, 1);
-    bad["output_tokens"] = json!(-1);
-    let (status, _, param) = service.report(json!([bad]), FILTER).await.error();
-    assert_eq!((status, param.as_deref()), (400, Some("records")));
-    let mut unknown = record("r", "k", 1, 1);
-    unknown["colour"] = json!("red");
-    assert_eq!(
-        service.report(json!([unknown]), FILTER).await.error().0,
-        400
-    );
+    let not_a_report = service
+        .send(
+            service
+                .request(Method::POST, "/filter/v1/usage", Some(FILTER))
+                .json(&json!({"records": 5})),
+        )
+        .await;
+    assert_eq!(not_a_report.error().0, 400);
     let too_many: Vec<Value> = (0..1001)
         .map(|i| record(&format!("r{i}"), "k", 1, 1))
         .collect();
@@ -130,6 +130,74 @@ async fn usage_needs_the_filter_token_and_good_records() {
         .await
         .error();
     assert_eq!((status, param.as_deref()), (400, Some("from")));
+}
+
+/// A record that cannot be billed safely is refused alone, with its reason; the records
+/// beside it are billed; odd but billable values are normalised (issue 16's poison batch).
+#[tokio::test]
+async fn a_bad_record_is_refused_alone() {
+    let service = Service::start().await;
+    let key = service.create_ok(json!({"name": "k"})).await.remove(0);
+    let id = key["id"].as_str().unwrap();
+    let mut negative = record("neg", id, 1, 1);
+    negative["output_tokens"] = json!(-1);
+    let mut no_id = record("", id, 1, 1);
+    no_id["request_id"] = json!("");
+    let mut empty_model = record("empty-model", id, 5, 5);
+    empty_model["model"] = json!("");
+    let mut newer = record("newer", id, 1, 1);
+    newer["colour"] = json!("red");
+    let reply = service
+        .report(
+            json!([
+                record("good", id, 1, 1),
+                negative,
+                no_id,
+                empty_model,
+                newer,
+                7
+            ]),
+            FILTER,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let results = reply.body["results"].as_array().unwrap();
+    let outcome: Vec<&str> = results
+        .iter()
+        .map(|r| r["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcome,
+        ["accepted", "refused", "refused", "accepted", "accepted", "refused"],
+        "{}",
+        reply.body
+    );
+    assert_eq!(results[1]["request_id"], "neg");
+    assert_eq!(results[1]["reason"], "output_tokens cannot be read");
+    assert_eq!(
+        (
+            reply.body["accepted"].clone(),
+            reply.body["refused"].clone()
+        ),
+        (json!(3), json!(3))
+    );
+    let log = service
+        .admin_get(&format!("/api/v1/usage?key_id={id}"))
+        .await
+        .body;
+    let models: Vec<&str> = log["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models.len(), 3);
+    assert!(models.contains(&"unknown"), "{models:?}");
+    let metrics = service.admin_get("/metrics").await.text;
+    assert!(
+        metrics.contains("keygate_usage_records_total{result=\"refused\"} 3"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
