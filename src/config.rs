@@ -52,6 +52,9 @@ pub struct Config {
     /// limit is divided by it, since each Envoy counts only what it sees (approximate:
     /// exact only when a load balancer spreads each key's traffic evenly).
     pub replicas: u64,
+    /// Whether keys and accounts with a limit may call a model that has no price (it is
+    /// then billed 0). Off by default: they get 403 `model_not_priced`.
+    pub allow_unpriced_models: bool,
 }
 
 /// The request headers the filter sets for the upstream; `null` leaves one out (each
@@ -137,6 +140,7 @@ impl Default for Config {
             usage_batch_max: 1_000,
             default_output_tokens: 4_096,
             replicas: 1,
+            allow_unpriced_models: false,
         }
     }
 }

@@ -20,11 +20,13 @@ pub enum Denial {
     InvalidRequestBody,
     RequestTooLarge,
     KeyServiceUnavailable,
+    ModelNotPriced,
+    EndpointNotMetered,
 }
 
 impl Denial {
     /// Every refusal, for tables and stats.
-    pub const ALL: [Denial; 11] = [
+    pub const ALL: [Denial; 13] = [
         Denial::MissingApiKey,
         Denial::InvalidApiKey,
         Denial::KeyDisabled,
@@ -36,6 +38,8 @@ impl Denial {
         Denial::InvalidRequestBody,
         Denial::RequestTooLarge,
         Denial::KeyServiceUnavailable,
+        Denial::ModelNotPriced,
+        Denial::EndpointNotMetered,
     ];
 
     /// `(status, type, code, message)`: the contract's error table, in one place.
@@ -103,6 +107,18 @@ impl Denial {
                 "server_error",
                 "key_service_unavailable",
                 "The key service has not been reached yet; try again shortly.",
+            ),
+            ModelNotPriced => (
+                403,
+                "permission_error",
+                "model_not_priced",
+                "The requested model has no price, so this key's limit cannot be kept.",
+            ),
+            EndpointNotMetered => (
+                403,
+                "permission_error",
+                "endpoint_not_metered",
+                "This endpoint's usage cannot be metered, so it is not open to keys with a limit.",
             ),
         }
     }
@@ -457,6 +473,8 @@ mod tests {
                 503,
                 "key_service_unavailable",
             ),
+            (Denial::ModelNotPriced, 403, "model_not_priced"),
+            (Denial::EndpointNotMetered, 403, "endpoint_not_metered"),
         ];
         assert_eq!(table.len(), Denial::ALL.len());
         for (denial, status, code) in table {

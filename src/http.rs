@@ -24,9 +24,10 @@ use crate::pricing::{self, Tokens};
 use crate::rate::{self, Limits, Standing};
 use crate::report::{Charge, Record};
 use crate::root::{SharedOutbox, SharedView};
+use crate::route::{self, Route};
 use crate::secret::{self, KeyHash};
 use crate::shared::{self, HostError, View};
-use crate::usage::{Api, Scanner, Usage};
+use crate::usage::{self, Api, Scanner, Usage};
 use crate::{client_ip, credential, model, pairs};
 
 pub struct Http {
@@ -56,6 +57,11 @@ pub struct Http {
     replicas: u64,
     /// The request's key has rate limits: its windows, and once admitted how it stood.
     rate: Option<RateHold>,
+    /// Keys and accounts with a limit may call models without a price.
+    allow_unpriced_models: bool,
+    /// The boundary of a `multipart/form-data` request body (an upload), whose model is
+    /// its `model` form field.
+    form_boundary: Option<String>,
 }
 
 /// A rate-limited key's request.
@@ -75,6 +81,9 @@ struct Reservation {
     account_ledger: Option<String>,
     /// The group's price multiplier, to price what the request turns out to use.
     ratio: f64,
+    /// The most the request was estimated to use: what it is billed if its answer says
+    /// nothing of its usage.
+    estimate: Tokens,
 }
 
 /// What is known of an admitted LLM request when its response starts.
@@ -138,6 +147,8 @@ impl Http {
             default_output_tokens: config.default_output_tokens,
             replicas: config.replicas,
             rate: None,
+            allow_unpriced_models: config.allow_unpriced_models,
+            form_boundary: None,
         }
     }
 
@@ -315,8 +326,19 @@ impl Http {
         self.forward_identity(&headers, &key)
             .map_err(|_| HOST_FAILED)?;
 
-        let path = headers.iter().find(|(n, _)| *n == ":path").map(|(_, p)| *p);
-        self.expect_usage(&headers, path, &key)
+        let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        // The path as the upstream will route it; one that hides a slash in an escape
+        // cannot be read, and is metered as nothing.
+        let path = header(":path").and_then(|p| route::normalize(p).ok());
+        let path = path.as_deref();
+        let route = path.map_or(Route::Unmetered, |p| {
+            route::classify(header(":method").unwrap_or_default(), p)
+        });
+        let limited = is_limited(view, &key);
+        if limited && route == Route::Unmetered {
+            return Err(Denial::EndpointNotMetered);
+        }
+        self.expect_usage(&headers, route, &key)
             .map_err(|_| HOST_FAILED)?;
         // OpenAI streams may need usage asked for: their body is read (up to the limit).
         let add_usage =
@@ -340,7 +362,7 @@ impl Http {
         }
         // LLM requests of a limited key or account reserve what they may cost; the body
         // tells how much, when there is one.
-        let limited = self.pending.is_some() && is_limited(view, &key);
+        let limited = self.pending.is_some() && limited;
         if limited && end_of_stream {
             self.reserve(view, &secret::hash(secret), path_model, Estimate::default())?;
         }
@@ -360,6 +382,11 @@ impl Http {
                 return Err(Denial::RequestTooLarge);
             }
         }
+        self.form_boundary = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+            .and_then(|(_, v)| model::form_boundary(v))
+            .map(str::to_owned);
         self.awaiting_body = Some(BodyWait {
             key: secret::hash(secret),
             model_check,
@@ -386,6 +413,10 @@ impl Http {
         let key = Self::lookup(hash, meta.epoch)?.ok_or(Denial::InvalidApiKey)?;
         let ratio = view.tables.ratio(key.group());
         let price = model.and_then(|m| view.tables.price(m));
+        if price.is_none() && !self.allow_unpriced_models {
+            // A model nobody priced would cost a limited key nothing.
+            return Err(Denial::ModelNotPriced);
+        }
         let amount = estimate.credits(price, ratio, self.default_output_tokens);
         let key_limit = key.remaining_quota;
         let account_limit = view.tables.balance(key.account());
@@ -413,6 +444,7 @@ impl Http {
             key_ledger,
             account_ledger,
             ratio,
+            estimate: estimate.tokens(self.default_output_tokens),
         });
         Ok(())
     }
@@ -448,7 +480,11 @@ impl Http {
 
     fn on_body(&mut self, wait: BodyWait, body_size: usize) -> Result<Action, Denial> {
         let body = host::request_body(body_size).map_err(|_| HOST_FAILED)?;
-        let facts = match (model::facts(&body), wait.model_check) {
+        let read = match &self.form_boundary {
+            Some(boundary) => model::form_facts(&body, boundary),
+            None => model::facts(&body),
+        };
+        let facts = match (read, wait.model_check) {
             (Ok(facts), _) => facts,
             (Err(model::BodyError::NotJson), true) => return Err(Denial::InvalidRequestBody),
             // Read only to add usage or to estimate: whatever it is goes on as it is.
@@ -477,6 +513,11 @@ impl Http {
                 check_model(&view.tables, &key, requested)?;
             }
             if wait.reserve {
+                let api = self.pending.as_ref().map(|p| p.api);
+                if facts.background && api == Some(Api::Responses) {
+                    // Its usage comes with a later fetch the filter cannot tie to it.
+                    return Err(Denial::EndpointNotMetered);
+                }
                 let model = self.pending.as_ref().and_then(|p| p.model.clone());
                 let estimate = Estimate {
                     body_bytes: body.len() as u64,
@@ -489,8 +530,10 @@ impl Http {
         if wait.add_usage {
             if let Some(changed) = include_usage::add_to_request(&body) {
                 host::set_request_body(body_size, &changed).map_err(|_| HOST_FAILED)?;
-                // The length changed; Envoy sends the body chunked instead.
-                host::remove_request_header("content-length").map_err(|_| HOST_FAILED)?;
+                // The whole body is here: its new length is exact (some upstreams refuse a
+                // chunked request body).
+                host::set_request_header("content-length", &changed.len().to_string())
+                    .map_err(|_| HOST_FAILED)?;
                 if let Some(pending) = self.pending.as_mut() {
                     pending.added_usage = true;
                 }
@@ -504,10 +547,10 @@ impl Http {
     fn expect_usage(
         &mut self,
         headers: &[(&str, &str)],
-        path: Option<&str>,
+        route: Route,
         key: &Entry,
     ) -> Result<(), HostError> {
-        let Some(api) = path.and_then(Api::from_path) else {
+        let Route::Metered(api) = route else {
             return Ok(());
         };
         let header = |name: &str| {
@@ -677,7 +720,7 @@ impl Http {
             return 0;
         };
         let scanned = self.scanner.take().map(Scanner::finish).unwrap_or_default();
-        let model = pending.model.or(scanned.model);
+        let model = pending.model.or_else(|| scanned.model.clone());
         // The prompt reached the provider, which bills it: about a token per 4 bytes of
         // what arrived (never more than the limit of a body the filter reads).
         let bytes = pending
@@ -688,27 +731,25 @@ impl Http {
             input: bytes.div_ceil(4),
             ..Usage::default()
         };
-        let (usage, estimated) = match scanned.usage {
-            Some(usage) => (usage, false),
-            // The client left before any answer.
-            None if pending.status == 0 => (prompt, true),
-            // An error from the provider is logged with its status, and no tokens unless
-            // it reported some.
-            None if pending.status >= 400 => (Usage::default(), false),
-            // A stream cut before its usage (the client went away, or the provider did):
-            // the prompt, and an output token per event that went by.
-            None if scanned.events > 0 => (
+        let billed = usage::bill(&scanned, pending.status, prompt);
+        let Some((usage, estimated)) = billed.or_else(|| {
+            // A success that says nothing of its usage (an image model that reports none,
+            // a compressed answer): a key or account with a limit is billed the estimate
+            // its request was admitted on, never nothing.
+            self.metrics.usage_missing();
+            let estimate = self.reservation.as_ref()?.estimate;
+            Some((
                 Usage {
-                    output: scanned.events,
-                    ..prompt
+                    input: estimate.input,
+                    cached_input: 0,
+                    output: estimate.output,
+                    reasoning: 0,
                 },
                 true,
-            ),
-            None => {
-                self.settle(model.as_deref(), None);
-                self.metrics.usage_missing();
-                return 0;
-            }
+            ))
+        }) else {
+            self.settle(model.as_deref(), None);
+            return 0;
         };
         if estimated {
             self.metrics.usage_estimated();

@@ -209,12 +209,18 @@ impl Estimate {
     /// Credits the request may cost at most (as far as a request can say): a token per 4
     /// body bytes in, the output limit (or `default_output_tokens`) out.
     pub fn credits(&self, price: Option<Price>, ratio: f64, default_output_tokens: u64) -> u64 {
-        let tokens = Tokens {
+        let tokens = self.tokens(default_output_tokens);
+        u64::try_from(pricing::cost(tokens, price, ratio)).unwrap_or(0)
+    }
+
+    /// The tokens the request may use at most: a token per 4 body bytes in, the output
+    /// limit (or `default_output_tokens`) out.
+    pub fn tokens(&self, default_output_tokens: u64) -> Tokens {
+        Tokens {
             input: self.body_bytes.div_ceil(4),
             cached_input: 0,
             output: self.max_output_tokens.unwrap_or(default_output_tokens),
-        };
-        u64::try_from(pricing::cost(tokens, price, ratio)).unwrap_or(0)
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod pairs;
 pub mod pricing;
 pub mod rate;
 pub mod report;
+pub mod route;
 pub mod secret;
 pub mod shared;
 pub mod snapshot;

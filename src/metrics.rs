@@ -188,7 +188,8 @@ impl Metrics {
         self.response_bytes_scanned.add(bytes as u64);
     }
 
-    /// A successful response of an LLM API named no usage (so nothing is billed).
+    /// A successful response of an LLM API named no usage (nothing is billed, or for a
+    /// key or account with a limit, the estimate it was admitted on).
     pub fn usage_missing(&self) {
         Self::add(self.usage_missing, 1);
     }

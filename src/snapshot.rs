@@ -237,9 +237,10 @@ impl Tables {
         self.rates.get(group).copied().unwrap_or((None, None))
     }
 
-    /// A model's prices; `None` = the model costs nothing.
+    /// A model's prices: its own, else the most specific pattern's (`gpt-4o-*`, see
+    /// `model::specificity`); `None` = nobody priced it.
     pub fn price(&self, model: &str) -> Option<Price> {
-        self.prices.get(model).copied()
+        crate::model::lookup(&self.prices, model)
     }
 }
 

@@ -39,24 +39,21 @@ pub enum Api {
     Responses,
     Anthropic,
     Gemini,
+    /// OpenAI image generation and edits: `gpt-image-*` models report `usage` (with the
+    /// Responses API's field names); `dall-e-*` report none.
+    Images,
+    /// OpenAI audio transcriptions and translations: `gpt-4o-*-transcribe` report token
+    /// `usage`; `whisper-1` reports seconds (`"type": "duration"`), which are not tokens.
+    Audio,
 }
 
 impl Api {
+    /// The metered API a path names (normalised as the upstream reads it, see `route`).
     pub fn from_path(path: &str) -> Option<Api> {
-        let path = path.split(['?', '#']).next().unwrap_or(path);
-        if path.ends_with("/responses") {
-            Some(Api::Responses)
-        } else if path.ends_with("/messages") {
-            Some(Api::Anthropic)
-        } else if path.contains(":generateContent") || path.contains(":streamGenerateContent") {
-            Some(Api::Gemini)
-        } else if path.ends_with("/chat/completions")
-            || path.ends_with("/completions")
-            || path.ends_with("/embeddings")
-        {
-            Some(Api::OpenAi)
-        } else {
-            None
+        let path = crate::route::normalize(path).ok()?;
+        match crate::route::classify("POST", &path) {
+            crate::route::Route::Metered(api) => Some(api),
+            _ => None,
         }
     }
 }
@@ -78,7 +75,7 @@ fn from_usage_object(api: Api, usage: &Value) -> Option<Usage> {
                 reasoning: c(&["completion_tokens_details", "reasoning_tokens"]),
             })
         }
-        Api::Responses => Some(Usage {
+        Api::Responses | Api::Images | Api::Audio => Some(Usage {
             input: count(usage, &["input_tokens"])?,
             cached_input: c(&["input_tokens_details", "cached_tokens"]),
             output: c(&["output_tokens"]),
@@ -90,7 +87,10 @@ fn from_usage_object(api: Api, usage: &Value) -> Option<Usage> {
                 c(&["cache_creation_input_tokens"]),
             );
             Some(Usage {
-                input: count(usage, &["input_tokens"])? + read + write,
+                // An upstream's numbers may be anything: never a wrapped sum.
+                input: count(usage, &["input_tokens"])?
+                    .saturating_add(read)
+                    .saturating_add(write),
                 cached_input: read,
                 output: c(&["output_tokens"]),
                 reasoning: 0,
@@ -101,7 +101,7 @@ fn from_usage_object(api: Api, usage: &Value) -> Option<Usage> {
             Some(Usage {
                 input: count(usage, &["promptTokenCount"])?,
                 cached_input: c(&["cachedContentTokenCount"]),
-                output: c(&["candidatesTokenCount"]) + thoughts,
+                output: c(&["candidatesTokenCount"]).saturating_add(thoughts),
                 reasoning: thoughts,
             })
         }
@@ -136,6 +136,10 @@ pub struct Scanner {
     model: Option<String>,
     /// SSE: events with data seen (`[DONE]` aside).
     events: u64,
+    /// SSE: the provider's final account of the usage was seen (OpenAI's usage chunk,
+    /// the Responses API's terminal event, Anthropic's `message_delta`, Gemini's event
+    /// with a `finishReason`); before it, what was seen is only a part.
+    complete: bool,
 }
 
 /// What a body reported.
@@ -148,6 +152,43 @@ pub struct Scanned {
     /// Stream events that carried data: a floor on the output tokens delivered (each
     /// content event carries at least one), for a stream cut before its usage.
     pub events: u64,
+    /// `usage` is the provider's final account (always, for a body that is not a stream;
+    /// for a stream, once its last usage event went by).
+    pub complete: bool,
+}
+
+/// What a response is billed: its tokens, and whether they are the filter's estimate.
+/// `status` is the response's (0: none came), `prompt` the estimate of the request's own
+/// tokens. `None`: a success that named no usage (nothing to bill, counted as missing).
+///
+/// - The provider's final usage is billed as it is.
+/// - A stream cut before it (the client or the provider went away) is billed what the
+///   provider had counted so far (Anthropic's `message_start` gives the real input and a
+///   placeholder output), with at least one output token per event that went by (each
+///   carries at least one), and the prompt estimate where no input was counted.
+/// - No answer at all: the prompt, which the provider received.
+/// - A provider error with no usage: nothing.
+pub fn bill(scanned: &Scanned, status: u16, prompt: Usage) -> Option<(Usage, bool)> {
+    match scanned.usage {
+        Some(usage) if scanned.complete => Some((usage, false)),
+        Some(partial) => Some((
+            Usage {
+                output: partial.output.max(scanned.events),
+                ..partial
+            },
+            true,
+        )),
+        None if status == 0 => Some((prompt, true)),
+        None if status >= 400 => Some((Usage::default(), false)),
+        None if scanned.events > 0 => Some((
+            Usage {
+                output: scanned.events,
+                ..prompt
+            },
+            true,
+        )),
+        None => None,
+    }
 }
 
 /// The string value of the first `"key": "..."` in `bytes`.
@@ -191,6 +232,7 @@ impl Scanner {
             head: Vec::new(),
             model: None,
             events: 0,
+            complete: false,
         }
     }
 
@@ -268,31 +310,39 @@ impl Scanner {
         if self.model.is_none() {
             self.model = string_field(data, self.model_key());
         }
+        if self.api == Api::Gemini && contains(data, b"\"finishReason\"") {
+            // Gemini's last event: its cumulative usage is the total.
+            self.complete = true;
+        }
         // Most events are content: parse only those that can carry usage.
         let key: &[u8] = if self.api == Api::Gemini {
             b"usageMetadata"
         } else {
             b"usage"
         };
-        if !data.windows(key.len()).any(|w| w == key) {
+        if !contains(data, key) {
             return;
         }
         let Ok(event) = serde_json::from_slice::<Value>(data) else {
             return;
         };
         match self.api {
-            Api::OpenAi => {
+            Api::OpenAi | Api::Images | Api::Audio => {
                 if let Some(u) = event
                     .get("usage")
                     .and_then(|u| from_usage_object(self.api, u))
                 {
+                    // Sent once, after the content.
                     self.usage = Some(u);
+                    self.complete = true;
                 }
             }
             Api::Responses => {
+                // Only the terminal events carry usage.
                 let usage = event.get("response").and_then(|r| r.get("usage"));
                 if let Some(u) = usage.and_then(|u| from_usage_object(self.api, u)) {
                     self.usage = Some(u);
+                    self.complete = true;
                 }
             }
             Api::Gemini => {
@@ -330,6 +380,8 @@ impl Scanner {
                     usage.cached_input = full.cached_input;
                 }
                 self.usage = Some(usage);
+                // message_start's output count is a placeholder; the delta's is the total.
+                self.complete = true;
             }
             _ => {}
         }
@@ -350,6 +402,7 @@ impl Scanner {
                 usage: self.usage,
                 model: self.model,
                 events: self.events,
+                complete: self.complete,
             };
         }
         let model = string_field(&self.head, self.model_key())
@@ -358,6 +411,7 @@ impl Scanner {
             usage: self.tail_usage(),
             model,
             events: 0,
+            complete: true,
         }
     }
 
@@ -372,6 +426,10 @@ impl Scanner {
         let value: Value = serde_json::from_slice(object).ok()?;
         from_usage_object(self.api, &value)
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The JSON object after `: ` at the start of `bytes`, up to its matching brace.
@@ -664,5 +722,190 @@ mod tests {
         let mut done = Scanner::new(Api::OpenAi, true);
         done.push(b"data: {\"x\":1}\n\ndata: [DONE]\n\n");
         assert_eq!(done.finish().events, 1, "[DONE] is not an event");
+    }
+
+    fn plain(input: u64, cached_input: u64, output: u64, reasoning: u64) -> Usage {
+        Usage {
+            input,
+            cached_input,
+            output,
+            reasoning,
+        }
+    }
+
+    /// Issue 16: an Anthropic stream read for 200 content events and dropped was billed 1
+    /// output token, `message_start`'s placeholder taken as final.
+    #[test]
+    fn a_cut_anthropic_stream_is_billed_its_prompt_and_an_output_token_per_event() {
+        let mut scanner = Scanner::new(Api::Anthropic, true);
+        scanner.push(b"event: message_start
+data: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n");
+        for _ in 0..200 {
+            scanner.push(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"w\"}}\n\n");
+        }
+        let cut = scanner.finish();
+        assert!(!cut.complete);
+        let (billed, estimated) = bill(&cut, 200, plain(99, 0, 0, 0)).unwrap();
+        assert_eq!((billed.input, billed.output, estimated), (25, 201, true));
+
+        // The same stream ended properly bills what the provider said.
+        let mut whole = Scanner::new(Api::Anthropic, true);
+        whole.push(b"data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n");
+        whole.push(b"data: {\"type\":\"content_block_delta\"}\n\n");
+        whole.push(b"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n");
+        let done = whole.finish();
+        assert_eq!(
+            bill(&done, 200, Usage::default()),
+            Some((plain(25, 0, 7, 0), false))
+        );
+    }
+
+    #[test]
+    fn a_cut_gemini_stream_is_not_final_until_its_finish_reason() {
+        let event = |n: u64, finish: &str| {
+            format!("data: {{\"candidates\":[{{\"content\":{{}}{finish}}}],\"usageMetadata\":{{\"promptTokenCount\":9,\"candidatesTokenCount\":{n}}}}}\n\n")
+        };
+        let mut cut = Scanner::new(Api::Gemini, true);
+        for n in 1..=5 {
+            cut.push(event(n, "").as_bytes());
+        }
+        let cut = cut.finish();
+        assert!(!cut.complete);
+        let mut done = Scanner::new(Api::Gemini, true);
+        done.push(event(1, "").as_bytes());
+        done.push(event(12, ",\"finishReason\":\"STOP\"").as_bytes());
+        let done = done.finish();
+        assert!(done.complete);
+        assert_eq!(bill(&done, 200, Usage::default()).unwrap().0.output, 12);
+    }
+
+    #[test]
+    fn what_is_billed_without_the_providers_plain() {
+        let prompt = plain(10, 0, 0, 0);
+        let nothing = Scanned::default();
+        assert_eq!(
+            bill(&nothing, 0, prompt),
+            Some((prompt, true)),
+            "client left"
+        );
+        assert_eq!(
+            bill(&nothing, 502, prompt),
+            Some((Usage::default(), false)),
+            "provider error"
+        );
+        assert_eq!(bill(&nothing, 200, prompt), None, "missing");
+        let events = Scanned {
+            events: 4,
+            ..Scanned::default()
+        };
+        assert_eq!(bill(&events, 200, prompt), Some((plain(10, 0, 4, 0), true)));
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scan(api: Api, sse: bool, body: &[u8], cuts: &[usize]) -> Scanned {
+        let mut scanner = Scanner::new(api, sse);
+        let mut at = 0;
+        for &cut in cuts {
+            let cut = cut.min(body.len()).max(at);
+            scanner.push(&body[at..cut]);
+            at = cut;
+        }
+        scanner.push(&body[at..]);
+        scanner.finish()
+    }
+
+    fn api() -> impl Strategy<Value = Api> {
+        prop_oneof![
+            Just(Api::OpenAi),
+            Just(Api::Responses),
+            Just(Api::Anthropic),
+            Just(Api::Gemini),
+            Just(Api::Images),
+            Just(Api::Audio)
+        ]
+    }
+
+    /// A stream in the API's format reporting these counts, with content events between.
+    fn stream(api: Api, input: u64, output: u64, content: usize) -> String {
+        let content_event = "data: {\"choices\":[{\"delta\":{\"content\":\"x\u{e9}\"}}]}\r\n\r\n";
+        let mut body = String::new();
+        if api == Api::Anthropic {
+            body += &format!("event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"usage\":{{\"input_tokens\":{input},\"output_tokens\":1}}}}}}\n\n");
+        }
+        for _ in 0..content {
+            body += content_event;
+            body += ": keep-alive\n\n";
+        }
+        body += &match api {
+            Api::OpenAi => format!("data: {{\"usage\":{{\"prompt_tokens\":{input},\"completion_tokens\":{output}}}}}\n\ndata: [DONE]\n\n"),
+            Api::Images | Api::Audio => format!("data: {{\"type\":\"done\",\"usage\":{{\"input_tokens\":{input},\"output_tokens\":{output}}}}}\n\n"),
+            Api::Responses => format!("data: {{\"type\":\"response.completed\",\"response\":{{\"usage\":{{\"input_tokens\":{input},\"output_tokens\":{output}}}}}}}\n\n"),
+            Api::Anthropic => format!("data: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":{output}}}}}\n\n"),
+            Api::Gemini => format!("data: {{\"candidates\":[{{\"finishReason\":\"STOP\"}}],\"usageMetadata\":{{\"promptTokenCount\":{input},\"candidatesTokenCount\":{output}}}}}\n\n"),
+        };
+        body
+    }
+
+    proptest! {
+        /// Every provider's stream gives its counts whatever the chunking, u64 extremes
+        /// included, and is complete.
+        #[test]
+        fn streams_read_the_same_however_they_are_cut(
+            api in api(),
+            input in any::<u64>(),
+            output in any::<u64>(),
+            content in 0usize..5,
+            cuts in proptest::collection::vec(0usize..2000, 0..12),
+        ) {
+            let body = stream(api, input, output, content);
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let got = scan(api, true, body.as_bytes(), &cuts);
+            prop_assert!(got.complete);
+            let usage = got.usage.unwrap();
+            prop_assert_eq!((usage.input, usage.output), (input, output));
+            let whole = scan(api, true, body.as_bytes(), &[]);
+            prop_assert_eq!(got, whole);
+        }
+
+        /// Whatever bytes an upstream sends, in any chunks, the scanner neither panics nor
+        /// bills a cut stream less than one token per event.
+        #[test]
+        fn any_bytes_are_scanned_without_a_panic(
+            api in api(),
+            sse in any::<bool>(),
+            body in proptest::collection::vec(any::<u8>(), 0..4096),
+            cuts in proptest::collection::vec(0usize..4096, 0..8),
+        ) {
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let got = scan(api, sse, &body, &cuts);
+            if let Some((billed, _)) = bill(&got, 200, Usage::default()) {
+                if !got.complete {
+                    prop_assert!(billed.output >= got.events);
+                }
+            }
+        }
+
+        /// Usage objects with counts at the u64 extremes never wrap.
+        #[test]
+        fn usage_objects_at_the_extremes_saturate(
+            input in any::<u64>(), read in any::<u64>(), write in any::<u64>(),
+            candidates in any::<u64>(), thoughts in any::<u64>(),
+        ) {
+            let anthropic = serde_json::json!({"input_tokens": input,
+                "cache_read_input_tokens": read, "cache_creation_input_tokens": write});
+            let got = from_usage_object(Api::Anthropic, &anthropic).unwrap();
+            prop_assert_eq!(got.input, input.saturating_add(read).saturating_add(write));
+            let gemini = serde_json::json!({"promptTokenCount": 1,
+                "candidatesTokenCount": candidates, "thoughtsTokenCount": thoughts});
+            let got = from_usage_object(Api::Gemini, &gemini).unwrap();
+            prop_assert_eq!(got.output, candidates.saturating_add(thoughts));
+        }
     }
 }

@@ -162,3 +162,15 @@ pub fn until_status(status: u16, mut send: impl FnMut() -> Response) -> Response
         sleep(Duration::from_millis(50));
     }
 }
+
+/// Prices a model (credits per 1,000,000 tokens in and out): keys with a limit may only
+/// call priced models.
+pub fn price_model(stack: &Stack, model: &str, input: u64, output: u64) {
+    let (status, body) = admin(
+        stack,
+        reqwest::Method::PUT,
+        &format!("/api/v1/models/{model}"),
+        Some(json!({"input": input, "output": output})),
+    );
+    assert_eq!(status, 201, "price {model}: {body}");
+}

@@ -44,7 +44,12 @@ pub fn envoy_bin() -> PathBuf {
     required(repo_root().join(".venv/bin/envoy"), "make setup")
 }
 
+/// The built filter, or the one `KEYGATE_E2E_WASM` names (to watch a test fail on an
+/// older build: `KEYGATE_E2E_WASM=/path/to/old/keygate.wasm cargo test ...`).
 pub fn filter_wasm() -> PathBuf {
+    if let Some(path) = std::env::var_os("KEYGATE_E2E_WASM") {
+        return required(PathBuf::from(path), "a build of the filter");
+    }
     required(
         target_dir().join("wasm32-wasip1/release/keygate.wasm"),
         "make build",

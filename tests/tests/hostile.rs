@@ -7,7 +7,9 @@ use std::net::TcpStream;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use keygate_e2e::api::{admin, client, create_key, filter_stat, until_synced, CreatedKey};
+use keygate_e2e::api::{
+    admin, assert_error, client, create_key, filter_stat, until_synced, CreatedKey,
+};
 use keygate_e2e::stack::Stack;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -16,13 +18,7 @@ const GEMINI: &str = "/v1beta/models/gemini-2.0-flash:generateContent";
 
 /// Prices a model at `credits` per token, in and out.
 fn price(stack: &Stack, model: &str, credits: u64) {
-    let (status, body) = admin(
-        stack,
-        Method::PUT,
-        &format!("/api/v1/models/{model}"),
-        Some(json!({"input": credits * 1_000_000, "output": credits * 1_000_000})),
-    );
-    assert_eq!(status, 201, "{body}");
+    keygate_e2e::api::price_model(stack, model, credits * 1_000_000, credits * 1_000_000);
 }
 
 /// Sends `head` and `body` on a new connection, then closes its sending side and reads
@@ -170,7 +166,10 @@ fn an_odd_record_voids_no_other_bill(stack: Stack) {
         b_before + 1,
         "B's call is billed: {b_rows:#?}"
     );
-    assert_eq!(b_rows[0]["model"], "unknown", "{b_rows:#?}");
+    assert!(
+        b_rows.iter().any(|r| r["model"] == "unknown"),
+        "{b_rows:#?}"
+    );
     assert_eq!(filter_stat(&stack, "keygate.usage_dropped").unwrap_or(0), 0);
 }
 
@@ -182,4 +181,236 @@ fn an_odd_record_voids_no_other_bill_on_sqlite() {
 #[test]
 fn an_odd_record_voids_no_other_bill_on_postgres() {
     an_odd_record_voids_no_other_bill(Stack::builder().postgres().start());
+}
+
+/// An Anthropic stream read for a while and dropped by the client: billed its prompt and
+/// at least an output token per event that went by, not `message_start`'s placeholder 1.
+#[test]
+fn a_cut_anthropic_stream_is_billed_for_what_went_by() {
+    use std::io::Read;
+    let stack = Stack::start();
+    let key = create_key(&stack, json!({"name": "cutter"}));
+    let messages = |secret: &str, body: Value| {
+        client()
+            .post(format!("{}/v1/messages", stack.envoy_url))
+            .header("x-api-key", secret)
+            .header("x-mock-chunk-delay-ms", "10")
+            .json(&body)
+            .send()
+            .expect("messages request")
+    };
+    let short = json!({"model": "claude-haiku", "max_tokens": 2,
+        "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(
+        until_synced(|| messages(&key.secret, short.clone())).status(),
+        200
+    );
+    let before = usage_rows(&stack, &key, 1).len();
+
+    let long = json!({"model": "claude-haiku", "max_tokens": 1000, "stream": true,
+        "messages": [{"role": "user", "content": "tell me a long story"}]});
+    let mut res = messages(&key.secret, long);
+    assert_eq!(res.status(), 200);
+    // About 100 events at 10 ms each, then the client hangs up.
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(1) {
+        let n = res.read(&mut buf).unwrap();
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(res);
+    let deltas = String::from_utf8_lossy(&seen)
+        .matches("event: content_block_delta")
+        .count() as u64;
+    assert!(deltas >= 20, "{deltas} content events read");
+
+    let rows = usage_rows(&stack, &key, before + 1);
+    let cut = &rows[0];
+    assert_eq!(cut["estimated"], true, "{cut}");
+    // The real prompt count from message_start (5 words), and no less output than the
+    // content events the client read, nor more than were asked for.
+    assert_eq!(cut["input_tokens"], 5, "{cut}");
+    let output = cut["output_tokens"].as_u64().unwrap();
+    assert!(
+        output >= deltas && output < 1000,
+        "{output} for {deltas} events: {cut}"
+    );
+}
+
+/// A body the filter edits (it adds `stream_options.include_usage`) goes upstream with
+/// an exact `content-length`, not chunked: some upstreams refuse chunked request bodies.
+#[test]
+fn an_edited_body_keeps_an_exact_length() {
+    let stack = Stack::start();
+    let key = create_key(&stack, json!({"name": "streamer"}));
+    let body = json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": "hello"}]});
+    let send = || {
+        client()
+            .post(format!("{}/v1/chat/completions", stack.envoy_url))
+            .bearer_auth(&key.secret)
+            .json(&body)
+            .send()
+            .expect("chat request")
+    };
+    let res = until_synced(send);
+    assert_eq!(res.status(), 200);
+    let _ = res.text();
+    let seen = keygate_e2e::api::upstream_requests(&stack)
+        .pop()
+        .expect("the upstream saw the request");
+    let sent = seen["body"].as_str().unwrap();
+    assert!(sent.contains("include_usage"), "{sent}");
+    assert_eq!(
+        keygate_e2e::api::header(&seen, "content-length"),
+        Some(sent.len().to_string().as_str()),
+        "{seen}"
+    );
+    assert_eq!(keygate_e2e::api::header(&seen, "transfer-encoding"), None);
+}
+
+/// A quota-limited key against every endpoint family: what keygate can meter is billed
+/// (images, transcriptions, a trailing slash, a percent-escaped path), the rest is
+/// refused with `endpoint_not_metered`; models nobody priced are refused with
+/// `model_not_priced`, and priced by a pattern (`gpt-4o-*`) they are billed.
+#[test]
+fn no_endpoint_family_is_unmetered_and_no_model_free() {
+    let stack = Stack::start();
+    for model in ["gpt-4o-mini", "gpt-image-1", "gpt-4o-transcribe"] {
+        price(&stack, model, 1);
+    }
+    let key = create_key(
+        &stack,
+        json!({"name": "limited", "unlimited_quota": false, "quota": 10_000_000}),
+    );
+    let post = |path: &str, body: Value| {
+        client()
+            .post(format!("{}{path}", stack.envoy_url))
+            .bearer_auth(&key.secret)
+            .json(&body)
+            .send()
+            .expect("request")
+    };
+    let chat = json!({"model": "gpt-4o-mini", "max_tokens": 3,
+        "messages": [{"role": "user", "content": "four words right here"}]});
+    assert_eq!(
+        until_synced(|| post("/v1/chat/completions", chat.clone())).status(),
+        200
+    );
+    let mut expected = 1;
+
+    for path in ["/v1/chat/completions/", "/v1/chat/complet%69ons"] {
+        let res = post(path, chat.clone());
+        assert_eq!(
+            res.status(),
+            200,
+            "{path}: {}",
+            res.text().unwrap_or_default()
+        );
+        expected += 1;
+    }
+    let image = post(
+        "/v1/images/generations",
+        json!({"model": "gpt-image-1", "prompt": "a red fox", "n": 2}),
+    );
+    assert_eq!(image.status(), 200);
+    expected += 1;
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("model", "gpt-4o-transcribe")
+        .part(
+            "file",
+            reqwest::blocking::multipart::Part::bytes(vec![7u8; 1000]).file_name("a.wav"),
+        );
+    let upload = client()
+        .post(format!("{}/v1/audio/transcriptions", stack.envoy_url))
+        .bearer_auth(&key.secret)
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(
+        upload.status(),
+        200,
+        "{}",
+        upload.text().unwrap_or_default()
+    );
+    expected += 1;
+
+    for (path, body) in [
+        (
+            "/v1/batches",
+            json!({"input_file_id": "file-1", "endpoint": "/v1/chat/completions"}),
+        ),
+        (
+            "/v1/audio/speech",
+            json!({"model": "tts-1", "input": "hello"}),
+        ),
+        ("/v1/images/variations", json!({"model": "dall-e-2"})),
+        ("/v1/messages/batches", json!({"requests": []})),
+    ] {
+        assert_error(post(path, body), 403, "endpoint_not_metered");
+    }
+    // An escaped slash is refused by Envoy's shipped configuration before any filter.
+    let hidden = post("/v1/chat/completions%2F..%2F..%2Fbatches", chat.clone());
+    assert_eq!(hidden.status(), 400);
+    let mut dated = chat.clone();
+    dated["model"] = json!("gpt-4o-2024-11-20");
+    assert_error(
+        post("/v1/chat/completions", dated.clone()),
+        403,
+        "model_not_priced",
+    );
+    // Priced by a pattern, the dated alias is admitted (once the price has synced).
+    price(&stack, "gpt-4o-*", 1);
+    let res = keygate_e2e::api::until_status(200, || post("/v1/chat/completions", dated.clone()));
+    assert_eq!(res.status(), 200);
+    expected += 1;
+
+    let rows = usage_rows(&stack, &key, expected);
+    assert_eq!(rows.len(), expected, "{rows:#?}");
+    for row in &rows {
+        assert!(row["cost"].as_u64().unwrap() > 0, "billed: {row}");
+        assert_eq!(row["priced"], true, "{row}");
+    }
+    let of = |model: &str| {
+        rows.iter()
+            .find(|r| r["model"] == model)
+            .unwrap_or_else(|| panic!("{model} billed: {rows:#?}"))
+    };
+    // 3 words of prompt, 272 tokens an image.
+    assert_eq!(of("gpt-image-1")["output_tokens"], 544);
+    // 1,000 bytes of audio (a token per 100), 5 words of text.
+    let transcribed = of("gpt-4o-transcribe");
+    assert_eq!(
+        (&transcribed["input_tokens"], &transcribed["output_tokens"]),
+        (&json!(10), &json!(5))
+    );
+}
+
+/// A model-restricted key uploading a file (multipart, as every SDK sends it) is checked
+/// by the form's `model` field, not refused as "not JSON".
+#[test]
+fn an_upload_is_checked_by_its_model_field() {
+    let stack = Stack::start();
+    let key = create_key(
+        &stack,
+        json!({"name": "restricted", "models": ["whisper-1", "gpt-4o-mini"]}),
+    );
+    let upload = |model: &str| {
+        let form = reqwest::blocking::multipart::Form::new()
+            .part(
+                "file",
+                reqwest::blocking::multipart::Part::bytes(vec![1u8; 500]).file_name("a.wav"),
+            )
+            .text("model", model.to_string());
+        client()
+            .post(format!("{}/v1/audio/transcriptions", stack.envoy_url))
+            .bearer_auth(&key.secret)
+            .multipart(form)
+            .send()
+            .unwrap()
+    };
+    let res = until_synced(|| upload("whisper-1"));
+    assert_eq!(res.status(), 200, "{}", res.text().unwrap_or_default());
+    assert_error(upload("gpt-4o-transcribe"), 403, "model_not_allowed");
 }

@@ -49,6 +49,8 @@ fn a_key_expires_on_time_by_the_filters_clock_without_a_new_snapshot() {
 #[test]
 fn a_key_without_quota_left_gets_429_insufficient_quota() {
     let stack = Stack::start();
+    // Keys with a limit may only call priced models.
+    keygate_e2e::api::price_model(&stack, "gpt-4o-mini", 1, 1);
     let spent = create_key(
         &stack,
         json!({"name": "spent", "unlimited_quota": false, "quota": 0}),

@@ -108,6 +108,9 @@ fn a_body_read_for_the_model_must_be_json_and_within_the_limit() {
 #[test]
 fn group_and_account_changes_through_the_api_reach_the_filter() {
     let stack = Stack::start();
+    // Keys of an account with a balance may only call priced models.
+    keygate_e2e::api::price_model(&stack, "gpt-4o-mini", 1, 1);
+    keygate_e2e::api::price_model(&stack, "gpt-4o", 1, 1);
     let (status, _) = keygate_e2e::api::admin(
         &stack,
         reqwest::Method::PUT,

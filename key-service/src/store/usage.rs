@@ -141,7 +141,21 @@ impl Store {
             let mut tx = pool.begin_write().await?;
             // Looked up once per batch: a batch holds few keys and models, many records.
             let mut keys: HashMap<String, Option<(String, String, f64)>> = HashMap::new();
-            let mut prices: HashMap<String, Option<Price>> = HashMap::new();
+            // Every price, once per batch (a few hundred rows at most): a model without a
+            // price of its own takes its most specific pattern's (`gpt-4o-*`).
+            let mut prices: HashMap<String, Price> = HashMap::new();
+            for row in sqlx::query("SELECT name, input, output, cached_input FROM model_prices")
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                let input = row.real("input")?;
+                let price = Price {
+                    input,
+                    output: row.real("output")?,
+                    cached_input: row.opt_real("cached_input")?.unwrap_or(input),
+                };
+                prices.insert(row.text("name")?, price);
+            }
             // Per key: credits and the newest request; per account: credits. Written once
             // each at the end.
             let mut billed_keys: BTreeMap<String, (i64, i64)> = BTreeMap::new();
@@ -171,29 +185,7 @@ impl Store {
                     }
                 };
                 let ratio = key.as_ref().map_or(1.0, |k| k.2);
-                let price = match prices.get(&record.model) {
-                    Some(price) => *price,
-                    None => {
-                        let price = sqlx::query(
-                            "SELECT input, output, cached_input FROM model_prices \
-                             WHERE name = $1",
-                        )
-                        .bind(&record.model)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                        .map(|row| -> Result<Price, sqlx::Error> {
-                            let input = row.real("input")?;
-                            Ok(Price {
-                                input,
-                                output: row.real("output")?,
-                                cached_input: row.opt_real("cached_input")?.unwrap_or(input),
-                            })
-                        })
-                        .transpose()?;
-                        prices.insert(record.model.clone(), price);
-                        price
-                    }
-                };
+                let price = keygate::model::lookup(&prices, &record.model);
                 let cost = pricing::cost(record.tokens, price, ratio);
                 let inserted = sqlx::query(
                     "INSERT INTO usage_log (request_id, key_id, key_name, account, model, \

@@ -357,3 +357,50 @@ async fn counts_at_the_extremes_are_bounded_and_sums_saturate() {
         "{bucket}"
     );
 }
+
+/// A model priced by a pattern (`gpt-4o-*`) is billed at the most specific one: dated
+/// aliases are priced without listing each.
+#[tokio::test]
+async fn patterns_price_dated_aliases_most_specific_first() {
+    let service = Service::start().await;
+    for (name, credits) in [("gpt-4o-*", 1_000_000), ("gpt-4o-mini", 2_000_000)] {
+        let put = service
+            .request(Method::PUT, &format!("/api/v1/models/{name}"), Some(ADMIN))
+            .json(&json!({"input": credits, "output": credits}));
+        assert_eq!(service.send(put).await.status, 201);
+    }
+    let key = service.create_ok(json!({"name": "k"})).await.remove(0);
+    let id = key["id"].as_str().unwrap();
+    let at = |request_id: &str, model: &str| {
+        let mut r = record(request_id, id, 10, 10);
+        r["model"] = json!(model);
+        r
+    };
+    let reply = service
+        .report(
+            json!([
+                at("dated", "gpt-4o-2024-11-20"),
+                at("exact", "gpt-4o-mini"),
+                at("other", "o3")
+            ]),
+            FILTER,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let log = service
+        .admin_get(&format!("/api/v1/usage?key_id={id}"))
+        .await
+        .body;
+    let cost = |request_id: &str| {
+        log["usage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["request_id"] == request_id)
+            .map(|r| (r["cost"].clone(), r["priced"].clone()))
+            .unwrap()
+    };
+    assert_eq!(cost("dated"), (json!(20), json!(true)));
+    assert_eq!(cost("exact"), (json!(40), json!(true)));
+    assert_eq!(cost("other"), (json!(0), json!(false)));
+}

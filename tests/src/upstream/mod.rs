@@ -8,6 +8,7 @@
 
 mod anthropic;
 mod gemini;
+mod media;
 mod openai;
 mod usage;
 
@@ -44,7 +45,10 @@ struct AppState {
 
 /// Every route of the mock upstream.
 pub fn router() -> Router {
-    let state = AppState::default();
+    routes(AppState::default())
+}
+
+fn routes(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/mock/requests", get(requests).delete(clear_requests))
@@ -56,8 +60,70 @@ pub fn router() -> Router {
         .route("/openai/deployments/{deployment}/{*operation}", post(azure))
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1beta/models/{model_action}", post(gemini))
-        .fallback(not_found)
+        .route("/v1/images/generations", post(media::image_generations))
+        .route("/v1/audio/transcriptions", post(media::transcriptions))
+        .route("/v1/audio/translations", post(media::transcriptions))
+        .route("/v1/audio/speech", post(media::speech))
+        .route("/v1/batches", post(media::batches))
+        .fallback(lenient)
         .with_state(state)
+}
+
+impl AppState {
+    /// Logs a request the handler read itself (a multipart form), for `GET /mock/requests`.
+    fn note(&self, entry: Value) {
+        if let Ok(mut log) = self.log.lock() {
+            if log.len() == LOG_CAPACITY {
+                log.pop_front();
+            }
+            log.push_back(entry);
+        }
+    }
+}
+
+/// A path no route takes is read as lenient providers read it (percent-escapes decoded,
+/// `//` merged, a trailing `/` dropped) and routed again: what keygate must not mistake
+/// for something cheaper (`/v1/chat/complet%69ons`, `/v1/chat/completions/`).
+async fn lenient(State(state): State<AppState>, mut req: Request) -> Response {
+    use tower::ServiceExt;
+    let path = req.uri().path();
+    let mut decoded = Vec::with_capacity(path.len());
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                decoded.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8_lossy(&decoded).into_owned();
+    let segments: Vec<&str> = decoded.split('/').filter(|s| !s.is_empty()).collect();
+    let normal = format!("/{}", segments.join("/"));
+    if normal == path {
+        return not_found().await;
+    }
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    match format!("{normal}{query}").parse() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => return not_found().await,
+    }
+    match routes(state).oneshot(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    }
 }
 
 /// Which provider's error shape a refusal takes.
