@@ -41,6 +41,25 @@ else
     ok "$(.venv/bin/envoy --version | grep -o "$ENVOY_VERSION/[A-Za-z]*/[A-Z]*")"
 fi
 
+say "The official SDKs the compatibility suite drives (tests/tests/sdk.rs): Python ones into .venv/"
+# Pinned in tests/sdk/requirements.txt; pip's check is what decides whether to install.
+sdk_pins=$(grep -E '^[A-Za-z0-9_.-]+==' tests/sdk/requirements.txt) || die "no pins in tests/sdk/requirements.txt"
+sdk_missing=""
+for pin in $sdk_pins; do
+    have=$( (.venv/bin/python -m pip show "${pin%%==*}" 2>/dev/null || true) | sed -n 's/^Version: //p')
+    [ "$have" = "${pin#*==}" ] || sdk_missing="$sdk_missing $pin"
+done
+if [ -z "$sdk_missing" ]; then
+    ok "already installed:" $sdk_pins
+else
+    echo "    installing:$sdk_missing"
+    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt \
+        || die "pip could not install the SDKs of tests/sdk/requirements.txt"
+    .venv/bin/python -c 'import openai, anthropic, google.genai' \
+        || die "the SDKs installed but .venv/bin/python cannot import them"
+    ok "$(echo $sdk_pins)"
+fi
+
 say "Rust for the host (key-service, tests), with rustfmt and clippy"
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
 cargo fmt --version >/dev/null 2>&1 || timeout 300 rustup component add rustfmt || die "rustfmt missing and rustup could not add it"
@@ -63,11 +82,22 @@ else
     ok "$(/usr/bin/rustc --version), $(wasm-ld-19 --version | head -1)"
 fi
 
-say "Node.js (runs wasm-bindgen tests in V8)"
+say "Node.js (runs wasm-bindgen tests in V8 and the Node SDK in tests/sdk/)"
 if ! command -v node >/dev/null; then
     apt_install nodejs
 fi
 ok "node $(node --version)"
+
+say "The OpenAI SDK for Node (tests/sdk/package-lock.json, into tests/sdk/node_modules/)"
+command -v npm >/dev/null || apt_install npm
+node_sdk=$(sed -n '/"node_modules\/openai"/,/}/ s/.*"version": "\(.*\)".*/\1/p' tests/sdk/package-lock.json | head -1)
+[ -n "$node_sdk" ] || die "tests/sdk/package-lock.json names no openai version"
+if [ "$(node -p 'require("./tests/sdk/node_modules/openai/package.json").version' 2>/dev/null)" = "$node_sdk" ]; then
+    ok "openai $node_sdk already installed"
+else
+    (cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/sdk failed"
+    ok "openai $node_sdk for node $(node --version)"
+fi
 
 say "docker-compose (validates docker-compose.yml; no Docker engine is needed)"
 if ! command -v docker-compose >/dev/null; then

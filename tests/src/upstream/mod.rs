@@ -1,6 +1,7 @@
 //! The mock LLM upstream of the contract: OpenAI (Chat Completions, Completions, Responses,
-//! Embeddings, also under Azure's deployment paths), Anthropic Messages and Gemini
-//! generateContent / streamGenerateContent, streamed or not, with deterministic usage.
+//! Embeddings, also under Azure's deployment paths; the model list), Anthropic Messages and
+//! Gemini generateContent / streamGenerateContent (under `v1beta` and `v1`), streamed or
+//! not, with deterministic usage.
 //! It also records what reached it (`GET /mock/requests`) so tests can check what the
 //! filter let through, and tallies the usage its chat answers reported per
 //! `x-keygate-key-id` (`GET /mock/usage`), so the benchmark can reconcile it with what
@@ -25,6 +26,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+pub use openai::MODELS;
 pub use usage::Usage;
 
 /// Requests kept for `GET /mock/requests`.
@@ -59,6 +61,13 @@ fn routes(state: AppState) -> Router {
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/openai/deployments/{deployment}/{*operation}", post(azure))
         .route("/v1/messages", post(anthropic_messages))
+        .route("/v1/models", get(openai::list_models))
+        // `GET` retrieves an OpenAI model; `POST` is Gemini's `{model}:{action}` under the
+        // `v1` version prefix (the Google Gen AI SDK's `api_version="v1"`).
+        .route(
+            "/v1/models/{model_action}",
+            get(openai::retrieve_model).post(gemini),
+        )
         .route("/v1beta/models/{model_action}", post(gemini))
         .route("/v1/images/generations", post(media::image_generations))
         .route("/v1/audio/transcriptions", post(media::transcriptions))
@@ -395,7 +404,8 @@ async fn anthropic_messages(State(s): State<AppState>, req: Request) -> Response
     }
 }
 
-/// `/v1beta/models/{model}:{action}`: the model and the action share one path segment.
+/// `/v1beta/models/{model}:{action}` (and `/v1/...`): the model and the action share one
+/// path segment.
 async fn gemini(
     State(s): State<AppState>,
     Path(model_action): Path<String>,

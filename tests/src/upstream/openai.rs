@@ -198,3 +198,41 @@ pub fn embeddings(body: &Value, deployment: Option<&str>, knobs: Knobs) -> Respo
     )
     .into_response()
 }
+
+/// The models `GET /v1/models` lists, as `(id, owned_by)`.
+pub const MODELS: &[(&str, &str)] = &[
+    ("gpt-4o", "openai"),
+    ("gpt-4o-mini", "openai"),
+    ("text-embedding-3-small", "openai"),
+    ("claude-sonnet-4-5", "anthropic"),
+    ("gemini-2.5-flash", "google"),
+];
+
+fn model_object(id: &str, owned_by: &str) -> Value {
+    json!({"id": id, "object": "model", "created": CREATED, "owned_by": owned_by})
+}
+
+/// `GET /v1/models`: the OpenAI list shape.
+pub async fn list_models() -> Json<Value> {
+    let data: Vec<Value> = MODELS
+        .iter()
+        .map(|(id, owner)| model_object(id, owner))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{model}`: one model of the list, or OpenAI's 404.
+pub async fn retrieve_model(axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    match MODELS.iter().find(|(m, _)| *m == id) {
+        Some((id, owner)) => Json(model_object(id, owner)).into_response(),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            Json(
+                json!({"error": {"message": format!("The model '{id}' does not exist"),
+                "type": "invalid_request_error", "param": "model",
+                "code": "model_not_found"}}),
+            ),
+        )
+            .into_response(),
+    }
+}

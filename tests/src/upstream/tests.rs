@@ -212,6 +212,59 @@ fn gemini_streams_repeat_cumulative_usage_as_sse_or_a_json_array() {
 }
 
 #[test]
+fn gemini_is_served_under_the_v1_prefix_too() {
+    let base = serve();
+    let body = json!({"contents": [{"parts": [{"text": "a b"}]}]});
+    let (status, one) = post(
+        &base,
+        "/v1/models/gemini-x:generateContent",
+        body.clone(),
+        &[],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(json_of(&one)["usageMetadata"]["promptTokenCount"], 2);
+    let path = "/v1/models/gemini-x:streamGenerateContent?alt=sse";
+    let (status, text) = post(&base, path, body, &[]);
+    assert_eq!(status, 200);
+    let events = sse_data(&text);
+    assert_eq!(
+        events.last().unwrap()["usageMetadata"]["candidatesTokenCount"],
+        16
+    );
+}
+
+#[test]
+fn models_are_listed_and_retrieved_in_openai_shape() {
+    let base = serve();
+    let get = |path: &str| {
+        let res = Client::new().get(format!("{base}{path}")).send().unwrap();
+        (res.status().as_u16(), res.json::<Value>().unwrap())
+    };
+    let (status, list) = get("/v1/models");
+    assert_eq!(status, 200);
+    assert_eq!(list["object"], "list");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"gpt-4o-mini"), "{list}");
+    assert!(list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["object"] == "model"));
+    let (status, one) = get("/v1/models/gpt-4o");
+    assert_eq!((status, &one["id"]), (200, &json!("gpt-4o")));
+    let (status, missing) = get("/v1/models/nope");
+    assert_eq!(
+        (status, &missing["error"]["code"]),
+        (404, &json!("model_not_found"))
+    );
+}
+
+#[test]
 fn azure_deployment_paths_answer_in_openai_shape() {
     let base = serve();
     let path = "/openai/deployments/my-gpt/chat/completions?api-version=2024-10-21";
