@@ -329,14 +329,28 @@ impl Entry {
         self.models.is_some()
     }
 
-    /// Whether the key's own list allows `model` (a key without a list allows all).
+    /// Whether the key's own list allows `model` (a key without a list allows all); an
+    /// entry ending in `*` is a pattern (`model::specificity`).
     pub fn allows_model(&self, model: &str) -> bool {
         let Some(start) = self.models else {
             return true;
         };
         let mut r = self.list_at(start);
         let count = r.u16().unwrap_or(0);
-        (0..count).any(|_| r.str() == Some(model))
+        (0..count).any(|_| {
+            r.str()
+                .is_some_and(|entry| crate::model::specificity(entry, model).is_some())
+        })
+    }
+
+    /// The key's own model list (empty without one).
+    pub fn model_names(&self) -> Vec<&str> {
+        let Some(start) = self.models else {
+            return Vec::new();
+        };
+        let mut r = self.list_at(start);
+        let count = r.u16().unwrap_or(0);
+        (0..count).map_while(|_| r.str()).collect()
     }
 
     /// Whether the key restricts where requests may come from.

@@ -20,6 +20,7 @@ use crate::host::{self, Shared};
 use crate::include_usage::{self, StreamEditor};
 use crate::ledger::{self, Estimate};
 use crate::metrics::Metrics;
+use crate::model::ModelList;
 use crate::pricing::{self, Tokens};
 use crate::rate::{self, Limits, Standing};
 use crate::report::{Charge, Record};
@@ -28,7 +29,7 @@ use crate::route::{self, Route};
 use crate::secret::{self, KeyHash};
 use crate::shared::{self, HostError, View};
 use crate::usage::{self, Api, Scanner, Usage};
-use crate::{client_ip, credential, model, pairs};
+use crate::{client_ip, credential, model, model_list, pairs};
 
 pub struct Http {
     view: SharedView,
@@ -62,6 +63,10 @@ pub struct Http {
     /// The boundary of a `multipart/form-data` request body (an upload), whose model is
     /// its `model` form field.
     form_boundary: Option<String>,
+    /// A model list read with a model-restricted key: what it may show.
+    listing: Option<model_list::Allowed>,
+    /// The upstream answered the list with 200 (else the key's own list is sent).
+    listing_upstream: bool,
 }
 
 /// A rate-limited key's request.
@@ -149,6 +154,8 @@ impl Http {
             rate: None,
             allow_unpriced_models: config.allow_unpriced_models,
             form_boundary: None,
+            listing: None,
+            listing_upstream: false,
         }
     }
 
@@ -354,7 +361,21 @@ impl Http {
             check_model(&view.tables, &key, Some(requested))?;
         } else if restricts_models(&view.tables, &key) {
             // Only requests whose key or group restricts models must show their model.
-            if end_of_stream {
+            let method = header(":method").unwrap_or_default();
+            let listed = path.and_then(|p| route::listed_model(method, p));
+            if path.is_some_and(|p| route::is_model_list(method, p)) {
+                // Answered with the key's models when the response comes.
+                let models: Vec<String> =
+                    key.model_names().into_iter().map(str::to_owned).collect();
+                self.listing = Some(model_list::Allowed {
+                    key: ModelList::for_key(&models),
+                    group: view.tables.group_models(key.group()).clone(),
+                });
+                // Only a plain body can be filtered.
+                host::set_request_header("accept-encoding", "identity").map_err(|_| HOST_FAILED)?;
+            } else if listed.is_some() {
+                check_model(&view.tables, &key, listed)?;
+            } else if end_of_stream {
                 check_model(&view.tables, &key, None)?;
             } else {
                 model_check = true;
@@ -604,6 +625,19 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.listing.is_some() {
+            // The list is rewritten for the key: its length changes, and an upstream
+            // without a list (an error) is answered with the key's own.
+            let status = host::response_header(":status").ok().flatten();
+            self.listing_upstream = status.as_deref() == Some("200");
+            if !self.listing_upstream {
+                let _ = host::set_response_header(":status", "200");
+                let _ = host::set_response_header("content-type", "application/json");
+            }
+            let _ = host::remove_response_header("content-length");
+            let _ = host::remove_response_header("content-encoding");
+            return Action::Continue;
+        }
         if let Some(RateHold {
             limits,
             standing: Some(Ok(standing)),
@@ -638,6 +672,19 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(allowed) = &self.listing {
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            let body = host::response_body(body_size).unwrap_or_default();
+            let shown = self
+                .listing_upstream
+                .then(|| model_list::filter(&body, allowed))
+                .flatten()
+                .unwrap_or_else(|| model_list::own_list(allowed));
+            let _ = host::set_response_body(body_size, &shown);
+            return Action::Continue;
+        }
         // Each chunk goes on at once; the scanner keeps what it needs.
         if self.scanner.is_none() {
             return Action::Continue;

@@ -11,6 +11,7 @@ pub mod entry;
 pub mod include_usage;
 pub mod ledger;
 pub mod model;
+pub mod model_list;
 pub mod pairs;
 pub mod pricing;
 pub mod rate;

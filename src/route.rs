@@ -116,6 +116,31 @@ fn metered(path: &str) -> Option<Api> {
     }
 }
 
+/// Whether a request reads a whole model list (`GET /v1/models`, Gemini's
+/// `GET /v1beta/models`): for a model-restricted key it is answered with the key's models.
+pub fn is_model_list(method: &str, path: &str) -> bool {
+    (method == "GET" || method == "HEAD")
+        && ["/v1/models", "/v1beta/models"]
+            .iter()
+            .any(|list| path.eq_ignore_ascii_case(list))
+}
+
+/// The model a request reads from a model list (`GET /v1/models/{id}`), if it does.
+pub fn listed_model<'a>(method: &str, path: &'a str) -> Option<&'a str> {
+    if method != "GET" && method != "HEAD" {
+        return None;
+    }
+    let id = ["/v1/models/", "/v1beta/models/"]
+        .iter()
+        .find_map(|prefix| {
+            let head = path.get(..prefix.len())?;
+            head.eq_ignore_ascii_case(prefix)
+                .then(|| path.get(prefix.len()..))
+                .flatten()
+        })?;
+    (!id.is_empty() && !id.contains('/') && !id.contains(':')).then_some(id)
+}
+
 /// Free calls: reading model lists, counting tokens, moderation, keygate's own key view.
 fn is_free(method: &str, path: &str) -> bool {
     let read = method == "GET" || method == "HEAD";
@@ -164,6 +189,23 @@ mod tests {
         ] {
             assert_eq!(normalize(bad), Err(BadPath), "{bad}");
         }
+    }
+
+    #[test]
+    fn model_lists_and_their_models_are_told_apart() {
+        assert!(is_model_list("GET", "/v1/models"));
+        assert!(is_model_list("GET", "/v1beta/models"));
+        assert!(!is_model_list("POST", "/v1/models"));
+        assert!(!is_model_list("GET", "/v1/models/gpt-4o"));
+        assert_eq!(listed_model("GET", "/v1/models/gpt-4o"), Some("gpt-4o"));
+        assert_eq!(
+            listed_model("GET", "/v1beta/models/gemini-pro"),
+            Some("gemini-pro")
+        );
+        assert_eq!(listed_model("DELETE", "/v1/models/gpt-4o"), None);
+        assert_eq!(listed_model("GET", "/v1/models/g:generateContent"), None);
+        assert_eq!(listed_model("GET", "/v1/models/"), None);
+        assert_eq!(listed_model("GET", "/v1/models/a/b"), None);
     }
 
     #[test]

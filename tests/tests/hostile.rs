@@ -414,3 +414,58 @@ fn an_upload_is_checked_by_its_model_field() {
     assert_eq!(res.status(), 200, "{}", res.text().unwrap_or_default());
     assert_error(upload("gpt-4o-transcribe"), 403, "model_not_allowed");
 }
+
+/// `GET /v1/models` with a model-restricted key answers 200 with only its models (the
+/// upstream's list filtered, or its own where the upstream has none); an unrestricted
+/// key sees the upstream's list untouched; one model is read only if the key may use it.
+#[test]
+fn a_model_list_speaks_for_the_key() {
+    let stack = Stack::start();
+    let restricted = create_key(
+        &stack,
+        json!({"name": "few", "models": ["gpt-4o-mini", "claude-*"]}),
+    );
+    let open = create_key(&stack, json!({"name": "all"}));
+    let get = |secret: &str, path: &str| {
+        client()
+            .get(format!("{}{path}", stack.envoy_url))
+            .bearer_auth(secret)
+            .header("accept-encoding", "gzip")
+            .send()
+            .expect("models request")
+    };
+    let ids = |res: reqwest::blocking::Response| -> Vec<String> {
+        assert_eq!(res.status(), 200);
+        let list: Value = res.json().expect("a JSON list");
+        list["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let everything = ids(until_synced(|| get(&open.secret, "/v1/models")));
+    assert!(everything.len() > 2, "{everything:?}");
+    let mine = ids(until_synced(|| get(&restricted.secret, "/v1/models")));
+    let expected: Vec<String> = everything
+        .iter()
+        .filter(|m| *m == "gpt-4o-mini" || m.starts_with("claude-"))
+        .cloned()
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(mine, expected);
+    // Gemini's list path, which the mock upstream does not serve: the key's own models.
+    assert_eq!(
+        ids(get(&restricted.secret, "/v1beta/models")),
+        ["gpt-4o-mini"]
+    );
+    assert_eq!(
+        get(&restricted.secret, "/v1/models/gpt-4o-mini").status(),
+        200
+    );
+    assert_error(
+        get(&restricted.secret, "/v1/models/gpt-4o"),
+        403,
+        "model_not_allowed",
+    );
+}
