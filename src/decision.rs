@@ -22,11 +22,12 @@ pub enum Denial {
     KeyServiceUnavailable,
     ModelNotPriced,
     EndpointNotMetered,
+    InvalidRequestHeader,
 }
 
 impl Denial {
     /// Every refusal, for tables and stats.
-    pub const ALL: [Denial; 13] = [
+    pub const ALL: [Denial; 14] = [
         Denial::MissingApiKey,
         Denial::InvalidApiKey,
         Denial::KeyDisabled,
@@ -40,6 +41,7 @@ impl Denial {
         Denial::KeyServiceUnavailable,
         Denial::ModelNotPriced,
         Denial::EndpointNotMetered,
+        Denial::InvalidRequestHeader,
     ];
 
     /// `(status, type, code, message)`: the contract's error table, in one place.
@@ -119,6 +121,12 @@ impl Denial {
                 "permission_error",
                 "endpoint_not_metered",
                 "This endpoint's usage cannot be metered, so it is not open to keys with a limit.",
+            ),
+            InvalidRequestHeader => (
+                400,
+                INVALID,
+                "invalid_request_header",
+                "A request header is not valid UTF-8.",
             ),
         }
     }
@@ -475,6 +483,7 @@ mod tests {
             ),
             (Denial::ModelNotPriced, 403, "model_not_priced"),
             (Denial::EndpointNotMetered, 403, "endpoint_not_metered"),
+            (Denial::InvalidRequestHeader, 400, "invalid_request_header"),
         ];
         assert_eq!(table.len(), Denial::ALL.len());
         for (denial, status, code) in table {

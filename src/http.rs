@@ -295,7 +295,11 @@ impl Http {
     /// when both were created a moment ago), reread them and decide again, once.
     fn on_headers(&mut self, end_of_stream: bool, may_refresh: bool) -> Result<Action, Denial> {
         let buf = host::request_headers().map_err(|_| HOST_FAILED)?;
-        let headers = pairs::parse(&buf).ok_or(HOST_FAILED)?;
+        let headers = pairs::parse(&buf).map_err(|e| match e {
+            // A client's obs-text bytes: its request is bad, the gate is not down.
+            pairs::PairsError::NotUtf8 => Denial::InvalidRequestHeader,
+            pairs::PairsError::Malformed => HOST_FAILED,
+        })?;
         let secret = credential::find(&headers);
         let now_ms = host::now_ms().map_err(|_| HOST_FAILED)?;
         self.ensure_view();

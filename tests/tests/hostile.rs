@@ -469,3 +469,28 @@ fn a_model_list_speaks_for_the_key() {
         "model_not_allowed",
     );
 }
+
+/// A header value that is not UTF-8 (obs-text, which Envoy passes on) is the client's
+/// error, 400 `invalid_request_header`, not 503 `key_service_unavailable`.
+#[test]
+fn a_header_that_is_not_utf8_is_the_clients_error() {
+    let stack = Stack::start();
+    let key = create_key(&stack, json!({"name": "odd"}));
+    assert_eq!(until_synced(|| gemini(&stack, &key.secret)).status(), 200);
+    let mut head = format!(
+        "POST {GEMINI} HTTP/1.1\r\nhost: gateway\r\nx-goog-api-key: {}\r\n\
+         content-type: application/json\r\ncontent-length: 2\r\nx-odd: caf",
+        key.secret
+    )
+    .into_bytes();
+    head.extend_from_slice(b"\xe9\r\n\r\n{}");
+    let addr = stack.envoy_url.trim_start_matches("http://");
+    let mut conn = TcpStream::connect(addr).expect("connect to Envoy");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(&head).unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = conn.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("invalid_request_header"), "{answer}");
+}
