@@ -25,6 +25,7 @@ pub struct Metrics {
     /// One counter per refusal code, in `Denial::ALL` order.
     denied: Vec<Option<u32>>,
     sync_failures: Option<u32>,
+    snapshot_records_skipped: Option<u32>,
     snapshot_version: Option<u32>,
     keys_loaded: Option<u32>,
     snapshot_age_seconds: Option<u32>,
@@ -96,6 +97,10 @@ impl Metrics {
                 })
                 .collect(),
             sync_failures: define(MetricType::Counter, "keygate.sync_failures"),
+            snapshot_records_skipped: define(
+                MetricType::Counter,
+                "keygate.snapshot_records_skipped",
+            ),
             snapshot_version: define(MetricType::Gauge, "keygate.snapshot_version"),
             keys_loaded: define(MetricType::Gauge, "keygate.keys_loaded"),
             snapshot_age_seconds: define(MetricType::Gauge, "keygate.snapshot_age_seconds"),
@@ -168,6 +173,12 @@ impl Metrics {
 
     pub fn sync_failed(&self) {
         Self::add(self.sync_failures, 1);
+    }
+
+    /// Snapshot records left out of an answer: unreadable (a value out of range, a wrong
+    /// type), or a hash or size the filter cannot store. The rest of the page still loads.
+    pub fn snapshot_records_skipped(&self, n: u64) {
+        Self::add(self.snapshot_records_skipped, n);
     }
 
     /// A request's usage was queued for the key-service.

@@ -229,8 +229,10 @@ impl Root {
         let loading = self.leader.is_loading();
         let applied = self.leader.apply(&Shared, wire, now_ms)?;
         if applied.skipped > 0 {
+            self.metrics
+                .snapshot_records_skipped(applied.skipped as u64);
             warn!(
-                "{} snapshot records had a bad hash or size and were skipped",
+                "{} snapshot records could not be read or had a bad hash or size and were skipped",
                 applied.skipped
             );
         }

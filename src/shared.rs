@@ -248,7 +248,8 @@ enum Phase {
 pub struct Applied {
     /// Ask again at once (more pages, or the catch-up delta after a full load).
     pub more: bool,
-    /// Records skipped for a hash or length the filter cannot store.
+    /// Records skipped: unreadable (`KeyRecords::unreadable`), or with a hash or length
+    /// the filter cannot store.
     pub skipped: usize,
 }
 
@@ -363,6 +364,7 @@ impl Leader {
         wire: SnapshotWire,
         now_ms: u64,
     ) -> Result<Applied, SyncError> {
+        let unreadable = wire.keys.unreadable();
         // A full answer to a delta request: the key-service no longer has the changes
         // since our version (or is a different database). Start over with a full load.
         if !wire.delta && matches!(self.phase, Some(Phase::Deltas)) {
@@ -380,6 +382,7 @@ impl Leader {
                 }
                 let version = version.unwrap_or(wire.version);
                 let (written, skipped) = write_keys(shared, &wire.keys, epoch)?;
+                let skipped = skipped.saturating_add(unreadable);
                 let keys = keys + written;
                 if wire.next.is_some() {
                     self.phase = Some(Phase::Loading {
@@ -435,6 +438,7 @@ impl Leader {
                 // account rereads them (`http`), and must then find them.
                 write_tables(shared, wire.groups, wire.accounts, wire.prices)?;
                 let (written, skipped) = write_keys(shared, &wire.keys, meta.epoch)?;
+                let skipped = skipped.saturating_add(unreadable);
                 new = new.min(written);
                 let published = update_meta(shared, |m| {
                     m.version = wire.version;
@@ -746,6 +750,22 @@ mod tests {
         next.phase = Some(next.reserve_epoch(&shared).unwrap());
         next.apply(&shared, page(42, &["sk-a"], None), 3).unwrap();
         assert_eq!(found(&shared, "sk-stale"), None);
+        assert_eq!(found(&shared, "sk-a"), Some("id-sk-a".into()));
+    }
+
+    #[test]
+    fn unreadable_records_count_as_skipped() {
+        let shared = MemShared::default();
+        let mut leader = Leader::new(2);
+        leader.next_ask(&shared).unwrap();
+        let mut json = serde_json::to_value(page(5, &["sk-a"], None)).unwrap();
+        json["keys"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"id": "x", "remaining_quota": 1.5e19}));
+        let wire: SnapshotWire = serde_json::from_value(json).unwrap();
+        let applied = leader.apply(&shared, wire, 1).unwrap();
+        assert_eq!(applied.skipped, 1);
         assert_eq!(found(&shared, "sk-a"), Some("id-sk-a".into()));
     }
 

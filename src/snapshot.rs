@@ -5,8 +5,16 @@
 //! Keys travel only as SHA-256 hashes (lower-case hex). Times are Unix seconds.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
 
-use serde::{Deserialize, Serialize};
+use serde::de::value::{
+    BoolDeserializer, F64Deserializer, I64Deserializer, StrDeserializer, StringDeserializer,
+    U64Deserializer,
+};
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::model::ModelList;
 use crate::pricing::Price;
@@ -21,7 +29,9 @@ pub struct SnapshotWire {
     /// (rotated away, deleted). `false`: one page of the full snapshot, keys in hash order.
     #[serde(default)]
     pub delta: bool,
-    pub keys: Vec<KeyRecord>,
+    /// Read record by record: one that cannot be read is skipped and counted
+    /// (`KeyRecords::unreadable`), never failing its page.
+    pub keys: KeyRecords,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked: Vec<String>,
     /// In a full snapshot, the cursor (`?after=`) of the next page; absent on the last.
@@ -129,6 +139,394 @@ pub struct KeyRecord {
     /// Requests of the key in flight at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_parallel: Option<u64>,
+}
+
+/// The `keys` of a snapshot answer. A record the filter cannot read (a number out of its
+/// range, a string where a number belongs, not an object at all) is skipped and counted
+/// rather than failing the page: one bad row once failed every page, and with them every
+/// Envoy's key sync. Reads as the `Vec` of the records that could be read.
+///
+/// Each record is read as it streams by, into the same field types `KeyRecord`'s own
+/// `Deserialize` would use (their visitors decide what is valid), so a page costs no more
+/// allocations than a `Vec<KeyRecord>` would: no per-record buffer or `Value`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyRecords {
+    records: Vec<KeyRecord>,
+    unreadable: usize,
+}
+
+impl KeyRecords {
+    /// How many records of the answer could not be read and were left out.
+    pub fn unreadable(&self) -> usize {
+        self.unreadable
+    }
+}
+
+impl Deref for KeyRecords {
+    type Target = Vec<KeyRecord>;
+    fn deref(&self) -> &Vec<KeyRecord> {
+        &self.records
+    }
+}
+
+impl DerefMut for KeyRecords {
+    fn deref_mut(&mut self) -> &mut Vec<KeyRecord> {
+        &mut self.records
+    }
+}
+
+impl From<Vec<KeyRecord>> for KeyRecords {
+    fn from(records: Vec<KeyRecord>) -> Self {
+        KeyRecords {
+            records,
+            unreadable: 0,
+        }
+    }
+}
+
+impl FromIterator<KeyRecord> for KeyRecords {
+    fn from_iter<I: IntoIterator<Item = KeyRecord>>(iter: I) -> Self {
+        Vec::from_iter(iter).into()
+    }
+}
+
+impl<'a> IntoIterator for &'a KeyRecords {
+    type Item = &'a KeyRecord;
+    type IntoIter = std::slice::Iter<'a, KeyRecord>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.records.iter()
+    }
+}
+
+impl IntoIterator for KeyRecords {
+    type Item = KeyRecord;
+    type IntoIter = std::vec::IntoIter<KeyRecord>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.records.into_iter()
+    }
+}
+
+impl Serialize for KeyRecords {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.records.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyRecords {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Records;
+        impl<'de> Visitor<'de> for Records {
+            type Value = KeyRecords;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of key records")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KeyRecords, A::Error> {
+                // The hint comes from the peer: bounded, so a lying one cannot reserve much.
+                let mut keys = KeyRecords {
+                    records: Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096)),
+                    unreadable: 0,
+                };
+                while let Some(Readable(record)) = seq.next_element()? {
+                    match record {
+                        Some(record) => keys.records.push(record),
+                        None => keys.unreadable = keys.unreadable.saturating_add(1),
+                    }
+                }
+                Ok(keys)
+            }
+        }
+        deserializer.deserialize_seq(Records)
+    }
+}
+
+/// Visitor methods that consume what they are handed (so the stream stays in step) and
+/// read as `$bad`, for each kind of value named: whatever a visitor cannot use. Only a
+/// page that is not JSON at all (or nests too deep for the parser) still fails.
+macro_rules! skip_visits {
+    ($bad:expr; $($kind:ident),*) => { $( skip_visits!(@ $bad; $kind); )* };
+    (@ $bad:expr; bool) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> { Ok($bad) }
+    };
+    (@ $bad:expr; i64) => {
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> { Ok($bad) }
+    };
+    (@ $bad:expr; u64) => {
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> { Ok($bad) }
+    };
+    (@ $bad:expr; f64) => {
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> { Ok($bad) }
+    };
+    (@ $bad:expr; str) => {
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> { Ok($bad) }
+    };
+    (@ $bad:expr; bytes) => {
+        fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Self::Value, E> { Ok($bad) }
+    };
+    (@ $bad:expr; unit) => {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> { Ok($bad) }
+    };
+    (@ $bad:expr; none) => {
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> { Ok($bad) }
+    };
+    (@ $bad:expr; some) => {
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            IgnoredAny::deserialize(d)?;
+            Ok($bad)
+        }
+    };
+    (@ $bad:expr; seq) => {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok($bad)
+        }
+    };
+    (@ $bad:expr; map) => {
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok($bad)
+        }
+    };
+}
+
+/// `$value`'s content, or (from a record visitor) an unreadable record if it is missing.
+macro_rules! some_or_return {
+    ($value:expr) => {
+        match $value {
+            Some(value) => value,
+            None => return Ok(None),
+        }
+    };
+}
+
+/// One element of `keys`: the record, or `None` when it cannot be read.
+struct Readable(Option<KeyRecord>);
+
+impl<'de> Deserialize<'de> for Readable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RecordVisitor).map(Readable)
+    }
+}
+
+/// `KeyRecord`'s fields by their JSON names; `Other` for any other (ignored, as the
+/// derived `Deserialize` ignores unknown fields).
+enum Field {
+    Id,
+    Name,
+    Hash,
+    Account,
+    Group,
+    Enabled,
+    ExpiresAt,
+    IpAllowlist,
+    Models,
+    RemainingQuota,
+    Rpm,
+    Tpm,
+    MaxParallel,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl Visitor<'_> for Names {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Field, E> {
+                Ok(match name {
+                    "id" => Field::Id,
+                    "name" => Field::Name,
+                    "hash" => Field::Hash,
+                    "account" => Field::Account,
+                    "group" => Field::Group,
+                    "enabled" => Field::Enabled,
+                    "expires_at" => Field::ExpiresAt,
+                    "ip_allowlist" => Field::IpAllowlist,
+                    "models" => Field::Models,
+                    "remaining_quota" => Field::RemainingQuota,
+                    "rpm" => Field::Rpm,
+                    "tpm" => Field::Tpm,
+                    "max_parallel" => Field::MaxParallel,
+                    _ => Field::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(Names)
+    }
+}
+
+/// Reads one record; `None` if it is not an object, a field has the wrong type or is out
+/// of its type's range, a field comes twice, or a required one is missing.
+struct RecordVisitor;
+
+impl<'de> Visitor<'de> for RecordVisitor {
+    type Value = Option<KeyRecord>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key record")
+    }
+
+    skip_visits!(None; bool, i64, u64, f64, str, bytes, unit, none, some, seq);
+
+    // An object is what a record is.
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut id, mut name, mut hash, mut account, mut group, mut enabled) =
+            (None, None, None, None, None, None);
+        let (mut expires_at, mut ip_allowlist, mut models, mut remaining_quota) =
+            (None, None, None, None);
+        let (mut rpm, mut tpm, mut max_parallel) = (None, None, None);
+        let mut readable = true;
+        while let Some(field) = map.next_key::<Field>()? {
+            // Reads the field's value into its slot; a bad or repeated value spoils the
+            // record, but the rest of it is still read through.
+            macro_rules! read {
+                ($slot:ident, $kind:ty) => {{
+                    let value = map.next_value::<$kind>()?.0;
+                    readable &= value.is_some() && $slot.is_none();
+                    $slot = value;
+                }};
+            }
+            match field {
+                Field::Id => read!(id, Valid<String>),
+                Field::Name => read!(name, Valid<String>),
+                Field::Hash => read!(hash, Valid<String>),
+                Field::Account => read!(account, Valid<String>),
+                Field::Group => read!(group, Valid<String>),
+                Field::Enabled => read!(enabled, Valid<bool>),
+                Field::ExpiresAt => read!(expires_at, ValidOption<i64>),
+                Field::IpAllowlist => read!(ip_allowlist, ValidStrings),
+                Field::Models => read!(models, ValidStrings),
+                Field::RemainingQuota => read!(remaining_quota, ValidOption<i64>),
+                Field::Rpm => read!(rpm, ValidOption<u64>),
+                Field::Tpm => read!(tpm, ValidOption<u64>),
+                Field::MaxParallel => read!(max_parallel, ValidOption<u64>),
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if !readable {
+            return Ok(None);
+        }
+        // The required fields, then the defaulted ones, as `KeyRecord` declares them.
+        Ok(Some(KeyRecord {
+            id: some_or_return!(id),
+            name: some_or_return!(name),
+            hash: some_or_return!(hash),
+            account: some_or_return!(account),
+            group: some_or_return!(group),
+            enabled: some_or_return!(enabled),
+            expires_at: expires_at.flatten(),
+            ip_allowlist: ip_allowlist.unwrap_or_default(),
+            models: models.unwrap_or_default(),
+            remaining_quota: remaining_quota.flatten(),
+            rpm: rpm.flatten(),
+            tpm: tpm.flatten(),
+            max_parallel: max_parallel.flatten(),
+        }))
+    }
+}
+
+/// A field value that `T`'s own `Deserialize` accepts, or `None` (the value consumed all
+/// the same). `T` is a scalar (string, bool, integer): the value the parser hands over is
+/// given again to `T`, whose visitor decides, so what is valid here is exactly what the
+/// derived `KeyRecord` would take.
+struct Valid<T>(Option<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Valid<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(Scalar(PhantomData)).map(Valid)
+    }
+}
+
+/// `Option<T>`'s field: `Some(None)` for null, `Some(Some(t))` for a valid `T`, `None`
+/// for anything else.
+struct ValidOption<T>(Option<Option<T>>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ValidOption<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(ValidOption(
+            match Option::<Valid<T>>::deserialize(deserializer)? {
+                None => Some(None),
+                Some(Valid(Some(value))) => Some(Some(value)),
+                Some(Valid(None)) => None,
+            },
+        ))
+    }
+}
+
+struct Scalar<T>(PhantomData<T>);
+
+/// `T` from one of serde's value deserializers; `None` if `T` refuses it.
+fn refed<'de, T: Deserialize<'de>, D>(value: D) -> Option<T>
+where
+    D: Deserializer<'de, Error = de::value::Error>,
+{
+    T::deserialize(value).ok()
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for Scalar<T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field value")
+    }
+
+    skip_visits!(None; bytes, none, some, seq, map);
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(refed(BoolDeserializer::new(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(refed(I64Deserializer::new(v)))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(refed(U64Deserializer::new(v)))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(refed(F64Deserializer::new(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(refed(StrDeserializer::new(v)))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(refed(StringDeserializer::new(v)))
+    }
+    // JSON null: no scalar.
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// A list of strings (`ip_allowlist`, `models`), or `None` if the value is anything else
+/// or holds anything else.
+struct ValidStrings(Option<Vec<String>>);
+
+impl<'de> Deserialize<'de> for ValidStrings {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Strings;
+        impl<'de> Visitor<'de> for Strings {
+            type Value = Option<Vec<String>>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of strings")
+            }
+            skip_visits!(None; bool, i64, u64, f64, str, bytes, unit, none, some, map);
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                let mut readable = true;
+                while let Some(Valid(item)) = seq.next_element::<Valid<String>>()? {
+                    match item {
+                        Some(item) if readable => list.push(item),
+                        _ => readable = false,
+                    }
+                }
+                Ok(readable.then_some(list))
+            }
+        }
+        deserializer.deserialize_any(Strings).map(ValidStrings)
+    }
 }
 
 /// Each group's model list and each account's balance, as one VM looks them up.
@@ -336,5 +734,199 @@ mod tests {
         assert!(!tables.group_models("unknown").allows("gpt-4o-mini"));
         assert!(tables.knows("cheap", "any account: none were sent"));
         assert!(!tables.knows("unknown", "any account: none were sent"));
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const GOOD_A: &str = r#"{"id":"a","name":"a","hash":"00","account":"x","group":"g",
+        "enabled":true,"remaining_quota":5}"#;
+    const GOOD_B: &str = r#"{"id":"b","name":"b","hash":"11","account":"x","group":"g",
+        "enabled":false,"models":["m"],"rpm":3,"unknown":{"x":[1]}}"#;
+
+    fn page(records: &[&str]) -> SnapshotWire {
+        let json = format!(
+            r#"{{"version":9,"keys":[{}],"next":"c"}}"#,
+            records.join(",")
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    fn ids(wire: &SnapshotWire) -> Vec<&str> {
+        wire.keys.iter().map(|k| k.id.as_str()).collect()
+    }
+
+    #[test]
+    fn one_unreadable_record_among_good_ones_is_skipped_and_counted() {
+        // The record that wedged every Envoy: a used_quota past i64 had made SQLite's
+        // remaining_quota a REAL.
+        let bad = r#"{"id":"c","name":"c","hash":"22","account":"x","group":"g",
+            "enabled":true,"remaining_quota":-1.5e19}"#;
+        let wire = page(&[GOOD_A, bad, GOOD_B]);
+        assert_eq!(ids(&wire), ["a", "b"]);
+        assert_eq!(wire.keys.unreadable(), 1);
+        // The rest of the answer is read as before.
+        assert_eq!((wire.version, wire.next.as_deref()), (9, Some("c")));
+        assert_eq!(wire.keys[0].remaining_quota, Some(5));
+        assert_eq!((wire.keys[1].models.len(), wire.keys[1].rpm), (1, Some(3)));
+    }
+
+    #[test]
+    fn every_kind_of_unreadable_record_counts_once() {
+        let bad = [
+            r#"{"id":"c","name":"c","hash":"22","account":"x","group":"g","enabled":"yes"}"#,
+            r#"{"id":5,"name":"c","hash":"22","account":"x","group":"g","enabled":true}"#,
+            r#"{"id":"c","name":"c","hash":"22","account":"x","group":"g","enabled":true,
+                "rpm":-1}"#,
+            r#"{"id":"c","name":"c","hash":"22","account":"x","group":"g","enabled":true,
+                "tpm":"ten"}"#,
+            r#"{"id":"c","name":"c","hash":"22","account":"x","group":"g","enabled":true,
+                "expires_at":1.5}"#,
+            r#"{"id":"c","name":"c","hash":"22","account":"x","group":"g","enabled":true,
+                "models":["m",1]}"#,
+            r#"{"id":"c","name":"c","hash":"22","account":"x","group":"g","enabled":true,
+                "ip_allowlist":null}"#,
+            r#"{"id":"c","id":"d","name":"c","hash":"22","account":"x","group":"g",
+                "enabled":true}"#,
+            r#"{"name":"c","hash":"22","account":"x","group":"g","enabled":true}"#,
+            r#"{"id":"c","name":"c","hash":{"h":[]},"account":"x","group":"g","enabled":true}"#,
+            r#"[1,{"id":"c"}]"#,
+            r#""a string""#,
+            "null",
+            "18446744073709551616",
+        ];
+        for record in bad {
+            let wire = page(&[GOOD_A, record, GOOD_B]);
+            assert_eq!(ids(&wire), ["a", "b"], "{record}");
+            assert_eq!(wire.keys.unreadable(), 1, "{record}");
+        }
+    }
+
+    #[test]
+    fn records_read_as_the_derived_deserialize_reads_them() {
+        let full = KeyRecord {
+            id: "id".into(),
+            name: "name \"quoted\" \u{e9}".into(),
+            hash: "ab".repeat(32),
+            account: "acct".into(),
+            group: "grp".into(),
+            enabled: true,
+            expires_at: Some(-7),
+            ip_allowlist: vec!["10.0.0.0/8".into()],
+            models: vec!["a".into(), "b".into()],
+            remaining_quota: Some(i64::MIN),
+            rpm: Some(u64::MAX),
+            tpm: Some(0),
+            max_parallel: Some(2),
+        };
+        let wire = SnapshotWire {
+            keys: vec![full.clone()].into(),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&wire).unwrap();
+        let back: SnapshotWire = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, wire);
+        // Nulls where the derived one takes them, and from a `Value` as from text.
+        let value = serde_json::json!({"keys": [{"id": "id", "name": "n", "hash": "h",
+            "account": "a", "group": "g", "enabled": false, "expires_at": null,
+            "remaining_quota": null, "rpm": null}, 7], "version": 1});
+        let wire: SnapshotWire = serde_json::from_value(value).unwrap();
+        assert_eq!(ids(&wire), ["id"]);
+        assert_eq!(wire.keys.unreadable(), 1);
+        assert_eq!(wire.keys[0].expires_at, None);
+    }
+
+    #[test]
+    fn a_page_that_is_not_json_still_fails() {
+        assert!(serde_json::from_str::<SnapshotWire>(r#"{"version":1,"keys":[{"id":"#).is_err());
+        assert!(serde_json::from_str::<SnapshotWire>(r#"{"version":1,"keys":{}}"#).is_err());
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod record_properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    const FIELDS: &[&str] = &[
+        "id",
+        "name",
+        "hash",
+        "account",
+        "group",
+        "enabled",
+        "expires_at",
+        "ip_allowlist",
+        "models",
+        "remaining_quota",
+        "rpm",
+        "tpm",
+        "max_parallel",
+        "other",
+    ];
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            proptest::num::f64::NORMAL.prop_map(Value::from),
+            "[a-z0-9\"\\\\]{0,6}".prop_map(Value::String),
+        ]
+    }
+
+    /// Any JSON value, with objects that look like records (the record's field names,
+    /// any values) more often than chance would make them.
+    fn value() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(3, 32, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((prop::sample::select(FIELDS), inner), 0..14).prop_map(
+                    |fields| {
+                        Value::Object(
+                            fields
+                                .into_iter()
+                                .map(|(name, value)| (name.to_string(), value))
+                                .collect(),
+                        )
+                    }
+                ),
+            ]
+        })
+    }
+
+    fn good(id: &str) -> Value {
+        serde_json::json!({"id": id, "name": "n", "hash": "h", "account": "a",
+            "group": "g", "enabled": true})
+    }
+
+    proptest! {
+        #[test]
+        fn any_value_as_a_record_is_read_or_skipped(record in value()) {
+            let page = serde_json::json!({"version": 1, "keys": [good("a"), record.clone(), good("b")]});
+            let text = serde_json::to_vec(&page).unwrap();
+            let wire: SnapshotWire = serde_json::from_slice(&text).unwrap();
+            // Exactly what the derived Deserialize takes is kept, the rest counted.
+            let strict = serde_json::from_value::<KeyRecord>(record).ok();
+            let ids: Vec<&str> = wire.keys.iter().map(|k| k.id.as_str()).collect();
+            prop_assert_eq!(ids.first(), Some(&"a"));
+            prop_assert_eq!(ids.last(), Some(&"b"));
+            prop_assert_eq!(wire.keys.len() + wire.keys.unreadable(), 3);
+            prop_assert_eq!(wire.keys.get(1).filter(|_| wire.keys.len() == 3), strict.as_ref());
+        }
+
+        #[test]
+        fn any_bytes_as_a_page_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = serde_json::from_slice::<SnapshotWire>(&bytes);
+            let mut page = br#"{"version":1,"keys":["#.to_vec();
+            page.extend_from_slice(&bytes);
+            let _ = serde_json::from_slice::<SnapshotWire>(&page);
+        }
     }
 }

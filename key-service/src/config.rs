@@ -47,6 +47,24 @@ pub struct Config {
     )]
     pub public_base_url: String,
 
+    /// How many proxies in front of `/filter/v1/check` append to `X-Forwarded-For`: the
+    /// client's address is the entry that many from the right (1 = the last entry, which
+    /// the one proxy in front appended). 0, the default, trusts no forwarding header: the
+    /// address is unknown and keys with an IP allowlist are refused there, because a client
+    /// that reaches the proxy directly could otherwise claim any address.
+    #[arg(long, env = "KEYGATE_CHECK_TRUSTED_HOPS", default_value_t = 0)]
+    pub check_trusted_hops: u32,
+
+    /// Whether `/filter/v1/check` takes the client's address from Envoy's
+    /// `x-envoy-external-address` (before `X-Forwarded-For`): only when every request
+    /// reaches the check through an Envoy that sets it and strips a client's own.
+    #[arg(
+        long,
+        env = "KEYGATE_CHECK_TRUST_ENVOY_EXTERNAL_ADDRESS",
+        default_value_t = false
+    )]
+    pub check_trust_envoy_external_address: bool,
+
     /// Without a command the service runs; with one, it acts on the database and exits.
     #[command(subcommand)]
     pub command: Option<crate::cli::Command>,
@@ -175,6 +193,27 @@ mod tests {
         let config = Config::try_parse_from(["key-service"]).unwrap();
         assert_eq!(config.listen, "127.0.0.1:8081".parse().unwrap());
         assert_eq!(config.database_url, "sqlite://data/keygate.db");
+    }
+
+    #[test]
+    fn the_check_trusts_no_forwarding_header_unless_told() {
+        if std::env::var_os("KEYGATE_CHECK_TRUSTED_HOPS").is_some()
+            || std::env::var_os("KEYGATE_CHECK_TRUST_ENVOY_EXTERNAL_ADDRESS").is_some()
+        {
+            return; // The environment overrides the defaults under test.
+        }
+        let config = Config::try_parse_from(["key-service"]).unwrap();
+        assert_eq!(config.check_trusted_hops, 0);
+        assert!(!config.check_trust_envoy_external_address);
+        let config = Config::try_parse_from([
+            "key-service",
+            "--check-trusted-hops",
+            "2",
+            "--check-trust-envoy-external-address",
+        ])
+        .unwrap();
+        assert_eq!(config.check_trusted_hops, 2);
+        assert!(config.check_trust_envoy_external_address);
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct AppState {
     pub metrics: metrics::SharedMetrics,
     /// What the console shows clients as the base URL.
     pub public_base_url: Arc<str>,
+    /// Which forwarding headers `/filter/v1/check` believes (none by default).
+    pub check_trust: api::check::ForwardingTrust,
 }
 
 impl AppState {
@@ -56,11 +58,17 @@ impl AppState {
             check: Guard::check(filter_token),
             metrics: metrics::SharedMetrics::default(),
             public_base_url: Arc::from("http://localhost:10000/v1"),
+            check_trust: api::check::ForwardingTrust::default(),
         }
     }
 
     pub fn with_public_base_url(mut self, url: &str) -> Self {
         self.public_base_url = Arc::from(url);
+        self
+    }
+
+    pub fn with_check_trust(mut self, trust: api::check::ForwardingTrust) -> Self {
+        self.check_trust = trust;
         self
     }
 }
@@ -226,7 +234,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
 
     let state = AppState::new(store.clone(), admin.expose(), filter.expose())
-        .with_public_base_url(&config.public_base_url);
+        .with_public_base_url(&config.public_base_url)
+        .with_check_trust(api::check::ForwardingTrust {
+            xff_hops: config.check_trusted_hops,
+            envoy_external_address: config.check_trust_envoy_external_address,
+        });
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await;

@@ -1,10 +1,12 @@
 //! `GET /metrics` in Prometheus' text format: requests by route and status, snapshot
-//! requests by kind, usage records ingested, and (counted at scrape time) keys by status.
+//! requests by kind, usage records ingested, and keys by status (counted at a scrape, at
+//! most once per `KEY_COUNT_TTL`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
@@ -13,7 +15,16 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
+use crate::store::{Store, StoreError};
 use crate::{expiry, AppState};
+
+/// How long a count of keys by status serves scrapes. Counting reads every key (a
+/// million of them at scale), so a Prometheus scraping every few seconds must not repeat
+/// it each time; `keygate_keys` may lag changes by this much.
+pub const KEY_COUNT_TTL: Duration = Duration::from_secs(30);
+
+/// Keys by status: (status, keys).
+type KeyCounts = Vec<(String, i64)>;
 
 /// Counters kept in memory since the process started.
 #[derive(Default)]
@@ -26,6 +37,33 @@ pub struct Metrics {
     pub usage_accepted: AtomicU64,
     pub usage_duplicates: AtomicU64,
     pub usage_refused: AtomicU64,
+    /// The last count of keys by status and when it was taken. An async lock, held while
+    /// counting, so scrapes that arrive meanwhile wait for that count instead of each
+    /// starting their own.
+    key_counts: tokio::sync::Mutex<Option<(Instant, KeyCounts)>>,
+    /// How many times the keys were counted.
+    pub key_counts_taken: AtomicU64,
+}
+
+impl Metrics {
+    /// Keys by status as of at most `KEY_COUNT_TTL` before `now`: counted from the
+    /// store only when the last count is older (or there is none).
+    pub async fn keys_by_status(
+        &self,
+        store: &Store,
+        now: Instant,
+    ) -> Result<KeyCounts, StoreError> {
+        let mut cached = self.key_counts.lock().await;
+        if let Some((at, counts)) = cached.as_ref() {
+            if now.saturating_duration_since(*at) < KEY_COUNT_TTL {
+                return Ok(counts.clone());
+            }
+        }
+        let counts = store.count_keys_by_status(expiry::now()).await?;
+        add(&self.key_counts_taken, 1);
+        *cached = Some((now, counts.clone()));
+        Ok(counts)
+    }
 }
 
 pub type SharedMetrics = Arc<Metrics>;
@@ -97,9 +135,11 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
     );
     let _ = writeln!(
         out,
-        "# HELP keygate_keys Keys by status.\n# TYPE keygate_keys gauge"
+        "# HELP keygate_keys Keys by status, counted at most every {} s (so up to that stale).\n\
+         # TYPE keygate_keys gauge",
+        KEY_COUNT_TTL.as_secs()
     );
-    for (status, n) in state.store.count_keys_by_status(expiry::now()).await? {
+    for (status, n) in m.keys_by_status(&state.store, Instant::now()).await? {
         let _ = writeln!(out, "keygate_keys{{status=\"{status}\"}} {n}");
     }
     let _ = writeln!(
@@ -116,4 +156,48 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
         out,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewKey;
+
+    #[tokio::test]
+    async fn scrapes_within_the_window_count_the_keys_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_for_test(dir.path()).await.unwrap();
+        let key = |id: &str| NewKey {
+            id: id.into(),
+            name: id.into(),
+            key_hash: format!("{id:0>64}"),
+            masked_key: "sk-...".into(),
+            account: "default".into(),
+            group: "default".into(),
+            expires_at: None,
+            unlimited_quota: true,
+            quota: 0,
+            models: vec![],
+            ip_allowlist: vec![],
+            rpm: None,
+            tpm: None,
+            max_parallel: None,
+        };
+        store.insert_keys(&[key("a")], 0).await.unwrap();
+        let metrics = Metrics::default();
+        let start = Instant::now();
+        let first = metrics.keys_by_status(&store, start).await.unwrap();
+        assert_eq!(first, [("active".to_string(), 1)]);
+
+        // A key created within the window is not counted yet: the scrape cost nothing.
+        store.insert_keys(&[key("b")], 0).await.unwrap();
+        let within = start + KEY_COUNT_TTL - Duration::from_millis(1);
+        assert_eq!(metrics.keys_by_status(&store, within).await.unwrap(), first);
+        assert_eq!(metrics.key_counts_taken.load(Ordering::Relaxed), 1);
+
+        let after = start + KEY_COUNT_TTL;
+        let second = metrics.keys_by_status(&store, after).await.unwrap();
+        assert_eq!(second, [("active".to_string(), 2)]);
+        assert_eq!(metrics.key_counts_taken.load(Ordering::Relaxed), 2);
+    }
 }

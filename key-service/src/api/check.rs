@@ -25,18 +25,49 @@ use crate::AppState;
 
 pub const PREFIX: &str = "/filter/v1/check";
 
-/// The client's address as the proxy in front saw it: Envoy's `x-envoy-external-address`,
-/// else the last `X-Forwarded-For` entry (the one that proxy appended), else unknown.
-fn client_address(headers: &[(&str, &str)]) -> Option<IpAddr> {
-    let header = |name: &str| {
+/// Which forwarding headers `/filter/v1/check` believes about the client's address.
+/// The check's own peer is the proxy asking, never the client, so without trusted headers
+/// the address is unknown (and keys with an IP allowlist are refused). The default trusts
+/// none: a client that reaches a proxy directly can write any of these headers itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardingTrust {
+    /// Proxies in front that append to `X-Forwarded-For`: the client is the entry this
+    /// many from the right (1 = the last). 0 = the header is ignored.
+    pub xff_hops: u32,
+    /// Take Envoy's `x-envoy-external-address` first, when present.
+    pub envoy_external_address: bool,
+}
+
+impl ForwardingTrust {
+    /// What the check did before it could be configured: Envoy's header, else the last
+    /// `X-Forwarded-For` entry.
+    pub const TRUST_ONE_PROXY: ForwardingTrust = ForwardingTrust {
+        xff_hops: 1,
+        envoy_external_address: true,
+    };
+}
+
+/// The client's address as the trusted proxies in front saw it: Envoy's
+/// `x-envoy-external-address` if trusted, else the `X-Forwarded-For` entry `xff_hops` from
+/// the right (over all the request's `X-Forwarded-For` headers, in order), else unknown.
+fn client_address(headers: &[(&str, &str)], trust: ForwardingTrust) -> Option<IpAddr> {
+    let named = |name: &'static str| {
         headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| *v)
     };
-    header("x-envoy-external-address")
-        .or_else(|| header("x-forwarded-for").and_then(|v| v.rsplit(',').next()))
-        .and_then(client_ip::parse_source_address)
+    if trust.envoy_external_address {
+        if let Some(address) = named("x-envoy-external-address").next() {
+            return client_ip::parse_source_address(address.trim());
+        }
+    }
+    let hops = usize::try_from(trust.xff_hops).ok()?.checked_sub(1)?;
+    named("x-forwarded-for")
+        .flat_map(|v| v.split(','))
+        .rev()
+        .nth(hops)
+        .and_then(|entry| client_ip::parse_source_address(entry.trim()))
 }
 
 fn denied(denial: Denial) -> Response {
@@ -85,7 +116,7 @@ pub async fn check(State(state): State<AppState>, request: Request) -> Result<Re
         secret,
         now,
         |_| Ok(entry),
-        || client_address(&headers),
+        || client_address(&headers, state.check_trust),
     ) {
         Ok(key) => key,
         Err(denial) => return Ok(denied(denial)),
@@ -125,18 +156,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_client_is_the_address_the_proxy_in_front_saw() {
+    fn the_client_is_the_address_the_trusted_proxies_saw() {
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let old = ForwardingTrust::TRUST_ONE_PROXY;
         assert_eq!(
-            client_address(&[("x-envoy-external-address", "10.0.0.9")]),
+            client_address(&[("x-envoy-external-address", "10.0.0.9")], old),
             ip("10.0.0.9")
         );
         // Not the leftmost entry, which the client wrote.
         assert_eq!(
-            client_address(&[("X-Forwarded-For", "6.6.6.6, 10.0.0.1")]),
+            client_address(&[("X-Forwarded-For", "6.6.6.6, 10.0.0.1")], old),
             ip("10.0.0.1")
         );
-        assert_eq!(client_address(&[("x-forwarded-for", "garbage")]), None);
-        assert_eq!(client_address(&[]), None);
+        assert_eq!(client_address(&[("x-forwarded-for", "garbage")], old), None);
+        assert_eq!(client_address(&[], old), None);
+    }
+
+    #[test]
+    fn by_default_no_forwarding_header_is_believed() {
+        let forged = [
+            ("x-envoy-external-address", "10.0.0.9"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ];
+        assert_eq!(client_address(&forged, ForwardingTrust::default()), None);
+        // Envoy's header alone is not trusted by trusting hops.
+        let hops = ForwardingTrust {
+            xff_hops: 1,
+            envoy_external_address: false,
+        };
+        assert_eq!(
+            client_address(&forged, hops),
+            Some("10.0.0.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn trusted_hops_count_from_the_right_over_every_header() {
+        let headers = [
+            ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
+            ("X-Forwarded-For", "3.3.3.3,4.4.4.4"),
+        ];
+        let at = |xff_hops| {
+            client_address(
+                &headers,
+                ForwardingTrust {
+                    xff_hops,
+                    envoy_external_address: true,
+                },
+            )
+        };
+        assert_eq!(at(1), Some("4.4.4.4".parse().unwrap()));
+        assert_eq!(at(2), Some("3.3.3.3".parse().unwrap()));
+        assert_eq!(at(4), Some("1.1.1.1".parse().unwrap()));
+        // Fewer entries than trusted hops: a proxy did not append, so nothing is known.
+        assert_eq!(at(5), None);
+        assert_eq!(at(u32::MAX), None);
     }
 }

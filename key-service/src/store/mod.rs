@@ -75,6 +75,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0007_key_rate_limits.sql"),
         include_str!("../../migrations/postgres/0007_key_rate_limits.sql"),
     ),
+    (
+        8,
+        "integer_columns",
+        include_str!("../../migrations/sqlite/0008_integer_columns.sql"),
+        include_str!("../../migrations/postgres/0008_integer_columns.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -421,6 +427,69 @@ mod tests {
             files.sort();
             assert_eq!(files, listed, "{engine}");
         }
+    }
+
+    #[tokio::test]
+    async fn migration_8_repairs_non_integers_sqlite_already_holds() {
+        // A database written before the triggers: a REAL used_quota (the overflow that
+        // once wedged key sync), text and negative counts. Opening it repairs them.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.db");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        let before_8 = Migrator::with_migrations(
+            migrator(Engine::Sqlite)
+                .iter()
+                .filter(|m| m.version < 8)
+                .cloned()
+                .collect(),
+        );
+        before_8.run(&pool).await.unwrap();
+        for sql in [
+            "INSERT INTO keys (id, name, key_hash, masked_key, account, group_name, \
+             unlimited_quota, quota, used_quota, created_at, updated_at) VALUES \
+             ('a', 'a', 'ha', 'm', 'default', 'default', FALSE, 100, 1.5e19, 0, 0), \
+             ('b', 'b', 'hb', 'm', 'default', 'default', FALSE, 'lots', -3, 0, 0)",
+            "INSERT INTO accounts (name, balance) VALUES ('owing', -2.5e30)",
+            "INSERT INTO usage_log (request_id, key_id, model, input_tokens, \
+             cached_input_tokens, output_tokens, cost, priced, status, ts) \
+             VALUES ('r', 'a', 'm', 1.5, -1, 1e300, 7, TRUE, 200, 0)",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+
+        let store = Store::open_sqlite(&path).await.unwrap();
+        let a = store.get_key("a", 0).await.unwrap().unwrap();
+        assert_eq!((a.quota, a.used_quota), (100, i64::MAX));
+        let b = store.get_key("b", 0).await.unwrap().unwrap();
+        assert_eq!((b.quota, b.used_quota), (0, 0));
+        let owing = store.get_account("owing").await.unwrap().unwrap();
+        assert_eq!(owing.balance, Some(i64::MIN));
+        let (rows, _) = store
+            .list_usage(&UsageFilter::default(), 10, 0)
+            .await
+            .unwrap();
+        let r = &rows[0];
+        assert_eq!(
+            (
+                r.input_tokens,
+                r.cached_input_tokens,
+                r.output_tokens,
+                r.cost
+            ),
+            (1, 0, i64::MAX, 7)
+        );
+        // Every key reads into a snapshot the filter takes whole.
+        let page = SnapshotPage {
+            after: None,
+            limit: 10,
+        };
+        let body = store.snapshot(None, &page, 0).await.unwrap();
+        let wire: keygate::snapshot::SnapshotWire = serde_json::from_str(&body.to_json()).unwrap();
+        assert_eq!((wire.keys.len(), wire.keys.unreadable()), (2, 0));
     }
 
     #[tokio::test]

@@ -450,6 +450,75 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_schema_refuses_a_real_or_a_negative_count() {
+        // A REAL in `used_quota` once made every snapshot page unreadable by the filter:
+        // whatever writes to the database, migration 0008 keeps such values out.
+        let (_dir, store) = store_with_key().await;
+        let mut refused = vec![
+            "UPDATE keys SET used_quota = 1.5e19 WHERE id = 'k1'",
+            "UPDATE keys SET quota = 1e30 WHERE id = 'k1'",
+            "UPDATE keys SET used_quota = -1 WHERE id = 'k1'",
+            "UPDATE keys SET quota = -1 WHERE id = 'k1'",
+            "UPDATE accounts SET balance = 1.5e19 WHERE name = 'team'",
+            "INSERT INTO usage_log (request_id, key_id, model, input_tokens, \
+             cached_input_tokens, output_tokens, cost, priced, status, ts) \
+             VALUES ('x', 'k1', 'm', -1, 0, 0, 0, TRUE, 200, 0)",
+            "INSERT INTO usage_log (request_id, key_id, model, input_tokens, \
+             cached_input_tokens, output_tokens, cost, priced, status, ts) \
+             VALUES ('x', 'k1', 'm', 0, 0, 0, -1, TRUE, 200, 0)",
+            "INSERT INTO usage_log (request_id, key_id, model, input_tokens, \
+             cached_input_tokens, output_tokens, cost, priced, status, ts) \
+             VALUES ('x', 'k1', 'm', 0, 0, 1e30, 0, TRUE, 200, 0)",
+        ];
+        if store.engine() == "sqlite" {
+            // PostgreSQL rounds these into its BIGINT columns (or refuses text);
+            // SQLite would store them as they are.
+            refused.extend([
+                "UPDATE keys SET used_quota = 1.5 WHERE id = 'k1'",
+                "UPDATE keys SET quota = 'lots' WHERE id = 'k1'",
+                "UPDATE keys SET rpm = 2.5 WHERE id = 'k1'",
+                "UPDATE accounts SET balance = 0.5 WHERE name = 'team'",
+                "INSERT INTO accounts (name, balance) VALUES ('real', 2.5)",
+                "INSERT INTO usage_log (request_id, key_id, model, input_tokens, \
+                 cached_input_tokens, output_tokens, cost, priced, status, ts) \
+                 VALUES ('x', 'k1', 'm', 0, 0, 0, 1.5, TRUE, 200, 0)",
+            ]);
+        }
+        for sql in refused {
+            let result = with_pool!(store, |pool| sqlx::query(sql).execute(pool).await.is_ok());
+            assert!(!result, "the database took {sql}");
+        }
+        // What stays allowed: a negative or unlimited balance, a whole count.
+        for sql in [
+            "UPDATE accounts SET balance = -5 WHERE name = 'team'",
+            "UPDATE accounts SET balance = NULL WHERE name = 'default'",
+            "UPDATE keys SET used_quota = 7, quota = 500 WHERE id = 'k1'",
+        ] {
+            with_pool!(store, |pool| {
+                sqlx::query(sql).execute(pool).await.unwrap();
+            });
+        }
+        // And the store works on: billing, reading the key, a snapshot that parses.
+        let done = store
+            .ingest_usage(&[record("r1", "k1", "m", 10, 5)], 2_000)
+            .await
+            .unwrap();
+        assert_eq!(done.accepted, 1);
+        let key = store.get_key("k1", 3_000).await.unwrap().unwrap();
+        assert_eq!((key.quota, key.used_quota), (500, 22));
+        let team = store.get_account("team").await.unwrap().unwrap();
+        assert_eq!(team.balance, Some(-20));
+        let page = crate::store::SnapshotPage {
+            after: None,
+            limit: 10,
+        };
+        let body = store.snapshot(None, &page, 3_000).await.unwrap();
+        let wire: keygate::snapshot::SnapshotWire = serde_json::from_str(&body.to_json()).unwrap();
+        assert_eq!(wire.keys.len(), 1);
+        assert_eq!(wire.keys[0].remaining_quota, Some(478));
+    }
+
+    #[tokio::test]
     async fn a_batch_is_priced_billed_and_logged_once() {
         let (_dir, store) = store_with_key().await;
         let v0 = store.snapshot_version().await.unwrap();

@@ -1,11 +1,19 @@
 //! `/filter/v1/check`: the filter's decision over HTTP, for ext_authz-style proxies.
 
+use key_service::api::check::ForwardingTrust;
 use reqwest::Method;
 use serde_json::json;
 
 use crate::{Service, ADMIN, FILTER};
 
 impl Service {
+    /// A service whose check believes forwarding headers as `trust` says.
+    async fn trusting(trust: ForwardingTrust) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let database = key_service::store::test_database(dir.path()).await.unwrap();
+        Service::configured(&database, dir, |state| state.with_check_trust(trust)).await
+    }
+
     fn check(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.request(method, &format!("/filter/v1/check{path}"), None)
             .header("x-keygate-token", FILTER)
@@ -14,7 +22,8 @@ impl Service {
 
 #[tokio::test]
 async fn the_check_decides_as_the_filter_does() {
-    let service = Service::start().await;
+    // Behind one proxy that appends to X-Forwarded-For.
+    let service = Service::trusting(ForwardingTrust::TRUST_ONE_PROXY).await;
     let open = service.create_ok(json!({"name": "open"})).await.remove(0);
     let narrow = service
         .create_ok(
@@ -53,7 +62,13 @@ async fn the_check_decides_as_the_filter_does() {
         .await
         .error();
     assert_eq!((status, code.as_str()), (401, "missing_api_key"));
-    let typo = format!("{}x", &secret(&open)[..50]);
+    // The last character changed (to one it is not: a secret ending in 'x' stayed valid).
+    let last = if secret(&open).ends_with('x') {
+        'y'
+    } else {
+        'x'
+    };
+    let typo = format!("{}{last}", &secret(&open)[..50]);
     let (status, code, _) = service
         .send(service.check(Method::GET, "/").header("x-api-key", typo))
         .await
@@ -101,6 +116,80 @@ async fn the_check_decides_as_the_filter_does() {
         .await
         .error();
     assert_eq!((status, code.as_str()), (401, "key_disabled"));
+}
+
+#[tokio::test]
+async fn forwarding_headers_pass_an_allowlist_only_when_trusted() {
+    let allowlisted = json!({"name": "lan", "ip_allowlist": ["10.0.0.0/8"]});
+    let ask = |service: &Service, secret: &str, headers: &[(&str, &str)]| {
+        let mut request = service.check(Method::GET, "/v1/models").bearer_auth(secret);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request
+    };
+
+    // By default: a client that reaches the proxy directly claims a LAN address in
+    // either header, and is refused, as is any key with an allowlist (no address known).
+    let service = Service::start().await;
+    let key = service.create_ok(allowlisted.clone()).await.remove(0);
+    let secret = key["key"].as_str().unwrap();
+    for headers in [
+        &[("x-forwarded-for", "10.1.2.3")][..],
+        &[("x-forwarded-for", "6.6.6.6, 10.1.2.3")],
+        &[("x-envoy-external-address", "10.1.2.3")],
+        &[],
+    ] {
+        let (status, code, _) = service.send(ask(&service, secret, headers)).await.error();
+        assert_eq!(
+            (status, code.as_str()),
+            (403, "ip_not_allowed"),
+            "{headers:?}"
+        );
+    }
+    // A key without an allowlist does not need an address.
+    let open = service.create_ok(json!({"name": "open"})).await.remove(0);
+    let reply = service
+        .send(ask(&service, open["key"].as_str().unwrap(), &[]))
+        .await;
+    assert_eq!(reply.status, 200);
+
+    // Two proxies in front: the entry two from the right is the client's.
+    let service = Service::trusting(ForwardingTrust {
+        xff_hops: 2,
+        envoy_external_address: false,
+    })
+    .await;
+    let key = service.create_ok(allowlisted.clone()).await.remove(0);
+    let secret = key["key"].as_str().unwrap();
+    let through = [("x-forwarded-for", "6.6.6.6, 10.1.2.3, 192.168.0.1")];
+    assert_eq!(
+        service.send(ask(&service, secret, &through)).await.status,
+        200
+    );
+    let forged = [
+        ("x-forwarded-for", "10.1.2.3, 6.6.6.6, 192.168.0.1"),
+        ("x-envoy-external-address", "10.1.2.3"),
+    ];
+    let (status, code, _) = service.send(ask(&service, secret, &forged)).await.error();
+    assert_eq!((status, code.as_str()), (403, "ip_not_allowed"));
+
+    // Envoy's header, when trusted, is taken first.
+    let service = Service::trusting(ForwardingTrust {
+        xff_hops: 0,
+        envoy_external_address: true,
+    })
+    .await;
+    let key = service.create_ok(allowlisted).await.remove(0);
+    let secret = key["key"].as_str().unwrap();
+    let envoy = [
+        ("x-envoy-external-address", "10.1.2.3"),
+        ("x-forwarded-for", "6.6.6.6"),
+    ];
+    assert_eq!(
+        service.send(ask(&service, secret, &envoy)).await.status,
+        200
+    );
 }
 
 #[tokio::test]

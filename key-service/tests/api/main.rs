@@ -76,8 +76,17 @@ impl Service {
 
     /// A service on an existing database: several of them on one database are replicas.
     pub async fn on(database: &key_service::config::Database, dir: TempDir) -> Self {
+        Service::configured(database, dir, |state| state).await
+    }
+
+    /// A service whose state `configure` sets up beyond the defaults.
+    pub async fn configured(
+        database: &key_service::config::Database,
+        dir: TempDir,
+        configure: impl FnOnce(AppState) -> AppState,
+    ) -> Self {
         let store = Store::open(database).await.unwrap();
-        let app = key_service::app(AppState::new(store.clone(), ADMIN, FILTER));
+        let app = key_service::app(configure(AppState::new(store.clone(), ADMIN, FILTER)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
