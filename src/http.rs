@@ -24,6 +24,7 @@ use crate::model::ModelList;
 use crate::pricing::{self, Tokens};
 use crate::rate::{self, Limits, Standing};
 use crate::report::{Charge, Record};
+use crate::request_id::RequestIds;
 use crate::root::{SharedOutbox, SharedView};
 use crate::route::{self, Route};
 use crate::secret::{self, KeyHash};
@@ -67,6 +68,8 @@ pub struct Http {
     listing: Option<model_list::Allowed>,
     /// The upstream answered the list with 200 (else the key's own list is sent).
     listing_upstream: bool,
+    /// Where usage records' ids come from (see `request_id`).
+    ids: Option<Rc<RequestIds>>,
 }
 
 /// A rate-limited key's request.
@@ -134,6 +137,7 @@ impl Http {
         identity: Rc<IdentityHeaders>,
         outbox: SharedOutbox,
         metrics: Rc<Metrics>,
+        ids: Option<Rc<RequestIds>>,
     ) -> Self {
         Http {
             view,
@@ -156,6 +160,7 @@ impl Http {
             form_boundary: None,
             listing: None,
             listing_upstream: false,
+            ids,
         }
     }
 
@@ -587,12 +592,18 @@ impl Http {
         if header("accept-encoding").is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity")) {
             host::set_request_header("accept-encoding", "identity")?;
         }
-        // Envoy gives every request an x-request-id before the filters run.
-        let Some(request_id) = header("x-request-id").filter(|id| !id.is_empty()) else {
-            return Ok(());
+        // The record's id is the filter's own, which no client can choose (see
+        // `request_id`); without randomness, Envoy's x-request-id, which it regenerates
+        // for requests from outside.
+        let request_id = match &self.ids {
+            Some(ids) => ids.next(),
+            None => match header("x-request-id").filter(|id| !id.is_empty()) {
+                Some(id) => clamp(id, 128),
+                None => return Ok(()),
+            },
         };
         self.pending = Some(Pending {
-            request_id: clamp(request_id, 128),
+            request_id,
             key_id: key.id().to_string(),
             api,
             model: None,

@@ -16,6 +16,7 @@ pub mod pairs;
 pub mod pricing;
 pub mod rate;
 pub mod report;
+pub mod request_id;
 pub mod route;
 pub mod secret;
 pub mod shared;

@@ -18,6 +18,7 @@ use crate::http::Http;
 use crate::ledger;
 use crate::metrics::Metrics;
 use crate::report::{Answer, Charge, Outbox, Record};
+use crate::request_id::RequestIds;
 use crate::shared::{self, Ask, Leader, SyncError, View};
 use crate::snapshot::{PageHead, SnapshotWire};
 
@@ -70,6 +71,9 @@ pub struct Root {
     metrics: Rc<Metrics>,
     identity: Rc<IdentityHeaders>,
     outbox: SharedOutbox,
+    /// Ids of this VM's usage records (`None` if no randomness could be had: then
+    /// Envoy's `x-request-id` serves, as Envoy regenerates it at the edge).
+    ids: Option<Rc<RequestIds>>,
     /// Token of the usage report in flight, if any.
     report_in_flight: Option<u32>,
     /// Whether the last usage report failed (logged when that starts and ends).
@@ -432,6 +436,14 @@ impl RootContext for Root {
             );
         }
         self.me = random_vm_name();
+        let mut seed = [0u8; 16];
+        self.ids = match getrandom::fill(&mut seed) {
+            Ok(()) => Some(Rc::new(RequestIds::new(seed))),
+            Err(e) => {
+                warn!("no randomness for usage record ids ({e}): using x-request-id");
+                None
+            }
+        };
         self.identity = Rc::new(self.config.identity_headers.clone());
         self.outbox = Rc::new(RefCell::new(Outbox::new(
             self.config.usage_queue_max,
@@ -488,6 +500,7 @@ impl RootContext for Root {
             Rc::clone(&self.identity),
             Rc::clone(&self.outbox),
             Rc::clone(&self.metrics),
+            self.ids.clone(),
         )))
     }
 

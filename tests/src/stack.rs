@@ -194,6 +194,8 @@ pub struct StackBuilder {
     http_filters: Option<String>,
     /// The key-service's database URL, instead of SQLite in the stack's directory.
     database_url: Option<String>,
+    /// Text replacements in Envoy's configuration, each made once.
+    envoy_edits: Vec<(String, String)>,
 }
 
 impl StackBuilder {
@@ -248,6 +250,12 @@ impl StackBuilder {
     /// Starts the key-service on a copy of this SQLite database.
     pub fn database(mut self, path: &Path) -> Self {
         self.database = Some(path.to_path_buf());
+        self
+    }
+
+    /// Replaces `from` (which must occur once) with `to` in Envoy's configuration.
+    pub fn envoy_edit(mut self, from: &str, to: &str) -> Self {
+        self.envoy_edits.push((from.to_string(), to.to_string()));
         self
     }
 
@@ -306,6 +314,7 @@ impl Stack {
             multi_provider: false,
             http_filters: None,
             database_url: None,
+            envoy_edits: Vec::new(),
         }
     }
 
@@ -355,6 +364,9 @@ impl Stack {
         }
         if let Some(filters) = &options.http_filters {
             text = without_filter(&text, &filters.replace("{FILTER_TOKEN}", &filter_token));
+        }
+        for (from, to) in &options.envoy_edits {
+            text = replace_once(&text, from, to);
         }
         if options.direct_response {
             text = replace_once(

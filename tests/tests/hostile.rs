@@ -494,3 +494,38 @@ fn a_header_that_is_not_utf8_is_the_clients_error() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("invalid_request_header"), "{answer}");
 }
+
+/// Two calls with the same client-sent `x-request-id`, through an Envoy that keeps it
+/// (`preserve_external_request_id: true`): both are billed, as the filter's own ids
+/// (never the client's) are what the key-service bills once.
+#[test]
+fn a_client_chosen_request_id_cannot_make_two_calls_bill_once() {
+    let stack = Stack::builder()
+        .envoy_edit(
+            "use_remote_address: true",
+            "use_remote_address: true\n                preserve_external_request_id: true",
+        )
+        .start();
+    let key = create_key(&stack, json!({"name": "forger"}));
+    let call = || {
+        client()
+            .post(format!("{}{GEMINI}", stack.envoy_url))
+            .header("x-goog-api-key", &key.secret)
+            .header("x-request-id", "same-id-every-time")
+            .json(&gemini_body())
+            .send()
+            .expect("gemini request")
+    };
+    assert_eq!(until_synced(call).status(), 200);
+    let before = usage_rows(&stack, &key, 1).len();
+    assert_eq!(call().status(), 200);
+    assert_eq!(call().status(), 200);
+    let rows = usage_rows(&stack, &key, before + 2);
+    assert_eq!(rows.len(), before + 2, "{rows:#?}");
+    let seen = keygate_e2e::api::upstream_requests(&stack);
+    assert!(
+        seen.iter()
+            .any(|r| keygate_e2e::api::header(r, "x-request-id") == Some("same-id-every-time")),
+        "Envoy kept the client's id, as configured"
+    );
+}
