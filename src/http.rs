@@ -70,6 +70,8 @@ pub struct Http {
     listing_upstream: bool,
     /// Where usage records' ids come from (see `request_id`).
     ids: Option<Rc<RequestIds>>,
+    /// The path named the model (and it was checked); the body may name one too.
+    path_model: bool,
 }
 
 /// A rate-limited key's request.
@@ -161,6 +163,7 @@ impl Http {
             listing: None,
             listing_upstream: false,
             ids,
+            path_model: false,
         }
     }
 
@@ -199,7 +202,7 @@ impl Http {
     fn deny(&mut self, denial: Denial) -> Action {
         // Refused here, it never reached a provider: nothing to record or reserve.
         self.pending = None;
-        self.settle(None, None);
+        self.settle(None, None, true);
         self.metrics.denied(denial);
         // A rate-limit refusal says how the key stands; other refusals need nothing built.
         let limited = match &self.rate {
@@ -351,11 +354,30 @@ impl Http {
             route::classify(header(":method").unwrap_or_default(), p)
         });
         let limited = is_limited(view, &key);
+        // An operator may price a route keygate cannot meter per call: `route:{path}`
+        // (patterns too: `route:/v1/files*`).
+        let mut route_price = None;
         if limited && route == Route::Unmetered {
-            return Err(Denial::EndpointNotMetered);
+            let name = path.map(|p| format!("route:{}", p.to_ascii_lowercase()));
+            route_price = name.filter(|n| {
+                view.tables
+                    .price(n)
+                    .is_some_and(|price| price.per_request > 0.0)
+            });
+            if route_price.is_none() {
+                return Err(Denial::EndpointNotMetered);
+            }
         }
+        let route = match route_price {
+            Some(_) => Route::Metered(Api::PerCall),
+            None => route,
+        };
         self.expect_usage(&headers, route, &key)
             .map_err(|_| HOST_FAILED)?;
+        if let (Some(pending), Some(name)) = (self.pending.as_mut(), route_price) {
+            // Billed under the route's name, at its price per call.
+            pending.model = Some(name);
+        }
         // OpenAI streams may need usage asked for: their body is read (up to the limit).
         let add_usage =
             !end_of_stream && self.pending.is_some() && path.is_some_and(include_usage::applies_to);
@@ -368,6 +390,13 @@ impl Http {
                 pending.model = Some(requested.to_string());
             }
             check_model(&view.tables, &key, Some(requested))?;
+            // Azure's deployment names the model, and so may the body (as proxies that
+            // route by it read it): a restricted key's body is checked too.
+            let azure = path.is_some_and(|p| p.starts_with("/openai/deployments/"));
+            if azure && !end_of_stream && restricts_models(&view.tables, &key) {
+                model_check = true;
+                self.path_model = true;
+            }
         } else if restricts_models(&view.tables, &key) {
             // Only requests whose key or group restricts models must show their model.
             let method = header(":method").unwrap_or_default();
@@ -481,12 +510,19 @@ impl Http {
 
     /// The request ended: its reservation goes back, and what it used (priced as the
     /// snapshot prices its model) counts until the key-service's snapshot shows it.
-    fn settle(&mut self, model: Option<&str>, usage: Option<&Usage>) -> Option<Charge> {
+    /// `failed`: the provider refused the call, which is then not charged per call.
+    fn settle(
+        &mut self,
+        model: Option<&str>,
+        usage: Option<&Usage>,
+        failed: bool,
+    ) -> Option<Charge> {
         let reservation = self.reservation.take()?;
         let price = model.and_then(|m| {
             let view = self.view.borrow();
             view.as_ref().and_then(|v| v.tables.price(m))
         });
+        let price = price.map(|p| if failed { p.failed() } else { p });
         let tokens = usage.map_or_else(Tokens::default, |u| Tokens {
             input: u.input,
             cached_input: u.cached_input,
@@ -539,7 +575,8 @@ impl Http {
             // The snapshot may have changed while the body arrived: check the key as it is
             // now.
             let key = Self::lookup(&wait.key, view.meta.epoch)?.ok_or(Denial::InvalidApiKey)?;
-            if wait.model_check {
+            // With the path's model checked already, a body without one needs nothing.
+            if wait.model_check && !(self.path_model && requested.is_none()) {
                 check_model(&view.tables, &key, requested)?;
             }
             if wait.reserve {
@@ -778,7 +815,7 @@ impl Http {
     fn record_usage(&mut self) -> u64 {
         let Some(pending) = self.pending.take() else {
             // Nothing was reserved without a pending request; release anything anyway.
-            self.settle(None, None);
+            self.settle(None, None, true);
             return 0;
         };
         let scanned = self.scanner.take().map(Scanner::finish).unwrap_or_default();
@@ -793,13 +830,28 @@ impl Http {
             input: bytes.div_ceil(4),
             ..Usage::default()
         };
-        let billed = usage::bill(&scanned, pending.status, prompt);
+        // As the key-service charges it: a provider's error is not charged per call; no
+        // answer at all (499) is, as the provider had the request.
+        let failed = pending.status >= 400;
+        let billed = match pending.api {
+            // A route priced per call: no tokens to read.
+            Api::PerCall => Some((Usage::default(), false)),
+            _ => usage::bill(&scanned, pending.status, prompt),
+        };
         let Some((usage, estimated)) = billed.or_else(|| {
             // A success that says nothing of its usage (an image model that reports none,
             // a compressed answer): a key or account with a limit is billed the estimate
             // its request was admitted on, never nothing.
             self.metrics.usage_missing();
             let estimate = self.reservation.as_ref()?.estimate;
+            let per_call = model.as_deref().and_then(|m| {
+                let view = self.view.borrow();
+                view.as_ref().and_then(|v| v.tables.price(m))
+            });
+            if per_call.is_some_and(|p| p.per_request > 0.0) {
+                // Priced per call (dall-e): that price is the bill.
+                return Some((Usage::default(), false));
+            }
             Some((
                 Usage {
                     input: estimate.input,
@@ -810,13 +862,13 @@ impl Http {
                 true,
             ))
         }) else {
-            self.settle(model.as_deref(), None);
+            self.settle(model.as_deref(), None, failed);
             return 0;
         };
         if estimated {
             self.metrics.usage_estimated();
         }
-        let charge = self.settle(model.as_deref(), Some(&usage));
+        let charge = self.settle(model.as_deref(), Some(&usage), failed);
         let ts = host::now_ms().map_or(0, |ms| i64::try_from(ms / 1000).unwrap_or(0));
         let record = Record {
             charge: charge.filter(|c| c.cost > 0),

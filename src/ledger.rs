@@ -310,6 +310,7 @@ mod tests {
             input: 1_000_000.0,
             cached_input: 1_000_000.0,
             output: 2_000_000.0,
+            per_request: 0.0,
         });
         let asked = Estimate {
             body_bytes: 400,

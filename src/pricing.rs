@@ -23,12 +23,25 @@ pub struct Tokens {
     pub output: u64,
 }
 
-/// Prices in credits per 1,000,000 tokens.
+/// Prices in credits per 1,000,000 tokens, and per call.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Price {
     pub input: f64,
     pub cached_input: f64,
     pub output: f64,
+    /// Credits per call, whatever its tokens (0 for most models).
+    pub per_request: f64,
+}
+
+impl Price {
+    /// The price of a call the provider failed: its tokens only (it reported none), no
+    /// charge per call.
+    pub fn failed(self) -> Price {
+        Price {
+            per_request: 0.0,
+            ..self
+        }
+    }
 }
 
 impl Tokens {
@@ -56,7 +69,7 @@ pub fn cost(tokens: Tokens, price: Option<Price>, ratio: f64) -> i64 {
     let micro = uncached as f64 * price.input
         + cached as f64 * price.cached_input
         + tokens.output as f64 * price.output;
-    let credits = (micro / 1e6 * ratio).ceil();
+    let credits = ((micro / 1e6 + price.per_request) * ratio).ceil();
     if credits.is_finite() && credits > 0.0 {
         // `as` saturates at i64::MAX for absurd prices rather than wrapping.
         (credits as i64).min(MAX_RECORD_COST)
@@ -77,6 +90,7 @@ mod tests {
         input: 2_500_000.0,
         cached_input: 1_250_000.0,
         output: 10_000_000.0,
+        per_request: 0.0,
     };
 
     fn tokens(input: u64, cached_input: u64, output: u64) -> Tokens {
@@ -96,10 +110,27 @@ mod tests {
             input: 0.15,
             cached_input: 0.075,
             output: 0.6,
+            per_request: 0.0,
         };
         // 10 * 0.15 / 1e6 is a tiny fraction: still one credit.
         assert_eq!(cost(tokens(10, 0, 0), Some(cheap), 1.0), 1);
         assert_eq!(cost(tokens(0, 0, 0), Some(cheap), 1.0), 0);
+    }
+
+    #[test]
+    fn a_price_per_call_adds_to_the_tokens_and_takes_the_ratio() {
+        let per_call = Price {
+            per_request: 40.0,
+            ..GPT4O
+        };
+        assert_eq!(cost(tokens(0, 0, 0), Some(per_call), 1.0), 40);
+        assert_eq!(cost(tokens(1000, 200, 50), Some(per_call), 0.5), 1375 + 20);
+        assert_eq!(cost(tokens(0, 0, 0), Some(per_call.failed()), 1.0), 0);
+        let absurd = Price {
+            per_request: f64::MAX,
+            ..GPT4O
+        };
+        assert_eq!(cost(tokens(0, 0, 0), Some(absurd), 2.0), MAX_RECORD_COST);
     }
 
     #[test]
@@ -122,6 +153,7 @@ mod tests {
             input: f64::MAX,
             cached_input: f64::MAX,
             output: f64::MAX,
+            per_request: 0.0,
         };
         // Infinite before rounding: the most a record costs, not 0.
         assert_eq!(

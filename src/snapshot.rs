@@ -78,6 +78,13 @@ pub struct PriceRecord {
     pub input: f64,
     pub output: f64,
     pub cached_input: f64,
+    /// Credits per call (absent from key-services older than this filter: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub per_request: f64,
+}
+
+fn is_zero(n: &f64) -> bool {
+    *n == 0.0
 }
 
 /// An account as the filter needs it.
@@ -571,6 +578,7 @@ impl Tables {
                         input: p.input,
                         cached_input: p.cached_input,
                         output: p.output,
+                        per_request: p.per_request,
                     };
                     (p.name, price)
                 })
@@ -721,6 +729,7 @@ mod tests {
                 input: 0.15,
                 output: 0.6,
                 cached_input: 0.075,
+                per_request: 0.0,
             }],
         });
         assert_eq!((tables.ratio("cheap"), tables.ratio("unknown")), (0.5, 1.0));

@@ -45,6 +45,8 @@ pub enum Api {
     /// OpenAI audio transcriptions and translations: `gpt-4o-*-transcribe` report token
     /// `usage`; `whisper-1` reports seconds (`"type": "duration"`), which are not tokens.
     Audio,
+    /// A route the operator priced per call (`route:{path}`): no tokens are read.
+    PerCall,
 }
 
 impl Api {
@@ -66,6 +68,7 @@ fn count(value: &Value, path: &[&str]) -> Option<u64> {
 fn from_usage_object(api: Api, usage: &Value) -> Option<Usage> {
     let c = |path: &[&str]| count(usage, path).unwrap_or(0);
     match api {
+        Api::PerCall => None,
         Api::OpenAi => {
             let input = count(usage, &["prompt_tokens"])?;
             Some(Usage {
@@ -354,6 +357,7 @@ impl Scanner {
                 }
             }
             Api::Anthropic => self.anthropic(&event),
+            Api::PerCall => {}
         }
     }
 

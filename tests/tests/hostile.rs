@@ -529,3 +529,88 @@ fn a_client_chosen_request_id_cannot_make_two_calls_bill_once() {
         "Envoy kept the client's id, as configured"
     );
 }
+
+/// An Azure-style deployment path and the body's `model` are checked together: a
+/// restricted key cannot name an allowed deployment and slip another model in the body.
+#[test]
+fn an_azure_deployment_and_the_body_model_are_checked_together() {
+    let stack = Stack::start();
+    let key = create_key(&stack, json!({"name": "azure", "models": ["gpt-4o-mini"]}));
+    let call = |body: Value| {
+        client()
+            .post(format!(
+                "{}/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21",
+                stack.envoy_url
+            ))
+            .header("api-key", &key.secret)
+            .json(&body)
+            .send()
+            .expect("azure request")
+    };
+    let plain = json!({"messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(until_synced(|| call(plain.clone())).status(), 200);
+    let mut same = plain.clone();
+    same["model"] = json!("gpt-4o-mini");
+    assert_eq!(call(same).status(), 200);
+    let mut other = plain;
+    other["model"] = json!("gpt-4o");
+    assert_error(call(other), 403, "model_not_allowed");
+}
+
+/// What keygate cannot meter in tokens is billed per call once the operator prices it: a
+/// route (`route:/v1/audio/speech`) or a model without token usage (`dall-e-3`). A call
+/// the provider fails is not charged per call.
+#[test]
+fn per_call_prices_bill_routes_and_models_without_tokens() {
+    let stack = Stack::start();
+    let key = create_key(
+        &stack,
+        json!({"name": "per-call", "unlimited_quota": false, "quota": 1_000_000}),
+    );
+    let post = |path: &str, body: Value| {
+        client()
+            .post(format!("{}{path}", stack.envoy_url))
+            .bearer_auth(&key.secret)
+            .json(&body)
+            .send()
+            .expect("request")
+    };
+    let speech = json!({"model": "tts-1", "input": "hello"});
+    assert_error(
+        until_synced(|| post("/v1/audio/speech", speech.clone())),
+        403,
+        "endpoint_not_metered",
+    );
+    for (name, per_request) in [("route:%2Fv1%2Faudio%2Fspeech", 25), ("dall-e-3", 40)] {
+        let (status, body) = admin(
+            &stack,
+            Method::PUT,
+            &format!("/api/v1/models/{name}"),
+            Some(json!({"input": 0, "output": 0, "per_request": per_request})),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let res = keygate_e2e::api::until_status(200, || post("/v1/audio/speech", speech.clone()));
+    assert_eq!(res.status(), 200);
+    let image = json!({"model": "dall-e-3", "prompt": "a fox"});
+    assert_eq!(post("/v1/images/generations", image.clone()).status(), 200);
+    let failed = client()
+        .post(format!("{}/v1/images/generations", stack.envoy_url))
+        .bearer_auth(&key.secret)
+        .header("x-mock-status", "500")
+        .json(&image)
+        .send()
+        .unwrap();
+    assert_eq!(failed.status(), 500);
+
+    let rows = usage_rows(&stack, &key, 3);
+    let cost_of = |model: &str, status: u64| {
+        rows.iter()
+            .find(|r| r["model"] == model && r["status"] == status)
+            .map(|r| r["cost"].as_u64().unwrap())
+            .unwrap_or_else(|| panic!("{model} {status}: {rows:#?}"))
+    };
+    assert_eq!(cost_of("route:/v1/audio/speech", 200), 25);
+    assert_eq!(cost_of("dall-e-3", 200), 40);
+    assert_eq!(cost_of("dall-e-3", 500), 0);
+}

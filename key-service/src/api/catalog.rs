@@ -36,12 +36,19 @@ fn check_name(param: &str, name: &str) -> Result<(), ApiError> {
 }
 
 /// A model name as prices use it: what clients put in `model` (printable, no `/` so it
-/// fits the path).
+/// fits the path), or a route priced per call, `route:/v1/audio/speech` (its slashes
+/// escaped in the URL: `route:%2Fv1%2Faudio%2Fspeech`). A trailing `*` makes it a
+/// pattern (`gpt-4o-*`).
 fn check_model_name(name: &str) -> Result<(), ApiError> {
-    if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control() || c == '/') {
+    let route = name.starts_with("route:/");
+    if name.is_empty()
+        || name.len() > 256
+        || name.chars().any(|c| c.is_control() || (c == '/' && !route))
+    {
         return Err(ApiError::invalid(
             "name",
-            "a model name must be 1-256 printable characters without '/'",
+            "a model name must be 1-256 printable characters without '/' \
+             (or a route priced per call: route:/path)",
         ));
     }
     Ok(())
@@ -166,6 +173,9 @@ pub struct PutPrice {
     pub output: f64,
     #[serde(default)]
     pub cached_input: Option<f64>,
+    /// Credits per call, beside the token prices (default 0).
+    #[serde(default)]
+    pub per_request: Option<f64>,
 }
 
 /// `GET /api/v1/models`
@@ -197,9 +207,17 @@ pub async fn put_model(
         .cached_input
         .map(|c| non_negative("cached_input", c))
         .transpose()?;
+    let per_request = non_negative("per_request", body.per_request.unwrap_or(0.0))?;
     let created = state
         .store
-        .put_price(&name, input, output, cached, crate::expiry::now())
+        .put_price(
+            &name,
+            input,
+            output,
+            cached,
+            per_request,
+            crate::expiry::now(),
+        )
         .await?;
     let status = if created {
         StatusCode::CREATED
@@ -211,6 +229,7 @@ pub async fn put_model(
         input,
         output,
         cached_input: cached.unwrap_or(input),
+        per_request,
     };
     Ok((status, Json(price)))
 }

@@ -25,6 +25,8 @@ pub struct ModelPrice {
     pub output: f64,
     /// The input price when none was set.
     pub cached_input: f64,
+    /// Credits per call.
+    pub per_request: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -75,6 +77,7 @@ fn price_row(row: &impl Get) -> Result<ModelPrice, StoreError> {
         input,
         output: row.real("output")?,
         cached_input: row.opt_real("cached_input")?.unwrap_or(input),
+        per_request: row.real("per_request")?,
     })
 }
 
@@ -179,7 +182,8 @@ impl Store {
     pub async fn list_prices(&self) -> Result<Vec<ModelPrice>, StoreError> {
         with_pool!(self, |pool| {
             let rows = sqlx::query(
-                "SELECT name, input, output, cached_input FROM model_prices ORDER BY name",
+                "SELECT name, input, output, cached_input, per_request FROM model_prices \
+                 ORDER BY name",
             )
             .fetch_all(pool)
             .await?;
@@ -190,7 +194,8 @@ impl Store {
     pub async fn get_price(&self, name: &str) -> Result<Option<ModelPrice>, StoreError> {
         with_pool!(self, |pool| {
             let row = sqlx::query(
-                "SELECT name, input, output, cached_input FROM model_prices WHERE name = $1",
+                "SELECT name, input, output, cached_input, per_request FROM model_prices \
+                 WHERE name = $1",
             )
             .bind(name)
             .fetch_optional(pool)
@@ -207,30 +212,33 @@ impl Store {
         input: f64,
         output: f64,
         cached_input: Option<f64>,
+        per_request: f64,
         now: i64,
     ) -> Result<bool, StoreError> {
         with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             let updated = sqlx::query(
-                "UPDATE model_prices SET input = $2, output = $3, cached_input = $4 \
-                 WHERE name = $1",
+                "UPDATE model_prices SET input = $2, output = $3, cached_input = $4, \
+                 per_request = $5 WHERE name = $1",
             )
             .bind(name)
             .bind(input)
             .bind(output)
             .bind(cached_input)
+            .bind(per_request)
             .execute(&mut *tx)
             .await?
             .rows_affected();
             if updated == 0 {
                 sqlx::query(
-                    "INSERT INTO model_prices (name, input, output, cached_input) \
-                     VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO model_prices (name, input, output, cached_input, per_request) \
+                     VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(name)
                 .bind(input)
                 .bind(output)
                 .bind(cached_input)
+                .bind(per_request)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -404,12 +412,18 @@ mod tests {
     #[tokio::test]
     async fn prices_default_their_cached_input_to_the_input_price() {
         let (_dir, store) = store().await;
-        assert!(store.put_price("gpt-4o", 2.5, 10.0, None, 0).await.unwrap());
-        assert!(!store
-            .put_price("gpt-4o", 2.5, 10.0, Some(1.25), 0)
+        assert!(store
+            .put_price("gpt-4o", 2.5, 10.0, None, 0.0, 0)
             .await
             .unwrap());
-        store.put_price("embed", 0.02, 0.0, None, 0).await.unwrap();
+        assert!(!store
+            .put_price("gpt-4o", 2.5, 10.0, Some(1.25), 0.0, 0)
+            .await
+            .unwrap());
+        store
+            .put_price("embed", 0.02, 0.0, None, 0.0, 0)
+            .await
+            .unwrap();
         let prices = store.list_prices().await.unwrap();
         assert_eq!(prices.len(), 2);
         assert_eq!(prices[0].cached_input, 0.02);

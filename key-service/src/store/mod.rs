@@ -81,6 +81,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0008_integer_columns.sql"),
         include_str!("../../migrations/postgres/0008_integer_columns.sql"),
     ),
+    (
+        9,
+        "per_request_prices",
+        include_str!("../../migrations/sqlite/0009_per_request_prices.sql"),
+        include_str!("../../migrations/postgres/0009_per_request_prices.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -144,15 +144,18 @@ impl Store {
             // Every price, once per batch (a few hundred rows at most): a model without a
             // price of its own takes its most specific pattern's (`gpt-4o-*`).
             let mut prices: HashMap<String, Price> = HashMap::new();
-            for row in sqlx::query("SELECT name, input, output, cached_input FROM model_prices")
-                .fetch_all(&mut *tx)
-                .await?
+            for row in sqlx::query(
+                "SELECT name, input, output, cached_input, per_request FROM model_prices",
+            )
+            .fetch_all(&mut *tx)
+            .await?
             {
                 let input = row.real("input")?;
                 let price = Price {
                     input,
                     output: row.real("output")?,
                     cached_input: row.opt_real("cached_input")?.unwrap_or(input),
+                    per_request: row.real("per_request")?,
                 };
                 prices.insert(row.text("name")?, price);
             }
@@ -186,6 +189,10 @@ impl Store {
                 };
                 let ratio = key.as_ref().map_or(1.0, |k| k.2);
                 let price = keygate::model::lookup(&prices, &record.model);
+                // A call the provider failed is not charged per call (no answer at all,
+                // 499, still is: the provider had the request).
+                let failed = record.status >= 400 && record.status != 499;
+                let price = price.map(|p| if failed { p.failed() } else { p });
                 let cost = pricing::cost(record.tokens, price, ratio);
                 let inserted = sqlx::query(
                     "INSERT INTO usage_log (request_id, key_id, key_name, account, model, \
@@ -398,7 +405,7 @@ mod tests {
         store.insert_keys(&[key], 0).await.unwrap();
         // 2 credits per token in and out.
         store
-            .put_price("m", 2_000_000.0, 2_000_000.0, None, 0)
+            .put_price("m", 2_000_000.0, 2_000_000.0, None, 0.0, 0)
             .await
             .unwrap();
         (dir, store)

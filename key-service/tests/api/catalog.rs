@@ -153,7 +153,8 @@ async fn model_prices_are_set_and_read() {
     assert_eq!(put.status, 201);
     assert_eq!(
         put.body,
-        json!({"name": "gpt-4o", "input": 2.5, "output": 10.0, "cached_input": 2.5})
+        json!({"name": "gpt-4o", "input": 2.5, "output": 10.0, "cached_input": 2.5,
+            "per_request": 0.0})
     );
     let again = service
         .call(
@@ -165,6 +166,32 @@ async fn model_prices_are_set_and_read() {
     assert_eq!(again.status, 200);
     let list = service.call(Method::GET, "/api/v1/models", None).await;
     assert_eq!(list.body["models"][0]["cached_input"], 1.25);
+    // A price per call, for what is not billed in tokens (dall-e, speech).
+    let per_call = service
+        .call(
+            Method::PUT,
+            "/api/v1/models/dall-e-3",
+            Some(json!({"input": 0, "output": 0, "per_request": 40})),
+        )
+        .await;
+    assert_eq!(per_call.body["per_request"], 40.0);
+    let bad = service
+        .call(
+            Method::PUT,
+            "/api/v1/models/dall-e-3",
+            Some(json!({"input": 0, "output": 0, "per_request": -1})),
+        )
+        .await;
+    assert_eq!(bad.error().2.as_deref(), Some("per_request"));
+    let snapshot = service.snapshot().await.body;
+    let sent = snapshot["prices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "dall-e-3")
+        .cloned()
+        .unwrap();
+    assert_eq!(sent["per_request"], 40.0, "{sent}");
     let none = service
         .call(Method::GET, "/api/v1/models/unpriced", None)
         .await;
