@@ -850,6 +850,8 @@ mod properties {
             Api::Images | Api::Audio => format!("data: {{\"type\":\"done\",\"usage\":{{\"input_tokens\":{input},\"output_tokens\":{output}}}}}\n\n"),
             Api::Responses => format!("data: {{\"type\":\"response.completed\",\"response\":{{\"usage\":{{\"input_tokens\":{input},\"output_tokens\":{output}}}}}}}\n\n"),
             Api::Anthropic => format!("data: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":{output}}}}}\n\n"),
+            // Not generated (see `api()`): it reads no tokens.
+            Api::PerCall => String::new(),
             Api::Gemini => format!("data: {{\"candidates\":[{{\"finishReason\":\"STOP\"}}],\"usageMetadata\":{{\"promptTokenCount\":{input},\"candidatesTokenCount\":{output}}}}}\n\n"),
         };
         body
