@@ -161,3 +161,37 @@ mod tests {
         );
     }
 }
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever headers a client sends, finding the credential and stripping it never
+        /// panics; what is found is a value of one of the credential headers or `key=`.
+        #[test]
+        fn any_headers_are_read_without_a_panic(
+            names in proptest::collection::vec(prop_oneof![
+                Just("authorization".to_string()), Just("x-api-key".to_string()),
+                Just("api-key".to_string()), Just("x-goog-api-key".to_string()),
+                Just(":path".to_string()), "[a-z:-]{1,12}"], 0..6),
+            values in proptest::collection::vec(".{0,40}", 6),
+        ) {
+            let headers: Vec<(&str, &str)> = names
+                .iter()
+                .zip(&values)
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            if let Some(found) = find(&headers) {
+                prop_assert!(values.iter().any(|v| v.contains(found)));
+            }
+            let _ = headers_to_strip(&headers, |_| false);
+            for (_, v) in &headers {
+                if let Some(stripped) = strip_query_key(v) {
+                    prop_assert!(!stripped.contains("key="), "{stripped}");
+                }
+            }
+        }
+    }
+}

@@ -635,7 +635,7 @@ impl Http {
         let request_id = match &self.ids {
             Some(ids) => ids.next(),
             None => match header("x-request-id").filter(|id| !id.is_empty()) {
-                Some(id) => clamp(id, 128),
+                Some(id) => model::printable(id, 128),
                 None => return Ok(()),
             },
         };
@@ -658,19 +658,6 @@ impl Http {
             Err(denial) => self.deny(denial),
         }
     }
-}
-
-/// At most `max` bytes of `text` (at a character boundary), without control characters:
-/// what the key-service accepts in a usage record.
-fn clamp(text: &str, max: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max));
-    for c in text.chars().filter(|c| !c.is_control()) {
-        if out.len() + c.len_utf8() > max {
-            break;
-        }
-        out.push(c);
-    }
-    out
 }
 
 impl Context for Http {}
@@ -876,7 +863,7 @@ impl Http {
             key_id: pending.key_id,
             // What the key-service stores: an empty or unprintable name is `unknown`.
             model: model
-                .map(|m| clamp(&m, 256))
+                .map(|m| model::printable(&m, 256))
                 .filter(|m| !m.trim().is_empty())
                 .unwrap_or_else(|| "unknown".into()),
             input_tokens: usage.input,

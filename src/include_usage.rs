@@ -24,6 +24,11 @@ pub fn add_to_request(body: &[u8]) -> Option<Vec<u8>> {
     let options = object
         .entry("stream_options")
         .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    if options.is_null() {
+        // `"stream_options": null` is the same as none (SDKs send it).
+        *options = Value::Object(serde_json::Map::new());
+    }
+    // Any other shape is the client's error, which the provider answers.
     let options = options.as_object_mut()?;
     if options.get("include_usage").and_then(Value::as_bool) == Some(true) {
         return None;
@@ -115,6 +120,14 @@ mod tests {
         let v: Value = serde_json::from_slice(&other_options).unwrap();
         assert_eq!(v["stream_options"]["include_obfuscation"], false);
         assert_eq!(v["stream_options"]["include_usage"], true);
+        for odd in [
+            &br#"{"stream":true,"stream_options":null}"#[..],
+            br#"{"stream":true,"stream_options":{"include_usage":false}}"#,
+            br#"{"stream":true,"stream_options":{"include_usage":null}}"#,
+        ] {
+            let v: Value = serde_json::from_slice(&add_to_request(odd).unwrap()).unwrap();
+            assert_eq!(v["stream_options"]["include_usage"], true, "{v}");
+        }
         for unchanged in [
             &br#"{"stream":false}"#[..],
             br#"{"messages":[]}"#,

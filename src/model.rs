@@ -97,6 +97,19 @@ pub fn from_path(path: &str) -> Option<&str> {
     (!deployment.is_empty()).then_some(deployment)
 }
 
+/// At most `max` bytes of `text` (cut at a character boundary), without control
+/// characters: what a usage record may carry (the filter sends, the key-service stores).
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Whether a model name can be sent on as the `x-keygate-model` header: printable ASCII,
 /// at most 256 characters (a client's body could hold anything).
 pub fn is_header_safe(model: &str) -> bool {

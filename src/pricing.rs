@@ -177,3 +177,37 @@ mod tests {
         );
     }
 }
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn price() -> impl Strategy<Value = Price> {
+        (0.0..1e12f64, 0.0..1e12f64, 0.0..1e12f64, 0.0..1e9f64).prop_map(
+            |(input, cached_input, output, per_request)| Price {
+                input,
+                cached_input,
+                output,
+                per_request,
+            },
+        )
+    }
+
+    proptest! {
+        /// At the u64 extremes and anywhere between: no panic, never negative, never more
+        /// than a record may cost, and more tokens never cost less.
+        #[test]
+        fn costs_are_bounded_and_monotonic(
+            input in any::<u64>(), cached in any::<u64>(), output in any::<u64>(),
+            more in any::<u64>(), price in price(), ratio in 0.0..1e6f64,
+        ) {
+            let tokens = Tokens { input, cached_input: cached, output };
+            let c = cost(tokens, Some(price), ratio);
+            prop_assert!((0..=MAX_RECORD_COST).contains(&c));
+            let bigger = Tokens { output: output.saturating_add(more), ..tokens };
+            prop_assert!(cost(bigger, Some(price), ratio) >= c);
+            prop_assert_eq!(cost(tokens, None, ratio), 0);
+        }
+    }
+}

@@ -73,18 +73,6 @@ pub struct ReportAnswer {
     pub results: Vec<RecordResult>,
 }
 
-/// `text` without control characters, at most `max` bytes (cut at a character boundary).
-fn printable(text: &str, max: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max));
-    for c in text.chars().filter(|c| !c.is_control()) {
-        if out.len() + c.len_utf8() > max {
-            break;
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// One reported record as it will be billed, or why it cannot be. Only what would make
 /// billing unsafe refuses a record (no id to bill it once by, no key); anything else odd
 /// is normalised and the record flagged `estimated` where its numbers changed: an empty
@@ -115,7 +103,7 @@ pub fn normalise(record: serde_json::Value, now: i64) -> Result<UsageRecord, Rec
             )));
         }
     }
-    let model = printable(r.model.as_deref().unwrap_or(""), MODEL_MAX);
+    let model = keygate::model::printable(r.model.as_deref().unwrap_or(""), MODEL_MAX);
     let model = if model.trim().is_empty() {
         "unknown".to_owned()
     } else {
