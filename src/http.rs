@@ -527,6 +527,7 @@ impl Http {
             input: u.input,
             cached_input: u.cached_input,
             output: u.output,
+            cache_write: u.cache_write,
         });
         let cost = u64::try_from(pricing::cost(tokens, price, reservation.ratio)).unwrap_or(0);
         for name in [&reservation.key_ledger, &reservation.account_ledger]
@@ -842,9 +843,8 @@ impl Http {
             Some((
                 Usage {
                     input: estimate.input,
-                    cached_input: 0,
                     output: estimate.output,
-                    reasoning: 0,
+                    ..Usage::default()
                 },
                 true,
             ))
@@ -869,6 +869,7 @@ impl Http {
             input_tokens: usage.input,
             cached_input_tokens: usage.cached_input,
             output_tokens: usage.output,
+            cache_write_tokens: usage.cache_write,
             // No response at all (the client went away first): nginx's 499.
             status: if pending.status == 0 {
                 499

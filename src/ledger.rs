@@ -218,8 +218,8 @@ impl Estimate {
     pub fn tokens(&self, default_output_tokens: u64) -> Tokens {
         Tokens {
             input: self.body_bytes.div_ceil(4),
-            cached_input: 0,
             output: self.max_output_tokens.unwrap_or(default_output_tokens),
+            ..Tokens::default()
         }
     }
 }
@@ -310,6 +310,7 @@ mod tests {
             input: 1_000_000.0,
             cached_input: 1_000_000.0,
             output: 2_000_000.0,
+            cache_write: 1_000_000.0,
             per_request: 0.0,
         });
         let asked = Estimate {

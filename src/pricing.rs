@@ -21,6 +21,8 @@ pub struct Tokens {
     pub input: u64,
     pub cached_input: u64,
     pub output: u64,
+    /// Input tokens written to the provider's prompt cache (part of `input`).
+    pub cache_write: u64,
 }
 
 /// Prices in credits per 1,000,000 tokens, and per call.
@@ -29,6 +31,8 @@ pub struct Price {
     pub input: f64,
     pub cached_input: f64,
     pub output: f64,
+    /// For tokens written to the prompt cache (Anthropic charges 1.25x input for them).
+    pub cache_write: f64,
     /// Credits per call, whatever its tokens (0 for most models).
     pub per_request: f64,
 }
@@ -45,13 +49,16 @@ impl Price {
 }
 
 impl Tokens {
-    /// Each count at most [`MAX_RECORD_TOKENS`], and cached input at most input.
+    /// Each count at most [`MAX_RECORD_TOKENS`], cached input at most input, and cache
+    /// writes at most the input left.
     pub fn bounded(self) -> Tokens {
         let input = self.input.min(MAX_RECORD_TOKENS);
+        let cached_input = self.cached_input.min(input);
         Tokens {
             input,
-            cached_input: self.cached_input.min(input),
+            cached_input,
             output: self.output.min(MAX_RECORD_TOKENS),
+            cache_write: self.cache_write.min(input - cached_input),
         }
     }
 }
@@ -65,9 +72,11 @@ pub fn cost(tokens: Tokens, price: Option<Price>, ratio: f64) -> i64 {
     // More cached than input tokens would be a provider's error: count them as input.
     let tokens = tokens.bounded();
     let cached = tokens.cached_input;
-    let uncached = tokens.input - cached;
-    let micro = uncached as f64 * price.input
+    // `bounded` keeps both within input.
+    let plain = tokens.input - cached - tokens.cache_write;
+    let micro = plain as f64 * price.input
         + cached as f64 * price.cached_input
+        + tokens.cache_write as f64 * price.cache_write
         + tokens.output as f64 * price.output;
     let credits = ((micro / 1e6 + price.per_request) * ratio).ceil();
     if credits.is_finite() && credits > 0.0 {
@@ -90,6 +99,7 @@ mod tests {
         input: 2_500_000.0,
         cached_input: 1_250_000.0,
         output: 10_000_000.0,
+        cache_write: 3_125_000.0,
         per_request: 0.0,
     };
 
@@ -98,7 +108,25 @@ mod tests {
             input,
             cached_input,
             output,
+            cache_write: 0,
         }
+    }
+
+    #[test]
+    fn cache_writes_are_priced_at_their_own_rate() {
+        // Anthropic: 1,000 in of which 200 read from the cache and 300 written to it.
+        let written = Tokens {
+            cache_write: 300,
+            ..tokens(1000, 200, 0)
+        };
+        // 500 * 2.5 + 200 * 1.25 + 300 * 3.125 = 2437.5 credits per million tokens.
+        assert_eq!(cost(written, Some(GPT4O), 1.0), 2438);
+        // More written than the input left: bounded by it.
+        let lie = Tokens {
+            cache_write: u64::MAX,
+            ..tokens(1000, 200, 0)
+        };
+        assert_eq!(lie.bounded().cache_write, 800);
     }
 
     #[test]
@@ -110,6 +138,7 @@ mod tests {
             input: 0.15,
             cached_input: 0.075,
             output: 0.6,
+            cache_write: 0.15,
             per_request: 0.0,
         };
         // 10 * 0.15 / 1e6 is a tiny fraction: still one credit.
@@ -153,6 +182,7 @@ mod tests {
             input: f64::MAX,
             cached_input: f64::MAX,
             output: f64::MAX,
+            cache_write: f64::MAX,
             per_request: 0.0,
         };
         // Infinite before rounding: the most a record costs, not 0.
@@ -184,14 +214,22 @@ mod properties {
     use proptest::prelude::*;
 
     fn price() -> impl Strategy<Value = Price> {
-        (0.0..1e12f64, 0.0..1e12f64, 0.0..1e12f64, 0.0..1e9f64).prop_map(
-            |(input, cached_input, output, per_request)| Price {
-                input,
-                cached_input,
-                output,
-                per_request,
-            },
+        (
+            0.0..1e12f64,
+            0.0..1e12f64,
+            0.0..1e12f64,
+            0.0..1e12f64,
+            0.0..1e9f64,
         )
+            .prop_map(
+                |(input, cached_input, output, cache_write, per_request)| Price {
+                    input,
+                    cached_input,
+                    output,
+                    cache_write,
+                    per_request,
+                },
+            )
     }
 
     proptest! {
@@ -202,7 +240,7 @@ mod properties {
             input in any::<u64>(), cached in any::<u64>(), output in any::<u64>(),
             more in any::<u64>(), price in price(), ratio in 0.0..1e6f64,
         ) {
-            let tokens = Tokens { input, cached_input: cached, output };
+            let tokens = Tokens { input, cached_input: cached, output, cache_write: more };
             let c = cost(tokens, Some(price), ratio);
             prop_assert!((0..=MAX_RECORD_COST).contains(&c));
             let bigger = Tokens { output: output.saturating_add(more), ..tokens };

@@ -20,6 +20,9 @@ pub struct Record {
     pub input_tokens: u64,
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
+    /// Input tokens written to the prompt cache (part of `input_tokens`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
     pub status: u16,
     /// Unix seconds.
     pub ts: i64,
@@ -29,6 +32,10 @@ pub struct Record {
     /// What it cost the quota ledgers it was admitted against; stays in the filter.
     #[serde(skip)]
     pub charge: Option<Charge>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A request's cost, as the filter priced it, and the ledgers (`ledger`) that count it
@@ -219,6 +226,7 @@ mod tests {
             input_tokens: n,
             cached_input_tokens: 0,
             output_tokens: 1,
+            cache_write_tokens: 0,
             status: 200,
             ts: 1,
             estimated: false,

@@ -78,6 +78,9 @@ pub struct PriceRecord {
     pub input: f64,
     pub output: f64,
     pub cached_input: f64,
+    /// For prompt-cache writes (absent: the input price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write: Option<f64>,
     /// Credits per call (absent from key-services older than this filter: none).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub per_request: f64,
@@ -578,6 +581,7 @@ impl Tables {
                         input: p.input,
                         cached_input: p.cached_input,
                         output: p.output,
+                        cache_write: p.cache_write.unwrap_or(p.input),
                         per_request: p.per_request,
                     };
                     (p.name, price)
@@ -729,6 +733,7 @@ mod tests {
                 input: 0.15,
                 output: 0.6,
                 cached_input: 0.075,
+                cache_write: None,
                 per_request: 0.0,
             }],
         });

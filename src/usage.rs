@@ -28,6 +28,9 @@ pub struct Usage {
     /// All output tokens, reasoning included.
     pub output: u64,
     pub reasoning: u64,
+    /// Input tokens written to the provider's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`): part of `input`, priced at their own rate.
+    pub cache_write: u64,
 }
 
 /// Which API a request went to, from its path.
@@ -76,6 +79,7 @@ fn from_usage_object(api: Api, usage: &Value) -> Option<Usage> {
                 cached_input: c(&["prompt_tokens_details", "cached_tokens"]),
                 output: c(&["completion_tokens"]),
                 reasoning: c(&["completion_tokens_details", "reasoning_tokens"]),
+                cache_write: 0,
             })
         }
         Api::Responses | Api::Images | Api::Audio => Some(Usage {
@@ -83,6 +87,7 @@ fn from_usage_object(api: Api, usage: &Value) -> Option<Usage> {
             cached_input: c(&["input_tokens_details", "cached_tokens"]),
             output: c(&["output_tokens"]),
             reasoning: c(&["output_tokens_details", "reasoning_tokens"]),
+            cache_write: 0,
         }),
         Api::Anthropic => {
             let (read, write) = (
@@ -97,6 +102,7 @@ fn from_usage_object(api: Api, usage: &Value) -> Option<Usage> {
                 cached_input: read,
                 output: c(&["output_tokens"]),
                 reasoning: 0,
+                cache_write: write,
             })
         }
         Api::Gemini => {
@@ -106,6 +112,7 @@ fn from_usage_object(api: Api, usage: &Value) -> Option<Usage> {
                 cached_input: c(&["cachedContentTokenCount"]),
                 output: c(&["candidatesTokenCount"]).saturating_add(thoughts),
                 reasoning: thoughts,
+                cache_write: 0,
             })
         }
     }
@@ -382,6 +389,7 @@ impl Scanner {
                 if let Some(full) = from_usage_object(Api::Anthropic, delta) {
                     usage.input = full.input;
                     usage.cached_input = full.cached_input;
+                    usage.cache_write = full.cache_write;
                 }
                 self.usage = Some(usage);
                 // message_start's output count is a placeholder; the delta's is the total.
@@ -489,6 +497,7 @@ mod tests {
             cached_input,
             output,
             reasoning,
+            cache_write: 0,
         })
     }
 
@@ -589,7 +598,10 @@ mod tests {
         // 25 + 100 read + 7 written; output replaced, not added: 42.
         assert_eq!(
             scan_every_split(Api::Anthropic, true, stream),
-            usage(132, 100, 42, 0)
+            Some(Usage {
+                cache_write: 7,
+                ..plain(132, 100, 42, 0)
+            })
         );
         let body = r#"{"id":"msg_1","type":"message","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":9,"cache_read_input_tokens":1,"output_tokens":3}}"#;
         assert_eq!(
@@ -734,6 +746,7 @@ mod tests {
             cached_input,
             output,
             reasoning,
+            cache_write: 0,
         }
     }
 

@@ -12,7 +12,7 @@ use crate::api::{limit, nullable};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
-use crate::store::{AccountRow, GroupRow, ModelPrice, Removed};
+use crate::store::{AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
 use crate::AppState;
 
 const NAME_MAX: usize = 64;
@@ -176,6 +176,9 @@ pub struct PutPrice {
     /// Credits per call, beside the token prices (default 0).
     #[serde(default)]
     pub per_request: Option<f64>,
+    /// For prompt-cache writes (default: the input price).
+    #[serde(default)]
+    pub cache_write: Option<f64>,
 }
 
 /// `GET /api/v1/models`
@@ -208,16 +211,20 @@ pub async fn put_model(
         .map(|c| non_negative("cached_input", c))
         .transpose()?;
     let per_request = non_negative("per_request", body.per_request.unwrap_or(0.0))?;
+    let cache_write = body
+        .cache_write
+        .map(|c| non_negative("cache_write", c))
+        .transpose()?;
+    let new = NewPrice {
+        input,
+        output,
+        cached_input: cached,
+        cache_write,
+        per_request,
+    };
     let created = state
         .store
-        .put_price(
-            &name,
-            input,
-            output,
-            cached,
-            per_request,
-            crate::expiry::now(),
-        )
+        .put_price(&name, &new, crate::expiry::now())
         .await?;
     let status = if created {
         StatusCode::CREATED
@@ -229,6 +236,7 @@ pub async fn put_model(
         input,
         output,
         cached_input: cached.unwrap_or(input),
+        cache_write: cache_write.unwrap_or(input),
         per_request,
     };
     Ok((status, Json(price)))

@@ -39,6 +39,9 @@ pub struct ReportedUsage {
     #[serde(default)]
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
+    /// Input tokens written to the prompt cache (part of `input_tokens`).
+    #[serde(default)]
+    pub cache_write_tokens: u64,
     /// HTTP status the client got (200 when absent).
     #[serde(default)]
     pub status: Option<u64>,
@@ -116,6 +119,7 @@ pub fn normalise(record: serde_json::Value, now: i64) -> Result<UsageRecord, Rec
         input: r.input_tokens,
         cached_input: r.cached_input_tokens,
         output: r.output_tokens,
+        cache_write: r.cache_write_tokens,
     };
     let tokens = reported.bounded();
     Ok(UsageRecord {

@@ -25,7 +25,19 @@ pub struct ModelPrice {
     pub output: f64,
     /// The input price when none was set.
     pub cached_input: f64,
+    /// For prompt-cache writes; the input price when none was set.
+    pub cache_write: f64,
     /// Credits per call.
+    pub per_request: f64,
+}
+
+/// A model's prices as they are set: `None` = the input price.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NewPrice {
+    pub input: f64,
+    pub output: f64,
+    pub cached_input: Option<f64>,
+    pub cache_write: Option<f64>,
     pub per_request: f64,
 }
 
@@ -77,6 +89,7 @@ fn price_row(row: &impl Get) -> Result<ModelPrice, StoreError> {
         input,
         output: row.real("output")?,
         cached_input: row.opt_real("cached_input")?.unwrap_or(input),
+        cache_write: row.opt_real("cache_write")?.unwrap_or(input),
         per_request: row.real("per_request")?,
     })
 }
@@ -182,8 +195,8 @@ impl Store {
     pub async fn list_prices(&self) -> Result<Vec<ModelPrice>, StoreError> {
         with_pool!(self, |pool| {
             let rows = sqlx::query(
-                "SELECT name, input, output, cached_input, per_request FROM model_prices \
-                 ORDER BY name",
+                "SELECT name, input, output, cached_input, cache_write, per_request \
+                 FROM model_prices ORDER BY name",
             )
             .fetch_all(pool)
             .await?;
@@ -194,8 +207,8 @@ impl Store {
     pub async fn get_price(&self, name: &str) -> Result<Option<ModelPrice>, StoreError> {
         with_pool!(self, |pool| {
             let row = sqlx::query(
-                "SELECT name, input, output, cached_input, per_request FROM model_prices \
-                 WHERE name = $1",
+                "SELECT name, input, output, cached_input, cache_write, per_request \
+                 FROM model_prices WHERE name = $1",
             )
             .bind(name)
             .fetch_optional(pool)
@@ -204,41 +217,40 @@ impl Store {
         })
     }
 
-    /// Sets a model's prices (`cached_input` `None` = the input price); `true` when the
-    /// model had none before.
+    /// Sets a model's prices; `true` when the model had none before.
     pub async fn put_price(
         &self,
         name: &str,
-        input: f64,
-        output: f64,
-        cached_input: Option<f64>,
-        per_request: f64,
+        price: &NewPrice,
         now: i64,
     ) -> Result<bool, StoreError> {
         with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             let updated = sqlx::query(
                 "UPDATE model_prices SET input = $2, output = $3, cached_input = $4, \
-                 per_request = $5 WHERE name = $1",
+                 per_request = $5, cache_write = $6 WHERE name = $1",
             )
             .bind(name)
-            .bind(input)
-            .bind(output)
-            .bind(cached_input)
-            .bind(per_request)
+            .bind(price.input)
+            .bind(price.output)
+            .bind(price.cached_input)
+            .bind(price.per_request)
+            .bind(price.cache_write)
             .execute(&mut *tx)
             .await?
             .rows_affected();
             if updated == 0 {
                 sqlx::query(
-                    "INSERT INTO model_prices (name, input, output, cached_input, per_request) \
-                     VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO model_prices \
+                     (name, input, output, cached_input, per_request, cache_write) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(name)
-                .bind(input)
-                .bind(output)
-                .bind(cached_input)
-                .bind(per_request)
+                .bind(price.input)
+                .bind(price.output)
+                .bind(price.cached_input)
+                .bind(price.per_request)
+                .bind(price.cache_write)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -412,16 +424,22 @@ mod tests {
     #[tokio::test]
     async fn prices_default_their_cached_input_to_the_input_price() {
         let (_dir, store) = store().await;
+        let price = |input, output, cached_input| NewPrice {
+            input,
+            output,
+            cached_input,
+            ..NewPrice::default()
+        };
         assert!(store
-            .put_price("gpt-4o", 2.5, 10.0, None, 0.0, 0)
+            .put_price("gpt-4o", &price(2.5, 10.0, None), 0)
             .await
             .unwrap());
         assert!(!store
-            .put_price("gpt-4o", 2.5, 10.0, Some(1.25), 0.0, 0)
+            .put_price("gpt-4o", &price(2.5, 10.0, Some(1.25)), 0)
             .await
             .unwrap());
         store
-            .put_price("embed", 0.02, 0.0, None, 0.0, 0)
+            .put_price("embed", &price(0.02, 0.0, None), 0)
             .await
             .unwrap();
         let prices = store.list_prices().await.unwrap();

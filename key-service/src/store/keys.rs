@@ -307,7 +307,8 @@ const RECORD_CHANGE: &str =
     "INSERT INTO key_changes (key_id, kind, at, revoked_hash) VALUES ($1, $2, $3, $4)";
 const GROUP_TABLE: &str = "SELECT name, models, ratio, rpm, tpm FROM groups ORDER BY name";
 const PRICE_TABLE: &str =
-    "SELECT name, input, output, cached_input, per_request FROM model_prices ORDER BY name";
+    "SELECT name, input, output, cached_input, cache_write, per_request FROM model_prices \
+     ORDER BY name";
 const ACCOUNT_TABLE: &str = "SELECT name, balance FROM accounts ORDER BY name";
 
 /// What `change_one` does to a key.
@@ -794,6 +795,7 @@ fn tables(
                 input,
                 output: row.real("output")?,
                 cached_input: row.opt_real("cached_input")?.unwrap_or(input),
+                cache_write: row.opt_real("cache_write")?,
                 per_request: row.real("per_request")?,
             })
         })

@@ -24,7 +24,7 @@ use sqlx::{Postgres, Row, SqlSafeStr, Sqlite, Transaction};
 
 use crate::config::Database;
 
-pub use catalog::{AccountRow, GroupRow, ModelPrice, Removed};
+pub use catalog::{AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
 pub use keys::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey, SnapshotPage};
 use keys::{POSTGRES, SQLITE};
 pub use usage::{Ingested, UsageFilter, UsageRecord, UsageRow};
@@ -86,6 +86,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "per_request_prices",
         include_str!("../../migrations/sqlite/0009_per_request_prices.sql"),
         include_str!("../../migrations/postgres/0009_per_request_prices.sql"),
+    ),
+    (
+        10,
+        "cache_writes",
+        include_str!("../../migrations/sqlite/0010_cache_writes.sql"),
+        include_str!("../../migrations/postgres/0010_cache_writes.sql"),
     ),
 ];
 

@@ -49,6 +49,8 @@ pub struct UsageRow {
     pub input_tokens: i64,
     pub cached_input_tokens: i64,
     pub output_tokens: i64,
+    /// Input tokens written to the prompt cache (part of `input_tokens`).
+    pub cache_write_tokens: i64,
     pub cost: i64,
     pub priced: bool,
     pub status: i64,
@@ -93,6 +95,7 @@ fn usage_row(row: &impl Get) -> Result<UsageRow, sqlx::Error> {
         input_tokens: row.int("input_tokens")?,
         cached_input_tokens: row.int("cached_input_tokens")?,
         output_tokens: row.int("output_tokens")?,
+        cache_write_tokens: row.int("cache_write_tokens")?,
         cost: row.int("cost")?,
         priced: row.flag("priced")?,
         status: row.int("status")?,
@@ -145,7 +148,7 @@ impl Store {
             // price of its own takes its most specific pattern's (`gpt-4o-*`).
             let mut prices: HashMap<String, Price> = HashMap::new();
             for row in sqlx::query(
-                "SELECT name, input, output, cached_input, per_request FROM model_prices",
+                "SELECT name, input, output, cached_input, cache_write, per_request FROM model_prices",
             )
             .fetch_all(&mut *tx)
             .await?
@@ -155,6 +158,7 @@ impl Store {
                     input,
                     output: row.real("output")?,
                     cached_input: row.opt_real("cached_input")?.unwrap_or(input),
+                    cache_write: row.opt_real("cache_write")?.unwrap_or(input),
                     per_request: row.real("per_request")?,
                 };
                 prices.insert(row.text("name")?, price);
@@ -197,8 +201,8 @@ impl Store {
                 let inserted = sqlx::query(
                     "INSERT INTO usage_log (request_id, key_id, key_name, account, model, \
                          input_tokens, cached_input_tokens, output_tokens, cost, priced, \
-                         status, ts, estimated) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                         status, ts, estimated, cache_write_tokens) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                      ON CONFLICT (request_id) DO NOTHING",
                 )
                 .bind(&record.request_id)
@@ -214,6 +218,7 @@ impl Store {
                 .bind(i64::from(record.status))
                 .bind(record.ts)
                 .bind(record.estimated)
+                .bind(to_i64(record.tokens.cache_write))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -370,8 +375,8 @@ mod tests {
             model: model.into(),
             tokens: Tokens {
                 input,
-                cached_input: 0,
                 output,
+                ..Tokens::default()
             },
             status: 200,
             ts: 1_000,
@@ -405,7 +410,15 @@ mod tests {
         store.insert_keys(&[key], 0).await.unwrap();
         // 2 credits per token in and out.
         store
-            .put_price("m", 2_000_000.0, 2_000_000.0, None, 0.0, 0)
+            .put_price(
+                "m",
+                &crate::store::NewPrice {
+                    input: 2_000_000.0,
+                    output: 2_000_000.0,
+                    ..Default::default()
+                },
+                0,
+            )
             .await
             .unwrap();
         (dir, store)

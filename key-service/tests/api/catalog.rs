@@ -154,7 +154,7 @@ async fn model_prices_are_set_and_read() {
     assert_eq!(
         put.body,
         json!({"name": "gpt-4o", "input": 2.5, "output": 10.0, "cached_input": 2.5,
-            "per_request": 0.0})
+            "cache_write": 2.5, "per_request": 0.0})
     );
     let again = service
         .call(

@@ -404,3 +404,32 @@ async fn patterns_price_dated_aliases_most_specific_first() {
     assert_eq!(cost("exact"), (json!(40), json!(true)));
     assert_eq!(cost("other"), (json!(0), json!(false)));
 }
+
+/// Prompt-cache writes are billed at their own price, and shown in the log.
+#[tokio::test]
+async fn cache_writes_are_billed_at_their_own_price() {
+    let service = Service::start().await;
+    let put = service
+        .request(Method::PUT, "/api/v1/models/claude", Some(ADMIN))
+        .json(
+            &json!({"input": 1_000_000, "output": 1_000_000, "cached_input": 100_000,
+            "cache_write": 2_000_000}),
+        );
+    assert_eq!(service.send(put).await.status, 201);
+    let key = service.create_ok(json!({"name": "k"})).await.remove(0);
+    let id = key["id"].as_str().unwrap();
+    // 1,000 in: 100 read from the cache, 300 written to it, 600 plain; 10 out.
+    let mut r = record("cw", id, 1000, 10);
+    r["model"] = json!("claude");
+    r["cached_input_tokens"] = json!(100);
+    r["cache_write_tokens"] = json!(300);
+    assert_eq!(service.report(json!([r]), FILTER).await.status, 200);
+    let log = service
+        .admin_get(&format!("/api/v1/usage?key_id={id}"))
+        .await
+        .body;
+    let row = &log["usage"][0];
+    // 600 + 100 * 0.1 + 300 * 2 + 10 = 1220.
+    assert_eq!(row["cost"], 1220, "{row}");
+    assert_eq!(row["cache_write_tokens"], 300, "{row}");
+}
