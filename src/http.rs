@@ -129,6 +129,9 @@ fn is_limited(view: &View, key: &Entry) -> bool {
     key.remaining_quota.is_some() || view.tables.balance(key.account()).is_some()
 }
 
+/// How much of an upload is searched for its `model` field before the rest is waited for.
+const FORM_HEAD: usize = 64 * 1024;
+
 /// Any host failure on the request path: the request cannot be decided safely.
 const HOST_FAILED: Denial = Denial::KeyServiceUnavailable;
 
@@ -431,7 +434,15 @@ impl Http {
             self.admit_rate()?;
             return Ok(Action::Continue);
         }
-        if model_check || reserve {
+        self.form_boundary = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+            .and_then(|(_, v)| model::form_boundary(v))
+            .map(str::to_owned);
+        // An upload checked only for its model may be decided on its head (see
+        // `model_in_form_head`): its length does not matter then.
+        let form_head_will_do = self.form_boundary.is_some() && !reserve && !add_usage;
+        if (model_check || reserve) && !form_head_will_do {
             // A body that says it is too large to read is refused before it is buffered.
             let length = headers
                 .iter()
@@ -441,11 +452,6 @@ impl Http {
                 return Err(Denial::RequestTooLarge);
             }
         }
-        self.form_boundary = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
-            .and_then(|(_, v)| model::form_boundary(v))
-            .map(str::to_owned);
         self.awaiting_body = Some(BodyWait {
             key: secret::hash(secret),
             model_check,
@@ -545,8 +551,11 @@ impl Http {
         })
     }
 
+    /// Decides a request on its body: the whole of it, or (an upload whose model field has
+    /// arrived) its head, the rest then streaming on.
     fn on_body(&mut self, wait: BodyWait, body_size: usize) -> Result<Action, Denial> {
         let body = host::request_body(body_size).map_err(|_| HOST_FAILED)?;
+        let whole = self.awaiting_body.is_none();
         let read = match &self.form_boundary {
             Some(boundary) => model::form_facts(&body, boundary),
             None => model::facts(&body),
@@ -563,7 +572,9 @@ impl Http {
             if pending.model.is_none() {
                 pending.model = facts.model.clone();
             }
-            pending.request_bytes = Some(body.len() as u64);
+            if whole {
+                pending.request_bytes = Some(body.len() as u64);
+            }
         }
         if wait.model_check || wait.reserve {
             let now_ms = host::now_ms().map_err(|_| HOST_FAILED)?;
@@ -608,6 +619,21 @@ impl Http {
             }
         }
         Ok(Action::Continue)
+    }
+
+    /// Whether an upload waiting only for its model check has its `model` form field in
+    /// the first `FORM_HEAD` bytes that arrived (SDKs send it before the file), so the
+    /// file need not be held: uploads larger than `max_body_bytes` then work too.
+    fn model_in_form_head(&self, wait: BodyWait, body_size: usize) -> bool {
+        let Some(boundary) = &self.form_boundary else {
+            return false;
+        };
+        if !wait.model_check || wait.reserve || wait.add_usage || body_size > FORM_HEAD {
+            return false;
+        }
+        host::request_body(body_size).is_ok_and(|head| {
+            model::form_facts(&head, boundary).is_ok_and(|facts| facts.model.is_some())
+        })
     }
 
     /// Notes an admitted request to an LLM API so that its response is read for usage, and
@@ -778,6 +804,12 @@ impl HttpContext for Http {
             return self.finish(result);
         }
         if !end_of_stream {
+            if self.model_in_form_head(wait, body_size) {
+                // Decided on the form's head: the rest of the upload streams on.
+                let result = self.on_body(wait, body_size);
+                self.awaiting_body = None;
+                return self.finish(result);
+            }
             return Action::Pause;
         }
         self.awaiting_body = None;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use keygate_e2e::api::{
     admin, assert_error, client, create_key, filter_stat, until_synced, CreatedKey,
 };
-use keygate_e2e::stack::Stack;
+use keygate_e2e::stack::{Stack, StackBuilder};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -74,7 +74,8 @@ fn gemini(stack: &Stack, secret: &str) -> reqwest::blocking::Response {
 /// it is billed for the ten bytes that arrived, never from the header; the key-service's
 /// numbers stay whole; keys made afterwards still reach Envoy. (2^64 - 1 is answered by
 /// the mock upstream at once, 431, so nothing is estimated from it.)
-fn a_lying_length_wedges_nothing(stack: Stack) {
+fn a_lying_length_wedges_nothing(builder: StackBuilder) {
+    let stack = builder.start();
     price(&stack, "gemini-2.0-flash", 4);
     let key = create_key(&stack, json!({"name": "liar"}));
     assert_eq!(until_synced(|| gemini(&stack, &key.secret)).status(), 200);
@@ -112,20 +113,11 @@ fn a_lying_length_wedges_nothing(stack: Stack) {
     );
 }
 
-#[test]
-fn a_lying_length_wedges_nothing_on_sqlite() {
-    a_lying_length_wedges_nothing(Stack::start());
-}
-
-#[test]
-fn a_lying_length_wedges_nothing_on_postgres() {
-    a_lying_length_wedges_nothing(Stack::builder().postgres().start());
-}
-
 /// Key A makes a normal call, then key B, on the same connection (so the same worker and
 /// the same usage report), sends `{"model": ""}`: B's odd record is normalised and billed,
 /// and A's record is never dropped with it.
-fn an_odd_record_voids_no_other_bill(stack: Stack) {
+fn an_odd_record_voids_no_other_bill(builder: StackBuilder) {
+    let stack = builder.start();
     price(&stack, "gpt-4o-mini", 1);
     let a = create_key(&stack, json!({"name": "a"}));
     let b = create_key(&stack, json!({"name": "b"}));
@@ -173,22 +165,10 @@ fn an_odd_record_voids_no_other_bill(stack: Stack) {
     assert_eq!(filter_stat(&stack, "keygate.usage_dropped").unwrap_or(0), 0);
 }
 
-#[test]
-fn an_odd_record_voids_no_other_bill_on_sqlite() {
-    an_odd_record_voids_no_other_bill(Stack::start());
-}
-
-#[test]
-fn an_odd_record_voids_no_other_bill_on_postgres() {
-    an_odd_record_voids_no_other_bill(Stack::builder().postgres().start());
-}
-
 /// An Anthropic stream read for a while and dropped by the client: billed its prompt and
 /// at least an output token per event that went by, not `message_start`'s placeholder 1.
-#[test]
-fn a_cut_anthropic_stream_is_billed_for_what_went_by() {
-    use std::io::Read;
-    let stack = Stack::start();
+fn a_cut_anthropic_stream_is_billed_for_what_went_by(builder: StackBuilder) {
+    let stack = builder.start();
     let key = create_key(&stack, json!({"name": "cutter"}));
     let messages = |secret: &str, body: Value| {
         client()
@@ -240,9 +220,8 @@ fn a_cut_anthropic_stream_is_billed_for_what_went_by() {
 
 /// A body the filter edits (it adds `stream_options.include_usage`) goes upstream with
 /// an exact `content-length`, not chunked: some upstreams refuse chunked request bodies.
-#[test]
-fn an_edited_body_keeps_an_exact_length() {
-    let stack = Stack::start();
+fn an_edited_body_keeps_an_exact_length(builder: StackBuilder) {
+    let stack = builder.start();
     let key = create_key(&stack, json!({"name": "streamer"}));
     let body = json!({"model": "gpt-4o-mini", "stream": true,
         "messages": [{"role": "user", "content": "hello"}]});
@@ -274,9 +253,8 @@ fn an_edited_body_keeps_an_exact_length() {
 /// (images, transcriptions, a trailing slash, a percent-escaped path), the rest is
 /// refused with `endpoint_not_metered`; models nobody priced are refused with
 /// `model_not_priced`, and priced by a pattern (`gpt-4o-*`) they are billed.
-#[test]
-fn no_endpoint_family_is_unmetered_and_no_model_free() {
-    let stack = Stack::start();
+fn no_endpoint_family_is_unmetered_and_no_model_free(builder: StackBuilder) {
+    let stack = builder.start();
     for model in ["gpt-4o-mini", "gpt-image-1", "gpt-4o-transcribe"] {
         price(&stack, model, 1);
     }
@@ -389,9 +367,8 @@ fn no_endpoint_family_is_unmetered_and_no_model_free() {
 
 /// A model-restricted key uploading a file (multipart, as every SDK sends it) is checked
 /// by the form's `model` field, not refused as "not JSON".
-#[test]
-fn an_upload_is_checked_by_its_model_field() {
-    let stack = Stack::start();
+fn an_upload_is_checked_by_its_model_field(builder: StackBuilder) {
+    let stack = builder.start();
     let key = create_key(
         &stack,
         json!({"name": "restricted", "models": ["whisper-1", "gpt-4o-mini"]}),
@@ -418,9 +395,8 @@ fn an_upload_is_checked_by_its_model_field() {
 /// `GET /v1/models` with a model-restricted key answers 200 with only its models (the
 /// upstream's list filtered, or its own where the upstream has none); an unrestricted
 /// key sees the upstream's list untouched; one model is read only if the key may use it.
-#[test]
-fn a_model_list_speaks_for_the_key() {
-    let stack = Stack::start();
+fn a_model_list_speaks_for_the_key(builder: StackBuilder) {
+    let stack = builder.start();
     let restricted = create_key(
         &stack,
         json!({"name": "few", "models": ["gpt-4o-mini", "claude-*"]}),
@@ -472,9 +448,8 @@ fn a_model_list_speaks_for_the_key() {
 
 /// A header value that is not UTF-8 (obs-text, which Envoy passes on) is the client's
 /// error, 400 `invalid_request_header`, not 503 `key_service_unavailable`.
-#[test]
-fn a_header_that_is_not_utf8_is_the_clients_error() {
-    let stack = Stack::start();
+fn a_header_that_is_not_utf8_is_the_clients_error(builder: StackBuilder) {
+    let stack = builder.start();
     let key = create_key(&stack, json!({"name": "odd"}));
     assert_eq!(until_synced(|| gemini(&stack, &key.secret)).status(), 200);
     let mut head = format!(
@@ -498,9 +473,8 @@ fn a_header_that_is_not_utf8_is_the_clients_error() {
 /// Two calls with the same client-sent `x-request-id`, through an Envoy that keeps it
 /// (`preserve_external_request_id: true`): both are billed, as the filter's own ids
 /// (never the client's) are what the key-service bills once.
-#[test]
-fn a_client_chosen_request_id_cannot_make_two_calls_bill_once() {
-    let stack = Stack::builder()
+fn a_client_chosen_request_id_cannot_make_two_calls_bill_once(builder: StackBuilder) {
+    let stack = builder
         .envoy_edit(
             "use_remote_address: true",
             "use_remote_address: true\n                preserve_external_request_id: true",
@@ -532,9 +506,8 @@ fn a_client_chosen_request_id_cannot_make_two_calls_bill_once() {
 
 /// An Azure-style deployment path and the body's `model` are checked together: a
 /// restricted key cannot name an allowed deployment and slip another model in the body.
-#[test]
-fn an_azure_deployment_and_the_body_model_are_checked_together() {
-    let stack = Stack::start();
+fn an_azure_deployment_and_the_body_model_are_checked_together(builder: StackBuilder) {
+    let stack = builder.start();
     let key = create_key(&stack, json!({"name": "azure", "models": ["gpt-4o-mini"]}));
     let call = |body: Value| {
         client()
@@ -560,9 +533,8 @@ fn an_azure_deployment_and_the_body_model_are_checked_together() {
 /// What keygate cannot meter in tokens is billed per call once the operator prices it: a
 /// route (`route:/v1/audio/speech`) or a model without token usage (`dall-e-3`). A call
 /// the provider fails is not charged per call.
-#[test]
-fn per_call_prices_bill_routes_and_models_without_tokens() {
-    let stack = Stack::start();
+fn per_call_prices_bill_routes_and_models_without_tokens(builder: StackBuilder) {
+    let stack = builder.start();
     let key = create_key(
         &stack,
         json!({"name": "per-call", "unlimited_quota": false, "quota": 1_000_000}),
@@ -614,3 +586,70 @@ fn per_call_prices_bill_routes_and_models_without_tokens() {
     assert_eq!(cost_of("dall-e-3", 200), 40);
     assert_eq!(cost_of("dall-e-3", 500), 0);
 }
+
+/// An upload whose `model` field comes first (as SDKs send it) is decided on the form's
+/// head and streams on: a restricted key's upload may be larger than `max_body_bytes`.
+/// With the model after the file, the whole form must be read, within the limit.
+fn an_upload_is_decided_on_its_head_and_streams_on(builder: StackBuilder) {
+    let stack = builder
+        .envoy_edit("\"max_body_bytes\": 8388608", "\"max_body_bytes\": 100000")
+        .start();
+    let key = create_key(&stack, json!({"name": "uploader", "models": ["whisper-1"]}));
+    let upload = |model_first: bool, model: &str| {
+        let file = reqwest::blocking::multipart::Part::bytes(vec![3u8; 500_000]).file_name("a.wav");
+        let form = reqwest::blocking::multipart::Form::new();
+        let form = if model_first {
+            form.text("model", model.to_string()).part("file", file)
+        } else {
+            form.part("file", file).text("model", model.to_string())
+        };
+        client()
+            .post(format!("{}/v1/audio/transcriptions", stack.envoy_url))
+            .bearer_auth(&key.secret)
+            .multipart(form)
+            .send()
+            .unwrap()
+    };
+    let res = until_synced(|| upload(true, "whisper-1"));
+    assert_eq!(res.status(), 200, "{}", res.text().unwrap_or_default());
+    let seen = keygate_e2e::api::upstream_requests(&stack);
+    assert!(
+        seen.iter().any(|r| r["file_bytes"] == 500_000),
+        "the whole file reached the upstream"
+    );
+    assert_error(upload(true, "gpt-4o-transcribe"), 403, "model_not_allowed");
+    assert_error(upload(false, "whisper-1"), 413, "request_too_large");
+}
+
+/// Every case, on SQLite and on PostgreSQL.
+macro_rules! on_both_engines {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $case() {
+                super::$case(super::Stack::builder())
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $case() {
+                super::$case(super::Stack::builder().postgres())
+            })*
+        }
+    };
+}
+
+on_both_engines!(
+    a_lying_length_wedges_nothing,
+    a_cut_anthropic_stream_is_billed_for_what_went_by,
+    an_odd_record_voids_no_other_bill,
+    an_edited_body_keeps_an_exact_length,
+    no_endpoint_family_is_unmetered_and_no_model_free,
+    an_upload_is_checked_by_its_model_field,
+    a_model_list_speaks_for_the_key,
+    a_header_that_is_not_utf8_is_the_clients_error,
+    a_client_chosen_request_id_cannot_make_two_calls_bill_once,
+    an_azure_deployment_and_the_body_model_are_checked_together,
+    per_call_prices_bill_routes_and_models_without_tokens,
+    an_upload_is_decided_on_its_head_and_streams_on,
+);
