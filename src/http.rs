@@ -72,6 +72,8 @@ pub struct Http {
     ids: Option<Rc<RequestIds>>,
     /// The path named the model (and it was checked); the body may name one too.
     path_model: bool,
+    /// Bytes of an upload's head searched for its model field so far.
+    form_searched: usize,
 }
 
 /// A rate-limited key's request.
@@ -167,6 +169,7 @@ impl Http {
             listing_upstream: false,
             ids,
             path_model: false,
+            form_searched: 0,
         }
     }
 
@@ -621,19 +624,20 @@ impl Http {
         Ok(Action::Continue)
     }
 
-    /// Whether an upload waiting only for its model check has its `model` form field in
-    /// the first `FORM_HEAD` bytes that arrived (SDKs send it before the file), so the
-    /// file need not be held: uploads larger than `max_body_bytes` then work too.
-    fn model_in_form_head(&self, wait: BodyWait, body_size: usize) -> bool {
-        let Some(boundary) = &self.form_boundary else {
-            return false;
-        };
-        if !wait.model_check || wait.reserve || wait.add_usage || body_size > FORM_HEAD {
-            return false;
+    /// For an upload waiting only for its model check: the length of the head (at most
+    /// `FORM_HEAD` bytes) that holds its `model` form field, once it has arrived (SDKs
+    /// send it before the file), so the file need not be held and uploads larger than
+    /// `max_body_bytes` work too. The head is searched until `FORM_HEAD` bytes came.
+    fn model_in_form_head(&mut self, wait: BodyWait, body_size: usize) -> Option<usize> {
+        let boundary = self.form_boundary.as_ref()?;
+        if !wait.model_check || wait.reserve || wait.add_usage || self.form_searched >= FORM_HEAD {
+            return None;
         }
-        host::request_body(body_size).is_ok_and(|head| {
-            model::form_facts(&head, boundary).is_ok_and(|facts| facts.model.is_some())
-        })
+        let head = body_size.min(FORM_HEAD);
+        self.form_searched = head;
+        let bytes = host::request_body(head).ok()?;
+        let facts = model::form_facts(&bytes, boundary).ok()?;
+        facts.model.is_some().then_some(head)
     }
 
     /// Notes an admitted request to an LLM API so that its response is read for usage, and
@@ -793,6 +797,14 @@ impl HttpContext for Http {
         // Buffered: each call brings the whole body so far.
         self.body_size = body_size;
         self.body_received = body_size as u64;
+        if !end_of_stream {
+            if let Some(head) = self.model_in_form_head(wait, body_size) {
+                // Decided on the form's head: the rest of the upload streams on.
+                let result = self.on_body(wait, head);
+                self.awaiting_body = None;
+                return self.finish(result);
+            }
+        }
         if body_size > self.max_body_bytes {
             self.awaiting_body = None;
             if wait.model_check || wait.reserve {
@@ -804,12 +816,6 @@ impl HttpContext for Http {
             return self.finish(result);
         }
         if !end_of_stream {
-            if self.model_in_form_head(wait, body_size) {
-                // Decided on the form's head: the rest of the upload streams on.
-                let result = self.on_body(wait, body_size);
-                self.awaiting_body = None;
-                return self.finish(result);
-            }
             return Action::Pause;
         }
         self.awaiting_body = None;

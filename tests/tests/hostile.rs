@@ -565,14 +565,20 @@ fn per_call_prices_bill_routes_and_models_without_tokens(builder: StackBuilder) 
     let res = keygate_e2e::api::until_status(200, || post("/v1/audio/speech", speech.clone()));
     assert_eq!(res.status(), 200);
     let image = json!({"model": "dall-e-3", "prompt": "a fox"});
-    assert_eq!(post("/v1/images/generations", image.clone()).status(), 200);
-    let failed = client()
-        .post(format!("{}/v1/images/generations", stack.envoy_url))
-        .bearer_auth(&key.secret)
-        .header("x-mock-status", "500")
-        .json(&image)
-        .send()
-        .unwrap();
+    let priced =
+        keygate_e2e::api::until_status(200, || post("/v1/images/generations", image.clone()));
+    assert_eq!(priced.status(), 200);
+    // Each worker rereads the prices on its own tick: a worker yet to see dall-e-3's
+    // refuses it (model_not_priced, not billed) until it does.
+    let failed = keygate_e2e::api::until_status(500, || {
+        client()
+            .post(format!("{}/v1/images/generations", stack.envoy_url))
+            .bearer_auth(&key.secret)
+            .header("x-mock-status", "500")
+            .json(&image)
+            .send()
+            .unwrap()
+    });
     assert_eq!(failed.status(), 500);
 
     let rows = usage_rows(&stack, &key, 3);
