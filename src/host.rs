@@ -9,8 +9,8 @@
 
 use std::ptr::null_mut;
 
+use crate::kv::{HostError, SharedData};
 use crate::pairs;
-use crate::shared::{HostError, SharedData};
 
 /// `proxy_wasm::types::Status::Ok` and `NotFound`.
 const OK: u32 = 0;
@@ -23,6 +23,8 @@ const CALL_RESPONSE_HEADERS: u32 = 6;
 const REQUEST_BODY: u32 = 0;
 const RESPONSE_BODY: u32 = 1;
 const CALL_RESPONSE_BODY: u32 = 4;
+/// `BufferType::PluginConfiguration`.
+const PLUGIN_CONFIGURATION: u32 = 7;
 
 // The SDK declares the same imports with its own enums for the status; the wasm
 // signatures are identical (i32 everywhere), hence the allowed lint.
@@ -80,6 +82,7 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_set_buffer_bytes(
         buffer_type: u32,
         start: usize,
@@ -287,6 +290,19 @@ pub fn send_response(status: u32, headers: &[(&str, &str)], body: &[u8]) -> Resu
             -1,
         )
     })
+}
+
+/// Sets how often the root context's `on_tick` runs (at most `u32::MAX` ms).
+pub fn set_tick_period(period: std::time::Duration) -> Result<(), HostError> {
+    let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+    // SAFETY: no pointers.
+    check(unsafe { proxy_set_tick_period_milliseconds(ms) })
+}
+
+/// The plugin's configuration, `size` bytes (what `on_configure` was told); empty when
+/// none was given.
+pub fn plugin_configuration(size: usize) -> Result<Vec<u8>, HostError> {
+    buffer(PLUGIN_CONFIGURATION, size)
 }
 
 /// The host's clock in Unix milliseconds.

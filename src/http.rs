@@ -23,12 +23,12 @@ use crate::metrics::Metrics;
 use crate::model::ModelList;
 use crate::pricing::{self, Tokens};
 use crate::rate::{self, Limits, Standing};
-use crate::report::{Charge, Record};
+use crate::report::{Charge, Record, SharedOutbox};
 use crate::request_id::RequestIds;
-use crate::root::{SharedOutbox, SharedView};
+
 use crate::route::{self, Route};
 use crate::secret::{self, KeyHash};
-use crate::shared::{self, HostError, View};
+use crate::shared::{self, HostError, SharedView, View};
 use crate::usage::{self, Api, Scanner, Usage};
 use crate::{client_ip, credential, model, model_list, pairs};
 

@@ -16,8 +16,8 @@
 //! creates a ledger when it stores a limited key or account, before the request path can
 //! see it, because shared data cannot create an entry only if it is absent.
 
+use crate::kv::{self, Cell, HostError, SharedData};
 use crate::pricing::{self, Price, Tokens};
-use crate::shared::{self, Cell, HostError, SharedData};
 
 /// The shared-data entry of a key's ledger.
 pub fn key_entry(key_id: &str) -> String {
@@ -124,7 +124,7 @@ fn update<T>(
     name: &str,
     change: impl FnMut(&mut Ledger) -> Option<T>,
 ) -> Result<Option<T>, HostError> {
-    shared::update(shared, name, change)
+    kv::update(shared, name, change)
 }
 
 /// Creates an empty ledger in `name` unless there is one: for the leader, before it
@@ -227,7 +227,7 @@ impl Estimate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::testing::MemShared;
+    use crate::kv::testing::MemShared;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 

@@ -9,6 +9,7 @@ pub mod credential;
 pub mod decision;
 pub mod entry;
 pub mod include_usage;
+pub mod kv;
 pub mod ledger;
 pub mod model;
 pub mod model_list;

@@ -20,7 +20,7 @@
 //! same instant, both may create its entry and one count is lost, at most once per key
 //! and worker for the life of the Envoy.
 
-use crate::shared::{self, HostError, SharedData};
+use crate::kv::{self, HostError, SharedData};
 
 /// The limits of one key, as enforced by one Envoy; `None` = no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -242,7 +242,7 @@ impl Window {
     }
 }
 
-impl shared::Cell for Window {
+impl kv::Cell for Window {
     fn decode(bytes: &[u8]) -> Self {
         Window::decode(bytes)
     }
@@ -285,7 +285,7 @@ pub fn admit(
     now_ms: u64,
 ) -> Result<Result<Standing, Standing>, HostError> {
     let mut refused = None;
-    let admitted = shared::update(shared, name, |w: &mut Window| {
+    let admitted = kv::update(shared, name, |w: &mut Window| {
         match w.admit(limits, now_ms) {
             Ok(standing) => Some(standing),
             Err(standing) => {
@@ -309,7 +309,7 @@ pub fn end(
     tokens: u64,
     was_in_flight: bool,
 ) -> Result<(), HostError> {
-    shared::update(shared, name, |w: &mut Window| {
+    kv::update(shared, name, |w: &mut Window| {
         w.end(now_ms, tokens, was_in_flight);
         Some(())
     })?;
@@ -319,7 +319,7 @@ pub fn end(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::testing::MemShared;
+    use crate::kv::testing::MemShared;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 

@@ -7,7 +7,9 @@
 //! The key-service ignores a `request_id` it has seen, so a batch that was stored but whose
 //! answer was lost is simply sent again.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +96,10 @@ impl Answer {
         (taken, refused)
     }
 }
+
+/// A VM's usage records on their way to the key-service, shared by its root context
+/// (which sends them) and its HTTP contexts (which queue them).
+pub type SharedOutbox = Rc<RefCell<Outbox>>;
 
 const FIRST_BACKOFF_MS: u64 = 500;
 const MAX_BACKOFF_MS: u64 = 30_000;

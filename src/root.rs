@@ -17,17 +17,10 @@ use crate::host::{self, Shared};
 use crate::http::Http;
 use crate::ledger;
 use crate::metrics::Metrics;
-use crate::report::{Answer, Charge, Outbox, Record};
+use crate::report::{Answer, Charge, Outbox, Record, SharedOutbox};
 use crate::request_id::RequestIds;
-use crate::shared::{self, Ask, Leader, SyncError, View};
+use crate::shared::{self, Ask, Leader, SharedView, SyncError, View};
 use crate::snapshot::{PageHead, SnapshotWire};
-
-/// This VM's view of the snapshot, shared by its root and HTTP contexts; `None` until a
-/// complete snapshot is in shared data.
-pub type SharedView = Rc<RefCell<Option<View>>>;
-
-/// This VM's usage records on their way to the key-service.
-pub type SharedOutbox = Rc<RefCell<Outbox>>;
 
 /// Tick period until the first snapshot is in, so a fresh Envoy serves soon.
 const FIRST_LOAD_TICK: Duration = Duration::from_millis(200);
@@ -223,8 +216,11 @@ impl Root {
 
     fn tick_every(&mut self, period: Duration) {
         if self.period != period {
-            self.set_tick_period(period);
-            self.period = period;
+            match host::set_tick_period(period) {
+                Ok(()) => self.period = period,
+                // The old period goes on; the next tick tries again.
+                Err(e) => warn!("cannot set the tick period: {e:?}"),
+            }
         }
     }
 
@@ -418,9 +414,15 @@ impl Context for Root {
 }
 
 impl RootContext for Root {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let raw = self.get_plugin_configuration();
-        match Config::parse(raw.as_deref()) {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let raw = match host::plugin_configuration(plugin_configuration_size) {
+            Ok(raw) => raw,
+            Err(e) => {
+                error!("cannot read the plugin configuration: {e:?}");
+                return false;
+            }
+        };
+        match Config::parse(Some(&raw)) {
             Ok(config) => self.config = config,
             Err(e) => {
                 error!("{e}");

@@ -23,8 +23,8 @@ pub enum Route {
     Unmetered,
 }
 
-/// Why a path cannot be normalised: it hides a `/` or a control character in an escape,
-/// or its escapes are malformed. Such a path is refused rather than guessed at.
+/// Why a path cannot be normalised: it hides a separator (`/`, `\`, `?`, `#`) or a
+/// control character in an escape, or its escapes are malformed. Such a path is refused rather than guessed at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadPath;
 
@@ -53,7 +53,9 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, BadPath> {
                 .ok()
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or(BadPath)?;
-            if value == b'/' || value == b'\\' || value.is_ascii_control() {
+            // An escaped separator (`/`, `\`, `?`, `#`) would read one way here and
+            // another upstream.
+            if matches!(value, b'/' | b'\\' | b'?' | b'#') || value.is_ascii_control() {
                 return Err(BadPath);
             }
             decoded.push(value);
@@ -198,6 +200,8 @@ mod tests {
             "/v1/chat%2Fcompletions",
             "/v1/chat%2fcompletions",
             "/v1/chat%5Ccompletions",
+            "/v1/chat/completions%3Fx=1",
+            "/v1/chat/completions%23",
             "/v1/chat/completions%00",
             "/v1/chat/completions%",
             "/v1/chat/completions%zz",

@@ -24,6 +24,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::kv::{HostError, SharedData};
+
 use crate::entry::{self, Entry};
 use crate::ledger;
 use crate::secret::{self, KeyHash};
@@ -38,58 +40,6 @@ pub const TABLES: &str = "kg:tables";
 /// 2: entries carry the key's rate limits and the tables the groups' (a filter of format 1
 /// left entries without them, so an upgrade in place reloads).
 const META_FORMAT: u32 = 2;
-
-/// A host call failed with this proxy-wasm status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostError(pub u32);
-
-/// Proxy-wasm shared data, as the host offers it.
-pub trait SharedData {
-    /// The value and its compare-and-swap number; `None` for a name never set.
-    fn get(&self, name: &str) -> Result<Option<(Vec<u8>, u32)>, HostError>;
-    /// Sets a value, only if its compare-and-swap number is still `cas` when given.
-    /// `Ok(false)`: it was not (someone else wrote in between).
-    fn set(&self, name: &str, value: &[u8], cas: Option<u32>) -> Result<bool, HostError>;
-}
-
-/// A small value that workers change in place by compare-and-swap (a quota ledger, a
-/// key's rate windows). Bytes it cannot read decode to its empty state.
-pub trait Cell: Clone + PartialEq {
-    fn decode(bytes: &[u8]) -> Self;
-    fn encode(&self) -> Vec<u8>;
-}
-
-/// Compare-and-swap attempts before a change is given up (each loss means another VM
-/// changed the value in between).
-const MAX_TRIES: usize = 64;
-
-/// The host status for a compare-and-swap mismatch, reported when every try lost.
-const CAS_MISMATCH: u32 = 8;
-
-/// Applies `change` to the cell in `name` by compare-and-swap, retrying when another VM
-/// changed it in between. `change` returning `None` leaves the cell as it is. A cell not
-/// there yet is created from the empty state (without compare-and-swap: shared data
-/// cannot create an entry only if it is absent).
-pub fn update<C: Cell, T>(
-    shared: &impl SharedData,
-    name: &str,
-    mut change: impl FnMut(&mut C) -> Option<T>,
-) -> Result<Option<T>, HostError> {
-    for _ in 0..MAX_TRIES {
-        let (cell, cas) = match shared.get(name)? {
-            Some((bytes, cas)) => (C::decode(&bytes), Some(cas)),
-            None => (C::decode(&[]), None),
-        };
-        let mut changed = cell.clone();
-        let Some(out) = change(&mut changed) else {
-            return Ok(None);
-        };
-        if changed == cell || shared.set(name, &changed.encode(), cas)? {
-            return Ok(Some(out));
-        }
-    }
-    Err(HostError(CAS_MISMATCH))
-}
 
 /// What `kg:meta` holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -183,6 +133,10 @@ pub fn lookup(
     };
     Ok(entry::decode(value).filter(|e| e.epoch >= epoch))
 }
+
+/// A VM's view of the snapshot, shared by its root and HTTP contexts; `None` until a
+/// complete snapshot is in shared data.
+pub type SharedView = std::rc::Rc<std::cell::RefCell<Option<View>>>;
 
 /// What one VM holds of the shared snapshot: the meta and the parsed tables.
 #[derive(Debug, Default)]
@@ -504,50 +458,10 @@ fn write_tables(
     Ok(())
 }
 
-/// An in-memory `SharedData` with Envoy's semantics, for tests.
-#[cfg(test)]
-pub mod testing {
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-
-    use super::{HostError, SharedData};
-
-    #[derive(Default)]
-    pub struct MemShared {
-        map: RefCell<HashMap<String, (Vec<u8>, u32)>>,
-        next_cas: RefCell<u32>,
-    }
-
-    impl MemShared {
-        pub fn entries(&self) -> usize {
-            self.map.borrow().len()
-        }
-    }
-
-    impl SharedData for MemShared {
-        fn get(&self, name: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
-            Ok(self.map.borrow().get(name).cloned())
-        }
-
-        fn set(&self, name: &str, value: &[u8], cas: Option<u32>) -> Result<bool, HostError> {
-            let mut map = self.map.borrow_mut();
-            if let (Some(cas), Some((_, current))) = (cas, map.get(name)) {
-                if cas != *current {
-                    return Ok(false);
-                }
-            }
-            let mut next = self.next_cas.borrow_mut();
-            *next += 1;
-            map.insert(name.to_string(), (value.to_vec(), *next));
-            Ok(true)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::testing::MemShared;
     use super::*;
+    use crate::kv::testing::MemShared;
     use crate::snapshot::GroupRecord;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;

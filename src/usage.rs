@@ -33,7 +33,7 @@ pub struct Usage {
     pub cache_write: u64,
 }
 
-/// Which API a request went to, from its path.
+/// Which API a request went to (`route::classify` tells it from the path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
     /// OpenAI Chat Completions, Completions, Embeddings (and Azure's deployments).
@@ -50,17 +50,6 @@ pub enum Api {
     Audio,
     /// A route the operator priced per call (`route:{path}`): no tokens are read.
     PerCall,
-}
-
-impl Api {
-    /// The metered API a path names (normalised as the upstream reads it, see `route`).
-    pub fn from_path(path: &str) -> Option<Api> {
-        let path = crate::route::normalize(path).ok()?;
-        match crate::route::classify("POST", &path) {
-            crate::route::Route::Metered(api) => Some(api),
-            _ => None,
-        }
-    }
 }
 
 fn count(value: &Value, path: &[&str]) -> Option<u64> {
@@ -702,29 +691,6 @@ mod tests {
             model(Api::OpenAi, false, r#"{"model":"a\"b"}"#).as_deref(),
             Some("a\"b")
         );
-    }
-
-    #[test]
-    fn the_api_comes_from_the_path() {
-        for (path, api) in [
-            ("/v1/chat/completions", Some(Api::OpenAi)),
-            (
-                "/openai/deployments/d/chat/completions?api-version=1",
-                Some(Api::OpenAi),
-            ),
-            ("/v1/completions", Some(Api::OpenAi)),
-            ("/v1/embeddings", Some(Api::OpenAi)),
-            ("/v1/responses", Some(Api::Responses)),
-            ("/v1/messages", Some(Api::Anthropic)),
-            (
-                "/v1beta/models/g:streamGenerateContent?alt=sse",
-                Some(Api::Gemini),
-            ),
-            ("/v1beta/models/g:generateContent", Some(Api::Gemini)),
-            ("/v1/models", None),
-        ] {
-            assert_eq!(Api::from_path(path), api, "{path}");
-        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! few statements the engines spell differently live in `Dialect`.
 
 mod catalog;
+mod database;
 mod keys;
 mod usage;
 
@@ -22,9 +23,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Postgres, Row, SqlSafeStr, Sqlite, Transaction};
 
-use crate::config::Database;
-
 pub use catalog::{AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
+pub use database::{Database, DatabaseUrlError};
 pub use keys::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey, SnapshotPage};
 use keys::{POSTGRES, SQLITE};
 pub use usage::{Ingested, UsageFilter, UsageRecord, UsageRow};
