@@ -208,7 +208,7 @@ impl Http {
     fn deny(&mut self, denial: Denial) -> Action {
         // Refused here, it never reached a provider: nothing to record or reserve.
         self.pending = None;
-        self.settle(None, None, true);
+        self.settle(None, None, 0);
         self.metrics.denied(denial);
         // A rate-limit refusal says how the key stands; other refusals need nothing built.
         let limited = match &self.rate {
@@ -519,19 +519,15 @@ impl Http {
 
     /// The request ended: its reservation goes back, and what it used (priced as the
     /// snapshot prices its model) counts until the key-service's snapshot shows it.
-    /// `failed`: the provider refused the call, which is then not charged per call.
+    /// `status` is the record's (499: no answer), which decides the charge per call.
     fn settle(
         &mut self,
         model: Option<&str>,
         usage: Option<&Usage>,
-        failed: bool,
+        status: u16,
     ) -> Option<Charge> {
         let reservation = self.reservation.take()?;
-        let price = model.and_then(|m| {
-            let view = self.view.borrow();
-            view.as_ref().and_then(|v| v.tables.price(m))
-        });
-        let price = price.map(|p| if failed { p.failed() } else { p });
+        let price = self.price_of(model).map(|p| p.for_status(status));
         let tokens = usage.map_or_else(Tokens::default, |u| Tokens {
             input: u.input,
             cached_input: u.cached_input,
@@ -552,6 +548,12 @@ impl Http {
             key_ledger: reservation.key_ledger?,
             account_ledger: reservation.account_ledger,
         })
+    }
+
+    /// The price of a model as this VM's snapshot has it.
+    fn price_of(&self, model: Option<&str>) -> Option<pricing::Price> {
+        let view = self.view.borrow();
+        view.as_ref()?.tables.price(model?)
     }
 
     /// Decides a request on its body: the whole of it, or (an upload whose model field has
@@ -657,7 +659,11 @@ impl Http {
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| *v)
         };
-        if header("accept-encoding").is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity")) {
+        // A route priced per call has no usage to read: its answer may stay compressed.
+        let read_usage = api != Api::PerCall;
+        if read_usage
+            && header("accept-encoding").is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"))
+        {
             host::set_request_header("accept-encoding", "identity")?;
         }
         // The record's id is the filter's own, which no client can choose (see
@@ -724,6 +730,10 @@ impl HttpContext for Http {
         };
         let header = |name| host::response_header(name).ok().flatten();
         pending.status = header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        if pending.api == Api::PerCall {
+            // Billed per call: nothing in the body to read.
+            return Action::Continue;
+        }
         let encoded =
             header("content-encoding").is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
         if encoded {
@@ -841,7 +851,7 @@ impl Http {
     fn record_usage(&mut self) -> u64 {
         let Some(pending) = self.pending.take() else {
             // Nothing was reserved without a pending request; release anything anyway.
-            self.settle(None, None, true);
+            self.settle(None, None, 0);
             return 0;
         };
         let scanned = self.scanner.take().map(Scanner::finish).unwrap_or_default();
@@ -856,9 +866,12 @@ impl Http {
             input: bytes.div_ceil(4),
             ..Usage::default()
         };
-        // As the key-service charges it: a provider's error is not charged per call; no
-        // answer at all (499) is, as the provider had the request.
-        let failed = pending.status >= 400;
+        // No response at all (the client went away first): nginx's 499.
+        let status = if pending.status == 0 {
+            499
+        } else {
+            pending.status
+        };
         let billed = match pending.api {
             // A route priced per call: no tokens to read.
             Api::PerCall => Some((Usage::default(), false)),
@@ -870,11 +883,10 @@ impl Http {
             // its request was admitted on, never nothing.
             self.metrics.usage_missing();
             let estimate = self.reservation.as_ref()?.estimate;
-            let per_call = model.as_deref().and_then(|m| {
-                let view = self.view.borrow();
-                view.as_ref().and_then(|v| v.tables.price(m))
-            });
-            if per_call.is_some_and(|p| p.per_request > 0.0) {
+            if self
+                .price_of(model.as_deref())
+                .is_some_and(|p| p.per_request > 0.0)
+            {
                 // Priced per call (dall-e): that price is the bill.
                 return Some((Usage::default(), false));
             }
@@ -887,13 +899,13 @@ impl Http {
                 true,
             ))
         }) else {
-            self.settle(model.as_deref(), None, failed);
+            self.settle(model.as_deref(), None, status);
             return 0;
         };
         if estimated {
             self.metrics.usage_estimated();
         }
-        let charge = self.settle(model.as_deref(), Some(&usage), failed);
+        let charge = self.settle(model.as_deref(), Some(&usage), status);
         let ts = host::now_ms().map_or(0, |ms| i64::try_from(ms / 1000).unwrap_or(0));
         let record = Record {
             charge: charge.filter(|c| c.cost > 0),
@@ -908,12 +920,7 @@ impl Http {
             cached_input_tokens: usage.cached_input,
             output_tokens: usage.output,
             cache_write_tokens: usage.cache_write,
-            // No response at all (the client went away first): nginx's 499.
-            status: if pending.status == 0 {
-                499
-            } else {
-                pending.status
-            },
+            status,
             ts,
             estimated,
         };

@@ -38,12 +38,17 @@ pub struct Price {
 }
 
 impl Price {
-    /// The price of a call the provider failed: its tokens only (it reported none), no
-    /// charge per call.
-    pub fn failed(self) -> Price {
-        Price {
-            per_request: 0.0,
-            ..self
+    /// The price of a call that ended with `status`, as its usage record has it (499: the
+    /// client left before any answer). A call the provider failed (400 or more) is not
+    /// charged per call; one the client left is, as the provider had the request.
+    pub fn for_status(self, status: u16) -> Price {
+        if status >= 400 && status != 499 {
+            Price {
+                per_request: 0.0,
+                ..self
+            }
+        } else {
+            self
         }
     }
 }
@@ -154,7 +159,22 @@ mod tests {
         };
         assert_eq!(cost(tokens(0, 0, 0), Some(per_call), 1.0), 40);
         assert_eq!(cost(tokens(1000, 200, 50), Some(per_call), 0.5), 1375 + 20);
-        assert_eq!(cost(tokens(0, 0, 0), Some(per_call.failed()), 1.0), 0);
+        assert_eq!(
+            cost(tokens(0, 0, 0), Some(per_call.for_status(500)), 1.0),
+            0
+        );
+        assert_eq!(
+            cost(tokens(0, 0, 0), Some(per_call.for_status(429)), 1.0),
+            0
+        );
+        assert_eq!(
+            cost(tokens(0, 0, 0), Some(per_call.for_status(499)), 1.0),
+            40
+        );
+        assert_eq!(
+            cost(tokens(0, 0, 0), Some(per_call.for_status(200)), 1.0),
+            40
+        );
         let absurd = Price {
             per_request: f64::MAX,
             ..GPT4O

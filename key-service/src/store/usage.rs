@@ -192,11 +192,8 @@ impl Store {
                     }
                 };
                 let ratio = key.as_ref().map_or(1.0, |k| k.2);
-                let price = keygate::model::lookup(&prices, &record.model);
-                // A call the provider failed is not charged per call (no answer at all,
-                // 499, still is: the provider had the request).
-                let failed = record.status >= 400 && record.status != 499;
-                let price = price.map(|p| if failed { p.failed() } else { p });
+                let price = keygate::model::lookup(&prices, &record.model)
+                    .map(|p| p.for_status(record.status));
                 let cost = pricing::cost(record.tokens, price, ratio);
                 let inserted = sqlx::query(
                     "INSERT INTO usage_log (request_id, key_id, key_name, account, model, \
