@@ -97,6 +97,15 @@ extern "C" {
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
     ) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
 }
 
 fn check(status: u32) -> Result<(), HostError> {
@@ -311,4 +320,93 @@ pub fn now_ms() -> Result<u64, HostError> {
     // SAFETY: the pointer is valid for the call.
     check(unsafe { proxy_get_current_time_nanoseconds(&mut nanos) })?;
     Ok(nanos / 1_000_000)
+}
+
+/// The kinds of stats (`proxy_wasm::types::MetricType`).
+#[derive(Debug, Clone, Copy)]
+pub enum MetricKind {
+    Counter = 0,
+    Gauge = 1,
+}
+
+/// Defines a stat; its id is what `increment_metric` and `record_metric` take.
+pub fn define_metric(kind: MetricKind, name: &str) -> Result<u32, HostError> {
+    let mut id = 0;
+    // SAFETY: the host only reads the name during the call; `id` is valid for it.
+    check(unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+pub fn increment_metric(id: u32, n: i64) -> Result<(), HostError> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_increment_metric(id, n) })
+}
+
+pub fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_record_metric(id, value) })
+}
+
+/// Writes to Envoy's log (`proxy_wasm::types::LogLevel`'s numbering). A log line that
+/// cannot be written is lost; nothing else happens.
+fn log(level: u32, message: &str) {
+    // SAFETY: the host only reads the message during the call.
+    let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+}
+
+/// The `log` crate's lines go to Envoy's log, through `log` above (the SDK's logger
+/// panics when the host refuses a line).
+struct HostLogger;
+
+static LOGGER: HostLogger = HostLogger;
+
+impl ::log::Log for HostLogger {
+    fn enabled(&self, metadata: &::log::Metadata) -> bool {
+        metadata.level() <= ::log::max_level()
+    }
+
+    fn log(&self, record: &::log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            ::log::Level::Trace => 0,
+            ::log::Level::Debug => 1,
+            ::log::Level::Info => 2,
+            ::log::Level::Warn => 3,
+            ::log::Level::Error => 4,
+        };
+        log(level, &record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Sends the filter's log lines to Envoy at `level` and up, and says why before a panic
+/// aborts the VM.
+pub fn init_logging(level: ::log::LevelFilter) {
+    // Set once per VM; a second call keeps the first logger.
+    let _ = ::log::set_logger(&LOGGER);
+    ::log::set_max_level(level);
+    std::panic::set_hook(Box::new(|info| {
+        // `Critical`.
+        log(5, &format!("keygate panicked: {info}"));
+    }));
+}
+
+/// Sends an HTTP call through an Envoy cluster; its answer comes to the root context's
+/// `on_http_call_response` with the returned token.
+///
+/// The one call left to the SDK: the SDK routes the answer to the context that made the
+/// call by a registry only its own `dispatch_http_call` can add to (an answer it cannot
+/// route aborts the VM). That wrapper panics on a status other than `Ok`, `BadArgument`
+/// and `InternalFailure`, the statuses Envoy's `httpCall` answers with.
+pub fn dispatch_http_call(
+    cluster: &str,
+    headers: Vec<(&str, &str)>,
+    body: Option<&[u8]>,
+    timeout: std::time::Duration,
+) -> Result<u32, HostError> {
+    proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, body, vec![], timeout)
+        .map_err(|status| HostError(status as u32))
 }

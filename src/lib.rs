@@ -17,6 +17,7 @@ pub mod pairs;
 pub mod pricing;
 pub mod rate;
 pub mod report;
+pub mod request;
 pub mod request_id;
 pub mod route;
 pub mod secret;
@@ -29,14 +30,8 @@ pub mod usage;
 // host provides the `env` imports the SDK needs.
 #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 mod glue {
-    use proxy_wasm::types::LogLevel;
-
     proxy_wasm::main! {{
-        proxy_wasm::set_log_level(LogLevel::Info);
-        // A panic aborts this worker's VM; say why before it goes.
-        std::panic::set_hook(Box::new(|info| {
-            let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("keygate panicked: {info}"));
-        }));
+        crate::host::init_logging(log::LevelFilter::Info);
         proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
             Box::new(crate::root::Root::default())
         });

@@ -11,10 +11,9 @@
 use std::cell::Cell;
 
 use log::warn;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
 
 use crate::decision::Denial;
+use crate::host::{self, MetricKind};
 use crate::shared::Meta;
 use crate::usage::Usage;
 
@@ -56,7 +55,7 @@ struct Tally {
 impl Tally {
     fn new(name: &str) -> Tally {
         Tally {
-            id: define(MetricType::Counter, name),
+            id: define(MetricKind::Counter, name),
             n: Cell::new(0),
         }
     }
@@ -68,13 +67,13 @@ impl Tally {
     fn flush(&self) {
         let n = self.n.replace(0);
         if let (Some(id), Ok(n @ 1..)) = (self.id, i64::try_from(n)) {
-            let _ = hostcalls::increment_metric(id, n);
+            let _ = host::increment_metric(id, n);
         }
     }
 }
 
-fn define(kind: MetricType, name: &str) -> Option<u32> {
-    match hostcalls::define_metric(kind, name) {
+fn define(kind: MetricKind, name: &str) -> Option<u32> {
+    match host::define_metric(kind, name) {
         Ok(id) => Some(id),
         Err(status) => {
             warn!("metric {name} not defined: {status:?}");
@@ -86,25 +85,25 @@ fn define(kind: MetricType, name: &str) -> Option<u32> {
 impl Metrics {
     pub fn define() -> Metrics {
         Metrics {
-            allowed: define(MetricType::Counter, "keygate.requests_allowed"),
+            allowed: define(MetricKind::Counter, "keygate.requests_allowed"),
             denied: Denial::ALL
                 .iter()
                 .map(|d| {
                     define(
-                        MetricType::Counter,
+                        MetricKind::Counter,
                         &format!("keygate.requests_denied.{}", d.code()),
                     )
                 })
                 .collect(),
-            sync_failures: define(MetricType::Counter, "keygate.sync_failures"),
+            sync_failures: define(MetricKind::Counter, "keygate.sync_failures"),
             snapshot_records_skipped: define(
-                MetricType::Counter,
+                MetricKind::Counter,
                 "keygate.snapshot_records_skipped",
             ),
-            snapshot_version: define(MetricType::Gauge, "keygate.snapshot_version"),
-            keys_loaded: define(MetricType::Gauge, "keygate.keys_loaded"),
-            snapshot_age_seconds: define(MetricType::Gauge, "keygate.snapshot_age_seconds"),
-            revoked_entries: define(MetricType::Gauge, "keygate.revoked_entries"),
+            snapshot_version: define(MetricKind::Gauge, "keygate.snapshot_version"),
+            keys_loaded: define(MetricKind::Gauge, "keygate.keys_loaded"),
+            snapshot_age_seconds: define(MetricKind::Gauge, "keygate.snapshot_age_seconds"),
+            revoked_entries: define(MetricKind::Gauge, "keygate.revoked_entries"),
             usage_records: Tally::new("keygate.usage_records"),
             usage_delivered: Tally::new("keygate.usage_delivered"),
             tokens_input: Tally::new("keygate.tokens.input"),
@@ -112,11 +111,11 @@ impl Metrics {
             tokens_output: Tally::new("keygate.tokens.output"),
             tokens_reasoning: Tally::new("keygate.tokens.reasoning"),
             response_bytes_scanned: Tally::new("keygate.response_bytes_scanned"),
-            usage_dropped: define(MetricType::Counter, "keygate.usage_dropped"),
-            usage_refused: define(MetricType::Counter, "keygate.usage_refused"),
-            usage_missing: define(MetricType::Counter, "keygate.usage_missing"),
-            usage_estimated: define(MetricType::Counter, "keygate.usage_estimated"),
-            usage_report_failures: define(MetricType::Counter, "keygate.usage_report_failures"),
+            usage_dropped: define(MetricKind::Counter, "keygate.usage_dropped"),
+            usage_refused: define(MetricKind::Counter, "keygate.usage_refused"),
+            usage_missing: define(MetricKind::Counter, "keygate.usage_missing"),
+            usage_estimated: define(MetricKind::Counter, "keygate.usage_estimated"),
+            usage_report_failures: define(MetricKind::Counter, "keygate.usage_report_failures"),
             pending: (0..=Denial::ALL.len()).map(|_| Cell::new(0)).collect(),
         }
     }
@@ -144,14 +143,14 @@ impl Metrics {
         for (cell, id) in self.pending.iter().zip(ids) {
             let n = cell.replace(0);
             if let (Some(id), Ok(n @ 1..)) = (id, i64::try_from(n)) {
-                let _ = hostcalls::increment_metric(id, n);
+                let _ = host::increment_metric(id, n);
             }
         }
     }
 
     fn set(id: Option<u32>, value: u64) {
         if let Some(id) = id {
-            let _ = hostcalls::record_metric(id, value);
+            let _ = host::record_metric(id, value);
         }
     }
 
@@ -167,7 +166,7 @@ impl Metrics {
 
     fn add(id: Option<u32>, n: u64) {
         if let (Some(id), Ok(n @ 1..)) = (id, i64::try_from(n)) {
-            let _ = hostcalls::increment_metric(id, n);
+            let _ = host::increment_metric(id, n);
         }
     }
 

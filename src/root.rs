@@ -12,12 +12,13 @@ use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
-use crate::config::{Config, IdentityHeaders};
+use crate::config::Config;
 use crate::host::{self, Shared};
 use crate::http::Http;
 use crate::ledger;
 use crate::metrics::Metrics;
 use crate::report::{Answer, Charge, Outbox, Record, SharedOutbox};
+use crate::request::Plugin;
 use crate::request_id::RequestIds;
 use crate::shared::{self, Ask, Leader, SharedView, SyncError, View};
 use crate::snapshot::{PageHead, SnapshotWire};
@@ -62,11 +63,9 @@ pub struct Root {
     regular_due_ms: u64,
     /// Defined in `on_configure`; shared with every HTTP context of this VM.
     metrics: Rc<Metrics>,
-    identity: Rc<IdentityHeaders>,
     outbox: SharedOutbox,
-    /// Ids of this VM's usage records (`None` if no randomness could be had: then
-    /// Envoy's `x-request-id` serves, as Envoy regenerates it at the edge).
-    ids: Option<Rc<RequestIds>>,
+    /// What every request of this VM shares (made in `on_configure`).
+    plugin: Rc<Plugin>,
     /// Token of the usage report in flight, if any.
     report_in_flight: Option<u32>,
     /// Whether the last usage report failed (logged when that starts and ends).
@@ -122,11 +121,10 @@ impl Root {
         if let Some(etag) = ask.if_none_match.as_deref() {
             headers.push(("if-none-match", etag));
         }
-        match self.dispatch_http_call(
+        match host::dispatch_http_call(
             &self.config.key_service_cluster,
             headers,
             None,
-            vec![],
             Duration::from_millis(self.config.key_service_timeout_ms),
         ) {
             Ok(token) => self.in_flight = Some(token),
@@ -274,11 +272,10 @@ impl Root {
         if let Some(auth) = authorization.as_deref() {
             headers.push(("authorization", auth));
         }
-        match self.dispatch_http_call(
+        match host::dispatch_http_call(
             &self.config.key_service_cluster,
             headers,
             Some(&body),
-            vec![],
             Duration::from_millis(self.config.key_service_timeout_ms),
         ) {
             Ok(token) => self.report_in_flight = Some(token),
@@ -439,18 +436,25 @@ impl RootContext for Root {
         }
         self.me = random_vm_name();
         let mut seed = [0u8; 16];
-        self.ids = match getrandom::fill(&mut seed) {
-            Ok(()) => Some(Rc::new(RequestIds::new(seed))),
+        // Ids of this VM's usage records (`None` if no randomness could be had: then
+        // Envoy's `x-request-id` serves, as Envoy regenerates it at the edge).
+        let ids = match getrandom::fill(&mut seed) {
+            Ok(()) => Some(RequestIds::new(seed)),
             Err(e) => {
                 warn!("no randomness for usage record ids ({e}): using x-request-id");
                 None
             }
         };
-        self.identity = Rc::new(self.config.identity_headers.clone());
         self.outbox = Rc::new(RefCell::new(Outbox::new(
             self.config.usage_queue_max,
             self.config.usage_batch_max,
         )));
+        self.plugin = Rc::new(Plugin {
+            config: self.config.clone(),
+            view: Rc::clone(&self.view),
+            outbox: Rc::clone(&self.outbox),
+            ids,
+        });
         self.leader = Leader::new(self.config.snapshot_page_size);
         self.metrics = Rc::new(Metrics::define());
         self.tick_every(FIRST_LOAD_TICK);
@@ -497,12 +501,8 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http::new(
-            Rc::clone(&self.view),
-            &self.config,
-            Rc::clone(&self.identity),
-            Rc::clone(&self.outbox),
+            Rc::clone(&self.plugin),
             Rc::clone(&self.metrics),
-            self.ids.clone(),
         )))
     }
 

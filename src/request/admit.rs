@@ -1,0 +1,415 @@
+//! Deciding a request: on its headers, and when a rule needs it, on its body.
+
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use super::{Action, BodyWait, Host, Job, Meter, Phase, RateHold, Request, HOST_FAILED};
+use crate::decision::{check_model, decide, restricts_models, Denial};
+use crate::entry::Entry;
+use crate::kv::HostError;
+use crate::ledger::Estimate;
+use crate::model::ModelList;
+use crate::rate::{self, Limits};
+use crate::route::{self, Route};
+use crate::secret::{self, KeyHash};
+use crate::shared::{self, View};
+use crate::usage::Api;
+use crate::{client_ip, credential, include_usage, model, model_list, pairs};
+
+/// How much of an upload is searched for its `model` field before the rest is waited for.
+const FORM_HEAD: usize = 64 * 1024;
+
+/// Whether LLM requests of this key must reserve what they may cost: the key has a quota,
+/// or its account a balance.
+fn is_limited(view: &View, key: &Entry) -> bool {
+    key.remaining_quota.is_some() || view.tables.balance(key.account()).is_some()
+}
+
+/// The key with this hash, as shared data has it now.
+pub(super) fn lookup(
+    host: &impl Host,
+    hash: &KeyHash,
+    epoch: u32,
+) -> Result<Option<Entry>, Denial> {
+    shared::lookup(host, hash, epoch).map_err(|_| HOST_FAILED)
+}
+
+/// The client's address: asked of the host only for keys with an IP allowlist.
+fn client_ip(host: &impl Host) -> Option<IpAddr> {
+    let source = host.source_address().ok()??;
+    client_ip::parse_source_address(std::str::from_utf8(&source).ok()?)
+}
+
+/// For an upload waiting only for its model check: the length of the head (at most
+/// `FORM_HEAD` bytes) that holds its `model` form field, once it has arrived (SDKs send it
+/// before the file), so the file need not be held and uploads larger than
+/// `max_body_bytes` work too. The head is searched until `FORM_HEAD` bytes came.
+pub(super) fn model_in_form_head(host: &impl Host, wait: &mut BodyWait) -> Option<usize> {
+    let boundary = wait.form_boundary.as_ref()?;
+    if !wait.model_check || wait.reserve || wait.add_usage || wait.form_searched >= FORM_HEAD {
+        return None;
+    }
+    let head = wait.size.min(FORM_HEAD);
+    wait.form_searched = head;
+    let bytes = host.request_body(head).ok()?;
+    let facts = model::form_facts(&bytes, boundary).ok()?;
+    facts.model.is_some().then_some(head)
+}
+
+impl Request {
+    /// A VM that has not seen a snapshot yet looks in shared data at once, rather than
+    /// waiting for its next tick: a new worker serves from its first request.
+    fn ensure_view(&self, host: &impl Host) {
+        if self.plugin.view.borrow().is_none() {
+            if let Ok(view) = View::refresh(host, None) {
+                *self.plugin.view.borrow_mut() = view;
+            }
+        }
+    }
+
+    /// Decides a request from its headers. `may_refresh`: if the key is newer than this
+    /// VM's tables (its group or account came with a sync the VM has not read yet, as
+    /// when both were created a moment ago), reread them and decide again, once.
+    pub(super) fn admit(
+        &mut self,
+        host: &impl Host,
+        end_of_stream: bool,
+        may_refresh: bool,
+    ) -> Result<Action, Denial> {
+        let buf = host.request_headers().map_err(|_| HOST_FAILED)?;
+        let headers = pairs::parse(&buf).map_err(|e| match e {
+            // A client's obs-text bytes: its request is bad, the gate is not down.
+            pairs::PairsError::NotUtf8 => Denial::InvalidRequestHeader,
+            pairs::PairsError::Malformed => HOST_FAILED,
+        })?;
+        let secret = credential::find(&headers);
+        let now_ms = host.now_ms().map_err(|_| HOST_FAILED)?;
+        self.ensure_view(host);
+        let plugin = Rc::clone(&self.plugin);
+        let held = plugin.view.borrow();
+        let view = held.as_ref().filter(|v| plugin.is_fresh(v, now_ms));
+        let epoch = view.map_or(0, |v| v.meta.epoch);
+        let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        let newer_than_tables = std::cell::Cell::new(false);
+        let decided = decide(
+            view.map(|v| &v.tables),
+            secret,
+            now,
+            |hash| {
+                let key = lookup(host, hash, epoch)?;
+                if let (Some(key), Some(view)) = (&key, view) {
+                    newer_than_tables.set(!view.tables.knows(key.group(), key.account()));
+                }
+                Ok(key)
+            },
+            || client_ip(host),
+        );
+        if newer_than_tables.get() && may_refresh {
+            drop(held);
+            // The tables are reread even if the version has not moved yet: the leader
+            // writes them before the keys, and publishes the version after both.
+            *plugin.view.borrow_mut() = View::refresh(host, None).ok().flatten();
+            return self.admit(host, end_of_stream, false);
+        }
+        let key = decided?;
+        // decide() admits only with a view and a secret.
+        let (Some(view), Some(secret)) = (view, secret) else {
+            return Err(HOST_FAILED);
+        };
+        self.forward_identity(host, &headers, &key)
+            .map_err(|_| HOST_FAILED)?;
+
+        let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        // The path as the upstream will route it; one that hides a slash in an escape
+        // cannot be read, and is metered as nothing.
+        let path = header(":path").and_then(|p| route::normalize(p).ok());
+        let path = path.as_deref();
+        let route = path.map_or(Route::Unmetered, |p| {
+            route::classify(header(":method").unwrap_or_default(), p)
+        });
+        let limited = is_limited(view, &key);
+        // An operator may price a route keygate cannot meter per call: `route:{path}`
+        // (patterns too: `route:/v1/files*`).
+        let mut route_price = None;
+        if limited && route == Route::Unmetered {
+            let name = path.map(|p| format!("route:{}", p.to_ascii_lowercase()));
+            route_price = name.filter(|n| {
+                view.tables
+                    .price(n)
+                    .is_some_and(|price| price.per_request > 0.0)
+            });
+            if route_price.is_none() {
+                return Err(Denial::EndpointNotMetered);
+            }
+        }
+        let route = match route_price {
+            Some(_) => Route::Metered(Api::PerCall),
+            None => route,
+        };
+        self.expect_usage(host, &headers, route, &key)
+            .map_err(|_| HOST_FAILED)?;
+        let metered = matches!(self.job, Job::Meter(_));
+        if let (Job::Meter(meter), Some(name)) = (&mut self.job, route_price) {
+            // Billed under the route's name, at its price per call.
+            meter.model = Some(name);
+        }
+        // OpenAI streams may need usage asked for: their body is read (up to the limit).
+        let add_usage = !end_of_stream && metered && path.is_some_and(include_usage::applies_to);
+        let mut model_check = false;
+        let mut checked_path_model = false;
+        let path_model = path.and_then(model::from_path);
+        if let Some(requested) = path_model {
+            self.forward_model(host, Some(requested))
+                .map_err(|_| HOST_FAILED)?;
+            if let Job::Meter(meter) = &mut self.job {
+                meter.model = Some(requested.to_string());
+            }
+            check_model(&view.tables, &key, Some(requested))?;
+            // Azure's deployment names the model, and so may the body (as proxies that
+            // route by it read it): a restricted key's body is checked too.
+            let azure = path.is_some_and(|p| p.starts_with("/openai/deployments/"));
+            if azure && !end_of_stream && restricts_models(&view.tables, &key) {
+                model_check = true;
+                checked_path_model = true;
+            }
+        } else if restricts_models(&view.tables, &key) {
+            // Only requests whose key or group restricts models must show their model.
+            let method = header(":method").unwrap_or_default();
+            let listed = path.and_then(|p| route::listed_model(method, p));
+            if path.is_some_and(|p| route::is_model_list(method, p)) {
+                // Answered with the key's models when the response comes.
+                let models: Vec<String> =
+                    key.model_names().into_iter().map(str::to_owned).collect();
+                self.job = Job::List(model_list::Allowed {
+                    key: ModelList::for_key(&models),
+                    group: view.tables.group_models(key.group()).clone(),
+                });
+                // Only a plain body can be filtered.
+                host.set_request_header("accept-encoding", "identity")
+                    .map_err(|_| HOST_FAILED)?;
+            } else if listed.is_some() {
+                check_model(&view.tables, &key, listed)?;
+            } else if end_of_stream {
+                check_model(&view.tables, &key, None)?;
+            } else {
+                model_check = true;
+            }
+        }
+        // LLM requests of a limited key or account reserve what they may cost; the body
+        // tells how much, when there is one.
+        let limited = metered && limited;
+        if limited && end_of_stream {
+            let hash = secret::hash(secret);
+            self.reserve(host, view, &hash, path_model, Estimate::default())?;
+        }
+        let reserve = limited && !end_of_stream;
+        self.rate = rate_hold(&plugin, view, &key);
+        if !model_check && !add_usage && !reserve {
+            self.admit_rate(host)?;
+            return Ok(Action::Continue);
+        }
+        let form_boundary = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+            .and_then(|(_, v)| model::form_boundary(v))
+            .map(str::to_owned);
+        // An upload checked only for its model may be decided on its head (see
+        // `model_in_form_head`): its length does not matter then.
+        let form_head_will_do = form_boundary.is_some() && !reserve && !add_usage;
+        if (model_check || reserve) && !form_head_will_do {
+            // A body that says it is too large to read is refused before it is buffered.
+            let length = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.trim().parse::<u64>().unwrap_or(u64::MAX));
+            if length.is_some_and(|n| n > plugin.config.max_body_bytes as u64) {
+                return Err(Denial::RequestTooLarge);
+            }
+        }
+        self.phase = Phase::Body(BodyWait {
+            key: secret::hash(secret),
+            model_check,
+            path_model: checked_path_model,
+            add_usage,
+            reserve,
+            form_boundary,
+            form_searched: 0,
+            size: 0,
+        });
+        Ok(Action::Pause)
+    }
+
+    /// Removes every client credential and client-sent `x-keygate-*` header, and tells
+    /// the upstream which key this is.
+    fn forward_identity(
+        &self,
+        host: &impl Host,
+        headers: &[(&str, &str)],
+        key: &Entry,
+    ) -> Result<(), HostError> {
+        let id = &self.plugin.config.identity_headers;
+        for name in credential::headers_to_strip(headers, |name| id.is_own(name)) {
+            host.remove_request_header(name)?;
+        }
+        let path = headers.iter().find(|(n, _)| *n == ":path");
+        if let Some(stripped) = path.and_then(|(_, p)| credential::strip_query_key(p)) {
+            host.set_request_header(":path", &stripped)?;
+        }
+        for (name, value) in [
+            (&id.key_id, key.id()),
+            (&id.key_name, key.name()),
+            (&id.group, key.group()),
+            (&id.account, key.account()),
+        ] {
+            if let Some(name) = name {
+                host.set_request_header(name, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn forward_model(&self, host: &impl Host, requested: Option<&str>) -> Result<(), HostError> {
+        match (&self.plugin.config.identity_headers.model, requested) {
+            (Some(name), Some(m)) if model::is_header_safe(m) => host.set_request_header(name, m),
+            _ => Ok(()),
+        }
+    }
+
+    /// Notes an admitted request to an LLM API so that its response is read for usage, and
+    /// asks the upstream for an uncompressed body, which is the only kind that can be read.
+    fn expect_usage(
+        &mut self,
+        host: &impl Host,
+        headers: &[(&str, &str)],
+        route: Route,
+        key: &Entry,
+    ) -> Result<(), HostError> {
+        let Route::Metered(api) = route else {
+            return Ok(());
+        };
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        };
+        // A route priced per call has no usage to read: its answer may stay compressed.
+        let read_usage = api != Api::PerCall;
+        if read_usage
+            && header("accept-encoding").is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"))
+        {
+            host.set_request_header("accept-encoding", "identity")?;
+        }
+        // The record's id is the filter's own, which no client can choose (see
+        // `request_id`); without randomness, Envoy's x-request-id, which it regenerates
+        // for requests from outside.
+        let request_id = match &self.plugin.ids {
+            Some(ids) => ids.next(),
+            None => match header("x-request-id").filter(|id| !id.is_empty()) {
+                Some(id) => model::printable(id, 128),
+                None => return Ok(()),
+            },
+        };
+        self.job = Job::Meter(Meter {
+            request_id,
+            key_id: key.id().to_string(),
+            api,
+            model: None,
+            status: 0,
+            added_usage: false,
+            request_bytes: None,
+            reservation: None,
+        });
+        Ok(())
+    }
+
+    /// Decides a request on its body: the whole of it, or (an upload whose model field has
+    /// arrived) its head, the rest then streaming on.
+    pub(super) fn on_body(
+        &mut self,
+        host: &impl Host,
+        wait: &BodyWait,
+        body_size: usize,
+        whole: bool,
+    ) -> Result<Action, Denial> {
+        let body = host.request_body(body_size).map_err(|_| HOST_FAILED)?;
+        let read = match &wait.form_boundary {
+            Some(boundary) => model::form_facts(&body, boundary),
+            None => model::facts(&body),
+        };
+        let facts = match (read, wait.model_check) {
+            (Ok(facts), _) => facts,
+            (Err(model::BodyError::NotJson), true) => return Err(Denial::InvalidRequestBody),
+            // Read only to add usage or to estimate: whatever it is goes on as it is.
+            (Err(model::BodyError::NotJson), false) => model::Facts::default(),
+        };
+        let requested = facts.model.as_deref();
+        self.forward_model(host, requested)
+            .map_err(|_| HOST_FAILED)?;
+        if let Job::Meter(meter) = &mut self.job {
+            if meter.model.is_none() {
+                meter.model = facts.model.clone();
+            }
+            if whole {
+                meter.request_bytes = Some(body.len() as u64);
+            }
+        }
+        if wait.model_check || wait.reserve {
+            let now_ms = host.now_ms().map_err(|_| HOST_FAILED)?;
+            let plugin = Rc::clone(&self.plugin);
+            let view = plugin.view.borrow();
+            let view = view
+                .as_ref()
+                .filter(|v| plugin.is_fresh(v, now_ms))
+                .ok_or(Denial::KeyServiceUnavailable)?;
+            // The snapshot may have changed while the body arrived: check the key as it is
+            // now.
+            let key = lookup(host, &wait.key, view.meta.epoch)?.ok_or(Denial::InvalidApiKey)?;
+            // With the path's model checked already, a body without one needs nothing.
+            if wait.model_check && !(wait.path_model && requested.is_none()) {
+                check_model(&view.tables, &key, requested)?;
+            }
+            if wait.reserve {
+                let (api, model) = match &self.job {
+                    Job::Meter(meter) => (Some(meter.api), meter.model.clone()),
+                    _ => (None, None),
+                };
+                if facts.background && api == Some(Api::Responses) {
+                    // Its usage comes with a later fetch the filter cannot tie to it.
+                    return Err(Denial::EndpointNotMetered);
+                }
+                let estimate = Estimate {
+                    body_bytes: body.len() as u64,
+                    max_output_tokens: facts.max_output_tokens,
+                };
+                self.reserve(host, view, &wait.key, model.as_deref(), estimate)?;
+            }
+        }
+        self.admit_rate(host)?;
+        if wait.add_usage {
+            if let Some(changed) = include_usage::add_to_request(&body) {
+                host.set_request_body(body_size, &changed)
+                    .map_err(|_| HOST_FAILED)?;
+                // The whole body is here: its new length is exact (some upstreams refuse a
+                // chunked request body).
+                host.set_request_header("content-length", &changed.len().to_string())
+                    .map_err(|_| HOST_FAILED)?;
+                if let Job::Meter(meter) = &mut self.job {
+                    meter.added_usage = true;
+                }
+            }
+        }
+        Ok(Action::Continue)
+    }
+}
+
+/// The rate windows of the key, if it or its group has limits.
+fn rate_hold(plugin: &super::Plugin, view: &View, key: &Entry) -> Option<RateHold> {
+    let (group_rpm, group_tpm) = view.tables.group_rates(key.group());
+    let limits = Limits::effective(key.limits, group_rpm, group_tpm, plugin.config.replicas);
+    limits.any().then(|| RateHold {
+        entry: rate::entry_name(key.id()),
+        limits,
+        standing: None,
+    })
+}

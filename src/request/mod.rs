@@ -1,0 +1,466 @@
+//! One request through the gate, as plain Rust: the policy of the HTTP context, driven by
+//! the proxy-wasm callbacks (`crate::http` calls one method per callback) and touching the
+//! world only through the `Host` trait, so native tests drive it with a fake host.
+//!
+//! A request goes through phases (`Phase`): its headers are decided (`admit`); if a rule
+//! needs its body, the body is buffered and decided (`Body`); admitted, it goes upstream and
+//! its response is read for usage or rewritten (`Response`); when it ends (`on_log`), what
+//! it used is priced, settled against what it reserved and queued for the key-service
+//! (`bill`). A refused request is answered here and nothing more happens to it.
+
+mod admit;
+mod bill;
+#[cfg(test)]
+mod tests;
+
+use crate::config::Config;
+use crate::decision::Denial;
+use crate::include_usage::StreamEditor;
+use crate::kv::{HostError, SharedData};
+use crate::model_list;
+use crate::rate::{self, Limits, Standing};
+use crate::report::SharedOutbox;
+use crate::request_id::RequestIds;
+use crate::secret::KeyHash;
+use crate::shared::{SharedView, View};
+use crate::usage::{Api, Scanner, Usage};
+
+/// What the request core needs of the proxy: its headers and bodies, the clock, the
+/// shared data (`SharedData`), a way to answer, and its stats. A failed call is an `Err`;
+/// what it means is decided by the caller (a request that cannot be decided safely is
+/// refused with 503, never passed on with its credential).
+pub trait Host: SharedData {
+    /// The request headers, encoded as `pairs` reads them.
+    fn request_headers(&self) -> Result<Vec<u8>, HostError>;
+    fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError>;
+    fn remove_request_header(&self, name: &str) -> Result<(), HostError>;
+    /// The first `size` bytes of the buffered request body.
+    fn request_body(&self, size: usize) -> Result<Vec<u8>, HostError>;
+    /// Replaces the buffered request body (`size` bytes) with `data`.
+    fn set_request_body(&self, size: usize, data: &[u8]) -> Result<(), HostError>;
+    /// The client's address as the proxy saw it (`source.address`), if it has one.
+    fn source_address(&self) -> Result<Option<Vec<u8>>, HostError>;
+    fn response_header(&self, name: &str) -> Result<Option<String>, HostError>;
+    fn set_response_header(&self, name: &str, value: &str) -> Result<(), HostError>;
+    fn remove_response_header(&self, name: &str) -> Result<(), HostError>;
+    /// The response body chunk being handled (`size` bytes).
+    fn response_body(&self, size: usize) -> Result<Vec<u8>, HostError>;
+    /// Replaces the response body chunk being handled (`size` bytes) with `data`.
+    fn set_response_body(&self, size: usize, data: &[u8]) -> Result<(), HostError>;
+    /// Answers the request from the filter.
+    fn send_response(
+        &self,
+        status: u32,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), HostError>;
+    /// The clock, in Unix milliseconds.
+    fn now_ms(&self) -> Result<u64, HostError>;
+    /// Counts something for the filter's stats.
+    fn count(&self, event: Event<'_>);
+}
+
+/// What the request core counts (see `crate::metrics`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Event<'a> {
+    Allowed,
+    Denied(Denial),
+    /// Bytes of response body read for usage.
+    Scanned(usize),
+    /// A success whose usage could not be read.
+    UsageMissing,
+    /// A record billed on an estimate.
+    UsageEstimated,
+    UsageRecorded(&'a Usage),
+}
+
+/// What the proxy does with the request or response after a callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Pause,
+}
+
+/// What every request of a VM shares: the configuration, the VM's view of the snapshot,
+/// the outbox of usage records and where their ids come from.
+#[derive(Default)]
+pub struct Plugin {
+    pub config: Config,
+    pub view: SharedView,
+    pub outbox: SharedOutbox,
+    /// `None` if the VM had no randomness: Envoy's `x-request-id` serves then.
+    pub ids: Option<RequestIds>,
+}
+
+impl Plugin {
+    /// Whether the view may be answered from: the key-service has confirmed it within the
+    /// configured maximum age.
+    fn is_fresh(&self, view: &View, now_ms: u64) -> bool {
+        now_ms.saturating_sub(view.meta.confirmed_at_ms) <= self.config.max_snapshot_age_ms
+    }
+}
+
+/// Any host failure on the request path: the request cannot be decided safely.
+const HOST_FAILED: Denial = Denial::KeyServiceUnavailable;
+
+/// Where a request stands.
+enum Phase {
+    /// Its headers have not been decided.
+    Start,
+    /// Admitted on its headers, it waits for its body to be decided.
+    Body(BodyWait),
+    /// Admitted and passed on; its body (if any) streams on, chunk by chunk.
+    Upstream,
+    /// Its response is passing through.
+    Response(Reader),
+    /// Refused and answered by the filter: nothing more to do.
+    Refused,
+}
+
+/// What the filter does with an admitted request beyond passing it on.
+enum Job {
+    /// Nothing more.
+    Pass,
+    /// A call to an LLM API: its usage is recorded (and, for a limited key or account, what
+    /// it may cost was reserved).
+    Meter(Meter),
+    /// A model list read with a model-restricted key: the answer shows only what it may
+    /// use.
+    List(model_list::Allowed),
+}
+
+/// How the response is read.
+enum Reader {
+    /// Not at all.
+    Pass,
+    /// For usage; an OpenAI stream the filter asked usage of gets that usage taken out again.
+    Usage {
+        scanner: Scanner,
+        editor: Option<StreamEditor>,
+    },
+    /// A model list to rewrite for the key; `upstream`: the upstream answered with 200
+    /// (else the key's own list is sent).
+    List { upstream: bool },
+}
+
+/// Why an admitted request's body is being read, and what of it came so far.
+struct BodyWait {
+    /// The hash of the request's key, to look the key up again once the body is in.
+    key: KeyHash,
+    /// The model must be checked against the key.
+    model_check: bool,
+    /// The path named the model (and it was checked); the body may name one too.
+    path_model: bool,
+    /// It may be an OpenAI stream that does not ask for usage.
+    add_usage: bool,
+    /// The key or its account is limited: what the request may cost is reserved.
+    reserve: bool,
+    /// The boundary of a `multipart/form-data` body (an upload), whose model is its
+    /// `model` form field.
+    form_boundary: Option<String>,
+    /// Bytes of an upload's head searched for its model field so far.
+    form_searched: usize,
+    /// Size of the body buffered so far.
+    size: usize,
+}
+
+/// What is known of an admitted LLM request, to bill it when it ends.
+struct Meter {
+    request_id: String,
+    key_id: String,
+    api: Api,
+    /// The model the request named, when it was read (path or body).
+    model: Option<String>,
+    /// The response's status; 0 until it starts.
+    status: u16,
+    /// The filter added `stream_options.include_usage` to the request.
+    added_usage: bool,
+    /// Size of the request body as read, when it was read whole.
+    request_bytes: Option<u64>,
+    /// What the request holds in the quota ledgers until it ends.
+    reservation: Option<bill::Reservation>,
+}
+
+/// A rate-limited key's request.
+struct RateHold {
+    entry: String,
+    limits: Limits,
+    /// Set when the windows admitted (counted) the request; refused, the standing that
+    /// says how long to wait.
+    standing: Option<Result<Standing, Standing>>,
+}
+
+/// One request's state. Made per request by the HTTP context.
+pub struct Request {
+    plugin: std::rc::Rc<Plugin>,
+    phase: Phase,
+    job: Job,
+    /// The key's rate windows, when it or its group has limits.
+    rate: Option<RateHold>,
+    /// Bytes of request body that have arrived (what a client that leaves is billed for,
+    /// never its `content-length`, which it may lie in).
+    body_received: u64,
+}
+
+impl Request {
+    pub fn new(plugin: std::rc::Rc<Plugin>) -> Request {
+        Request {
+            plugin,
+            phase: Phase::Start,
+            job: Job::Pass,
+            rate: None,
+            body_received: 0,
+        }
+    }
+
+    pub fn on_request_headers(&mut self, host: &impl Host, end_of_stream: bool) -> Action {
+        let result = self.admit(host, end_of_stream, true);
+        self.finish(host, result)
+    }
+
+    pub fn on_request_body(
+        &mut self,
+        host: &impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        let Phase::Body(wait) = &mut self.phase else {
+            // Passed on chunk by chunk: each call brings the next chunk.
+            self.body_received = self.body_received.saturating_add(body_size as u64);
+            return Action::Continue;
+        };
+        // Buffered: each call brings the whole body so far.
+        wait.size = body_size;
+        self.body_received = body_size as u64;
+        let max_body_bytes = self.plugin.config.max_body_bytes;
+        if !end_of_stream {
+            if let Some(head) = admit::model_in_form_head(host, wait) {
+                // Decided on the form's head: the rest of the upload streams on.
+                return self.decide_body(host, head, false);
+            }
+        }
+        if body_size > max_body_bytes {
+            let must_read = wait.model_check || wait.reserve;
+            self.phase = Phase::Upstream;
+            if must_read {
+                // Too large to read for its model or what it may cost.
+                return self.finish(host, Err(Denial::RequestTooLarge));
+            }
+            // Too large to add usage to: it goes on as it is.
+            let result = self.admit_rate(host).map(|()| Action::Continue);
+            return self.finish(host, result);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.decide_body(host, body_size, true)
+    }
+
+    /// A request may end with trailers instead of a last body chunk (HTTP/2 allows it): its
+    /// body is complete now, and it is decided as if the last chunk had said so; without
+    /// this, Envoy would pass it on unchecked.
+    pub fn on_request_trailers(&mut self, host: &impl Host) -> Action {
+        let Phase::Body(wait) = &self.phase else {
+            return Action::Continue;
+        };
+        let size = wait.size;
+        self.decide_body(host, size, true)
+    }
+
+    /// Decides the request on the first `size` bytes of its body (`whole`: all of it).
+    fn decide_body(&mut self, host: &impl Host, size: usize, whole: bool) -> Action {
+        let Phase::Body(wait) = std::mem::replace(&mut self.phase, Phase::Upstream) else {
+            return Action::Continue;
+        };
+        let result = self.on_body(host, &wait, size, whole);
+        self.finish(host, result)
+    }
+
+    pub fn on_response_headers(&mut self, host: &impl Host) -> Action {
+        if matches!(self.phase, Phase::Refused) {
+            // The filter's own answer.
+            return Action::Continue;
+        }
+        let header = |name| host.response_header(name).ok().flatten();
+        if let Job::List(_) = self.job {
+            // The list is rewritten for the key: its length changes, and an upstream
+            // without a list (an error) is answered with the key's own.
+            let upstream = header(":status").as_deref() == Some("200");
+            if !upstream {
+                let _ = host.set_response_header(":status", "200");
+                let _ = host.set_response_header("content-type", "application/json");
+            }
+            let _ = host.remove_response_header("content-length");
+            let _ = host.remove_response_header("content-encoding");
+            self.phase = Phase::Response(Reader::List { upstream });
+            return Action::Continue;
+        }
+        if let Some(RateHold {
+            limits,
+            standing: Some(Ok(standing)),
+            ..
+        }) = &self.rate
+        {
+            for (name, value) in rate::headers(limits, standing) {
+                // Only informative: the response goes on without it.
+                let _ = host.set_response_header(name, &value);
+            }
+        }
+        self.phase = Phase::Response(Reader::Pass);
+        let Job::Meter(meter) = &mut self.job else {
+            return Action::Continue;
+        };
+        meter.status = header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        if meter.api == Api::PerCall {
+            // Billed per call: nothing in the body to read.
+            return Action::Continue;
+        }
+        let encoded =
+            header("content-encoding").is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+        if encoded {
+            // Cannot be read; counted as missing usage when the stream ends.
+            return Action::Continue;
+        }
+        let event_stream =
+            header("content-type").is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
+        let editor = (meter.added_usage && event_stream).then(|| {
+            // The editor changes the length.
+            let _ = host.remove_response_header("content-length");
+            StreamEditor::default()
+        });
+        self.phase = Phase::Response(Reader::Usage {
+            scanner: Scanner::new(meter.api, event_stream),
+            editor,
+        });
+        Action::Continue
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        host: &impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        let Phase::Response(reader) = &mut self.phase else {
+            return Action::Continue;
+        };
+        match reader {
+            Reader::Pass => Action::Continue,
+            Reader::List { upstream } => {
+                let Job::List(allowed) = &self.job else {
+                    return Action::Continue;
+                };
+                if !end_of_stream {
+                    return Action::Pause;
+                }
+                let body = host.response_body(body_size).unwrap_or_default();
+                let shown = upstream
+                    .then(|| model_list::filter(&body, allowed))
+                    .flatten()
+                    .unwrap_or_else(|| model_list::own_list(allowed));
+                let _ = host.set_response_body(body_size, &shown);
+                Action::Continue
+            }
+            Reader::Usage { scanner, editor } => {
+                // Each chunk goes on at once; the scanner keeps what it needs.
+                let Ok(chunk) = host.response_body(body_size) else {
+                    return Action::Continue;
+                };
+                scanner.push(&chunk);
+                host.count(Event::Scanned(chunk.len()));
+                if let Some(editor) = editor {
+                    let mut out = editor.push(&chunk);
+                    if end_of_stream {
+                        out.extend(editor.finish());
+                    }
+                    if out != chunk {
+                        let _ = host.set_response_body(body_size, &out);
+                    }
+                }
+                Action::Continue
+            }
+        }
+    }
+
+    /// The request ended, however it did: what it used is recorded and settled, and its
+    /// rate windows told.
+    pub fn on_log(&mut self, host: &impl Host) {
+        let tokens = self.record_usage(host);
+        self.end_rate(host, tokens);
+    }
+
+    fn finish(&mut self, host: &impl Host, result: Result<Action, Denial>) -> Action {
+        match result {
+            Ok(Action::Continue) => {
+                if matches!(self.phase, Phase::Start) {
+                    self.phase = Phase::Upstream;
+                }
+                host.count(Event::Allowed);
+                Action::Continue
+            }
+            Ok(Action::Pause) => Action::Pause,
+            Err(denial) => self.deny(host, denial),
+        }
+    }
+
+    fn deny(&mut self, host: &impl Host, denial: Denial) -> Action {
+        self.phase = Phase::Refused;
+        // Refused here, it never reached a provider: nothing to record, and what it
+        // reserved goes back.
+        if let Job::Meter(meter) = std::mem::replace(&mut self.job, Job::Pass) {
+            if let Some(reservation) = meter.reservation {
+                bill::release(host, reservation);
+            }
+        }
+        host.count(Event::Denied(denial));
+        // A rate-limit refusal says how the key stands; other refusals need nothing built.
+        let limited = match &self.rate {
+            Some(RateHold {
+                limits,
+                standing: Some(Err(standing)),
+                ..
+            }) => rate::headers(limits, standing),
+            _ => Vec::new(),
+        };
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(limited.iter().map(|(n, v)| (*n, v.as_str())));
+        // A request the windows had admitted (and a host failure then refused) ends here.
+        self.end_rate(host, 0);
+        // Nothing more to do if this fails: the stream is gone.
+        let _ = host.send_response(denial.status(), &headers, denial.body().as_bytes());
+        Action::Pause
+    }
+
+    /// The last check of a request: its key's windows count it, or refuse it with
+    /// `rate_limit_exceeded`.
+    fn admit_rate(&mut self, host: &impl Host) -> Result<(), Denial> {
+        let Some(hold) = self.rate.as_mut() else {
+            return Ok(());
+        };
+        let now_ms = host.now_ms().map_err(|_| HOST_FAILED)?;
+        let standing =
+            rate::admit(host, &hold.entry, hold.limits, now_ms).map_err(|_| HOST_FAILED)?;
+        let refused = standing.is_err();
+        hold.standing = Some(standing);
+        if refused {
+            return Err(Denial::RateLimitExceeded);
+        }
+        Ok(())
+    }
+
+    /// An admitted request of a rate-limited key ended having used `tokens`.
+    fn end_rate(&mut self, host: &impl Host, tokens: u64) {
+        let Some(hold) = self.rate.take() else {
+            return;
+        };
+        if !matches!(hold.standing, Some(Ok(_))) || !hold.limits.counts_the_end() {
+            return;
+        }
+        let in_flight = hold.limits.max_parallel.is_some();
+        if let Ok(now_ms) = host.now_ms() {
+            // A failure leaves the request counted in flight until Envoy restarts: the
+            // key gets fewer parallel requests, never more.
+            let _ = rate::end(host, &hold.entry, now_ms, tokens, in_flight);
+        }
+    }
+}

@@ -1,0 +1,609 @@
+//! The request core driven through a fake host: every way a request can end, and what it
+//! leaves in the ledgers, the rate windows and the outbox.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use super::*;
+use crate::kv::testing::MemShared;
+use crate::ledger::{self, Ledger};
+use crate::pairs;
+use crate::report::Record;
+use crate::secret;
+use crate::shared::Leader;
+use crate::snapshot::{AccountRecord, GroupRecord, KeyRecord, PriceRecord, SnapshotWire};
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+const NOW_MS: u64 = 1_800_000_000_000;
+
+/// A proxy with one request: what the filter was sent, and what it did.
+#[derive(Default)]
+struct Fake {
+    shared: MemShared,
+    request_headers: RefCell<Vec<(String, String)>>,
+    request_body: RefCell<Vec<u8>>,
+    response_headers: RefCell<Vec<(String, String)>>,
+    response_body: RefCell<Vec<u8>>,
+    sent: RefCell<Option<Sent>>,
+    events: RefCell<Vec<String>>,
+    /// Every host call but shared data fails.
+    broken: Cell<bool>,
+    now_ms: Cell<u64>,
+}
+
+fn ok<T>(fake: &Fake, value: T) -> Result<T, HostError> {
+    if fake.broken.get() {
+        Err(HostError(10))
+    } else {
+        Ok(value)
+    }
+}
+
+/// A host call that changes something: done only if the host works.
+fn change(fake: &Fake, change: impl FnOnce()) -> Result<(), HostError> {
+    ok(fake, ()).map(|()| change())
+}
+
+/// The filter's own answer: status, headers, body.
+type Sent = (u32, Vec<(String, String)>, String);
+
+fn set(map: &RefCell<Vec<(String, String)>>, name: &str, value: &str) {
+    let mut map = map.borrow_mut();
+    map.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    map.push((name.into(), value.into()));
+}
+
+fn get(map: &RefCell<Vec<(String, String)>>, name: &str) -> Option<String> {
+    let map = map.borrow();
+    let found = map.iter().find(|(n, _)| n.eq_ignore_ascii_case(name));
+    found.map(|(_, v)| v.clone())
+}
+
+impl SharedData for Fake {
+    fn get(&self, name: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        self.shared.get(name)
+    }
+
+    fn set(&self, name: &str, value: &[u8], cas: Option<u32>) -> Result<bool, HostError> {
+        self.shared.set(name, value, cas)
+    }
+}
+
+impl Host for Fake {
+    fn request_headers(&self) -> Result<Vec<u8>, HostError> {
+        let headers = self.request_headers.borrow();
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        ok(self, pairs::encode(&pairs))
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError> {
+        change(self, || set(&self.request_headers, name, value))
+    }
+
+    fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
+        let mut headers = self.request_headers.borrow_mut();
+        change(self, || {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name))
+        })
+    }
+
+    fn request_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
+        let body = self.request_body.borrow();
+        ok(self, body[..size.min(body.len())].to_vec())
+    }
+
+    fn set_request_body(&self, size: usize, data: &[u8]) -> Result<(), HostError> {
+        let mut body = self.request_body.borrow_mut();
+        let size = size.min(body.len());
+        change(self, || drop(body.splice(..size, data.iter().copied())))
+    }
+
+    fn source_address(&self) -> Result<Option<Vec<u8>>, HostError> {
+        ok(self, Some(b"10.0.0.7:5555".to_vec()))
+    }
+
+    fn response_header(&self, name: &str) -> Result<Option<String>, HostError> {
+        ok(self, get(&self.response_headers, name))
+    }
+
+    fn set_response_header(&self, name: &str, value: &str) -> Result<(), HostError> {
+        change(self, || set(&self.response_headers, name, value))
+    }
+
+    fn remove_response_header(&self, name: &str) -> Result<(), HostError> {
+        let mut headers = self.response_headers.borrow_mut();
+        change(self, || {
+            headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name))
+        })
+    }
+
+    fn response_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
+        let body = self.response_body.borrow();
+        ok(self, body[..size.min(body.len())].to_vec())
+    }
+
+    fn set_response_body(&self, _size: usize, data: &[u8]) -> Result<(), HostError> {
+        change(self, || *self.response_body.borrow_mut() = data.to_vec())
+    }
+
+    fn send_response(
+        &self,
+        status: u32,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), HostError> {
+        let headers = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let body = String::from_utf8_lossy(body).into_owned();
+        *self.sent.borrow_mut() = Some((status, headers, body));
+        Ok(())
+    }
+
+    fn now_ms(&self) -> Result<u64, HostError> {
+        ok(self, self.now_ms.get())
+    }
+
+    fn count(&self, event: Event<'_>) {
+        let name = match event {
+            Event::Denied(denial) => format!("denied:{}", denial.code()),
+            Event::UsageRecorded(usage) => format!("recorded:{}+{}", usage.input, usage.output),
+            other => format!("{other:?}"),
+        };
+        self.events.borrow_mut().push(name);
+    }
+}
+
+/// The well-formed secret of the test key `name` (lower-case letters).
+fn sk(name: &str) -> String {
+    let random: String = name.chars().cycle().take(42).collect();
+    secret::from_random(&random).unwrap()
+}
+
+fn key(name: &str) -> KeyRecord {
+    KeyRecord {
+        id: format!("id-{name}"),
+        name: name.into(),
+        hash: secret::hash_hex(&secret::hash(&sk(name))),
+        account: "acme".into(),
+        group: "default".into(),
+        enabled: true,
+        expires_at: None,
+        ip_allowlist: vec![],
+        models: vec![],
+        remaining_quota: None,
+        rpm: None,
+        tpm: None,
+        max_parallel: None,
+    }
+}
+
+/// Keys: `open` (no limits), `quota` (1,000,000 credits left), `gpt` (may use
+/// gpt-4o only), `rpm` (one request a minute, with a quota). gpt-4o costs 1 credit per
+/// input token and 2 per output token.
+fn snapshot() -> SnapshotWire {
+    SnapshotWire {
+        version: 7,
+        keys: vec![
+            key("open"),
+            KeyRecord {
+                remaining_quota: Some(1_000_000),
+                ..key("quota")
+            },
+            KeyRecord {
+                models: vec!["gpt-4o".into()],
+                ..key("gpt")
+            },
+            KeyRecord {
+                rpm: Some(1),
+                remaining_quota: Some(1_000_000),
+                ..key("rpm")
+            },
+        ]
+        .into(),
+        groups: vec![GroupRecord {
+            name: "default".into(),
+            models: vec!["*".into()],
+            ratio: 1.0,
+            rpm: None,
+            tpm: None,
+        }],
+        accounts: vec![AccountRecord {
+            name: "acme".into(),
+            balance: None,
+        }],
+        prices: vec![PriceRecord {
+            name: "gpt-4o".into(),
+            input: 1_000_000.0,
+            output: 2_000_000.0,
+            cached_input: 500_000.0,
+            cache_write: None,
+            per_request: 0.0,
+        }],
+        ..Default::default()
+    }
+}
+
+struct Setup {
+    fake: Fake,
+    plugin: Rc<Plugin>,
+}
+
+fn setup() -> Setup {
+    let fake = Fake::default();
+    fake.now_ms.set(NOW_MS);
+    let mut leader = Leader::new(100);
+    leader.next_ask(&fake.shared).unwrap();
+    leader.apply(&fake.shared, snapshot(), NOW_MS).unwrap();
+    let plugin = Rc::new(Plugin {
+        ids: Some(RequestIds::new([1; 16])),
+        ..Plugin::default()
+    });
+    Setup { fake, plugin }
+}
+
+impl Setup {
+    /// A new request to `path` with the key `name`.
+    fn request(&self, method: &str, path: &str, name: &str) -> Request {
+        let headers = vec![
+            (":method".into(), method.into()),
+            (":path".into(), path.into()),
+            ("authorization".into(), format!("Bearer {}", sk(name))),
+            ("content-type".into(), "application/json".into()),
+        ];
+        *self.fake.request_headers.borrow_mut() = headers;
+        self.fake.request_body.borrow_mut().clear();
+        *self.fake.sent.borrow_mut() = None;
+        self.fake.response_headers.borrow_mut().clear();
+        Request::new(Rc::clone(&self.plugin))
+    }
+
+    /// The body arrives in one piece.
+    fn body(&self, request: &mut Request, body: &str, end_of_stream: bool) -> Action {
+        *self.fake.request_body.borrow_mut() = body.as_bytes().to_vec();
+        request.on_request_body(&self.fake, body.len(), end_of_stream)
+    }
+
+    /// The upstream answers `status` with this JSON body, in one chunk.
+    fn respond(&self, request: &mut Request, status: u16, body: &str) {
+        set(&self.fake.response_headers, ":status", &status.to_string());
+        set(
+            &self.fake.response_headers,
+            "content-type",
+            "application/json",
+        );
+        assert_eq!(request.on_response_headers(&self.fake), Action::Continue);
+        *self.fake.response_body.borrow_mut() = body.as_bytes().to_vec();
+        let action = request.on_response_body(&self.fake, body.len(), true);
+        assert_eq!(action, Action::Continue);
+    }
+
+    fn status_sent(&self) -> Option<u32> {
+        self.fake
+            .sent
+            .borrow()
+            .as_ref()
+            .map(|(status, _, _)| *status)
+    }
+
+    fn ledger(&self, key_id: &str) -> Ledger {
+        let entry = self.fake.shared.get(&ledger::key_entry(key_id)).unwrap();
+        entry.map_or_else(Ledger::default, |(bytes, _)| Ledger::decode(&bytes))
+    }
+
+    /// The records the request core queued for the key-service.
+    fn records(&self) -> Vec<Record> {
+        let mut outbox = self.plugin.outbox.borrow_mut();
+        outbox.next_report(0);
+        outbox.delivered()
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.fake.events.borrow().clone()
+    }
+}
+
+const CHAT: &str = "/v1/chat/completions";
+const USAGE: &str = r#"{"model":"gpt-4o","usage":{"prompt_tokens":10,"completion_tokens":5}}"#;
+
+#[test]
+fn an_unlimited_key_is_admitted_on_its_headers_and_its_usage_recorded() {
+    let s = setup();
+    let mut request = s.request("POST", CHAT, "open");
+    // Read for whether to ask for usage (a stream's).
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    // The credential is gone; the upstream is told who calls.
+    assert_eq!(get(&s.fake.request_headers, "authorization"), None);
+    let key_id = get(&s.fake.request_headers, "x-keygate-key-id");
+    assert_eq!(key_id.as_deref(), Some("id-open"));
+    assert_eq!(
+        s.body(&mut request, r#"{"model":"gpt-4o"}"#, true),
+        Action::Continue
+    );
+    s.respond(&mut request, 200, USAGE);
+    request.on_log(&s.fake);
+    let records = s.records();
+    assert_eq!(records.len(), 1);
+    let record = &records[0];
+    assert_eq!(
+        (record.key_id.as_str(), record.model.as_str()),
+        ("id-open", "gpt-4o")
+    );
+    assert_eq!(
+        (record.input_tokens, record.output_tokens, record.status),
+        (10, 5, 200)
+    );
+    assert!(!record.estimated);
+    // Nothing reserved or charged: the key has no limit.
+    assert_eq!(record.charge, None);
+    let scanned = format!("Scanned({})", USAGE.len());
+    assert_eq!(s.events(), ["Allowed", &scanned, "recorded:10+5"]);
+}
+
+#[test]
+fn an_unknown_key_is_refused_and_nothing_else_happens() {
+    let s = setup();
+    let mut request = s.request("POST", CHAT, "nobody");
+    assert_eq!(request.on_request_headers(&s.fake, true), Action::Pause);
+    let sent = s.fake.sent.borrow().clone().unwrap();
+    assert_eq!(sent.0, 401);
+    assert!(sent.2.contains("invalid_api_key"), "{}", sent.2);
+    assert!(
+        !sent.2.contains(&sk("nobody")),
+        "the key is echoed: {}",
+        sent.2
+    );
+    // The filter's own answer passes back through the filter untouched.
+    s.respond(&mut request, 401, &sent.2);
+    request.on_log(&s.fake);
+    assert!(s.records().is_empty());
+    assert_eq!(s.events(), ["denied:invalid_api_key"]);
+}
+
+#[test]
+fn a_limited_key_waits_for_the_body_reserves_and_settles_what_it_used() {
+    let s = setup();
+    let mut request = s.request("POST", CHAT, "quota");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    let body = r#"{"model":"gpt-4o","max_tokens":100,"messages":[]}"#;
+    assert_eq!(s.body(&mut request, &body[..10], false), Action::Pause);
+    assert_eq!(s.body(&mut request, body, true), Action::Continue);
+    // Reserved: the prompt's bytes / 4 input tokens and 100 output tokens, as priced.
+    let input = (body.len() as u64).div_ceil(4);
+    assert_eq!(s.ledger("id-quota").reserved, input + 200);
+    s.respond(&mut request, 200, USAGE);
+    request.on_log(&s.fake);
+    let ledger = s.ledger("id-quota");
+    assert_eq!(ledger.reserved, 0);
+    // 10 input tokens at 1 and 5 output tokens at 2 count until the snapshot shows them.
+    assert_eq!(ledger.unreported, 20);
+    let records = s.records();
+    assert_eq!(records[0].charge.as_ref().map(|c| c.cost), Some(20));
+}
+
+#[test]
+fn a_body_ended_by_trailers_is_decided_then() {
+    let s = setup();
+    let mut request = s.request("POST", CHAT, "quota");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(
+        s.body(&mut request, r#"{"model":"gpt-4o"}"#, false),
+        Action::Pause
+    );
+    assert_eq!(request.on_request_trailers(&s.fake), Action::Continue);
+    assert!(s.ledger("id-quota").reserved > 0);
+    assert_eq!(s.events(), ["Allowed"]);
+    // Trailers after a decided body change nothing.
+    assert_eq!(request.on_request_trailers(&s.fake), Action::Continue);
+    assert_eq!(s.events(), ["Allowed"]);
+}
+
+#[test]
+fn a_refused_model_on_the_body_reserves_nothing() {
+    let s = setup();
+    let mut request = s.request("POST", CHAT, "gpt");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(
+        s.body(&mut request, r#"{"model":"o3"}"#, true),
+        Action::Pause
+    );
+    assert_eq!(s.status_sent(), Some(403));
+    request.on_log(&s.fake);
+    assert!(s.records().is_empty());
+    // A body that is not JSON cannot show its model.
+    let mut request = s.request("POST", CHAT, "gpt");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(s.body(&mut request, "model=o3", true), Action::Pause);
+    assert_eq!(s.status_sent(), Some(400));
+}
+
+#[test]
+fn a_reservation_is_given_back_when_a_later_check_refuses() {
+    let s = setup();
+    let body = r#"{"model":"gpt-4o","max_tokens":10}"#;
+    let mut first = s.request("POST", CHAT, "rpm");
+    assert_eq!(first.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(s.body(&mut first, body, true), Action::Continue);
+    let held = s.ledger("id-rpm").reserved;
+    assert!(held > 0);
+    // The second request of the minute reserves, then the rate window refuses it.
+    let mut second = s.request("POST", CHAT, "rpm");
+    assert_eq!(second.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(s.body(&mut second, body, true), Action::Pause);
+    let sent = s.fake.sent.borrow().clone().unwrap();
+    assert_eq!(sent.0, 429);
+    assert!(
+        sent.1.iter().any(|(n, _)| n == "retry-after"),
+        "{:?}",
+        sent.1
+    );
+    assert_eq!(s.ledger("id-rpm").reserved, held);
+    second.on_log(&s.fake);
+    first.on_log(&s.fake);
+    // The first never got an answer: the client left, and is billed what it sent.
+    let ledger = s.ledger("id-rpm");
+    assert_eq!(ledger.reserved, 0);
+    let records = s.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].status, 499);
+    assert_eq!(records[0].input_tokens, (body.len() as u64).div_ceil(4));
+    assert_eq!(records[0].output_tokens, 0);
+}
+
+#[test]
+fn a_client_that_leaves_mid_upload_is_billed_the_bytes_that_arrived() {
+    let s = setup();
+    // Not limited and not restricted: the body streams on chunk by chunk.
+    let mut request = s.request("POST", "/v1/messages", "open");
+    assert_eq!(
+        request.on_request_headers(&s.fake, false),
+        Action::Continue,
+        "{:?}",
+        s.fake.sent.borrow()
+    );
+    set(&s.fake.request_headers, "content-length", "999999999");
+    for _ in 0..3 {
+        assert_eq!(
+            request.on_request_body(&s.fake, 400, false),
+            Action::Continue
+        );
+    }
+    request.on_log(&s.fake);
+    let records = s.records();
+    assert_eq!((records[0].status, records[0].input_tokens), (499, 300));
+}
+
+#[test]
+fn a_success_without_usage_is_billed_its_estimate() {
+    let s = setup();
+    let mut request = s.request("POST", CHAT, "quota");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    let body = r#"{"model":"gpt-4o","max_tokens":7}"#;
+    assert_eq!(s.body(&mut request, body, true), Action::Continue);
+    s.respond(&mut request, 200, r#"{"choices":[]}"#);
+    request.on_log(&s.fake);
+    let record = s.records().remove(0);
+    assert!(record.estimated);
+    let input = (body.len() as u64).div_ceil(4);
+    assert_eq!((record.input_tokens, record.output_tokens), (input, 7));
+    assert_eq!(record.charge.map(|c| c.cost), Some(input + 14));
+    assert!(s.events().contains(&"UsageEstimated".to_string()));
+    assert_eq!(s.ledger("id-quota").reserved, 0);
+}
+
+#[test]
+fn a_provider_error_without_usage_bills_nothing_for_output() {
+    let s = setup();
+    let mut request = s.request("POST", CHAT, "quota");
+    request.on_request_headers(&s.fake, false);
+    s.body(&mut request, r#"{"model":"gpt-4o"}"#, true);
+    s.respond(&mut request, 500, r#"{"error":{"message":"down"}}"#);
+    request.on_log(&s.fake);
+    let record = s.records().remove(0);
+    assert_eq!((record.status, record.output_tokens), (500, 0));
+    assert_eq!(s.ledger("id-quota").reserved, 0);
+}
+
+#[test]
+fn a_body_larger_than_the_limit_is_refused_before_and_after_it_arrives() {
+    let s = setup();
+    let max = s.plugin.config.max_body_bytes;
+    // Said in advance.
+    let mut request = s.request("POST", CHAT, "quota");
+    set(
+        &s.fake.request_headers,
+        "content-length",
+        &(max + 1).to_string(),
+    );
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(s.status_sent(), Some(413));
+    // Found out (the length lied or was absent).
+    let mut request = s.request("POST", CHAT, "quota");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(
+        request.on_request_body(&s.fake, max + 1, false),
+        Action::Pause
+    );
+    assert_eq!(s.status_sent(), Some(413));
+    request.on_log(&s.fake);
+    assert!(s.records().is_empty());
+    assert_eq!(s.ledger("id-quota").reserved, 0);
+}
+
+#[test]
+fn a_host_that_fails_gets_503_and_never_the_credential_passed_on() {
+    let s = setup();
+    let mut request = s.request("POST", CHAT, "open");
+    s.fake.broken.set(true);
+    assert_eq!(request.on_request_headers(&s.fake, true), Action::Pause);
+    assert_eq!(s.status_sent(), Some(503));
+    assert!(get(&s.fake.request_headers, "authorization").is_some());
+    assert_eq!(s.events(), ["denied:key_service_unavailable"]);
+}
+
+#[test]
+fn a_restricted_keys_model_list_shows_its_models_and_a_refusal_stays_one() {
+    let s = setup();
+    let mut request = s.request("GET", "/v1/models", "gpt");
+    assert_eq!(request.on_request_headers(&s.fake, true), Action::Continue);
+    let list = r#"{"object":"list","data":[{"id":"gpt-4o"},{"id":"o3"}]}"#;
+    set(&s.fake.response_headers, ":status", "200");
+    request.on_response_headers(&s.fake);
+    *s.fake.response_body.borrow_mut() = list.as_bytes().to_vec();
+    assert_eq!(request.on_response_body(&s.fake, 20, false), Action::Pause);
+    assert_eq!(
+        request.on_response_body(&s.fake, list.len(), true),
+        Action::Continue
+    );
+    let shown = String::from_utf8(s.fake.response_body.borrow().clone()).unwrap();
+    assert!(shown.contains("gpt-4o") && !shown.contains("o3"), "{shown}");
+
+    // A key that may not list models gets its refusal, not a list in its place.
+    let mut request = s.request("GET", "/v1/models", "none");
+    request.on_request_headers(&s.fake, true);
+    set(&s.fake.response_headers, ":status", "401");
+    request.on_response_headers(&s.fake);
+    assert_eq!(
+        get(&s.fake.response_headers, ":status").as_deref(),
+        Some("401")
+    );
+}
+
+#[test]
+fn an_openai_stream_gets_usage_asked_for_and_taken_out_again() {
+    let s = setup();
+    let mut request = s.request("POST", CHAT, "open");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    let body = r#"{"model":"gpt-4o","stream":true}"#;
+    assert_eq!(s.body(&mut request, body, true), Action::Continue);
+    let sent = String::from_utf8(s.fake.request_body.borrow().clone()).unwrap();
+    assert!(sent.contains("include_usage"), "{sent}");
+    let length = get(&s.fake.request_headers, "content-length");
+    assert_eq!(length, Some(sent.len().to_string()));
+    set(&s.fake.response_headers, ":status", "200");
+    set(
+        &s.fake.response_headers,
+        "content-type",
+        "text/event-stream",
+    );
+    request.on_response_headers(&s.fake);
+    let stream = concat!(
+        "data: {\"model\":\"gpt-4o\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+        "data: {\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    *s.fake.response_body.borrow_mut() = stream.as_bytes().to_vec();
+    request.on_response_body(&s.fake, stream.len(), true);
+    let shown = String::from_utf8(s.fake.response_body.borrow().clone()).unwrap();
+    assert!(!shown.contains("prompt_tokens"), "{shown}");
+    request.on_log(&s.fake);
+    let record = s.records().remove(0);
+    assert_eq!((record.input_tokens, record.output_tokens), (3, 1));
+}
