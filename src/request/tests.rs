@@ -186,7 +186,8 @@ fn key(name: &str) -> KeyRecord {
 }
 
 /// Keys: `open` (no limits), `quota` (1,000,000 credits left), `gpt` (may use
-/// gpt-4o only), `rpm` (one request a minute, with a quota). gpt-4o costs 1 credit per
+/// gpt-4o only), `rpm` (one request a minute, with a quota), `gptrpm` (gpt-4o only, one
+/// request a minute). gpt-4o costs 1 credit per
 /// input token and 2 per output token.
 fn snapshot() -> SnapshotWire {
     SnapshotWire {
@@ -205,6 +206,11 @@ fn snapshot() -> SnapshotWire {
                 rpm: Some(1),
                 remaining_quota: Some(1_000_000),
                 ..key("rpm")
+            },
+            KeyRecord {
+                rpm: Some(1),
+                models: vec!["gpt-4o".into()],
+                ..key("gptrpm")
             },
         ]
         .into(),
