@@ -10,11 +10,13 @@ pub mod console;
 pub mod error;
 pub mod expiry;
 pub mod extract;
+pub mod keys;
 pub mod metrics;
 pub use keygate::pricing;
 pub mod random;
 pub mod store;
 pub mod tokens;
+pub mod validate;
 
 use std::io::{self, Write};
 use std::net::SocketAddr;

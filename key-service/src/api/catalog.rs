@@ -7,12 +7,11 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::api::keys::check_models;
-use crate::api::{limit, nullable};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
 use crate::store::{AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
+use crate::validate::{check_models, limit, nullable};
 use crate::AppState;
 
 const NAME_MAX: usize = 64;

@@ -9,27 +9,10 @@ pub mod usage;
 
 use axum::extract::State;
 use axum::Json;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::AppState;
-
-/// A rate limit (a group's or a key's RPM, TPM, parallel requests): at least 1, or
-/// `None` for no limit.
-pub(crate) fn limit(param: &str, value: Option<i64>) -> Result<Option<i64>, ApiError> {
-    match value {
-        Some(v) if v < 1 => Err(ApiError::invalid(
-            param,
-            format!("{param} must be at least 1, or null for no limit"),
-        )),
-        other => Ok(other),
-    }
-}
-
-/// `null` and absent told apart: `Some(None)` for an explicit `null`.
-pub(crate) fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
-    Option::<i64>::deserialize(d).map(Some)
-}
 
 #[derive(Serialize)]
 pub struct Health {

@@ -5,12 +5,12 @@ use axum::extract::{RawQuery, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::api::keys::{number, PER_PAGE_DEFAULT, PER_PAGE_MAX};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
 use crate::pricing::Tokens;
 use crate::store::{UsageFilter, UsageRecord};
+use crate::validate::{number, PER_PAGE_DEFAULT, PER_PAGE_MAX};
 use crate::AppState;
 
 /// Records per report at most; the filter sends smaller batches.
