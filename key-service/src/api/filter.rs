@@ -57,19 +57,20 @@ pub async fn snapshot(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| if_none_match_hits(v, current));
     if unchanged {
-        metrics::add(&state.metrics.snapshot_not_modified, 1);
+        state
+            .metrics
+            .snapshot_answered(metrics::SnapshotAnswer::NotModified);
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag(current)?)]).into_response());
     }
     let body = state
         .store
         .snapshot(query.since, &page, crate::expiry::now())
         .await?;
-    let kind = if body.delta {
-        &state.metrics.snapshot_delta
+    state.metrics.snapshot_answered(if body.delta {
+        metrics::SnapshotAnswer::Delta
     } else {
-        &state.metrics.snapshot_full
-    };
-    metrics::add(kind, 1);
+        metrics::SnapshotAnswer::Full
+    });
     let headers = [
         (ETAG, etag(body.version)?),
         (CONTENT_TYPE, HeaderValue::from_static("application/json")),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
+use crate::metrics::UsageResult;
 use crate::pricing::Tokens;
 use crate::store::{UsageFilter, UsageRecord};
 use crate::validate::{number, PER_PAGE_DEFAULT, PER_PAGE_MAX};
@@ -175,9 +176,13 @@ pub async fn report(
         })
         .collect();
     let refused = results.iter().filter(|r| r.result == "refused").count() as u64;
-    crate::metrics::add(&state.metrics.usage_accepted, done.accepted);
-    crate::metrics::add(&state.metrics.usage_duplicates, done.duplicates);
-    crate::metrics::add(&state.metrics.usage_refused, refused);
+    for (result, n) in [
+        (UsageResult::Accepted, done.accepted),
+        (UsageResult::Duplicate, done.duplicates),
+        (UsageResult::Refused, refused),
+    ] {
+        state.metrics.usage_records(result, n);
+    }
     if refused > 0 {
         let reasons: Vec<&str> = results.iter().filter_map(|r| r.reason.as_deref()).collect();
         tracing::warn!(refused, ?reasons, "usage records refused");
