@@ -44,13 +44,13 @@ pub enum ApiError {
     Internal(Box<dyn std::error::Error + Send + Sync>),
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Body<'a> {
     error: Detail<'a>,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Detail<'a> {
     message: String,
     #[serde(rename = "type")]
     kind: &'a str,

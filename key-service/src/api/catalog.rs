@@ -64,13 +64,13 @@ fn non_negative(param: &str, value: f64) -> Result<f64, ApiError> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Groups {
     groups: Vec<GroupRow>,
 }
 
 /// Body of `PUT /api/v1/groups/{name}`: the whole group; absent fields take the defaults.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutGroup {
     #[serde(default)]
@@ -159,13 +159,13 @@ pub async fn delete_group(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Models {
     models: Vec<ModelPrice>,
 }
 
 /// Body of `PUT /api/v1/models/{name}`: credits per 1,000,000 tokens.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutPrice {
     pub input: f64,
@@ -241,13 +241,13 @@ pub async fn put_model(
     Ok((status, Json(price)))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Accounts {
     accounts: Vec<AccountRow>,
 }
 
 /// Body of `POST /api/v1/accounts`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     pub name: String,
@@ -257,7 +257,7 @@ pub struct CreateAccount {
 }
 
 /// Body of `PATCH /api/v1/accounts/{name}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAccount {
     /// The new balance; `null` = unlimited.

@@ -24,6 +24,10 @@ use crate::expiry;
 use crate::AppState;
 
 pub const PREFIX: &str = "/filter/v1/check";
+/// The route: the original request's path follows the prefix.
+pub const ROUTE: &str = "/filter/v1/check/{*path}";
+/// The prefix alone, with and without its slash: a request for `/`.
+pub const ALIASES: &[&str] = &[PREFIX, "/filter/v1/check/"];
 
 /// Which forwarding headers `/filter/v1/check` believes about the client's address.
 /// The check's own peer is the proxy asking, never the client, so without trusted headers

@@ -18,7 +18,7 @@ use crate::store::SnapshotPage;
 use crate::AppState;
 
 /// Query of `GET /filter/v1/snapshot`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotQuery {
     /// A version the filter holds: answer with what changed since (a delta).

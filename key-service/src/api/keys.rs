@@ -14,7 +14,7 @@ use crate::store::KeyFilter;
 use crate::validate::{number, PER_PAGE_DEFAULT, PER_PAGE_MAX};
 use crate::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Created {
     pub keys: Vec<KeyView>,
 }
@@ -83,7 +83,7 @@ impl ListParams {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyPage {
     pub keys: Vec<KeyView>,
     pub page: u32,

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::error::ApiError;
 use crate::AppState;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Health {
     status: &'static str,
 }

@@ -24,7 +24,7 @@ pub const MODEL_MAX: usize = 256;
 
 /// Body of `POST /filter/v1/usage`. Each record is read on its own: one that cannot be
 /// read is refused alone, and the others are billed.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageReport {
     pub records: Vec<serde_json::Value>,
@@ -55,7 +55,7 @@ pub struct ReportedUsage {
 }
 
 /// What became of one record of a report, in the order they came.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RecordResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -67,7 +67,7 @@ pub struct RecordResult {
 }
 
 /// The answer to a usage report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReportAnswer {
     pub accepted: u64,
     pub duplicates: u64,
@@ -201,7 +201,7 @@ pub async fn report(
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsagePage {
     pub usage: Vec<serde_json::Value>,
     pub page: u32,
@@ -290,7 +290,7 @@ pub async fn list(
 /// Buckets one summary may hold at most (a month of hours is 744).
 pub const SUMMARY_BUCKETS_MAX: i64 = 1_000;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsageSummary {
     pub bucket: &'static str,
     pub from: Option<String>,

@@ -19,7 +19,7 @@ pub const QUANTITY_MAX: i64 = 100;
 pub(super) const SUFFIX_LEN: usize = 6;
 
 /// Body of `POST /api/v1/keys`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     pub name: String,
@@ -146,7 +146,7 @@ fn check_quota(quota: i64) -> Result<i64, ApiError> {
 }
 
 /// Body of `PATCH /api/v1/keys/{id}`: every field optional, absent ones unchanged.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
     #[serde(default)]
@@ -276,7 +276,7 @@ pub fn parse_net(entry: &str) -> Option<IpNet> {
 }
 
 /// Body of `POST /api/v1/keys/{id}/rotate` (optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
     /// How long the old secret keeps working (`"1h"`, `"7d"`); absent = it stops at once.

@@ -7,7 +7,7 @@ use crate::expiry;
 use crate::store::{KeyRow, KeyStatus};
 
 /// A key as the API shows it. `key` (the full secret) is there only in create responses.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]

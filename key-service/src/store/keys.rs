@@ -8,7 +8,7 @@ use std::str::FromStr;
 use super::{with_pool, BeginWrite, Get, Store, StoreError};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyStatus {
     Active,
