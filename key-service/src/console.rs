@@ -20,7 +20,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// `GET /`: the console's page.
-#[utoipa::path(get, path = "/", tag = "console",
+#[utoipa::path(get, operation_id = "console", path = "/", tag = "console",
     responses((status = 200, description = "The console (HTML)", content_type = "text/html")))]
 pub async fn index() -> impl IntoResponse {
     asset("text/html; charset=utf-8", INDEX)

@@ -44,12 +44,15 @@ pub enum ApiError {
     Internal(Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// The contract's error body.
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
 pub struct Body<'a> {
     error: Detail<'a>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
 pub struct Detail<'a> {
     message: String,
     #[serde(rename = "type")]

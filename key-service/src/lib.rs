@@ -12,6 +12,7 @@ pub mod expiry;
 pub mod extract;
 pub mod keys;
 pub mod metrics;
+pub mod openapi;
 pub use keygate::pricing;
 pub mod random;
 pub mod store;

@@ -20,11 +20,13 @@ pub struct Health {
 }
 
 /// `GET /healthz`: 200 while the process serves (liveness), no token needed.
+#[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
 /// `GET /readyz`: 200 once the database answers, 503 while it does not; no token needed.
+#[utoipa::path(get, path = "/readyz", tag = "service", responses((status = 200, body = Health), (status = 503, description = "The contract's error", body = crate::error::Body)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state
         .store
@@ -34,13 +36,16 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     Ok(Json(Health { status: "ok" }))
 }
 
-/// `GET /api/v1/openapi.json`: the API's OpenAPI 3.1 description (no token needed).
-pub async fn openapi() -> impl axum::response::IntoResponse {
-    (
+/// `GET /api/v1/openapi.json`: the API's OpenAPI 3.1 description (no token needed),
+/// generated from the handlers (see `crate::openapi`).
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "service", responses((status = 200, description = "This document", content_type = "application/json", body = Object)))]
+pub async fn openapi() -> Result<impl axum::response::IntoResponse, ApiError> {
+    let document = crate::openapi::json().map_err(ApiError::internal)?;
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json"),
         )],
-        include_str!("../../openapi.json"),
-    )
+        document,
+    ))
 }
