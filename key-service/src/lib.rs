@@ -156,7 +156,7 @@ pub fn routes() -> Vec<Route> {
         route(Get, "/healthz", Open, api::healthz),
         route(Get, "/readyz", Open, api::readyz),
         route(Get, "/metrics", Open, metrics::render),
-        route(Get, "/api/v1/openapi.json", Open, api::openapi),
+        route(Get, "/api/v1/openapi.json", Open, openapi::serve),
         route(Get, "/", Open, console::index),
         route(Get, "/console/console.js", Open, console::script),
         route(Get, "/console/console.css", Open, console::style),

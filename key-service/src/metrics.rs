@@ -284,7 +284,15 @@ pub async fn count(State(metrics): State<SharedMetrics>, request: Request, next:
 }
 
 /// `GET /metrics`
-#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "service", responses((status = 200, description = "Metrics in the OpenMetrics text format", content_type = "application/openmetrics-text")))]
+#[utoipa::path(
+    get,
+    operation_id = "metrics",
+    path = "/metrics",
+    tag = "service",
+    responses(
+        (status = 200, description = "Metrics in the OpenMetrics text format", content_type = "application/openmetrics-text"),
+    ),
+)]
 pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
     let m = &state.metrics;
     // What is read at a scrape goes in a registry of its own, filled afresh each time,

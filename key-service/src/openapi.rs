@@ -6,6 +6,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::error::ApiError;
 use crate::{api, console, metrics};
 
 #[derive(OpenApi)]
@@ -24,7 +25,7 @@ use crate::{api, console, metrics};
         api::healthz,
         api::readyz,
         metrics::render,
-        api::openapi,
+        serve,
         console::index,
         console::script,
         console::style,
@@ -87,6 +88,28 @@ pub fn json() -> Result<String, serde_json::Error> {
         text.push('\n');
         text
     })
+}
+
+/// `GET /api/v1/openapi.json`: the API's OpenAPI 3.1 description (no token needed),
+/// generated from the handlers at each request (it is small).
+#[utoipa::path(
+    get,
+    operation_id = "openapi",
+    path = "/api/v1/openapi.json",
+    tag = "service",
+    responses(
+        (status = 200, description = "This document", content_type = "application/json", body = Object),
+    ),
+)]
+pub async fn serve() -> Result<impl axum::response::IntoResponse, ApiError> {
+    let document = json().map_err(ApiError::internal)?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        document,
+    ))
 }
 
 #[cfg(test)]

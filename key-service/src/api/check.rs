@@ -88,7 +88,24 @@ fn denied(denial: Denial) -> Response {
 }
 
 /// `ANY /filter/v1/check/{original path}`
-#[utoipa::path(method(get, post), path = "/filter/v1/check/{path}", tag = "filter", security(("check" = [])), params(("path" = String, Path, description = "the original request's path and query")), responses((status = 200, description = "Allowed; x-keygate-* headers for the upstream"), (status = 400, description = "The contract's error", body = crate::error::Body), (status = 401, description = "The contract's error", body = crate::error::Body), (status = 403, description = "The contract's error", body = crate::error::Body), (status = 413, description = "The contract's error", body = crate::error::Body), (status = 429, description = "The contract's error", body = crate::error::Body), (status = 503, description = "The contract's error", body = crate::error::Body)))]
+#[utoipa::path(
+    method(get, post),
+    path = "/filter/v1/check/{path}",
+    tag = "filter",
+    security(("check" = [])),
+    params(
+        ("path" = String, Path, description = "the original request's path and query"),
+    ),
+    responses(
+        (status = 200, description = "Allowed; x-keygate-* headers for the upstream"),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 403, description = "The contract's error", body = crate::error::Body),
+        (status = 413, description = "The contract's error", body = crate::error::Body),
+        (status = 429, description = "The contract's error", body = crate::error::Body),
+        (status = 503, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn check(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let body = match to_bytes(Body::new(body), BODY_LIMIT).await {

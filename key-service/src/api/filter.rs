@@ -35,7 +35,19 @@ pub struct SnapshotQuery {
 pub const DEFAULT_PAGE: usize = 10_000;
 pub const MAX_PAGE: usize = 100_000;
 
-#[utoipa::path(get, path = "/filter/v1/snapshot", tag = "filter", security(("filter" = [])), params(SnapshotQuery), responses((status = 200, description = "The keys (all, a page of them, or what changed since `since`), groups, accounts and prices; `keygate::snapshot::SnapshotWire` as JSON", content_type = "application/json", body = Object), (status = 304, description = "Not modified since the version in If-None-Match"), (status = 400, description = "The contract's error", body = crate::error::Body), (status = 401, description = "The contract's error", body = crate::error::Body)))]
+#[utoipa::path(
+    get,
+    path = "/filter/v1/snapshot",
+    tag = "filter",
+    security(("filter" = [])),
+    params(SnapshotQuery),
+    responses(
+        (status = 200, description = "The keys (all, a page of them, or what changed since `since`), groups, accounts and prices; `keygate::snapshot::SnapshotWire` as JSON", content_type = "application/json", body = Object),
+        (status = 304, description = "Not modified since the version in If-None-Match"),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn snapshot(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -20,7 +20,19 @@ pub struct Created {
 }
 
 /// `POST /api/v1/keys`
-#[utoipa::path(post, operation_id = "create_keys", path = "/api/v1/keys", tag = "keys", security(("admin" = [])), request_body = CreateKey, responses((status = 201, description = "The keys, each with its secret", body = Created), (status = 400, description = "The contract's error", body = crate::error::Body), (status = 401, description = "The contract's error", body = crate::error::Body)))]
+#[utoipa::path(
+    post,
+    operation_id = "create_keys",
+    path = "/api/v1/keys",
+    tag = "keys",
+    security(("admin" = [])),
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "The keys, each with its secret", body = Created),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateKey>,
@@ -93,7 +105,26 @@ pub struct KeyPage {
 }
 
 /// `GET /api/v1/keys`
-#[utoipa::path(get, operation_id = "list_keys", path = "/api/v1/keys", tag = "keys", security(("admin" = [])), params(("status" = Option<crate::store::KeyStatus>, Query), ("group" = Option<String>, Query), ("account" = Option<String>, Query), ("q" = Option<String>, Query, description = "part of the name"), ("page" = Option<u32>, Query, minimum = 1), ("per_page" = Option<u32>, Query, minimum = 1, maximum = 100)), responses((status = 200, body = KeyPage), (status = 400, description = "The contract's error", body = crate::error::Body), (status = 401, description = "The contract's error", body = crate::error::Body)))]
+#[utoipa::path(
+    get,
+    operation_id = "list_keys",
+    path = "/api/v1/keys",
+    tag = "keys",
+    security(("admin" = [])),
+    params(
+        ("status" = Option<crate::store::KeyStatus>, Query),
+        ("group" = Option<String>, Query),
+        ("account" = Option<String>, Query),
+        ("q" = Option<String>, Query, description = "part of the name"),
+        ("page" = Option<u32>, Query, minimum = 1),
+        ("per_page" = Option<u32>, Query, minimum = 1, maximum = 100),
+    ),
+    responses(
+        (status = 200, body = KeyPage),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -117,7 +148,21 @@ pub async fn list(
 }
 
 /// `PATCH /api/v1/keys/{id}`
-#[utoipa::path(patch, operation_id = "update_key", path = "/api/v1/keys/{id}", tag = "keys", security(("admin" = [])), params(("id" = String, Path)), request_body = UpdateKey, responses((status = 200, body = KeyView), (status = 400, description = "The contract's error", body = crate::error::Body), (status = 401, description = "The contract's error", body = crate::error::Body), (status = 404, description = "The contract's error", body = crate::error::Body)))]
+#[utoipa::path(
+    patch,
+    operation_id = "update_key",
+    path = "/api/v1/keys/{id}",
+    tag = "keys",
+    security(("admin" = [])),
+    params(("id" = String, Path)),
+    request_body = UpdateKey,
+    responses(
+        (status = 200, body = KeyView),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 404, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -131,7 +176,21 @@ pub async fn update(
 /// `POST /api/v1/keys/{id}/rotate`: a new secret for the same key (id, settings and
 /// history kept); the old secret stops with the filter's next sync, or at the end of an
 /// optional `grace_period`. The body may be empty.
-#[utoipa::path(post, operation_id = "rotate_key", path = "/api/v1/keys/{id}/rotate", tag = "keys", security(("admin" = [])), params(("id" = String, Path)), request_body(content = Option<RotateKey>, description = "optional"), responses((status = 200, description = "The key with its new secret", body = KeyView), (status = 400, description = "The contract's error", body = crate::error::Body), (status = 401, description = "The contract's error", body = crate::error::Body), (status = 404, description = "The contract's error", body = crate::error::Body)))]
+#[utoipa::path(
+    post,
+    operation_id = "rotate_key",
+    path = "/api/v1/keys/{id}/rotate",
+    tag = "keys",
+    security(("admin" = [])),
+    params(("id" = String, Path)),
+    request_body(content = Option<RotateKey>, description = "optional"),
+    responses(
+        (status = 200, description = "The key with its new secret", body = KeyView),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 404, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn rotate(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -148,7 +207,19 @@ pub async fn rotate(
 }
 
 /// `DELETE /api/v1/keys/{id}`
-#[utoipa::path(delete, operation_id = "delete_key", path = "/api/v1/keys/{id}", tag = "keys", security(("admin" = [])), params(("id" = String, Path)), responses((status = 204, description = "Deleted"), (status = 401, description = "The contract's error", body = crate::error::Body), (status = 404, description = "The contract's error", body = crate::error::Body)))]
+#[utoipa::path(
+    delete,
+    operation_id = "delete_key",
+    path = "/api/v1/keys/{id}",
+    tag = "keys",
+    security(("admin" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 404, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -158,7 +229,19 @@ pub async fn delete(
 }
 
 /// `GET /api/v1/keys/{id}`
-#[utoipa::path(get, operation_id = "get_key", path = "/api/v1/keys/{id}", tag = "keys", security(("admin" = [])), params(("id" = String, Path)), responses((status = 200, body = KeyView), (status = 401, description = "The contract's error", body = crate::error::Body), (status = 404, description = "The contract's error", body = crate::error::Body)))]
+#[utoipa::path(
+    get,
+    operation_id = "get_key",
+    path = "/api/v1/keys/{id}",
+    tag = "keys",
+    security(("admin" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = KeyView),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 404, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -26,7 +26,15 @@ pub async fn healthz() -> Json<Health> {
 }
 
 /// `GET /readyz`: 200 once the database answers, 503 while it does not; no token needed.
-#[utoipa::path(get, path = "/readyz", tag = "service", responses((status = 200, body = Health), (status = 503, description = "The contract's error", body = crate::error::Body)))]
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "service",
+    responses(
+        (status = 200, body = Health),
+        (status = 503, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state
         .store
@@ -34,18 +42,4 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(Json(Health { status: "ok" }))
-}
-
-/// `GET /api/v1/openapi.json`: the API's OpenAPI 3.1 description (no token needed),
-/// generated from the handlers (see `crate::openapi`).
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "service", responses((status = 200, description = "This document", content_type = "application/json", body = Object)))]
-pub async fn openapi() -> Result<impl axum::response::IntoResponse, ApiError> {
-    let document = crate::openapi::json().map_err(ApiError::internal)?;
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/json"),
-        )],
-        document,
-    ))
 }

@@ -137,7 +137,19 @@ pub fn normalise(record: serde_json::Value, now: i64) -> Result<UsageRecord, Rec
 /// `POST /filter/v1/usage`: idempotent by `request_id`, so a retried report never bills
 /// twice; answers for each record whether it was accepted, a duplicate or refused (and
 /// why), so the filter drops only what was refused.
-#[utoipa::path(post, operation_id = "report_usage", path = "/filter/v1/usage", tag = "filter", security(("filter" = [])), request_body = UsageReport, responses((status = 200, body = ReportAnswer), (status = 400, description = "The contract's error", body = crate::error::Body), (status = 401, description = "The contract's error", body = crate::error::Body)))]
+#[utoipa::path(
+    post,
+    operation_id = "report_usage",
+    path = "/filter/v1/usage",
+    tag = "filter",
+    security(("filter" = [])),
+    request_body = UsageReport,
+    responses(
+        (status = 200, body = ReportAnswer),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn report(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<UsageReport>,
@@ -261,7 +273,27 @@ fn usage_query(
 
 /// `GET /api/v1/usage`: the log's filters (see [`usage_query`]); `page`, `per_page`;
 /// newest first.
-#[utoipa::path(get, operation_id = "list_usage", path = "/api/v1/usage", tag = "usage", security(("admin" = [])), params(("key_id" = Option<String>, Query), ("account" = Option<String>, Query), ("model" = Option<String>, Query), ("from" = Option<String>, Query, description = "RFC 3339"), ("to" = Option<String>, Query, description = "RFC 3339"), ("page" = Option<u32>, Query, minimum = 1), ("per_page" = Option<u32>, Query, minimum = 1, maximum = 100)), responses((status = 200, body = UsagePage), (status = 400, description = "The contract's error", body = crate::error::Body), (status = 401, description = "The contract's error", body = crate::error::Body)))]
+#[utoipa::path(
+    get,
+    operation_id = "list_usage",
+    path = "/api/v1/usage",
+    tag = "usage",
+    security(("admin" = [])),
+    params(
+        ("key_id" = Option<String>, Query),
+        ("account" = Option<String>, Query),
+        ("model" = Option<String>, Query),
+        ("from" = Option<String>, Query, description = "RFC 3339"),
+        ("to" = Option<String>, Query, description = "RFC 3339"),
+        ("page" = Option<u32>, Query, minimum = 1),
+        ("per_page" = Option<u32>, Query, minimum = 1, maximum = 100),
+    ),
+    responses(
+        (status = 200, body = UsagePage),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -303,7 +335,26 @@ pub struct UsageSummary {
 /// `GET /api/v1/usage/summary`: the log's filters (see [`usage_query`]) and `bucket`
 /// (`hour`, the default, or `day`); tokens, requests and credits per bucket and model,
 /// oldest first. Without `from` and `to`, the last 24 hours (hour) or 30 days (day).
-#[utoipa::path(get, operation_id = "usage_summary", path = "/api/v1/usage/summary", tag = "usage", security(("admin" = [])), params(("bucket" = Option<String>, Query, description = "hour (default) or day"), ("key_id" = Option<String>, Query), ("account" = Option<String>, Query), ("model" = Option<String>, Query), ("from" = Option<String>, Query, description = "RFC 3339"), ("to" = Option<String>, Query, description = "RFC 3339")), responses((status = 200, body = UsageSummary), (status = 400, description = "The contract's error", body = crate::error::Body), (status = 401, description = "The contract's error", body = crate::error::Body)))]
+#[utoipa::path(
+    get,
+    operation_id = "usage_summary",
+    path = "/api/v1/usage/summary",
+    tag = "usage",
+    security(("admin" = [])),
+    params(
+        ("bucket" = Option<String>, Query, description = "hour (default) or day"),
+        ("key_id" = Option<String>, Query),
+        ("account" = Option<String>, Query),
+        ("model" = Option<String>, Query),
+        ("from" = Option<String>, Query, description = "RFC 3339"),
+        ("to" = Option<String>, Query, description = "RFC 3339"),
+    ),
+    responses(
+        (status = 200, body = UsageSummary),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn summary(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
