@@ -203,8 +203,8 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-/// Every route of the service. Errors of any kind, even for routes that do not exist,
-/// come back in the contract's JSON error shape.
+/// The service: [`routes`], each behind its token's guard. Errors of any kind, even for
+/// routes that do not exist, come back in the contract's JSON error shape.
 pub fn app(state: AppState) -> Router {
     let mut guarded: [(Access, Router<AppState>); 4] = [
         (Access::Open, Router::new()),
