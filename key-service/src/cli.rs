@@ -4,9 +4,9 @@
 
 use clap::{Args, Subcommand};
 
-use crate::api::keys::{self, CreateKey, RotateKey};
 use crate::error::ApiError;
 use crate::expiry;
+use crate::keys::{self, CreateKey, KeyView, RotateKey};
 use crate::store::{KeyFilter, Store};
 
 #[derive(Debug, Clone, Subcommand)]
@@ -91,7 +91,7 @@ pub struct ListArgs {
 pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiError> {
     let Command::Keys(command) = command;
     let now = expiry::now();
-    let json = |v: &keys::KeyView| serde_json::to_string(v).map_err(ApiError::internal);
+    let json = |v: &KeyView| serde_json::to_string(v).map_err(ApiError::internal);
     match command {
         KeysCommand::Create(a) => {
             let request = CreateKey {
@@ -109,7 +109,7 @@ pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiErro
                 tpm: a.tpm,
                 max_parallel: a.max_parallel,
             };
-            let created = keys::create_keys(store, request, now).await?;
+            let created = keys::create(store, request, now).await?;
             created.iter().map(json).collect()
         }
         KeysCommand::List(a) => {
@@ -130,10 +130,10 @@ pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiErro
             let mut lines = Vec::new();
             let mut offset = 0;
             loop {
-                let (rows, total) = store.list_keys(&filter, 500, offset, now).await?;
-                let n = rows.len() as u64;
-                for row in rows {
-                    lines.push(json(&keys::KeyView::new(row, None)?)?);
+                let (views, total) = keys::list(store, &filter, 500, offset, now).await?;
+                let n = views.len() as u64;
+                for view in &views {
+                    lines.push(json(view)?);
                 }
                 offset += n;
                 if n == 0 || offset >= total {
@@ -141,17 +141,19 @@ pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiErro
                 }
             }
         }
-        KeysCommand::Disable { id } => set_enabled(store, &id, false, now).await,
-        KeysCommand::Enable { id } => set_enabled(store, &id, true, now).await,
+        KeysCommand::Disable { id } => Ok(vec![json(
+            &keys::set_enabled(store, &id, false, now).await?,
+        )?]),
+        KeysCommand::Enable { id } => Ok(vec![json(
+            &keys::set_enabled(store, &id, true, now).await?,
+        )?]),
         KeysCommand::Rotate { id, grace_period } => {
             let request = RotateKey { grace_period };
-            let rotated = keys::rotate_key(store, &id, &request, now).await?;
+            let rotated = keys::rotate(store, &id, &request, now).await?;
             Ok(vec![json(&rotated)?])
         }
         KeysCommand::Delete { id } => {
-            if !store.delete_key(&id, now).await? {
-                return Err(keys::no_such_key(&id));
-            }
+            keys::delete(store, &id, now).await?;
             Ok(vec![format!("{{\"deleted\":{}}}", serde_json::json!(id))])
         }
     }
@@ -167,19 +169,4 @@ pub fn describe(error: &ApiError) -> String {
         } => format!("{param}: {message}"),
         other => other.to_string(),
     }
-}
-
-async fn set_enabled(
-    store: &Store,
-    id: &str,
-    enabled: bool,
-    now: i64,
-) -> Result<Vec<String>, ApiError> {
-    if !store.set_enabled(id, enabled, now).await? {
-        return Err(keys::no_such_key(id));
-    }
-    let view = keys::view_in(store, id, None, now).await?;
-    Ok(vec![
-        serde_json::to_string(&view).map_err(ApiError::internal)?
-    ])
 }

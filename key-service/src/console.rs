@@ -6,8 +6,7 @@ use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::HeaderName;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 
 use crate::AppState;
 
@@ -20,21 +19,25 @@ const STYLE: &str = include_str!("../console/console.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/console/console.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route(
-            "/console/console.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
-        )
-        .route("/console/settings.json", get(settings))
+/// `GET /`: the console's page.
+#[utoipa::path(get, operation_id = "console", path = "/", tag = "console",
+    responses((status = 200, description = "The console (HTML)", content_type = "text/html")))]
+pub async fn index() -> impl IntoResponse {
+    asset("text/html; charset=utf-8", INDEX)
+}
+
+/// `GET /console/console.js`
+#[utoipa::path(get, path = "/console/console.js", tag = "console",
+    responses((status = 200, description = "The console's script", content_type = "text/javascript")))]
+pub async fn script() -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// `GET /console/console.css`
+#[utoipa::path(get, path = "/console/console.css", tag = "console",
+    responses((status = 200, description = "The console's styles", content_type = "text/css")))]
+pub async fn style() -> impl IntoResponse {
+    asset("text/css; charset=utf-8", STYLE)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
@@ -51,13 +54,15 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
     )
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Settings {
     base_url: String,
 }
 
 /// `GET /console/settings.json`: what the console shows next to a new secret.
-async fn settings(State(state): State<AppState>) -> Json<Settings> {
+#[utoipa::path(get, path = "/console/settings.json", tag = "console",
+    responses((status = 200, body = Settings)))]
+pub async fn settings(State(state): State<AppState>) -> Json<Settings> {
     Json(Settings {
         base_url: state.public_base_url.to_string(),
     })

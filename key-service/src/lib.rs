@@ -10,11 +10,14 @@ pub mod console;
 pub mod error;
 pub mod expiry;
 pub mod extract;
+pub mod keys;
 pub mod metrics;
+pub mod openapi;
 pub use keygate::pricing;
 pub mod random;
 pub mod store;
 pub mod tokens;
+pub mod validate;
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -22,8 +25,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::middleware;
-use axum::routing::{any, get, patch, post};
+use axum::routing::{any, delete, get, patch, post, put, MethodRouter};
 use axum::Router;
 use tower_http::trace::TraceLayer;
 
@@ -73,72 +77,171 @@ impl AppState {
     }
 }
 
-/// Every route of the service. Errors of any kind, even for routes that do not exist,
-/// come back in the contract's JSON error shape.
-pub fn app(state: AppState) -> Router {
-    let admin = Router::new()
-        .route("/api/v1/keys", post(api::keys::create).get(api::keys::list))
-        .route(
-            "/api/v1/keys/{id}",
-            get(api::keys::get)
-                .patch(api::keys::update)
-                .delete(api::keys::delete),
-        )
-        .route("/api/v1/keys/{id}/rotate", post(api::keys::rotate))
-        .route("/api/v1/groups", get(api::catalog::list_groups))
-        .route(
+/// Who may call a route: which bearer token its guard asks for, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Open,
+    Admin,
+    Filter,
+    /// The filter token in `x-keygate-token` (`Authorization` carries the client's key).
+    Check,
+}
+
+/// The method a route answers. Ours rather than axum's `MethodFilter`, so the table can
+/// be read back (by the test that holds the OpenAPI document against it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    /// Whatever the client sent (`/filter/v1/check` decides for any request).
+    Any,
+}
+
+impl Verb {
+    /// The method's name in lower case, as OpenAPI spells its operations; `*` for any.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::Post => "post",
+            Verb::Put => "put",
+            Verb::Patch => "patch",
+            Verb::Delete => "delete",
+            Verb::Any => "*",
+        }
+    }
+}
+
+/// One route of the service: the one place its method and path are written, read both by
+/// [`app`] and by the test that checks every route is in the OpenAPI document.
+pub struct Route {
+    pub verb: Verb,
+    pub path: &'static str,
+    /// Further paths served by the same handler (the check route's bare prefix).
+    pub aliases: &'static [&'static str],
+    pub access: Access,
+    handler: MethodRouter<AppState>,
+}
+
+fn route<H, T>(verb: Verb, path: &'static str, access: Access, handler: H) -> Route
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let handler = match verb {
+        Verb::Get => get(handler),
+        Verb::Post => post(handler),
+        Verb::Put => put(handler),
+        Verb::Patch => patch(handler),
+        Verb::Delete => delete(handler),
+        Verb::Any => any(handler),
+    };
+    Route {
+        verb,
+        path,
+        aliases: &[],
+        access,
+        handler,
+    }
+}
+
+/// Every route of the service. The OpenAPI document (`openapi.rs`) lists the same
+/// handlers; a test holds the two together.
+pub fn routes() -> Vec<Route> {
+    use Access::{Admin, Check, Filter, Open};
+    use Verb::{Any, Delete, Get, Patch, Post, Put};
+    vec![
+        route(Get, "/healthz", Open, api::healthz),
+        route(Get, "/readyz", Open, api::readyz),
+        route(Get, "/metrics", Open, metrics::render),
+        route(Get, "/api/v1/openapi.json", Open, openapi::serve),
+        route(Get, "/", Open, console::index),
+        route(Get, "/console/console.js", Open, console::script),
+        route(Get, "/console/console.css", Open, console::style),
+        route(Get, "/console/settings.json", Open, console::settings),
+        route(Post, "/api/v1/keys", Admin, api::keys::create),
+        route(Get, "/api/v1/keys", Admin, api::keys::list),
+        route(Get, "/api/v1/keys/{id}", Admin, api::keys::get),
+        route(Patch, "/api/v1/keys/{id}", Admin, api::keys::update),
+        route(Delete, "/api/v1/keys/{id}", Admin, api::keys::delete),
+        route(Post, "/api/v1/keys/{id}/rotate", Admin, api::keys::rotate),
+        route(Get, "/api/v1/groups", Admin, api::catalog::list_groups),
+        route(Get, "/api/v1/groups/{name}", Admin, api::catalog::get_group),
+        route(Put, "/api/v1/groups/{name}", Admin, api::catalog::put_group),
+        route(
+            Delete,
             "/api/v1/groups/{name}",
-            get(api::catalog::get_group)
-                .put(api::catalog::put_group)
-                .delete(api::catalog::delete_group),
-        )
-        .route("/api/v1/models", get(api::catalog::list_models))
-        .route(
-            "/api/v1/models/{name}",
-            get(api::catalog::get_model).put(api::catalog::put_model),
-        )
-        .route(
+            Admin,
+            api::catalog::delete_group,
+        ),
+        route(Get, "/api/v1/models", Admin, api::catalog::list_models),
+        route(Get, "/api/v1/models/{name}", Admin, api::catalog::get_model),
+        route(Put, "/api/v1/models/{name}", Admin, api::catalog::put_model),
+        route(Get, "/api/v1/accounts", Admin, api::catalog::list_accounts),
+        route(
+            Post,
             "/api/v1/accounts",
-            get(api::catalog::list_accounts).post(api::catalog::create_account),
-        )
-        .route(
+            Admin,
+            api::catalog::create_account,
+        ),
+        route(
+            Patch,
             "/api/v1/accounts/{name}",
-            patch(api::catalog::update_account),
-        )
-        .route("/api/v1/usage", get(api::usage::list))
-        .route("/api/v1/usage/summary", get(api::usage::summary))
-        .route_layer(middleware::from_fn_with_state(
-            state.admin.clone(),
-            auth::require,
-        ));
-    let check = Router::new()
-        .route(api::check::PREFIX, any(api::check::check))
-        .route(&format!("{}/", api::check::PREFIX), any(api::check::check))
-        .route(
-            &format!("{}/{{*path}}", api::check::PREFIX),
-            any(api::check::check),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.check.clone(),
-            auth::require,
-        ));
-    let filter = Router::new()
-        .route("/filter/v1/snapshot", get(api::filter::snapshot))
-        .route("/filter/v1/usage", post(api::usage::report))
-        .route_layer(middleware::from_fn_with_state(
-            state.filter.clone(),
-            auth::require,
-        ));
-    Router::new()
-        .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz))
-        .route("/metrics", get(metrics::render))
-        .route("/api/v1/openapi.json", get(api::openapi))
-        .merge(console::routes())
-        .merge(admin)
-        .merge(filter)
-        .merge(check)
-        .fallback(error::unknown_route)
+            Admin,
+            api::catalog::update_account,
+        ),
+        route(Get, "/api/v1/usage", Admin, api::usage::list),
+        route(Get, "/api/v1/usage/summary", Admin, api::usage::summary),
+        route(Get, "/filter/v1/snapshot", Filter, api::filter::snapshot),
+        route(Post, "/filter/v1/usage", Filter, api::usage::report),
+        Route {
+            aliases: api::check::ALIASES,
+            ..route(Any, api::check::ROUTE, Check, api::check::check)
+        },
+    ]
+}
+
+/// The service: [`routes`], each behind its token's guard. Errors of any kind, even for
+/// routes that do not exist, come back in the contract's JSON error shape.
+pub fn app(state: AppState) -> Router {
+    let mut guarded: [(Access, Router<AppState>); 4] = [
+        (Access::Open, Router::new()),
+        (Access::Admin, Router::new()),
+        (Access::Filter, Router::new()),
+        (Access::Check, Router::new()),
+    ];
+    for Route {
+        path,
+        aliases,
+        access,
+        handler,
+        ..
+    } in routes()
+    {
+        for (which, router) in &mut guarded {
+            if *which == access {
+                for path in std::iter::once(path).chain(aliases.iter().copied()) {
+                    *router = std::mem::take(router).route(path, handler.clone());
+                }
+            }
+        }
+    }
+    let mut app = Router::new();
+    for (access, router) in guarded {
+        let guard = match access {
+            Access::Open => None,
+            Access::Admin => Some(state.admin.clone()),
+            Access::Filter => Some(state.filter.clone()),
+            Access::Check => Some(state.check.clone()),
+        };
+        app = app.merge(match guard {
+            Some(guard) => router.route_layer(middleware::from_fn_with_state(guard, auth::require)),
+            None => router,
+        });
+    }
+    app.fallback(error::unknown_route)
         .layer(DefaultBodyLimit::max(error::BODY_LIMIT))
         .layer(middleware::map_response(error::json_errors))
         .layer(middleware::from_fn_with_state(

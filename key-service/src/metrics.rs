@@ -1,18 +1,27 @@
-//! `GET /metrics` in Prometheus' text format: requests by route and status, snapshot
-//! requests by kind, usage records ingested, and keys by status (counted at a scrape, at
-//! most once per `KEY_COUNT_TTL`).
+//! `GET /metrics`, through `prometheus-client`: requests by route and status, their
+//! latency, snapshot requests by kind, usage records ingested, and keys by status (counted
+//! at a scrape, at most once per `KEY_COUNT_TTL`). The text is OpenMetrics, which
+//! Prometheus reads; a counter's samples keep their `_total` names.
+//!
+//! Every label is bounded: a route is its template (never the raw path, which holds ids
+//! and which a client chooses), a method one of the standard ones or `other`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::error::ApiError;
 use crate::store::{Store, StoreError};
@@ -23,20 +32,95 @@ use crate::{expiry, AppState};
 /// it each time; `keygate_keys` may lag changes by this much.
 pub const KEY_COUNT_TTL: Duration = Duration::from_secs(30);
 
+/// Upper bounds of the latency histogram's buckets, in seconds: a key-service answer
+/// takes a millisecond or so; a full snapshot page of many keys, or a slow database, up
+/// to seconds.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// Keys by status: (status, keys).
 type KeyCounts = Vec<(String, i64)>;
 
-/// Counters kept in memory since the process started.
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    route: String,
+    method: &'static str,
+    /// `2xx`, `4xx`...: the class keeps the series few; the counter has the exact code.
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerLabel {
+    answer: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+/// How the snapshot route answered a filter.
+#[derive(Clone, Copy, Debug)]
+pub enum SnapshotAnswer {
+    Full,
+    Delta,
+    NotModified,
+}
+
+impl SnapshotAnswer {
+    const ALL: [SnapshotAnswer; 3] = [Self::Full, Self::Delta, Self::NotModified];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Delta => "delta",
+            Self::NotModified => "not_modified",
+        }
+    }
+}
+
+/// What became of a reported usage record.
+#[derive(Clone, Copy, Debug)]
+pub enum UsageResult {
+    Accepted,
+    Duplicate,
+    Refused,
+}
+
+impl UsageResult {
+    const ALL: [UsageResult; 3] = [Self::Accepted, Self::Duplicate, Self::Refused];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Duplicate => "duplicate",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// Metrics kept in memory since the process started.
 pub struct Metrics {
-    /// (route, method, status) -> requests.
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    pub snapshot_full: AtomicU64,
-    pub snapshot_delta: AtomicU64,
-    pub snapshot_not_modified: AtomicU64,
-    pub usage_accepted: AtomicU64,
-    pub usage_duplicates: AtomicU64,
-    pub usage_refused: AtomicU64,
+    /// Everything counted as it happens; the gauges read at a scrape are registered per
+    /// scrape (see `render`).
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+    snapshots: Family<AnswerLabel, Counter>,
+    usage_records: Family<ResultLabel, Counter>,
     /// The last count of keys by status and when it was taken. An async lock, held while
     /// counting, so scrapes that arrive meanwhile wait for that count instead of each
     /// starting their own.
@@ -45,7 +129,82 @@ pub struct Metrics {
     pub key_counts_taken: AtomicU64,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(LATENCY_BUCKETS)) as fn() -> Histogram,
+        );
+        let snapshots = Family::<AnswerLabel, Counter>::default();
+        let usage_records = Family::<ResultLabel, Counter>::default();
+        // Every answer and result is shown from the start, at 0, so a rate over them
+        // needs no first event.
+        for answer in SnapshotAnswer::ALL {
+            snapshots
+                .get_or_create(&AnswerLabel {
+                    answer: answer.label(),
+                })
+                .inc_by(0);
+        }
+        for result in UsageResult::ALL {
+            usage_records
+                .get_or_create(&ResultLabel {
+                    result: result.label(),
+                })
+                .inc_by(0);
+        }
+        let mut registry = Registry::default();
+        registry.register(
+            "keygate_http_requests",
+            "Requests served, by route, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "keygate_http_request_duration_seconds",
+            "Time to answer a request (until its headers), by route, method and status class",
+            latency.clone(),
+        );
+        registry.register(
+            "keygate_snapshot_requests",
+            "Snapshot requests of the filters, by answer",
+            snapshots.clone(),
+        );
+        registry.register(
+            "keygate_usage_records",
+            "Usage records reported by filters",
+            usage_records.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            snapshots,
+            usage_records,
+            key_counts: tokio::sync::Mutex::default(),
+            key_counts_taken: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Metrics {
+    /// Counts one answer of the snapshot route.
+    pub fn snapshot_answered(&self, answer: SnapshotAnswer) {
+        self.snapshots
+            .get_or_create(&AnswerLabel {
+                answer: answer.label(),
+            })
+            .inc();
+    }
+
+    /// Counts `n` usage records that ended as `result`.
+    pub fn usage_records(&self, result: UsageResult, n: u64) {
+        self.usage_records
+            .get_or_create(&ResultLabel {
+                result: result.label(),
+            })
+            .inc_by(n);
+    }
+
     /// Keys by status as of at most `KEY_COUNT_TTL` before `now`: counted from the
     /// store only when the last count is older (or there is none).
     pub async fn keys_by_status(
@@ -60,7 +219,7 @@ impl Metrics {
             }
         }
         let counts = store.count_keys_by_status(expiry::now()).await?;
-        add(&self.key_counts_taken, 1);
+        self.key_counts_taken.fetch_add(1, Ordering::Relaxed);
         *cached = Some((now, counts.clone()));
         Ok(counts)
     }
@@ -68,90 +227,106 @@ impl Metrics {
 
 pub type SharedMetrics = Arc<Metrics>;
 
-pub fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+/// A method as a label: the standard ones by name, anything else (a client may send any
+/// token) as `other`, so no request adds a series of its own.
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
 }
 
-/// Middleware: counts each request by its route pattern (never the raw path, which
-/// would hold ids), method and status.
+fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Middleware: counts and times each request by its route pattern (never the raw path,
+/// which would hold ids), method and status.
 pub async fn count(State(metrics): State<SharedMetrics>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    if let Ok(mut requests) = metrics.requests.lock() {
-        *requests.entry((route, method, status)).or_default() += 1;
-    }
+    metrics
+        .latency
+        .get_or_create(&LatencyLabels {
+            route: route.clone(),
+            method,
+            status: status_class(status),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            method,
+            status,
+        })
+        .inc();
     response
 }
 
 /// `GET /metrics`
+#[utoipa::path(
+    get,
+    operation_id = "metrics",
+    path = "/metrics",
+    tag = "service",
+    responses(
+        (status = 200, description = "Metrics in the OpenMetrics text format", content_type = "application/openmetrics-text"),
+    ),
+)]
 pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
     let m = &state.metrics;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP keygate_http_requests_total Requests served, by route, method and status.\n\
-         # TYPE keygate_http_requests_total counter"
-    );
-    if let Ok(requests) = m.requests.lock() {
-        for ((route, method, status), n) in requests.iter() {
-            let _ = writeln!(
-                out,
-                "keygate_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP keygate_snapshot_requests_total Snapshot requests of the filters, by answer.\n\
-         # TYPE keygate_snapshot_requests_total counter"
-    );
-    for (kind, counter) in [
-        ("full", &m.snapshot_full),
-        ("delta", &m.snapshot_delta),
-        ("not_modified", &m.snapshot_not_modified),
-    ] {
-        let _ = writeln!(
-            out,
-            "keygate_snapshot_requests_total{{answer=\"{kind}\"}} {}",
-            counter.load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP keygate_usage_records_total Usage records reported by filters.\n\
-         # TYPE keygate_usage_records_total counter\n\
-         keygate_usage_records_total{{result=\"accepted\"}} {}\n\
-         keygate_usage_records_total{{result=\"duplicate\"}} {}\n\
-         keygate_usage_records_total{{result=\"refused\"}} {}",
-        m.usage_accepted.load(Ordering::Relaxed),
-        m.usage_duplicates.load(Ordering::Relaxed),
-        m.usage_refused.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP keygate_keys Keys by status, counted at most every {} s (so up to that stale).\n\
-         # TYPE keygate_keys gauge",
-        KEY_COUNT_TTL.as_secs()
-    );
+    // What is read at a scrape goes in a registry of its own, filled afresh each time,
+    // so a status no key has any more is not shown with its old count.
+    let mut scrape = Registry::default();
+    let keys = Family::<StatusLabel, Gauge>::default();
     for (status, n) in m.keys_by_status(&state.store, Instant::now()).await? {
-        let _ = writeln!(out, "keygate_keys{{status=\"{status}\"}} {n}");
+        keys.get_or_create(&StatusLabel { status }).set(n);
     }
-    let _ = writeln!(
-        out,
-        "# HELP keygate_snapshot_version Version of the key data.\n\
-         # TYPE keygate_snapshot_version gauge\nkeygate_snapshot_version {}",
-        state.store.snapshot_version().await?
+    scrape.register(
+        "keygate_keys",
+        format!(
+            "Keys by status, counted at most every {} s (so up to that stale)",
+            KEY_COUNT_TTL.as_secs()
+        ),
+        keys,
     );
+    let version = Gauge::<i64>::default();
+    version.set(i64::try_from(state.store.snapshot_version().await?).unwrap_or(i64::MAX));
+    scrape.register(
+        "keygate_snapshot_version",
+        "Version of the key data",
+        version,
+    );
+
+    let mut out = String::new();
+    encode_registry(&mut out, &m.registry)
+        .and_then(|()| encode_registry(&mut out, &scrape))
+        .and_then(|()| encode_eof(&mut out))
+        .map_err(|e| ApiError::internal(format!("metrics could not be encoded: {e}")))?;
     Ok((
         [(
             CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
         )],
         out,
     )
@@ -162,6 +337,39 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
 mod tests {
     use super::*;
     use crate::store::NewKey;
+
+    #[test]
+    fn labels_stay_few_and_names_keep_their_form() {
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        let odd = Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(method_label(&odd), "other");
+        assert_eq!((status_class(204), status_class(503)), ("2xx", "5xx"));
+
+        let metrics = Metrics::default();
+        metrics.snapshot_answered(SnapshotAnswer::Delta);
+        metrics.usage_records(UsageResult::Refused, 3);
+        metrics
+            .latency
+            .get_or_create(&LatencyLabels {
+                route: "/healthz".into(),
+                method: "GET",
+                status: "2xx",
+            })
+            .observe(0.002);
+        let mut text = String::new();
+        encode_registry(&mut text, &metrics.registry).unwrap();
+        for line in [
+            "# TYPE keygate_snapshot_requests counter",
+            "keygate_snapshot_requests_total{answer=\"delta\"} 1",
+            "keygate_snapshot_requests_total{answer=\"full\"} 0",
+            "keygate_usage_records_total{result=\"refused\"} 3",
+            "keygate_usage_records_total{result=\"accepted\"} 0",
+            "# TYPE keygate_http_request_duration_seconds histogram",
+            "keygate_http_request_duration_seconds_bucket{le=\"0.0025\",route=\"/healthz\",method=\"GET\",status=\"2xx\"} 1",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+    }
 
     #[tokio::test]
     async fn scrapes_within_the_window_count_the_keys_once() {

@@ -7,12 +7,11 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::api::keys::check_models;
-use crate::api::{limit, nullable};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
 use crate::store::{AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
+use crate::validate::{check_models, limit, nullable};
 use crate::AppState;
 
 const NAME_MAX: usize = 64;
@@ -65,13 +64,13 @@ fn non_negative(param: &str, value: f64) -> Result<f64, ApiError> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Groups {
     groups: Vec<GroupRow>,
 }
 
 /// Body of `PUT /api/v1/groups/{name}`: the whole group; absent fields take the defaults.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutGroup {
     #[serde(default)]
@@ -106,6 +105,16 @@ fn no_such(what: &str, name: &str) -> ApiError {
 }
 
 /// `GET /api/v1/groups`
+#[utoipa::path(
+    get,
+    path = "/api/v1/groups",
+    tag = "groups",
+    security(("admin" = [])),
+    responses(
+        (status = 200, body = Groups),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn list_groups(State(state): State<AppState>) -> Result<Json<Groups>, ApiError> {
     Ok(Json(Groups {
         groups: state.store.list_groups().await?,
@@ -113,6 +122,18 @@ pub async fn list_groups(State(state): State<AppState>) -> Result<Json<Groups>, 
 }
 
 /// `GET /api/v1/groups/{name}`
+#[utoipa::path(
+    get,
+    path = "/api/v1/groups/{name}",
+    tag = "groups",
+    security(("admin" = [])),
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, body = GroupRow),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 404, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn get_group(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -122,6 +143,20 @@ pub async fn get_group(
 }
 
 /// `PUT /api/v1/groups/{name}`: 201 when created, 200 when replaced.
+#[utoipa::path(
+    put,
+    path = "/api/v1/groups/{name}",
+    tag = "groups",
+    security(("admin" = [])),
+    params(("name" = String, Path)),
+    request_body = PutGroup,
+    responses(
+        (status = 200, description = "Replaced", body = GroupRow),
+        (status = 201, description = "Created", body = GroupRow),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn put_group(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -139,6 +174,20 @@ pub async fn put_group(
 }
 
 /// `DELETE /api/v1/groups/{name}`: only a group no key uses, and never `default`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/groups/{name}",
+    tag = "groups",
+    security(("admin" = [])),
+    params(("name" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 404, description = "The contract's error", body = crate::error::Body),
+        (status = 409, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn delete_group(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -160,13 +209,13 @@ pub async fn delete_group(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Models {
     models: Vec<ModelPrice>,
 }
 
 /// Body of `PUT /api/v1/models/{name}`: credits per 1,000,000 tokens.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutPrice {
     pub input: f64,
@@ -182,6 +231,16 @@ pub struct PutPrice {
 }
 
 /// `GET /api/v1/models`
+#[utoipa::path(
+    get,
+    path = "/api/v1/models",
+    tag = "models",
+    security(("admin" = [])),
+    responses(
+        (status = 200, body = Models),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn list_models(State(state): State<AppState>) -> Result<Json<Models>, ApiError> {
     Ok(Json(Models {
         models: state.store.list_prices().await?,
@@ -189,6 +248,18 @@ pub async fn list_models(State(state): State<AppState>) -> Result<Json<Models>, 
 }
 
 /// `GET /api/v1/models/{name}`
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{name}",
+    tag = "models",
+    security(("admin" = [])),
+    params(("name" = String, Path)),
+    responses(
+        (status = 200, body = ModelPrice),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 404, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn get_model(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -198,6 +269,20 @@ pub async fn get_model(
 }
 
 /// `PUT /api/v1/models/{name}`: 201 when the model had no price, 200 otherwise.
+#[utoipa::path(
+    put,
+    path = "/api/v1/models/{name}",
+    tag = "models",
+    security(("admin" = [])),
+    params(("name" = String, Path)),
+    request_body = PutPrice,
+    responses(
+        (status = 200, description = "Replaced", body = ModelPrice),
+        (status = 201, description = "Created", body = ModelPrice),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn put_model(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -242,13 +327,13 @@ pub async fn put_model(
     Ok((status, Json(price)))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Accounts {
     accounts: Vec<AccountRow>,
 }
 
 /// Body of `POST /api/v1/accounts`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     pub name: String,
@@ -258,7 +343,7 @@ pub struct CreateAccount {
 }
 
 /// Body of `PATCH /api/v1/accounts/{name}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAccount {
     /// The new balance; `null` = unlimited.
@@ -267,6 +352,16 @@ pub struct UpdateAccount {
 }
 
 /// `GET /api/v1/accounts`
+#[utoipa::path(
+    get,
+    path = "/api/v1/accounts",
+    tag = "accounts",
+    security(("admin" = [])),
+    responses(
+        (status = 200, body = Accounts),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn list_accounts(State(state): State<AppState>) -> Result<Json<Accounts>, ApiError> {
     Ok(Json(Accounts {
         accounts: state.store.list_accounts().await?,
@@ -274,6 +369,19 @@ pub async fn list_accounts(State(state): State<AppState>) -> Result<Json<Account
 }
 
 /// `POST /api/v1/accounts`: 201, or 409 when the name is taken.
+#[utoipa::path(
+    post,
+    path = "/api/v1/accounts",
+    tag = "accounts",
+    security(("admin" = [])),
+    request_body = CreateAccount,
+    responses(
+        (status = 201, body = AccountRow),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 409, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn create_account(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateAccount>,
@@ -304,6 +412,20 @@ pub async fn create_account(
 }
 
 /// `PATCH /api/v1/accounts/{name}`: sets the balance.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/accounts/{name}",
+    tag = "accounts",
+    security(("admin" = [])),
+    params(("name" = String, Path)),
+    request_body = UpdateAccount,
+    responses(
+        (status = 200, body = AccountRow),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 404, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn update_account(
     State(state): State<AppState>,
     Path(name): Path<String>,

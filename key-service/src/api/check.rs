@@ -24,6 +24,10 @@ use crate::expiry;
 use crate::AppState;
 
 pub const PREFIX: &str = "/filter/v1/check";
+/// The route: the original request's path follows the prefix.
+pub const ROUTE: &str = "/filter/v1/check/{*path}";
+/// The prefix alone, with and without its slash: a request for `/`.
+pub const ALIASES: &[&str] = &[PREFIX, "/filter/v1/check/"];
 
 /// Which forwarding headers `/filter/v1/check` believes about the client's address.
 /// The check's own peer is the proxy asking, never the client, so without trusted headers
@@ -84,6 +88,24 @@ fn denied(denial: Denial) -> Response {
 }
 
 /// `ANY /filter/v1/check/{original path}`
+#[utoipa::path(
+    method(get, post),
+    path = "/filter/v1/check/{path}",
+    tag = "filter",
+    security(("check" = [])),
+    params(
+        ("path" = String, Path, description = "the original request's path and query"),
+    ),
+    responses(
+        (status = 200, description = "Allowed; x-keygate-* headers for the upstream"),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 403, description = "The contract's error", body = crate::error::Body),
+        (status = 413, description = "The contract's error", body = crate::error::Body),
+        (status = 429, description = "The contract's error", body = crate::error::Body),
+        (status = 503, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn check(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let body = match to_bytes(Body::new(body), BODY_LIMIT).await {

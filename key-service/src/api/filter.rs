@@ -18,7 +18,8 @@ use crate::store::SnapshotPage;
 use crate::AppState;
 
 /// Query of `GET /filter/v1/snapshot`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotQuery {
     /// A version the filter holds: answer with what changed since (a delta).
@@ -34,6 +35,19 @@ pub struct SnapshotQuery {
 pub const DEFAULT_PAGE: usize = 10_000;
 pub const MAX_PAGE: usize = 100_000;
 
+#[utoipa::path(
+    get,
+    path = "/filter/v1/snapshot",
+    tag = "filter",
+    security(("filter" = [])),
+    params(SnapshotQuery),
+    responses(
+        (status = 200, description = "The keys (all, a page of them, or what changed since `since`), groups, accounts and prices; `keygate::snapshot::SnapshotWire` as JSON", content_type = "application/json", body = Object),
+        (status = 304, description = "Not modified since the version in If-None-Match"),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn snapshot(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -57,19 +71,20 @@ pub async fn snapshot(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| if_none_match_hits(v, current));
     if unchanged {
-        metrics::add(&state.metrics.snapshot_not_modified, 1);
+        state
+            .metrics
+            .snapshot_answered(metrics::SnapshotAnswer::NotModified);
         return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag(current)?)]).into_response());
     }
     let body = state
         .store
         .snapshot(query.since, &page, crate::expiry::now())
         .await?;
-    let kind = if body.delta {
-        &state.metrics.snapshot_delta
+    state.metrics.snapshot_answered(if body.delta {
+        metrics::SnapshotAnswer::Delta
     } else {
-        &state.metrics.snapshot_full
-    };
-    metrics::add(kind, 1);
+        metrics::SnapshotAnswer::Full
+    });
     let headers = [
         (ETAG, etag(body.version)?),
         (CONTENT_TYPE, HeaderValue::from_static("application/json")),

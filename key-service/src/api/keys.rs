@@ -1,452 +1,44 @@
-//! `/api/v1/keys`: create, list and show API keys. Checking a create request is a pure
-//! function ([`CreateKey::validate`]); the handlers add the store, the clock and the CSPRNG.
-
-use std::collections::HashSet;
-use std::net::IpAddr;
+//! `/api/v1/keys`: the HTTP face of [`crate::keys`]. Each handler reads the request,
+//! calls the domain with the clock, and shapes the answer.
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
-use ipnet::IpNet;
-use keygate::secret;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::api::{limit, nullable};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
-use crate::random;
-use crate::store::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey, Store};
+use crate::keys::{self, CreateKey, KeyView, RotateKey, UpdateKey};
+use crate::store::KeyFilter;
+use crate::validate::{number, PER_PAGE_DEFAULT, PER_PAGE_MAX};
 use crate::AppState;
 
-pub const NAME_MAX: usize = 64;
-pub const QUANTITY_MAX: i64 = 100;
-/// `-` and six base62 characters, appended to each name of a batch.
-const SUFFIX_LEN: usize = 6;
-const MODEL_NAME_MAX: usize = 256;
-pub const PER_PAGE_DEFAULT: u32 = 20;
-pub const PER_PAGE_MAX: u32 = 100;
-
-/// Body of `POST /api/v1/keys`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateKey {
-    pub name: String,
-    #[serde(default)]
-    pub account: Option<String>,
-    #[serde(default)]
-    pub group: Option<String>,
-    #[serde(default)]
-    pub expires_at: Option<String>,
-    #[serde(default)]
-    pub expires_in: Option<String>,
-    #[serde(default)]
-    pub quantity: Option<i64>,
-    #[serde(default)]
-    pub quota: Option<i64>,
-    #[serde(default)]
-    pub unlimited_quota: Option<bool>,
-    #[serde(default)]
-    pub models: Option<Vec<String>>,
-    #[serde(default)]
-    pub ip_allowlist: Option<Vec<String>>,
-    /// Requests per minute; absent or `null` = no limit of the key's own.
-    #[serde(default)]
-    pub rpm: Option<i64>,
-    /// Tokens per minute; likewise.
-    #[serde(default)]
-    pub tpm: Option<i64>,
-    /// Requests in flight at once; likewise.
-    #[serde(default)]
-    pub max_parallel: Option<i64>,
-}
-
-/// A create request with defaults filled in and every field checked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KeySpec {
-    pub name: String,
-    pub account: String,
-    pub group: String,
-    pub expires_at: Option<i64>,
-    pub quantity: usize,
-    pub unlimited_quota: bool,
-    pub quota: i64,
-    pub models: Vec<String>,
-    /// Normalised CIDRs (`10.0.0.0/8`, `192.0.2.7/32`, `2001:db8::/32`).
-    pub ip_allowlist: Vec<String>,
-    /// The key's own rate limits, each at least 1; `None` = none of its own.
-    pub rpm: Option<i64>,
-    pub tpm: Option<i64>,
-    pub max_parallel: Option<i64>,
-}
-
-impl CreateKey {
-    /// Checks every field and fills in defaults; `now` anchors `expires_in`. Whether the
-    /// account and group exist is for the caller to ask the store.
-    pub fn validate(self, now: i64) -> Result<KeySpec, ApiError> {
-        let quantity = self.quantity.unwrap_or(1);
-        if !(1..=QUANTITY_MAX).contains(&quantity) {
-            return Err(ApiError::invalid(
-                "quantity",
-                format!("quantity must be between 1 and {QUANTITY_MAX}, got {quantity}"),
-            ));
-        }
-        // Each name of a batch gets a suffix, and the result must still fit.
-        let name_max = if quantity > 1 {
-            NAME_MAX - 1 - SUFFIX_LEN
-        } else {
-            NAME_MAX
-        };
-        let name = check_name(self.name, name_max)?;
-
-        let expires_at = expiry_of(self.expires_at, self.expires_in, now)?.flatten();
-
-        let quota = check_quota(self.quota.unwrap_or(0))?;
-
-        Ok(KeySpec {
-            name,
-            account: check_ref("account", self.account)?,
-            group: check_ref("group", self.group)?,
-            expires_at,
-            quantity: usize::try_from(quantity).unwrap_or(1),
-            unlimited_quota: self.unlimited_quota.unwrap_or(true),
-            quota,
-            models: check_models(self.models.unwrap_or_default())?,
-            ip_allowlist: check_allowlist(self.ip_allowlist.unwrap_or_default())?,
-            rpm: limit("rpm", self.rpm)?,
-            tpm: limit("tpm", self.tpm)?,
-            max_parallel: limit("max_parallel", self.max_parallel)?,
-        })
-    }
-}
-
-/// The expiry asked for by `expires_at` (RFC 3339) or `expires_in` (`"1h"`, `"never"`):
-/// `None` when neither is given, `Some(None)` for never.
-fn expiry_of(
-    expires_at: Option<String>,
-    expires_in: Option<String>,
-    now: i64,
-) -> Result<Option<Option<i64>>, ApiError> {
-    match (expires_at, expires_in) {
-        (Some(_), Some(_)) => Err(ApiError::invalid(
-            "expires_in",
-            "give expires_at or expires_in, not both",
-        )),
-        // A time in the past is accepted: the key is `expired`.
-        (Some(at), None) => expiry::parse_rfc3339(&at)
-            .map(|at| Some(Some(at)))
-            .map_err(|e| ApiError::invalid("expires_at", e.to_string())),
-        (None, Some(within)) => expiry::parse_expires_in(&within)
-            .and_then(|e| e.expires_at(now))
-            .map(Some)
-            .map_err(|e| ApiError::invalid("expires_in", e.to_string())),
-        (None, None) => Ok(None),
-    }
-}
-
-fn check_quota(quota: i64) -> Result<i64, ApiError> {
-    if quota < 0 {
-        return Err(ApiError::invalid(
-            "quota",
-            format!("quota must be 0 or more, got {quota}"),
-        ));
-    }
-    Ok(quota)
-}
-
-/// Body of `PATCH /api/v1/keys/{id}`: every field optional, absent ones unchanged.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateKey {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub group: Option<String>,
-    #[serde(default)]
-    pub expires_at: Option<String>,
-    #[serde(default)]
-    pub expires_in: Option<String>,
-    #[serde(default)]
-    pub quota: Option<i64>,
-    #[serde(default)]
-    pub unlimited_quota: Option<bool>,
-    #[serde(default)]
-    pub models: Option<Vec<String>>,
-    #[serde(default)]
-    pub ip_allowlist: Option<Vec<String>>,
-    #[serde(default)]
-    pub enabled: Option<bool>,
-    /// A new requests-per-minute limit; `null` = none of the key's own.
-    #[serde(default, deserialize_with = "nullable")]
-    pub rpm: Option<Option<i64>>,
-    /// Likewise for tokens per minute.
-    #[serde(default, deserialize_with = "nullable")]
-    pub tpm: Option<Option<i64>>,
-    /// Likewise for requests in flight at once.
-    #[serde(default, deserialize_with = "nullable")]
-    pub max_parallel: Option<Option<i64>>,
-}
-
-impl UpdateKey {
-    /// Checks every given field as create does. Whether a new group exists is for the
-    /// caller to ask the store.
-    pub fn validate(self, now: i64) -> Result<KeyEdit, ApiError> {
-        Ok(KeyEdit {
-            name: self.name.map(|n| check_name(n, NAME_MAX)).transpose()?,
-            group: self
-                .group
-                .map(|g| check_ref("group", Some(g)))
-                .transpose()?,
-            expires_at: expiry_of(self.expires_at, self.expires_in, now)?,
-            quota: self.quota.map(check_quota).transpose()?,
-            unlimited_quota: self.unlimited_quota,
-            models: self.models.map(check_models).transpose()?,
-            ip_allowlist: self.ip_allowlist.map(check_allowlist).transpose()?,
-            enabled: self.enabled,
-            rpm: self.rpm.map(|v| limit("rpm", v)).transpose()?,
-            tpm: self.tpm.map(|v| limit("tpm", v)).transpose()?,
-            max_parallel: self
-                .max_parallel
-                .map(|v| limit("max_parallel", v))
-                .transpose()?,
-        })
-    }
-}
-
-fn check_name(name: String, max: usize) -> Result<String, ApiError> {
-    let len = name.chars().count();
-    if name.trim().is_empty() {
-        return Err(ApiError::invalid("name", "name must not be empty"));
-    }
-    if len > max {
-        let why = if max < NAME_MAX {
-            " when quantity > 1 (each name gets a 7-character suffix)"
-        } else {
-            ""
-        };
-        return Err(ApiError::invalid(
-            "name",
-            format!("name must be at most {max} characters{why}, got {len}"),
-        ));
-    }
-    // The filter sends the name upstream in `x-keygate-key-name`; a control character
-    // there would break or forge a header.
-    if name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "name",
-            "name must not contain control characters",
-        ));
-    }
-    Ok(name)
-}
-
-/// An account or group name, `"default"` when not given.
-fn check_ref(param: &str, value: Option<String>) -> Result<String, ApiError> {
-    match value {
-        None => Ok("default".to_owned()),
-        Some(v) if v.is_empty() => Err(ApiError::invalid(
-            param,
-            format!("{param} must not be empty"),
-        )),
-        Some(v) => Ok(v),
-    }
-}
-
-/// Model names, non-empty and printable, duplicates dropped (first kept).
-pub(crate) fn check_models(models: Vec<String>) -> Result<Vec<String>, ApiError> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(models.len());
-    for (i, model) in models.into_iter().enumerate() {
-        if model.trim().is_empty() {
-            return Err(ApiError::invalid("models", format!("models[{i}] is empty")));
-        }
-        if model.chars().count() > MODEL_NAME_MAX || model.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "models",
-                format!("models[{i}] must be at most {MODEL_NAME_MAX} printable characters"),
-            ));
-        }
-        if seen.insert(model.clone()) {
-            out.push(model);
-        }
-    }
-    Ok(out)
-}
-
-/// Addresses and CIDRs, normalised to CIDR form with host bits cleared, duplicates dropped.
-fn check_allowlist(entries: Vec<String>) -> Result<Vec<String>, ApiError> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        let net = parse_net(entry).ok_or_else(|| {
-            ApiError::invalid(
-                "ip_allowlist",
-                format!("ip_allowlist[{i}] is not an IPv4/IPv6 address or CIDR: {entry:?}"),
-            )
-        })?;
-        let normalised = net.to_string();
-        if seen.insert(normalised.clone()) {
-            out.push(normalised);
-        }
-    }
-    Ok(out)
-}
-
-/// `192.0.2.7` → `192.0.2.7/32`, `10.1.2.3/8` → `10.0.0.0/8`, `::ffff:192.0.2.7` →
-/// `192.0.2.7/32` (how a dual-stack listener reports an IPv4 client).
-pub fn parse_net(entry: &str) -> Option<IpNet> {
-    if entry.contains('/') {
-        entry.parse::<IpNet>().ok().map(|net| net.trunc())
-    } else {
-        entry
-            .parse::<IpAddr>()
-            .ok()
-            .map(|addr| IpNet::from(addr.to_canonical()))
-    }
-}
-
-/// A key as the API shows it. `key` (the full secret) is there only in create responses.
-#[derive(Debug, Clone, Serialize)]
-pub struct KeyView {
-    pub id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    pub name: String,
-    pub masked_key: String,
-    pub account: String,
-    pub group: String,
-    pub status: KeyStatus,
-    pub enabled: bool,
-    pub expires_at: Option<String>,
-    pub unlimited_quota: bool,
-    pub quota: i64,
-    pub used_quota: i64,
-    pub remaining_quota: Option<i64>,
-    pub models: Vec<String>,
-    pub ip_allowlist: Vec<String>,
-    /// The key's own rate limits; `null` = none of its own (its group's may apply).
-    pub rpm: Option<i64>,
-    pub tpm: Option<i64>,
-    pub max_parallel: Option<i64>,
-    pub created_at: String,
-    pub updated_at: String,
-    pub last_used_at: Option<String>,
-}
-
-impl KeyView {
-    pub fn new(row: KeyRow, key: Option<String>) -> Result<Self, ApiError> {
-        let time = |unix: i64| {
-            expiry::to_rfc3339(unix)
-                .ok_or_else(|| ApiError::internal(format!("stored time {unix} is out of range")))
-        };
-        Ok(KeyView {
-            expires_at: row.expires_at.map(time).transpose()?,
-            created_at: time(row.created_at)?,
-            updated_at: time(row.updated_at)?,
-            last_used_at: row.last_used_at.map(time).transpose()?,
-            remaining_quota: (!row.unlimited_quota)
-                .then(|| row.quota.saturating_sub(row.used_quota).max(0)),
-            id: row.id,
-            key,
-            name: row.name,
-            masked_key: row.masked_key,
-            account: row.account,
-            group: row.group,
-            status: row.status,
-            enabled: row.enabled,
-            unlimited_quota: row.unlimited_quota,
-            quota: row.quota,
-            used_quota: row.used_quota,
-            models: row.models,
-            ip_allowlist: row.ip_allowlist,
-            rpm: row.rpm,
-            tpm: row.tpm,
-            max_parallel: row.max_parallel,
-        })
-    }
-}
-
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Created {
     pub keys: Vec<KeyView>,
 }
 
 /// `POST /api/v1/keys`
+#[utoipa::path(
+    post,
+    operation_id = "create_keys",
+    path = "/api/v1/keys",
+    tag = "keys",
+    security(("admin" = [])),
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "The keys, each with its secret", body = Created),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
-    let keys = create_keys(&state.store, request, expiry::now()).await?;
+    let keys = keys::create(&state.store, request, expiry::now()).await?;
     Ok((StatusCode::CREATED, Json(Created { keys })))
-}
-
-/// Checks a create request and stores its keys: what `POST /api/v1/keys` and
-/// `key-service keys create` do. Each view carries its secret, the only time it is shown.
-pub async fn create_keys(
-    store: &Store,
-    request: CreateKey,
-    now: i64,
-) -> Result<Vec<KeyView>, ApiError> {
-    let spec = request.validate(now)?;
-    if !store.account_exists(&spec.account).await? {
-        return Err(ApiError::invalid(
-            "account",
-            format!("there is no account named {:?}", spec.account),
-        ));
-    }
-    if !store.group_exists(&spec.group).await? {
-        return Err(ApiError::invalid(
-            "group",
-            format!("there is no group named {:?}", spec.group),
-        ));
-    }
-
-    let mut minted = Vec::with_capacity(spec.quantity);
-    let mut secrets = Vec::with_capacity(spec.quantity);
-    for _ in 0..spec.quantity {
-        let secret = mint_secret()?;
-        let name = if spec.quantity > 1 {
-            format!("{}-{}", spec.name, random::base62(SUFFIX_LEN)?)
-        } else {
-            spec.name.clone()
-        };
-        minted.push(NewKey {
-            id: format!("key_{}", random::base62(16)?),
-            name,
-            key_hash: secret::hash_hex(&secret::hash(&secret)),
-            masked_key: secret::mask(&secret),
-            account: spec.account.clone(),
-            group: spec.group.clone(),
-            expires_at: spec.expires_at,
-            unlimited_quota: spec.unlimited_quota,
-            quota: spec.quota,
-            models: spec.models.clone(),
-            ip_allowlist: spec.ip_allowlist.clone(),
-            rpm: spec.rpm,
-            tpm: spec.tpm,
-            max_parallel: spec.max_parallel,
-        });
-        secrets.push(secret);
-    }
-    store.insert_keys(&minted, now).await?;
-
-    // Read back, so the status comes from the one place that computes it.
-    let mut keys = Vec::with_capacity(minted.len());
-    for (key, secret) in minted.iter().zip(secrets) {
-        let row = store
-            .get_key(&key.id, now)
-            .await?
-            .ok_or_else(|| ApiError::internal(format!("key {} vanished after insert", key.id)))?;
-        keys.push(KeyView::new(row, Some(secret))?);
-    }
-    tracing::info!(count = keys.len(), account = %spec.account, group = %spec.group, "keys created");
-    Ok(keys)
-}
-
-/// A secret: `sk-`, 42 CSPRNG base62 characters and their checksum.
-fn mint_secret() -> Result<String, ApiError> {
-    let random = random::base62(secret::RANDOM_LEN)?;
-    secret::from_random(&random).ok_or_else(|| ApiError::internal("minted secret is malformed"))
 }
 
 /// Query of `GET /api/v1/keys`.
@@ -504,20 +96,7 @@ impl ListParams {
     }
 }
 
-pub(crate) fn number(param: &str, value: &str, min: u32, max: u32) -> Result<u32, ApiError> {
-    value
-        .parse::<u32>()
-        .ok()
-        .filter(|n| (min..=max).contains(n))
-        .ok_or_else(|| {
-            ApiError::invalid(
-                param,
-                format!("{param} must be a whole number from {min} to {max}, got {value:?}"),
-            )
-        })
-}
-
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyPage {
     pub keys: Vec<KeyView>,
     pub page: u32,
@@ -526,20 +105,40 @@ pub struct KeyPage {
 }
 
 /// `GET /api/v1/keys`
+#[utoipa::path(
+    get,
+    operation_id = "list_keys",
+    path = "/api/v1/keys",
+    tag = "keys",
+    security(("admin" = [])),
+    params(
+        ("status" = Option<crate::store::KeyStatus>, Query),
+        ("group" = Option<String>, Query),
+        ("account" = Option<String>, Query),
+        ("q" = Option<String>, Query, description = "part of the name"),
+        ("page" = Option<u32>, Query, minimum = 1),
+        ("per_page" = Option<u32>, Query, minimum = 1, maximum = 100),
+    ),
+    responses(
+        (status = 200, body = KeyPage),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<KeyPage>, ApiError> {
     let params = ListParams::parse(query.as_deref().unwrap_or(""))?;
     let offset = u64::from(params.page - 1) * u64::from(params.per_page);
-    let (rows, total) = state
-        .store
-        .list_keys(&params.filter, params.per_page, offset, expiry::now())
-        .await?;
-    let keys = rows
-        .into_iter()
-        .map(|row| KeyView::new(row, None))
-        .collect::<Result<_, _>>()?;
+    let (keys, total) = keys::list(
+        &state.store,
+        &params.filter,
+        params.per_page,
+        offset,
+        expiry::now(),
+    )
+    .await?;
     Ok(Json(KeyPage {
         keys,
         page: params.page,
@@ -548,81 +147,50 @@ pub async fn list(
     }))
 }
 
-pub(crate) fn no_such_key(id: &str) -> ApiError {
-    ApiError::NotFound(format!("there is no key with id {id:?}"))
-}
-
-/// The key as stored now, for answers after a change.
-async fn view(state: &AppState, id: &str, secret: Option<String>) -> Result<KeyView, ApiError> {
-    view_in(&state.store, id, secret, expiry::now()).await
-}
-
-/// The key as stored at `now`, with its secret when it was just made.
-pub async fn view_in(
-    store: &Store,
-    id: &str,
-    secret: Option<String>,
-    now: i64,
-) -> Result<KeyView, ApiError> {
-    let row = store
-        .get_key(id, now)
-        .await?
-        .ok_or_else(|| no_such_key(id))?;
-    KeyView::new(row, secret)
-}
-
 /// `PATCH /api/v1/keys/{id}`
+#[utoipa::path(
+    patch,
+    operation_id = "update_key",
+    path = "/api/v1/keys/{id}",
+    tag = "keys",
+    security(("admin" = [])),
+    params(("id" = String, Path)),
+    request_body = UpdateKey,
+    responses(
+        (status = 200, body = KeyView),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 404, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<UpdateKey>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let now = expiry::now();
-    let edit = request.validate(now)?;
-    if let Some(group) = &edit.group {
-        if !state.store.group_exists(group).await? {
-            return Err(ApiError::invalid(
-                "group",
-                format!("there is no group named {group:?}"),
-            ));
-        }
-    }
-    if !state.store.update_key(&id, &edit, now).await? {
-        return Err(no_such_key(&id));
-    }
-    tracing::info!(%id, "key updated");
-    Ok(Json(view(&state, &id, None).await?))
-}
-
-/// Body of `POST /api/v1/keys/{id}/rotate` (optional).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RotateKey {
-    /// How long the old secret keeps working (`"1h"`, `"7d"`); absent = it stops at once.
-    #[serde(default)]
-    pub grace_period: Option<String>,
-}
-
-impl RotateKey {
-    /// The unix second the old secret stops at, if it gets a grace period.
-    pub fn grace_until(&self, now: i64) -> Result<Option<i64>, ApiError> {
-        let Some(period) = &self.grace_period else {
-            return Ok(None);
-        };
-        let bad = |why: String| ApiError::invalid("grace_period", why);
-        match expiry::parse_expires_in(period) {
-            Ok(expiry::ExpiresIn::Never) => Err(bad(
-                "grace_period must be a duration such as \"1h\" or \"7d\"".into(),
-            )),
-            Ok(within) => within.expires_at(now).map_err(|e| bad(e.to_string())),
-            Err(e) => Err(bad(e.to_string())),
-        }
-    }
+    Ok(Json(
+        keys::update(&state.store, &id, request, expiry::now()).await?,
+    ))
 }
 
 /// `POST /api/v1/keys/{id}/rotate`: a new secret for the same key (id, settings and
 /// history kept); the old secret stops with the filter's next sync, or at the end of an
 /// optional `grace_period`. The body may be empty.
+#[utoipa::path(
+    post,
+    operation_id = "rotate_key",
+    path = "/api/v1/keys/{id}/rotate",
+    tag = "keys",
+    security(("admin" = [])),
+    params(("id" = String, Path)),
+    request_body(content = Option<RotateKey>, description = "optional"),
+    responses(
+        (status = 200, description = "The key with its new secret", body = KeyView),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 404, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn rotate(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -634,217 +202,57 @@ pub async fn rotate(
         crate::extract::parse(&body)?
     };
     Ok(Json(
-        rotate_key(&state.store, &id, &request, expiry::now()).await?,
+        keys::rotate(&state.store, &id, &request, expiry::now()).await?,
     ))
 }
 
-/// Gives the key a new secret: what the rotate route and `key-service keys rotate` do.
-/// The view carries the new secret.
-pub async fn rotate_key(
-    store: &Store,
-    id: &str,
-    request: &RotateKey,
-    now: i64,
-) -> Result<KeyView, ApiError> {
-    let grace_until = request.grace_until(now)?;
-    let secret = mint_secret()?;
-    let hash = secret::hash_hex(&secret::hash(&secret));
-    let rotated = store
-        .rotate_key(id, &hash, &secret::mask(&secret), now, grace_until)
-        .await?;
-    if !rotated {
-        return Err(no_such_key(id));
-    }
-    tracing::info!(%id, "key rotated");
-    view_in(store, id, Some(secret), now).await
-}
-
 /// `DELETE /api/v1/keys/{id}`
+#[utoipa::path(
+    delete,
+    operation_id = "delete_key",
+    path = "/api/v1/keys/{id}",
+    tag = "keys",
+    security(("admin" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 404, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.store.delete_key(&id, expiry::now()).await? {
-        return Err(no_such_key(&id));
-    }
-    tracing::info!(%id, "key deleted");
+    keys::delete(&state.store, &id, expiry::now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/v1/keys/{id}`
+#[utoipa::path(
+    get,
+    operation_id = "get_key",
+    path = "/api/v1/keys/{id}",
+    tag = "keys",
+    security(("admin" = [])),
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, body = KeyView),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+        (status = 404, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    Ok(Json(view(&state, &id, None).await?))
+    Ok(Json(keys::get(&state.store, &id, expiry::now()).await?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const NOW: i64 = 1_800_000_000;
-
-    fn request(name: &str) -> CreateKey {
-        CreateKey {
-            name: name.into(),
-            ..CreateKey::default()
-        }
-    }
-
-    fn param_of<T: std::fmt::Debug>(result: Result<T, ApiError>) -> String {
-        match result {
-            Err(ApiError::InvalidRequest { param: Some(p), .. }) => p,
-            other => panic!("expected a 400 with a param, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn defaults_follow_the_contract() {
-        let spec = request("ci").validate(NOW).unwrap();
-        assert_eq!(
-            spec,
-            KeySpec {
-                name: "ci".into(),
-                account: "default".into(),
-                group: "default".into(),
-                expires_at: None,
-                quantity: 1,
-                unlimited_quota: true,
-                quota: 0,
-                models: vec![],
-                ip_allowlist: vec![],
-                rpm: None,
-                tpm: None,
-                max_parallel: None,
-            }
-        );
-    }
-
-    #[test]
-    fn each_bad_field_is_named() {
-        let s = |f: fn(&mut CreateKey)| {
-            let mut r = request("ok");
-            f(&mut r);
-            param_of(r.validate(NOW))
-        };
-        assert_eq!(s(|r| r.name = String::new()), "name");
-        assert_eq!(s(|r| r.name = "  ".into()), "name");
-        assert_eq!(s(|r| r.name = "x".repeat(65)), "name");
-        assert_eq!(s(|r| r.name = "a\r\nb".into()), "name");
-        assert_eq!(s(|r| r.quantity = Some(0)), "quantity");
-        assert_eq!(s(|r| r.quantity = Some(101)), "quantity");
-        assert_eq!(s(|r| r.quota = Some(-1)), "quota");
-        assert_eq!(s(|r| r.account = Some(String::new())), "account");
-        assert_eq!(s(|r| r.group = Some(String::new())), "group");
-        assert_eq!(s(|r| r.expires_at = Some("tomorrow".into())), "expires_at");
-        assert_eq!(s(|r| r.expires_in = Some("5 days".into())), "expires_in");
-        assert_eq!(
-            s(|r| {
-                r.expires_in = Some("1d".into());
-                r.expires_at = Some("2030-01-01T00:00:00Z".into());
-            }),
-            "expires_in"
-        );
-        assert_eq!(s(|r| r.models = Some(vec!["".into()])), "models");
-        assert_eq!(
-            s(|r| r.ip_allowlist = Some(vec!["10.0.0.0/33".into()])),
-            "ip_allowlist"
-        );
-        assert_eq!(s(|r| r.rpm = Some(0)), "rpm");
-        assert_eq!(s(|r| r.tpm = Some(-1)), "tpm");
-        assert_eq!(s(|r| r.max_parallel = Some(0)), "max_parallel");
-    }
-
-    #[test]
-    fn rate_limits_are_kept_on_create() {
-        let mut r = request("k");
-        (r.rpm, r.tpm, r.max_parallel) = (Some(1), Some(100_000), None);
-        let spec = r.validate(NOW).unwrap();
-        assert_eq!(
-            (spec.rpm, spec.tpm, spec.max_parallel),
-            (Some(1), Some(100_000), None)
-        );
-    }
-
-    #[test]
-    fn an_edit_sets_clears_or_leaves_each_rate_limit() {
-        let edit = |body: &str| {
-            crate::extract::parse::<UpdateKey>(body.as_bytes()).and_then(|u| u.validate(NOW))
-        };
-        let e = edit(r#"{"rpm": 60, "tpm": null}"#).unwrap();
-        assert_eq!(
-            (e.rpm, e.tpm, e.max_parallel),
-            (Some(Some(60)), Some(None), None)
-        );
-        let e = edit(r#"{"max_parallel": 4}"#).unwrap();
-        assert_eq!((e.rpm, e.tpm, e.max_parallel), (None, None, Some(Some(4))));
-        for field in ["rpm", "tpm", "max_parallel"] {
-            for bad in ["0", "-1", "\"x\"", "1.5"] {
-                let body = format!("{{\"{field}\": {bad}}}");
-                assert_eq!(param_of(edit(&body)), field, "{body}");
-            }
-        }
-    }
-
-    #[test]
-    fn a_batch_name_leaves_room_for_the_suffix() {
-        let mut r = request(&"x".repeat(58));
-        r.quantity = Some(2);
-        assert_eq!(param_of(r.clone().validate(NOW)), "name");
-        r.name = "x".repeat(57);
-        assert!(r.validate(NOW).is_ok());
-        assert!(
-            request(&"é".repeat(64)).validate(NOW).is_ok(),
-            "counts characters"
-        );
-    }
-
-    #[test]
-    fn expiry_is_absolute_or_relative_to_now() {
-        let mut r = request("k");
-        r.expires_in = Some("1h".into());
-        assert_eq!(r.validate(NOW).unwrap().expires_at, Some(NOW + 3_600));
-        let mut r = request("k");
-        r.expires_in = Some("never".into());
-        assert_eq!(r.validate(NOW).unwrap().expires_at, None);
-        let mut r = request("k");
-        r.expires_at = Some("2000-01-01T00:00:00Z".into());
-        assert_eq!(r.validate(NOW).unwrap().expires_at, Some(946_684_800));
-    }
-
-    #[test]
-    fn allowlist_entries_are_normalised() {
-        let cases = [
-            ("192.0.2.7", "192.0.2.7/32"),
-            ("10.1.2.3/8", "10.0.0.0/8"),
-            ("2001:db8::1", "2001:db8::1/128"),
-            ("2001:DB8:0:0::/32", "2001:db8::/32"),
-            ("::ffff:192.0.2.7", "192.0.2.7/32"),
-            ("0.0.0.0/0", "0.0.0.0/0"),
-        ];
-        for (entry, want) in cases {
-            assert_eq!(
-                parse_net(entry).map(|n| n.to_string()).as_deref(),
-                Some(want),
-                "{entry}"
-            );
-        }
-        for bad in [
-            "",
-            "10.0.0",
-            "10.0.0.0/33",
-            "::/129",
-            "10.0.0.0/",
-            "host.example",
-            " 10.0.0.1",
-        ] {
-            assert_eq!(parse_net(bad), None, "{bad:?}");
-        }
-        let mut r = request("k");
-        r.ip_allowlist = Some(vec!["10.0.0.1".into(), "10.0.0.1/32".into()]);
-        assert_eq!(r.validate(NOW).unwrap().ip_allowlist, ["10.0.0.1/32"]);
-    }
+    use crate::store::KeyStatus;
 
     #[test]
     fn list_query_parses_filters_and_paging() {

@@ -5,12 +5,13 @@ use axum::extract::{RawQuery, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::api::keys::{number, PER_PAGE_DEFAULT, PER_PAGE_MAX};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
+use crate::metrics::UsageResult;
 use crate::pricing::Tokens;
 use crate::store::{UsageFilter, UsageRecord};
+use crate::validate::{number, PER_PAGE_DEFAULT, PER_PAGE_MAX};
 use crate::AppState;
 
 /// Records per report at most; the filter sends smaller batches.
@@ -23,7 +24,7 @@ pub const MODEL_MAX: usize = 256;
 
 /// Body of `POST /filter/v1/usage`. Each record is read on its own: one that cannot be
 /// read is refused alone, and the others are billed.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageReport {
     pub records: Vec<serde_json::Value>,
@@ -54,7 +55,7 @@ pub struct ReportedUsage {
 }
 
 /// What became of one record of a report, in the order they came.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RecordResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -66,7 +67,7 @@ pub struct RecordResult {
 }
 
 /// The answer to a usage report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReportAnswer {
     pub accepted: u64,
     pub duplicates: u64,
@@ -136,6 +137,19 @@ pub fn normalise(record: serde_json::Value, now: i64) -> Result<UsageRecord, Rec
 /// `POST /filter/v1/usage`: idempotent by `request_id`, so a retried report never bills
 /// twice; answers for each record whether it was accepted, a duplicate or refused (and
 /// why), so the filter drops only what was refused.
+#[utoipa::path(
+    post,
+    operation_id = "report_usage",
+    path = "/filter/v1/usage",
+    tag = "filter",
+    security(("filter" = [])),
+    request_body = UsageReport,
+    responses(
+        (status = 200, body = ReportAnswer),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn report(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<UsageReport>,
@@ -175,9 +189,13 @@ pub async fn report(
         })
         .collect();
     let refused = results.iter().filter(|r| r.result == "refused").count() as u64;
-    crate::metrics::add(&state.metrics.usage_accepted, done.accepted);
-    crate::metrics::add(&state.metrics.usage_duplicates, done.duplicates);
-    crate::metrics::add(&state.metrics.usage_refused, refused);
+    for (result, n) in [
+        (UsageResult::Accepted, done.accepted),
+        (UsageResult::Duplicate, done.duplicates),
+        (UsageResult::Refused, refused),
+    ] {
+        state.metrics.usage_records(result, n);
+    }
     if refused > 0 {
         let reasons: Vec<&str> = results.iter().filter_map(|r| r.reason.as_deref()).collect();
         tracing::warn!(refused, ?reasons, "usage records refused");
@@ -196,7 +214,7 @@ pub async fn report(
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsagePage {
     pub usage: Vec<serde_json::Value>,
     pub page: u32,
@@ -255,6 +273,27 @@ fn usage_query(
 
 /// `GET /api/v1/usage`: the log's filters (see [`usage_query`]); `page`, `per_page`;
 /// newest first.
+#[utoipa::path(
+    get,
+    operation_id = "list_usage",
+    path = "/api/v1/usage",
+    tag = "usage",
+    security(("admin" = [])),
+    params(
+        ("key_id" = Option<String>, Query),
+        ("account" = Option<String>, Query),
+        ("model" = Option<String>, Query),
+        ("from" = Option<String>, Query, description = "RFC 3339"),
+        ("to" = Option<String>, Query, description = "RFC 3339"),
+        ("page" = Option<u32>, Query, minimum = 1),
+        ("per_page" = Option<u32>, Query, minimum = 1, maximum = 100),
+    ),
+    responses(
+        (status = 200, body = UsagePage),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -285,7 +324,7 @@ pub async fn list(
 /// Buckets one summary may hold at most (a month of hours is 744).
 pub const SUMMARY_BUCKETS_MAX: i64 = 1_000;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsageSummary {
     pub bucket: &'static str,
     pub from: Option<String>,
@@ -296,6 +335,26 @@ pub struct UsageSummary {
 /// `GET /api/v1/usage/summary`: the log's filters (see [`usage_query`]) and `bucket`
 /// (`hour`, the default, or `day`); tokens, requests and credits per bucket and model,
 /// oldest first. Without `from` and `to`, the last 24 hours (hour) or 30 days (day).
+#[utoipa::path(
+    get,
+    operation_id = "usage_summary",
+    path = "/api/v1/usage/summary",
+    tag = "usage",
+    security(("admin" = [])),
+    params(
+        ("bucket" = Option<String>, Query, description = "hour (default) or day"),
+        ("key_id" = Option<String>, Query),
+        ("account" = Option<String>, Query),
+        ("model" = Option<String>, Query),
+        ("from" = Option<String>, Query, description = "RFC 3339"),
+        ("to" = Option<String>, Query, description = "RFC 3339"),
+    ),
+    responses(
+        (status = 200, body = UsageSummary),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
 pub async fn summary(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,

@@ -7,7 +7,7 @@ use super::{with_pool, BeginWrite, Get, Store, StoreError};
 use serde::Serialize;
 
 /// A group as stored and shown by the API.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct GroupRow {
     pub name: String,
     /// `["*"]` = every model.
@@ -18,7 +18,7 @@ pub struct GroupRow {
 }
 
 /// A model's prices in credits per 1,000,000 tokens.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelPrice {
     pub name: String,
     pub input: f64,
@@ -41,7 +41,7 @@ pub struct NewPrice {
     pub per_request: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AccountRow {
     pub name: String,
     /// Credits left; `None` = unlimited.

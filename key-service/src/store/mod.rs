@@ -10,6 +10,7 @@
 mod catalog;
 mod database;
 mod keys;
+mod snapshot;
 mod usage;
 
 use std::path::{Path, PathBuf};
@@ -25,8 +26,9 @@ use sqlx::{Postgres, Row, SqlSafeStr, Sqlite, Transaction};
 
 pub use catalog::{AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
 pub use database::{Database, DatabaseUrlError};
-pub use keys::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey, SnapshotPage};
-use keys::{POSTGRES, SQLITE};
+pub use keys::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey};
+pub use snapshot::{SnapshotBody, SnapshotPage};
+use snapshot::{POSTGRES, SQLITE};
 pub use usage::{Ingested, UsageFilter, UsageRecord, UsageRow};
 
 /// Migrations, compiled in so the binary needs no files beside it: version, description

@@ -1,0 +1,64 @@
+//! Checks that more than one resource's input shares: rate limits, model lists, paging.
+//! Each refusal is a 400 naming the offending field, as the contract asks.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::ApiError;
+
+const MODEL_NAME_MAX: usize = 256;
+pub const PER_PAGE_DEFAULT: u32 = 20;
+pub const PER_PAGE_MAX: u32 = 100;
+
+/// A rate limit (a group's or a key's RPM, TPM, parallel requests): at least 1, or
+/// `None` for no limit.
+pub(crate) fn limit(param: &str, value: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match value {
+        Some(v) if v < 1 => Err(ApiError::invalid(
+            param,
+            format!("{param} must be at least 1, or null for no limit"),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// `null` and absent told apart: `Some(None)` for an explicit `null`.
+pub(crate) fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+    Option::<i64>::deserialize(d).map(Some)
+}
+
+/// Model names, non-empty and printable, duplicates dropped (first kept).
+pub(crate) fn check_models(models: Vec<String>) -> Result<Vec<String>, ApiError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(models.len());
+    for (i, model) in models.into_iter().enumerate() {
+        if model.trim().is_empty() {
+            return Err(ApiError::invalid("models", format!("models[{i}] is empty")));
+        }
+        if model.chars().count() > MODEL_NAME_MAX || model.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "models",
+                format!("models[{i}] must be at most {MODEL_NAME_MAX} printable characters"),
+            ));
+        }
+        if seen.insert(model.clone()) {
+            out.push(model);
+        }
+    }
+    Ok(out)
+}
+
+/// A page number or size from a query string, within `min..=max`.
+pub(crate) fn number(param: &str, value: &str, min: u32, max: u32) -> Result<u32, ApiError> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                param,
+                format!("{param} must be a whole number from {min} to {max}, got {value:?}"),
+            )
+        })
+}
