@@ -67,7 +67,7 @@ validate: build-wasm
 	    --profile postgres config -q
 	@echo "valid: docker-compose.yml"
 
-# keygate.wasm as an OCI image layout for Istio's WasmPlugin (README, "Istio").
+# keygate.wasm as an OCI image layout for Istio's WasmPlugin (docs/deploying.md, "Istio").
 WASM_IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 wasm-image: build-wasm
 	istio/wasm-image.sh $(FILTER_WASM) target/wasm-image $(WASM_IMAGE_TAG)

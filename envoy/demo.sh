@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the key-service, the mock LLM upstream and Envoy with the keygate filter, in
 # the foreground with a fresh embedded database. Ctrl-C (or any of them exiting) stops all.
-# KEYGATE_* variables pass through to the key-service (see README).
+# KEYGATE_* variables pass through to the key-service (see docs/configuration.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -41,7 +41,8 @@ fn a_key_made_in_the_console_works_through_envoy_until_the_console_disables_rota
     create_key(
         &stack,
         json!({"name": "nextchat-prod", "unlimited_quota": false, "quota": 50_000,
-               "models": ["gpt-4o-mini"], "ip_allowlist": ["10.0.0.0/8"]}),
+               "models": ["gpt-4o-mini"], "ip_allowlist": ["10.0.0.0/8"],
+               "rpm": 600, "tpm": 100_000}),
     );
     let paused = create_key(&stack, json!({"name": "batch-job", "expires_in": "1d"}));
     admin(
@@ -90,6 +91,10 @@ fn a_key_made_in_the_console_works_through_envoy_until_the_console_disables_rota
             "{status} badge missing from:\n{statuses}"
         );
     }
+    // Wide enough for every column of the list, for its picture.
+    browser
+        .run(c.set_window_size(1440, 900))
+        .expect("window size");
     browser.screenshot("keys");
 
     // The create dialog: the seeds' defaults, inline allowlist checks, an API error next
@@ -124,11 +129,34 @@ fn a_key_made_in_the_console_works_through_envoy_until_the_console_disables_rota
         fill(c, "#kf-quantity", "101").await;
         click(c, "#kf-submit").await;
         until_text(c, "#kf-quantity-error", "quantity").await;
-        fill(c, "#kf-quantity", "1").await;
-        c.set_window_size(1280, 1300)
+
+        // Cancelled and opened again, the dialog starts clean: the key it then makes is
+        // the one the rest of this test uses, and its picture is docs/console-create-dialog.png.
+        click(c, "#key-dialog [data-close]").await;
+        until_gone(c, "#key-dialog").await;
+        click(c, "#create-key").await;
+        until_shown(c, "#key-dialog").await;
+        let stale = script(
+            c,
+            "return [...document.querySelectorAll('#key-dialog .field-error')]\
+               .map((e) => e.textContent).join('')",
+        )
+        .await;
+        assert_eq!(stale, "", "no error left from before");
+        let quantity = script(c, "return document.querySelector('#kf-quantity').value").await;
+        assert_eq!(quantity, "1");
+        fill(c, "#kf-name", "console-e2e").await;
+        click(c, "#kf-unlimited").await;
+        fill(c, "#kf-quota", "100000").await;
+        click(c, r#"#kf-models-known input[value="gpt-4o-mini"]"#).await;
+        fill(c, "#kf-ips", "127.0.0.1\n::1/128").await;
+        fill(c, "#kf-max-parallel", "8").await;
+        c.set_window_size(1280, 1600)
             .await
             .expect("a window tall enough for the dialog");
         script(c, "document.querySelector('#key-dialog').scrollTop = 0").await;
+        // Nothing focused, so no field is pictured mid-edit.
+        script(c, "document.activeElement.blur()").await;
     });
     browser.screenshot("create-dialog");
     browser
