@@ -39,7 +39,7 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 test-unit:
-	cargo test -p keygate -p key-service
+	cargo test -p keygate-core -p keygate -p key-service
 	cargo test -p keygate-e2e --lib --bins
 
 # The key-service's tests again, each on a fresh database of a throwaway PostgreSQL server.
@@ -48,7 +48,7 @@ test-postgres:
 
 # The filter's pure logic compiled to wasm and run in Node's V8 (wasm-bindgen-test).
 test-wasm:
-	$(WASM_CARGO) test -p keygate --target wasm32-unknown-unknown --lib
+	$(WASM_CARGO) test -p keygate-core --target wasm32-unknown-unknown --lib
 
 # Every shipped Envoy config must load, filter included; the compose file must parse.
 # Provider secrets (/etc/keygate/secrets/*.yaml) are stood in for by placeholder files.

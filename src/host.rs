@@ -9,8 +9,8 @@
 
 use std::ptr::null_mut;
 
-use crate::kv::{HostError, SharedData};
-use crate::pairs;
+use keygate_core::kv::{HostError, SharedData};
+use keygate_core::pairs;
 
 /// `proxy_wasm::types::Status::Ok` and `NotFound`.
 const OK: u32 = 0;

@@ -1,5 +1,5 @@
 //! The HTTP context of one request: each proxy-wasm callback hands over to the request core
-//! (`crate::request`), which decides through the `Host` implemented here over `host`'s
+//! (`keygate_core::request`), which decides through the `Host` implemented here over `host`'s
 //! calls (none of which panics) and the VM's stats.
 
 use std::rc::Rc;
@@ -8,9 +8,9 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action as ProxyAction;
 
 use crate::host::{self, Shared};
-use crate::kv::{HostError, SharedData};
 use crate::metrics::Metrics;
-use crate::request::{Action, Event, Host, Plugin, Request};
+use keygate_core::kv::{HostError, SharedData};
+use keygate_core::request::{Action, Event, Host, Plugin, Request};
 
 pub struct Http {
     request: Request,

@@ -12,10 +12,10 @@ use std::cell::Cell;
 
 use log::warn;
 
-use crate::decision::Denial;
 use crate::host::{self, MetricKind};
-use crate::shared::Meta;
-use crate::usage::Usage;
+use keygate_core::decide::decision::Denial;
+use keygate_core::sync::view::Meta;
+use keygate_core::usage::scan::Usage;
 
 /// The default has no metrics at all: every call is a no-op.
 #[derive(Default)]

@@ -12,16 +12,17 @@ use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
-use crate::config::Config;
 use crate::host::{self, Shared};
 use crate::http::Http;
-use crate::ledger;
 use crate::metrics::Metrics;
-use crate::report::{Answer, Charge, Outbox, Record, SharedOutbox};
-use crate::request::Plugin;
-use crate::request_id::RequestIds;
-use crate::shared::{self, Ask, Leader, SharedView, SyncError, View};
-use crate::snapshot::{PageHead, SnapshotWire};
+use keygate_core::config::Config;
+use keygate_core::limits::ledger;
+use keygate_core::request::Plugin;
+use keygate_core::sync::leader::{self, Ask, Leader, SyncError};
+use keygate_core::sync::snapshot::{PageHead, SnapshotWire};
+use keygate_core::sync::view::{self, SharedView, View};
+use keygate_core::usage::report::{Answer, Charge, Outbox, Record, SharedOutbox};
+use keygate_core::usage::request_id::RequestIds;
 
 /// Tick period until the first snapshot is in, so a fresh Envoy serves soon.
 const FIRST_LOAD_TICK: Duration = Duration::from_millis(200);
@@ -235,7 +236,7 @@ impl Root {
             );
         }
         if loading && !self.leader.is_loading() {
-            let (meta, _) = shared::read_meta(&Shared)?;
+            let (meta, _) = view::read_meta(&Shared)?;
             info!(
                 "snapshot version {} loaded into shared data, {} keys",
                 meta.version, meta.keys
@@ -475,7 +476,7 @@ impl RootContext for Root {
         self.regular_due_ms = now.saturating_add(period);
         self.metrics.flush();
         self.report_usage(now);
-        match shared::try_lead(&Shared, self.me, now, self.lease_ttl_ms()) {
+        match leader::try_lead(&Shared, self.me, now, self.lease_ttl_ms()) {
             Ok(true) => {
                 if !self.leading {
                     info!("this VM now syncs the key snapshot for this Envoy");

@@ -22,7 +22,7 @@ pub struct Guard {
 impl Guard {
     pub fn admin(token: &str) -> Self {
         Guard {
-            digest: keygate::secret::hash(token),
+            digest: keygate_core::keys::secret::hash(token),
             code: "invalid_admin_token",
             message: "missing or invalid admin token (Authorization: Bearer <admin token>)",
             header: None,
@@ -31,7 +31,7 @@ impl Guard {
 
     pub fn filter(token: &str) -> Self {
         Guard {
-            digest: keygate::secret::hash(token),
+            digest: keygate_core::keys::secret::hash(token),
             code: "invalid_filter_token",
             message: "missing or invalid filter token (Authorization: Bearer <filter token>)",
             header: None,
@@ -41,7 +41,9 @@ impl Guard {
     /// Digests have a fixed length, so neither the comparison's time nor its length check
     /// tells anything about the token.
     pub fn admits(&self, presented: &str) -> bool {
-        self.digest.ct_eq(&keygate::secret::hash(presented)).into()
+        self.digest
+            .ct_eq(&keygate_core::keys::secret::hash(presented))
+            .into()
     }
 
     fn admits_request(&self, request: &Request) -> bool {
@@ -60,7 +62,7 @@ impl Guard {
     /// carries the client's key on `/filter/v1/check`.
     pub fn check(token: &str) -> Self {
         Guard {
-            digest: keygate::secret::hash(token),
+            digest: keygate_core::keys::secret::hash(token),
             code: "invalid_filter_token",
             message: "missing or invalid filter token (x-keygate-token: <filter token>)",
             header: Some("x-keygate-token"),

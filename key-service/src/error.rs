@@ -7,7 +7,6 @@ use axum::http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
 
 use crate::store::StoreError;
 
@@ -44,22 +43,8 @@ pub enum ApiError {
     Internal(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// The contract's error body.
-#[derive(Serialize, utoipa::ToSchema)]
-#[schema(as = Error)]
-pub struct Body<'a> {
-    error: Detail<'a>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-#[schema(as = ErrorDetail)]
-pub struct Detail<'a> {
-    message: String,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    code: &'a str,
-    param: Option<&'a str>,
-}
+/// The contract's error body: the filter's own envelope, so both answer alike.
+pub use keygate_core::decide::error::ErrorBody as Body;
 
 impl ApiError {
     /// 400 `invalid_value` for the field `param`.
@@ -87,7 +72,7 @@ impl ApiError {
         }
     }
 
-    fn detail(&self) -> Detail<'_> {
+    fn body(&self) -> Body<'_> {
         let (kind, code, param, message) = match self {
             ApiError::InvalidRequest {
                 param,
@@ -122,12 +107,7 @@ impl ApiError {
                 "internal server error".to_owned(),
             ),
         };
-        Detail {
-            message,
-            kind,
-            code,
-            param,
-        }
+        Body::new(kind, code, message).with_param(param)
     }
 }
 
@@ -170,13 +150,7 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(cause) => tracing::warn!(error = %cause, "not ready"),
             _ => {}
         }
-        let mut response = (
-            self.status(),
-            Json(Body {
-                error: self.detail(),
-            }),
-        )
-            .into_response();
+        let mut response = (self.status(), Json(self.body())).into_response();
         if let ApiError::Unauthorized { .. } = self {
             response
                 .headers_mut()

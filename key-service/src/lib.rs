@@ -13,7 +13,7 @@ pub mod extract;
 pub mod keys;
 pub mod metrics;
 pub mod openapi;
-pub use keygate::pricing;
+pub use keygate_core::usage::pricing;
 pub mod random;
 pub mod store;
 pub mod tokens;

@@ -1,7 +1,7 @@
 //! Random base62 strings from the operating system's CSPRNG: key secrets, tokens, ids and
 //! batch-name suffixes all come from here.
 
-use keygate::secret::BASE62;
+use keygate_core::keys::secret::BASE62;
 
 /// Bytes at or above this are thrown away: 248 = 4 × 62, so the bytes kept map onto the
 /// 62 characters evenly and no character is more likely than another (no modulo bias).

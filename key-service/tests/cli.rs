@@ -76,7 +76,7 @@ fn an_operator_manages_keys_from_the_command_line() {
     assert!(ok, "{err}");
     assert_eq!(created.len(), 2);
     let secret = created[0]["key"].as_str().unwrap();
-    assert!(keygate::secret::is_well_formed(secret));
+    assert!(keygate_core::keys::secret::is_well_formed(secret));
     assert_eq!(
         created[0]["models"],
         serde_json::json!(["gpt-4o", "gpt-4o-mini"])

@@ -7,7 +7,7 @@ use std::path::Path;
 use key_service::config::Database;
 use key_service::store::NewKey;
 use key_service::Store;
-use keygate::secret;
+use keygate_core::keys::secret;
 
 /// The secret of seeded key number `i`: deterministic, checksummed like real ones.
 pub fn secret_of(i: usize) -> String {

@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use keygate::config::Config;
+use keygate_core::config::Config;
 use keygate_e2e::stack::repo_root;
 use serde_json::Value;
 

@@ -201,7 +201,8 @@ fn fixture() -> Fixture {
     }
     // Well formed (its checksum holds) but never issued.
     let unknown =
-        keygate::secret::from_random("0123456789abcdefghijklmnopqrstuvwxyzABCDEF").unwrap();
+        keygate_core::keys::secret::from_random("0123456789abcdefghijklmnopqrstuvwxyzABCDEF")
+            .unwrap();
     let exhausted = create_key(
         &stack,
         json!({"name": "sdk-exhausted", "unlimited_quota": false, "quota": 0}),

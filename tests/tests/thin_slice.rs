@@ -41,7 +41,7 @@ fn a_created_key_reaches_the_upstream_and_no_key_gets_401() {
     );
 
     // A well-formed key the service never issued, and a mistyped one.
-    let unknown = keygate::secret::from_random(&"A".repeat(42)).unwrap();
+    let unknown = keygate_core::keys::secret::from_random(&"A".repeat(42)).unwrap();
     assert_error(chat(&stack, Some(&unknown)), 401, "invalid_api_key");
     let last = if secret.ends_with('x') { 'y' } else { 'x' };
     let typo = format!("{}{last}", &secret[..secret.len() - 1]);
@@ -164,7 +164,7 @@ fn keys_keep_working_from_the_last_snapshot_while_the_key_service_is_down() {
     sleep(Duration::from_millis(2500));
     assert_eq!(chat(&stack, Some(&key.secret)).status(), 200);
     assert_error(chat(&stack, None), 401, "missing_api_key");
-    let unknown = keygate::secret::from_random(&"B".repeat(42)).unwrap();
+    let unknown = keygate_core::keys::secret::from_random(&"B".repeat(42)).unwrap();
     assert_error(chat(&stack, Some(&unknown)), 401, "invalid_api_key");
 }
 

@@ -4,7 +4,7 @@
 //! along. The answer is 200 with the `x-keygate-*` headers for the upstream, or the
 //! contract's error (status and OpenAI-style body) for the client.
 //!
-//! The same code decides as in the filter (`keygate::decision`), from the database rather
+//! The same code decides as in the filter (`keygate_core::decide::decision`), from the database rather
 //! than a snapshot, so a change is enforced at once. The proxy proves itself with the
 //! filter token in `x-keygate-token` (the client's key is in `Authorization`).
 
@@ -15,9 +15,9 @@ use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use keygate::decision::{check_model, decide, restricts_models, Denial};
-use keygate::snapshot::Tables;
-use keygate::{client_ip, credential, entry, model, secret};
+use keygate_core::decide::decision::{check_model, decide, restricts_models, Denial};
+use keygate_core::sync::snapshot::Tables;
+use keygate_core::{decide::credential, decide::model, keys::client_ip, keys::entry, keys::secret};
 
 use crate::error::{ApiError, BODY_LIMIT};
 use crate::expiry;

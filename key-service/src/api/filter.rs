@@ -1,5 +1,5 @@
 //! `/filter/v1/*`: what the Envoy filter syncs from. `GET /filter/v1/snapshot` answers with
-//! the keys (as `keygate::snapshot::SnapshotWire` JSON) and an `ETag` of its version, so a
+//! the keys (as `keygate_core::sync::snapshot::SnapshotWire` JSON) and an `ETag` of its version, so a
 //! poll with `If-None-Match` costs one indexed query and a 304 when nothing changed;
 //! `?since=VERSION` answers with only what changed after that version. Full snapshots come
 //! in pages (`?after=CURSOR&limit=N`), so a million keys never travel as one body.
@@ -42,7 +42,7 @@ pub const MAX_PAGE: usize = 100_000;
     security(("filter" = [])),
     params(SnapshotQuery),
     responses(
-        (status = 200, description = "The keys (all, a page of them, or what changed since `since`), groups, accounts and prices; `keygate::snapshot::SnapshotWire` as JSON", content_type = "application/json", body = Object),
+        (status = 200, description = "The keys (all, a page of them, or what changed since `since`), groups, accounts and prices; `keygate_core::sync::snapshot::SnapshotWire` as JSON", content_type = "application/json", body = Object),
         (status = 304, description = "Not modified since the version in If-None-Match"),
         (status = 400, description = "The contract's error", body = crate::error::Body),
         (status = 401, description = "The contract's error", body = crate::error::Body),

@@ -107,7 +107,7 @@ pub fn normalise(record: serde_json::Value, now: i64) -> Result<UsageRecord, Rec
             )));
         }
     }
-    let model = keygate::model::printable(r.model.as_deref().unwrap_or(""), MODEL_MAX);
+    let model = keygate_core::decide::model::printable(r.model.as_deref().unwrap_or(""), MODEL_MAX);
     let model = if model.trim().is_empty() {
         "unknown".to_owned()
     } else {

@@ -8,7 +8,7 @@
 mod request;
 mod view;
 
-use keygate::secret;
+use keygate_core::keys::secret;
 
 use crate::error::ApiError;
 use crate::random;

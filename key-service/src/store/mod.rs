@@ -502,7 +502,8 @@ mod tests {
             limit: 10,
         };
         let body = store.snapshot(None, &page, 0).await.unwrap();
-        let wire: keygate::snapshot::SnapshotWire = serde_json::from_str(&body.to_json()).unwrap();
+        let wire: keygate_core::sync::snapshot::SnapshotWire =
+            serde_json::from_str(&body.to_json()).unwrap();
         assert_eq!((wire.keys.len(), wire.keys.unreadable()), (2, 0));
     }
 

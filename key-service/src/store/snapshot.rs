@@ -5,7 +5,9 @@
 
 use super::keys::parse_list;
 use super::{with_pool, BeginWrite, Dialect, Get, Store, StoreError};
-use keygate::snapshot::{AccountRecord, GroupRecord, KeyRecord, PriceRecord, TablesWire};
+use keygate_core::sync::snapshot::{
+    AccountRecord, GroupRecord, KeyRecord, PriceRecord, TablesWire,
+};
 
 // Each key as the filter's `KeyRecord` JSON, built by the database: decoding a dozen
 // columns per row in Rust costs several times what the database takes to write the text,
@@ -368,7 +370,7 @@ fn tables(
     })
 }
 
-/// A snapshot answer, as `keygate::snapshot::SnapshotWire` but with each key already
+/// A snapshot answer, as `keygate_core::sync::snapshot::SnapshotWire` but with each key already
 /// serialized (by the database, see `snapshot_columns!`).
 #[derive(Debug, Clone)]
 pub struct SnapshotBody {
@@ -457,7 +459,7 @@ mod tests {
     use super::*;
     use crate::store::keys::tests::new_key;
     use crate::store::{KeyStatus, NewKey};
-    use keygate::snapshot::SnapshotWire;
+    use keygate_core::sync::snapshot::SnapshotWire;
 
     #[tokio::test]
     async fn each_change_is_logged_and_raises_the_version() {

@@ -192,7 +192,7 @@ impl Store {
                     }
                 };
                 let ratio = key.as_ref().map_or(1.0, |k| k.2);
-                let price = keygate::model::lookup(&prices, &record.model)
+                let price = keygate_core::decide::model::lookup(&prices, &record.model)
                     .map(|p| p.for_status(record.status));
                 let cost = pricing::cost(record.tokens, price, ratio);
                 let inserted = sqlx::query(
@@ -530,7 +530,8 @@ mod tests {
             limit: 10,
         };
         let body = store.snapshot(None, &page, 3_000).await.unwrap();
-        let wire: keygate::snapshot::SnapshotWire = serde_json::from_str(&body.to_json()).unwrap();
+        let wire: keygate_core::sync::snapshot::SnapshotWire =
+            serde_json::from_str(&body.to_json()).unwrap();
         assert_eq!(wire.keys.len(), 1);
         assert_eq!(wire.keys[0].remaining_quota, Some(478));
     }

@@ -252,7 +252,8 @@ async fn account_and_group_changes_reach_the_snapshot() {
             Some(crate::FILTER),
         ))
         .await;
-    let wire: keygate::snapshot::SnapshotWire = serde_json::from_value(delta.body).unwrap();
+    let wire: keygate_core::sync::snapshot::SnapshotWire =
+        serde_json::from_value(delta.body).unwrap();
     assert!(wire.delta && wire.keys.is_empty());
     assert_eq!(wire.version, v0 + 3);
     let team = wire.accounts.iter().find(|a| a.name == "team-a").unwrap();

@@ -46,8 +46,11 @@ async fn creating_one_key_returns_its_secret_once() {
     assert_eq!(got, want);
 
     let secret = key["key"].as_str().unwrap();
-    assert!(keygate::secret::is_well_formed(secret), "{secret}");
-    assert_eq!(key["masked_key"], keygate::secret::mask(secret));
+    assert!(
+        keygate_core::keys::secret::is_well_formed(secret),
+        "{secret}"
+    );
+    assert_eq!(key["masked_key"], keygate_core::keys::secret::mask(secret));
     assert_eq!(key["name"], "ci");
     assert_eq!(key["account"], "default");
     assert_eq!(key["group"], "default");
@@ -156,7 +159,7 @@ async fn a_batch_gets_distinct_secrets_ids_and_suffixed_names() {
         assert!(suffix.bytes().all(|b| b.is_ascii_alphanumeric()), "{name}");
         assert!(ids.insert(key["id"].as_str().unwrap().to_owned()));
         let secret = key["key"].as_str().unwrap();
-        assert!(keygate::secret::is_well_formed(secret));
+        assert!(keygate_core::keys::secret::is_well_formed(secret));
         assert!(secrets.insert(secret.to_owned()));
         assert!(key["expires_at"].is_string());
         assert_eq!(key["expires_at"], keys[0]["expires_at"]);

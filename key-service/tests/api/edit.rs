@@ -157,7 +157,7 @@ async fn rotate_gives_a_new_secret_to_the_same_key() {
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let new_secret = reply.body["key"].as_str().unwrap();
-    assert!(keygate::secret::is_well_formed(new_secret));
+    assert!(keygate_core::keys::secret::is_well_formed(new_secret));
     assert_ne!(new_secret, key["key"].as_str().unwrap());
     assert_eq!(reply.body["id"], key["id"]);
     assert_eq!(reply.body["name"], "rot");
@@ -165,9 +165,9 @@ async fn rotate_gives_a_new_secret_to_the_same_key() {
         assert_eq!(reply.body[field], key[field], "{field} kept by rotation");
     }
 
-    let wire: keygate::snapshot::SnapshotWire =
+    let wire: keygate_core::sync::snapshot::SnapshotWire =
         serde_json::from_value(service.snapshot().await.body).unwrap();
-    let hash = keygate::secret::hash_hex(&keygate::secret::hash(new_secret));
+    let hash = keygate_core::keys::secret::hash_hex(&keygate_core::keys::secret::hash(new_secret));
     assert_eq!(wire.keys.len(), 1);
     assert_eq!(wire.keys[0].hash, hash);
     assert_eq!(
@@ -214,10 +214,10 @@ async fn rotation_with_a_grace_period_keeps_the_old_secret_until_it_ends() {
     let reply = rotate(json!({"grace_period": "1h"})).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let new = reply.body["key"].as_str().unwrap();
-    let wire: keygate::snapshot::SnapshotWire =
+    let wire: keygate_core::sync::snapshot::SnapshotWire =
         serde_json::from_value(service.snapshot().await.body).unwrap();
     let record = |secret: &str| {
-        let hash = keygate::secret::hash_hex(&keygate::secret::hash(secret));
+        let hash = keygate_core::keys::secret::hash_hex(&keygate_core::keys::secret::hash(secret));
         wire.keys.iter().find(|k| k.hash == hash).cloned()
     };
     let (old_record, new_record) = (record(old).unwrap(), record(new).unwrap());

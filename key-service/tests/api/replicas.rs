@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use keygate::snapshot::SnapshotWire;
+use keygate_core::sync::snapshot::SnapshotWire;
 use reqwest::Method;
 use serde_json::json;
 

@@ -37,13 +37,14 @@ async fn the_snapshot_carries_each_key_by_the_hash_of_its_secret() {
     let secret = key["key"].as_str().unwrap();
 
     let reply = service.snapshot().await;
-    let wire: keygate::snapshot::SnapshotWire = serde_json::from_value(reply.body.clone()).unwrap();
+    let wire: keygate_core::sync::snapshot::SnapshotWire =
+        serde_json::from_value(reply.body.clone()).unwrap();
     assert_eq!(wire.version, 2, "the price, then the key");
     assert_eq!(wire.keys.len(), 1);
     let record = &wire.keys[0];
     assert_eq!(
         record.hash,
-        keygate::secret::hash_hex(&keygate::secret::hash(secret))
+        keygate_core::keys::secret::hash_hex(&keygate_core::keys::secret::hash(secret))
     );
     assert_eq!(record.id, key["id"].as_str().unwrap());
     assert_eq!(record.name, "ci");
@@ -62,9 +63,12 @@ async fn the_snapshot_carries_each_key_by_the_hash_of_its_secret() {
     );
 
     // The filter's own encoder accepts it, under the name the filter looks the secret up by.
-    let (name, value) = keygate::entry::encode(record, 1).unwrap();
-    assert_eq!(name, keygate::entry::name(&keygate::secret::hash(secret)));
-    let entry = keygate::entry::decode(value).unwrap();
+    let (name, value) = keygate_core::keys::entry::encode(record, 1).unwrap();
+    assert_eq!(
+        name,
+        keygate_core::keys::entry::name(&keygate_core::keys::secret::hash(secret))
+    );
+    let entry = keygate_core::keys::entry::decode(value).unwrap();
     assert_eq!(entry.id(), record.id);
     assert!(entry.allows_model("gpt-4o-mini") && !entry.allows_model("gpt-4o"));
 }
@@ -79,7 +83,8 @@ async fn full_snapshots_are_paged_and_the_page_size_is_checked() {
     loop {
         let page = get(path.clone()).await;
         assert_eq!(page.status, 200);
-        let wire: keygate::snapshot::SnapshotWire = serde_json::from_value(page.body).unwrap();
+        let wire: keygate_core::sync::snapshot::SnapshotWire =
+            serde_json::from_value(page.body).unwrap();
         assert!(!wire.delta && wire.keys.len() <= 2);
         seen.extend(wire.keys.into_iter().map(|k| k.hash));
         match wire.next {
@@ -177,7 +182,8 @@ async fn since_answers_with_only_the_changes_after_that_version() {
         .send(service.request(Method::GET, "/filter/v1/snapshot?since=3", Some(FILTER)))
         .await;
     assert_eq!(delta.status, 200);
-    let wire: keygate::snapshot::SnapshotWire = serde_json::from_value(delta.body).unwrap();
+    let wire: keygate_core::sync::snapshot::SnapshotWire =
+        serde_json::from_value(delta.body).unwrap();
     assert!(wire.delta);
     assert_eq!(wire.version, 6);
     let mut changed: Vec<(String, bool)> = wire
@@ -190,8 +196,14 @@ async fn since_answers_with_only_the_changes_after_that_version() {
     expected.sort();
     assert_eq!(changed, expected);
     // The deleted key is named by the hash the filter stores it under.
-    let gone_hash = gone["key"].as_str().map(keygate::secret::hash).unwrap();
-    assert_eq!(wire.revoked, [keygate::secret::hash_hex(&gone_hash)]);
+    let gone_hash = gone["key"]
+        .as_str()
+        .map(keygate_core::keys::secret::hash)
+        .unwrap();
+    assert_eq!(
+        wire.revoked,
+        [keygate_core::keys::secret::hash_hex(&gone_hash)]
+    );
     assert!(!wire.keys.iter().any(|k| k.id == id(&keep)));
     assert!(
         !wire.groups.is_empty(),
@@ -280,7 +292,8 @@ async fn key_and_group_rate_limits_travel_in_full_snapshots_and_deltas() {
     let default = find(&full, "groups", "name", &json!("default"));
     assert!(!default.contains_key("rpm") && !default.contains_key("tpm"));
     // The filter's own types read them.
-    let wire: keygate::snapshot::SnapshotWire = serde_json::from_value(full.clone()).unwrap();
+    let wire: keygate_core::sync::snapshot::SnapshotWire =
+        serde_json::from_value(full.clone()).unwrap();
     let record = wire.keys.iter().find(|k| k.name == "limited").unwrap();
     assert_eq!(
         (record.rpm, record.tpm, record.max_parallel),

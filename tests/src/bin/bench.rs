@@ -560,7 +560,9 @@ fn churn(
             for n in done..done + batch {
                 let id = format!("key_{:0>16}", n % count);
                 let secret = secret_of(10_000_000 + n);
-                let hash = keygate::secret::hash_hex(&keygate::secret::hash(&secret));
+                let hash = keygate_core::keys::secret::hash_hex(&keygate_core::keys::secret::hash(
+                    &secret,
+                ));
                 let rotated = store.rotate_key(&id, &hash, "sk-churn", 0, None).await;
                 assert_eq!(rotated.ok(), Some(true), "rotate {id}");
             }

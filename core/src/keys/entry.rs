@@ -27,10 +27,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ipnet::IpNet;
 
-use crate::client_ip::{self, Allowlist};
-use crate::rate::Limits;
-use crate::secret::{self, KeyHash};
-use crate::snapshot::KeyRecord;
+use crate::keys::client_ip::{self, Allowlist};
+use crate::keys::secret::{self, KeyHash};
+use crate::kv::{HostError, SharedData};
+use crate::limits::rate::Limits;
+use crate::sync::snapshot::KeyRecord;
 
 const FORMAT: u8 = 1;
 
@@ -339,7 +340,7 @@ impl Entry {
         let count = r.u16().unwrap_or(0);
         (0..count).any(|_| {
             r.str()
-                .is_some_and(|entry| crate::model::specificity(entry, model).is_some())
+                .is_some_and(|entry| crate::decide::model::specificity(entry, model).is_some())
         })
     }
 
@@ -370,6 +371,18 @@ impl Entry {
         let count = r.u16().unwrap_or(0);
         (0..count).any(|_| r.net().is_some_and(|net| net.contains(&ip)))
     }
+}
+
+/// The key whose secret hashes to `hash`, if it is live in the loaded snapshot of `epoch`.
+pub fn lookup(
+    shared: &impl SharedData,
+    hash: &KeyHash,
+    epoch: u32,
+) -> Result<Option<Entry>, HostError> {
+    let Some((value, _)) = shared.get(&name(hash))? else {
+        return Ok(None);
+    };
+    Ok(decode(value).filter(|e| e.epoch >= epoch))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 
 use serde_json::{json, Value};
 
-use crate::model::ModelList;
+use crate::decide::model::ModelList;
 
 /// What a restricted key may use: both lists must allow a model.
 #[derive(Debug, Clone, PartialEq)]

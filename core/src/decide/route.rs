@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use crate::usage::Api;
+use crate::usage::scan::Api;
 
 /// What a path asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

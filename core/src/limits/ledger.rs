@@ -17,7 +17,7 @@
 //! see it, because shared data cannot create an entry only if it is absent.
 
 use crate::kv::{self, Cell, HostError, SharedData};
-use crate::pricing::{self, Price, Tokens};
+use crate::usage::pricing::{self, Price, Tokens};
 
 /// The shared-data entry of a key's ledger.
 pub fn key_entry(key_id: &str) -> String {

@@ -3,9 +3,10 @@
 
 use std::net::IpAddr;
 
-use crate::entry::Entry;
-use crate::secret::{self, KeyHash};
-use crate::snapshot::Tables;
+use crate::decide::error::ErrorBody;
+use crate::keys::entry::Entry;
+use crate::keys::secret::{self, KeyHash};
+use crate::sync::snapshot::Tables;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denial {
@@ -142,10 +143,7 @@ impl Denial {
     /// The OpenAI-style JSON error body.
     pub fn body(self) -> String {
         let (_, kind, code, message) = self.parts();
-        serde_json::json!({
-            "error": { "message": message, "type": kind, "code": code, "param": null }
-        })
-        .to_string()
+        ErrorBody::new(kind, code, message).to_json()
     }
 }
 
@@ -206,8 +204,8 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::entry;
-    use crate::snapshot::{AccountRecord, GroupRecord, KeyRecord, TablesWire};
+    use crate::keys::entry;
+    use crate::sync::snapshot::{AccountRecord, GroupRecord, KeyRecord, TablesWire};
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 

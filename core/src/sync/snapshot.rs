@@ -16,8 +16,8 @@ use serde::de::value::{
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::model::ModelList;
-use crate::pricing::Price;
+use crate::decide::model::ModelList;
+use crate::usage::pricing::Price;
 
 /// `GET /filter/v1/snapshot` response body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -650,7 +650,7 @@ impl Tables {
     /// A model's prices: its own, else the most specific pattern's (`gpt-4o-*`, see
     /// `model::specificity`); `None` = nobody priced it.
     pub fn price(&self, model: &str) -> Option<Price> {
-        crate::model::lookup(&self.prices, model)
+        crate::decide::model::lookup(&self.prices, model)
     }
 }
 

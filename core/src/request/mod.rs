@@ -14,16 +14,16 @@ mod bill;
 mod tests;
 
 use crate::config::Config;
-use crate::decision::Denial;
-use crate::include_usage::StreamEditor;
+use crate::decide::decision::Denial;
+use crate::decide::model_list;
+use crate::keys::secret::KeyHash;
 use crate::kv::{HostError, SharedData};
-use crate::model_list;
-use crate::rate::{self, Limits, Standing};
-use crate::report::SharedOutbox;
-use crate::request_id::RequestIds;
-use crate::secret::KeyHash;
-use crate::shared::{SharedView, View};
-use crate::usage::{Api, Scanner, Usage};
+use crate::limits::rate::{self, Limits, Standing};
+use crate::sync::view::{SharedView, View};
+use crate::usage::include_usage::StreamEditor;
+use crate::usage::report::SharedOutbox;
+use crate::usage::request_id::RequestIds;
+use crate::usage::scan::{Api, Scanner, Usage};
 
 /// What the request core needs of the proxy: its headers and bodies, the clock, the
 /// shared data (`SharedData`), a way to answer, and its stats. A failed call is an `Err`;

@@ -2,14 +2,14 @@
 //! ends, and recorded in the outbox for the key-service.
 
 use super::{Event, Host, Job, Phase, Reader, Request, HOST_FAILED};
-use crate::decision::Denial;
-use crate::ledger::{self, Estimate};
-use crate::model;
-use crate::pricing::{self, Price, Tokens};
-use crate::report::{Charge, Record};
-use crate::secret::KeyHash;
-use crate::shared::{self, View};
-use crate::usage::{self, Api, Scanned, Usage};
+use crate::decide::decision::Denial;
+use crate::decide::model;
+use crate::keys::secret::KeyHash;
+use crate::limits::ledger::{self, Estimate};
+use crate::sync::view::{self, View};
+use crate::usage::pricing::{self, Price, Tokens};
+use crate::usage::report::{Charge, Record};
+use crate::usage::scan::{self, Api, Scanned, Usage};
 
 /// An admitted request's reservation in the ledgers of its key and account (`ledger`),
 /// each only if limited.
@@ -49,7 +49,7 @@ impl Request {
         // version moves, so it shows at least what that version does, and a cost landing
         // after that version is counted by the ledger (perhaps twice for a moment: the
         // safe way). The account's balance comes with this VM's view and its version.
-        let (meta, _) = shared::read_meta(host).map_err(|_| HOST_FAILED)?;
+        let (meta, _) = view::read_meta(host).map_err(|_| HOST_FAILED)?;
         let key = super::admit::lookup(host, hash, meta.epoch)?.ok_or(Denial::InvalidApiKey)?;
         let config = &self.plugin.config;
         let ratio = view.tables.ratio(key.group());
@@ -163,7 +163,7 @@ impl Request {
         let billed = match meter.api {
             // A route priced per call: no tokens to read.
             Api::PerCall => Some((Usage::default(), false)),
-            _ => usage::bill(&scanned, meter.status, prompt),
+            _ => scan::bill(&scanned, meter.status, prompt),
         };
         let reservation = meter.reservation;
         let billed = billed.or_else(|| {

@@ -109,7 +109,8 @@ impl IdentityHeaders {
                 && name.bytes().all(|b| {
                     b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
                 });
-            if !token || crate::credential::HEADERS.contains(&name) || seen.contains(&name) {
+            if !token || crate::decide::credential::HEADERS.contains(&name) || seen.contains(&name)
+            {
                 return Err(ConfigError(format!(
                     "identity_headers: {name:?} must be a distinct lower-case header name \
                      (letters, digits, '-', '_') that is not a credential header"

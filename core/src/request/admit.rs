@@ -4,17 +4,20 @@ use std::net::IpAddr;
 use std::rc::Rc;
 
 use super::{Action, BodyWait, Host, Job, Meter, Phase, RateHold, Request, HOST_FAILED};
-use crate::decision::{check_model, decide, restricts_models, Denial};
-use crate::entry::Entry;
+use crate::decide::decision::{check_model, decide, restricts_models, Denial};
+use crate::decide::model::ModelList;
+use crate::decide::route::{self, Route};
+use crate::keys::entry::{self, Entry};
+use crate::keys::secret::{self, KeyHash};
 use crate::kv::HostError;
-use crate::ledger::Estimate;
-use crate::model::ModelList;
-use crate::rate::{self, Limits};
-use crate::route::{self, Route};
-use crate::secret::{self, KeyHash};
-use crate::shared::{self, View};
-use crate::usage::Api;
-use crate::{client_ip, credential, include_usage, model, model_list, pairs};
+use crate::limits::ledger::Estimate;
+use crate::limits::rate::{self, Limits};
+use crate::sync::view::View;
+use crate::usage::scan::Api;
+use crate::{
+    decide::credential, decide::model, decide::model_list, keys::client_ip, pairs,
+    usage::include_usage,
+};
 
 /// How much of an upload is searched for its `model` field before the rest is waited for.
 const FORM_HEAD: usize = 64 * 1024;
@@ -31,7 +34,7 @@ pub(super) fn lookup(
     hash: &KeyHash,
     epoch: u32,
 ) -> Result<Option<Entry>, Denial> {
-    shared::lookup(host, hash, epoch).map_err(|_| HOST_FAILED)
+    entry::lookup(host, hash, epoch).map_err(|_| HOST_FAILED)
 }
 
 /// The client's address: asked of the host only for keys with an IP allowlist.

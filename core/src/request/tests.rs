@@ -7,13 +7,13 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use super::*;
+use crate::keys::secret;
 use crate::kv::testing::MemShared;
-use crate::ledger::{self, Ledger};
+use crate::limits::ledger::{self, Ledger};
 use crate::pairs;
-use crate::report::Record;
-use crate::secret;
-use crate::shared::Leader;
-use crate::snapshot::{AccountRecord, GroupRecord, KeyRecord, PriceRecord, SnapshotWire};
+use crate::sync::leader::Leader;
+use crate::sync::snapshot::{AccountRecord, GroupRecord, KeyRecord, PriceRecord, SnapshotWire};
+use crate::usage::report::Record;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 

@@ -1,0 +1,9 @@
+//! What a request asks for and whether it may: its credential, its route and model, and
+//! the refusals (`decision::Denial`) with their OpenAI-style bodies.
+
+pub mod credential;
+pub mod decision;
+pub mod error;
+pub mod model;
+pub mod model_list;
+pub mod route;
