@@ -219,6 +219,16 @@ impl<'a> Reader<'a> {
     }
 }
 
+impl Entry {
+    /// The entry the filter holds for `record`, as if loaded (epoch 1); `None` if it
+    /// cannot be stored (a string or list too long). An entry is its encoded bytes, so
+    /// this encodes: the key-service's check endpoint decides on the filter's own entry.
+    pub fn from_record(record: &KeyRecord) -> Option<Entry> {
+        let (_, value) = encode(record, 1).ok()?;
+        decode(value)
+    }
+}
+
 /// Decodes a value; `None` for a revoked key (empty value) or bytes this version of the
 /// filter does not understand, which is treated as an unknown key.
 pub fn decode(bytes: Vec<u8>) -> Option<Entry> {

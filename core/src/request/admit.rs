@@ -5,19 +5,20 @@ use std::rc::Rc;
 
 use super::{Action, BodyWait, Host, Job, Meter, Phase, RateHold, Request, HOST_FAILED};
 use crate::decide::decision::{check_model, decide, restricts_models, Denial};
-use crate::decide::model::ModelList;
+use crate::decide::model::{self, ModelList};
 use crate::decide::route::{self, Route};
+use crate::decide::{credential, model_list};
+use crate::keys::client_ip;
 use crate::keys::entry::{self, Entry};
 use crate::keys::secret::{self, KeyHash};
 use crate::kv::HostError;
 use crate::limits::ledger::Estimate;
 use crate::limits::rate::{self, Limits};
+use crate::pairs;
 use crate::sync::view::View;
+use crate::usage::include_usage;
+use crate::usage::report::ID_MAX;
 use crate::usage::scan::Api;
-use crate::{
-    decide::credential, decide::model, decide::model_list, keys::client_ip, pairs,
-    usage::include_usage,
-};
 
 /// How much of an upload is searched for its `model` field before the rest is waited for.
 const FORM_HEAD: usize = 64 * 1024;
@@ -309,7 +310,7 @@ impl Request {
         let request_id = match &self.plugin.ids {
             Some(ids) => ids.next(),
             None => match header("x-request-id").filter(|id| !id.is_empty()) {
-                Some(id) => model::printable(id, 128),
+                Some(id) => model::printable(id, ID_MAX),
                 None => return Ok(()),
             },
         };

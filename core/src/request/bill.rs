@@ -8,7 +8,7 @@ use crate::keys::secret::KeyHash;
 use crate::limits::ledger::{self, Estimate};
 use crate::sync::view::{self, View};
 use crate::usage::pricing::{self, Price, Tokens};
-use crate::usage::report::{Charge, Record};
+use crate::usage::report::{Charge, Record, UsageWire, MODEL_MAX};
 use crate::usage::scan::{self, Api, Scanned, Usage};
 
 /// An admitted request's reservation in the ledgers of its key and account (`ledger`),
@@ -200,21 +200,25 @@ impl Request {
             .now_ms()
             .map_or(0, |ms| i64::try_from(ms / 1000).unwrap_or(0));
         let record = Record {
+            usage: UsageWire {
+                request_id: meter.request_id,
+                key_id: meter.key_id,
+                // What the key-service stores: an empty or unprintable name is `unknown`.
+                model: Some(
+                    model
+                        .map(|m| model::printable(&m, MODEL_MAX))
+                        .filter(|m| !m.trim().is_empty())
+                        .unwrap_or_else(|| "unknown".into()),
+                ),
+                input_tokens: usage.input,
+                cached_input_tokens: usage.cached_input,
+                output_tokens: usage.output,
+                cache_write_tokens: usage.cache_write,
+                status: Some(u64::from(status)),
+                ts: Some(ts),
+                estimated,
+            },
             charge: charge.filter(|c| c.cost > 0),
-            request_id: meter.request_id,
-            key_id: meter.key_id,
-            // What the key-service stores: an empty or unprintable name is `unknown`.
-            model: model
-                .map(|m| model::printable(&m, 256))
-                .filter(|m| !m.trim().is_empty())
-                .unwrap_or_else(|| "unknown".into()),
-            input_tokens: usage.input,
-            cached_input_tokens: usage.cached_input,
-            output_tokens: usage.output,
-            cache_write_tokens: usage.cache_write,
-            status,
-            ts,
-            estimated,
         };
         self.plugin.outbox.borrow_mut().push(record);
         host.count(Event::UsageRecorded(&usage));

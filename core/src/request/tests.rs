@@ -339,14 +339,18 @@ fn an_unlimited_key_is_admitted_on_its_headers_and_its_usage_recorded() {
     assert_eq!(records.len(), 1);
     let record = &records[0];
     assert_eq!(
-        (record.key_id.as_str(), record.model.as_str()),
-        ("id-open", "gpt-4o")
+        (record.usage.key_id.as_str(), record.usage.model.as_deref()),
+        ("id-open", Some("gpt-4o"))
     );
     assert_eq!(
-        (record.input_tokens, record.output_tokens, record.status),
-        (10, 5, 200)
+        (
+            record.usage.input_tokens,
+            record.usage.output_tokens,
+            record.usage.status
+        ),
+        (10, 5, Some(200))
     );
-    assert!(!record.estimated);
+    assert!(!record.usage.estimated);
     // Nothing reserved or charged: the key has no limit.
     assert_eq!(record.charge, None);
     let scanned = format!("Scanned({})", USAGE.len());
@@ -458,9 +462,12 @@ fn a_reservation_is_given_back_when_a_later_check_refuses() {
     assert_eq!(ledger.reserved, 0);
     let records = s.records();
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].status, 499);
-    assert_eq!(records[0].input_tokens, (body.len() as u64).div_ceil(4));
-    assert_eq!(records[0].output_tokens, 0);
+    assert_eq!(records[0].usage.status, Some(499));
+    assert_eq!(
+        records[0].usage.input_tokens,
+        (body.len() as u64).div_ceil(4)
+    );
+    assert_eq!(records[0].usage.output_tokens, 0);
 }
 
 #[test]
@@ -483,7 +490,10 @@ fn a_client_that_leaves_mid_upload_is_billed_the_bytes_that_arrived() {
     }
     request.on_log(&s.fake);
     let records = s.records();
-    assert_eq!((records[0].status, records[0].input_tokens), (499, 300));
+    assert_eq!(
+        (records[0].usage.status, records[0].usage.input_tokens),
+        (Some(499), 300)
+    );
 }
 
 #[test]
@@ -496,9 +506,12 @@ fn a_success_without_usage_is_billed_its_estimate() {
     s.respond(&mut request, 200, r#"{"choices":[]}"#);
     request.on_log(&s.fake);
     let record = s.records().remove(0);
-    assert!(record.estimated);
+    assert!(record.usage.estimated);
     let input = (body.len() as u64).div_ceil(4);
-    assert_eq!((record.input_tokens, record.output_tokens), (input, 7));
+    assert_eq!(
+        (record.usage.input_tokens, record.usage.output_tokens),
+        (input, 7)
+    );
     assert_eq!(record.charge.map(|c| c.cost), Some(input + 14));
     assert!(s.events().contains(&"UsageEstimated".to_string()));
     assert_eq!(s.ledger("id-quota").reserved, 0);
@@ -513,7 +526,10 @@ fn a_provider_error_without_usage_bills_nothing_for_output() {
     s.respond(&mut request, 500, r#"{"error":{"message":"down"}}"#);
     request.on_log(&s.fake);
     let record = s.records().remove(0);
-    assert_eq!((record.status, record.output_tokens), (500, 0));
+    assert_eq!(
+        (record.usage.status, record.usage.output_tokens),
+        (Some(500), 0)
+    );
     assert_eq!(s.ledger("id-quota").reserved, 0);
 }
 
@@ -611,5 +627,8 @@ fn an_openai_stream_gets_usage_asked_for_and_taken_out_again() {
     assert!(!shown.contains("prompt_tokens"), "{shown}");
     request.on_log(&s.fake);
     let record = s.records().remove(0);
-    assert_eq!((record.input_tokens, record.output_tokens), (3, 1));
+    assert_eq!(
+        (record.usage.input_tokens, record.usage.output_tokens),
+        (3, 1)
+    );
 }

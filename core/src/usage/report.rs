@@ -13,25 +13,46 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-/// One request's usage, as `POST /filter/v1/usage` takes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Record {
+/// Longest `request_id` and `key_id` a usage record may carry.
+pub const ID_MAX: usize = 128;
+/// Longest model name a usage record carries; a longer one is cut (at a character
+/// boundary).
+pub const MODEL_MAX: usize = 256;
+
+/// One request's usage on the wire of `POST /filter/v1/usage`: the filter writes it, the
+/// key-service reads it. The filter always sends `model`, `status` and `ts`; a reporter
+/// that leaves them out gets `unknown`, 200 and the key-service's clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+pub struct UsageWire {
     pub request_id: String,
     pub key_id: String,
-    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     pub input_tokens: u64,
+    #[serde(default)]
     pub cached_input_tokens: u64,
     pub output_tokens: u64,
     /// Input tokens written to the prompt cache (part of `input_tokens`).
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub cache_write_tokens: u64,
-    pub status: u16,
-    /// Unix seconds.
-    pub ts: i64,
+    /// The HTTP status the client got (499: none, it went away first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u64>,
+    /// Unix seconds of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<i64>,
     /// The tokens are the filter's estimate: the response ended without its usage.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub estimated: bool,
-    /// What it cost the quota ledgers it was admitted against; stays in the filter.
+}
+
+/// A record in the outbox: what goes on the wire, and what stays in the filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Record {
+    #[serde(flatten)]
+    pub usage: UsageWire,
+    /// What it cost the quota ledgers it was admitted against.
     #[serde(skip)]
     pub charge: Option<Charge>,
 }
@@ -226,16 +247,18 @@ mod tests {
 
     fn record(n: u64) -> Record {
         Record {
-            request_id: format!("r{n}"),
-            key_id: "k".into(),
-            model: "m".into(),
-            input_tokens: n,
-            cached_input_tokens: 0,
-            output_tokens: 1,
-            cache_write_tokens: 0,
-            status: 200,
-            ts: 1,
-            estimated: false,
+            usage: UsageWire {
+                request_id: format!("r{n}"),
+                key_id: "k".into(),
+                model: Some("m".into()),
+                input_tokens: n,
+                cached_input_tokens: 0,
+                output_tokens: 1,
+                cache_write_tokens: 0,
+                status: Some(200),
+                ts: Some(1),
+                estimated: false,
+            },
             charge: Some(Charge {
                 cost: n,
                 key_ledger: "kg:q:k:k".into(),

@@ -13,11 +13,14 @@ use std::net::IpAddr;
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use keygate_core::config::IdentityHeaders;
 use keygate_core::decide::decision::{check_model, decide, restricts_models, Denial};
+use keygate_core::decide::{credential, model};
+use keygate_core::keys::entry::Entry;
+use keygate_core::keys::{client_ip, secret};
 use keygate_core::sync::snapshot::Tables;
-use keygate_core::{decide::credential, decide::model, keys::client_ip, keys::entry, keys::secret};
 
 use crate::error::{ApiError, BODY_LIMIT};
 use crate::expiry;
@@ -130,9 +133,7 @@ pub async fn check(State(state): State<AppState>, request: Request) -> Result<Re
     let now = expiry::now();
     let (record, tables) = state.store.check_view(hash.as_deref(), now).await?;
     let tables = Tables::new(tables);
-    let entry = record
-        .and_then(|r| entry::encode(&r, 1).ok())
-        .and_then(|(_, value)| entry::decode(value));
+    let entry = record.as_ref().and_then(Entry::from_record);
     let key = match decide(
         Some(&tables),
         secret,
@@ -159,14 +160,20 @@ pub async fn check(State(state): State<AppState>, request: Request) -> Result<Re
     let mut response = StatusCode::OK.into_response();
     let out = response.headers_mut();
     let model = requested.filter(|m| model::is_header_safe(m));
+    // The names the filter sets by default (the check endpoint has no configuration).
+    let id = IdentityHeaders::default();
     for (name, value) in [
-        ("x-keygate-key-id", Some(key.id())),
-        ("x-keygate-key-name", Some(key.name())),
-        ("x-keygate-group", Some(key.group())),
-        ("x-keygate-account", Some(key.account())),
-        ("x-keygate-model", model.as_deref()),
+        (&id.key_id, Some(key.id())),
+        (&id.key_name, Some(key.name())),
+        (&id.group, Some(key.group())),
+        (&id.account, Some(key.account())),
+        (&id.model, model.as_deref()),
     ] {
-        if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+        let name = name
+            .as_deref()
+            .and_then(|n| HeaderName::from_bytes(n.as_bytes()).ok());
+        let value = value.and_then(|v| HeaderValue::from_str(v).ok());
+        if let (Some(name), Some(value)) = (name, value) {
             out.insert(name, value);
         }
     }

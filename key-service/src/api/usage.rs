@@ -13,45 +13,21 @@ use crate::pricing::Tokens;
 use crate::store::{UsageFilter, UsageRecord};
 use crate::validate::{number, PER_PAGE_DEFAULT, PER_PAGE_MAX};
 use crate::AppState;
+use keygate_core::usage::report::UsageWire;
 
 /// Records per report at most; the filter sends smaller batches.
 pub const BATCH_MAX: usize = 1000;
 
-/// Longest `request_id` and `key_id` a record may carry.
-pub const ID_MAX: usize = 128;
-/// Longest model name stored; a longer one is cut (at a character boundary).
-pub const MODEL_MAX: usize = 256;
+pub use keygate_core::usage::report::{ID_MAX, MODEL_MAX};
 
 /// Body of `POST /filter/v1/usage`. Each record is read on its own: one that cannot be
 /// read is refused alone, and the others are billed.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageReport {
+    /// Each a `UsageWire`, read alone.
+    #[schema(value_type = Vec<UsageWire>)]
     pub records: Vec<serde_json::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ReportedUsage {
-    pub request_id: String,
-    pub key_id: String,
-    #[serde(default)]
-    pub model: Option<String>,
-    pub input_tokens: u64,
-    #[serde(default)]
-    pub cached_input_tokens: u64,
-    pub output_tokens: u64,
-    /// Input tokens written to the prompt cache (part of `input_tokens`).
-    #[serde(default)]
-    pub cache_write_tokens: u64,
-    /// HTTP status the client got (200 when absent).
-    #[serde(default)]
-    pub status: Option<u64>,
-    /// Unix seconds of the request (the intake's clock when absent).
-    #[serde(default)]
-    pub ts: Option<i64>,
-    /// The filter estimated the tokens (the response ended without its usage).
-    #[serde(default)]
-    pub estimated: bool,
 }
 
 /// What became of one record of a report, in the order they came.
@@ -94,7 +70,7 @@ pub fn normalise(record: serde_json::Value, now: i64) -> Result<UsageRecord, Rec
         reason: Some(reason),
     };
     // The reason names the field, never its value (which could be anything).
-    let r: ReportedUsage = serde_path_to_error::deserialize(record).map_err(|e| {
+    let r: UsageWire = serde_path_to_error::deserialize(record).map_err(|e| {
         refuse(match e.path().to_string() {
             path if path == "." => "not a usage record".to_owned(),
             path => format!("{path} cannot be read"),
