@@ -184,6 +184,27 @@ fn limits_hold_across_workers_and_say_when_to_come_back() {
         .headers()
         .keys()
         .all(|h| !h.as_str().starts_with("x-ratelimit-")));
+
+    // A model-restricted key's model list counts too: refused, it stays a refusal (the
+    // filter once turned the 429 into the key's own list, with status 200).
+    let lister = create_key(
+        &stack,
+        json!({"name": "lister", "models": ["gpt-4o-mini"], "rpm": 1}),
+    );
+    let list = |secret: &str| {
+        client()
+            .get(format!("{}/v1/models", stack.envoy_url))
+            .bearer_auth(secret)
+            .send()
+            .expect("model list")
+    };
+    let first = until_synced(|| list(&lister.secret));
+    assert_eq!(first.status(), 200);
+    let listed: Value = first.json().expect("a list");
+    assert_eq!(listed["data"][0]["id"], "gpt-4o-mini", "{listed}");
+    let second = list(&lister.secret);
+    assert!(header(&second, "retry-after").is_some());
+    assert_error(second, 429, "rate_limit_exceeded");
 }
 
 #[test]

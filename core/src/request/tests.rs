@@ -632,3 +632,17 @@ fn an_openai_stream_gets_usage_asked_for_and_taken_out_again() {
         (3, 1)
     );
 }
+
+#[test]
+fn a_client_that_leaves_while_its_body_is_awaited_is_billed_what_arrived() {
+    let s = setup();
+    let mut request = s.request("POST", CHAT, "quota");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(s.body(&mut request, r#"{"model":"gpt-4o","#, false), Action::Pause);
+    // Nothing was reserved yet: the body decides how much.
+    assert_eq!(s.ledger("id-quota").reserved, 0);
+    request.on_log(&s.fake);
+    let record = s.records().remove(0);
+    assert_eq!((record.usage.status, record.usage.input_tokens), (Some(499), 5));
+    assert_eq!(s.ledger("id-quota"), Ledger::default());
+}
