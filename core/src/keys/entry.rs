@@ -402,21 +402,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn record() -> KeyRecord {
-        KeyRecord {
-            id: "key_0123456789abcdef".into(),
-            name: "dev-local".into(),
-            hash: secret::hash_hex(&secret::hash("sk-test")),
-            account: "default".into(),
-            group: "default".into(),
-            enabled: true,
-            expires_at: None,
-            ip_allowlist: vec![],
-            models: vec![],
-            remaining_quota: None,
-            rpm: None,
-            tpm: None,
-            max_parallel: None,
-        }
+        KeyRecord::plain("key_0123456789abcdef", "dev-local", "sk-test")
     }
 
     fn round_trip(record: &KeyRecord) -> Entry {

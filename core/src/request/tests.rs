@@ -169,19 +169,8 @@ fn sk(name: &str) -> String {
 
 fn key(name: &str) -> KeyRecord {
     KeyRecord {
-        id: format!("id-{name}"),
-        name: name.into(),
-        hash: secret::hash_hex(&secret::hash(&sk(name))),
         account: "acme".into(),
-        group: "default".into(),
-        enabled: true,
-        expires_at: None,
-        ip_allowlist: vec![],
-        models: vec![],
-        remaining_quota: None,
-        rpm: None,
-        tpm: None,
-        max_parallel: None,
+        ..KeyRecord::plain(&format!("id-{name}"), name, &sk(name))
     }
 }
 
@@ -638,11 +627,17 @@ fn a_client_that_leaves_while_its_body_is_awaited_is_billed_what_arrived() {
     let s = setup();
     let mut request = s.request("POST", CHAT, "quota");
     assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
-    assert_eq!(s.body(&mut request, r#"{"model":"gpt-4o","#, false), Action::Pause);
+    assert_eq!(
+        s.body(&mut request, r#"{"model":"gpt-4o","#, false),
+        Action::Pause
+    );
     // Nothing was reserved yet: the body decides how much.
     assert_eq!(s.ledger("id-quota").reserved, 0);
     request.on_log(&s.fake);
     let record = s.records().remove(0);
-    assert_eq!((record.usage.status, record.usage.input_tokens), (Some(499), 5));
+    assert_eq!(
+        (record.usage.status, record.usage.input_tokens),
+        (Some(499), 5)
+    );
     assert_eq!(s.ledger("id-quota"), Ledger::default());
 }

@@ -332,21 +332,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn record(secret: &str) -> KeyRecord {
-        KeyRecord {
-            id: format!("id-{secret}"),
-            name: secret.into(),
-            hash: secret::hash_hex(&secret::hash(secret)),
-            account: "default".into(),
-            group: "default".into(),
-            enabled: true,
-            expires_at: None,
-            ip_allowlist: vec![],
-            models: vec![],
-            remaining_quota: None,
-            rpm: None,
-            tpm: None,
-            max_parallel: None,
-        }
+        KeyRecord::plain(&format!("id-{secret}"), secret, secret)
     }
 
     fn page(version: u64, secrets: &[&str], next: Option<&str>) -> SnapshotWire {

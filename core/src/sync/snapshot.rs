@@ -151,6 +151,30 @@ pub struct KeyRecord {
     pub max_parallel: Option<u64>,
 }
 
+#[cfg(test)]
+impl KeyRecord {
+    /// An enabled key of the default account and group, with no limit of any kind, whose
+    /// secret is `secret`: what tests start from.
+    pub(crate) fn plain(id: &str, name: &str, secret: &str) -> KeyRecord {
+        use crate::keys::secret::{hash, hash_hex};
+        KeyRecord {
+            id: id.into(),
+            name: name.into(),
+            hash: hash_hex(&hash(secret)),
+            account: "default".into(),
+            group: "default".into(),
+            enabled: true,
+            expires_at: None,
+            ip_allowlist: vec![],
+            models: vec![],
+            remaining_quota: None,
+            rpm: None,
+            tpm: None,
+            max_parallel: None,
+        }
+    }
+}
+
 /// The `keys` of a snapshot answer. A record the filter cannot read (a number out of its
 /// range, a string where a number belongs, not an object at all) is skipped and counted
 /// rather than failing the page: one bad row once failed every page, and with them every
