@@ -32,9 +32,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    /// 503: the database cannot be reached (readiness probe).
-    #[error("the service is not ready: {0}")]
-    Unavailable(String),
+    /// 503: the database cannot be reached or written (readiness probe). The body says
+    /// `reason`; `cause` (the database's own words) goes to the log only.
+    #[error("the service is not ready: {reason}: {cause}")]
+    Unavailable { reason: &'static str, cause: String },
     /// A bare status from the HTTP layer: 405, 413, 415 and the like.
     #[error("{0}")]
     Status(StatusCode),
@@ -66,7 +67,7 @@ impl ApiError {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Status(status) => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -93,11 +94,11 @@ impl ApiError {
             ApiError::Conflict(message) => {
                 ("invalid_request_error", "conflict", None, message.clone())
             }
-            ApiError::Unavailable(_) => (
+            ApiError::Unavailable { reason, .. } => (
                 "server_error",
                 "service_unavailable",
                 None,
-                "the service is not ready".to_owned(),
+                format!("the service is not ready: {reason}"),
             ),
             ApiError::Status(status) => status_detail(*status),
             ApiError::Internal(_) => (
@@ -147,7 +148,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             ApiError::Internal(cause) => tracing::error!(error = %cause, "request failed"),
-            ApiError::Unavailable(cause) => tracing::warn!(error = %cause, "not ready"),
+            ApiError::Unavailable { reason, cause } => {
+                tracing::warn!(error = %cause, "not ready: {reason}")
+            }
             _ => {}
         }
         let mut response = (self.status(), Json(self.body())).into_response();

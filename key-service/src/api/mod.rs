@@ -12,6 +12,7 @@ use axum::Json;
 use serde::Serialize;
 
 use crate::error::ApiError;
+use crate::expiry;
 use crate::AppState;
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -25,7 +26,9 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// `GET /readyz`: 200 once the database answers, 503 while it does not; no token needed.
+/// `GET /readyz`: 200 while the database answers and takes writes, 503 (saying which
+/// fails) while it does not; no token needed. A key-service whose writes fail (a full
+/// disk) still serves snapshots, but cannot bill or change keys: it is not ready.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -36,10 +39,16 @@ pub async fn healthz() -> Json<Health> {
     ),
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    let unavailable = |reason, cause: String| ApiError::Unavailable { reason, cause };
     state
         .store
         .ping()
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(|e| unavailable("the database does not answer", e.to_string()))?;
+    state
+        .store
+        .writable(expiry::now())
+        .await
+        .map_err(|e| unavailable("the database does not take writes", e))?;
     Ok(Json(Health { status: "ok" }))
 }

@@ -14,15 +14,17 @@ mod snapshot;
 mod usage;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
+use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Postgres, Row, SqlSafeStr, Sqlite, Transaction};
+use sqlx::{Connection, Postgres, Row, SqlSafeStr, Sqlite, Transaction};
 
 pub use catalog::{AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
 pub use database::{Database, DatabaseUrlError};
@@ -95,6 +97,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0010_cache_writes.sql"),
         include_str!("../../migrations/postgres/0010_cache_writes.sql"),
     ),
+    (
+        11,
+        "write_probe",
+        include_str!("../../migrations/sqlite/0011_write_probe.sql"),
+        include_str!("../../migrations/postgres/0011_write_probe.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +138,16 @@ impl StoreError {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
+    /// The last write probe (see `writable`).
+    probe: Arc<Mutex<Option<Probe>>>,
 }
+
+/// When a write probe ran, and how it went.
+type Probe = (Instant, Result<(), String>);
+
+/// How long a write probe's answer stands: `/readyz` may be asked often, and each probe
+/// is a committed write.
+const PROBE_FOR: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 enum Db {
@@ -258,6 +275,25 @@ macro_rules! impl_get {
 impl_get!(SqliteRow);
 impl_get!(PgRow);
 
+/// A pool that never hands out or takes back a connection still inside a transaction.
+///
+/// On an I/O error (a full disk, a file made read-only) the database may roll a
+/// transaction back by itself; sqlx's own ROLLBACK then fails, and the connection still
+/// counts as inside a transaction, so every write on it would fail until the pool retired
+/// it (half an hour). Such a connection is closed instead, and the next write gets a new
+/// one: writes recover as soon as the fault ends.
+fn healing<DB: sqlx::Database>(options: PoolOptions<DB>) -> PoolOptions<DB> {
+    options
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                // Runs the rollback a dropped transaction queued, then looks.
+                conn.ping().await?;
+                Ok(!conn.is_in_transaction())
+            })
+        })
+        .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
+}
+
 /// How long a connection attempt to PostgreSQL may take before start-up fails.
 const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -279,14 +315,11 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+        let pool = healing(SqlitePoolOptions::new().max_connections(8))
             .connect_with(options)
             .await?;
         migrator(Engine::Sqlite).run(&pool).await?;
-        Ok(Store {
-            db: Db::Sqlite(pool),
-        })
+        Ok(Store::new(Db::Sqlite(pool)))
     }
 
     /// Connects to the PostgreSQL database at `url` (`postgres://user:pass@host/db`) and
@@ -294,15 +327,13 @@ impl Store {
     /// run under sqlx's own lock.
     pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse()?;
-        let pool = PgPoolOptions::new()
+        let pool = healing(PgPoolOptions::new())
             .max_connections(16)
             .acquire_timeout(PG_CONNECT_TIMEOUT)
             .connect_with(options)
             .await?;
         migrator(Engine::Postgres).run(&pool).await?;
-        Ok(Store {
-            db: Db::Postgres(pool),
-        })
+        Ok(Store::new(Db::Postgres(pool)))
     }
 
     /// Which engine this store runs on, for logs.
@@ -318,12 +349,47 @@ impl Store {
         with_pool!(self, |pool| pool.close().await)
     }
 
+    fn new(db: Db) -> Store {
+        Store {
+            db,
+            probe: Arc::default(),
+        }
+    }
+
     /// Succeeds when the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         with_pool!(self, |pool| {
             sqlx::query("SELECT 1").execute(pool).await?;
         });
         Ok(())
+    }
+
+    /// Succeeds when the database takes a write: one row rewritten and committed, at most
+    /// once a second (a later call within the second gets the same answer). `Err` holds
+    /// the database's words, for the log.
+    pub async fn writable(&self, now: i64) -> Result<(), String> {
+        let cached = self.probe.lock().map(|p| p.clone()).unwrap_or(None);
+        if let Some((_, result)) = cached.filter(|(at, _)| at.elapsed() < PROBE_FOR) {
+            return result;
+        }
+        let result = async {
+            with_pool!(self, |pool| {
+                sqlx::query(
+                    "INSERT INTO write_probe (id, checked_at) VALUES (1, $1) \
+                     ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                )
+                .bind(now)
+                .execute(pool)
+                .await?;
+            });
+            Ok::<(), StoreError>(())
+        }
+        .await
+        .map_err(|e| e.to_string());
+        if let Ok(mut probe) = self.probe.lock() {
+            *probe = Some((Instant::now(), result.clone()));
+        }
+        result
     }
 
     pub async fn account_exists(&self, name: &str) -> Result<bool, StoreError> {
@@ -441,6 +507,32 @@ mod tests {
             files.sort();
             assert_eq!(files, listed, "{engine}");
         }
+    }
+
+    /// A write that fails half-way with an I/O error (a full disk, a file made read-only)
+    /// is rolled back by SQLite itself, so sqlx's own ROLLBACK then fails and its
+    /// connection still counts as inside a transaction. Such a connection must never go
+    /// back to the pool: it once failed every later write with "begin_with at non-zero
+    /// transaction depth" until the pool retired it half an hour later.
+    #[tokio::test]
+    async fn writes_recover_by_themselves_once_a_storage_fault_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("keygate.db"))
+            .create_if_missing(true);
+        // One connection, so a faulty one would be the one every write gets again.
+        let pool = healing(SqlitePoolOptions::new().max_connections(1))
+            .connect_with(options)
+            .await
+            .unwrap();
+        migrator(Engine::Sqlite).run(&pool).await.unwrap();
+        let store = Store::new(Db::Sqlite(pool.clone()));
+        let mut tx = pool.begin_write().await.unwrap();
+        // What SQLite does on SQLITE_IOERR or SQLITE_FULL in the middle of a transaction.
+        sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+        drop(tx);
+        store.create_account("after", Some(1), 0).await.unwrap();
+        assert!(store.account_exists("after").await.unwrap());
     }
 
     #[tokio::test]

@@ -174,3 +174,84 @@ async fn the_openapi_document_describes_every_route() {
         assert!(!node.is_null(), "dangling $ref {target}");
     }
 }
+
+/// Runs `statements` on the service's database from a connection of the test's own.
+async fn on_database(database: &key_service::config::Database, statements: &[&str]) {
+    use key_service::config::Database;
+    use sqlx::Connection;
+    match database {
+        Database::Sqlite { path } => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+            let mut conn = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .unwrap();
+            for sql in statements {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+        Database::Postgres { url } => {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            for sql in statements {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn readiness_fails_while_writes_fail_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = key_service::store::test_database(dir.path()).await.unwrap();
+    let service = Service::on(&database, dir).await;
+    let readyz = || service.send(service.request(Method::GET, "/readyz", None));
+    assert_eq!(readyz().await.status, 200);
+
+    // Writes fail (as on a full disk) while reads go on: the service is not ready, and
+    // says why.
+    let fail = match &database {
+        key_service::config::Database::Sqlite { .. } => vec![
+            "CREATE TRIGGER fault BEFORE INSERT ON write_probe \
+             BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END",
+        ],
+        key_service::config::Database::Postgres { .. } => vec![
+            "CREATE FUNCTION fault() RETURNS trigger AS $$ \
+             BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'; END \
+             $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER fault BEFORE INSERT ON write_probe \
+             FOR EACH ROW EXECUTE FUNCTION fault()",
+        ],
+    };
+    on_database(&database, &fail).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let refused = readyz().await;
+    let (status, code, _) = refused.error();
+    assert_eq!((status, code.as_str()), (503, "service_unavailable"));
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("does not take writes"), "{message}");
+    assert!(
+        !message.contains("full"),
+        "the database's own words stay in the log"
+    );
+    assert_eq!(
+        service
+            .send(service.request(Method::GET, "/healthz", None))
+            .await
+            .status,
+        200
+    );
+
+    // The fault ends: ready again within a second, with no restart.
+    let heal = match &database {
+        key_service::config::Database::Sqlite { .. } => "DROP TRIGGER fault",
+        key_service::config::Database::Postgres { .. } => "DROP TRIGGER fault ON write_probe",
+    };
+    on_database(&database, &[heal]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(readyz().await.status, 200);
+}
