@@ -33,6 +33,10 @@ const WRITE_SOON: Duration = Duration::from_millis(1);
 
 const NOT_JSON: SyncError = SyncError::Protocol("snapshot body is not valid JSON");
 
+/// How soon usage recorded by this VM goes to the key-service while traffic flows: what a
+/// crash of Envoy can lose at most (the records of about this long).
+const USAGE_FLUSH: Duration = Duration::from_millis(100);
+
 /// A tick this close to when its regular work is due does that work.
 const TICK_SLACK_MS: u64 = 5;
 
@@ -206,6 +210,16 @@ impl Root {
             Duration::from_millis(self.config.sync_interval_ms)
         } else {
             FIRST_LOAD_TICK
+        }
+    }
+
+    /// Until the regular work is due, or sooner while usage records wait.
+    fn next_period(&self, now_ms: u64) -> Duration {
+        let regular = Duration::from_millis(self.regular_due_ms.saturating_sub(now_ms).max(1));
+        if self.outbox.borrow().is_empty() {
+            regular
+        } else {
+            regular.min(USAGE_FLUSH)
         }
     }
 
@@ -467,15 +481,17 @@ impl RootContext for Root {
         let Ok(now) = host::now_ms() else {
             return self.tick_regularly();
         };
-        // A tick that came early to write a page does the rest only when it is due, so the
-        // lease is renewed (and usage reported) during a long load too.
+        // Usage goes out on every tick, and ticks come every `USAGE_FLUSH` while records
+        // wait, so a crash loses little of it.
+        self.report_usage(now);
+        // A tick that came early (to write a page, or for usage) does the rest only when
+        // it is due, so the lease is renewed during a long load too.
         if now.saturating_add(TICK_SLACK_MS) < self.regular_due_ms {
-            return self.tick_every(Duration::from_millis(self.regular_due_ms - now));
+            return self.tick_every(self.next_period(now));
         }
         let period = u64::try_from(self.regular_period().as_millis()).unwrap_or(u64::MAX);
         self.regular_due_ms = now.saturating_add(period);
         self.metrics.flush();
-        self.report_usage(now);
         match leader::try_lead(&Shared, self.me, now, self.lease_ttl_ms()) {
             Ok(true) => {
                 if !self.leading {
@@ -497,7 +513,7 @@ impl RootContext for Root {
         }
         self.refresh_view();
         self.steady |= self.view.borrow().is_some();
-        self.tick_regularly();
+        self.tick_every(self.next_period(now));
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
