@@ -106,6 +106,8 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
 }
 
 fn check(status: u32) -> Result<(), HostError> {
@@ -409,4 +411,17 @@ pub fn dispatch_http_call(
 ) -> Result<u32, HostError> {
     proxy_wasm::hostcalls::dispatch_http_call(cluster, headers, body, vec![], timeout)
         .map_err(|status| HostError(status as u32))
+}
+
+/// Makes the HTTP context `id` the one later calls act on (from the root context, which
+/// decides held requests).
+pub fn set_effective_context(id: u32) -> Result<(), HostError> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_set_effective_context(id) })
+}
+
+/// Lets the effective context's paused request go on.
+pub fn resume_request() -> Result<(), HostError> {
+    // SAFETY: no pointers; `StreamType::HttpRequest`.
+    check(unsafe { proxy_continue_stream(0) })
 }

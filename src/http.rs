@@ -2,7 +2,8 @@
 //! (`keygate_core::request`), which decides through the `Host` implemented here over `host`'s
 //! calls (none of which panics) and the VM's stats.
 
-use std::rc::Rc;
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action as ProxyAction;
@@ -12,24 +13,54 @@ use crate::metrics::Metrics;
 use keygate_core::kv::{HostError, SharedData};
 use keygate_core::request::{Action, Event, Host, Plugin, Request};
 
+/// Requests of this VM waiting for its first snapshot, by HTTP context id; the root
+/// decides them (`crate::root`).
+pub type HeldRequests = Rc<RefCell<Vec<(u32, Weak<RefCell<Request>>)>>>;
+
+/// Requests one VM holds at most; more are decided at once (503 without a snapshot).
+const MAX_HELD: usize = 10_000;
+
 pub struct Http {
-    request: Request,
+    /// Shared with the root while the request is held.
+    request: Rc<RefCell<Request>>,
     host: Envoy,
+    id: u32,
+    held: HeldRequests,
 }
 
 impl Http {
-    pub fn new(plugin: Rc<Plugin>, metrics: Rc<Metrics>) -> Http {
+    pub fn new(plugin: Rc<Plugin>, metrics: Rc<Metrics>, id: u32, held: HeldRequests) -> Http {
         Http {
-            request: Request::new(plugin),
+            request: Rc::new(RefCell::new(Request::new(plugin))),
             host: Envoy { metrics },
+            id,
+            held,
         }
+    }
+
+    /// Runs a callback on the request. The root may be deciding it (a held request) when
+    /// Envoy calls back into this context: then there is nothing to do here.
+    fn with(&self, callback: impl FnOnce(&mut Request, &Envoy) -> Action) -> ProxyAction {
+        let Ok(mut request) = self.request.try_borrow_mut() else {
+            return ProxyAction::Continue;
+        };
+        let action = match callback(&mut request, &self.host) {
+            Action::Hold if self.held.borrow().len() >= MAX_HELD => request.release(&self.host),
+            Action::Hold => {
+                let waiting = (self.id, Rc::downgrade(&self.request));
+                self.held.borrow_mut().push(waiting);
+                Action::Pause
+            }
+            other => other,
+        };
+        proxy(action)
     }
 }
 
 fn proxy(action: Action) -> ProxyAction {
     match action {
         Action::Continue => ProxyAction::Continue,
-        Action::Pause => ProxyAction::Pause,
+        Action::Pause | Action::Hold => ProxyAction::Pause,
     }
 }
 
@@ -37,39 +68,35 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> ProxyAction {
-        proxy(self.request.on_request_headers(&self.host, end_of_stream))
+        self.with(|request, host| request.on_request_headers(host, end_of_stream))
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> ProxyAction {
-        proxy(
-            self.request
-                .on_request_body(&self.host, body_size, end_of_stream),
-        )
+        self.with(|request, host| request.on_request_body(host, body_size, end_of_stream))
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> ProxyAction {
-        proxy(self.request.on_request_trailers(&self.host))
+        self.with(|request, host| request.on_request_trailers(host))
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _eos: bool) -> ProxyAction {
-        proxy(self.request.on_response_headers(&self.host))
+        self.with(|request, host| request.on_response_headers(host))
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> ProxyAction {
-        proxy(
-            self.request
-                .on_response_body(&self.host, body_size, end_of_stream),
-        )
+        self.with(|request, host| request.on_response_body(host, body_size, end_of_stream))
     }
 
     fn on_log(&mut self) {
-        self.request.on_log(&self.host);
+        if let Ok(mut request) = self.request.try_borrow_mut() {
+            request.on_log(&self.host);
+        }
     }
 }
 
 /// The request core's host: Envoy, through `host`, with the VM's stats.
-struct Envoy {
-    metrics: Rc<Metrics>,
+pub struct Envoy {
+    pub metrics: Rc<Metrics>,
 }
 
 impl SharedData for Envoy {

@@ -11,7 +11,7 @@ mod root;
 
 proxy_wasm::main! {{
     crate::host::init_logging(log::LevelFilter::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(crate::root::Root::default())
+    proxy_wasm::set_root_context(|id| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(crate::root::Root::new(id))
     });
 }}

@@ -13,11 +13,11 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
 use crate::host::{self, Shared};
-use crate::http::Http;
+use crate::http::{Envoy, HeldRequests, Http};
 use crate::metrics::Metrics;
 use keygate_core::config::Config;
 use keygate_core::limits::ledger;
-use keygate_core::request::Plugin;
+use keygate_core::request::{Action, Plugin};
 use keygate_core::sync::leader::{self, Ask, Leader, SyncError};
 use keygate_core::sync::snapshot::{PageHead, SnapshotWire};
 use keygate_core::sync::view::{self, SharedView, View};
@@ -42,6 +42,8 @@ const TICK_SLACK_MS: u64 = 5;
 
 #[derive(Default)]
 pub struct Root {
+    /// This root context's id, to act as itself again after acting on a held request.
+    id: u32,
     config: Config,
     token: Option<String>,
     /// This VM's name in the lease: random, so VMs of one Envoy never share one.
@@ -71,6 +73,8 @@ pub struct Root {
     outbox: SharedOutbox,
     /// What every request of this VM shares (made in `on_configure`).
     plugin: Rc<Plugin>,
+    /// Requests waiting for this VM's first snapshot.
+    held: HeldRequests,
     /// Token of the usage report in flight, if any.
     report_in_flight: Option<u32>,
     /// Whether the last usage report failed (logged when that starts and ends).
@@ -86,6 +90,13 @@ fn random_vm_name() -> u64 {
 }
 
 impl Root {
+    pub fn new(id: u32) -> Root {
+        Root {
+            id,
+            ..Root::default()
+        }
+    }
+
     /// How long a lease lasts without renewal: a leader that stops ticking (its VM died)
     /// is replaced after this.
     fn lease_ttl_ms(&self) -> u64 {
@@ -211,6 +222,46 @@ impl Root {
         } else {
             FIRST_LOAD_TICK
         }
+    }
+
+    /// Decides the held requests once this VM has a snapshot, or when their wait is over
+    /// (they then get what a request without a snapshot gets: 503).
+    fn release_held(&mut self, now_ms: u64) {
+        if self.held.borrow().is_empty() {
+            return;
+        }
+        let loaded = self.view.borrow().is_some();
+        let waiting = std::mem::take(&mut *self.held.borrow_mut());
+        let host = Envoy {
+            metrics: Rc::clone(&self.metrics),
+        };
+        let mut still = Vec::new();
+        for (id, request) in waiting {
+            // Gone: the client left, and its context with it.
+            let Some(request) = request.upgrade() else {
+                continue;
+            };
+            let due = loaded || request.borrow().held_until().is_some_and(|t| now_ms >= t);
+            if !due {
+                still.push((id, Rc::downgrade(&request)));
+                continue;
+            }
+            if host::set_effective_context(id).is_err() {
+                continue;
+            }
+            let Ok(mut held) = request.try_borrow_mut() else {
+                continue;
+            };
+            if held.release(&host) == Action::Continue {
+                // If this fails the stream is gone.
+                let _ = host::resume_request();
+            }
+        }
+        // Host calls act for the root again. (Called last in a tick: nothing after it in
+        // this callback dispatches a call, which the SDK would file under the context it
+        // last saw.)
+        let _ = host::set_effective_context(self.id);
+        self.held.borrow_mut().extend(still);
     }
 
     /// Until the regular work is due, or sooner while usage records wait.
@@ -513,13 +564,16 @@ impl RootContext for Root {
         }
         self.refresh_view();
         self.steady |= self.view.borrow().is_some();
+        self.release_held(now);
         self.tick_every(self.next_period(now));
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http::new(
             Rc::clone(&self.plugin),
             Rc::clone(&self.metrics),
+            context_id,
+            Rc::clone(&self.held),
         )))
     }
 

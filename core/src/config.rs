@@ -55,6 +55,10 @@ pub struct Config {
     /// Whether keys and accounts with a limit may call a model that has no price (it is
     /// then billed 0). Off by default: they get 403 `model_not_priced`.
     pub allow_unpriced_models: bool,
+    /// How long a request may wait for the first snapshot of a new Envoy (or VM) before it
+    /// is decided: a restart then refuses no one it could serve. 0: decide at once (503
+    /// `key_service_unavailable` until the snapshot is in).
+    pub first_snapshot_wait_ms: u64,
 }
 
 /// The request headers the filter sets for the upstream; `null` leaves one out (each
@@ -142,6 +146,7 @@ impl Default for Config {
             default_output_tokens: 4_096,
             replicas: 1,
             allow_unpriced_models: false,
+            first_snapshot_wait_ms: 2_000,
         }
     }
 }

@@ -300,6 +300,9 @@ pub struct Stack {
     procs: Vec<Proc>,
     dir: PathBuf,
     database_url: String,
+    /// How Envoy was started, to start it again.
+    concurrency: u32,
+    envoy_token: String,
 }
 
 impl Stack {
@@ -376,25 +379,13 @@ impl Stack {
             );
         }
         fs::write(&config, text).expect("write config");
-        let admin_path = dir.join("envoy-admin-address");
-        let mut cmd = Command::new(envoy);
-        cmd.arg("-c")
-            .arg(&config)
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .args(["--concurrency", &options.concurrency.to_string()])
-            .args(["--disable-hot-restart", "--log-level", "info"])
-            .env(
-                "KEYGATE_FILTER_TOKEN",
-                options
-                    .envoy_filter_token
-                    .as_deref()
-                    .unwrap_or(&filter_token),
-            );
-        procs.push(Proc::spawn("envoy", cmd, &dir));
-        let admin = wait_for_file(&admin_path, &mut procs[2]);
-        let envoy_admin_url = format!("http://{admin}");
-        let listener = wait_for_listener(&envoy_admin_url, &mut procs[2]);
+        let envoy_token = options
+            .envoy_filter_token
+            .clone()
+            .unwrap_or_else(|| filter_token.clone());
+        let (proc, envoy_admin_url, listener) =
+            start_envoy(&envoy, &dir, options.concurrency, &envoy_token);
+        procs.push(proc);
 
         Stack {
             envoy_url: format!("http://{listener}"),
@@ -406,7 +397,20 @@ impl Stack {
             procs,
             dir,
             database_url,
+            concurrency: options.concurrency,
+            envoy_token,
         }
+    }
+
+    /// Kills Envoy and starts a new one with the same configuration: a new process, with
+    /// no shared data and no snapshot (its listener gets a new port).
+    pub fn restart_envoy(&mut self) {
+        self.kill("envoy");
+        let (proc, admin_url, listener) =
+            start_envoy(&envoy_bin(), &self.dir, self.concurrency, &self.envoy_token);
+        self.procs.push(proc);
+        self.envoy_admin_url = admin_url;
+        self.envoy_url = format!("http://{listener}");
     }
 
     /// Stops one process of the stack (`"key-service"`, `"mock-upstream"` or `"envoy"`),
@@ -655,6 +659,26 @@ fn without_filter(config: &str, instead: &str) -> String {
         .find("                  - name: envoy.filters.http.router")
         .expect("router entry");
     format!("{}{instead}{}", &config[..start], &config[end..])
+}
+
+/// Starts Envoy on `dir/envoy.yaml`; returns it, its admin URL and its listener's address.
+fn start_envoy(envoy: &Path, dir: &Path, concurrency: u32, token: &str) -> (Proc, String, String) {
+    let admin_path = dir.join("envoy-admin-address");
+    // A restart must not read the address of the Envoy before it.
+    let _ = fs::remove_file(&admin_path);
+    let mut cmd = Command::new(envoy);
+    cmd.arg("-c")
+        .arg(dir.join("envoy.yaml"))
+        .arg("--admin-address-path")
+        .arg(&admin_path)
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--disable-hot-restart", "--log-level", "info"])
+        .env("KEYGATE_FILTER_TOKEN", token);
+    let mut proc = Proc::spawn("envoy", cmd, dir);
+    let admin = wait_for_file(&admin_path, &mut proc);
+    let admin_url = format!("http://{admin}");
+    let listener = wait_for_listener(&admin_url, &mut proc);
+    (proc, admin_url, listener)
 }
 
 fn wait_for_file(path: &Path, proc: &mut Proc) -> String {

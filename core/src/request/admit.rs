@@ -63,7 +63,7 @@ pub(super) fn model_in_form_head(host: &impl Host, wait: &mut BodyWait) -> Optio
 impl Request {
     /// A VM that has not seen a snapshot yet looks in shared data at once, rather than
     /// waiting for its next tick: a new worker serves from its first request.
-    fn ensure_view(&self, host: &impl Host) {
+    pub(super) fn ensure_view(&self, host: &impl Host) {
         if self.plugin.view.borrow().is_none() {
             if let Ok(view) = View::refresh(host, None) {
                 *self.plugin.view.borrow_mut() = view;

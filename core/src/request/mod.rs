@@ -14,11 +14,13 @@ mod bill;
 mod tests;
 
 use crate::config::Config;
+use crate::decide::credential;
 use crate::decide::decision::Denial;
 use crate::decide::model_list;
-use crate::keys::secret::KeyHash;
+use crate::keys::secret::{self, KeyHash};
 use crate::kv::{HostError, SharedData};
 use crate::limits::rate::{self, Limits, Standing};
+use crate::pairs;
 use crate::sync::view::{SharedView, View};
 use crate::usage::include_usage::StreamEditor;
 use crate::usage::report::SharedOutbox;
@@ -79,6 +81,9 @@ pub enum Event<'a> {
 pub enum Action {
     Continue,
     Pause,
+    /// Paused until this VM has its first snapshot: `Request::release` decides the request
+    /// then, or once `Request::held_until` has passed.
+    Hold,
 }
 
 /// What every request of a VM shares: the configuration, the VM's view of the snapshot,
@@ -107,6 +112,8 @@ const HOST_FAILED: Denial = Denial::KeyServiceUnavailable;
 enum Phase {
     /// Its headers have not been decided.
     Start,
+    /// It came before this VM had a snapshot, and waits for one.
+    Held(Held),
     /// Admitted on its headers, it waits for its body to be decided.
     Body(BodyWait),
     /// Admitted and passed on; its body (if any) streams on, chunk by chunk.
@@ -115,6 +122,16 @@ enum Phase {
     Response(Reader),
     /// Refused and answered by the filter: nothing more to do.
     Refused,
+}
+
+/// A request waiting for the first snapshot, and what of it came meanwhile.
+struct Held {
+    end_of_stream: bool,
+    /// When it stops waiting (Unix ms).
+    until_ms: u64,
+    /// Body buffered so far, and whether it is all here.
+    body_size: usize,
+    body_end: bool,
 }
 
 /// What the filter does with an admitted request beyond passing it on.
@@ -214,8 +231,66 @@ impl Request {
     }
 
     pub fn on_request_headers(&mut self, host: &impl Host, end_of_stream: bool) -> Action {
+        if let Some(until_ms) = self.hold_until(host) {
+            self.phase = Phase::Held(Held {
+                end_of_stream,
+                until_ms,
+                body_size: 0,
+                body_end: end_of_stream,
+            });
+            return Action::Hold;
+        }
         let result = self.admit(host, end_of_stream, true);
         self.finish(host, result)
+    }
+
+    /// Until when a request that finds no snapshot in this VM waits for one, if it does:
+    /// only one with a well-formed key (any other is refused at once, snapshot or not).
+    fn hold_until(&self, host: &impl Host) -> Option<u64> {
+        let wait = self.plugin.config.first_snapshot_wait_ms;
+        if wait == 0 {
+            return None;
+        }
+        self.ensure_view(host);
+        if self.plugin.view.borrow().is_some() {
+            return None;
+        }
+        let buf = host.request_headers().ok()?;
+        let headers = pairs::parse(&buf).ok()?;
+        credential::find(&headers).filter(|s| secret::is_well_formed(s))?;
+        Some(host.now_ms().ok()?.saturating_add(wait))
+    }
+
+    /// When a held request stops waiting (Unix ms); `None` if it is not held.
+    pub fn held_until(&self) -> Option<u64> {
+        match &self.phase {
+            Phase::Held(held) => Some(held.until_ms),
+            _ => None,
+        }
+    }
+
+    /// Decides a held request (the snapshot came, or the wait is over) with what of it
+    /// has arrived: `Continue` means the caller resumes it; anything else, that it is
+    /// answered or waits for more of its body.
+    pub fn release(&mut self, host: &impl Host) -> Action {
+        let Phase::Held(held) = std::mem::replace(&mut self.phase, Phase::Start) else {
+            return Action::Pause;
+        };
+        let result = self.admit(host, held.end_of_stream, true);
+        match self.finish(host, result) {
+            // The body it waits for may be here already.
+            Action::Pause if matches!(self.phase, Phase::Body(_)) && held.body_size > 0 => {
+                self.on_request_body(host, held.body_size, held.body_end)
+            }
+            Action::Pause if matches!(self.phase, Phase::Body(_)) && held.body_end => {
+                self.on_request_trailers(host)
+            }
+            Action::Continue => {
+                self.body_received = held.body_size as u64;
+                Action::Continue
+            }
+            other => other,
+        }
     }
 
     pub fn on_request_body(
@@ -224,6 +299,12 @@ impl Request {
         body_size: usize,
         end_of_stream: bool,
     ) -> Action {
+        if let Phase::Held(held) = &mut self.phase {
+            // Held with its headers: Envoy keeps the body meanwhile.
+            held.body_size = body_size;
+            held.body_end = end_of_stream;
+            return Action::Pause;
+        }
         let Phase::Body(wait) = &mut self.phase else {
             // Passed on chunk by chunk: each call brings the next chunk.
             self.body_received = self.body_received.saturating_add(body_size as u64);
@@ -260,6 +341,10 @@ impl Request {
     /// body is complete now, and it is decided as if the last chunk had said so; without
     /// this, Envoy would pass it on unchecked.
     pub fn on_request_trailers(&mut self, host: &impl Host) -> Action {
+        if let Phase::Held(held) = &mut self.phase {
+            held.body_end = true;
+            return Action::Pause;
+        }
         let Phase::Body(wait) = &self.phase else {
             return Action::Continue;
         };
@@ -398,7 +483,7 @@ impl Request {
                 host.count(Event::Allowed);
                 Action::Continue
             }
-            Ok(Action::Pause) => Action::Pause,
+            Ok(other) => other,
             Err(denial) => self.deny(host, denial),
         }
     }

@@ -232,11 +232,15 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    let s = setup_without_snapshot();
+    s.load_snapshot();
+    s
+}
+
+/// A VM of an Envoy whose first snapshot has not come yet.
+fn setup_without_snapshot() -> Setup {
     let fake = Fake::default();
     fake.now_ms.set(NOW_MS);
-    let mut leader = Leader::new(100);
-    leader.next_ask(&fake.shared).unwrap();
-    leader.apply(&fake.shared, snapshot(), NOW_MS).unwrap();
     let plugin = Rc::new(Plugin {
         ids: Some(RequestIds::new([1; 16])),
         ..Plugin::default()
@@ -245,6 +249,13 @@ fn setup() -> Setup {
 }
 
 impl Setup {
+    /// The leader writes the snapshot into shared data.
+    fn load_snapshot(&self) {
+        let mut leader = Leader::new(100);
+        leader.next_ask(&self.fake.shared).unwrap();
+        leader.apply(&self.fake.shared, snapshot(), NOW_MS).unwrap();
+    }
+
     /// A new request to `path` with the key `name`.
     fn request(&self, method: &str, path: &str, name: &str) -> Request {
         let headers = vec![
@@ -640,4 +651,58 @@ fn a_client_that_leaves_while_its_body_is_awaited_is_billed_what_arrived() {
         (Some(499), 5)
     );
     assert_eq!(s.ledger("id-quota"), Ledger::default());
+}
+
+#[test]
+fn a_request_before_the_first_snapshot_waits_for_it() {
+    let s = setup_without_snapshot();
+    let mut request = s.request("POST", CHAT, "quota");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Hold);
+    let wait = s.plugin.config.first_snapshot_wait_ms;
+    assert_eq!(request.held_until(), Some(NOW_MS + wait));
+    // Its body comes meanwhile, and is kept.
+    let body = r#"{"model":"gpt-4o","max_tokens":10}"#;
+    assert_eq!(s.body(&mut request, body, true), Action::Pause);
+    assert_eq!(s.fake.sent.borrow().clone(), None);
+    // The snapshot comes: decided on its headers and its body at once.
+    s.load_snapshot();
+    assert_eq!(request.release(&s.fake), Action::Continue);
+    assert_eq!(request.held_until(), None);
+    let input = (body.len() as u64).div_ceil(4);
+    assert_eq!(s.ledger("id-quota").reserved, input + 20);
+    assert_eq!(s.events(), ["Allowed"]);
+}
+
+#[test]
+fn a_held_request_is_refused_when_no_snapshot_comes_in_time() {
+    let s = setup_without_snapshot();
+    let mut request = s.request("GET", "/v1/models", "open");
+    assert_eq!(request.on_request_headers(&s.fake, true), Action::Hold);
+    assert_eq!(request.release(&s.fake), Action::Pause);
+    assert_eq!(s.status_sent(), Some(503));
+    // Released twice (a late tick), nothing more happens.
+    assert_eq!(request.release(&s.fake), Action::Pause);
+    assert_eq!(s.events(), ["denied:key_service_unavailable"]);
+}
+
+#[test]
+fn only_a_well_formed_key_waits_and_waiting_can_be_turned_off() {
+    let s = setup_without_snapshot();
+    let mut request = s.request("GET", "/v1/models", "open");
+    set(&s.fake.request_headers, "authorization", "Bearer sk-short");
+    assert_eq!(request.on_request_headers(&s.fake, true), Action::Pause);
+    assert_eq!(s.status_sent(), Some(401));
+
+    let plugin = Rc::new(Plugin {
+        config: Config {
+            first_snapshot_wait_ms: 0,
+            ..Config::default()
+        },
+        ..Plugin::default()
+    });
+    // (The headers of a new request; the request itself runs with the other plugin.)
+    let _ = s.request("GET", "/v1/models", "open");
+    let mut request = Request::new(plugin);
+    assert_eq!(request.on_request_headers(&s.fake, true), Action::Pause);
+    assert_eq!(s.status_sent(), Some(503));
 }
