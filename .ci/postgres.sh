@@ -3,6 +3,8 @@
 # 127.0.0.1 (a free port, trust auth, data in a temporary directory) and
 # KEYGATE_TEST_POSTGRES=postgres://keygate@127.0.0.1:PORT naming it; the server and its
 # data are gone when COMMAND ends. Fails loudly when PostgreSQL is not installed.
+# KEYGATE_TEST_POSTGRES_CTL names a script that stops (`stop`) and starts (`start`) the
+# server again, for the fault tests.
 set -euo pipefail
 
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
@@ -28,9 +30,21 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 as_owner "$bindir/initdb" -D "$dir/data" -U keygate --auth=trust --locale=C --encoding=UTF8 \
     >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
 # fsync off: the data is thrown away, and tests should not wait on the disk.
-as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir -c fsync=off -c max_connections=400" \
+options="-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir -c fsync=off -c max_connections=400"
+as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "$options" \
     start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
+owner=""
+[ "$(id -u)" = 0 ] && owner="runuser -u postgres --"
+cat >"$dir/ctl.sh" <<CTL
+#!/usr/bin/env bash
+# stop: the server goes away at once, as in a crash; start: it comes back on the same port.
+case "\$1" in
+    stop) exec $owner "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop ;;
+    start) exec $owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "$options" start ;;
+    *) echo "usage: \$0 stop|start" >&2; exit 2 ;;
+esac
+CTL
+chmod +x "$dir/ctl.sh"
 echo "postgres.sh: PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port" >&2
 
-KEYGATE_TEST_POSTGRES="postgres://keygate@127.0.0.1:$port" "$@"
+KEYGATE_TEST_POSTGRES="postgres://keygate@127.0.0.1:$port" KEYGATE_TEST_POSTGRES_CTL="$dir/ctl.sh" "$@"

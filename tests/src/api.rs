@@ -174,3 +174,22 @@ pub fn price_model(stack: &Stack, model: &str, input: u64, output: u64) {
     );
     assert_eq!(status, 201, "price {model}: {body}");
 }
+
+/// The usage log's rows for one key, waiting until there are at least `n` (at most 15 s).
+pub fn usage_rows(stack: &Stack, key: &CreatedKey, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, page) = admin(
+            stack,
+            reqwest::Method::GET,
+            &format!("/api/v1/usage?key_id={}&per_page=100", key.id),
+            None,
+        );
+        let rows = page["usage"].as_array().cloned().unwrap_or_default();
+        if status == 200 && rows.len() >= n || Instant::now() > deadline {
+            assert_eq!(status, 200, "{page}");
+            return rows;
+        }
+        sleep(Duration::from_millis(200));
+    }
+}

@@ -8,7 +8,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use keygate_e2e::api::{
-    admin, assert_error, client, create_key, filter_stat, until_synced, CreatedKey,
+    admin, assert_error, client, create_key, filter_stat, until_synced, usage_rows,
 };
 use keygate_e2e::stack::{Stack, StackBuilder};
 use reqwest::Method;
@@ -35,25 +35,6 @@ fn raw(stack: &Stack, head: &str, body: &[u8]) -> String {
     let mut answer = Vec::new();
     let _ = conn.read_to_end(&mut answer);
     String::from_utf8_lossy(&answer).into_owned()
-}
-
-/// The usage log's rows for one key, waiting until there are at least `n` (at most 15 s).
-fn usage_rows(stack: &Stack, key: &CreatedKey, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, page) = admin(
-            stack,
-            Method::GET,
-            &format!("/api/v1/usage?key_id={}&per_page=100", key.id),
-            None,
-        );
-        let rows = page["usage"].as_array().cloned().unwrap_or_default();
-        if status == 200 && rows.len() >= n || Instant::now() > deadline {
-            assert_eq!(status, 200, "{page}");
-            return rows;
-        }
-        sleep(Duration::from_millis(200));
-    }
 }
 
 fn gemini_body() -> Value {

@@ -314,7 +314,8 @@ impl Request {
         wait.size = body_size;
         self.body_received = body_size as u64;
         let max_body_bytes = self.plugin.config.max_body_bytes;
-        if !end_of_stream {
+        // (A whole upload larger than the limit may be here at once: after a hold, say.)
+        if !end_of_stream || body_size > max_body_bytes {
             if let Some(head) = admit::model_in_form_head(host, wait) {
                 // Decided on the form's head: the rest of the upload streams on.
                 return self.decide_body(host, head, false);

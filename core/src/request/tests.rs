@@ -706,3 +706,23 @@ fn only_a_well_formed_key_waits_and_waiting_can_be_turned_off() {
     assert_eq!(request.on_request_headers(&s.fake, true), Action::Pause);
     assert_eq!(s.status_sent(), Some(503));
 }
+
+#[test]
+fn a_held_upload_larger_than_the_limit_is_decided_on_its_head() {
+    let s = setup_without_snapshot();
+    let mut request = s.request("POST", "/v1/audio/transcriptions", "gpt");
+    let form = "multipart/form-data; boundary=XX";
+    set(&s.fake.request_headers, "content-type", form);
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Hold);
+    let file = "a".repeat(s.plugin.config.max_body_bytes + 1);
+    let body = format!(
+        "--XX\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o\r\n\
+         --XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n\
+         {file}\r\n--XX--\r\n"
+    );
+    // All of it came while it was held.
+    assert_eq!(s.body(&mut request, &body, true), Action::Pause);
+    s.load_snapshot();
+    assert_eq!(request.release(&s.fake), Action::Continue);
+    assert_eq!(s.fake.sent.borrow().clone(), None);
+}

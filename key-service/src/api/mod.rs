@@ -7,9 +7,12 @@ pub mod filter;
 pub mod keys;
 pub mod usage;
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
+use tokio::time::timeout;
 
 use crate::error::ApiError;
 use crate::expiry;
@@ -26,6 +29,9 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
+/// How long `/readyz` waits for each of the database's answers.
+const READY_WITHIN: Duration = Duration::from_secs(2);
+
 /// `GET /readyz`: 200 while the database answers and takes writes, 503 (saying which
 /// fails) while it does not; no token needed. A key-service whose writes fail (a full
 /// disk) still serves snapshots, but cannot bill or change keys: it is not ready.
@@ -40,15 +46,16 @@ pub async fn healthz() -> Json<Health> {
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let unavailable = |reason, cause: String| ApiError::Unavailable { reason, cause };
-    state
-        .store
-        .ping()
+    let silent = |_| unavailable("the database does not answer", "no answer in time".into());
+    // A probe must answer in time even when the database does not (a pool waits longer
+    // for a connection than probes wait for an answer).
+    timeout(READY_WITHIN, state.store.ping())
         .await
+        .map_err(silent)?
         .map_err(|e| unavailable("the database does not answer", e.to_string()))?;
-    state
-        .store
-        .writable(expiry::now())
+    timeout(READY_WITHIN, state.store.writable(expiry::now()))
         .await
+        .map_err(silent)?
         .map_err(|e| unavailable("the database does not take writes", e))?;
     Ok(Json(Health { status: "ok" }))
 }

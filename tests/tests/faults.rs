@@ -1,0 +1,69 @@
+//! Faults of what the filter and the key-service stand on (issue 18): the database goes
+//! away under load and comes back.
+
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use keygate_e2e::api::{admin, chat, client, create_key, until_synced, usage_rows};
+use keygate_e2e::stack::Stack;
+use reqwest::Method;
+use serde_json::json;
+
+/// Stops or starts the test's PostgreSQL server (`.ci/postgres.sh` provides the script).
+fn postgres(action: &str) {
+    let ctl = std::env::var("KEYGATE_TEST_POSTGRES_CTL")
+        .expect("this test needs .ci/postgres.sh's server (make test-e2e runs it so)");
+    let status = Command::new(&ctl)
+        .arg(action)
+        .status()
+        .expect("run the script");
+    assert!(status.success(), "postgres {action}: {status}");
+}
+
+fn readyz(stack: &Stack) -> u16 {
+    let url = format!("{}/readyz", stack.key_service_url);
+    client().get(url).send().expect("readyz").status().as_u16()
+}
+
+#[test]
+fn a_postgresql_restart_under_load_loses_nothing_and_needs_no_key_service_restart() {
+    let stack = Stack::builder().postgres().start();
+    let key = create_key(&stack, json!({"name": "pg-fault"}));
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&key.secret))).status(),
+        200
+    );
+
+    postgres("stop");
+    // Calls go on, answered from the snapshot; their usage waits in the filter.
+    for _ in 0..10 {
+        assert_eq!(chat(&stack, Some(&key.secret)).status(), 200);
+    }
+    assert_eq!(readyz(&stack), 503, "not ready while the database is away");
+
+    postgres("start");
+    // Writes come back by themselves, with no restart of the key-service.
+    let started = Instant::now();
+    loop {
+        let (status, _) = admin(
+            &stack,
+            Method::POST,
+            "/api/v1/keys",
+            Some(json!({"name": "y"})),
+        );
+        if status == 201 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "writes never came back: {status}"
+        );
+        sleep(Duration::from_millis(200));
+    }
+    eprintln!("writes back {:?} after the database", started.elapsed());
+    assert_eq!(readyz(&stack), 200);
+    // Every call is billed, once: the filter's held usage went in when it could.
+    let rows = usage_rows(&stack, &key, 11);
+    assert_eq!(rows.len(), 11, "{rows:?}");
+}
