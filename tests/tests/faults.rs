@@ -5,7 +5,7 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use keygate_e2e::api::{admin, chat, client, create_key, until_synced, usage_rows};
+use keygate_e2e::api::{admin, assert_error, chat, client, create_key, until_synced, usage_rows};
 use keygate_e2e::stack::Stack;
 use reqwest::Method;
 use serde_json::json;
@@ -66,4 +66,33 @@ fn a_postgresql_restart_under_load_loses_nothing_and_needs_no_key_service_restar
     // Every call is billed, once: the filter's held usage went in when it could.
     let rows = usage_rows(&stack, &key, 11);
     assert_eq!(rows.len(), 11, "{rows:?}");
+}
+
+/// A body beyond Envoy's own buffer limit while keygate holds it for its model: Envoy
+/// answers 413 itself, and that answer has the contract's JSON shape too, not Envoy's
+/// plain "Payload Too Large".
+#[test]
+fn envoys_own_413_is_the_contracts_json() {
+    let stack = Stack::builder()
+        .envoy_edit(
+            "per_connection_buffer_limit_bytes: 10485760",
+            "per_connection_buffer_limit_bytes: 1048576",
+        )
+        .envoy_edit(
+            "\"max_body_bytes\": 8388608",
+            "\"max_body_bytes\": 20000000",
+        )
+        .start();
+    let key = create_key(&stack, json!({"name": "big", "models": ["gpt-4o-mini"]}));
+    let big = json!({"model": "gpt-4o-mini", "input": "x".repeat(3 << 20)});
+    let send = || {
+        client()
+            .post(format!("{}/v1/responses", stack.envoy_url))
+            .bearer_auth(&key.secret)
+            .json(&big)
+            .send()
+            .expect("big call")
+    };
+    let res = until_synced(send);
+    assert_error(res, 413, "request_too_large");
 }
