@@ -241,7 +241,8 @@ impl Root {
             let Some(request) = request.upgrade() else {
                 continue;
             };
-            let due = loaded || request.borrow().held_until().is_some_and(|t| now_ms >= t);
+            let until = request.try_borrow().ok().and_then(|r| r.held_until());
+            let due = loaded || until.is_some_and(|t| now_ms >= t);
             if !due {
                 still.push((id, Rc::downgrade(&request)));
                 continue;
