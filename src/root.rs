@@ -516,12 +516,12 @@ impl RootContext for Root {
             self.config.usage_queue_max,
             self.config.usage_batch_max,
         )));
-        self.plugin = Rc::new(Plugin {
-            config: self.config.clone(),
-            view: Rc::clone(&self.view),
-            outbox: Rc::clone(&self.outbox),
+        self.plugin = Rc::new(Plugin::new(
+            self.config.clone(),
+            Rc::clone(&self.view),
+            Rc::clone(&self.outbox),
             ids,
-        });
+        ));
         self.leader = Leader::new(self.config.snapshot_page_size);
         self.metrics = Rc::new(Metrics::define());
         self.tick_every(FIRST_LOAD_TICK);

@@ -59,6 +59,11 @@ pub struct Config {
     /// is decided: a restart then refuses no one it could serve. 0: decide at once (503
     /// `key_service_unavailable` until the snapshot is in).
     pub first_snapshot_wait_ms: u64,
+    /// Request body bytes one VM may hold at once while it decides (bodies read for their
+    /// model or cost, and bodies of requests waiting for the first snapshot). A request
+    /// that would hold more gets 503 `overloaded`: a flood of big bodies cannot make Envoy
+    /// buffer without bound.
+    pub max_held_body_bytes: usize,
 }
 
 /// The request headers the filter sets for the upstream; `null` leaves one out (each
@@ -147,6 +152,7 @@ impl Default for Config {
             replicas: 1,
             allow_unpriced_models: false,
             first_snapshot_wait_ms: 2_000,
+            max_held_body_bytes: 64 << 20,
         }
     }
 }
@@ -240,6 +246,11 @@ impl Config {
                 "max_body_bytes must be between 1 and 67108864".into(),
             ));
         }
+        if self.max_held_body_bytes < self.max_body_bytes {
+            return Err(ConfigError(
+                "max_held_body_bytes must be at least max_body_bytes".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -303,6 +314,7 @@ mod tests {
             br#"{"key_service_timeout_ms":0}"#,
             br#"{"key_service_cluster":""}"#,
             br#"{"max_body_bytes":0}"#,
+            br#"{"max_body_bytes":1000,"max_held_body_bytes":999}"#,
             br#"{"snapshot_page_size":0}"#,
             br#"{"snapshot_path":"filter/v1/snapshot"}"#,
             br#"{"snapshot_path":"/x?y=1"}"#,

@@ -1,6 +1,8 @@
 //! Faults of what the filter and the key-service stand on (issue 18): the database goes
 //! away under load and comes back.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -95,4 +97,52 @@ fn envoys_own_413_is_the_contracts_json() {
     };
     let res = until_synced(send);
     assert_error(res, 413, "request_too_large");
+}
+
+/// Starts a request on a connection of its own with the headers and `sent` bytes of a
+/// `length`-byte body, and leaves it open.
+fn start_upload(stack: &Stack, secret: &str, length: usize, sent: usize) -> TcpStream {
+    let addr = stack.envoy_url.trim_start_matches("http://");
+    let mut conn = TcpStream::connect(addr).expect("connect to Envoy");
+    conn.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {secret}\r\n\
+         content-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).expect("send the head");
+    let body = format!(
+        "{{\"model\":\"gpt-4o-mini\",\"input\":\"{}",
+        "x".repeat(sent)
+    );
+    conn.write_all(&body.as_bytes()[..sent])
+        .expect("send part of the body");
+    conn
+}
+
+/// Bodies a VM holds while it decides are bounded: past `max_held_body_bytes`, a request
+/// is refused with 503 `overloaded` at once instead of being buffered too.
+#[test]
+fn a_flood_of_held_bodies_is_bounded() {
+    let stack = Stack::builder()
+        .concurrency(1)
+        .envoy_edit("\"max_body_bytes\": 8388608", "\"max_body_bytes\": 600000")
+        .filter_setting("max_held_body_bytes", "1000000")
+        .start();
+    let key = create_key(&stack, json!({"name": "flood", "models": ["gpt-4o-mini"]}));
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&key.secret))).status(),
+        200
+    );
+    let first = start_upload(&stack, &key.secret, 500_000, 400_000);
+    let second = start_upload(&stack, &key.secret, 500_000, 400_000);
+    // Envoy reads what was sent, and the filter counts it, before the third comes.
+    sleep(Duration::from_millis(500));
+    let mut third = start_upload(&stack, &key.secret, 500_000, 400_000);
+    let mut answer = vec![0; 4096];
+    let n = third.read(&mut answer).expect("an answer, at once");
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"overloaded\""), "{answer}");
+    drop((first, second));
 }

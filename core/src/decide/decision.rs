@@ -24,11 +24,12 @@ pub enum Denial {
     ModelNotPriced,
     EndpointNotMetered,
     InvalidRequestHeader,
+    Overloaded,
 }
 
 impl Denial {
     /// Every refusal, for tables and stats.
-    pub const ALL: [Denial; 14] = [
+    pub const ALL: [Denial; 15] = [
         Denial::MissingApiKey,
         Denial::InvalidApiKey,
         Denial::KeyDisabled,
@@ -43,6 +44,7 @@ impl Denial {
         Denial::ModelNotPriced,
         Denial::EndpointNotMetered,
         Denial::InvalidRequestHeader,
+        Denial::Overloaded,
     ];
 
     /// `(status, type, code, message)`: the contract's error table, in one place.
@@ -110,6 +112,12 @@ impl Denial {
                 "server_error",
                 "key_service_unavailable",
                 "The key service has not been reached yet; try again shortly.",
+            ),
+            Overloaded => (
+                503,
+                "server_error",
+                "overloaded",
+                "The gateway holds too many request bodies now; try again shortly.",
             ),
             ModelNotPriced => (
                 403,
@@ -482,6 +490,7 @@ mod tests {
             (Denial::ModelNotPriced, 403, "model_not_priced"),
             (Denial::EndpointNotMetered, 403, "endpoint_not_metered"),
             (Denial::InvalidRequestHeader, 400, "invalid_request_header"),
+            (Denial::Overloaded, 503, "overloaded"),
         ];
         assert_eq!(table.len(), Denial::ALL.len());
         for (denial, status, code) in table {

@@ -239,6 +239,7 @@ impl Request {
             form_boundary,
             form_searched: 0,
             size: 0,
+            hold: super::BodyHold::new(&self.plugin),
         });
         Ok(Action::Pause)
     }

@@ -13,6 +13,9 @@ mod bill;
 #[cfg(test)]
 mod tests;
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use crate::config::Config;
 use crate::decide::credential;
 use crate::decide::decision::Denial;
@@ -95,9 +98,31 @@ pub struct Plugin {
     pub outbox: SharedOutbox,
     /// `None` if the VM had no randomness: Envoy's `x-request-id` serves then.
     pub ids: Option<RequestIds>,
+    /// Request body bytes this VM's requests hold while they are decided (`BodyHold`).
+    held_body_bytes: Cell<usize>,
 }
 
 impl Plugin {
+    pub fn new(
+        config: Config,
+        view: SharedView,
+        outbox: SharedOutbox,
+        ids: Option<RequestIds>,
+    ) -> Plugin {
+        Plugin {
+            config,
+            view,
+            outbox,
+            ids,
+            held_body_bytes: Cell::new(0),
+        }
+    }
+
+    /// Request body bytes this VM holds now.
+    pub fn held_body_bytes(&self) -> usize {
+        self.held_body_bytes.get()
+    }
+
     /// Whether the view may be answered from: the key-service has confirmed it within the
     /// configured maximum age.
     fn is_fresh(&self, view: &View, now_ms: u64) -> bool {
@@ -124,6 +149,45 @@ enum Phase {
     Refused,
 }
 
+/// The body bytes one request holds against its VM's budget (`max_held_body_bytes`),
+/// given back when it is dropped: whichever way the request leaves its phase.
+struct BodyHold {
+    plugin: Rc<Plugin>,
+    bytes: usize,
+}
+
+impl BodyHold {
+    fn new(plugin: &Rc<Plugin>) -> BodyHold {
+        BodyHold {
+            plugin: Rc::clone(plugin),
+            bytes: 0,
+        }
+    }
+
+    /// Holds `size` bytes in all; `false`, holding no more, if the VM's budget would be
+    /// passed.
+    fn grow_to(&mut self, size: usize) -> bool {
+        let more = size.saturating_sub(self.bytes);
+        let held = self.plugin.held_body_bytes.get();
+        let total = held.saturating_add(more);
+        if total > self.plugin.config.max_held_body_bytes {
+            return false;
+        }
+        self.plugin.held_body_bytes.set(total);
+        self.bytes += more;
+        true
+    }
+}
+
+impl Drop for BodyHold {
+    fn drop(&mut self) {
+        let held = self.plugin.held_body_bytes.get();
+        self.plugin
+            .held_body_bytes
+            .set(held.saturating_sub(self.bytes));
+    }
+}
+
 /// A request waiting for the first snapshot, and what of it came meanwhile.
 struct Held {
     end_of_stream: bool,
@@ -132,6 +196,7 @@ struct Held {
     /// Body buffered so far, and whether it is all here.
     body_size: usize,
     body_end: bool,
+    hold: BodyHold,
 }
 
 /// What the filter does with an admitted request beyond passing it on.
@@ -179,6 +244,7 @@ struct BodyWait {
     form_searched: usize,
     /// Size of the body buffered so far.
     size: usize,
+    hold: BodyHold,
 }
 
 /// What is known of an admitted LLM request, to bill it when it ends.
@@ -209,7 +275,7 @@ struct RateHold {
 
 /// One request's state. Made per request by the HTTP context.
 pub struct Request {
-    plugin: std::rc::Rc<Plugin>,
+    plugin: Rc<Plugin>,
     phase: Phase,
     job: Job,
     /// The key's rate windows, when it or its group has limits.
@@ -220,7 +286,7 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn new(plugin: std::rc::Rc<Plugin>) -> Request {
+    pub fn new(plugin: Rc<Plugin>) -> Request {
         Request {
             plugin,
             phase: Phase::Start,
@@ -237,6 +303,7 @@ impl Request {
                 until_ms,
                 body_size: 0,
                 body_end: end_of_stream,
+                hold: BodyHold::new(&self.plugin),
             });
             return Action::Hold;
         }
@@ -301,6 +368,9 @@ impl Request {
     ) -> Action {
         if let Phase::Held(held) = &mut self.phase {
             // Held with its headers: Envoy keeps the body meanwhile.
+            if !held.hold.grow_to(body_size) {
+                return self.finish(host, Err(Denial::Overloaded));
+            }
             held.body_size = body_size;
             held.body_end = end_of_stream;
             return Action::Pause;
@@ -333,6 +403,11 @@ impl Request {
             return self.finish(host, result);
         }
         if !end_of_stream {
+            if !wait.hold.grow_to(body_size) {
+                // Bodies held by this VM's requests would pass its budget.
+                self.phase = Phase::Upstream;
+                return self.finish(host, Err(Denial::Overloaded));
+            }
             return Action::Pause;
         }
         self.decide_body(host, body_size, true)

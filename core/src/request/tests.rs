@@ -726,3 +726,44 @@ fn a_held_upload_larger_than_the_limit_is_decided_on_its_head() {
     assert_eq!(request.release(&s.fake), Action::Continue);
     assert_eq!(s.fake.sent.borrow().clone(), None);
 }
+
+#[test]
+fn bodies_held_at_once_are_bounded_per_vm_and_given_back_however_a_request_ends() {
+    let mut s = setup();
+    s.plugin = Rc::new(Plugin {
+        config: Config {
+            max_body_bytes: 100,
+            max_held_body_bytes: 100,
+            ..Config::default()
+        },
+        ids: Some(RequestIds::new([1; 16])),
+        ..Plugin::default()
+    });
+    let open = |s: &Setup| {
+        let mut request = s.request("POST", CHAT, "quota");
+        assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+        request
+    };
+    let part = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"a long one"}"#;
+    let mut first = open(&s);
+    assert_eq!(s.body(&mut first, part, false), Action::Pause);
+    assert_eq!(s.plugin.held_body_bytes(), part.len());
+    // A second body would pass the VM's budget: refused, holding nothing.
+    let mut second = open(&s);
+    assert_eq!(s.body(&mut second, part, false), Action::Pause);
+    assert_eq!(s.status_sent(), Some(503));
+    let sent = s.fake.sent.borrow().clone().unwrap();
+    assert!(sent.2.contains("\"overloaded\""), "{}", sent.2);
+    assert_eq!(s.plugin.held_body_bytes(), part.len());
+    // Decided, the first gives its bytes back; so does one whose client leaves.
+    assert_eq!(
+        s.body(&mut first, &format!("{part}]}}"), true),
+        Action::Continue
+    );
+    assert_eq!(s.plugin.held_body_bytes(), 0);
+    let mut third = open(&s);
+    assert_eq!(s.body(&mut third, part, false), Action::Pause);
+    assert_eq!(s.plugin.held_body_bytes(), part.len());
+    drop(third);
+    assert_eq!(s.plugin.held_body_bytes(), 0);
+}
