@@ -14,7 +14,7 @@ mod snapshot;
 mod usage;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
@@ -139,7 +139,7 @@ impl StoreError {
 pub struct Store {
     db: Db,
     /// The last write probe (see `writable`).
-    probe: Arc<Mutex<Option<Probe>>>,
+    probe: Arc<tokio::sync::Mutex<Option<Probe>>>,
 }
 
 /// When a write probe ran, and how it went.
@@ -368,9 +368,11 @@ impl Store {
     /// once a second (a later call within the second gets the same answer). `Err` holds
     /// the database's words, for the log.
     pub async fn writable(&self, now: i64) -> Result<(), String> {
-        let cached = self.probe.lock().map(|p| p.clone()).unwrap_or(None);
-        if let Some((_, result)) = cached.filter(|(at, _)| at.elapsed() < PROBE_FOR) {
-            return result;
+        // One probe at a time: callers that come meanwhile (`/readyz` needs no token) wait
+        // for its answer instead of each writing, however slow the database is.
+        let mut last = self.probe.lock().await;
+        if let Some((_, result)) = last.as_ref().filter(|(at, _)| at.elapsed() < PROBE_FOR) {
+            return result.clone();
         }
         let result = async {
             with_pool!(self, |pool| {
@@ -386,9 +388,7 @@ impl Store {
         }
         .await
         .map_err(|e| e.to_string());
-        if let Ok(mut probe) = self.probe.lock() {
-            *probe = Some((Instant::now(), result.clone()));
-        }
+        *last = Some((Instant::now(), result.clone()));
         result
     }
 
