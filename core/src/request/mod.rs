@@ -193,9 +193,9 @@ struct Held {
     end_of_stream: bool,
     /// When it stops waiting (Unix ms).
     until_ms: u64,
-    /// Body buffered so far, and whether it is all here.
-    body_size: usize,
+    /// Whether its body is all here.
     body_end: bool,
+    /// The body buffered so far.
     hold: BodyHold,
 }
 
@@ -301,7 +301,6 @@ impl Request {
             self.phase = Phase::Held(Held {
                 end_of_stream,
                 until_ms,
-                body_size: 0,
                 body_end: end_of_stream,
                 hold: BodyHold::new(&self.plugin),
             });
@@ -343,17 +342,20 @@ impl Request {
         let Phase::Held(held) = std::mem::replace(&mut self.phase, Phase::Start) else {
             return Action::Pause;
         };
+        // Its bytes are given back here: the phase it goes on to holds them again.
+        let (body_size, body_end) = (held.hold.bytes, held.body_end);
+        drop(held.hold);
         let result = self.admit(host, held.end_of_stream, true);
         match self.finish(host, result) {
             // The body it waits for may be here already.
-            Action::Pause if matches!(self.phase, Phase::Body(_)) && held.body_size > 0 => {
-                self.on_request_body(host, held.body_size, held.body_end)
+            Action::Pause if matches!(self.phase, Phase::Body(_)) && body_size > 0 => {
+                self.on_request_body(host, body_size, body_end)
             }
-            Action::Pause if matches!(self.phase, Phase::Body(_)) && held.body_end => {
+            Action::Pause if matches!(self.phase, Phase::Body(_)) && body_end => {
                 self.on_request_trailers(host)
             }
             Action::Continue => {
-                self.body_received = held.body_size as u64;
+                self.body_received = body_size as u64;
                 Action::Continue
             }
             other => other,
@@ -371,7 +373,6 @@ impl Request {
             if !held.hold.grow_to(body_size) {
                 return self.finish(host, Err(Denial::Overloaded));
             }
-            held.body_size = body_size;
             held.body_end = end_of_stream;
             return Action::Pause;
         }

@@ -767,3 +767,28 @@ fn bodies_held_at_once_are_bounded_per_vm_and_given_back_however_a_request_ends(
     drop(third);
     assert_eq!(s.plugin.held_body_bytes(), 0);
 }
+
+#[test]
+fn a_held_body_is_counted_once_when_its_request_is_released() {
+    let mut s = setup_without_snapshot();
+    s.plugin = Rc::new(Plugin {
+        config: Config {
+            max_body_bytes: 100,
+            max_held_body_bytes: 100,
+            ..Config::default()
+        },
+        ids: Some(RequestIds::new([1; 16])),
+        ..Plugin::default()
+    });
+    let mut request = s.request("POST", CHAT, "quota");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Hold);
+    // 70 of the budget's 100 bytes came while it was held; the rest is on its way.
+    let part = format!("{{\"model\":\"gpt-4o\",\"input\":\"{}", "x".repeat(43));
+    assert_eq!(s.body(&mut request, &part, false), Action::Pause);
+    assert_eq!(s.plugin.held_body_bytes(), part.len());
+    s.load_snapshot();
+    // Released, it goes on waiting for its body, holding the same bytes (not twice).
+    assert_eq!(request.release(&s.fake), Action::Pause);
+    assert_eq!(s.fake.sent.borrow().clone(), None);
+    assert_eq!(s.plugin.held_body_bytes(), part.len());
+}
