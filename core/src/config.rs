@@ -246,6 +246,11 @@ impl Config {
                 "max_body_bytes must be between 1 and 67108864".into(),
             ));
         }
+        if self.first_snapshot_wait_ms > 60_000 {
+            return Err(ConfigError(
+                "first_snapshot_wait_ms must be at most 60000".into(),
+            ));
+        }
         if self.max_held_body_bytes < self.max_body_bytes {
             return Err(ConfigError(
                 "max_held_body_bytes must be at least max_body_bytes".into(),
@@ -315,6 +320,7 @@ mod tests {
             br#"{"key_service_cluster":""}"#,
             br#"{"max_body_bytes":0}"#,
             br#"{"max_body_bytes":1000,"max_held_body_bytes":999}"#,
+            br#"{"first_snapshot_wait_ms":60001}"#,
             br#"{"snapshot_page_size":0}"#,
             br#"{"snapshot_path":"filter/v1/snapshot"}"#,
             br#"{"snapshot_path":"/x?y=1"}"#,
