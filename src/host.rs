@@ -217,10 +217,10 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
     }
 }
 
-fn buffer(kind: u32, size: usize) -> Result<Vec<u8>, HostError> {
+fn buffer(kind: u32, start: usize, size: usize) -> Result<Vec<u8>, HostError> {
     let (mut data, mut got) = (null_mut(), 0);
     // SAFETY: as for `get` above.
-    match unsafe { proxy_get_buffer_bytes(kind, 0, size, &mut data, &mut got) } {
+    match unsafe { proxy_get_buffer_bytes(kind, start, size, &mut data, &mut got) } {
         OK => Ok(unsafe { host_buffer(data, got) }),
         // No body at all.
         NOT_FOUND => Ok(Vec::new()),
@@ -228,9 +228,9 @@ fn buffer(kind: u32, size: usize) -> Result<Vec<u8>, HostError> {
     }
 }
 
-/// The first `size` bytes of the buffered request body.
-pub fn request_body(size: usize) -> Result<Vec<u8>, HostError> {
-    buffer(REQUEST_BODY, size)
+/// `size` bytes of the buffered request body from byte `start`.
+pub fn request_body(start: usize, size: usize) -> Result<Vec<u8>, HostError> {
+    buffer(REQUEST_BODY, start, size)
 }
 
 fn replace_buffer(kind: u32, size: usize, data: &[u8]) -> Result<(), HostError> {
@@ -255,12 +255,12 @@ pub fn remove_response_header(name: &str) -> Result<(), HostError> {
 
 /// The response body chunk being handled (`size` bytes).
 pub fn response_body(size: usize) -> Result<Vec<u8>, HostError> {
-    buffer(RESPONSE_BODY, size)
+    buffer(RESPONSE_BODY, 0, size)
 }
 
 /// The body of the response to the root context's HTTP call being handled.
 pub fn call_response_body(size: usize) -> Result<Vec<u8>, HostError> {
-    buffer(CALL_RESPONSE_BODY, size)
+    buffer(CALL_RESPONSE_BODY, 0, size)
 }
 
 /// The `:status` of that response; `None` when the call failed (reset, timeout).
@@ -313,7 +313,7 @@ pub fn set_tick_period(period: std::time::Duration) -> Result<(), HostError> {
 /// The plugin's configuration, `size` bytes (what `on_configure` was told); empty when
 /// none was given.
 pub fn plugin_configuration(size: usize) -> Result<Vec<u8>, HostError> {
-    buffer(PLUGIN_CONFIGURATION, size)
+    buffer(PLUGIN_CONFIGURATION, 0, size)
 }
 
 /// The host's clock in Unix milliseconds.

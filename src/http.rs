@@ -122,8 +122,8 @@ impl Host for Envoy {
         host::remove_request_header(name)
     }
 
-    fn request_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
-        host::request_body(size)
+    fn request_body(&self, start: usize, size: usize) -> Result<Vec<u8>, HostError> {
+        host::request_body(start, size)
     }
 
     fn set_request_body(&self, size: usize, data: &[u8]) -> Result<(), HostError> {

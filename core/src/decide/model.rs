@@ -4,8 +4,6 @@
 //! `/v1beta/models/{model}:{action}`, Azure `/openai/deployments/{deployment}/...`), and
 //! otherwise from the JSON body's `model` field, which is read only when a rule needs it.
 
-use serde::Deserialize;
-
 /// A list of allowed models. `Any` for an empty key list (no restriction of its own) and
 /// for a group list containing `"*"`.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,50 +131,11 @@ pub struct Facts {
     pub background: bool,
 }
 
-/// The body's facts; fields of the wrong type read as absent.
+/// The facts of a whole JSON body (see `body_scan`, which reads one as it arrives).
 pub fn facts(body: &[u8]) -> Result<Facts, BodyError> {
-    #[derive(Deserialize)]
-    struct Request {
-        #[serde(default)]
-        model: Option<serde_json::Value>,
-        #[serde(default)]
-        max_tokens: Option<serde_json::Value>,
-        #[serde(default)]
-        max_completion_tokens: Option<serde_json::Value>,
-        #[serde(default)]
-        max_output_tokens: Option<serde_json::Value>,
-        #[serde(default, rename = "generationConfig")]
-        generation_config: Option<GenerationConfig>,
-        #[serde(default)]
-        background: Option<serde_json::Value>,
-    }
-    #[derive(Deserialize)]
-    struct GenerationConfig {
-        #[serde(default, rename = "maxOutputTokens")]
-        max_output_tokens: Option<serde_json::Value>,
-    }
-    // serde would also read a struct from a JSON array; a request body is an object.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(BodyError::NotJson);
-    }
-    let request: Request = serde_json::from_slice(body).map_err(|_| BodyError::NotJson)?;
-    let limit = [
-        request.max_completion_tokens,
-        request.max_tokens,
-        request.max_output_tokens,
-        request.generation_config.and_then(|g| g.max_output_tokens),
-    ]
-    .into_iter()
-    .flatten()
-    .find_map(|v| v.as_u64());
-    Ok(Facts {
-        model: match request.model {
-            Some(serde_json::Value::String(model)) => Some(model),
-            _ => None,
-        },
-        max_output_tokens: limit,
-        background: request.background == Some(serde_json::Value::Bool(true)),
-    })
+    let mut scan = super::body_scan::BodyScan::new();
+    scan.feed(body);
+    scan.facts()
 }
 
 /// The boundary of a `multipart/form-data` content type (`None` for any other type).

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 
 use super::{Action, BodyWait, Host, Job, Meter, Phase, RateHold, Request, HOST_FAILED};
+use crate::decide::body_scan::{BodyScan, UsageEdit};
 use crate::decide::decision::{check_model, decide, restricts_models, Denial};
 use crate::decide::model::{self, ModelList};
 use crate::decide::route::{self, Route};
@@ -55,9 +56,53 @@ pub(super) fn model_in_form_head(host: &impl Host, wait: &mut BodyWait) -> Optio
     }
     let head = wait.size.min(FORM_HEAD);
     wait.form_searched = head;
-    let bytes = host.request_body(head).ok()?;
+    let bytes = host.request_body(0, head).ok()?;
     let facts = model::form_facts(&bytes, boundary).ok()?;
     facts.model.is_some().then_some(head)
+}
+
+/// Most of a body copied into the VM at once: a JSON body is read in windows of this
+/// size as it arrives, never whole, so the VM's memory does not grow with body sizes.
+const SCAN_WINDOW: usize = 64 * 1024;
+
+/// Reads a JSON body's bytes up to `size` that were not read yet.
+pub(super) fn scan_to(host: &impl Host, wait: &mut BodyWait, size: usize) -> Result<(), HostError> {
+    if wait.form_boundary.is_some() {
+        return Ok(());
+    }
+    while wait.scan.offset() < size && !wait.scan.failed() {
+        let start = wait.scan.offset();
+        let bytes = host.request_body(start, (size - start).min(SCAN_WINDOW))?;
+        if bytes.is_empty() {
+            // Less body than Envoy said it holds: nothing sound can be read.
+            return Err(HostError(0));
+        }
+        wait.scan.feed(&bytes);
+    }
+    Ok(())
+}
+
+/// Makes a streaming request ask for usage (`edit`) in a body of `size` bytes: `true` if
+/// it did. Only the body's first bytes are rewritten (all Envoy allows): its opening brace,
+/// or everything up to the end of its own `stream_options`, which is then the one time
+/// a part of a body is copied into the VM (bounded by `max_body_bytes`).
+fn ask_for_usage(host: &impl Host, edit: UsageEdit, size: usize) -> Result<(), HostError> {
+    let (replaced, data) = match edit {
+        UsageEdit::Prefix { len, data } => (len, data),
+        UsageEdit::Value { start, end, data } => {
+            let mut prefix = host.request_body(0, start)?;
+            if prefix.len() != start {
+                return Err(HostError(0));
+            }
+            prefix.extend_from_slice(&data);
+            (end, prefix)
+        }
+    };
+    host.set_request_body(replaced, &data)?;
+    // The whole body is here: its new length is exact (some upstreams refuse a chunked
+    // request body).
+    let length = size - replaced + data.len();
+    host.set_request_header("content-length", &length.to_string())
 }
 
 impl Request {
@@ -230,7 +275,7 @@ impl Request {
                 return Err(Denial::RequestTooLarge);
             }
         }
-        self.phase = Phase::Body(BodyWait {
+        self.phase = Phase::Body(Box::new(BodyWait {
             key: secret::hash(secret),
             model_check,
             path_model: checked_path_model,
@@ -239,8 +284,9 @@ impl Request {
             form_boundary,
             form_searched: 0,
             size: 0,
+            scan: BodyScan::new(),
             hold: super::BodyHold::new(&self.plugin),
-        });
+        }));
         Ok(Action::Pause)
     }
 
@@ -333,14 +379,22 @@ impl Request {
     pub(super) fn on_body(
         &mut self,
         host: &impl Host,
-        wait: &BodyWait,
+        wait: &mut BodyWait,
         body_size: usize,
         whole: bool,
     ) -> Result<Action, Denial> {
-        let body = host.request_body(body_size).map_err(|_| HOST_FAILED)?;
         let read = match &wait.form_boundary {
-            Some(boundary) => model::form_facts(&body, boundary),
-            None => model::facts(&body),
+            Some(boundary) => {
+                let body = host.request_body(0, body_size).map_err(|_| HOST_FAILED)?;
+                model::form_facts(&body, boundary)
+            }
+            None => {
+                scan_to(host, wait, body_size).map_err(|_| HOST_FAILED)?;
+                match whole {
+                    true => wait.scan.facts(),
+                    false => Err(model::BodyError::NotJson),
+                }
+            }
         };
         let facts = match (read, wait.model_check) {
             (Ok(facts), _) => facts,
@@ -356,7 +410,7 @@ impl Request {
                 meter.model = facts.model.clone();
             }
             if whole {
-                meter.request_bytes = Some(body.len() as u64);
+                meter.request_bytes = Some(body_size as u64);
             }
         }
         if wait.model_check || wait.reserve {
@@ -384,21 +438,16 @@ impl Request {
                     return Err(Denial::EndpointNotMetered);
                 }
                 let estimate = Estimate {
-                    body_bytes: body.len() as u64,
+                    body_bytes: body_size as u64,
                     max_output_tokens: facts.max_output_tokens,
                 };
                 self.reserve(host, view, &wait.key, model.as_deref(), estimate)?;
             }
         }
         self.admit_rate(host)?;
-        if wait.add_usage {
-            if let Some(changed) = include_usage::add_to_request(&body) {
-                host.set_request_body(body_size, &changed)
-                    .map_err(|_| HOST_FAILED)?;
-                // The whole body is here: its new length is exact (some upstreams refuse a
-                // chunked request body).
-                host.set_request_header("content-length", &changed.len().to_string())
-                    .map_err(|_| HOST_FAILED)?;
+        if wait.add_usage && whole {
+            if let Some(edit) = wait.scan.usage_edit() {
+                ask_for_usage(host, edit, body_size).map_err(|_| HOST_FAILED)?;
                 if let Job::Meter(meter) = &mut self.job {
                     meter.added_usage = true;
                 }

@@ -17,6 +17,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use crate::config::Config;
+use crate::decide::body_scan::BodyScan;
 use crate::decide::credential;
 use crate::decide::decision::Denial;
 use crate::decide::model_list;
@@ -39,9 +40,11 @@ pub trait Host: SharedData {
     fn request_headers(&self) -> Result<Vec<u8>, HostError>;
     fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError>;
     fn remove_request_header(&self, name: &str) -> Result<(), HostError>;
-    /// The first `size` bytes of the buffered request body.
-    fn request_body(&self, size: usize) -> Result<Vec<u8>, HostError>;
-    /// Replaces the buffered request body (`size` bytes) with `data`.
+    /// `size` bytes of the buffered request body from byte `start` (fewer if it has
+    /// fewer).
+    fn request_body(&self, start: usize, size: usize) -> Result<Vec<u8>, HostError>;
+    /// Replaces the buffered request body's first `size` bytes with `data` (Envoy replaces
+    /// a prefix of a body, nothing else).
     fn set_request_body(&self, size: usize, data: &[u8]) -> Result<(), HostError>;
     /// The client's address as the proxy saw it (`source.address`), if it has one.
     fn source_address(&self) -> Result<Option<Vec<u8>>, HostError>;
@@ -140,7 +143,7 @@ enum Phase {
     /// It came before this VM had a snapshot, and waits for one.
     Held(Held),
     /// Admitted on its headers, it waits for its body to be decided.
-    Body(BodyWait),
+    Body(Box<BodyWait>),
     /// Admitted and passed on; its body (if any) streams on, chunk by chunk.
     Upstream,
     /// Its response is passing through.
@@ -244,6 +247,8 @@ struct BodyWait {
     form_searched: usize,
     /// Size of the body buffered so far.
     size: usize,
+    /// A JSON body read so far (an upload's is not: its head is searched).
+    scan: BodyScan,
     hold: BodyHold,
 }
 
@@ -409,6 +414,17 @@ impl Request {
                 self.phase = Phase::Upstream;
                 return self.finish(host, Err(Denial::Overloaded));
             }
+            // Read as it arrives, so that only the last bytes are left to read at the end,
+            // and a body that cannot be a JSON object is refused before it all came.
+            let read = admit::scan_to(host, wait, body_size);
+            let unreadable = wait.scan.failed() && wait.model_check;
+            if read.is_err() {
+                self.phase = Phase::Upstream;
+                return self.finish(host, Err(HOST_FAILED));
+            }
+            if unreadable {
+                return self.decide_body(host, body_size, false);
+            }
             return Action::Pause;
         }
         self.decide_body(host, body_size, true)
@@ -431,10 +447,10 @@ impl Request {
 
     /// Decides the request on the first `size` bytes of its body (`whole`: all of it).
     fn decide_body(&mut self, host: &impl Host, size: usize, whole: bool) -> Action {
-        let Phase::Body(wait) = std::mem::replace(&mut self.phase, Phase::Upstream) else {
+        let Phase::Body(mut wait) = std::mem::replace(&mut self.phase, Phase::Upstream) else {
             return Action::Continue;
         };
-        let result = self.on_body(host, &wait, size, whole);
+        let result = self.on_body(host, &mut wait, size, whole);
         self.finish(host, result)
     }
 

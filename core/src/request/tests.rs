@@ -25,6 +25,8 @@ struct Fake {
     shared: MemShared,
     request_headers: RefCell<Vec<(String, String)>>,
     request_body: RefCell<Vec<u8>>,
+    /// The size of every read of the request body.
+    body_reads: RefCell<Vec<usize>>,
     response_headers: RefCell<Vec<(String, String)>>,
     response_body: RefCell<Vec<u8>>,
     sent: RefCell<Option<Sent>>,
@@ -93,9 +95,12 @@ impl Host for Fake {
         })
     }
 
-    fn request_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
+    fn request_body(&self, start: usize, size: usize) -> Result<Vec<u8>, HostError> {
         let body = self.request_body.borrow();
-        ok(self, body[..size.min(body.len())].to_vec())
+        let start = start.min(body.len());
+        let end = start.saturating_add(size).min(body.len());
+        self.body_reads.borrow_mut().push(end - start);
+        ok(self, body[start..end].to_vec())
     }
 
     fn set_request_body(&self, size: usize, data: &[u8]) -> Result<(), HostError> {
@@ -791,4 +796,83 @@ fn a_held_body_is_counted_once_when_its_request_is_released() {
     assert_eq!(request.release(&s.fake), Action::Pause);
     assert_eq!(s.fake.sent.borrow().clone(), None);
     assert_eq!(s.plugin.held_body_bytes(), part.len());
+}
+
+/// A body of about `size` bytes whose model comes last, as SDKs write it.
+fn big_body(size: usize, model: &str, stream: bool) -> String {
+    let text = "x".repeat(size);
+    format!(
+        r#"{{"messages":[{{"role":"user","content":"{text}"}}],"stream":{stream},"model":"{model}"}}"#
+    )
+}
+
+/// The body arrives in `chunk`-byte pieces; Envoy buffers them and tells the size so far.
+fn arrive_in_pieces(s: &Setup, request: &mut Request, body: &str, chunk: usize) -> Action {
+    let mut action = Action::Pause;
+    let mut size = 0;
+    while size < body.len() {
+        size = (size + chunk).min(body.len());
+        *s.fake.request_body.borrow_mut() = body.as_bytes()[..size].to_vec();
+        action = request.on_request_body(&s.fake, size, size == body.len());
+        if action != Action::Pause {
+            break;
+        }
+    }
+    action
+}
+
+#[test]
+fn a_big_body_is_read_in_windows_as_it_arrives_never_whole() {
+    let s = setup();
+    for (model, expected) in [("gpt-4o", None), ("gpt-4o-mini", Some(403))] {
+        let mut request = s.request("POST", CHAT, "gpt");
+        assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+        s.fake.body_reads.borrow_mut().clear();
+        let body = big_body(900_000, model, false);
+        let action = arrive_in_pieces(&s, &mut request, &body, 100_000);
+        assert_eq!(s.status_sent(), expected, "{model}");
+        let want = if expected.is_some() {
+            Action::Pause
+        } else {
+            Action::Continue
+        };
+        assert_eq!(action, want, "{model}");
+        let reads = s.fake.body_reads.borrow();
+        assert!(reads.iter().all(|&n| n <= 64 * 1024), "{reads:?}");
+        // Each byte is read once.
+        assert_eq!(reads.iter().sum::<usize>(), body.len());
+    }
+}
+
+#[test]
+fn a_body_that_cannot_be_json_is_refused_before_it_all_came() {
+    let s = setup();
+    let mut request = s.request("POST", CHAT, "gpt");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    let body = format!("{{\"model\" 1, {}}}", "x".repeat(500_000));
+    arrive_in_pieces(&s, &mut request, &body, 1000);
+    assert_eq!(s.status_sent(), Some(400));
+    assert_eq!(s.fake.body_reads.borrow().len(), 1);
+}
+
+#[test]
+fn a_big_stream_asks_for_usage_without_being_read_whole() {
+    let s = setup();
+    let mut request = s.request("POST", CHAT, "open");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    let body = big_body(500_000, "gpt-4o", true);
+    assert_eq!(
+        arrive_in_pieces(&s, &mut request, &body, 65_536),
+        Action::Continue
+    );
+    assert!(s.fake.body_reads.borrow().iter().all(|&n| n <= 64 * 1024));
+    let sent = s.fake.request_body.borrow().clone();
+    let sent: serde_json::Value = serde_json::from_slice(&sent).unwrap();
+    assert_eq!(
+        sent["stream_options"]["include_usage"],
+        serde_json::Value::Bool(true)
+    );
+    assert_eq!(sent["model"], "gpt-4o");
+    let length = get(&s.fake.request_headers, "content-length").unwrap();
+    assert_eq!(length, s.fake.request_body.borrow().len().to_string());
 }

@@ -3,8 +3,6 @@
 //! that adds, so the client gets the stream it asked for. With the option OpenAI adds
 //! `"usage":null` to every chunk and one last chunk with no choices and the usage.
 
-use serde_json::Value;
-
 /// Whether a request path is OpenAI's Chat Completions or Completions (Azure's too),
 /// whose streams report usage only when asked.
 pub fn applies_to(path: &str) -> bool {
@@ -14,8 +12,11 @@ pub fn applies_to(path: &str) -> bool {
 
 /// The request body with `stream_options.include_usage` set, if it is a streaming Chat
 /// Completions or Completions request that does not ask for usage; `None` otherwise (not
-/// JSON, not streaming, or already asking).
+/// JSON, not streaming, or already asking). The filter makes this change without holding
+/// the body (`body_scan::UsageEdit`); this whole-body form is what that is tested against.
+#[cfg(test)]
 pub fn add_to_request(body: &[u8]) -> Option<Vec<u8>> {
+    use serde_json::Value;
     let mut request: Value = serde_json::from_slice(body).ok()?;
     let object = request.as_object_mut()?;
     if object.get("stream").and_then(Value::as_bool) != Some(true) {
@@ -105,6 +106,7 @@ fn edit_event(event: &[u8], out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
