@@ -253,6 +253,12 @@ impl StackBuilder {
         self
     }
 
+    /// Keeps the key-service's SQLite database in `dir` (a small disk a test fills, say).
+    pub fn sqlite_in(mut self, dir: &Path) -> Self {
+        self.database_url = Some(format!("sqlite://{}/keygate.db", dir.display()));
+        self
+    }
+
     /// Replaces `from` (which must occur once) with `to` in Envoy's configuration.
     pub fn envoy_edit(mut self, from: &str, to: &str) -> Self {
         self.envoy_edits.push((from.to_string(), to.to_string()));

@@ -1,14 +1,16 @@
 //! Faults of what the filter and the key-service stand on (issue 18): the database goes
-//! away under load and comes back.
+//! away under load and comes back, its disk fills up and is freed.
 
+use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use keygate_e2e::api::{admin, assert_error, chat, client, create_key, until_synced, usage_rows};
-use keygate_e2e::stack::Stack;
+use keygate_e2e::stack::{random_token, Stack};
 use reqwest::Method;
 use serde_json::json;
 
@@ -145,4 +147,109 @@ fn a_flood_of_held_bodies_is_bounded() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("\"overloaded\""), "{answer}");
     drop((first, second));
+}
+
+/// A small tmpfs of the test's own, unmounted when dropped: a disk it can fill.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(bytes: u64) -> Tmpfs {
+        let path = std::env::temp_dir().join(format!("keygate-disk-{}", &random_token()[..12]));
+        fs::create_dir_all(&path).expect("make the mount point");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "this test fills a disk of its own: mounting a tmpfs needs root (CAP_SYS_ADMIN), \
+             which the CI machine has"
+        );
+        Tmpfs { path }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Fills the disk: a file of zeros until not a byte more fits.
+    fn fill(&self) -> PathBuf {
+        let filler = self.path.join("filler");
+        let mut file = fs::File::create(&filler).expect("create the filler");
+        let block = vec![0u8; 64 * 1024];
+        for size in [block.len(), 1] {
+            while file.write_all(&block[..size]).is_ok() {}
+        }
+        let _ = file.sync_all();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        let _ = fs::remove_dir(&self.path);
+    }
+}
+
+/// The disk under the SQLite database fills up: writes fail and `/readyz` says so, the
+/// calls go on from the snapshot; once space is freed, writes come back by themselves and
+/// every call is billed once.
+#[test]
+fn a_full_disk_fails_writes_until_space_is_freed_and_loses_no_usage() {
+    let disk = Tmpfs::mount(32 << 20);
+    let stack = Stack::builder().sqlite_in(disk.path()).start();
+    let key = create_key(&stack, json!({"name": "disk-fault"}));
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&key.secret))).status(),
+        200
+    );
+    let mut calls = 1;
+
+    let filler = disk.fill();
+    // Writes fail as soon as the database must grow: usage comes in all the time.
+    let started = Instant::now();
+    while readyz(&stack) != 503 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "writes never failed on a full disk"
+        );
+        assert_eq!(chat(&stack, Some(&key.secret)).status(), 200);
+        calls += 1;
+        sleep(Duration::from_millis(100));
+    }
+    let url = format!("{}/readyz", stack.key_service_url);
+    let why = client().get(url).send().expect("readyz").text().expect("body");
+    assert!(why.contains("database"), "{why}");
+    for _ in 0..5 {
+        assert_eq!(chat(&stack, Some(&key.secret)).status(), 200);
+        calls += 1;
+    }
+    let (status, _) = admin(&stack, Method::POST, "/api/v1/keys", Some(json!({"name": "x"})));
+    assert!(status >= 500, "a write on a full disk: {status}");
+
+    fs::remove_file(&filler).expect("free the disk");
+    let started = Instant::now();
+    loop {
+        let (status, _) = admin(&stack, Method::POST, "/api/v1/keys", Some(json!({"name": "y"})));
+        if status == 201 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "writes never came back: {status}"
+        );
+        sleep(Duration::from_millis(200));
+    }
+    eprintln!("writes back {:?} after the disk was freed", started.elapsed());
+    // `/readyz` keeps its write probe's answer for a second.
+    while readyz(&stack) != 200 {
+        assert!(started.elapsed() < Duration::from_secs(20), "never ready again");
+        sleep(Duration::from_millis(200));
+    }
+    let rows = usage_rows(&stack, &key, calls);
+    assert_eq!(rows.len(), calls, "{rows:?}");
 }
