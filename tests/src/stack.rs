@@ -56,6 +56,15 @@ pub fn filter_wasm() -> PathBuf {
     )
 }
 
+/// The built key-service, or the one `KEYGATE_E2E_KEY_SERVICE` names (as for
+/// `KEYGATE_E2E_WASM`).
+fn key_service_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("KEYGATE_E2E_KEY_SERVICE") {
+        return required(PathBuf::from(path), "a build of the key-service");
+    }
+    release_bin("key-service")
+}
+
 fn release_bin(name: &str) -> PathBuf {
     required(target_dir().join("release").join(name), "make build")
 }
@@ -502,7 +511,7 @@ fn key_service_command(
     admin_token: &str,
     filter_token: &str,
 ) -> Command {
-    let mut cmd = Command::new(release_bin("key-service"));
+    let mut cmd = Command::new(key_service_bin());
     cmd.args(["--listen", listen])
         .env("KEYGATE_DATABASE_URL", database_url)
         .env("KEYGATE_ADMIN_TOKEN", admin_token)
