@@ -222,19 +222,34 @@ fn a_full_disk_fails_writes_until_space_is_freed_and_loses_no_usage() {
         sleep(Duration::from_millis(100));
     }
     let url = format!("{}/readyz", stack.key_service_url);
-    let why = client().get(url).send().expect("readyz").text().expect("body");
+    let why = client()
+        .get(url)
+        .send()
+        .expect("readyz")
+        .text()
+        .expect("body");
     assert!(why.contains("database"), "{why}");
     for _ in 0..5 {
         assert_eq!(chat(&stack, Some(&key.secret)).status(), 200);
         calls += 1;
     }
-    let (status, _) = admin(&stack, Method::POST, "/api/v1/keys", Some(json!({"name": "x"})));
+    let (status, _) = admin(
+        &stack,
+        Method::POST,
+        "/api/v1/keys",
+        Some(json!({"name": "x"})),
+    );
     assert!(status >= 500, "a write on a full disk: {status}");
 
     fs::remove_file(&filler).expect("free the disk");
     let started = Instant::now();
     loop {
-        let (status, _) = admin(&stack, Method::POST, "/api/v1/keys", Some(json!({"name": "y"})));
+        let (status, _) = admin(
+            &stack,
+            Method::POST,
+            "/api/v1/keys",
+            Some(json!({"name": "y"})),
+        );
         if status == 201 {
             break;
         }
@@ -244,10 +259,16 @@ fn a_full_disk_fails_writes_until_space_is_freed_and_loses_no_usage() {
         );
         sleep(Duration::from_millis(200));
     }
-    eprintln!("writes back {:?} after the disk was freed", started.elapsed());
+    eprintln!(
+        "writes back {:?} after the disk was freed",
+        started.elapsed()
+    );
     // `/readyz` keeps its write probe's answer for a second.
     while readyz(&stack) != 200 {
-        assert!(started.elapsed() < Duration::from_secs(20), "never ready again");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never ready again"
+        );
         sleep(Duration::from_millis(200));
     }
     let rows = usage_rows(&stack, &key, calls);
