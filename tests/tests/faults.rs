@@ -25,6 +25,27 @@ fn postgres(action: &str) {
     assert!(status.success(), "postgres {action}: {status}");
 }
 
+/// Waits (at most 20 s) until an admin write works again.
+fn until_writes_work(stack: &Stack) {
+    let started = Instant::now();
+    loop {
+        let (status, _) = admin(
+            stack,
+            Method::POST,
+            "/api/v1/keys",
+            Some(json!({"name": "y"})),
+        );
+        if status == 201 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "writes never came back: {status}"
+        );
+        sleep(Duration::from_millis(200));
+    }
+}
+
 fn readyz(stack: &Stack) -> u16 {
     let url = format!("{}/readyz", stack.key_service_url);
     client().get(url).send().expect("readyz").status().as_u16()
@@ -49,22 +70,7 @@ fn a_postgresql_restart_under_load_loses_nothing_and_needs_no_key_service_restar
     postgres("start");
     // Writes come back by themselves, with no restart of the key-service.
     let started = Instant::now();
-    loop {
-        let (status, _) = admin(
-            &stack,
-            Method::POST,
-            "/api/v1/keys",
-            Some(json!({"name": "y"})),
-        );
-        if status == 201 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "writes never came back: {status}"
-        );
-        sleep(Duration::from_millis(200));
-    }
+    until_writes_work(&stack);
     eprintln!("writes back {:?} after the database", started.elapsed());
     assert_eq!(readyz(&stack), 200);
     // Every call is billed, once: the filter's held usage went in when it could.
@@ -243,22 +249,7 @@ fn a_full_disk_fails_writes_until_space_is_freed_and_loses_no_usage() {
 
     fs::remove_file(&filler).expect("free the disk");
     let started = Instant::now();
-    loop {
-        let (status, _) = admin(
-            &stack,
-            Method::POST,
-            "/api/v1/keys",
-            Some(json!({"name": "y"})),
-        );
-        if status == 201 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "writes never came back: {status}"
-        );
-        sleep(Duration::from_millis(200));
-    }
+    until_writes_work(&stack);
     eprintln!(
         "writes back {:?} after the disk was freed",
         started.elapsed()
