@@ -228,6 +228,33 @@ fn an_edited_body_keeps_an_exact_length(builder: StackBuilder) {
         "{seen}"
     );
     assert_eq!(keygate_e2e::api::header(&seen, "transfer-encoding"), None);
+
+    // A big body, arriving in many chunks, with its own `"stream_options": null` after
+    // 2 MB of messages: that value is rewritten in place.
+    let big = json!({"model": "gpt-4o-mini", "stream": true, "stream_options": null,
+        "messages": [{"role": "user", "content": "x".repeat(2_000_000)}]});
+    let res = client()
+        .post(format!("{}/v1/chat/completions", stack.envoy_url))
+        .bearer_auth(&key.secret)
+        .json(&big)
+        .send()
+        .expect("big chat request");
+    assert_eq!(res.status(), 200);
+    let _ = res.text();
+    let seen = keygate_e2e::api::upstream_requests(&stack)
+        .pop()
+        .expect("the upstream saw the request");
+    // The upstream answered 200: it read the body as a JSON object.
+    let tail = seen["body_tail"].as_str().unwrap();
+    assert!(
+        tail.ends_with(r#""stream":true,"stream_options":{"include_usage":true}}"#),
+        "{tail}"
+    );
+    let length = seen["body_len"].as_u64().unwrap().to_string();
+    assert_eq!(
+        keygate_e2e::api::header(&seen, "content-length"),
+        Some(length.as_str())
+    );
 }
 
 /// A quota-limited key against every endpoint family: what keygate can meter is billed

@@ -82,8 +82,8 @@ pub(super) fn scan_to(host: &impl Host, wait: &mut BodyWait, size: usize) -> Res
     Ok(())
 }
 
-/// Makes a streaming request ask for usage (`edit`) in a body of `size` bytes: `true` if
-/// it did. Only the body's first bytes are rewritten (all Envoy allows): its opening brace,
+/// Makes a streaming request ask for usage (`edit`) in a body of `size` bytes. Only the
+/// body's first bytes are rewritten (all Envoy allows): its opening brace,
 /// or everything up to the end of its own `stream_options`, which is then the one time
 /// a part of a body is copied into the VM (bounded by `max_body_bytes`).
 fn ask_for_usage(host: &impl Host, edit: UsageEdit, size: usize) -> Result<(), HostError> {
@@ -101,7 +101,7 @@ fn ask_for_usage(host: &impl Host, edit: UsageEdit, size: usize) -> Result<(), H
     host.set_request_body(replaced, &data)?;
     // The whole body is here: its new length is exact (some upstreams refuse a chunked
     // request body).
-    let length = size - replaced + data.len();
+    let length = size.saturating_sub(replaced).saturating_add(data.len());
     host.set_request_header("content-length", &length.to_string())
 }
 

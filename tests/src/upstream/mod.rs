@@ -210,6 +210,8 @@ async fn accept(state: &AppState, req: Request, provider: Provider) -> Result<Ca
         })
         .collect();
     let logged = &bytes[..bytes.len().min(LOGGED_BODY_LIMIT)];
+    // And the end of a body longer than that, to see what a filter did to it.
+    let tail = &bytes[bytes.len().saturating_sub(1024).max(logged.len())..];
     if let Ok(mut log) = state.log.lock() {
         if log.len() == LOG_CAPACITY {
             log.pop_front();
@@ -219,6 +221,8 @@ async fn accept(state: &AppState, req: Request, provider: Provider) -> Result<Ca
             "path": path,
             "headers": headers,
             "body": String::from_utf8_lossy(logged),
+            "body_tail": String::from_utf8_lossy(tail),
+            "body_len": bytes.len(),
         }));
     }
     let knobs = Knobs::from_headers(&parts.headers);
