@@ -550,10 +550,11 @@ impl BodyScan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     /// How serde_json reads `Facts` from a whole body: what the scanner must agree with.
-    fn reference(body: &[u8]) -> Result<Facts, BodyError> {
+    pub(super) fn reference(body: &[u8]) -> Result<Facts, BodyError> {
         #[derive(serde::Deserialize)]
         struct Request {
             #[serde(default)]
@@ -597,7 +598,7 @@ mod tests {
         })
     }
 
-    fn scan(body: &[u8], cut: usize) -> BodyScan {
+    pub(super) fn scan(body: &[u8], cut: usize) -> BodyScan {
         let mut scan = BodyScan::new();
         for chunk in body.chunks(cut.max(1)) {
             scan.feed(chunk);
@@ -606,7 +607,7 @@ mod tests {
     }
 
     /// The body as the upstream gets it once `edit` is made.
-    fn edited(body: &[u8], edit: &UsageEdit) -> Vec<u8> {
+    pub(super) fn edited(body: &[u8], edit: &UsageEdit) -> Vec<u8> {
         match edit {
             UsageEdit::Prefix { len, data } => [&data[..], &body[*len..]].concat(),
             UsageEdit::Value { start, end, data } => {
@@ -749,6 +750,14 @@ mod tests {
             assert_eq!(edit(body), None, "{body}");
         }
     }
+}
+
+/// Property tests (native only: proptest does not build for wasm32).
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod props {
+    use super::tests::{edited, reference, scan};
+    use super::*;
+    use proptest::prelude::*;
 
     /// A JSON value, as a client might build one.
     fn json_value() -> impl Strategy<Value = Value> {
