@@ -9,10 +9,13 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 
-/// Admits requests that carry one particular bearer token.
+/// Admits requests that carry one particular bearer token (or, for the filter's routes
+/// during a rotation, either of two).
 #[derive(Clone)]
 pub struct Guard {
     digest: [u8; 32],
+    /// A second token admitted as well: the next filter token while Envoys move to it.
+    next: Option<[u8; 32]>,
     code: &'static str,
     message: &'static str,
     /// Header holding the bare token; `None`: `Authorization: Bearer`.
@@ -23,6 +26,7 @@ impl Guard {
     pub fn admin(token: &str) -> Self {
         Guard {
             digest: keygate_core::keys::secret::hash(token),
+            next: None,
             code: "invalid_admin_token",
             message: "missing or invalid admin token (Authorization: Bearer <admin token>)",
             header: None,
@@ -32,18 +36,28 @@ impl Guard {
     pub fn filter(token: &str) -> Self {
         Guard {
             digest: keygate_core::keys::secret::hash(token),
+            next: None,
             code: "invalid_filter_token",
             message: "missing or invalid filter token (Authorization: Bearer <filter token>)",
             header: None,
         }
     }
 
+    /// Admits `token` as well (an empty one changes nothing).
+    pub fn or(mut self, token: Option<&str>) -> Self {
+        self.next = token
+            .filter(|t| !t.is_empty())
+            .map(keygate_core::keys::secret::hash);
+        self
+    }
+
     /// Digests have a fixed length, so neither the comparison's time nor its length check
-    /// tells anything about the token.
+    /// tells anything about the token; both digests are always compared.
     pub fn admits(&self, presented: &str) -> bool {
-        self.digest
-            .ct_eq(&keygate_core::keys::secret::hash(presented))
-            .into()
+        let presented = keygate_core::keys::secret::hash(presented);
+        let current = self.digest.ct_eq(&presented);
+        let next = self.next.map_or(0.into(), |next| next.ct_eq(&presented));
+        (current | next).into()
     }
 
     fn admits_request(&self, request: &Request) -> bool {
@@ -63,6 +77,7 @@ impl Guard {
     pub fn check(token: &str) -> Self {
         Guard {
             digest: keygate_core::keys::secret::hash(token),
+            next: None,
             code: "invalid_filter_token",
             message: "missing or invalid filter token (x-keygate-token: <filter token>)",
             header: Some("x-keygate-token"),
@@ -110,6 +125,17 @@ mod tests {
         ] {
             assert!(!guard.admits(other), "{other:?}");
         }
+    }
+
+    #[test]
+    fn during_a_rotation_both_filter_tokens_are_admitted_and_nothing_else() {
+        let guard = Guard::filter("current-token").or(Some("next-token"));
+        assert!(guard.admits("current-token") && guard.admits("next-token"));
+        for other in ["", "next-toke", "current-token2", "admin"] {
+            assert!(!guard.admits(other), "{other:?}");
+        }
+        let unchanged = Guard::filter("current-token").or(Some(""));
+        assert!(unchanged.admits("current-token") && !unchanged.admits(""));
     }
 
     #[test]

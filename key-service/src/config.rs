@@ -35,6 +35,12 @@ pub struct Config {
     #[arg(long, env = "KEYGATE_FILTER_TOKEN", hide_env_values = true)]
     pub filter_token: Option<Token>,
 
+    /// A second filter token admitted as well, to rotate the filter token without a
+    /// failed sync: set it, move the Envoys to it one by one, then make it the filter
+    /// token and drop this.
+    #[arg(long, env = "KEYGATE_FILTER_TOKEN_NEXT", hide_env_values = true)]
+    pub filter_token_next: Option<Token>,
+
     /// How long change-log rows are kept ("7d", "12h", "never"). A filter that has not
     /// synced for longer reloads the full snapshot instead of taking a delta.
     #[arg(long, env = "KEYGATE_CHANGE_LOG_RETENTION", default_value = "7d")]

@@ -66,6 +66,14 @@ impl AppState {
         }
     }
 
+    /// Admits a second filter token on the filter's routes, so Envoys can move to it one
+    /// by one (`--filter-token-next`).
+    pub fn with_next_filter_token(mut self, token: Option<&str>) -> Self {
+        self.filter = self.filter.or(token);
+        self.check = self.check.or(token);
+        self
+    }
+
     pub fn with_public_base_url(mut self, url: &str) -> Self {
         self.public_base_url = Arc::from(url);
         self
@@ -312,11 +320,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tokens::FILTER_TOKEN_FILE,
         "KEYGATE_FILTER_TOKEN",
     )?;
-    if admin == filter {
+    let next_filter = tokens::given(config.filter_token_next);
+    if admin == filter || next_filter.as_ref() == Some(&admin) {
         return Err(StartError::SameTokens);
     }
     log_token("admin", &admin_origin);
     log_token("filter", &filter_origin);
+    if next_filter.is_some() {
+        tracing::info!("a next filter token is admitted too (--filter-token-next)");
+    }
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -337,6 +349,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
 
     let state = AppState::new(store.clone(), admin.expose(), filter.expose())
+        .with_next_filter_token(next_filter.as_ref().map(tokens::Token::expose))
         .with_public_base_url(&config.public_base_url)
         .with_check_trust(api::check::ForwardingTrust {
             xff_hops: config.check_trusted_hops,

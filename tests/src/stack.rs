@@ -205,6 +205,8 @@ pub struct StackBuilder {
     database_url: Option<String>,
     /// Text replacements in Envoy's configuration, each made once.
     envoy_edits: Vec<(String, String)>,
+    /// Extra environment of the key-service.
+    key_service_env: Vec<(String, String)>,
 }
 
 impl StackBuilder {
@@ -268,6 +270,13 @@ impl StackBuilder {
         self
     }
 
+    /// Sets an environment variable of the key-service (`KEYGATE_*` configuration).
+    pub fn key_service_env(mut self, name: &str, value: &str) -> Self {
+        self.key_service_env
+            .push((name.to_string(), value.to_string()));
+        self
+    }
+
     /// Replaces `from` (which must occur once) with `to` in Envoy's configuration.
     pub fn envoy_edit(mut self, from: &str, to: &str) -> Self {
         self.envoy_edits.push((from.to_string(), to.to_string()));
@@ -315,9 +324,10 @@ pub struct Stack {
     procs: Vec<Proc>,
     dir: PathBuf,
     database_url: String,
-    /// How Envoy was started, to start it again.
+    /// How Envoy and the key-service were started, to start them again.
     concurrency: u32,
     envoy_token: String,
+    key_service_env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -333,6 +343,7 @@ impl Stack {
             http_filters: None,
             database_url: None,
             envoy_edits: Vec::new(),
+            key_service_env: Vec::new(),
         }
     }
 
@@ -364,7 +375,9 @@ impl Stack {
             .database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}/keygate.db", dir.display()));
-        let cmd = key_service_command("127.0.0.1:0", &database_url, &admin_token, &filter_token);
+        let mut cmd =
+            key_service_command("127.0.0.1:0", &database_url, &admin_token, &filter_token);
+        cmd.envs(options.key_service_env.iter().cloned());
         procs.push(Proc::spawn("key-service", cmd, &dir));
         let key_service = procs[1].wait_for_line("key-service listening on");
 
@@ -414,6 +427,7 @@ impl Stack {
             database_url,
             concurrency: options.concurrency,
             envoy_token,
+            key_service_env: options.key_service_env,
         }
     }
 
@@ -446,12 +460,13 @@ impl Stack {
             .key_service_url
             .trim_start_matches("http://")
             .to_string();
-        let cmd = key_service_command(
+        let mut cmd = key_service_command(
             &addr,
             &self.database_url,
             &self.admin_token,
             &self.filter_token,
         );
+        cmd.envs(self.key_service_env.iter().cloned());
         // Its log file starts over.
         let mut proc = Proc::spawn("key-service", cmd, &self.dir);
         proc.wait_for_line("key-service listening on");

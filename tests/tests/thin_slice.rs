@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keygate_e2e::api::{
     assert_error, chat, chat_body, client, create_key, filter_stat, header, until_synced,
-    upstream_requests, CHAT,
+    upstream_requests, usage_rows, CHAT,
 };
 use keygate_e2e::stack::Stack;
 use serde_json::{json, Value};
@@ -148,6 +148,24 @@ fn a_filter_the_key_service_refuses_answers_503_for_well_formed_keys() {
     assert_error(chat(&stack, Some(&secret)), 503, "key_service_unavailable");
     assert_error(chat(&stack, None), 401, "missing_api_key");
     assert_error(chat(&stack, Some("sk-made-up")), 401, "invalid_api_key");
+}
+
+/// During a filter-token rotation the key-service takes the next token too: an Envoy
+/// already moved to it syncs and reports usage with no failed call.
+#[test]
+fn an_envoy_with_the_next_filter_token_syncs_during_a_rotation() {
+    let next = "next-filter-token-0123456789";
+    let stack = Stack::builder()
+        .key_service_env("KEYGATE_FILTER_TOKEN_NEXT", next)
+        .envoy_filter_token(next)
+        .start();
+    let key = create_key(&stack, json!({"name": "rotation"}));
+    assert_eq!(
+        until_synced(|| chat(&stack, Some(&key.secret))).status(),
+        200
+    );
+    assert_eq!(usage_rows(&stack, &key, 1).len(), 1);
+    assert!(!stack.log("envoy").contains("401"), "a sync was refused");
 }
 
 #[test]

@@ -46,6 +46,45 @@ async fn the_snapshot_needs_the_filter_token() {
     assert_eq!(service.snapshot().await.status, 200);
 }
 
+/// During a rotation the filter's routes take the current and the next filter token, so
+/// Envoys move to the next one by one without a failed sync; nothing else gets in.
+#[tokio::test]
+async fn a_next_filter_token_is_admitted_beside_the_current_one() {
+    const NEXT: &str = "next-filter-token";
+    let dir = tempfile::tempdir().unwrap();
+    let database = key_service::store::test_database(dir.path()).await.unwrap();
+    let service = Service::configured(&database, dir, |state| {
+        state.with_next_filter_token(Some(NEXT))
+    })
+    .await;
+    for token in [FILTER, NEXT] {
+        let snapshot = service.request(Method::GET, "/filter/v1/snapshot", Some(token));
+        assert_eq!(service.send(snapshot).await.status, 200, "{token}");
+        let usage = service
+            .request(Method::POST, "/filter/v1/usage", Some(token))
+            .json(&serde_json::json!({"records": []}));
+        assert_eq!(service.send(usage).await.status, 200, "{token}");
+        let check = service
+            .request(Method::GET, "/filter/v1/check/v1/models", None)
+            .header("x-keygate-token", token);
+        // Answered (the request has no key: 401 `missing_api_key`), not turned away.
+        let (_, code, _) = service.send(check).await.error();
+        assert_eq!(code, "missing_api_key", "{token}");
+    }
+    for token in [ADMIN, "next-filter-toke", ""] {
+        let snapshot = service.request(Method::GET, "/filter/v1/snapshot", Some(token));
+        assert_eq!(service.send(snapshot).await.status, 401, "{token:?}");
+    }
+    // The next token is no admin token.
+    assert_eq!(
+        service
+            .send(service.request(Method::GET, "/api/v1/keys", Some(NEXT)))
+            .await
+            .status,
+        401
+    );
+}
+
 #[tokio::test]
 async fn other_schemes_and_near_misses_are_refused() {
     let service = Service::start().await;
