@@ -16,6 +16,8 @@
 //! gives keygate's added latency as a ratio to each one's. `--enforcement-tries N` also
 //! times N disables from the API call to the first 401. `--host-calls` measures instead
 //! bench/hostcall-filter making each kind of host call keygate makes, and prices each.
+//! `--body-bytes N` sends every variant POSTs of an N-byte chat body instead, its model
+//! last, and adds keygate with the key restricted to that model: it must read the body.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -25,7 +27,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use keygate_e2e::api::{admin, client, filter_stat};
+use keygate_e2e::api::{admin, client, filter_stat, CHAT};
 use keygate_e2e::seed::{secret_of, seed_keys};
 use keygate_e2e::stack::{repo_root, Stack};
 
@@ -79,6 +81,11 @@ struct Args {
     /// making one kind 20 times per request, against making none.
     #[arg(long)]
     host_calls: bool,
+    /// Send POSTs of a chat body this many bytes long (0: GETs with no body) to every
+    /// variant, and measure keygate, and each extra, with the key restricted to the body's
+    /// model: the filter must read the whole body to find it.
+    #[arg(long, default_value_t = 0)]
+    body_bytes: usize,
     /// Where the Markdown report goes.
     #[arg(long, default_value = "bench/results/filter.md")]
     out: PathBuf,
@@ -97,6 +104,52 @@ enum Filter {
     Peer(Peer),
     /// bench/hostcall-filter making this host call `HOST_CALL_REPEAT` times per request.
     HostCall(&'static str),
+    /// The built keygate (or the build at this path in its place, with its configuration)
+    /// with the key restricted to `BODY_MODEL`: it decides only once it read the body.
+    ModelFromBody(Option<PathBuf>),
+}
+
+/// The model of `--body-bytes` bodies, the only one the key may then call.
+const BODY_MODEL: &str = "gpt-4o-mini";
+
+/// The request body of `--body-bytes`, and a wrk script that sends it.
+struct ChatBody {
+    /// Made once and never freed: reqwest sends a `&'static` body without copying it.
+    json: &'static str,
+    script: PathBuf,
+}
+
+impl ChatBody {
+    /// A chat request `size` bytes long with `model` last, as the OpenAI SDKs write it: a
+    /// filter looking for the model reads everything before it.
+    fn new(size: usize, model: &str, dir: &Path) -> ChatBody {
+        let (head, tail) = (
+            r#"{"messages":[{"role":"user","content":""#,
+            format!(r#""}}],"model":"{model}"}}"#),
+        );
+        let filler = size
+            .checked_sub(head.len() + tail.len())
+            .expect("--body-bytes too small for a chat body");
+        let json = format!("{head}{}{tail}", "x".repeat(filler));
+        let body = dir.join(format!("chat-{size}.json"));
+        fs::write(&body, &json).expect("write the body");
+        // wrk sends the body of wrk.body (read from the file: a Lua literal of megabytes
+        // is slow to load) with every request.
+        let script = dir.join(format!("chat-{size}.lua"));
+        fs::write(
+            &script,
+            format!(
+                "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
+                 local f = assert(io.open(\"{}\", \"rb\"))\nwrk.body = f:read(\"*a\")\nf:close()\n",
+                body.display()
+            ),
+        )
+        .expect("write the wrk script");
+        ChatBody {
+            json: json.leak(),
+            script,
+        }
+    }
 }
 
 /// Calls per request of bench/hostcall-filter.
@@ -205,6 +258,8 @@ impl Variant {
             Filter::Keygate(ref settings) if !settings.is_empty() => {
                 count > 0 && count <= Peer::INLINE_KEYS_MAX
             }
+            // It needs a key to restrict.
+            Filter::ModelFromBody(_) => count > 0,
             _ => true,
         }
     }
@@ -261,6 +316,13 @@ fn main() {
             filter: Filter::Peer(Peer::ExtAuthz),
         },
     ];
+    if args.body_bytes > 0 {
+        variants.push(Variant {
+            // (No comma in the name: --only splits at commas.)
+            name: format!("keygate: model read from a {}-byte body", args.body_bytes),
+            filter: Filter::ModelFromBody(None),
+        });
+    }
     if !args.only.is_empty() {
         variants.retain(|v| args.only.contains(&v.name));
     }
@@ -275,14 +337,21 @@ fn main() {
     }
     for extra in &args.extra {
         let (name, path) = extra.split_once('=').expect("--extra NAME=PATH.wasm");
+        // With bodies, an extra is another keygate build, measured as keygate is.
+        let path = PathBuf::from(path);
         variants.push(Variant {
             name: name.into(),
-            filter: Filter::Wasm(PathBuf::from(path)),
+            filter: if args.body_bytes > 0 {
+                Filter::ModelFromBody(Some(path))
+            } else {
+                Filter::Wasm(path)
+            },
         });
     }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let work = std::env::temp_dir().join("keygate-bench");
     fs::create_dir_all(&work).expect("bench dir");
+    let body = (args.body_bytes > 0).then(|| ChatBody::new(args.body_bytes, BODY_MODEL, &work));
     let mut report = String::new();
     // Medians per key count and variant, for bench/report.py's plots.
     let mut results = Vec::new();
@@ -304,6 +373,22 @@ fn main() {
         },
         args.rate
     );
+    if body.is_some() {
+        let _ = writeln!(
+            report,
+            "Every variant is sent `POST {CHAT}` with a {}-byte JSON chat body whose \
+             \"model\" ({BODY_MODEL}) comes last; in the model-read variants the key may call \
+             only that model, so the filter reads the whole body before it lets the request on. \
+             {}\n",
+            args.body_bytes,
+            if args.upstream {
+                ""
+            } else {
+                "Envoy's buffer filter before the direct response (in every variant) has Envoy \
+                 read the whole body too, as it would to send it upstream."
+            }
+        );
+    }
     let seeded = |count: usize| {
         let db = work.join(format!("keys-{count}.db"));
         // Seeding a million keys takes minutes: a database seeded by an earlier run (of
@@ -329,7 +414,15 @@ fn main() {
                 if !variant.measured_with(count) {
                     continue;
                 }
-                let sample = measure(variant, &db, count, secret.as_deref(), &args, true);
+                let sample = measure(
+                    variant,
+                    &db,
+                    count,
+                    secret.as_deref(),
+                    body.as_ref(),
+                    &args,
+                    true,
+                );
                 eprintln!(
                     "{count} keys, round {round}, {}: {:.0} rps, p50 {:.0} us, p99 {:.0} us, \
                      rss {:.1} MB, load {:?}",
@@ -374,7 +467,7 @@ fn main() {
                 name: "keygate".into(),
                 filter: Filter::Keygate(vec![]),
             };
-            let sample = measure(&keygate, &seeded(count), count, None, &args, false);
+            let sample = measure(&keygate, &seeded(count), count, None, None, &args, false);
             let load = sample.load_s.map_or("-".into(), |s| format!("{s:.2}"));
             let _ = writeln!(report, "| {count} | {:.1} | {load} |", sample.rss_mb);
             results.push(serde_json::json!({
@@ -410,13 +503,14 @@ fn main() {
     println!("{report}");
 }
 
-/// One run of `variant` in a fresh stack; `load` false measures only memory and the
-/// initial load.
+/// One run of `variant` in a fresh stack, sending `body` if any; `load` false measures only
+/// memory and the initial load.
 fn measure(
     variant: &Variant,
     db: &Path,
     count: usize,
     secret: Option<&str>,
+    body: Option<&ChatBody>,
     args: &Args,
     load: bool,
 ) -> Sample {
@@ -425,6 +519,24 @@ fn measure(
         builder
     } else {
         builder.direct_response()
+    };
+    // A direct response goes out as soon as the router has the headers: Envoy then skips
+    // the body and closes the connection, so without a filter that reads the body each
+    // request would be a new connection with nothing read. Envoy's buffer filter has the
+    // router wait for the whole body, in every variant alike.
+    let builder = match body {
+        Some(_) if !args.upstream => {
+            let indent = "                  ";
+            builder.envoy_edit(
+                "- name: envoy.filters.http.router",
+                &format!(
+                    "- name: envoy.filters.http.buffer\n{indent}  typed_config:\n\
+                     {indent}    \"@type\": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer\n\
+                     {indent}    max_request_bytes: 10485760\n{indent}- name: envoy.filters.http.router"
+                ),
+            )
+        }
+        _ => builder,
     };
     let builder = match &variant.filter {
         Filter::None => builder.filter(None),
@@ -439,6 +551,8 @@ fn measure(
                 "target/wasm32-wasip1/release/keygate_hostcall_filter.wasm",
             )))
             .filter_setting("host_call", &format!("{call:?}")),
+        Filter::ModelFromBody(None) => builder,
+        Filter::ModelFromBody(Some(path)) => builder.filter(Some(path.clone())),
     };
     let started = Instant::now();
     let stack = builder.start();
@@ -447,7 +561,10 @@ fn measure(
     // CPU 0 is Envoy's alone: the key-service (serving the initial load, or every request
     // of ext_authz) shares wrk's CPU.
     pin(stack.pid("key-service").expect("key-service pid"), "1");
-    let keygate_like = matches!(variant.filter, Filter::Keygate(_) | Filter::KeygateLimited);
+    let keygate_like = matches!(
+        variant.filter,
+        Filter::Keygate(_) | Filter::KeygateLimited | Filter::ModelFromBody(_)
+    );
     let mut load_s = None;
     if keygate_like && count > 0 {
         wait_for(&stack, "keygate.keys_loaded", count as u64);
@@ -468,7 +585,10 @@ fn measure(
     if let Filter::KeygateLimited = variant.filter {
         set_default_group_limits(&stack, true);
     }
-    let url = format!("{}/healthz", stack.envoy_url);
+    let url = match body {
+        Some(_) => format!("{}{CHAT}", stack.envoy_url),
+        None => format!("{}/healthz", stack.envoy_url),
+    };
     let auth = match variant.filter {
         Filter::Peer(peer) => peer.auth_header(secret.unwrap_or("sk-none")),
         _ => format!("Authorization: Bearer {}", secret.unwrap_or("sk-none")),
@@ -477,11 +597,21 @@ fn measure(
         variant.filter,
         Filter::None | Filter::Wasm(_) | Filter::HostCall(_)
     );
+    if let (Filter::ModelFromBody(_), Some(secret)) = (&variant.filter, secret) {
+        restrict_to_body_model(&stack, &url, secret);
+    }
     if checks && count > 0 {
         let (name, value) = auth.split_once(": ").expect("header");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let res = client().get(&url).header(name, value).send();
+            let request = match body {
+                Some(body) => client()
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.json),
+                None => client().get(&url),
+            };
+            let res = request.header(name, value).send();
             let status = res.as_ref().map(|r| r.status().as_u16()).ok();
             assert_eq!(status, Some(200), "{}: the key is refused", variant.name);
             // The limited variant waits for its limits to reach the filter.
@@ -502,9 +632,17 @@ fn measure(
     // With no keys, keygate refuses every request (401): that path is measured then.
     let refused_ok = count == 0;
     // (An extra filter may still be loading its keys: the warm-up takes any answer.)
-    wrk(&url, &auth, 8, 1, true);
-    let saturated = wrk(&url, &auth, args.connections, args.duration, refused_ok);
-    let paced = fixed_rate(&url, &auth, args.rate, args.duration, refused_ok);
+    let script = body.map(|b| b.script.as_path());
+    wrk(&url, &auth, script, 8, 1, true);
+    let saturated = wrk(
+        &url,
+        &auth,
+        script,
+        args.connections,
+        args.duration,
+        refused_ok,
+    );
+    let paced = fixed_rate(&url, &auth, body, args.rate, args.duration, refused_ok);
     if let Filter::KeygateLimited = variant.filter {
         // The database is shared with the other variants' runs.
         set_default_group_limits(&stack, false);
@@ -516,6 +654,32 @@ fn measure(
         p99_us: paced.p99_us,
         rss_mb: rss_kb(envoy) as f64 / 1024.0,
         load_s,
+    }
+}
+
+/// Restricts seeded key 0 (whose secret is `secret`) to `BODY_MODEL`, in this stack's copy
+/// of the database, and waits until the filter refuses it another model: from then on it
+/// reads each body for its model.
+fn restrict_to_body_model(stack: &Stack, url: &str, secret: &str) {
+    let (status, body) = admin(
+        stack,
+        reqwest::Method::PATCH,
+        "/api/v1/keys/key_0000000000000000",
+        Some(serde_json::json!({ "models": [BODY_MODEL] })),
+    );
+    assert_eq!(status, 200, "restrict the key: {body}");
+    let other = serde_json::json!({"messages": [], "model": "not-allowed"});
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let res = client().post(url).bearer_auth(secret).json(&other).send();
+        if res.is_ok_and(|r| r.status().as_u16() == 403) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the key's model restriction never reached the filter"
+        );
+        sleep(Duration::from_millis(100));
     }
 }
 
@@ -694,9 +858,20 @@ struct Wrk {
     p99_us: f64,
 }
 
-fn wrk(url: &str, auth: &str, connections: usize, seconds: u64, refused_ok: bool) -> Wrk {
-    let out = Command::new("taskset")
-        .args(["-c", "1", "wrk", "-t1", "--latency"])
+fn wrk(
+    url: &str,
+    auth: &str,
+    script: Option<&Path>,
+    connections: usize,
+    seconds: u64,
+    refused_ok: bool,
+) -> Wrk {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "1", "wrk", "-t1", "--latency"]);
+    if let Some(script) = script {
+        cmd.arg("-s").arg(script);
+    }
+    let out = cmd
         .args(["-c", &connections.to_string()])
         .args(["-d", &format!("{seconds}s"), "-H", auth, url])
         .output()
@@ -728,7 +903,14 @@ fn wrk(url: &str, auth: &str, connections: usize, seconds: u64, refused_ok: bool
 /// `i / rate` s whatever the answers to earlier ones are doing, each on its own (the
 /// pool opens connections as needed), so none waits behind another (no coordinated
 /// omission). Runs on its own single-threaded runtime, pinned to CPU 1.
-fn fixed_rate(url: &str, auth: &str, rate: u32, seconds: u64, refused_ok: bool) -> Wrk {
+fn fixed_rate(
+    url: &str,
+    auth: &str,
+    body: Option<&ChatBody>,
+    rate: u32,
+    seconds: u64,
+    refused_ok: bool,
+) -> Wrk {
     pin_self("1");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -747,7 +929,14 @@ fn fixed_rate(url: &str, auth: &str, rate: u32, seconds: u64, refused_ok: bool) 
             // generator's lateness, not Envoy's. No request waits for another's answer,
             // so a stall still shows in every request sent during it.
             let sent = tokio::time::Instant::now();
-            let request = client.get(url).header(name, value).send();
+            let request = match body {
+                Some(body) => client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.json),
+                None => client.get(url),
+            };
+            let request = request.header(name, value).send();
             calls.spawn(async move {
                 let status = request.await.map(|r| r.status().as_u16()).unwrap_or(0);
                 (status, sent.elapsed().as_micros() as u64)
