@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod console;
@@ -47,6 +48,8 @@ pub struct AppState {
     filter: Guard,
     check: Guard,
     pub metrics: metrics::SharedMetrics,
+    /// The snapshot version filters wait on (`?wait=`), read again after each write.
+    pub changes: Arc<changes::Changes>,
     /// What the console shows clients as the base URL.
     pub public_base_url: Arc<str>,
     /// Which forwarding headers `/filter/v1/check` believes (none by default).
@@ -61,6 +64,7 @@ impl AppState {
             filter: Guard::filter(filter_token),
             check: Guard::check(filter_token),
             metrics: metrics::SharedMetrics::default(),
+            changes: Arc::default(),
             public_base_url: Arc::from("http://localhost:10000/v1"),
             check_trust: api::check::ForwardingTrust::default(),
         }
@@ -213,6 +217,22 @@ pub fn routes() -> Vec<Route> {
 
 /// The service: [`routes`], each behind its token's guard. Errors of any kind, even for
 /// routes that do not exist, come back in the contract's JSON error shape.
+/// Middleware: after a successful write (any method but GET, HEAD and OPTIONS), the
+/// snapshot version is read again, so filters waiting on it hear of the change at once.
+async fn poke_after_writes(
+    axum::extract::State(changes): axum::extract::State<Arc<changes::Changes>>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    let write = ![Method::GET, Method::HEAD, Method::OPTIONS].contains(request.method());
+    let response = next.run(request).await;
+    if write && response.status().is_success() {
+        changes.poke();
+    }
+    response
+}
+
 pub fn app(state: AppState) -> Router {
     let mut guarded: [(Access, Router<AppState>); 4] = [
         (Access::Open, Router::new()),
@@ -252,6 +272,10 @@ pub fn app(state: AppState) -> Router {
     app.fallback(error::unknown_route)
         .layer(DefaultBodyLimit::max(error::BODY_LIMIT))
         .layer(middleware::map_response(error::json_errors))
+        .layer(middleware::from_fn_with_state(
+            state.changes.clone(),
+            poke_after_writes,
+        ))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::count,

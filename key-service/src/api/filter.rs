@@ -12,6 +12,10 @@ use axum::response::{IntoResponse, Response};
 
 use serde::Deserialize;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::changes;
 use crate::error::ApiError;
 use crate::metrics;
 use crate::store::SnapshotPage;
@@ -28,6 +32,10 @@ pub struct SnapshotQuery {
     pub after: Option<String>,
     /// For a full snapshot: keys per page (default and maximum below).
     pub limit: Option<usize>,
+    /// With `since` and an `If-None-Match` naming the current version: wait up to this
+    /// many milliseconds (at most 60,000) for a change before answering 304, and answer
+    /// the change as soon as it commits (pushed changes).
+    pub wait: Option<u64>,
 }
 
 /// Keys per page of a full snapshot unless the filter asks otherwise: about 2.5 MB of
@@ -70,16 +78,30 @@ pub async fn snapshot(
         .get(IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| if_none_match_hits(v, current));
-    if unchanged {
-        state
-            .metrics
-            .snapshot_answered(metrics::SnapshotAnswer::NotModified);
-        return Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag(current)?)]).into_response());
-    }
-    let body = state
-        .store
-        .snapshot(query.since, &page, crate::expiry::now())
-        .await?;
+    let wait = query.wait.unwrap_or(0).min(changes::MAX_WAIT_MS);
+    let body = match (unchanged, query.since) {
+        (true, Some(since)) if wait > 0 => {
+            let now = state
+                .changes
+                .wait_past(&state.store, current, Duration::from_millis(wait))
+                .await;
+            if now <= current {
+                return not_modified(&state, current);
+            }
+            // Every filter woken by this change asks for the same delta: one read.
+            let read = state
+                .store
+                .snapshot(Some(since), &page, crate::expiry::now());
+            state.changes.shared_delta(since, now, read).await?
+        }
+        (true, _) => return not_modified(&state, current),
+        (false, _) => Arc::new(
+            state
+                .store
+                .snapshot(query.since, &page, crate::expiry::now())
+                .await?,
+        ),
+    };
     state.metrics.snapshot_answered(if body.delta {
         metrics::SnapshotAnswer::Delta
     } else {
@@ -90,6 +112,13 @@ pub async fn snapshot(
         (CONTENT_TYPE, HeaderValue::from_static("application/json")),
     ];
     Ok((headers, body.to_json()).into_response())
+}
+
+fn not_modified(state: &AppState, version: u64) -> Result<Response, ApiError> {
+    state
+        .metrics
+        .snapshot_answered(metrics::SnapshotAnswer::NotModified);
+    Ok((StatusCode::NOT_MODIFIED, [(ETAG, etag(version)?)]).into_response())
 }
 
 /// `"<version>"`, the strong entity tag of a snapshot version.

@@ -335,3 +335,60 @@ async fn key_and_group_rate_limits_travel_in_full_snapshots_and_deltas() {
         (Some(&json!(300)), None)
     );
 }
+
+/// Pushed changes: filters that are up to date wait on the feed (`wait`) and are all
+/// answered with the delta as soon as a change commits; with no change, 304 when the wait
+/// ends.
+#[tokio::test]
+async fn waiting_filters_are_answered_as_soon_as_a_change_commits() {
+    let service = std::sync::Arc::new(Service::start().await);
+    let created = service.create_ok(json!({"name": "watched"})).await;
+    let id = created[0]["id"].as_str().unwrap().to_owned();
+    let version = service.snapshot().await.body["version"].as_u64().unwrap();
+    let wait = |ms: u64| {
+        let service = std::sync::Arc::clone(&service);
+        async move {
+            let path = format!("/filter/v1/snapshot?since={version}&wait={ms}");
+            let request = service
+                .request(Method::GET, &path, Some(FILTER))
+                .header("if-none-match", format!("\"{version}\""));
+            service.send(request).await
+        }
+    };
+    // Nothing changes: 304 once the wait is over.
+    let started = std::time::Instant::now();
+    assert_eq!(wait(300).await.status, 304);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+
+    let waiting: Vec<_> = (0..3).map(|_| tokio::spawn(wait(30_000))).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        waiting.iter().all(|w| !w.is_finished()),
+        "answered before any change"
+    );
+    let started = std::time::Instant::now();
+    let patch = service
+        .request(
+            Method::PATCH,
+            &format!("/api/v1/keys/{id}"),
+            Some(crate::ADMIN),
+        )
+        .json(&json!({"enabled": false}));
+    assert_eq!(service.send(patch).await.status, 200);
+    for answer in waiting {
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(answer.body["delta"], true);
+        let keys = answer.body["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 1, "{}", answer.body);
+        assert_eq!(keys[0]["enabled"], false);
+    }
+    // Long before the 30 s wait: the change was pushed.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // A wait longer than allowed is cut to the maximum, not refused.
+    let capped = format!("/filter/v1/snapshot?since={version}&wait=999999999");
+    let reply = service
+        .send(service.request(Method::GET, &capped, Some(FILTER)))
+        .await;
+    assert_eq!(reply.status, 200);
+}
