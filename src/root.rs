@@ -54,6 +54,8 @@ pub struct Root {
     leader: Leader,
     /// Token of the snapshot call in flight, if any; one call at a time.
     in_flight: Option<u32>,
+    /// When the call in flight was sent, if it waits at the key-service for a change.
+    waiting_since_ms: Option<u64>,
     /// A page of a full load, received (with the time it came) and not read and written
     /// yet: the next page is asked for first, so that the key-service prepares it
     /// meanwhile.
@@ -124,7 +126,15 @@ impl Root {
     }
 
     fn send(&mut self, ask: &Ask) {
-        let path = format!("{}?{}", self.config.snapshot_path, ask.query);
+        // An up-to-date leader waits at the key-service for the next change.
+        let wait = match ask.if_none_match {
+            Some(_) => self.config.sync_wait(),
+            None => 0,
+        };
+        let path = match wait {
+            0 => format!("{}?{}", self.config.snapshot_path, ask.query),
+            _ => format!("{}?{}&wait={wait}", self.config.snapshot_path, ask.query),
+        };
         let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut headers = vec![
             (":method", "GET"),
@@ -141,11 +151,36 @@ impl Root {
             &self.config.key_service_cluster,
             headers,
             None,
-            Duration::from_millis(self.config.key_service_timeout_ms),
+            Duration::from_millis(wait.saturating_add(self.config.key_service_timeout_ms)),
         ) {
-            Ok(token) => self.in_flight = Some(token),
+            Ok(token) => {
+                self.in_flight = Some(token);
+                self.waiting_since_ms = (wait > 0).then(|| host::now_ms().unwrap_or(0));
+            }
             Err(status) => self.sync_failed(&format!("request not sent: {status:?}")),
         }
+    }
+
+    /// After an answer (a change, the last page of a full load, or the end of a wait),
+    /// waits for the next change at once, so it too reaches this Envoy as soon as it
+    /// commits. Not after a failure (the tick polls again), nor after a 304 that came long
+    /// before its wait was over: that key-service does not wait (an older one), and asking
+    /// again at once would spin.
+    fn wait_again(&mut self, sent_ms: Option<u64>, not_modified: bool, now_ms: u64) {
+        let wait = self.config.sync_wait();
+        if wait == 0
+            || !self.leading
+            || self.failing
+            || self.in_flight.is_some()
+            || self.leader.is_loading()
+        {
+            return;
+        }
+        let waited = sent_ms.map_or(0, |sent| now_ms.saturating_sub(sent));
+        if not_modified && waited < wait / 2 {
+            return;
+        }
+        self.ask();
     }
 
     fn sync_failed(&mut self, why: &str) {
@@ -454,6 +489,7 @@ impl Context for Root {
             return;
         }
         self.in_flight = None;
+        let waited = self.waiting_since_ms.take();
         if !self.leading {
             return;
         }
@@ -463,7 +499,10 @@ impl Context for Root {
         };
         let result = match host::call_response_status() {
             Ok(Some(status)) if status == "200" => match host::call_response_body(body_size) {
-                Ok(body) => return self.received(body, now_ms),
+                Ok(body) => {
+                    self.received(body, now_ms);
+                    return self.wait_again(waited, false, now_ms);
+                }
                 Err(e) => Err(SyncError::Host(e)),
             },
             Ok(Some(status)) if status == "304" => {
@@ -474,6 +513,7 @@ impl Context for Root {
             Err(e) => Err(SyncError::Host(e)),
         };
         self.handle(result);
+        self.wait_again(waited, true, now_ms);
     }
 }
 

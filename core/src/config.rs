@@ -19,6 +19,11 @@ pub struct Config {
     pub sync_interval_ms: u64,
     /// Timeout of one call to the key-service, in milliseconds.
     pub key_service_timeout_ms: u64,
+    /// How long the syncing VM's call waits at the key-service for a change (pushed
+    /// changes: a change reaches Envoy as soon as it commits, and the poll every
+    /// `sync_interval_ms` is only the fallback). 0: poll only. Cut to a third of
+    /// `max_snapshot_age_ms`, so waiting never lets the snapshot age out.
+    pub sync_wait_ms: u64,
     /// Environment variable of the Wasm VM that holds the filter's bearer token for the
     /// key-service (Envoy passes it in with `vm_config.environment_variables`).
     pub token_env: String,
@@ -139,6 +144,7 @@ impl Default for Config {
             snapshot_path: "/filter/v1/snapshot".into(),
             sync_interval_ms: 1_000,
             key_service_timeout_ms: 5_000,
+            sync_wait_ms: 25_000,
             token_env: "KEYGATE_FILTER_TOKEN".into(),
             key_service_token: None,
             max_body_bytes: 1 << 20,
@@ -167,6 +173,11 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
+    /// How long a sync call waits at the key-service for a change (0: it does not).
+    pub fn sync_wait(&self) -> u64 {
+        self.sync_wait_ms.min(self.max_snapshot_age_ms / 3)
+    }
+
     /// The filter's token: from the configuration if given there, else from the VM
     /// environment variable `token_env` (`env` looks it up).
     pub fn token(&self, env: impl FnOnce(&str) -> Option<String>) -> Option<String> {
@@ -246,6 +257,9 @@ impl Config {
                 "max_body_bytes must be between 1 and 67108864".into(),
             ));
         }
+        if self.sync_wait_ms > 60_000 {
+            return Err(ConfigError("sync_wait_ms must be at most 60000".into()));
+        }
         if self.first_snapshot_wait_ms > 60_000 {
             return Err(ConfigError(
                 "first_snapshot_wait_ms must be at most 60000".into(),
@@ -321,6 +335,7 @@ mod tests {
             br#"{"max_body_bytes":0}"#,
             br#"{"max_body_bytes":1000,"max_held_body_bytes":999}"#,
             br#"{"first_snapshot_wait_ms":60001}"#,
+            br#"{"sync_wait_ms":60001}"#,
             br#"{"snapshot_page_size":0}"#,
             br#"{"snapshot_path":"filter/v1/snapshot"}"#,
             br#"{"snapshot_path":"/x?y=1"}"#,
@@ -339,5 +354,14 @@ mod tests {
             let err = Config::parse(Some(bad)).unwrap_err();
             assert!(err.to_string().starts_with("invalid keygate configuration"));
         }
+    }
+
+    #[test]
+    fn a_sync_wait_never_outlasts_a_third_of_the_snapshot_age() {
+        let c = Config::parse(Some(br#"{"max_snapshot_age_ms":3000}"#)).unwrap();
+        assert_eq!(c.sync_wait(), 1000);
+        assert_eq!(Config::default().sync_wait(), 25_000);
+        let off = Config::parse(Some(br#"{"sync_wait_ms":0}"#)).unwrap();
+        assert_eq!(off.sync_wait(), 0);
     }
 }
