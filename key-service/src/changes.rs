@@ -27,6 +27,8 @@ pub struct Changes {
     version: watch::Sender<u64>,
     poke: Notify,
     watching: AtomicBool,
+    /// The service is shutting down: nobody waits any more.
+    closed: AtomicBool,
     /// The last delta read for woken filters: its `since`, and the answer.
     last_delta: Mutex<Option<(u64, Arc<SnapshotBody>)>>,
 }
@@ -37,6 +39,7 @@ impl Default for Changes {
             version: watch::Sender::new(0),
             poke: Notify::new(),
             watching: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             last_delta: Mutex::new(None),
         }
     }
@@ -48,8 +51,15 @@ impl Changes {
         self.poke.notify_one();
     }
 
-    /// Waits until the snapshot version is past `version`, or `wait` has passed; answers
-    /// the version then.
+    /// The service is shutting down: every wait ends now (its filter gets a 304 and asks
+    /// again, elsewhere or later), so a graceful shutdown does not wait for them.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.version.send_modify(|_| {});
+    }
+
+    /// Waits until the snapshot version is past `version`, or `wait` has passed, or the
+    /// service shuts down; answers the version then.
     pub async fn wait_past(self: &Arc<Self>, store: &Store, version: u64, wait: Duration) -> u64 {
         self.watch(store);
         let mut seen = self.version.subscribe();
@@ -59,7 +69,7 @@ impl Changes {
         let deadline = Instant::now() + wait;
         loop {
             let now = *seen.borrow_and_update();
-            if now > version {
+            if now > version || self.closed.load(Ordering::Acquire) {
                 return now;
             }
             match tokio::time::timeout_at(deadline, seen.changed()).await {
@@ -169,5 +179,25 @@ mod tests {
             .expect("woken")
             .unwrap();
         assert!(moved > start);
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_ends_every_wait() {
+        let (store, _dir) = store().await;
+        let changes = Arc::new(Changes::default());
+        let waiter = {
+            let (changes, store) = (Arc::clone(&changes), store.clone());
+            tokio::spawn(async move { changes.wait_past(&store, 0, Duration::from_secs(60)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        changes.close();
+        let answered = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        assert_eq!(answered.expect("ended").unwrap(), 0);
+        // And a wait that starts after does not wait at all.
+        let late = tokio::time::timeout(
+            Duration::from_secs(5),
+            changes.wait_past(&store, 0, Duration::from_secs(60)),
+        );
+        assert_eq!(late.await.expect("no wait"), 0);
     }
 }

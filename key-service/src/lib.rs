@@ -379,8 +379,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             xff_hops: config.check_trusted_hops,
             envoy_external_address: config.check_trust_envoy_external_address,
         });
+    let changes = state.changes.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Filters waiting for changes are answered now, not at the end of their wait.
+        changes.close();
+    };
     let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await;
     store.close().await;
     tracing::info!("stopped");
