@@ -114,8 +114,13 @@ pub fn header<'a>(request: &'a Value, name: &str) -> Option<&'a str> {
 
 /// Envoy's admin stats whose names match the regular expression `filter`, as text.
 pub fn envoy_stats(stack: &Stack, filter: &str) -> String {
+    envoy_stats_at(&stack.envoy_admin_url, filter)
+}
+
+/// The stats of the Envoy whose admin is at `admin_url` (a second Envoy of a stack).
+pub fn envoy_stats_at(admin_url: &str, filter: &str) -> String {
     client()
-        .get(format!("{}/stats?filter={filter}", stack.envoy_admin_url))
+        .get(format!("{admin_url}/stats?filter={filter}"))
         .send()
         .and_then(Response::text)
         .expect("envoy stats")
@@ -123,7 +128,12 @@ pub fn envoy_stats(stack: &Stack, filter: &str) -> String {
 
 /// One of the filter's stats from Envoy's admin (`wasmcustom.<name>`), if defined.
 pub fn filter_stat(stack: &Stack, name: &str) -> Option<u64> {
-    let text = envoy_stats(stack, "^wasmcustom\\.");
+    filter_stat_at(&stack.envoy_admin_url, name)
+}
+
+/// As [`filter_stat`], from the Envoy whose admin is at `admin_url`.
+pub fn filter_stat_at(admin_url: &str, name: &str) -> Option<u64> {
+    let text = envoy_stats_at(admin_url, "^wasmcustom\\.");
     let prefix = format!("wasmcustom.{name}: ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))

@@ -352,7 +352,8 @@ impl Stack {
     }
 
     fn start_with(options: StackBuilder) -> Stack {
-        let envoy = envoy_bin();
+        // Before anything starts: no Envoy, no stack.
+        envoy_bin();
         let wasm = match &options.filter {
             Some(Some(path)) => required(path.clone(), "make build"),
             _ => filter_wasm(),
@@ -412,7 +413,7 @@ impl Stack {
             .clone()
             .unwrap_or_else(|| filter_token.clone());
         let (proc, envoy_admin_url, listener) =
-            start_envoy(&envoy, &dir, options.concurrency, &envoy_token);
+            start_envoy("envoy", &dir, options.concurrency, &envoy_token);
         procs.push(proc);
 
         Stack {
@@ -436,10 +437,19 @@ impl Stack {
     pub fn restart_envoy(&mut self) {
         self.kill("envoy");
         let (proc, admin_url, listener) =
-            start_envoy(&envoy_bin(), &self.dir, self.concurrency, &self.envoy_token);
+            start_envoy("envoy", &self.dir, self.concurrency, &self.envoy_token);
         self.procs.push(proc);
         self.envoy_admin_url = admin_url;
         self.envoy_url = format!("http://{listener}");
+    }
+
+    /// Starts a second Envoy with the same configuration and key-service (a fleet of
+    /// two): its listener's URL and its admin URL. Its process is named `envoy2`.
+    pub fn add_envoy(&mut self) -> (String, String) {
+        let (proc, admin_url, listener) =
+            start_envoy("envoy2", &self.dir, self.concurrency, &self.envoy_token);
+        self.procs.push(proc);
+        (format!("http://{listener}"), admin_url)
     }
 
     /// Stops one process of the stack (`"key-service"`, `"mock-upstream"` or `"envoy"`),
@@ -692,11 +702,16 @@ fn without_filter(config: &str, instead: &str) -> String {
 }
 
 /// Starts Envoy on `dir/envoy.yaml`; returns it, its admin URL and its listener's address.
-fn start_envoy(envoy: &Path, dir: &Path, concurrency: u32, token: &str) -> (Proc, String, String) {
-    let admin_path = dir.join("envoy-admin-address");
+fn start_envoy(
+    name: &'static str,
+    dir: &Path,
+    concurrency: u32,
+    token: &str,
+) -> (Proc, String, String) {
+    let admin_path = dir.join(format!("{name}-admin-address"));
     // A restart must not read the address of the Envoy before it.
     let _ = fs::remove_file(&admin_path);
-    let mut cmd = Command::new(envoy);
+    let mut cmd = Command::new(envoy_bin());
     cmd.arg("-c")
         .arg(dir.join("envoy.yaml"))
         .arg("--admin-address-path")
@@ -704,7 +719,7 @@ fn start_envoy(envoy: &Path, dir: &Path, concurrency: u32, token: &str) -> (Proc
         .args(["--concurrency", &concurrency.to_string()])
         .args(["--disable-hot-restart", "--log-level", "info"])
         .env("KEYGATE_FILTER_TOKEN", token);
-    let mut proc = Proc::spawn("envoy", cmd, dir);
+    let mut proc = Proc::spawn(name, cmd, dir);
     let admin = wait_for_file(&admin_path, &mut proc);
     let admin_url = format!("http://{admin}");
     let listener = wait_for_listener(&admin_url, &mut proc);
