@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use keygate_e2e::api::{admin, assert_error, client, create_key, until_synced, CHAT};
+use keygate_e2e::api::{admin, assert_error, client, create_key, filter_stat, until_synced, CHAT};
 use keygate_e2e::stack::Stack;
 use serde_json::json;
 
@@ -131,17 +131,21 @@ fn envoy_killed_under_load_refuses_no_one_after_and_loses_little_usage() {
     let answered = answers.iter().filter(|(_, s)| *s == 200).count() as u64 + 1;
     let before = answers.iter().filter(|(at, _)| *at <= killed).count();
     let rate = before as f64 / (killed - started).as_secs_f64();
-    // Wait for the new Envoy's records; the old one's unflushed ones never come.
-    let mut billed = billed_calls(&stack, &key.id);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while billed < answered && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(500));
-        let now = billed_calls(&stack, &key.id);
-        if now == billed && now > 0 {
+    // Every record of the new Envoy delivered (the old one's unflushed ones never come).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let queued = filter_stat(&stack, "keygate.usage_records");
+        let delivered = filter_stat(&stack, "keygate.usage_delivered");
+        if queued.is_some() && queued == delivered {
             break;
         }
-        billed = now;
+        assert!(
+            Instant::now() < deadline,
+            "the new Envoy's usage never went out: {queued:?} queued, {delivered:?} delivered"
+        );
+        thread::sleep(Duration::from_millis(200));
     }
+    let billed = billed_calls(&stack, &key.id);
     let lost = answered.saturating_sub(billed);
     eprintln!(
         "{answered} calls answered 200, {billed} billed: {lost} records lost with the killed \
