@@ -207,6 +207,8 @@ pub struct StackBuilder {
     envoy_edits: Vec<(String, String)>,
     /// Extra environment of the key-service.
     key_service_env: Vec<(String, String)>,
+    /// A second key-service replica on the same database, behind Envoy's cluster too.
+    key_service_pair: bool,
 }
 
 impl StackBuilder {
@@ -270,6 +272,13 @@ impl StackBuilder {
         self
     }
 
+    /// Runs two key-service replicas on the same database (PostgreSQL, see `postgres`),
+    /// both endpoints of Envoy's `key_service` cluster; the second is `key-service2`.
+    pub fn key_service_pair(mut self) -> Self {
+        self.key_service_pair = true;
+        self
+    }
+
     /// Sets an environment variable of the key-service (`KEYGATE_*` configuration).
     pub fn key_service_env(mut self, name: &str, value: &str) -> Self {
         self.key_service_env
@@ -320,6 +329,8 @@ pub struct Stack {
     pub upstream_url: String,
     pub admin_token: String,
     pub filter_token: String,
+    /// The second key-service replica (`key_service_pair`).
+    pub second_key_service_url: Option<String>,
     // Dropped in reverse order of start: Envoy first.
     procs: Vec<Proc>,
     dir: PathBuf,
@@ -344,6 +355,7 @@ impl Stack {
             database_url: None,
             envoy_edits: Vec::new(),
             key_service_env: Vec::new(),
+            key_service_pair: false,
         }
     }
 
@@ -381,6 +393,15 @@ impl Stack {
         cmd.envs(options.key_service_env.iter().cloned());
         procs.push(Proc::spawn("key-service", cmd, &dir));
         let key_service = procs[1].wait_for_line("key-service listening on");
+        let second_key_service = options.key_service_pair.then(|| {
+            let mut cmd =
+                key_service_command("127.0.0.1:0", &database_url, &admin_token, &filter_token);
+            cmd.envs(options.key_service_env.iter().cloned());
+            let mut proc = Proc::spawn("key-service2", cmd, &dir);
+            let addr = proc.wait_for_line("key-service listening on");
+            procs.push(proc);
+            addr
+        });
 
         let config = dir.join("envoy.yaml");
         let mut text = if options.multi_provider {
@@ -399,6 +420,19 @@ impl Stack {
         }
         for (from, to) in &options.envoy_edits {
             text = replace_once(&text, from, to);
+        }
+        if let Some(second) = &second_key_service {
+            let port = |addr: &str| addr.rsplit(':').next().unwrap_or_default().to_string();
+            let first = format!(
+                "socket_address: {{ address: 127.0.0.1, port_value: {} }}",
+                port(&key_service)
+            );
+            let both = format!(
+                "{first}\n              - endpoint:\n                  address:\n                    \
+                 socket_address: {{ address: 127.0.0.1, port_value: {} }}",
+                port(second)
+            );
+            text = replace_once(&text, &first, &both);
         }
         if options.direct_response {
             text = replace_once(
@@ -423,6 +457,7 @@ impl Stack {
             upstream_url: format!("http://{upstream}"),
             admin_token,
             filter_token,
+            second_key_service_url: second_key_service.map(|addr| format!("http://{addr}")),
             procs,
             dir,
             database_url,
