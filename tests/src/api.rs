@@ -203,3 +203,30 @@ pub fn usage_rows(stack: &Stack, key: &CreatedKey, n: usize) -> Vec<Value> {
         sleep(Duration::from_millis(200));
     }
 }
+
+/// Waits (at most 30 s) until the stack's Envoy has delivered every usage record it
+/// queued (its `usage_records` and `usage_delivered` stats agree).
+pub fn until_usage_delivered(stack: &Stack) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let queued = filter_stat(stack, "keygate.usage_records");
+        let delivered = filter_stat(stack, "keygate.usage_delivered");
+        if queued.is_some() && queued == delivered {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Envoy's usage never all went out: {queued:?} queued, {delivered:?} delivered"
+        );
+        sleep(Duration::from_millis(200));
+    }
+}
+
+/// Calls the key-service has billed for `key_id`, from the usage summary.
+pub fn billed_calls(stack: &Stack, key_id: &str) -> u64 {
+    let path = format!("/api/v1/usage/summary?key_id={key_id}&bucket=day");
+    let (status, summary) = admin(stack, reqwest::Method::GET, &path, None);
+    assert_eq!(status, 200, "{summary}");
+    let buckets = summary["buckets"].as_array().cloned().unwrap_or_default();
+    buckets.iter().filter_map(|b| b["requests"].as_u64()).sum()
+}

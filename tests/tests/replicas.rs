@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use keygate_e2e::api::{admin, chat, create_key, filter_stat, until_synced};
+use keygate_e2e::api::{
+    admin, billed_calls, chat, create_key, until_synced, until_usage_delivered,
+};
 use keygate_e2e::stack::Stack;
 use reqwest::Method;
 use serde_json::json;
@@ -73,28 +75,8 @@ fn a_replica_killed_mid_load_loses_no_usage_and_no_revocation() {
 
     // Every call billed once, through the survivor.
     let answered = answered.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let queued = filter_stat(&stack, "keygate.usage_records");
-        let delivered = filter_stat(&stack, "keygate.usage_delivered");
-        if queued.is_some() && queued == delivered {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "usage never all delivered: {queued:?} {delivered:?}"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
-    let path = format!("/api/v1/usage/summary?key_id={}&bucket=day", key.id);
-    let (status, summary) = admin(&stack, Method::GET, &path, None);
-    assert_eq!(status, 200, "{summary}");
-    let billed: u64 = summary["buckets"]
-        .as_array()
-        .expect("buckets")
-        .iter()
-        .filter_map(|b| b["requests"].as_u64())
-        .sum();
+    until_usage_delivered(&stack);
+    let billed = billed_calls(&stack, &key.id);
     eprintln!("{answered} calls answered, {billed} billed");
     assert_eq!(billed, answered);
 }

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use keygate_e2e::api::{admin, assert_error, client, create_key, filter_stat, until_synced, CHAT};
+use keygate_e2e::api::{
+    assert_error, billed_calls, client, create_key, until_synced, until_usage_delivered, CHAT,
+};
 use keygate_e2e::stack::Stack;
 use serde_json::json;
 
@@ -51,15 +53,6 @@ fn a_restarted_envoy_holds_requests_until_its_first_snapshot_then_decides() {
     stack.restart_envoy();
     let res = chat(&stack.envoy_url, &key.secret);
     assert_error(res, 503, "key_service_unavailable");
-}
-
-/// Calls the key-service has billed for `key_id`, from the usage summary.
-fn billed_calls(stack: &Stack, key_id: &str) -> u64 {
-    let path = format!("/api/v1/usage/summary?key_id={key_id}&bucket=day");
-    let (status, summary) = admin(stack, reqwest::Method::GET, &path, None);
-    assert_eq!(status, 200, "{summary}");
-    let buckets = summary["buckets"].as_array().cloned().unwrap_or_default();
-    buckets.iter().filter_map(|b| b["requests"].as_u64()).sum()
 }
 
 /// Envoy is killed (SIGKILL) and started again under steady traffic. Once it is back no
@@ -132,19 +125,7 @@ fn envoy_killed_under_load_refuses_no_one_after_and_loses_little_usage() {
     let before = answers.iter().filter(|(at, _)| *at <= killed).count();
     let rate = before as f64 / (killed - started).as_secs_f64();
     // Every record of the new Envoy delivered (the old one's unflushed ones never come).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let queued = filter_stat(&stack, "keygate.usage_records");
-        let delivered = filter_stat(&stack, "keygate.usage_delivered");
-        if queued.is_some() && queued == delivered {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new Envoy's usage never went out: {queued:?} queued, {delivered:?} delivered"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    until_usage_delivered(&stack);
     let billed = billed_calls(&stack, &key.id);
     let lost = answered.saturating_sub(billed);
     eprintln!(
