@@ -5,6 +5,7 @@ pub mod body_scan;
 pub mod credential;
 pub mod decision;
 pub mod error;
+pub mod form_scan;
 pub mod model;
 pub mod model_list;
 pub mod route;

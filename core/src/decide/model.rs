@@ -163,6 +163,9 @@ pub fn form_boundary(content_type: &str) -> Option<&str> {
 /// The facts of a `multipart/form-data` body (uploads such as audio transcriptions): its
 /// `model` form field. A body whose parts cannot be found is `NotJson` (not a form, as
 /// not JSON for a JSON body); a form without a `model` field has no model.
+/// The filter reads an upload as it arrives (`form_scan`); this whole-body form is what
+/// that is tested against.
+#[cfg(test)]
 pub fn form_facts(body: &[u8], boundary: &str) -> Result<Facts, BodyError> {
     let delimiter = [b"--", boundary.as_bytes()].concat();
     let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
@@ -197,7 +200,7 @@ pub fn form_facts(body: &[u8], boundary: &str) -> Result<Facts, BodyError> {
 }
 
 /// Whether a part's headers name it the form field `model`.
-fn is_model_field(head: &str) -> bool {
+pub(crate) fn is_model_field(head: &str) -> bool {
     head.split("\r\n").any(|line| {
         let Some((name, value)) = line.split_once(':') else {
             return false;

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use super::{Action, BodyWait, Host, Job, Meter, Phase, RateHold, Request, HOST_FAILED};
 use crate::decide::body_scan::{BodyScan, UsageEdit};
 use crate::decide::decision::{check_model, decide, restricts_models, Denial};
+use crate::decide::form_scan::FormScan;
 use crate::decide::model::{self, ModelList};
 use crate::decide::route::{self, Route};
 use crate::decide::{credential, model_list};
@@ -20,9 +21,6 @@ use crate::sync::view::View;
 use crate::usage::include_usage;
 use crate::usage::report::ID_MAX;
 use crate::usage::scan::Api;
-
-/// How much of an upload is searched for its `model` field before the rest is waited for.
-const FORM_HEAD: usize = 64 * 1024;
 
 /// Whether LLM requests of this key must reserve what they may cost: the key has a quota,
 /// or its account a balance.
@@ -45,41 +43,47 @@ fn client_ip(host: &impl Host) -> Option<IpAddr> {
     client_ip::parse_source_address(std::str::from_utf8(&source).ok()?)
 }
 
-/// For an upload waiting only for its model check: the length of the head (at most
-/// `FORM_HEAD` bytes) that holds its `model` form field, once it has arrived (SDKs send it
-/// before the file), so the file need not be held and uploads larger than
-/// `max_body_bytes` work too. The head is searched until `FORM_HEAD` bytes came.
-pub(super) fn model_in_form_head(host: &impl Host, wait: &mut BodyWait) -> Option<usize> {
-    let boundary = wait.form_boundary.as_ref()?;
-    if !wait.model_check || wait.reserve || wait.add_usage || wait.form_searched >= FORM_HEAD {
-        return None;
+/// For an upload waiting only for its model check, whether its `model` form field has been
+/// read (SDKs send it before the file): it is decided then, and the file streams on
+/// without being held, so uploads larger than `max_body_bytes` work too. Reads the body
+/// that came (up to `max_body_bytes`) if it has to.
+pub(super) fn form_model_read(
+    host: &impl Host,
+    wait: &mut BodyWait,
+    max_body_bytes: usize,
+) -> Result<bool, HostError> {
+    if wait.form.is_none() || !wait.model_check || wait.reserve || wait.add_usage {
+        return Ok(false);
     }
-    let head = wait.size.min(FORM_HEAD);
-    wait.form_searched = head;
-    let bytes = host.request_body(0, head).ok()?;
-    let facts = model::form_facts(&bytes, boundary).ok()?;
-    facts.model.is_some().then_some(head)
+    scan_to(host, wait, wait.size.min(max_body_bytes))?;
+    Ok(wait.form.as_ref().is_some_and(FormScan::is_done))
 }
 
 /// Most of a body copied into the VM at once: a JSON body is read in windows of this
 /// size as it arrives, never whole, so the VM's memory does not grow with body sizes.
 const SCAN_WINDOW: usize = 64 * 1024;
 
-/// Reads a JSON body's bytes up to `size` that were not read yet.
+/// Reads the body's bytes up to `size` that were not read yet (until its reader needs no
+/// more).
 pub(super) fn scan_to(host: &impl Host, wait: &mut BodyWait, size: usize) -> Result<(), HostError> {
-    if wait.form_boundary.is_some() {
-        return Ok(());
-    }
-    while wait.scan.offset() < size && !wait.scan.failed() {
-        let start = wait.scan.offset();
+    loop {
+        let (start, finished) = match &wait.form {
+            Some(form) => (form.offset(), form.is_done() || form.failed()),
+            None => (wait.scan.offset(), wait.scan.failed()),
+        };
+        if start >= size || finished {
+            return Ok(());
+        }
         let bytes = host.request_body(start, (size - start).min(SCAN_WINDOW))?;
         if bytes.is_empty() {
             // Less body than Envoy said it holds: nothing sound can be read.
             return Err(HostError(0));
         }
-        wait.scan.feed(&bytes);
+        match &mut wait.form {
+            Some(form) => form.feed(&bytes),
+            None => wait.scan.feed(&bytes),
+        }
     }
-    Ok(())
 }
 
 /// Makes a streaming request ask for usage (`edit`) in a body of `size` bytes. Only the
@@ -262,8 +266,8 @@ impl Request {
             .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
             .and_then(|(_, v)| model::form_boundary(v))
             .map(str::to_owned);
-        // An upload checked only for its model may be decided on its head (see
-        // `model_in_form_head`): its length does not matter then.
+        // An upload checked only for its model may be decided once its model field is in
+        // (see `form_model_read`): its length does not matter then.
         let form_head_will_do = form_boundary.is_some() && !reserve && !add_usage;
         if (model_check || reserve) && !form_head_will_do {
             // A body that says it is too large to read is refused before it is buffered.
@@ -281,8 +285,7 @@ impl Request {
             path_model: checked_path_model,
             add_usage,
             reserve,
-            form_boundary,
-            form_searched: 0,
+            form: form_boundary.as_deref().map(FormScan::new),
             size: 0,
             scan: BodyScan::new(),
             hold: super::BodyHold::new(&self.plugin),
@@ -383,18 +386,11 @@ impl Request {
         body_size: usize,
         whole: bool,
     ) -> Result<Action, Denial> {
-        let read = match &wait.form_boundary {
-            Some(boundary) => {
-                let body = host.request_body(0, body_size).map_err(|_| HOST_FAILED)?;
-                model::form_facts(&body, boundary)
-            }
-            None => {
-                scan_to(host, wait, body_size).map_err(|_| HOST_FAILED)?;
-                match whole {
-                    true => wait.scan.facts(),
-                    false => Err(model::BodyError::NotJson),
-                }
-            }
+        scan_to(host, wait, body_size).map_err(|_| HOST_FAILED)?;
+        let read = match &wait.form {
+            Some(form) => form.facts(),
+            None if whole => wait.scan.facts(),
+            None => Err(model::BodyError::NotJson),
         };
         let facts = match (read, wait.model_check) {
             (Ok(facts), _) => facts,

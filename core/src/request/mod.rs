@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::decide::body_scan::BodyScan;
 use crate::decide::credential;
 use crate::decide::decision::Denial;
+use crate::decide::form_scan::FormScan;
 use crate::decide::model_list;
 use crate::keys::secret::{self, KeyHash};
 use crate::kv::{HostError, SharedData};
@@ -240,14 +241,12 @@ struct BodyWait {
     add_usage: bool,
     /// The key or its account is limited: what the request may cost is reserved.
     reserve: bool,
-    /// The boundary of a `multipart/form-data` body (an upload), whose model is its
-    /// `model` form field.
-    form_boundary: Option<String>,
-    /// Bytes of an upload's head searched for its model field so far.
-    form_searched: usize,
+    /// A `multipart/form-data` body (an upload), whose model is its `model` form field,
+    /// read so far; `None` for a JSON body (`scan`).
+    form: Option<FormScan>,
     /// Size of the body buffered so far.
     size: usize,
-    /// A JSON body read so far (an upload's is not: its head is searched).
+    /// A JSON body read so far.
     scan: BodyScan,
     hold: BodyHold,
 }
@@ -392,9 +391,14 @@ impl Request {
         let max_body_bytes = self.plugin.config.max_body_bytes;
         // (A whole upload larger than the limit may be here at once: after a hold, say.)
         if !end_of_stream || body_size > max_body_bytes {
-            if let Some(head) = admit::model_in_form_head(host, wait) {
-                // Decided on the form's head: the rest of the upload streams on.
-                return self.decide_body(host, head, false);
+            match admit::form_model_read(host, wait, max_body_bytes) {
+                // Decided on its model field: the rest of the upload streams on.
+                Ok(true) => return self.decide_body(host, body_size.min(max_body_bytes), false),
+                Ok(false) => {}
+                Err(_) => {
+                    self.phase = Phase::Upstream;
+                    return self.finish(host, Err(HOST_FAILED));
+                }
             }
         }
         if body_size > max_body_bytes {

@@ -876,3 +876,40 @@ fn a_big_stream_asks_for_usage_without_being_read_whole() {
     let length = get(&s.fake.request_headers, "content-length").unwrap();
     assert_eq!(length, s.fake.request_body.borrow().len().to_string());
 }
+
+#[test]
+fn an_upload_is_read_in_windows_for_its_model_wherever_the_field_is() {
+    let s = setup();
+    let file = "a".repeat(600_000);
+    let model = "--XX\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nMODEL\r\n";
+    let audio = format!("--XX\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n{file}\r\n");
+    for (model_first, name, refused) in [
+        (false, "gpt-4o", None),
+        (false, "gpt-4o-mini", Some(403)),
+        (true, "gpt-4o", None),
+    ] {
+        let model = model.replace("MODEL", name);
+        let body = match model_first {
+            true => format!("{model}{audio}--XX--\r\n"),
+            false => format!("{audio}{model}--XX--\r\n"),
+        };
+        let mut request = s.request("POST", "/v1/audio/transcriptions", "gpt");
+        set(
+            &s.fake.request_headers,
+            "content-type",
+            "multipart/form-data; boundary=XX",
+        );
+        assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+        s.fake.body_reads.borrow_mut().clear();
+        let action = arrive_in_pieces(&s, &mut request, &body, 100_000);
+        assert_eq!(s.status_sent(), refused, "{name}");
+        if refused.is_none() {
+            assert_eq!(action, Action::Continue);
+        }
+        let reads = s.fake.body_reads.borrow().clone();
+        assert!(reads.iter().all(|&n| n <= 64 * 1024), "{reads:?}");
+        // With the model first, it is decided on the first piece: the file is not read.
+        let read: usize = reads.iter().sum();
+        assert!(!model_first || read <= 100_000, "{read}");
+    }
+}
