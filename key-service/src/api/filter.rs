@@ -32,9 +32,9 @@ pub struct SnapshotQuery {
     pub after: Option<String>,
     /// For a full snapshot: keys per page (default and maximum below).
     pub limit: Option<usize>,
-    /// With `since` and an `If-None-Match` naming the current version: wait up to this
-    /// many milliseconds (at most 60,000) for a change before answering 304, and answer
-    /// the change as soon as it commits (pushed changes).
+    /// With `since` and an `If-None-Match` both naming the current version (and no page
+    /// asked for): wait up to this many milliseconds (at most 60,000) for a change before
+    /// answering 304, and answer the change as soon as it commits (pushed changes).
     pub wait: Option<u64>,
 }
 
@@ -69,6 +69,8 @@ pub async fn snapshot(
             format!("limit must be between 1 and {MAX_PAGE}"),
         ));
     }
+    // What a filter that is up to date asks: a delta since the version it holds, no page.
+    let plain_delta = query.after.is_none() && query.limit.is_none();
     let page = SnapshotPage {
         after: query.after,
         limit,
@@ -80,7 +82,7 @@ pub async fn snapshot(
         .is_some_and(|v| if_none_match_hits(v, current));
     let wait = query.wait.unwrap_or(0).min(changes::MAX_WAIT_MS);
     let body = match (unchanged, query.since) {
-        (true, Some(since)) if wait > 0 => {
+        (true, Some(since)) if wait > 0 && since == current && plain_delta => {
             let now = state
                 .changes
                 .wait_past(&state.store, current, Duration::from_millis(wait))
