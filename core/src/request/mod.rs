@@ -419,9 +419,14 @@ impl Request {
                 return self.finish(host, Err(Denial::Overloaded));
             }
             // Read as it arrives, so that only the last bytes are left to read at the end,
-            // and a body that cannot be a JSON object is refused before it all came.
+            // and a body that cannot be read (not a JSON object, not a form) is refused
+            // before it all came.
             let read = admit::scan_to(host, wait, body_size);
-            let unreadable = wait.scan.failed() && wait.model_check;
+            let failed = match &wait.form {
+                Some(form) => form.failed(),
+                None => wait.scan.failed(),
+            };
+            let unreadable = failed && wait.model_check;
             if read.is_err() {
                 self.phase = Phase::Upstream;
                 return self.finish(host, Err(HOST_FAILED));

@@ -814,7 +814,7 @@ fn arrive_in_pieces(s: &Setup, request: &mut Request, body: &str, chunk: usize) 
         size = (size + chunk).min(body.len());
         *s.fake.request_body.borrow_mut() = body.as_bytes()[..size].to_vec();
         action = request.on_request_body(&s.fake, size, size == body.len());
-        if action != Action::Pause {
+        if action != Action::Pause || s.status_sent().is_some() {
             break;
         }
     }
@@ -912,4 +912,21 @@ fn an_upload_is_read_in_windows_for_its_model_wherever_the_field_is() {
         let read: usize = reads.iter().sum();
         assert!(!model_first || read <= 100_000, "{read}");
     }
+}
+
+#[test]
+fn an_upload_that_is_no_form_is_refused_before_it_all_came() {
+    let s = setup();
+    let mut request = s.request("POST", "/v1/audio/transcriptions", "gpt");
+    set(
+        &s.fake.request_headers,
+        "content-type",
+        "multipart/form-data; boundary=XX",
+    );
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    let body = format!("--XX junk {}", "a".repeat(500_000));
+    arrive_in_pieces(&s, &mut request, &body, 1000);
+    assert_eq!(s.status_sent(), Some(400));
+    // Refused on the first piece, not after the last.
+    assert_eq!(s.fake.request_body.borrow().len(), 1000);
 }
