@@ -208,6 +208,7 @@ pub fn routes() -> Vec<Route> {
         route(Get, "/api/v1/usage/summary", Admin, api::usage::summary),
         route(Get, "/filter/v1/snapshot", Filter, api::filter::snapshot),
         route(Post, "/filter/v1/usage", Filter, api::usage::report),
+        route(Post, "/filter/v1/leases", Filter, api::leases::grant),
         Route {
             aliases: api::check::ALIASES,
             ..route(Any, api::check::ROUTE, Check, api::check::check)

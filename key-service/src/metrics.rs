@@ -1,7 +1,7 @@
 //! `GET /metrics`, through `prometheus-client`: requests by route and status, their
-//! latency, snapshot requests by kind, usage records ingested, and keys by status (counted
-//! at a scrape, at most once per `KEY_COUNT_TTL`). The text is OpenMetrics, which
-//! Prometheus reads; a counter's samples keep their `_total` names.
+//! latency, snapshot requests by kind, usage records ingested, subjects of lease asks, and
+//! keys by status (counted at a scrape, at most once per `KEY_COUNT_TTL`). The text is
+//! OpenMetrics, which Prometheus reads; a counter's samples keep their `_total` names.
 //!
 //! Every label is bounded: a route is its template (never the raw path, which holds ids
 //! and which a client chooses), a method one of the standard ones or `other`.
@@ -112,6 +112,9 @@ impl UsageResult {
     }
 }
 
+/// The answers a lease ask gets per subject.
+const LEASE_ANSWERS: [&str; 2] = ["limited", "unlimited"];
+
 /// Metrics kept in memory since the process started.
 pub struct Metrics {
     /// Everything counted as it happens; the gauges read at a scrape are registered per
@@ -121,6 +124,7 @@ pub struct Metrics {
     latency: Family<LatencyLabels, Histogram>,
     snapshots: Family<AnswerLabel, Counter>,
     usage_records: Family<ResultLabel, Counter>,
+    leases: Family<AnswerLabel, Counter>,
     /// The last count of keys by status and when it was taken. An async lock, held while
     /// counting, so scrapes that arrive meanwhile wait for that count instead of each
     /// starting their own.
@@ -137,6 +141,7 @@ impl Default for Metrics {
         );
         let snapshots = Family::<AnswerLabel, Counter>::default();
         let usage_records = Family::<ResultLabel, Counter>::default();
+        let leases = Family::<AnswerLabel, Counter>::default();
         // Every answer and result is shown from the start, at 0, so a rate over them
         // needs no first event.
         for answer in SnapshotAnswer::ALL {
@@ -152,6 +157,9 @@ impl Default for Metrics {
                     result: result.label(),
                 })
                 .inc_by(0);
+        }
+        for answer in LEASE_ANSWERS {
+            leases.get_or_create(&AnswerLabel { answer }).inc_by(0);
         }
         let mut registry = Registry::default();
         registry.register(
@@ -174,12 +182,18 @@ impl Default for Metrics {
             "Usage records reported by filters",
             usage_records.clone(),
         );
+        registry.register(
+            "keygate_lease_subjects",
+            "Subjects filters asked leases on, by answer (limited or unlimited)",
+            leases.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             snapshots,
             usage_records,
+            leases,
             key_counts: tokio::sync::Mutex::default(),
             key_counts_taken: AtomicU64::new(0),
         }
@@ -203,6 +217,14 @@ impl Metrics {
                 result: result.label(),
             })
             .inc_by(n);
+    }
+
+    /// Counts the subjects of a lease ask: `limited` of them were granted a lease, the
+    /// rest had no limit.
+    pub fn leases_answered(&self, limited: u64, unlimited: u64) {
+        for (answer, n) in LEASE_ANSWERS.into_iter().zip([limited, unlimited]) {
+            self.leases.get_or_create(&AnswerLabel { answer }).inc_by(n);
+        }
     }
 
     /// Keys by status as of at most `KEY_COUNT_TTL` before `now`: counted from the
@@ -348,6 +370,7 @@ mod tests {
         let metrics = Metrics::default();
         metrics.snapshot_answered(SnapshotAnswer::Delta);
         metrics.usage_records(UsageResult::Refused, 3);
+        metrics.leases_answered(2, 0);
         metrics
             .latency
             .get_or_create(&LatencyLabels {
@@ -364,6 +387,8 @@ mod tests {
             "keygate_snapshot_requests_total{answer=\"full\"} 0",
             "keygate_usage_records_total{result=\"refused\"} 3",
             "keygate_usage_records_total{result=\"accepted\"} 0",
+            "keygate_lease_subjects_total{answer=\"limited\"} 2",
+            "keygate_lease_subjects_total{answer=\"unlimited\"} 0",
             "# TYPE keygate_http_request_duration_seconds histogram",
             "keygate_http_request_duration_seconds_bucket{le=\"0.0025\",route=\"/healthz\",method=\"GET\",status=\"2xx\"} 1",
         ] {

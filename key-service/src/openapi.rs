@@ -50,6 +50,7 @@ use crate::{api, console, metrics};
         api::usage::summary,
         api::filter::snapshot,
         api::usage::report,
+        api::leases::grant,
         api::check::check,
     ),
     modifiers(&Tokens),

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod check;
 pub mod filter;
 pub mod keys;
+pub mod leases;
 pub mod usage;
 
 use std::time::Duration;

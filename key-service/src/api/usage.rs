@@ -5,6 +5,7 @@ use axum::extract::{RawQuery, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use crate::api::leases::check_holder;
 use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
@@ -28,6 +29,11 @@ pub struct UsageReport {
     /// Each a `UsageWire`, read alone.
     #[schema(value_type = Vec<UsageWire>)]
     pub records: Vec<serde_json::Value>,
+    /// The reporting filter's holder name, when it spends from leases
+    /// (`POST /filter/v1/leases`): the records' costs are billed to its leases too.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
+    pub holder: Option<String>,
 }
 
 /// What became of one record of a report, in the order they came.
@@ -136,6 +142,9 @@ pub async fn report(
             format!("at most {BATCH_MAX} records per report"),
         ));
     }
+    if let Some(holder) = &body.holder {
+        check_holder(holder)?;
+    }
     let now = expiry::now();
     let mut results: Vec<Option<RecordResult>> = Vec::with_capacity(body.records.len());
     let mut records = Vec::with_capacity(body.records.len());
@@ -148,7 +157,10 @@ pub async fn report(
             Err(refused) => results.push(Some(refused)),
         }
     }
-    let done = state.store.ingest_usage(&records, now).await?;
+    let done = state
+        .store
+        .ingest_usage(&records, body.holder.as_deref(), now)
+        .await?;
     let mut fresh = records.iter().zip(&done.inserted);
     let results: Vec<RecordResult> = results
         .into_iter()

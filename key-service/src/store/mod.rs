@@ -10,6 +10,7 @@
 mod catalog;
 mod database;
 mod keys;
+mod leases;
 mod snapshot;
 mod usage;
 
@@ -29,6 +30,7 @@ use sqlx::{Connection, Postgres, Row, SqlSafeStr, Sqlite, Transaction};
 pub use catalog::{AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
 pub use database::{Database, DatabaseUrlError};
 pub use keys::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey};
+pub use leases::{LeaseAsk, LeaseGrant, LeaseRow};
 pub use snapshot::{SnapshotBody, SnapshotPage};
 use snapshot::{POSTGRES, SQLITE};
 pub use usage::{Ingested, UsageFilter, UsageRecord, UsageRow};
@@ -102,6 +104,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "write_probe",
         include_str!("../../migrations/sqlite/0011_write_probe.sql"),
         include_str!("../../migrations/postgres/0011_write_probe.sql"),
+    ),
+    (
+        12,
+        "leases",
+        include_str!("../../migrations/sqlite/0012_leases.sql"),
+        include_str!("../../migrations/postgres/0012_leases.sql"),
     ),
 ];
 

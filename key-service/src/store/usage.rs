@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
+use super::leases::BILL_LEASE;
 use super::{with_pool, BeginWrite, Get, Store, StoreError};
 use crate::pricing::{self, Price, Tokens};
 
@@ -135,9 +136,15 @@ impl Store {
     /// `used_quota` and taken from its account's balance; a record already logged changes
     /// nothing. Keys and accounts whose numbers moved get change-log rows, so filters learn
     /// their new remaining quota with their next delta.
+    ///
+    /// With a `holder` (the reporting filter spends from leases), each new record's cost
+    /// is also added to the `billed` of that holder's leases on its key and, when the
+    /// key's account has a balance, on its account: what the limit lost, the lease's
+    /// outstanding loses too. A lease that does not exist is left so.
     pub async fn ingest_usage(
         &self,
         records: &[UsageRecord],
+        holder: Option<&str>,
         now: i64,
     ) -> Result<Ingested, StoreError> {
         with_pool!(self, |pool| {
@@ -264,7 +271,7 @@ impl Store {
             }
             let mut billed_account = false;
             for (account, cost) in &billed_accounts {
-                billed_account |= sqlx::query(
+                let billed = sqlx::query(
                     // Saturating at -i64::MAX, as above.
                     "UPDATE accounts SET balance = CASE \
                          WHEN balance < $2 - 9223372036854775807 THEN -9223372036854775807 \
@@ -277,6 +284,25 @@ impl Store {
                 .await?
                 .rows_affected()
                     > 0;
+                billed_account |= billed;
+                if let Some(holder) = holder.filter(|_| billed) {
+                    sqlx::query(BILL_LEASE)
+                        .bind(holder)
+                        .bind(format!("a:{account}"))
+                        .bind(cost)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            if let Some(holder) = holder {
+                for (key_id, (cost, _)) in billed_keys.iter().filter(|(_, (c, _))| *c > 0) {
+                    sqlx::query(BILL_LEASE)
+                        .bind(holder)
+                        .bind(format!("k:{key_id}"))
+                        .bind(cost)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             if billed_account {
                 sqlx::query(
@@ -435,7 +461,7 @@ mod tests {
             at("d", "m", 7_200),
             at("e", "m", 9_000_000),
         ];
-        store.ingest_usage(&batch, 10_000).await.unwrap();
+        store.ingest_usage(&batch, None, 10_000).await.unwrap();
         let filter = UsageFilter {
             to: Some(1_000_000),
             ..UsageFilter::default()
@@ -517,7 +543,7 @@ mod tests {
         }
         // And the store works on: billing, reading the key, a snapshot that parses.
         let done = store
-            .ingest_usage(&[record("r1", "k1", "m", 10, 5)], 2_000)
+            .ingest_usage(&[record("r1", "k1", "m", 10, 5)], None, 2_000)
             .await
             .unwrap();
         assert_eq!(done.accepted, 1);
@@ -545,10 +571,10 @@ mod tests {
             record("r2", "k1", "unpriced", 10, 5),
             record("r3", "gone", "m", 10, 5),
         ];
-        let done = store.ingest_usage(&batch, 2_000).await.unwrap();
+        let done = store.ingest_usage(&batch, None, 2_000).await.unwrap();
         assert_eq!((done.accepted, done.duplicates), (3, 0));
         // (10 + 5) * 2 * 0.5 = 15 credits, once.
-        let again = store.ingest_usage(&batch[..1], 2_001).await.unwrap();
+        let again = store.ingest_usage(&batch[..1], None, 2_001).await.unwrap();
         assert_eq!((again.accepted, again.duplicates), (0, 1));
         let key = store.get_key("k1", 3_000).await.unwrap().unwrap();
         assert_eq!((key.used_quota, key.last_used_at), (15, Some(1_000)));

@@ -12,6 +12,7 @@ mod console;
 mod create;
 mod edit;
 mod errors;
+mod leases;
 mod list;
 mod replicas;
 mod snapshot;

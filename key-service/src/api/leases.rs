@@ -1,0 +1,226 @@
+//! `POST /filter/v1/leases`: a filter (a "holder") asks for leases of credit on the
+//! limited keys and accounts it serves, and spends from them without asking per request
+//! (see [`Store::grant_leases`](crate::store::Store::grant_leases) for the rule that keeps
+//! every holder's leases together within what a key or account has left).
+
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::expiry;
+use crate::extract::ApiJson;
+use crate::store::LeaseAsk;
+use crate::AppState;
+
+/// Subjects per ask at most.
+pub const LEASES_MAX: usize = 1000;
+/// Bounds of a holder's name, in printable ASCII characters.
+pub const HOLDER_MAX: usize = 64;
+/// Bounds of a subject's key id or account name, in bytes (as a record's `key_id`).
+pub const SUBJECT_MAX: usize = 128;
+/// Bounds of `ttl_ms`: a lease lasts from a second to ten minutes.
+pub const TTL_MS_MIN: u64 = 1_000;
+pub const TTL_MS_MAX: u64 = 600_000;
+
+/// Body of `POST /filter/v1/leases`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// The filter's own name, random, the same in its usage reports (1-64 printable ASCII
+    /// characters).
+    #[schema(min_length = 1, max_length = 64)]
+    pub holder: String,
+    /// How long the leases last: the holder spends from them until `ttl_ms` from now;
+    /// what it holds still counts for as long again (records on their way).
+    #[schema(minimum = 1000, maximum = 600000)]
+    pub ttl_ms: u64,
+    /// At most 1000, each subject once.
+    pub leases: Vec<LeaseItem>,
+}
+
+/// One subject asked for.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseItem {
+    /// `k:<key id>` or `a:<account name>`.
+    pub subject: String,
+    /// Credits the holder has spent on the subject in all, billed or not: a count it keeps
+    /// for as long as it runs, which `granted` is in. A new lease (a holder's first, or
+    /// one after its last was dropped) takes what was spent before it as billed.
+    pub spent: u64,
+    /// Credits it must have now (the request in hand): granted whole when that much is free.
+    pub need: u64,
+    /// Credits it would like to hold beyond `spent`; at most half of what is free is
+    /// granted (unless `need` is more). 0 gives back what it has not spent.
+    pub want: u64,
+}
+
+/// The answer for one subject, in the order asked.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LeaseGranted {
+    pub subject: String,
+    /// False: the subject has no limit; the holder spends freely and holds no lease.
+    pub limited: bool,
+    /// What the holder may have spent in all, counting `spent` (never less than it, up to
+    /// 2^63 - 1); 0 when not `limited`.
+    pub granted: u64,
+}
+
+/// The answer to a lease ask.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LeaseAnswer {
+    pub leases: Vec<LeaseGranted>,
+    /// As asked.
+    pub ttl_ms: u64,
+}
+
+/// A holder's name: 1-64 printable ASCII characters. The message never repeats it.
+pub fn check_holder(holder: &str) -> Result<(), ApiError> {
+    if holder.is_empty()
+        || holder.len() > HOLDER_MAX
+        || !holder.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return Err(ApiError::invalid(
+            "holder",
+            format!("holder must be 1-{HOLDER_MAX} printable ASCII characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A subject: `k:` or `a:` and then 1-128 bytes without control characters.
+fn check_subject(i: usize, subject: &str) -> Result<(), ApiError> {
+    let named = subject
+        .strip_prefix("k:")
+        .or_else(|| subject.strip_prefix("a:"));
+    match named {
+        Some(name)
+            if !name.is_empty()
+                && name.len() <= SUBJECT_MAX
+                && !name.chars().any(char::is_control) =>
+        {
+            Ok(())
+        }
+        _ => Err(ApiError::invalid(
+            "leases",
+            format!(
+                "leases[{i}].subject must be k:<key id> or a:<account name>, \
+                 1-{SUBJECT_MAX} printable characters after the colon"
+            ),
+        )),
+    }
+}
+
+/// `POST /filter/v1/leases`: grants the holder a lease on each subject, all in one write
+/// transaction, and answers them in the order asked.
+#[utoipa::path(
+    post,
+    operation_id = "grant_leases",
+    path = "/filter/v1/leases",
+    tag = "filter",
+    security(("filter" = [])),
+    request_body = LeaseRequest,
+    responses(
+        (status = 200, body = LeaseAnswer),
+        (status = 400, description = "The contract's error", body = crate::error::Body),
+        (status = 401, description = "The contract's error", body = crate::error::Body),
+    ),
+)]
+pub async fn grant(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<LeaseRequest>,
+) -> Result<Json<LeaseAnswer>, ApiError> {
+    check_holder(&body.holder)?;
+    if !(TTL_MS_MIN..=TTL_MS_MAX).contains(&body.ttl_ms) {
+        return Err(ApiError::invalid(
+            "ttl_ms",
+            format!("ttl_ms must be from {TTL_MS_MIN} to {TTL_MS_MAX}"),
+        ));
+    }
+    if body.leases.len() > LEASES_MAX {
+        return Err(ApiError::invalid(
+            "leases",
+            format!("at most {LEASES_MAX} leases per ask"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(body.leases.len());
+    for (i, item) in body.leases.iter().enumerate() {
+        check_subject(i, &item.subject)?;
+        if !seen.insert(item.subject.as_str()) {
+            return Err(ApiError::invalid(
+                "leases",
+                format!("leases[{i}].subject was asked before in this ask"),
+            ));
+        }
+    }
+    let asks: Vec<LeaseAsk> = body
+        .leases
+        .into_iter()
+        .map(|item| LeaseAsk {
+            subject: item.subject,
+            spent: item.spent,
+            need: item.need,
+            want: item.want,
+        })
+        .collect();
+    let ttl_ms = i64::try_from(body.ttl_ms).unwrap_or(i64::MAX);
+    let grants = state
+        .store
+        .grant_leases(&body.holder, &asks, ttl_ms, expiry::now_ms())
+        .await?;
+    let limited = grants.iter().filter(|g| g.limited).count() as u64;
+    state
+        .metrics
+        .leases_answered(limited, grants.len() as u64 - limited);
+    Ok(Json(LeaseAnswer {
+        leases: grants
+            .into_iter()
+            .map(|g| LeaseGranted {
+                subject: g.subject,
+                limited: g.limited,
+                granted: g.granted,
+            })
+            .collect(),
+        ttl_ms: body.ttl_ms,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holders_and_subjects_are_checked_without_repeating_them() {
+        for ok in ["3f2a9c", "a b", &"h".repeat(HOLDER_MAX), "~!"] {
+            assert!(check_holder(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", "é", "a\nb", "\t", &"h".repeat(HOLDER_MAX + 1)] {
+            let err = check_holder(bad).unwrap_err().to_string();
+            assert!(err.contains("holder"), "{err}");
+        }
+        for ok in [
+            "k:key_abc",
+            "a:team",
+            &format!("k:{}", "x".repeat(SUBJECT_MAX)),
+        ] {
+            assert!(check_subject(0, ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "k:",
+            "a:",
+            "key_abc",
+            "x:abc",
+            "K:abc",
+            "k:a\u{0}b",
+            &format!("a:{}", "x".repeat(SUBJECT_MAX + 1)),
+        ] {
+            let err = check_subject(3, bad).unwrap_err().to_string();
+            assert!(err.contains("leases[3].subject"), "{err}");
+            if bad.len() > 2 {
+                assert!(!err.contains(&bad[2..]), "{err}");
+            }
+        }
+    }
+}
