@@ -13,11 +13,16 @@ use crate::metrics::Metrics;
 use keygate_core::kv::{HostError, SharedData};
 use keygate_core::request::{Action, Event, Host, Plugin, Request};
 
-/// Requests of this VM waiting for its first snapshot, by HTTP context id; the root
-/// decides them (`crate::root`).
+/// Requests of this VM waiting for its first snapshot or a credit lease, by HTTP context
+/// id; the root decides them (`crate::root`).
 pub type HeldRequests = Rc<RefCell<Vec<(u32, Weak<RefCell<Request>>)>>>;
 
-/// Requests one VM holds at most; more are decided at once (503 without a snapshot).
+/// Tick period of a VM's root while it holds requests: how soon a held request is
+/// decided once its snapshot or lease has come.
+pub const HOLD_TICK: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Requests one VM holds at most; more are decided at once (503 without a snapshot, or
+/// 503 `overloaded` when they wait for a lease).
 const MAX_HELD: usize = 10_000;
 
 pub struct Http {
@@ -45,10 +50,15 @@ impl Http {
             return ProxyAction::Continue;
         };
         let action = match callback(&mut request, &self.host) {
-            Action::Hold if self.held.borrow().len() >= MAX_HELD => request.release(&self.host),
+            Action::Hold if self.held.borrow().len() >= MAX_HELD => {
+                request.release(&self.host, false, true)
+            }
             Action::Hold => {
                 let waiting = (self.id, Rc::downgrade(&self.request));
                 self.held.borrow_mut().push(waiting);
+                // The root looks at held requests on every tick: it ticks soon (this sets
+                // the root's period; the root keeps it while requests are held).
+                let _ = host::set_tick_period(HOLD_TICK);
                 Action::Pause
             }
             other => other,

@@ -36,6 +36,8 @@ pub struct Metrics {
     usage_missing: Option<u32>,
     usage_estimated: Option<u32>,
     usage_report_failures: Option<u32>,
+    credit_asks: Option<u32>,
+    credit_ask_failures: Option<u32>,
     tokens_input: Tally,
     tokens_cached_input: Tally,
     tokens_output: Tally,
@@ -116,6 +118,8 @@ impl Metrics {
             usage_missing: define(MetricKind::Counter, "keygate.usage_missing"),
             usage_estimated: define(MetricKind::Counter, "keygate.usage_estimated"),
             usage_report_failures: define(MetricKind::Counter, "keygate.usage_report_failures"),
+            credit_asks: define(MetricKind::Counter, "keygate.credit_lease_asks"),
+            credit_ask_failures: define(MetricKind::Counter, "keygate.credit_lease_ask_failures"),
             pending: (0..=Denial::ALL.len()).map(|_| Cell::new(0)).collect(),
         }
     }
@@ -219,6 +223,14 @@ impl Metrics {
 
     pub fn usage_report_failed(&self) {
         Self::add(self.usage_report_failures, 1);
+    }
+
+    /// An ask for credit leases was answered (`ok`) or failed.
+    pub fn credit_asked(&self, ok: bool) {
+        Self::add(self.credit_asks, 1);
+        if !ok {
+            Self::add(self.credit_ask_failures, 1);
+        }
     }
 
     /// The gauges of the snapshot in shared data, as of `now_ms`.

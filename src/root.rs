@@ -13,9 +13,10 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
 use crate::host::{self, Shared};
-use crate::http::{Envoy, HeldRequests, Http};
+use crate::http::{Envoy, HeldRequests, Http, HOLD_TICK};
 use crate::metrics::Metrics;
 use keygate_core::config::Config;
+use keygate_core::limits::credit::{self, Book, Item};
 use keygate_core::limits::ledger;
 use keygate_core::request::{Action, Plugin};
 use keygate_core::sync::leader::{self, Ask, Leader, SyncError};
@@ -39,6 +40,17 @@ const USAGE_FLUSH: Duration = Duration::from_millis(100);
 
 /// A tick this close to when its regular work is due does that work.
 const TICK_SLACK_MS: u64 = 5;
+
+/// Tick period of the leader with credit leases on: it looks for requests waiting for a
+/// lease on each tick (one shared-data read), so they wait this, at most, before it asks.
+const CREDIT_TICK: Duration = Duration::from_millis(5);
+
+/// An ask for credit leases in flight.
+struct CreditAsk {
+    token: u32,
+    items: Vec<Item>,
+    sent_ms: u64,
+}
 
 #[derive(Default)]
 pub struct Root {
@@ -81,6 +93,11 @@ pub struct Root {
     report_in_flight: Option<u32>,
     /// Whether the last usage report failed (logged when that starts and ends).
     reports_failing: bool,
+    /// The leader's credit leases: what it saw, and its ask in flight (one at a time).
+    credit: Book,
+    credit_ask: Option<CreditAsk>,
+    /// Whether the last ask for leases failed (logged when that starts and ends).
+    credit_failing: bool,
 }
 
 /// A random VM name, never 0 (the free lease's owner). The standard library seeds
@@ -259,9 +276,10 @@ impl Root {
         }
     }
 
-    /// Decides the held requests once this VM has a snapshot, or when their wait is over
-    /// (they then get what a request without a snapshot gets: 503).
-    fn release_held(&mut self, now_ms: u64) {
+    /// Decides the held requests that are due: those waiting for the first snapshot once
+    /// this VM has one or their wait is over (they then get what a request without a
+    /// snapshot gets: 503), those waiting for a credit lease once it is answered.
+    fn release_held(&mut self) {
         if self.held.borrow().is_empty() {
             return;
         }
@@ -276,21 +294,20 @@ impl Root {
             let Some(request) = request.upgrade() else {
                 continue;
             };
-            let until = request.try_borrow().ok().and_then(|r| r.held_until());
-            let due = loaded || until.is_some_and(|t| now_ms >= t);
-            if !due {
-                still.push((id, Rc::downgrade(&request)));
-                continue;
-            }
             if host::set_effective_context(id).is_err() {
                 continue;
             }
             let Ok(mut held) = request.try_borrow_mut() else {
+                still.push((id, Rc::downgrade(&request)));
                 continue;
             };
-            if held.release(&host) == Action::Continue {
+            match held.release(&host, loaded, false) {
+                Action::Hold => still.push((id, Rc::downgrade(&request))),
                 // If this fails the stream is gone.
-                let _ = host::resume_request();
+                Action::Continue => {
+                    let _ = host::resume_request();
+                }
+                _ => {}
             }
         }
         // Host calls act for the root again. (Called last in a tick: nothing after it in
@@ -302,12 +319,17 @@ impl Root {
 
     /// Until the regular work is due, or sooner while usage records wait.
     fn next_period(&self, now_ms: u64) -> Duration {
-        let regular = Duration::from_millis(self.regular_due_ms.saturating_sub(now_ms).max(1));
-        if self.outbox.borrow().is_empty() {
-            regular
-        } else {
-            regular.min(USAGE_FLUSH)
+        let mut period = Duration::from_millis(self.regular_due_ms.saturating_sub(now_ms).max(1));
+        if !self.outbox.borrow().is_empty() {
+            period = period.min(USAGE_FLUSH);
         }
+        if self.leading && self.config.credit_lease_ttl_ms > 0 {
+            period = period.min(CREDIT_TICK);
+        }
+        if !self.held.borrow().is_empty() {
+            period = period.min(HOLD_TICK);
+        }
+        period
     }
 
     fn tick_regularly(&mut self) {
@@ -321,6 +343,102 @@ impl Root {
                 // The old period goes on; the next tick tries again.
                 Err(e) => warn!("cannot set the tick period: {e:?}"),
             }
+        }
+    }
+
+    /// The leader asks for the credit leases due (requests wait for them, or they run
+    /// low or old), one ask at a time.
+    fn ask_credit(&mut self, now_ms: u64) {
+        let ttl = self.config.credit_lease_ttl_ms;
+        if ttl == 0 || !self.leading || self.credit_ask.is_some() {
+            return;
+        }
+        let items = match self.credit.due(&Shared, now_ms, ttl) {
+            Ok(items) if items.is_empty() => return,
+            Ok(items) => items,
+            Err(e) => return warn!("credit ledgers unreadable: {e:?}"),
+        };
+        if credit::holder(&Shared).is_none() {
+            info!("credit leases: this Envoy asks the key-service for leases of its limited keys");
+        }
+        let sent = credit::ensure_holder(&Shared, random_vm_name())
+            .map_err(|e| format!("{e:?}"))
+            .and_then(|holder| {
+                let body = credit::ask_body(&holder, ttl, &items);
+                let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
+                let mut headers = vec![
+                    (":method", "POST"),
+                    (":path", self.config.credit_lease_path.as_str()),
+                    (":authority", self.config.key_service_authority.as_str()),
+                    ("content-type", "application/json"),
+                ];
+                if let Some(auth) = authorization.as_deref() {
+                    headers.push(("authorization", auth));
+                }
+                host::dispatch_http_call(
+                    &self.config.key_service_cluster,
+                    headers,
+                    Some(&body),
+                    Duration::from_millis(self.config.key_service_timeout_ms),
+                )
+                .map_err(|status| format!("not sent: {status:?}"))
+            });
+        match sent {
+            Ok(token) => {
+                self.credit_ask = Some(CreditAsk {
+                    token,
+                    items,
+                    sent_ms: now_ms,
+                });
+            }
+            Err(why) => self.credit_answered(&items, None, now_ms, &why),
+        }
+    }
+
+    fn credit_reply(&mut self, ask: CreditAsk, body_size: usize) {
+        let answer = match host::call_response_status() {
+            Ok(Some(status)) if status == "200" => host::call_response_body(body_size)
+                .ok()
+                .and_then(|body| serde_json::from_slice::<credit::AnswerWire>(&body).ok())
+                .ok_or_else(|| "the answer is not a lease answer".to_string()),
+            Ok(Some(status)) if status == "404" => Err(
+                "the key-service has no lease intake (404): upgrade it, or set \
+                 credit_lease_ttl_ms to 0"
+                    .to_string(),
+            ),
+            Ok(Some(other)) => Err(format!("key-service answered {other}")),
+            Ok(None) => Err("request failed or timed out".to_string()),
+            Err(e) => Err(format!("{e:?}")),
+        };
+        match answer {
+            Ok(answer) => self.credit_answered(&ask.items, Some(&answer), ask.sent_ms, ""),
+            Err(why) => self.credit_answered(&ask.items, None, ask.sent_ms, &why),
+        }
+    }
+
+    /// Writes an answer (or a failure: `None`, with why) into the ledgers asked for.
+    fn credit_answered(
+        &mut self,
+        items: &[Item],
+        answer: Option<&credit::AnswerWire>,
+        sent_ms: u64,
+        why: &str,
+    ) {
+        let ttl = self.config.credit_lease_ttl_ms;
+        if let Err(e) = self.credit.answered(&Shared, items, answer, sent_ms, ttl) {
+            warn!("credit ledgers unwritable: {e:?}");
+        }
+        self.metrics.credit_asked(answer.is_some());
+        match (answer.is_some(), self.credit_failing) {
+            (false, false) => {
+                warn!("asking for credit leases failed; requests that need one get 503: {why}");
+                self.credit_failing = true;
+            }
+            (true, true) => {
+                info!("credit leases granted again");
+                self.credit_failing = false;
+            }
+            _ => {}
         }
     }
 
@@ -361,7 +479,12 @@ impl Root {
         if self.report_in_flight.is_some() {
             return;
         }
-        let Some(body) = self.outbox.borrow_mut().next_report(now_ms) else {
+        let holder = credit::holder(&Shared);
+        let next = self
+            .outbox
+            .borrow_mut()
+            .next_report_from(now_ms, holder.as_deref());
+        let Some(body) = next else {
             return;
         };
         let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
@@ -480,6 +603,9 @@ impl Context for Root {
         if self.report_in_flight == Some(token) {
             return self.usage_reported(body_size);
         }
+        if let Some(ask) = self.credit_ask.take_if(|ask| ask.token == token) {
+            return self.credit_reply(ask, body_size);
+        }
         if self.in_flight != Some(token) {
             return;
         }
@@ -576,9 +702,11 @@ impl RootContext for Root {
         // Usage goes out on every tick, and ticks come every `USAGE_FLUSH` while records
         // wait, so a crash loses little of it.
         self.report_usage(now);
-        // A tick that came early (to write a page, or for usage) does the rest only when
-        // it is due, so the lease is renewed during a long load too.
+        self.ask_credit(now);
+        // A tick that came early (to write a page, for usage or leases) does the rest only
+        // when it is due, so the lease is renewed during a long load too.
         if now.saturating_add(TICK_SLACK_MS) < self.regular_due_ms {
+            self.release_held();
             return self.tick_every(self.next_period(now));
         }
         let period = u64::try_from(self.regular_period().as_millis()).unwrap_or(u64::MAX);
@@ -605,7 +733,7 @@ impl RootContext for Root {
         }
         self.refresh_view();
         self.steady |= self.view.borrow().is_some();
-        self.release_held(now);
+        self.release_held();
         self.tick_every(self.next_period(now));
     }
 

@@ -69,6 +69,17 @@ pub struct Config {
     /// that would hold more gets 503 `overloaded`: a flood of big bodies cannot make Envoy
     /// buffer without bound.
     pub max_held_body_bytes: usize,
+    /// Credit leases (see `limits::credit`): how long a lease of credit from the
+    /// key-service lasts unless renewed. Each Envoy spends a limited key's (or account's)
+    /// quota only from its lease, so a fleet of Envoys never spends more than is left.
+    /// 0 turns leases off: each Envoy then spends from the snapshot's figures alone,
+    /// which several Envoys can overdraw (up to once each).
+    pub credit_lease_ttl_ms: u64,
+    /// How long a request waits for its key's first lease (or a larger one) before it is
+    /// refused with 503 `key_service_unavailable`.
+    pub credit_lease_wait_ms: u64,
+    /// Path of the key-service's lease intake.
+    pub credit_lease_path: String,
 }
 
 /// The request headers the filter sets for the upstream; `null` leaves one out (each
@@ -159,6 +170,9 @@ impl Default for Config {
             allow_unpriced_models: false,
             first_snapshot_wait_ms: 2_000,
             max_held_body_bytes: 64 << 20,
+            credit_lease_ttl_ms: 30_000,
+            credit_lease_wait_ms: 2_000,
+            credit_lease_path: "/filter/v1/leases".into(),
         }
     }
 }
@@ -263,6 +277,16 @@ impl Config {
         if self.first_snapshot_wait_ms > 60_000 {
             return Err(ConfigError(
                 "first_snapshot_wait_ms must be at most 60000".into(),
+            ));
+        }
+        if self.credit_lease_ttl_ms != 0 && !(1_000..=600_000).contains(&self.credit_lease_ttl_ms) {
+            return Err(ConfigError(
+                "credit_lease_ttl_ms must be 0 (off) or between 1000 and 600000".into(),
+            ));
+        }
+        if self.credit_lease_wait_ms > 60_000 {
+            return Err(ConfigError(
+                "credit_lease_wait_ms must be at most 60000".into(),
             ));
         }
         if self.max_held_body_bytes < self.max_body_bytes {

@@ -11,7 +11,10 @@
 //!   from which remaining quotas and balances include it; counted until the VM's snapshot
 //!   reaches that version.
 //!
-//! A request is admitted only if the limit minus all of that covers its estimate. Every
+//! A request is admitted only if the limit minus all of that covers its estimate. With
+//! credit leases on (`limits::credit`), it must also fit in this Envoy's lease: what the
+//! key-service granted this Envoy (`granted`) minus what its requests spent (`spent`,
+//! which only grows) and hold (`reserved`), before the lease runs out. Every
 //! change is a compare-and-swap on the ledger's entry, retried on a lost race. The leader
 //! creates a ledger when it stores a limited key or account, before the request path can
 //! see it, because shared data cannot create an entry only if it is absent.
@@ -29,7 +32,15 @@ pub fn account_entry(account: &str) -> String {
     format!("kg:q:a:{account}")
 }
 
-const ENCODED_LEN: usize = 48;
+const WORDS: usize = 15;
+
+/// `Ledger::flags`: the ledger is in the list the leader renews leases from.
+pub const LISTED: u64 = 1;
+/// `Ledger::flags`: the last ask for a lease failed (the key-service was not reached).
+pub const ASK_FAILED: u64 = 2;
+/// `Ledger::flags`: the last answer granted less than the waiting requests needed (the
+/// key has no more to give).
+pub const SHORT: u64 = 4;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Ledger {
@@ -37,26 +48,78 @@ pub struct Ledger {
     pub unreported: u64,
     /// `(version, amount)`; `(0, 0)` is a free slot.
     pub landing: [(u64, u64); 2],
+    /// Credit leases: what settled requests cost in all (less usage that will never be
+    /// billed).
+    pub spent: u64,
+    /// Credit leases: what this Envoy may have spent in all (`spent` + `reserved`).
+    pub granted: u64,
+    /// Credit leases: when the lease runs out (Unix ms); 0: no lease.
+    pub lease_until_ms: u64,
+    /// Credit leases: estimates of the requests waiting for a larger lease, summed.
+    pub need: u64,
+    /// Credit leases: asks for a lease sent for this ledger, and answers (or failures)
+    /// to them.
+    pub asked: u64,
+    pub answered: u64,
+    /// `LISTED`, `ASK_FAILED`.
+    pub flags: u64,
+    /// Credit leases: when the last ask was sent (Unix ms), and `committed()` then: how
+    /// fast the key spends, to size the next lease.
+    pub ask_ms: u64,
+    pub ask_committed: u64,
+}
+
+/// What `reserve` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    Admitted,
+    /// The limit (as the snapshot has it, less what is pending) does not cover it.
+    OverLimit,
+    /// This Envoy's lease does not cover it: it waits for the answer to ask number `ask`.
+    /// `list`: the ledger was not in the leader's list yet (the caller adds it); `wake`:
+    /// no request was waiting before this one (the caller tells the leader).
+    NeedLease {
+        ask: u64,
+        list: bool,
+        wake: bool,
+    },
+    /// (`Lease::Answered`) The answer granted less than the waiting requests needed.
+    LeaseShort,
+    /// (`Lease::Answered`) The ask failed: the key-service could not be reached.
+    LeaseFailed,
 }
 
 impl Ledger {
+    /// Words missing at the end (a ledger written by an older filter) read as 0.
     pub fn decode(bytes: &[u8]) -> Ledger {
-        let Some(bytes) = bytes.get(..ENCODED_LEN) else {
+        if bytes.len() < 48 {
             return Ledger::default();
-        };
+        }
         let word = |i: usize| {
             let mut b = [0; 8];
-            b.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+            match bytes.get(i * 8..i * 8 + 8) {
+                Some(w) => b.copy_from_slice(w),
+                None => return 0,
+            }
             u64::from_le_bytes(b)
         };
         Ledger {
             reserved: word(0),
             unreported: word(1),
             landing: [(word(2), word(3)), (word(4), word(5))],
+            spent: word(6),
+            granted: word(7),
+            lease_until_ms: word(8),
+            need: word(9),
+            asked: word(10),
+            answered: word(11),
+            flags: word(12),
+            ask_ms: word(13),
+            ask_committed: word(14),
         }
     }
 
-    pub fn encode(&self) -> [u8; ENCODED_LEN] {
+    pub fn encode(&self) -> [u8; WORDS * 8] {
         let words = [
             self.reserved,
             self.unreported,
@@ -64,12 +127,31 @@ impl Ledger {
             self.landing[0].1,
             self.landing[1].0,
             self.landing[1].1,
+            self.spent,
+            self.granted,
+            self.lease_until_ms,
+            self.need,
+            self.asked,
+            self.answered,
+            self.flags,
+            self.ask_ms,
+            self.ask_committed,
         ];
-        let mut out = [0; ENCODED_LEN];
+        let mut out = [0; WORDS * 8];
         for (i, word) in words.iter().enumerate() {
             out[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
         }
         out
+    }
+
+    /// Credit leases: what this Envoy has spent or holds (what the key-service is told).
+    pub fn committed(&self) -> u64 {
+        self.spent.saturating_add(self.reserved)
+    }
+
+    /// Credit leases: whether the lease covers `amount` more at `now_ms`.
+    pub fn lease_covers(&self, amount: u64, now_ms: u64) -> bool {
+        now_ms < self.lease_until_ms && self.committed().saturating_add(amount) <= self.granted
     }
 
     /// What a snapshot at `version` does not show yet.
@@ -136,24 +218,71 @@ pub fn ensure(shared: &impl SharedData, name: &str) -> Result<(), HostError> {
     Ok(())
 }
 
+/// How a reservation treats credit leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// Leases are off.
+    Off,
+    /// The request must fit the lease at this time (Unix ms); if it does not, its need is
+    /// added to the next ask.
+    Ask(u64),
+    /// As `Ask`, for a request whose ask was answered: if it does not fit, it is refused
+    /// when the answer fell short or the ask failed; if other requests took the lease
+    /// first, it asks again.
+    Answered(u64),
+}
+
 /// Reserves `amount` in `name` if `limit` minus what the ledger holds (against a snapshot
-/// at `version`) covers it; `false` when it does not.
+/// at `version`) covers it and, with credit leases, this Envoy's lease does too. A
+/// request that costs nothing needs no lease.
 pub fn reserve(
     shared: &impl SharedData,
     name: &str,
     limit: i64,
     amount: u64,
     version: u64,
-) -> Result<bool, HostError> {
-    let admitted = update(shared, name, |ledger| {
+    lease: Lease,
+) -> Result<Reserve, HostError> {
+    let (now_ms, ask) = match lease {
+        Lease::Off => (None, false),
+        Lease::Ask(now) => (Some(now), true),
+        Lease::Answered(now) => (Some(now), false),
+    };
+    let done = update(shared, name, |ledger| {
         let left = i128::from(limit) - i128::from(ledger.pending(version));
         if left < i128::from(amount) {
-            return None;
+            return Some(Reserve::OverLimit);
+        }
+        if let Some(now_ms) = now_ms.filter(|_| amount > 0) {
+            if !ledger.lease_covers(amount, now_ms) {
+                if !ask && ledger.flags & ASK_FAILED != 0 {
+                    return Some(Reserve::LeaseFailed);
+                }
+                if !ask && ledger.flags & SHORT != 0 {
+                    return Some(Reserve::LeaseShort);
+                }
+                let wake = ledger.need == 0;
+                let list = ledger.flags & LISTED == 0;
+                ledger.need = ledger.need.saturating_add(amount);
+                ledger.flags |= LISTED;
+                return Some(Reserve::NeedLease {
+                    ask: ledger.asked.saturating_add(1),
+                    list,
+                    wake,
+                });
+            }
         }
         ledger.reserved = ledger.reserved.saturating_add(amount);
-        Some(())
+        Some(Reserve::Admitted)
     })?;
-    Ok(admitted.is_some())
+    Ok(done.unwrap_or(Reserve::OverLimit))
+}
+
+/// The ledger in `name` as it stands.
+pub fn read(shared: &impl SharedData, name: &str) -> Result<Ledger, HostError> {
+    Ok(shared
+        .get(name)?
+        .map_or_else(Ledger::default, |(bytes, _)| Ledger::decode(&bytes)))
 }
 
 /// A request ended: its reservation goes, what it cost waits for the key-service.
@@ -166,6 +295,7 @@ pub fn settle(
     update(shared, name, |ledger| {
         ledger.reserved = ledger.reserved.saturating_sub(reserved);
         ledger.unreported = ledger.unreported.saturating_add(cost);
+        ledger.spent = ledger.spent.saturating_add(cost);
         Some(())
     })?;
     Ok(())
@@ -191,6 +321,8 @@ pub fn landed(
 pub fn lost(shared: &impl SharedData, name: &str, cost: u64) -> Result<(), HostError> {
     update(shared, name, |ledger| {
         ledger.unreported = ledger.unreported.saturating_sub(cost);
+        // Never billed, so not spent from the lease either.
+        ledger.spent = ledger.spent.saturating_sub(cost);
         Some(())
     })?;
     Ok(())
@@ -237,15 +369,35 @@ mod tests {
         Ledger::decode(&shared.get(KEY).unwrap().unwrap().0)
     }
 
+    /// Reserves without credit leases.
+    fn admits(shared: &MemShared, limit: i64, amount: u64, version: u64) -> bool {
+        reserve(shared, KEY, limit, amount, version, Lease::Off).unwrap() == Reserve::Admitted
+    }
+
     #[test]
     fn ledgers_round_trip_and_garbage_reads_as_empty() {
         let l = Ledger {
             reserved: 1,
             unreported: u64::MAX,
             landing: [(7, 3), (9, 4)],
+            spent: 5,
+            granted: 6,
+            lease_until_ms: 7,
+            need: 8,
+            asked: 9,
+            answered: 10,
+            flags: LISTED,
+            ask_ms: 11,
+            ask_committed: 12,
         };
         assert_eq!(Ledger::decode(&l.encode()), l);
         assert_eq!(Ledger::decode(b"short"), Ledger::default());
+        // An older filter's ledger (six words) reads with no lease.
+        let old = Ledger::decode(&l.encode()[..48]);
+        assert_eq!(
+            (old.unreported, old.landing, old.granted),
+            (u64::MAX, l.landing, 0)
+        );
     }
 
     #[test]
@@ -253,23 +405,23 @@ mod tests {
         let shared = MemShared::default();
         ensure(&shared, KEY).unwrap();
         // 100 credits left: two requests estimated at 40 fit, a third does not.
-        assert!(reserve(&shared, KEY, 100, 40, 5).unwrap());
-        assert!(reserve(&shared, KEY, 100, 40, 5).unwrap());
-        assert!(!reserve(&shared, KEY, 100, 40, 5).unwrap());
+        assert!(admits(&shared, 100, 40, 5));
+        assert!(admits(&shared, 100, 40, 5));
+        assert!(!admits(&shared, 100, 40, 5));
         // One ends having cost 10: 30 of its 40 come back.
         settle(&shared, KEY, 40, 10).unwrap();
         assert_eq!(ledger(&shared).pending(5), 50);
-        assert!(reserve(&shared, KEY, 100, 40, 5).unwrap());
-        assert!(!reserve(&shared, KEY, 100, 11, 5).unwrap());
+        assert!(admits(&shared, 100, 40, 5));
+        assert!(!admits(&shared, 100, 11, 5));
         // A request that costs nothing always fits, even at the limit.
-        assert!(reserve(&shared, KEY, 100, 0, 5).unwrap());
+        assert!(admits(&shared, 100, 0, 5));
     }
 
     #[test]
     fn a_cost_counts_until_the_snapshot_shows_it() {
         let shared = MemShared::default();
         ensure(&shared, KEY).unwrap();
-        assert!(reserve(&shared, KEY, 100, 40, 5).unwrap());
+        assert!(admits(&shared, 100, 40, 5));
         settle(&shared, KEY, 40, 25).unwrap();
         assert_eq!(ledger(&shared).pending(5), 25, "unreported");
         // The key-service took it; snapshots from version 8 include it.
@@ -294,6 +446,86 @@ mod tests {
         assert_eq!((l.pending(6), l.pending(8), l.pending(9)), (50, 50, 0));
         l.land(5, 9, 6);
         assert_eq!(l.landing, [(0, 0), (9, 55)]);
+    }
+
+    #[test]
+    fn with_leases_a_request_must_fit_the_lease_too() {
+        let shared = MemShared::default();
+        let lease = |now| reserve(&shared, KEY, 1_000, 40, 5, Lease::Ask(now)).unwrap();
+        // No lease yet: the first request asks for one (listing the ledger, waking the
+        // leader), the second adds its need to the same ask.
+        assert_eq!(
+            lease(10),
+            Reserve::NeedLease {
+                ask: 1,
+                list: true,
+                wake: true
+            }
+        );
+        assert_eq!(
+            lease(10),
+            Reserve::NeedLease {
+                ask: 1,
+                list: false,
+                wake: false
+            }
+        );
+        assert_eq!(ledger(&shared).need, 80);
+        // A lease of 100 until t=1000: two fit, a third does not (it waits for ask 2).
+        kv::update(&shared, KEY, |l: &mut Ledger| {
+            (l.granted, l.lease_until_ms, l.need, l.asked) = (100, 1_000, 0, 1);
+            Some(())
+        })
+        .unwrap();
+        assert_eq!(lease(20), Reserve::Admitted);
+        assert_eq!(lease(20), Reserve::Admitted);
+        assert_eq!(
+            lease(20),
+            Reserve::NeedLease {
+                ask: 2,
+                list: false,
+                wake: true
+            }
+        );
+        // Once answered, a request that still does not fit is refused if the answer fell
+        // short (or the ask failed); if others took the lease first, it asks again.
+        let answered = |flags| {
+            kv::update(&shared, KEY, |l: &mut Ledger| {
+                l.flags = flags;
+                Some(())
+            })
+            .unwrap();
+            reserve(&shared, KEY, 1_000, 40, 5, Lease::Answered(20)).unwrap()
+        };
+        assert_eq!(answered(LISTED | SHORT), Reserve::LeaseShort);
+        assert_eq!(answered(LISTED | ASK_FAILED), Reserve::LeaseFailed);
+        let again = Reserve::NeedLease {
+            ask: 2,
+            list: false,
+            wake: false,
+        };
+        assert_eq!(answered(LISTED), again);
+        assert_eq!(ledger(&shared).need, 80);
+        // What was spent stays spent: a request that cost 30 of its 40 frees 10 of the
+        // lease, not 40.
+        settle(&shared, KEY, 40, 30).unwrap();
+        assert_eq!(ledger(&shared).committed(), 70);
+        assert!(!ledger(&shared).lease_covers(40, 20));
+        assert!(ledger(&shared).lease_covers(30, 20));
+        // An expired lease covers nothing; a free request needs none.
+        assert!(!ledger(&shared).lease_covers(1, 1_000));
+        assert_eq!(
+            reserve(&shared, KEY, 1_000, 0, 5, Lease::Ask(5_000)).unwrap(),
+            Reserve::Admitted
+        );
+        // The snapshot's limit still comes first.
+        assert_eq!(
+            reserve(&shared, KEY, 10, 40, 5, Lease::Ask(20)).unwrap(),
+            Reserve::OverLimit
+        );
+        // Usage that will never be billed was never spent.
+        lost(&shared, KEY, 30).unwrap();
+        assert_eq!(ledger(&shared).spent, 0);
     }
 
     #[test]

@@ -2,5 +2,6 @@
 //! account's quota ledger (reserved, unreported and landing credits) and each rate-limited
 //! key's windows.
 
+pub mod credit;
 pub mod ledger;
 pub mod rate;

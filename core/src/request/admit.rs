@@ -3,7 +3,10 @@
 use std::net::IpAddr;
 use std::rc::Rc;
 
-use super::{Action, BodyWait, Host, Job, Meter, Phase, RateHold, Request, HOST_FAILED};
+use super::bill::Reserved;
+use super::{
+    Action, BodyHold, BodyWait, Host, Job, LeaseWait, Meter, Phase, RateHold, Request, HOST_FAILED,
+};
 use crate::decide::body_scan::{BodyScan, UsageEdit};
 use crate::decide::decision::{check_model, decide, restricts_models, Denial};
 use crate::decide::form_scan::FormScan;
@@ -251,12 +254,18 @@ impl Request {
         // LLM requests of a limited key or account reserve what they may cost; the body
         // tells how much, when there is one.
         let limited = metered && limited;
+        self.rate = rate_hold(&plugin, view, &key);
         if limited && end_of_stream {
             let hash = secret::hash(secret);
-            self.reserve(host, view, &hash, path_model, Estimate::default())?;
+            let estimate = Estimate::default();
+            if let Reserved::Wait { ledger, ask } =
+                self.reserve(host, view, &hash, path_model, estimate, None)?
+            {
+                self.wait_for_lease(host, hash, estimate, ledger, ask, None, 0)?;
+                return Ok(Action::Hold);
+            }
         }
         let reserve = limited && !end_of_stream;
-        self.rate = rate_hold(&plugin, view, &key);
         if !model_check && !add_usage && !reserve {
             self.admit_rate(host)?;
             return Ok(Action::Continue);
@@ -437,7 +446,18 @@ impl Request {
                     body_bytes: body_size as u64,
                     max_output_tokens: facts.max_output_tokens,
                 };
-                self.reserve(host, view, &wait.key, model.as_deref(), estimate)?;
+                let reserved =
+                    self.reserve(host, view, &wait.key, model.as_deref(), estimate, None)?;
+                if let Reserved::Wait { ledger, ask } = reserved {
+                    let edit = wait.scan.usage_edit().filter(|_| wait.add_usage && whole);
+                    self.phase = Phase::Upstream;
+                    let hash = wait.key;
+                    self.wait_for_lease(host, hash, estimate, ledger, ask, edit, body_size)?;
+                    if let Phase::Leasing(lease) = &mut self.phase {
+                        lease.hold = std::mem::replace(&mut wait.hold, BodyHold::new(&plugin));
+                    }
+                    return Ok(Action::Hold);
+                }
             }
         }
         self.admit_rate(host)?;
@@ -448,6 +468,99 @@ impl Request {
                     meter.added_usage = true;
                 }
             }
+        }
+        Ok(Action::Continue)
+    }
+}
+
+impl Request {
+    /// The request waits for a credit lease (see `Request::lease_came`).
+    #[allow(clippy::too_many_arguments)]
+    fn wait_for_lease(
+        &mut self,
+        host: &impl Host,
+        key: KeyHash,
+        estimate: Estimate,
+        ledger: String,
+        ask: u64,
+        edit: Option<UsageEdit>,
+        body_size: usize,
+    ) -> Result<(), Denial> {
+        let now_ms = host.now_ms().map_err(|_| HOST_FAILED)?;
+        self.phase = Phase::Leasing(Box::new(LeaseWait {
+            key,
+            estimate,
+            ledger,
+            ask,
+            until_ms: now_ms.saturating_add(self.plugin.config.credit_lease_wait_ms),
+            edit,
+            body_size,
+            hold: BodyHold::new(&self.plugin),
+        }));
+        Ok(())
+    }
+
+    /// The ask that carried a waiting request's need was answered: the request reserves
+    /// again, and goes on if it fits now.
+    pub(super) fn admit_leased(
+        &mut self,
+        host: &impl Host,
+        wait: LeaseWait,
+    ) -> Result<Action, Denial> {
+        let now_ms = host.now_ms().map_err(|_| HOST_FAILED)?;
+        let plugin = Rc::clone(&self.plugin);
+        let view = plugin.view.borrow();
+        let view = view
+            .as_ref()
+            .filter(|v| plugin.is_fresh(v, now_ms))
+            .ok_or(Denial::KeyServiceUnavailable)?;
+        let model = match &self.job {
+            Job::Meter(meter) => meter.model.clone(),
+            _ => None,
+        };
+        let answered = Some(wait.ledger.as_str());
+        match self.reserve(
+            host,
+            view,
+            &wait.key,
+            model.as_deref(),
+            wait.estimate,
+            answered,
+        )? {
+            Reserved::Yes => {}
+            // Its key's lease covers it now; its account's must too.
+            Reserved::Wait { ledger, ask } => {
+                let LeaseWait {
+                    key,
+                    estimate,
+                    edit,
+                    body_size,
+                    hold,
+                    until_ms,
+                    ..
+                } = wait;
+                self.phase = Phase::Leasing(Box::new(LeaseWait {
+                    key,
+                    estimate,
+                    ledger,
+                    ask,
+                    until_ms,
+                    edit,
+                    body_size,
+                    hold,
+                }));
+                return Ok(Action::Hold);
+            }
+        }
+        self.admit_rate(host)?;
+        if let Some(edit) = wait.edit {
+            ask_for_usage(host, edit, wait.body_size).map_err(|_| HOST_FAILED)?;
+            if let Job::Meter(meter) = &mut self.job {
+                meter.added_usage = true;
+            }
+        }
+        if wait.body_size > 0 {
+            self.body_received = wait.body_size as u64;
         }
         Ok(Action::Continue)
     }

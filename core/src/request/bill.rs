@@ -5,7 +5,8 @@ use super::{Event, Host, Job, Phase, Reader, Request, HOST_FAILED};
 use crate::decide::decision::Denial;
 use crate::decide::model;
 use crate::keys::secret::KeyHash;
-use crate::limits::ledger::{self, Estimate};
+use crate::limits::credit;
+use crate::limits::ledger::{self, Estimate, Lease, Reserve};
 use crate::sync::view::{self, View};
 use crate::usage::pricing::{self, Price, Tokens};
 use crate::usage::report::{Charge, Record, UsageWire, MODEL_MAX};
@@ -19,9 +20,23 @@ pub(super) struct Reservation {
     account_ledger: Option<String>,
     /// The group's price multiplier, to price what the request turns out to use.
     ratio: f64,
+    /// The price its estimate was made with: what it is settled at if this VM's tables
+    /// (read on its tick) have no price for its model yet.
+    price: Option<Price>,
     /// The most the request was estimated to use: what it is billed if its answer says
     /// nothing of its usage.
     estimate: Tokens,
+}
+
+/// What `Request::reserve` did, when it did not refuse.
+pub(super) enum Reserved {
+    Yes,
+    /// This Envoy's lease in `ledger` does not cover the request: it waits for the answer
+    /// to ask number `ask`.
+    Wait {
+        ledger: String,
+        ask: u64,
+    },
 }
 
 /// A request that never reached a provider gives its reservation back whole.
@@ -36,7 +51,10 @@ pub(super) fn release(host: &impl Host, reservation: Reservation) {
 
 impl Request {
     /// Reserves in the key's and the account's ledgers (those that are limited) what the
-    /// request may cost, or refuses it with `insufficient_quota`.
+    /// request may cost, or refuses it with `insufficient_quota`. With credit leases, a
+    /// request the lease does not cover waits for the leader's next ask (`Wait`), unless
+    /// it had the answer to that ask for this ledger already (`answered`): it is refused
+    /// then (503 if the key-service could not be asked).
     pub(super) fn reserve(
         &mut self,
         host: &impl Host,
@@ -44,7 +62,8 @@ impl Request {
         hash: &KeyHash,
         model: Option<&str>,
         estimate: Estimate,
-    ) -> Result<(), Denial> {
+        answered: Option<&str>,
+    ) -> Result<Reserved, Denial> {
         // The snapshot version first, then the key: a key entry is written before the
         // version moves, so it shows at least what that version does, and a cost landing
         // after that version is counted by the ledger (perhaps twice for a moment: the
@@ -53,34 +72,71 @@ impl Request {
         let key = super::admit::lookup(host, hash, meta.epoch)?.ok_or(Denial::InvalidApiKey)?;
         let config = &self.plugin.config;
         let ratio = view.tables.ratio(key.group());
-        let price = model.and_then(|m| view.tables.price(m));
+        let mut price = model.and_then(|m| view.tables.price(m));
+        if price.is_none() && meta.version > view.meta.version {
+            // This VM reads the tables on its tick: a price set a moment ago may be in
+            // shared data already.
+            if let Ok(Some(fresh)) = View::refresh(host, None) {
+                price = model.and_then(|m| fresh.tables.price(m));
+            }
+        }
         if price.is_none() && !config.allow_unpriced_models {
             // A model nobody priced would cost a limited key nothing.
             return Err(Denial::ModelNotPriced);
         }
         let amount = estimate.credits(price, ratio, config.default_output_tokens);
+        let now_ms = host.now_ms().map_err(|_| HOST_FAILED)?;
+        let lease = |name: &str| match (config.credit_lease_ttl_ms, answered) {
+            (0, _) => Lease::Off,
+            (_, Some(done)) if done == name => Lease::Answered(now_ms),
+            _ => Lease::Ask(now_ms),
+        };
         let key_limit = key.remaining_quota;
         let account_limit = view.tables.balance(key.account());
         let key_ledger = key_limit.map(|_| ledger::key_entry(key.id()));
         let account_ledger = account_limit.map(|_| ledger::account_entry(key.account()));
-        if let (Some(name), Some(limit)) = (&key_ledger, key_limit) {
-            let admitted = ledger::reserve(host, name, limit, amount, meta.version)
+        let limited = [
+            key_ledger
+                .as_deref()
+                .zip(key_limit.map(|l| (l, meta.version))),
+            account_ledger
+                .as_deref()
+                .zip(account_limit.map(|l| (l, view.meta.version))),
+        ];
+        let mut taken: Option<&str> = None;
+        for (name, (limit, version)) in limited.into_iter().flatten() {
+            let reserved = ledger::reserve(host, name, limit, amount, version, lease(name))
                 .map_err(|_| HOST_FAILED)?;
-            if !admitted {
-                return Err(Denial::InsufficientQuota);
-            }
-        }
-        if let (Some(name), Some(limit)) = (&account_ledger, account_limit) {
-            let admitted = ledger::reserve(host, name, limit, amount, view.meta.version)
-                .map_err(|_| HOST_FAILED)?;
-            if !admitted {
-                if let Some(key_ledger) = &key_ledger {
-                    let _ = ledger::settle(host, key_ledger, amount, 0);
+            let refusal = match reserved {
+                Reserve::Admitted => {
+                    taken = Some(name);
+                    continue;
                 }
-                return Err(Denial::InsufficientQuota);
+                Reserve::OverLimit | Reserve::LeaseShort => Err(Denial::InsufficientQuota),
+                Reserve::LeaseFailed => Err(Denial::KeyServiceUnavailable),
+                Reserve::NeedLease { ask, list, wake } => {
+                    if list && !credit::list(host, name).map_err(|_| HOST_FAILED)? {
+                        // More limited keys in use than an Envoy lists.
+                        Err(Denial::Overloaded)
+                    } else {
+                        if wake {
+                            credit::wake(host).map_err(|_| HOST_FAILED)?;
+                        }
+                        Ok(Reserved::Wait {
+                            ledger: name.to_owned(),
+                            ask,
+                        })
+                    }
+                }
+            };
+            // The key's reservation goes back if the account's cannot be had.
+            if let Some(key_ledger) = taken {
+                let _ = ledger::settle(host, key_ledger, amount, 0);
             }
+            return refusal;
         }
         let reservation = Reservation {
+            price,
             amount,
             key_ledger,
             account_ledger,
@@ -92,7 +148,7 @@ impl Request {
             // Only metered requests reserve; one that is not cannot keep it.
             _ => release(host, reservation),
         }
-        Ok(())
+        Ok(Reserved::Yes)
     }
 
     /// The price of a model as this VM's snapshot has it.
@@ -113,7 +169,10 @@ impl Request {
         status: u16,
     ) -> Option<Charge> {
         let reservation = reservation?;
-        let price = self.price_of(model).map(|p| p.for_status(status));
+        let price = self
+            .price_of(model)
+            .or(reservation.price)
+            .map(|p| p.for_status(status));
         let tokens = usage.map_or_else(Tokens::default, |u| Tokens {
             input: u.input,
             cached_input: u.cached_input,
@@ -171,9 +230,11 @@ impl Request {
             // a compressed answer): a key or account with a limit is billed the estimate
             // its request was admitted on, never nothing.
             host.count(Event::UsageMissing);
-            let estimate = reservation.as_ref()?.estimate;
+            let held = reservation.as_ref()?;
+            let estimate = held.estimate;
             if self
                 .price_of(model.as_deref())
+                .or(held.price)
                 .is_some_and(|p| p.per_request > 0.0)
             {
                 // Priced per call (dall-e): that price is the bill.

@@ -17,13 +17,14 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use crate::config::Config;
-use crate::decide::body_scan::BodyScan;
+use crate::decide::body_scan::{BodyScan, UsageEdit};
 use crate::decide::credential;
 use crate::decide::decision::Denial;
 use crate::decide::form_scan::FormScan;
 use crate::decide::model_list;
 use crate::keys::secret::{self, KeyHash};
 use crate::kv::{HostError, SharedData};
+use crate::limits::ledger::{self, Estimate};
 use crate::limits::rate::{self, Limits, Standing};
 use crate::pairs;
 use crate::sync::view::{SharedView, View};
@@ -88,8 +89,8 @@ pub enum Event<'a> {
 pub enum Action {
     Continue,
     Pause,
-    /// Paused until this VM has its first snapshot: `Request::release` decides the request
-    /// then, or once `Request::held_until` has passed.
+    /// Paused until this VM has its first snapshot, or a credit lease comes: the root
+    /// calls `Request::release` on its ticks until it says otherwise.
     Hold,
 }
 
@@ -143,6 +144,8 @@ enum Phase {
     Start,
     /// It came before this VM had a snapshot, and waits for one.
     Held(Held),
+    /// Admitted but for its cost, it waits for a (larger) credit lease.
+    Leasing(Box<LeaseWait>),
     /// Admitted on its headers, it waits for its body to be decided.
     Body(Box<BodyWait>),
     /// Admitted and passed on; its body (if any) streams on, chunk by chunk.
@@ -200,6 +203,25 @@ struct Held {
     /// Whether its body is all here.
     body_end: bool,
     /// The body buffered so far.
+    hold: BodyHold,
+}
+
+/// A request waiting for a credit lease (`limits::credit`), and what it needs to go on.
+struct LeaseWait {
+    /// The hash of the request's key, to look the key up again.
+    key: KeyHash,
+    estimate: Estimate,
+    /// The ledger whose lease it waits for, and the number of the ask that will carry
+    /// its need.
+    ledger: String,
+    ask: u64,
+    /// When it stops waiting (Unix ms): 503 then.
+    until_ms: u64,
+    /// For an OpenAI stream that does not ask for usage: the edit that makes it ask, for
+    /// a body of `body_size` bytes.
+    edit: Option<UsageEdit>,
+    body_size: usize,
+    /// Its body, buffered meanwhile.
     hold: BodyHold,
 }
 
@@ -335,17 +357,35 @@ impl Request {
     pub fn held_until(&self) -> Option<u64> {
         match &self.phase {
             Phase::Held(held) => Some(held.until_ms),
+            Phase::Leasing(wait) => Some(wait.until_ms),
             _ => None,
         }
     }
 
-    /// Decides a held request (the snapshot came, or the wait is over) with what of it
-    /// has arrived: `Continue` means the caller resumes it; anything else, that it is
-    /// answered or waits for more of its body.
-    pub fn release(&mut self, host: &impl Host) -> Action {
-        let Phase::Held(held) = std::mem::replace(&mut self.phase, Phase::Start) else {
-            return Action::Pause;
-        };
+    /// Decides a held request, if it is due: `loaded`, the VM has a snapshot now;
+    /// `force`, it may wait no longer (too many are held). `Hold`: it waits on;
+    /// `Continue`: the caller resumes it; anything else, that it is answered or waits for
+    /// more of its body.
+    pub fn release(&mut self, host: &impl Host, loaded: bool, force: bool) -> Action {
+        match std::mem::replace(&mut self.phase, Phase::Start) {
+            Phase::Held(held) => {
+                let late = host.now_ms().map_or(true, |now| now >= held.until_ms);
+                if !(loaded || force || late) {
+                    self.phase = Phase::Held(held);
+                    return Action::Hold;
+                }
+                self.release_held(host, held)
+            }
+            Phase::Leasing(wait) => self.lease_came(host, wait, force),
+            other => {
+                self.phase = other;
+                Action::Pause
+            }
+        }
+    }
+
+    /// A request held for the first snapshot is decided with what of it has arrived.
+    fn release_held(&mut self, host: &impl Host, held: Held) -> Action {
         // Its bytes are given back here: the phase it goes on to holds them again.
         let (body_size, body_end) = (held.hold.bytes, held.body_end);
         drop(held.hold);
@@ -366,12 +406,39 @@ impl Request {
         }
     }
 
+    /// A request waiting for a credit lease: once the ask that carried its need is
+    /// answered it fits (and goes on), waits for its account's lease next, or is
+    /// refused; it gets 503 if no answer came in time.
+    fn lease_came(&mut self, host: &impl Host, wait: Box<LeaseWait>, force: bool) -> Action {
+        let now_ms = host.now_ms().unwrap_or(u64::MAX);
+        let answered = ledger::read(host, &wait.ledger).map_or(true, |l| l.answered >= wait.ask);
+        if !answered {
+            if force {
+                self.phase = Phase::Upstream;
+                return self.finish(host, Err(Denial::Overloaded));
+            }
+            if now_ms < wait.until_ms {
+                self.phase = Phase::Leasing(wait);
+                return Action::Hold;
+            }
+            self.phase = Phase::Upstream;
+            return self.finish(host, Err(Denial::KeyServiceUnavailable));
+        }
+        self.phase = Phase::Upstream;
+        let result = self.admit_leased(host, *wait);
+        self.finish(host, result)
+    }
+
     pub fn on_request_body(
         &mut self,
         host: &impl Host,
         body_size: usize,
         end_of_stream: bool,
     ) -> Action {
+        if let Phase::Leasing(_) = &self.phase {
+            // Waiting with its whole body.
+            return Action::Pause;
+        }
         if let Phase::Held(held) = &mut self.phase {
             // Held with its headers: Envoy keeps the body meanwhile.
             if !held.hold.grow_to(body_size) {
@@ -443,6 +510,9 @@ impl Request {
     /// body is complete now, and it is decided as if the last chunk had said so; without
     /// this, Envoy would pass it on unchecked.
     pub fn on_request_trailers(&mut self, host: &impl Host) -> Action {
+        if let Phase::Leasing(_) = &self.phase {
+            return Action::Pause;
+        }
         if let Phase::Held(held) = &mut self.phase {
             held.body_end = true;
             return Action::Pause;

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use super::*;
 use crate::keys::secret;
 use crate::kv::testing::MemShared;
+use crate::limits::credit;
 use crate::limits::ledger::{self, Ledger};
 use crate::pairs;
 use crate::sync::leader::Leader;
@@ -242,11 +243,25 @@ fn setup() -> Setup {
     s
 }
 
+/// The configuration of most tests: one Envoy, spending from the snapshot's figures alone
+/// (credit leases have their own tests).
+fn config() -> Config {
+    Config {
+        credit_lease_ttl_ms: 0,
+        ..Config::default()
+    }
+}
+
 /// A VM of an Envoy whose first snapshot has not come yet.
 fn setup_without_snapshot() -> Setup {
+    setup_with(config())
+}
+
+fn setup_with(config: Config) -> Setup {
     let fake = Fake::default();
     fake.now_ms.set(NOW_MS);
     let plugin = Rc::new(Plugin {
+        config,
         ids: Some(RequestIds::new([1; 16])),
         ..Plugin::default()
     });
@@ -671,7 +686,7 @@ fn a_request_before_the_first_snapshot_waits_for_it() {
     assert_eq!(s.fake.sent.borrow().clone(), None);
     // The snapshot comes: decided on its headers and its body at once.
     s.load_snapshot();
-    assert_eq!(request.release(&s.fake), Action::Continue);
+    assert_eq!(request.release(&s.fake, true, false), Action::Continue);
     assert_eq!(request.held_until(), None);
     let input = (body.len() as u64).div_ceil(4);
     assert_eq!(s.ledger("id-quota").reserved, input + 20);
@@ -683,10 +698,10 @@ fn a_held_request_is_refused_when_no_snapshot_comes_in_time() {
     let s = setup_without_snapshot();
     let mut request = s.request("GET", "/v1/models", "open");
     assert_eq!(request.on_request_headers(&s.fake, true), Action::Hold);
-    assert_eq!(request.release(&s.fake), Action::Pause);
+    assert_eq!(request.release(&s.fake, true, false), Action::Pause);
     assert_eq!(s.status_sent(), Some(503));
     // Released twice (a late tick), nothing more happens.
-    assert_eq!(request.release(&s.fake), Action::Pause);
+    assert_eq!(request.release(&s.fake, true, false), Action::Pause);
     assert_eq!(s.events(), ["denied:key_service_unavailable"]);
 }
 
@@ -701,7 +716,7 @@ fn only_a_well_formed_key_waits_and_waiting_can_be_turned_off() {
     let plugin = Rc::new(Plugin {
         config: Config {
             first_snapshot_wait_ms: 0,
-            ..Config::default()
+            ..config()
         },
         ..Plugin::default()
     });
@@ -728,7 +743,7 @@ fn a_held_upload_larger_than_the_limit_is_decided_on_its_head() {
     // All of it came while it was held.
     assert_eq!(s.body(&mut request, &body, true), Action::Pause);
     s.load_snapshot();
-    assert_eq!(request.release(&s.fake), Action::Continue);
+    assert_eq!(request.release(&s.fake, true, false), Action::Continue);
     assert_eq!(s.fake.sent.borrow().clone(), None);
 }
 
@@ -739,7 +754,7 @@ fn bodies_held_at_once_are_bounded_per_vm_and_given_back_however_a_request_ends(
         config: Config {
             max_body_bytes: 100,
             max_held_body_bytes: 100,
-            ..Config::default()
+            ..config()
         },
         ids: Some(RequestIds::new([1; 16])),
         ..Plugin::default()
@@ -780,7 +795,7 @@ fn a_held_body_is_counted_once_when_its_request_is_released() {
         config: Config {
             max_body_bytes: 100,
             max_held_body_bytes: 100,
-            ..Config::default()
+            ..config()
         },
         ids: Some(RequestIds::new([1; 16])),
         ..Plugin::default()
@@ -793,7 +808,7 @@ fn a_held_body_is_counted_once_when_its_request_is_released() {
     assert_eq!(s.plugin.held_body_bytes(), part.len());
     s.load_snapshot();
     // Released, it goes on waiting for its body, holding the same bytes (not twice).
-    assert_eq!(request.release(&s.fake), Action::Pause);
+    assert_eq!(request.release(&s.fake, true, false), Action::Pause);
     assert_eq!(s.fake.sent.borrow().clone(), None);
     assert_eq!(s.plugin.held_body_bytes(), part.len());
 }
@@ -929,4 +944,153 @@ fn an_upload_that_is_no_form_is_refused_before_it_all_came() {
     assert_eq!(s.status_sent(), Some(400));
     // Refused on the first piece, not after the last.
     assert_eq!(s.fake.request_body.borrow().len(), 1000);
+}
+
+/// With credit leases: the leader's ask for every ledger due, answered by `grant`
+/// (`None`: the key-service could not be reached), as the root does it.
+fn answer_leases(s: &Setup, book: &mut credit::Book, grant: Option<u64>) -> Vec<credit::Item> {
+    let now = s.fake.now_ms.get();
+    let ttl = s.plugin.config.credit_lease_ttl_ms;
+    let items = book.due(&s.fake.shared, now, ttl).unwrap();
+    let answer = grant.map(|granted| credit::AnswerWire {
+        leases: items
+            .iter()
+            .map(|item| credit::GrantWire {
+                subject: credit::subject(&item.ledger).unwrap().into(),
+                limited: true,
+                granted,
+            })
+            .collect(),
+    });
+    book.answered(&s.fake.shared, &items, answer.as_ref(), now, ttl)
+        .unwrap();
+    items
+}
+
+fn setup_with_leases() -> Setup {
+    let s = setup_with(Config::default());
+    s.load_snapshot();
+    s
+}
+
+#[test]
+fn a_limited_key_without_a_lease_waits_for_one_and_goes_on() {
+    let s = setup_with_leases();
+    let mut book = credit::Book::default();
+    let mut request = s.request("POST", CHAT, "quota");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    let body = r#"{"model":"gpt-4o","max_tokens":100,"stream":true}"#;
+    assert_eq!(s.body(&mut request, body, true), Action::Hold);
+    let estimate = (body.len() as u64).div_ceil(4) + 200;
+    assert_eq!(s.ledger("id-quota").need, estimate);
+    // No answer yet: it waits on.
+    assert_eq!(request.release(&s.fake, true, false), Action::Hold);
+    let items = answer_leases(&s, &mut book, Some(10 * estimate));
+    assert_eq!((items[0].need, items[0].want), (estimate, 2 * estimate));
+    // Answered: reserved in the lease, and the stream made to ask for usage as before.
+    assert_eq!(request.release(&s.fake, true, false), Action::Continue);
+    let ledger = s.ledger("id-quota");
+    assert_eq!((ledger.reserved, ledger.granted), (estimate, 10 * estimate));
+    assert!(String::from_utf8_lossy(&s.fake.request_body.borrow()).contains("include_usage"));
+    assert_eq!(s.events(), ["Allowed"]);
+    // It ends: what it cost is spent from the lease, its estimate no longer held.
+    s.respond(&mut request, 200, USAGE);
+    request.on_log(&s.fake);
+    let ledger = s.ledger("id-quota");
+    assert_eq!((ledger.reserved, ledger.spent), (0, 20));
+    // The next request fits the lease: no wait.
+    let mut next = s.request("POST", CHAT, "quota");
+    assert_eq!(next.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(s.body(&mut next, body, true), Action::Continue);
+}
+
+#[test]
+fn a_lease_too_small_refuses_and_an_ask_that_fails_or_never_comes_is_503() {
+    let s = setup_with_leases();
+    let mut book = credit::Book::default();
+    let body = r#"{"model":"gpt-4o","max_tokens":100}"#;
+    let wait = |s: &Setup| {
+        let mut request = s.request("POST", CHAT, "quota");
+        assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+        assert_eq!(s.body(&mut request, body, true), Action::Hold);
+        request
+    };
+    // The key-service grants less than the request may cost: 429, as without leases.
+    let mut request = wait(&s);
+    answer_leases(&s, &mut book, Some(1));
+    assert_eq!(request.release(&s.fake, true, false), Action::Pause);
+    assert_eq!(s.status_sent(), Some(429));
+    // The ask fails: 503.
+    let mut request = wait(&s);
+    answer_leases(&s, &mut book, None);
+    assert_eq!(request.release(&s.fake, true, false), Action::Pause);
+    assert_eq!(s.status_sent(), Some(503));
+    // No answer within credit_lease_wait_ms: 503.
+    let mut request = wait(&s);
+    let waited = s.plugin.config.credit_lease_wait_ms;
+    s.fake.now_ms.set(NOW_MS + waited);
+    assert_eq!(request.release(&s.fake, true, false), Action::Pause);
+    assert_eq!(s.status_sent(), Some(503));
+    // Too many held: refused at once.
+    let mut request = wait(&s);
+    assert_eq!(request.release(&s.fake, true, true), Action::Pause);
+    assert_eq!(s.status_sent(), Some(503));
+    assert_eq!(
+        s.events(),
+        [
+            "denied:insufficient_quota",
+            "denied:key_service_unavailable",
+            "denied:key_service_unavailable",
+            "denied:overloaded"
+        ]
+    );
+    // None of them holds anything.
+    assert_eq!(s.ledger("id-quota").reserved, 0);
+}
+
+#[test]
+fn a_bodyless_request_waits_for_a_lease_too() {
+    let s = setup_with_leases();
+    let mut book = credit::Book::default();
+    // The path names the model; the estimate is the default output limit.
+    let path = "/openai/deployments/gpt-4o/chat/completions";
+    let mut request = s.request("POST", path, "quota");
+    assert_eq!(request.on_request_headers(&s.fake, true), Action::Hold);
+    answer_leases(&s, &mut book, Some(1_000_000));
+    assert_eq!(request.release(&s.fake, true, false), Action::Continue);
+    assert_eq!(s.events(), ["Allowed"]);
+}
+
+#[test]
+fn a_price_set_a_moment_ago_is_used_before_the_vms_tick_reads_it() {
+    let s = setup();
+    let body = r#"{"model":"o3","max_tokens":10}"#;
+    let call = |s: &Setup| {
+        let mut request = s.request("POST", CHAT, "quota");
+        assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+        s.body(&mut request, body, true)
+    };
+    // o3 has no price: a limited key may not call it.
+    assert_eq!(call(&s), Action::Pause);
+    assert_eq!(s.status_sent(), Some(403));
+    // The leader writes a snapshot that prices it; this VM's view is older.
+    let mut priced = snapshot();
+    priced.version = 8;
+    priced.prices.push(PriceRecord {
+        name: "o3".into(),
+        ..priced.prices[0].clone()
+    });
+    let mut leader = Leader::new(100);
+    leader.next_ask(&s.fake.shared).unwrap();
+    leader.apply(&s.fake.shared, priced, NOW_MS).unwrap();
+    assert_eq!(s.plugin.view.borrow().as_ref().unwrap().meta.version, 7);
+    let mut request = s.request("POST", CHAT, "quota");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(s.body(&mut request, body, true), Action::Continue);
+    // Settled at the price it was admitted on, though this VM's tables still lack it:
+    // 10 input tokens at 1, 5 output tokens at 2.
+    s.respond(&mut request, 200, USAGE);
+    request.on_log(&s.fake);
+    assert_eq!(s.ledger("id-quota").unreported, 20);
+    assert_eq!(s.records()[0].charge.as_ref().map(|c| c.cost), Some(20));
 }

@@ -72,6 +72,10 @@ pub struct Charge {
 
 #[derive(Serialize)]
 struct Report<'a> {
+    /// The Envoy's name at the key-service (`limits::credit`): the records' costs come
+    /// out of its credit leases.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holder: Option<&'a str>,
     records: &'a [Record],
 }
 
@@ -203,12 +207,21 @@ impl Outbox {
     /// The body of the next report to send, if one is due: nothing in flight, records
     /// waiting, and no backoff running.
     pub fn next_report(&mut self, now_ms: u64) -> Option<Vec<u8>> {
+        self.next_report_from(now_ms, None)
+    }
+
+    /// As `next_report`, from the credit lease holder `holder`.
+    pub fn next_report_from(&mut self, now_ms: u64, holder: Option<&str>) -> Option<Vec<u8>> {
         if self.in_flight.is_some() || self.queue.is_empty() || now_ms < self.next_try_ms {
             return None;
         }
         let n = self.batch.min(self.queue.len());
         let batch: Vec<Record> = self.queue.drain(..n).collect();
-        let body = serde_json::to_vec(&Report { records: &batch }).ok()?;
+        let body = serde_json::to_vec(&Report {
+            holder,
+            records: &batch,
+        })
+        .ok()?;
         self.in_flight = Some(batch);
         Some(body)
     }
@@ -311,8 +324,13 @@ mod tests {
         let first = o.next_report(0).unwrap();
         assert_eq!(ids(&first), ["r0", "r1"]);
         assert_eq!(o.next_report(0), None, "one batch in flight at a time");
+        let body: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        assert!(body.get("holder").is_none());
         assert_eq!(o.delivered().len(), 2);
-        assert_eq!(ids(&o.next_report(0).unwrap()), ["r2", "r3"]);
+        let second = o.next_report_from(0, Some("h1")).unwrap();
+        assert_eq!(ids(&second), ["r2", "r3"]);
+        let body: serde_json::Value = serde_json::from_slice(&second).unwrap();
+        assert_eq!(body["holder"], "h1");
         assert_eq!(o.len(), 3);
     }
 

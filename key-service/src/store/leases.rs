@@ -82,19 +82,32 @@ impl LeaseRow {
 }
 
 /// The new `granted` of a holder on a subject that has `limit` left, of which the other
-/// holders hold `others` and `billed` has been billed to this holder already.
+/// holders hold `others`, this holder `held` (its row's `granted`, 0 without one) and
+/// `billed` has been billed to this holder already.
 ///
-/// What the holder spent but was not billed yet is gone already; of what is free beyond
-/// that, it gets `want` but at most half (so one holder cannot starve the others), except
-/// that `need` is granted whole when that much is free. All in i128: no input can
-/// overflow, and the result saturates at `i64::MAX`, which only lowers the outstanding.
-pub(crate) fn next_granted(limit: i64, others: i128, billed: i64, ask: &LeaseAsk) -> i64 {
+/// What the holder spent but was not billed yet is gone already. What it holds unspent
+/// and still wants it keeps whole: the filter may spend up to the lesser of what it held
+/// and `spent + want` while this ask is on its way, so a grant below that would let the
+/// others spend the same credit. Of what is free beyond that, it gets `want` but at most
+/// half (so one holder cannot starve the others), except that `need` is granted whole
+/// when that much is free. All in i128: no input can overflow, and the result saturates
+/// at `i64::MAX`, which only lowers the outstanding.
+pub(crate) fn next_granted(
+    limit: i64,
+    others: i128,
+    held: i64,
+    billed: i64,
+    ask: &LeaseAsk,
+) -> i64 {
     let spent = i128::from(ask.spent);
     let billed = i128::from(billed.max(0));
+    let base = spent.max(billed);
     let free = i128::from(limit) - others - (spent - billed).max(0);
     let (need, want) = (i128::from(ask.need), i128::from(ask.want));
-    let lease = want.max(need).min(need.max(free / 2)).clamp(0, free.max(0));
-    i64::try_from(spent.max(billed) + lease).unwrap_or(i64::MAX)
+    let keep = want.min((i128::from(held) - base).max(0));
+    let grow = want.max(need).min(need.max(free / 2));
+    let lease = keep.max(grow).clamp(0, free.max(0));
+    i64::try_from(base + lease).unwrap_or(i64::MAX)
 }
 
 fn lease_row(row: &impl Get) -> Result<LeaseRow, sqlx::Error> {
@@ -184,7 +197,8 @@ impl Store {
             // Per subject: what the other holders hold (added up here: SQLite's SUM
             // fails past i64::MAX) and what was billed to this one.
             let mut others: HashMap<String, i128> = HashMap::new();
-            let mut billed: HashMap<String, i64> = HashMap::new();
+            // This holder's row: (granted, billed).
+            let mut own_rows: HashMap<String, (i64, i64)> = HashMap::new();
             for chunk in subjects.chunks(CHUNK) {
                 let mut q = QueryBuilder::new("SELECT * FROM leases WHERE subject IN (");
                 let mut list = q.separated(", ");
@@ -195,7 +209,7 @@ impl Store {
                 for row in q.build().fetch_all(&mut *tx).await? {
                     let row = lease_row(&row)?;
                     if row.holder == holder {
-                        billed.insert(row.subject, row.billed);
+                        own_rows.insert(row.subject, (row.granted, row.billed));
                     } else {
                         *others.entry(row.subject).or_default() += i128::from(row.outstanding());
                     }
@@ -219,8 +233,25 @@ impl Store {
                 let others = others.get(subject).copied().unwrap_or(0);
                 // A new row: what was spent before it was billed before it (see above).
                 let baseline = i64::try_from(ask.spent).unwrap_or(i64::MAX);
-                let own = *billed.entry(subject.to_owned()).or_insert(baseline);
-                let granted = next_granted(limit, others, own, ask);
+                let (held, own) = *own_rows
+                    .entry(subject.to_owned())
+                    .or_insert((baseline, baseline));
+                let granted = next_granted(limit, others, held, own, ask);
+                tracing::debug!(
+                    holder,
+                    subject,
+                    limit,
+                    others = others as i64,
+                    held,
+                    billed = own,
+                    spent = ask.spent,
+                    need = ask.need,
+                    want = ask.want,
+                    granted,
+                    "lease granted"
+                );
+                // A subject asked twice: the later ask sees this one's grant.
+                own_rows.insert(subject.to_owned(), (granted, own));
                 decided.insert(subject, Some((granted, own)));
                 grants.push(LeaseGrant {
                     subject: subject.to_owned(),
@@ -386,9 +417,11 @@ mod tests {
         let b = one(&store, "B", ask("k:k1", 0, 0, 10_000), 0).await;
         assert_eq!(b.granted, 250);
         assert_eq!(used_and_held(&store, "k1").await, (0, 750));
-        // A asks again: half of what B leaves it (1,000 - 250), less than it held.
+        // A asks again having spent 100: it keeps the 400 it holds unspent (its filter
+        // may be spending them while the ask is on its way), though half of what is free
+        // (1,000 - 250 - 100) is less.
         let a = one(&store, "A", ask("k:k1", 100, 0, 10_000), 1).await;
-        assert_eq!(a.granted, 100 + 325);
+        assert_eq!(a.granted, 100 + 400);
         // A need beyond half of what is free is granted whole...
         let a = one(&store, "A", ask("k:k1", 100, 600, 0), 2).await;
         assert_eq!(a.granted, 700);
@@ -396,25 +429,28 @@ mod tests {
         // ... but never beyond what is free.
         let a = one(&store, "A", ask("k:k1", 100, 5_000, 5_000), 3).await;
         assert_eq!(a.granted, 750);
-        // B's ask replaces its lease: half of the 250 that A leaves.
+        // B asks again: it keeps the 250 it holds, all that A leaves.
         let b = one(&store, "B", ask("k:k1", 0, 1, 1_000), 4).await;
-        assert_eq!(b.granted, 125);
-        assert_eq!(used_and_held(&store, "k1").await, (0, 875));
-        // A third holder gets half of the 125 still free.
+        assert_eq!(b.granted, 250);
+        assert_eq!(used_and_held(&store, "k1").await, (0, 1_000));
+        // A third holder gets nothing: nothing is free.
         let c = one(&store, "C", ask("k:k1", 0, 1, 1_000), 4).await;
-        assert_eq!(c.granted, 62);
-        // Wanting nothing gives back what was not spent.
+        assert_eq!(c.granted, 0);
+        // Wanting nothing gives back what was not spent, and the others may have it: C
+        // half of the 650 now free.
         let a = one(&store, "A", ask("k:k1", 100, 0, 0), 5).await;
         assert_eq!(a.granted, 100);
-        let b = one(&store, "B", ask("k:k1", 0, 0, 1_000), 6).await;
-        assert_eq!(b.granted, (1_000 - 100 - 62) / 2);
-        assert_eq!(used_and_held(&store, "k1").await, (0, 100 + 419 + 62));
-        // Nothing free: nothing granted beyond what was spent, however much is needed.
-        let c = one(&store, "C", ask("k:k1", 62, 0, 0), 7).await;
+        let c = one(&store, "C", ask("k:k1", 0, 0, 1_000), 6).await;
+        assert_eq!(c.granted, 325);
+        assert_eq!(used_and_held(&store, "k1").await, (0, 100 + 250 + 325));
+        // C spends its lease; A needs more than is free: it gets what is free, no more.
+        let c = one(&store, "C", ask("k:k1", 325, 0, 0), 7).await;
         let a = one(&store, "A", ask("k:k1", 100, 10_000, 10_000), 7).await;
-        assert_eq!((c.granted, a.granted), (62, 100 + 419));
-        let c = one(&store, "C", ask("k:k1", 62, 1, 1), 8).await;
-        assert_eq!(c.granted, 62);
+        assert_eq!((c.granted, a.granted), (325, 425));
+        assert_eq!(used_and_held(&store, "k1").await, (0, 1_000));
+        // Nothing free: nothing granted beyond what was spent, however much is needed.
+        let c = one(&store, "C", ask("k:k1", 325, 1, 1), 8).await;
+        assert_eq!(c.granted, 325);
         // An account's balance is shared the same way.
         let a = one(&store, "A", ask("a:team", 0, 0, 1_000), 7).await;
         let b = one(&store, "B", ask("a:team", 0, 0, 1_000), 7).await;
@@ -466,10 +502,10 @@ mod tests {
             .unwrap();
         let rows = store.leases_on("k:k1").await.unwrap();
         assert_eq!((rows[0].billed, rows[1].billed), (650, 0));
-        // After the overrun, B is granted half of what is left, nothing more.
+        // After the overrun, B keeps the 200 it holds (more than half of the 340 left).
         let b = one(&store, "B", ask("k:k1", 0, 0, 10_000), 6).await;
-        assert_eq!(b.granted, (1_000 - 660) / 2);
-        assert_eq!(used_and_held(&store, "k1").await, (660, 170));
+        assert_eq!(b.granted, 200);
+        assert_eq!(used_and_held(&store, "k1").await, (660, 200));
         // A lease on an unlimited account is never billed (there is none).
         store.create_account("open", None, 0).await.unwrap();
         store
@@ -717,6 +753,28 @@ mod tests {
         assert_eq!(rows[1].granted, 10);
     }
 
+    #[test]
+    fn a_holder_keeps_what_it_holds_and_still_wants() {
+        // Granted 150, spent 50 (not billed yet), 150 left and no other holder: free is
+        // the 100 it holds. Its filter may spend all of it while this ask is on its way,
+        // so half of what is free (50) is not enough: it keeps the 100.
+        let a = LeaseAsk {
+            subject: "k:x".into(),
+            spent: 50,
+            need: 0,
+            want: 200,
+        };
+        assert_eq!(next_granted(150, 0, 150, 0, &a), 150);
+        // Asking for less gives the rest back.
+        let less = LeaseAsk {
+            want: 30,
+            ..a.clone()
+        };
+        assert_eq!(next_granted(150, 0, 150, 0, &less), 80);
+        // Without a lease held, half of what is free.
+        assert_eq!(next_granted(150, 0, 0, 0, &a), 100);
+    }
+
     proptest! {
         /// Whatever the numbers, no panic; the holder keeps what it spent (up to
         /// i64::MAX); and when anything is free, its outstanding and the others' stay
@@ -731,7 +789,7 @@ mod tests {
             want in any::<u64>(),
         ) {
             let a = LeaseAsk { subject: "k:x".into(), spent, need, want };
-            let granted = next_granted(limit, others, billed, &a);
+            let granted = next_granted(limit, others, 0, billed, &a);
             let billed = i128::from(billed.max(0));
             let floor = i128::from(spent).max(billed).min(i128::from(i64::MAX));
             prop_assert!(i128::from(granted) >= floor);

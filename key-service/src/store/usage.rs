@@ -296,6 +296,7 @@ impl Store {
             }
             if let Some(holder) = holder {
                 for (key_id, (cost, _)) in billed_keys.iter().filter(|(_, (c, _))| *c > 0) {
+                    tracing::debug!(holder, key_id, cost, "lease billed");
                     sqlx::query(BILL_LEASE)
                         .bind(holder)
                         .bind(format!("k:{key_id}"))

@@ -107,6 +107,10 @@ enum Filter {
     /// The built keygate (or the build at this path in its place, with its configuration)
     /// with the key restricted to `BODY_MODEL`: it decides only once it read the body.
     ModelFromBody(Option<PathBuf>),
+    /// The built keygate with these settings, the key given a quota far above what the
+    /// run can spend and `BODY_MODEL` a price: every request reads its body, reserves its
+    /// estimate and settles (with credit leases, from this Envoy's lease).
+    KeygateQuota(Vec<(&'static str, &'static str)>),
 }
 
 /// The model of `--body-bytes` bodies, the only one the key may then call.
@@ -260,6 +264,7 @@ impl Variant {
             }
             // It needs a key to restrict.
             Filter::ModelFromBody(_) => count > 0,
+            Filter::KeygateQuota(_) => count > 0 && count <= Peer::INLINE_KEYS_MAX,
             _ => true,
         }
     }
@@ -321,6 +326,14 @@ fn main() {
             // (No comma in the name: --only splits at commas.)
             name: format!("keygate: model read from a {}-byte body", args.body_bytes),
             filter: Filter::ModelFromBody(None),
+        });
+        variants.push(Variant {
+            name: "keygate: quota from credit leases".into(),
+            filter: Filter::KeygateQuota(vec![]),
+        });
+        variants.push(Variant {
+            name: "keygate: quota without leases".into(),
+            filter: Filter::KeygateQuota(vec![("credit_lease_ttl_ms", "0")]),
         });
     }
     if !args.only.is_empty() {
@@ -541,7 +554,7 @@ fn measure(
     let builder = match &variant.filter {
         Filter::None => builder.filter(None),
         Filter::Wasm(path) => builder.filter(Some(path.clone())),
-        Filter::Keygate(settings) => settings
+        Filter::Keygate(settings) | Filter::KeygateQuota(settings) => settings
             .iter()
             .fold(builder, |b, (field, value)| b.filter_setting(field, value)),
         Filter::Peer(peer) => builder.http_filters(peer.filters(count)),
@@ -563,7 +576,10 @@ fn measure(
     pin(stack.pid("key-service").expect("key-service pid"), "1");
     let keygate_like = matches!(
         variant.filter,
-        Filter::Keygate(_) | Filter::KeygateLimited | Filter::ModelFromBody(_)
+        Filter::Keygate(_)
+            | Filter::KeygateLimited
+            | Filter::ModelFromBody(_)
+            | Filter::KeygateQuota(_)
     );
     let mut load_s = None;
     if keygate_like && count > 0 {
@@ -599,6 +615,12 @@ fn measure(
     );
     if let (Filter::ModelFromBody(_), Some(secret)) = (&variant.filter, secret) {
         restrict_to_body_model(&stack, &url, secret);
+    }
+    if let Filter::KeygateQuota(_) = variant.filter {
+        set_key_quota(&stack, true);
+        // The change is pushed to Envoy within milliseconds; a VM reads prices on its
+        // tick (1 s). (A bench, not a test: nothing here asserts a time.)
+        sleep(Duration::from_millis(1_500));
     }
     if checks && count > 0 {
         let (name, value) = auth.split_once(": ").expect("header");
@@ -647,6 +669,9 @@ fn measure(
         // The database is shared with the other variants' runs.
         set_default_group_limits(&stack, false);
     }
+    if let Filter::KeygateQuota(_) = variant.filter {
+        set_key_quota(&stack, false);
+    }
     Sample {
         rps: saturated.rps,
         p50_us: paced.p50_us,
@@ -681,6 +706,30 @@ fn restrict_to_body_model(stack: &Stack, url: &str, secret: &str) {
         );
         sleep(Duration::from_millis(100));
     }
+}
+
+/// Gives seeded key 0 a quota far above anything the run can spend and prices
+/// `BODY_MODEL` (or makes the key unlimited again).
+fn set_key_quota(stack: &Stack, on: bool) {
+    let (status, body) = admin(
+        stack,
+        reqwest::Method::PUT,
+        &format!("/api/v1/models/{BODY_MODEL}"),
+        Some(serde_json::json!({"input": 1_000_000, "output": 1_000_000})),
+    );
+    assert!(status == 200 || status == 201, "price: {status} {body}");
+    let quota = if on {
+        serde_json::json!({"unlimited_quota": false, "quota": 1_000_000_000_000_000_u64})
+    } else {
+        serde_json::json!({"unlimited_quota": true})
+    };
+    let (status, body) = admin(
+        stack,
+        reqwest::Method::PATCH,
+        "/api/v1/keys/key_0000000000000000",
+        Some(quota),
+    );
+    assert_eq!(status, 200, "quota: {body}");
 }
 
 /// Sets the default group's RPM and TPM far above anything the run can reach, or takes

@@ -1,0 +1,520 @@
+//! Credit leases: how a fleet of Envoys spends a key's (or an account's) quota without
+//! overdrawing it. The key-service is the one authority on what is left. Each Envoy (a
+//! "holder", named at random when it starts) holds a lease of credit per limited key or
+//! account in use: `granted`, what it may have spent in all, until `lease_until_ms`. Its
+//! requests spend from the lease in the shared-data ledger (`ledger`), with no call-out
+//! once a lease is held. The key-service grants only what no other holder's lease and no
+//! billed usage already covers, so everything the fleet can spend adds up to at most the
+//! quota; a request can overdraw only by what it costs beyond its estimate.
+//!
+//! The syncing VM (the leader) asks for leases in one call for every ledger due
+//! (`Book::due`): a ledger with requests waiting (`need`), one whose lease runs low
+//! against its rate of spending, or one a third of a lease old (renewed, or given back
+//! when the key has stopped spending). Each ask says what this Envoy has spent or holds
+//! (`spent`, which the key-service counts as this holder's until its usage is billed), what
+//! the waiting requests need and what the leader wants for the next third of a lease; the
+//! answer is the new `granted`. Before it sends, the leader lowers its own `granted` to
+//! what it asks for, so the key-service may shrink a lease without a race with the
+//! requests spending it meanwhile.
+//!
+//! Ledgers with a lease are listed in shared data (`LIST`), so the leader finds them; a
+//! request that needs a lease lists its ledger and bumps `DEMAND`, which the leader reads
+//! on every tick.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::kv::{self, Cell, HostError, SharedData};
+use crate::limits::ledger::{Ledger, ASK_FAILED, LISTED, SHORT};
+
+/// The ledgers with a lease (or waiting for one), as a JSON list of their names.
+pub const LIST: &str = "kg:credit:list";
+/// A counter bumped when a request starts waiting for a lease.
+pub const DEMAND: &str = "kg:credit:demand";
+/// This Envoy's name at the key-service.
+pub const HOLDER: &str = "kg:credit:holder";
+
+/// Ledgers listed at most: an Envoy with more limited keys in use at once has the
+/// requests of the others wait out `credit_lease_wait_ms` and get 503.
+pub const MAX_LISTED: usize = 100_000;
+
+/// Ledgers in one ask at most (the key-service takes 1,000); the rest go in the next.
+pub const ASK_MAX: usize = 1_000;
+
+/// How often the leader looks through every listed ledger for leases running low, when
+/// no request is waiting.
+pub const SCAN_MS: u64 = 100;
+
+/// The subject of a ledger at the key-service: `k:{key id}` or `a:{account}`.
+pub fn subject(ledger_name: &str) -> Option<&str> {
+    ledger_name.strip_prefix("kg:q:")
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Listed(Vec<String>);
+
+impl Cell for Listed {
+    fn decode(bytes: &[u8]) -> Self {
+        Listed(serde_json::from_slice(bytes).unwrap_or_default())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.0).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Counter(u64);
+
+impl Cell for Counter {
+    fn decode(bytes: &[u8]) -> Self {
+        let mut word = [0; 8];
+        if let Some(b) = bytes.get(..8) {
+            word.copy_from_slice(b);
+        }
+        Counter(u64::from_le_bytes(word))
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        self.0.to_le_bytes().to_vec()
+    }
+}
+
+/// Puts a ledger in the list (a request's first need of a lease); `false` if the list is
+/// full.
+pub fn list(shared: &impl SharedData, ledger: &str) -> Result<bool, HostError> {
+    let added = kv::update(shared, LIST, |listed: &mut Listed| {
+        if listed.0.iter().any(|n| n == ledger) {
+            return Some(true);
+        }
+        if listed.0.len() >= MAX_LISTED {
+            return Some(false);
+        }
+        listed.0.push(ledger.to_owned());
+        Some(true)
+    })?;
+    Ok(added == Some(true))
+}
+
+/// Tells the leader a request waits for a lease.
+pub fn wake(shared: &impl SharedData) -> Result<(), HostError> {
+    kv::update(shared, DEMAND, |c: &mut Counter| {
+        c.0 = c.0.wrapping_add(1);
+        Some(())
+    })?;
+    Ok(())
+}
+
+/// This Envoy's holder name, if the leader made one.
+pub fn holder(shared: &impl SharedData) -> Option<String> {
+    let (bytes, _) = shared.get(HOLDER).ok()??;
+    String::from_utf8(bytes).ok().filter(|h| !h.is_empty())
+}
+
+/// This Envoy's holder name, made from `random` if it has none yet (by the leader only,
+/// the one VM that asks for leases).
+pub fn ensure_holder(shared: &impl SharedData, random: u64) -> Result<String, HostError> {
+    if let Some(name) = holder(shared) {
+        return Ok(name);
+    }
+    let name = format!("{random:016x}");
+    shared.set(HOLDER, name.as_bytes(), None)?;
+    Ok(name)
+}
+
+/// One ledger in an ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub ledger: String,
+    /// The ask's number for this ledger (`Ledger::asked` once sent).
+    pub ask: u64,
+    pub spent: u64,
+    pub need: u64,
+    pub want: u64,
+}
+
+/// `POST /filter/v1/leases`.
+#[derive(Debug, Serialize)]
+pub struct AskWire<'a> {
+    pub holder: &'a str,
+    pub ttl_ms: u64,
+    pub leases: Vec<ItemWire<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ItemWire<'a> {
+    pub subject: &'a str,
+    pub spent: u64,
+    pub need: u64,
+    pub want: u64,
+}
+
+/// The key-service's answer.
+#[derive(Debug, Default, Deserialize)]
+pub struct AnswerWire {
+    pub leases: Vec<GrantWire>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GrantWire {
+    pub subject: String,
+    /// `false`: the subject has no limit (any more); the lease then does not bind.
+    pub limited: bool,
+    pub granted: u64,
+}
+
+/// The body of an ask for `items`.
+pub fn ask_body(holder: &str, ttl_ms: u64, items: &[Item]) -> Vec<u8> {
+    let leases = items
+        .iter()
+        .filter_map(|item| {
+            Some(ItemWire {
+                subject: subject(&item.ledger)?,
+                spent: item.spent,
+                need: item.need,
+                want: item.want,
+            })
+        })
+        .collect();
+    let wire = AskWire {
+        holder,
+        ttl_ms,
+        leases,
+    };
+    serde_json::to_vec(&wire).unwrap_or_default()
+}
+
+/// What the leader remembers between ticks: the demand counter it saw, when it last
+/// looked through every ledger.
+#[derive(Debug, Default)]
+pub struct Book {
+    demand_seen: u64,
+    scanned_ms: u64,
+}
+
+/// Whether a ledger needs an ask now, and what to ask for.
+fn plan(l: &Ledger, now_ms: u64, ttl_ms: u64) -> Option<(u64, u64)> {
+    let third = ttl_ms / 3;
+    let committed = l.committed();
+    // The rate of spending since the last ask, projected over a third of a lease.
+    let elapsed = now_ms.saturating_sub(l.ask_ms);
+    let spent_since = committed.saturating_sub(l.ask_committed);
+    let projected = if l.ask_ms == 0 || elapsed == 0 {
+        0
+    } else {
+        u64::try_from(u128::from(spent_since) * u128::from(third) / u128::from(elapsed))
+            .unwrap_or(u64::MAX)
+    };
+    let want = l.need.max(projected).saturating_mul(2);
+    let lease = l.granted.saturating_sub(l.ask_committed);
+    let left = l.granted.saturating_sub(committed);
+    let low = left.saturating_mul(2) < lease.min(want);
+    let old = now_ms.saturating_add(ttl_ms - third) >= l.lease_until_ms;
+    (l.need > 0 || low || old).then_some((l.need, want))
+}
+
+impl Book {
+    /// The ledgers to ask for now (each stamped as asked), if a request waits or the
+    /// periodic look through all of them is due.
+    pub fn due(
+        &mut self,
+        shared: &impl SharedData,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Vec<Item>, HostError> {
+        let demand = match shared.get(DEMAND)? {
+            Some((bytes, _)) => Counter::decode(&bytes).0,
+            None => 0,
+        };
+        if demand == self.demand_seen && now_ms < self.scanned_ms.saturating_add(SCAN_MS) {
+            return Ok(Vec::new());
+        }
+        self.demand_seen = demand;
+        self.scanned_ms = now_ms;
+        let listed = match shared.get(LIST)? {
+            Some((bytes, _)) => Listed::decode(&bytes).0,
+            None => return Ok(Vec::new()),
+        };
+        let mut items = Vec::new();
+        for name in listed {
+            if items.len() == ASK_MAX {
+                // The rest on the next tick.
+                self.scanned_ms = 0;
+                break;
+            }
+            let item = kv::update(shared, &name, |l: &mut Ledger| {
+                let (need, want) = plan(l, now_ms, ttl_ms)?;
+                let committed = l.committed();
+                l.asked = l.asked.saturating_add(1);
+                l.need = 0;
+                // Never more than asked for while the ask is out: the key-service may
+                // shrink the lease to it.
+                l.granted = l.granted.min(committed.saturating_add(want));
+                l.ask_ms = now_ms;
+                l.ask_committed = committed;
+                Some(Item {
+                    ledger: name.clone(),
+                    ask: l.asked,
+                    spent: committed,
+                    need,
+                    want,
+                })
+            })?;
+            items.extend(item);
+        }
+        Ok(items)
+    }
+
+    /// The key-service answered the ask sent at `sent_ms` for `items` (`None`: it failed).
+    pub fn answered(
+        &mut self,
+        shared: &impl SharedData,
+        items: &[Item],
+        answer: Option<&AnswerWire>,
+        sent_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<(), HostError> {
+        let mut unlisted = HashSet::new();
+        for item in items {
+            let grant = answer.and_then(|a| {
+                a.leases
+                    .iter()
+                    .find(|g| Some(g.subject.as_str()) == subject(&item.ledger))
+            });
+            let gone = kv::update(shared, &item.ledger, |l: &mut Ledger| {
+                l.answered = l.answered.max(item.ask);
+                let Some(grant) = grant else {
+                    l.flags |= ASK_FAILED;
+                    return Some(false);
+                };
+                l.flags &= !ASK_FAILED;
+                // A later ask went out meanwhile (another VM leads now): its answer
+                // decides.
+                if l.asked != item.ask {
+                    return Some(false);
+                }
+                l.granted = if grant.limited {
+                    grant.granted
+                } else {
+                    u64::MAX
+                };
+                // Short: the waiting requests that do not fit are refused (429), rather
+                // than asking again for what is not there.
+                if l.granted < item.spent.saturating_add(item.need) {
+                    l.flags |= SHORT;
+                } else {
+                    l.flags &= !SHORT;
+                }
+                l.lease_until_ms = sent_ms.saturating_add(ttl_ms);
+                // Given back whole, and nothing waits or is held: off the list.
+                let idle = item.want == 0 && l.need == 0 && l.reserved == 0;
+                if idle {
+                    l.flags &= !LISTED;
+                }
+                Some(idle)
+            })?;
+            if gone == Some(true) {
+                unlisted.insert(item.ledger.as_str());
+            }
+        }
+        if !unlisted.is_empty() {
+            kv::update(shared, LIST, |listed: &mut Listed| {
+                listed.0.retain(|n| !unlisted.contains(n.as_str()));
+                Some(())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::testing::MemShared;
+    use crate::limits::ledger::{self, Lease, Reserve};
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const KEY: &str = "kg:q:k:key_1";
+    const TTL: u64 = 30_000;
+
+    fn reserve(shared: &MemShared, amount: u64, now: u64) -> Reserve {
+        let r = ledger::reserve(shared, KEY, 1_000_000, amount, 1, Lease::Ask(now)).unwrap();
+        if let Reserve::NeedLease {
+            list: l, wake: w, ..
+        } = r
+        {
+            if l {
+                assert!(list(shared, KEY).unwrap());
+            }
+            if w {
+                wake(shared).unwrap();
+            }
+        }
+        r
+    }
+
+    fn grant(granted: u64) -> AnswerWire {
+        AnswerWire {
+            leases: vec![GrantWire {
+                subject: "k:key_1".into(),
+                limited: true,
+                granted,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_waiting_request_is_asked_for_at_once_and_answered() {
+        let shared = MemShared::default();
+        let mut book = Book::default();
+        assert!(
+            book.due(&shared, 1_000, TTL).unwrap().is_empty(),
+            "nothing listed"
+        );
+        assert_eq!(
+            reserve(&shared, 40, 1_000),
+            Reserve::NeedLease {
+                ask: 1,
+                list: true,
+                wake: true
+            }
+        );
+        // The next tick (1 ms later, before any periodic look) sees the demand.
+        let items = book.due(&shared, 1_001, TTL).unwrap();
+        assert_eq!(
+            items,
+            vec![Item {
+                ledger: KEY.into(),
+                ask: 1,
+                spent: 0,
+                need: 40,
+                want: 80,
+            }]
+        );
+        assert_eq!(ask_body("h1", TTL, &items), br#"{"holder":"h1","ttl_ms":30000,"leases":[{"subject":"k:key_1","spent":0,"need":40,"want":80}]}"#);
+        // Asked once: the next tick has nothing new.
+        assert!(book.due(&shared, 1_002, TTL).unwrap().is_empty());
+        book.answered(&shared, &items, Some(&grant(80)), 1_001, TTL)
+            .unwrap();
+        let l = ledger::read(&shared, KEY).unwrap();
+        assert_eq!(
+            (l.granted, l.lease_until_ms, l.answered, l.need),
+            (80, 31_001, 1, 0)
+        );
+        assert_eq!(reserve(&shared, 40, 1_010), Reserve::Admitted);
+        assert_eq!(reserve(&shared, 40, 1_010), Reserve::Admitted);
+        assert!(matches!(
+            reserve(&shared, 40, 1_010),
+            Reserve::NeedLease { ask: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn a_failed_ask_is_marked_and_leaves_the_lease_as_it_was() {
+        let shared = MemShared::default();
+        let mut book = Book::default();
+        reserve(&shared, 40, 1_000);
+        let items = book.due(&shared, 1_001, TTL).unwrap();
+        book.answered(&shared, &items, None, 1_001, TTL).unwrap();
+        let l = ledger::read(&shared, KEY).unwrap();
+        assert_eq!(
+            (l.answered, l.flags & ASK_FAILED, l.granted),
+            (1, ASK_FAILED, 0)
+        );
+    }
+
+    #[test]
+    fn leases_are_renewed_when_low_or_old_and_given_back_when_idle() {
+        let shared = MemShared::default();
+        let mut book = Book::default();
+        reserve(&shared, 100, 0);
+        let items = book.due(&shared, 1, TTL).unwrap();
+        book.answered(&shared, &items, Some(&grant(200)), 1, TTL)
+            .unwrap();
+        // Spending 100 a second: after one request nothing is due (half the lease left).
+        assert_eq!(reserve(&shared, 100, 1_000), Reserve::Admitted);
+        ledger::settle(&shared, KEY, 100, 100).unwrap();
+        assert!(book.due(&shared, 1_000, TTL).unwrap().is_empty());
+        // After the second, less than half is left: renewed for the rate, before anyone
+        // waits (100 in 2 s, over a third of a lease, twice).
+        assert_eq!(reserve(&shared, 100, 2_000), Reserve::Admitted);
+        ledger::settle(&shared, KEY, 100, 100).unwrap();
+        let items = book.due(&shared, 2_000, TTL).unwrap();
+        assert_eq!((items[0].spent, items[0].need), (200, 0));
+        assert_eq!(items[0].want, 2 * (200 * 10_000 / 1_999));
+        book.answered(
+            &shared,
+            &items,
+            Some(&grant(200 + items[0].want)),
+            2_000,
+            TTL,
+        )
+        .unwrap();
+        // Nothing spent for a third of a lease: asked again with want 0 (given back), and
+        // once the key-service takes it back the ledger leaves the list.
+        assert!(book.due(&shared, 11_000, TTL).unwrap().is_empty());
+        let items = book.due(&shared, 12_000, TTL).unwrap();
+        assert_eq!((items[0].want, items[0].spent), (0, 200));
+        let l = ledger::read(&shared, KEY).unwrap();
+        assert_eq!(
+            l.granted, 200,
+            "lowered to what is asked for while the ask is out"
+        );
+        book.answered(&shared, &items, Some(&grant(200)), 12_000, TTL)
+            .unwrap();
+        assert_eq!(ledger::read(&shared, KEY).unwrap().flags & LISTED, 0);
+        assert_eq!(shared.get(LIST).unwrap().unwrap().0, b"[]");
+        // A new request lists it again.
+        assert!(matches!(
+            reserve(&shared, 100, 13_000),
+            Reserve::NeedLease { list: true, .. }
+        ));
+    }
+
+    #[test]
+    fn an_answer_to_an_older_ask_does_not_overwrite_a_newer_one() {
+        let shared = MemShared::default();
+        let mut old = Book::default();
+        let mut new = Book::default();
+        reserve(&shared, 40, 0);
+        let first = old.due(&shared, 1, TTL).unwrap();
+        reserve(&shared, 40, 2);
+        let second = new.due(&shared, 2, TTL).unwrap();
+        new.answered(&shared, &second, Some(&grant(50)), 2, TTL)
+            .unwrap();
+        old.answered(&shared, &first, Some(&grant(500)), 1, TTL)
+            .unwrap();
+        assert_eq!(ledger::read(&shared, KEY).unwrap().granted, 50);
+    }
+
+    #[test]
+    fn the_list_is_bounded_and_holders_are_made_once() {
+        let shared = MemShared::default();
+        for i in 0..3 {
+            assert!(list(&shared, &format!("kg:q:k:{i}")).unwrap());
+        }
+        assert!(list(&shared, "kg:q:k:0").unwrap(), "listed already");
+        let h = ensure_holder(&shared, 0xabc).unwrap();
+        assert_eq!(h, "0000000000000abc");
+        assert_eq!(ensure_holder(&shared, 7).unwrap(), h);
+        assert_eq!(holder(&shared), Some(h));
+        assert_eq!(subject("kg:q:a:acme"), Some("a:acme"));
+    }
+
+    #[test]
+    fn plans_never_overflow() {
+        let l = Ledger {
+            spent: u64::MAX,
+            reserved: u64::MAX,
+            granted: u64::MAX,
+            need: u64::MAX,
+            ask_ms: 1,
+            ask_committed: 0,
+            lease_until_ms: u64::MAX,
+            ..Ledger::default()
+        };
+        assert_eq!(plan(&l, u64::MAX, 600_000), Some((u64::MAX, u64::MAX)));
+    }
+}

@@ -1,0 +1,217 @@
+//! A fleet of Envoys on one key-service (issue 19): each spends a limited key's quota only
+//! from its credit lease, which the key-service grants out of what no other Envoy's lease
+//! and no billed usage covers, so two Envoys together cannot overdraw a key. A lease an
+//! Envoy cannot give back (it was killed) lapses and its credit comes back.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use keygate_e2e::api::{admin, client, create_key, until_synced};
+use keygate_e2e::stack::{Stack, StackBuilder};
+use reqwest::blocking::Response;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const MAX_TOKENS: u64 = 100;
+
+/// A chat call that may cost at most `estimate()` credits and costs `actual()` (the mock
+/// upstream answers with `max_tokens` output tokens and one input token per word).
+fn body() -> Value {
+    json!({"model": "gpt-4o-mini", "max_tokens": MAX_TOKENS,
+        "messages": [{"role": "user", "content": "two words"}]})
+}
+
+fn estimate() -> u64 {
+    (body().to_string().len() as u64).div_ceil(4) + MAX_TOKENS
+}
+
+fn actual() -> u64 {
+    2 + MAX_TOKENS
+}
+
+fn send(url: &str, secret: &str, delay_ms: u64) -> Response {
+    client()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(secret)
+        .header("x-mock-delay-ms", delay_ms.to_string())
+        .json(&body())
+        .send()
+        .expect("chat call")
+}
+
+/// The first call of a key on an Envoy, once the key and its model's price have reached
+/// it (each VM reads prices on its tick).
+fn first_call(url: &str, secret: &str) -> Response {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let res = until_synced(|| send(url, secret, 0));
+        if res.status() != 403 || std::time::Instant::now() > deadline {
+            return res;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What the key-service billed the key: credits and calls.
+fn billed(stack: &Stack, key_id: &str) -> (u64, u64) {
+    let (status, page) = admin(
+        stack,
+        Method::GET,
+        &format!("/api/v1/usage?key_id={key_id}&per_page=100"),
+        None,
+    );
+    assert_eq!(status, 200);
+    let rows = page["usage"].as_array().cloned().unwrap_or_default();
+    let cost = rows.iter().map(|r| r["cost"].as_u64().unwrap()).sum();
+    (cost, rows.len() as u64)
+}
+
+/// Waits (at most 30 s) until `calls` calls of the key are billed; what they cost.
+fn until_billed(stack: &Stack, key_id: &str, calls: u64) -> (u64, u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (spent, billed_calls) = billed(stack, key_id);
+        if billed_calls >= calls || std::time::Instant::now() > deadline {
+            assert_eq!(billed_calls, calls, "calls answered and billed differ");
+            return (spent, billed_calls);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One credit per token, in and out.
+fn price(stack: &Stack) {
+    let (status, _) = admin(
+        stack,
+        Method::PUT,
+        "/api/v1/models/gpt-4o-mini",
+        Some(json!({"input": 1_000_000, "output": 1_000_000})),
+    );
+    assert_eq!(status, 201);
+}
+
+/// The issue's case: a key with 1,000 credits, 240 calls spread over two Envoys, 40 in
+/// flight at a time. Without leases this spent 1,661 credits.
+fn two_envoys_cannot_overdraw(builder: StackBuilder) {
+    const QUOTA: u64 = 1_000;
+    let mut stack = builder.start();
+    let (second, _) = stack.add_envoy();
+    price(&stack);
+    let key = create_key(
+        &stack,
+        json!({"name": "fleet", "unlimited_quota": false, "quota": QUOTA}),
+    );
+    // Both Envoys know the key and its price (a call each; they cost what they cost).
+    for url in [&stack.envoy_url, &second] {
+        let first = first_call(url, &key.secret);
+        assert_eq!(first.status(), 200, "{}", first.text().unwrap_or_default());
+    }
+    let statuses = Arc::new([(); 6].map(|_| AtomicU64::new(0)));
+    let workers: Vec<_> = (0..40)
+        .map(|i| {
+            let url = if i % 2 == 0 {
+                stack.envoy_url.clone()
+            } else {
+                second.clone()
+            };
+            let (secret, statuses) = (key.secret.clone(), statuses.clone());
+            thread::spawn(move || {
+                for _ in 0..6 {
+                    let res = send(&url, &secret, 30);
+                    let status = res.status().as_u16();
+                    let slot = match status {
+                        200 => 0,
+                        429 => 1,
+                        503 => 2,
+                        _ => 3,
+                    };
+                    if slot > 1 {
+                        eprintln!("{status}: {}", res.text().unwrap_or_default());
+                    }
+                    statuses[slot].fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("a worker failed");
+    }
+    let count = |slot: usize| statuses[slot].load(Ordering::Relaxed);
+    // Every answered call is billed once (the two first calls too).
+    let (spent, calls) = until_billed(&stack, &key.id, count(0) + 2);
+    eprintln!(
+        "quota {QUOTA}: spent {spent} in {calls} calls; 200: {}, 429: {}, 503: {}, other: {} \
+         (estimate {}, actual {})",
+        count(0),
+        count(1),
+        count(2),
+        count(3),
+        estimate(),
+        actual()
+    );
+    assert_eq!((count(2), count(3)), (0, 0), "only 200 and 429");
+    // Each call costs less than its estimate: nothing may go over.
+    assert!(spent <= QUOTA, "the fleet overdrew: {spent} > {QUOTA}");
+    // And most of the quota was usable: what is left is less than three calls' estimates
+    // (the last crumbs of two leases, each too small for one more call).
+    assert!(
+        QUOTA - spent < 3 * estimate(),
+        "too much left unspent: {spent} of {QUOTA}"
+    );
+}
+
+#[test]
+fn two_envoys_cannot_overdraw_a_key_on_sqlite() {
+    two_envoys_cannot_overdraw(Stack::builder());
+}
+
+#[test]
+fn two_envoys_cannot_overdraw_a_key_on_postgres() {
+    two_envoys_cannot_overdraw(Stack::builder().postgres());
+}
+
+#[test]
+fn a_killed_envoys_lease_lapses_and_its_credit_comes_back() {
+    const TTL_MS: u64 = 2_000;
+    let mut stack = Stack::builder()
+        .filter_setting("credit_lease_ttl_ms", &TTL_MS.to_string())
+        .start();
+    let (second, _) = stack.add_envoy();
+    price(&stack);
+    // Room for four calls' estimates.
+    let quota = 4 * estimate();
+    let key = create_key(
+        &stack,
+        json!({"name": "lapsing", "unlimited_quota": false, "quota": quota}),
+    );
+    // The first Envoy calls once, taking a lease of two estimates (spending one call's
+    // cost of it), and is killed: it never gives the rest back.
+    let first = first_call(&stack.envoy_url, &key.secret);
+    assert_eq!(first.status(), 200, "{}", first.text().unwrap_or_default());
+    until_billed(&stack, &key.id, 1);
+    stack.kill("envoy");
+    // The second spends what is left beside that lease, then is refused.
+    let mut admitted = 0;
+    loop {
+        let res = until_synced(|| send(&second, &key.secret, 0));
+        match res.status().as_u16() {
+            200 => admitted += 1,
+            429 => break,
+            other => panic!("unexpected {other}: {}", res.text().unwrap_or_default()),
+        }
+        assert!(admitted < 10, "never refused");
+    }
+    // The lease lapses (two TTLs after its last renewal): its credit comes back.
+    thread::sleep(Duration::from_millis(2 * TTL_MS + 1_000));
+    let after = send(&second, &key.secret, 0);
+    assert_eq!(
+        after.status(),
+        200,
+        "the lapsed lease's credit did not come back"
+    );
+    eprintln!("admitted {admitted} beside the dead Envoy's lease, one more after it lapsed");
+    let (spent, _) = until_billed(&stack, &key.id, admitted + 2);
+    assert!(spent <= quota, "overdrew: {spent} > {quota}");
+}
