@@ -108,6 +108,17 @@ extern "C" {
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_register_shared_queue(
+        queue_name_data: *const u8,
+        queue_name_size: usize,
+        return_queue_id: *mut u32,
+    ) -> u32;
+    fn proxy_enqueue_shared_queue(queue_id: u32, value_data: *const u8, value_size: usize) -> u32;
+    fn proxy_dequeue_shared_queue(
+        queue_id: u32,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
 }
 
 fn check(status: u32) -> Result<(), HostError> {
@@ -129,6 +140,32 @@ unsafe fn host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
     // SAFETY: per the ABI, the host filled `size` bytes it allocated with
     // `proxy_on_memory_allocate(size)`; nothing else refers to them.
     unsafe { Vec::from_raw_parts(data, size, size) }
+}
+
+/// Registers (or takes over) the shared queue `name` for this VM's root context: items
+/// enqueued to it call the root's `on_queue_ready`. Returns the queue's id.
+pub fn register_shared_queue(name: &str) -> Result<u32, HostError> {
+    let mut id = 0;
+    // SAFETY: the pointers are valid for the call.
+    check(unsafe { proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+pub fn enqueue_shared_queue(id: u32, value: &[u8]) -> Result<(), HostError> {
+    // SAFETY: the host only reads the given range during the call.
+    check(unsafe { proxy_enqueue_shared_queue(id, value.as_ptr(), value.len()) })
+}
+
+/// Takes the next item of the queue; `None` when it is empty.
+pub fn dequeue_shared_queue(id: u32) -> Result<Option<Vec<u8>>, HostError> {
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: the pointers are valid for the call; the result is taken over below.
+    match unsafe { proxy_dequeue_shared_queue(id, &mut data, &mut size) } {
+        OK => Ok(Some(unsafe { host_buffer(data, size) })),
+        // `Empty`.
+        7 => Ok(None),
+        other => Err(HostError(other)),
+    }
 }
 
 /// Proxy-wasm shared data of this plugin's VMs.

@@ -11,6 +11,7 @@ use proxy_wasm::types::Action as ProxyAction;
 use crate::host::{self, Shared};
 use crate::metrics::Metrics;
 use keygate_core::kv::{HostError, SharedData};
+use keygate_core::limits::credit;
 use keygate_core::request::{Action, Event, Host, Plugin, Request};
 
 /// Requests of this VM waiting for its first snapshot or a credit lease, by HTTP context
@@ -175,6 +176,13 @@ impl Host for Envoy {
 
     fn now_ms(&self) -> Result<u64, HostError> {
         host::now_ms()
+    }
+
+    fn wake_leader(&self) {
+        if let Some(id) = credit::queue(&Shared) {
+            // If this fails, the leader sees the demand on its next tick.
+            let _ = host::enqueue_shared_queue(id, b"");
+        }
     }
 
     fn count(&self, event: Event<'_>) {

@@ -41,10 +41,6 @@ const USAGE_FLUSH: Duration = Duration::from_millis(100);
 /// A tick this close to when its regular work is due does that work.
 const TICK_SLACK_MS: u64 = 5;
 
-/// Tick period of the leader with credit leases on: it looks for requests waiting for a
-/// lease on each tick (one shared-data read), so they wait this, at most, before it asks.
-const CREDIT_TICK: Duration = Duration::from_millis(5);
-
 /// An ask for credit leases in flight.
 struct CreditAsk {
     token: u32,
@@ -98,6 +94,8 @@ pub struct Root {
     credit_ask: Option<CreditAsk>,
     /// Whether the last ask for leases failed (logged when that starts and ends).
     credit_failing: bool,
+    /// The shared queue through which requests wake this VM while it leads.
+    credit_queue: Option<u32>,
 }
 
 /// A random VM name, never 0 (the free lease's owner). The standard library seeds
@@ -323,9 +321,6 @@ impl Root {
         if !self.outbox.borrow().is_empty() {
             period = period.min(USAGE_FLUSH);
         }
-        if self.leading && self.config.credit_lease_ttl_ms > 0 {
-            period = period.min(CREDIT_TICK);
-        }
         if !self.held.borrow().is_empty() {
             period = period.min(HOLD_TICK);
         }
@@ -343,6 +338,26 @@ impl Root {
                 // The old period goes on; the next tick tries again.
                 Err(e) => warn!("cannot set the tick period: {e:?}"),
             }
+        }
+    }
+
+    /// The leader registers the queue through which requests waiting for a lease wake it
+    /// (registering again takes it over from a VM that led before), and publishes its id.
+    fn listen_for_credit_demand(&mut self) {
+        if self.config.credit_lease_ttl_ms == 0 {
+            return;
+        }
+        let id = match self.credit_queue {
+            Some(id) => id,
+            None => match host::register_shared_queue(credit::QUEUE_NAME) {
+                Ok(id) => id,
+                // Requests then wait for the leader's next tick.
+                Err(e) => return warn!("cannot register the credit queue: {e:?}"),
+            },
+        };
+        self.credit_queue = Some(id);
+        if let Err(e) = credit::set_queue(&Shared, id) {
+            warn!("cannot publish the credit queue: {e:?}");
         }
     }
 
@@ -413,6 +428,10 @@ impl Root {
         match answer {
             Ok(answer) => self.credit_answered(&ask.items, Some(&answer), ask.sent_ms, ""),
             Err(why) => self.credit_answered(&ask.items, None, ask.sent_ms, &why),
+        }
+        // Requests that began to wait while this ask was out: ask for them now.
+        if let Ok(now) = host::now_ms() {
+            self.ask_credit(now);
         }
     }
 
@@ -717,7 +736,10 @@ impl RootContext for Root {
                 if !self.leading {
                     info!("this VM now syncs the key snapshot for this Envoy");
                     self.leading = true;
+                    // Taken over from whichever VM registered it before.
+                    self.credit_queue = None;
                 }
+                self.listen_for_credit_demand();
                 if self.in_flight.is_none() {
                     self.ask();
                 }
@@ -744,6 +766,14 @@ impl RootContext for Root {
             context_id,
             Rc::clone(&self.held),
         )))
+    }
+
+    /// A request waits for a credit lease: ask now rather than on the next tick.
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(_)) = host::dequeue_shared_queue(queue_id) {}
+        if let Ok(now) = host::now_ms() {
+            self.ask_credit(now);
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -18,8 +18,8 @@
 //! requests spending it meanwhile.
 //!
 //! Ledgers with a lease are listed in shared data (`LIST`), so the leader finds them; a
-//! request that needs a lease lists its ledger and bumps `DEMAND`, which the leader reads
-//! on every tick.
+//! request that needs a lease lists its ledger, bumps `DEMAND` and wakes the leader through
+//! a shared queue (`QUEUE`); the leader also reads `DEMAND` on its ticks.
 
 use std::collections::HashSet;
 
@@ -34,6 +34,25 @@ pub const LIST: &str = "kg:credit:list";
 pub const DEMAND: &str = "kg:credit:demand";
 /// This Envoy's name at the key-service.
 pub const HOLDER: &str = "kg:credit:holder";
+/// The id of the shared queue through which requests wake the leader (little-endian u32),
+/// written by the leader that registered it.
+pub const QUEUE: &str = "kg:credit:queue";
+/// The name of that queue.
+pub const QUEUE_NAME: &str = "keygate.credit.wake";
+
+/// The id of the leader's wake-up queue, if one was registered.
+pub fn queue(shared: &impl SharedData) -> Option<u32> {
+    let (bytes, _) = shared.get(QUEUE).ok()??;
+    Some(u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?))
+}
+
+/// Publishes the leader's wake-up queue.
+pub fn set_queue(shared: &impl SharedData, id: u32) -> Result<(), HostError> {
+    if queue(shared) != Some(id) {
+        shared.set(QUEUE, &id.to_le_bytes(), None)?;
+    }
+    Ok(())
+}
 
 /// Ledgers listed at most: an Envoy with more limited keys in use at once has the
 /// requests of the others wait out `credit_lease_wait_ms` and get 503.
@@ -193,8 +212,20 @@ pub struct Book {
     scanned_ms: u64,
 }
 
+/// What the leader does with a ledger now.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    /// Nothing.
+    Wait,
+    /// The requests waiting fit the lease as it is (it grew since they began to wait):
+    /// their ask counts as answered, with no call.
+    Covered,
+    /// Ask for `need` and `want`.
+    Ask { need: u64, want: u64 },
+}
+
 /// Whether a ledger needs an ask now, and what to ask for.
-fn plan(l: &Ledger, now_ms: u64, ttl_ms: u64) -> Option<(u64, u64)> {
+fn plan(l: &Ledger, now_ms: u64, ttl_ms: u64) -> Plan {
     let third = ttl_ms / 3;
     let committed = l.committed();
     // The rate of spending since the last ask, projected over a third of a lease.
@@ -211,7 +242,22 @@ fn plan(l: &Ledger, now_ms: u64, ttl_ms: u64) -> Option<(u64, u64)> {
     let left = l.granted.saturating_sub(committed);
     let low = left.saturating_mul(2) < lease.min(want);
     let old = now_ms.saturating_add(ttl_ms - third) >= l.lease_until_ms;
-    (l.need > 0 || low || old).then_some((l.need, want))
+    let valid = now_ms < l.lease_until_ms;
+    let unmet = l.need > 0 && !(valid && l.need <= left);
+    if l.need > 0 && !unmet && !low && !old {
+        return Plan::Covered;
+    }
+    if !(unmet || low || old) {
+        return Plan::Wait;
+    }
+    // Growing (requests wait, or it runs low): never below what is held now, or the ask
+    // would shrink the lease it means to grow. A renewal alone may give back.
+    let want = if unmet || low {
+        want.max(left.saturating_add(l.need))
+    } else {
+        want
+    };
+    Plan::Ask { need: l.need, want }
 }
 
 impl Book {
@@ -244,7 +290,16 @@ impl Book {
                 break;
             }
             let item = kv::update(shared, &name, |l: &mut Ledger| {
-                let (need, want) = plan(l, now_ms, ttl_ms)?;
+                let (need, want) = match plan(l, now_ms, ttl_ms) {
+                    Plan::Wait => return None,
+                    Plan::Covered => {
+                        l.asked = l.asked.saturating_add(1);
+                        l.answered = l.asked;
+                        l.need = 0;
+                        return Some(None);
+                    }
+                    Plan::Ask { need, want } => (need, want),
+                };
                 let committed = l.committed();
                 l.asked = l.asked.saturating_add(1);
                 l.need = 0;
@@ -253,15 +308,15 @@ impl Book {
                 l.granted = l.granted.min(committed.saturating_add(want));
                 l.ask_ms = now_ms;
                 l.ask_committed = committed;
-                Some(Item {
+                Some(Some(Item {
                     ledger: name.clone(),
                     ask: l.asked,
                     spent: committed,
                     need,
                     want,
-                })
+                }))
             })?;
-            items.extend(item);
+            items.extend(item.flatten());
         }
         Ok(items)
     }
@@ -412,6 +467,30 @@ mod tests {
     }
 
     #[test]
+    fn requests_that_began_to_wait_before_a_big_grant_go_without_shrinking_it() {
+        let shared = MemShared::default();
+        let mut book = Book::default();
+        reserve(&shared, 100, 0);
+        let items = book.due(&shared, 1, TTL).unwrap();
+        // Another request begins to wait while the ask is out (for ask 2).
+        assert!(matches!(
+            reserve(&shared, 100, 2),
+            Reserve::NeedLease { ask: 2, .. }
+        ));
+        book.answered(&shared, &items, Some(&grant(10_000)), 1, TTL)
+            .unwrap();
+        // The lease covers it: no ask (which would have asked for its need alone and
+        // lowered the lease to that), and its ask counts as answered.
+        assert!(book.due(&shared, 3, TTL).unwrap().is_empty());
+        let l = ledger::read(&shared, KEY).unwrap();
+        assert_eq!((l.granted, l.asked, l.answered, l.need), (10_000, 2, 2, 0));
+        assert_eq!(
+            ledger::reserve(&shared, KEY, 1_000_000, 100, 1, Lease::Answered(4)).unwrap(),
+            Reserve::Admitted
+        );
+    }
+
+    #[test]
     fn a_failed_ask_is_marked_and_leaves_the_lease_as_it_was() {
         let shared = MemShared::default();
         let mut book = Book::default();
@@ -501,6 +580,9 @@ mod tests {
         assert_eq!(ensure_holder(&shared, 7).unwrap(), h);
         assert_eq!(holder(&shared), Some(h));
         assert_eq!(subject("kg:q:a:acme"), Some("a:acme"));
+        assert_eq!(queue(&shared), None);
+        set_queue(&shared, 7).unwrap();
+        assert_eq!(queue(&shared), Some(7));
     }
 
     #[test]
@@ -515,6 +597,12 @@ mod tests {
             lease_until_ms: u64::MAX,
             ..Ledger::default()
         };
-        assert_eq!(plan(&l, u64::MAX, 600_000), Some((u64::MAX, u64::MAX)));
+        assert_eq!(
+            plan(&l, u64::MAX, 600_000),
+            Plan::Ask {
+                need: u64::MAX,
+                want: u64::MAX
+            }
+        );
     }
 }

@@ -121,6 +121,7 @@ impl Request {
                     } else {
                         if wake {
                             credit::wake(host).map_err(|_| HOST_FAILED)?;
+                            host.wake_leader();
                         }
                         Ok(Reserved::Wait {
                             ledger: name.to_owned(),

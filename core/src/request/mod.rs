@@ -68,6 +68,9 @@ pub trait Host: SharedData {
     fn now_ms(&self) -> Result<u64, HostError>;
     /// Counts something for the filter's stats.
     fn count(&self, event: Event<'_>);
+    /// Tells the syncing VM at once that a request waits for a credit lease (it also
+    /// looks on its ticks).
+    fn wake_leader(&self) {}
 }
 
 /// What the request core counts (see `crate::metrics`).
