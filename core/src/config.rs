@@ -53,9 +53,11 @@ pub struct Config {
     /// and its kin), when estimating what it may cost a key with a quota or an account
     /// with a balance.
     pub default_output_tokens: u64,
-    /// Envoy replicas sharing the traffic of the same keys: each RPM, TPM and parallel
-    /// limit is divided by it, since each Envoy counts only what it sees (approximate:
-    /// exact only when a load balancer spreads each key's traffic evenly).
+    /// Only with credit leases off (`credit_lease_ttl_ms` 0): Envoy replicas sharing the
+    /// traffic of the same keys, each RPM, TPM and parallel limit divided by it, since
+    /// each Envoy counts only what it sees (approximate: exact only when a load balancer
+    /// spreads each key's traffic evenly). With leases, each Envoy holds a share of each
+    /// limit that the key-service grants.
     pub replicas: u64,
     /// Whether keys and accounts with a limit may call a model that has no price (it is
     /// then billed 0). Off by default: they get 403 `model_not_priced`.

@@ -207,10 +207,13 @@ fn limits_hold_across_workers_and_say_when_to_come_back() {
     assert_error(second, 429, "rate_limit_exceeded");
 }
 
+/// Without credit leases (which share each limit out among the Envoys by what each
+/// uses, `tests/tests/fleet.rs`), the `replicas` setting divides it.
 #[test]
-fn replicas_share_each_limit() {
+fn without_leases_replicas_share_each_limit() {
     let stack = Stack::builder()
         .concurrency(2)
+        .filter_setting("credit_lease_ttl_ms", "0")
         .filter_setting("replicas", "4")
         .start();
     let key = create_key(&stack, json!({"name": "shared", "rpm": 20}));

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::kv::{self, Cell, HostError, SharedData};
 use crate::limits::ledger::{Ledger, ASK_FAILED, LISTED, SHORT};
+use crate::limits::rate;
 
 /// The ledgers with a lease (or waiting for one), as a JSON list of their names.
 pub const LIST: &str = "kg:credit:list";
@@ -65,7 +66,26 @@ pub const ASK_MAX: usize = 1_000;
 /// no request is waiting.
 pub const SCAN_MS: u64 = 100;
 
-/// The subject of a ledger at the key-service: `k:{key id}` or `a:{account}`.
+/// The ledger of this Envoy's share of a key's rate limit: `kind` `r` (requests per
+/// minute), `t` (tokens per minute) or `p` (requests in flight). Its `granted` is the
+/// share; what counts against it is the key's window (`limits::rate`), not `spent`.
+pub fn share_entry(kind: char, key_id: &str) -> String {
+    format!("kg:q:{kind}:{key_id}")
+}
+
+/// For a share ledger, its kind and key id.
+fn share_of(ledger_name: &str) -> Option<(char, &str)> {
+    let (kind, id) = ledger_name.strip_prefix("kg:q:")?.split_once(':')?;
+    match kind {
+        "r" => Some(('r', id)),
+        "t" => Some(('t', id)),
+        "p" => Some(('p', id)),
+        _ => None,
+    }
+}
+
+/// The subject of a ledger at the key-service: `k:{key id}` or `a:{account}` (credit),
+/// `r:`, `t:` or `p:` and a key id (a share of its rate limits).
 pub fn subject(ledger_name: &str) -> Option<&str> {
     ledger_name.strip_prefix("kg:q:")
 }
@@ -225,9 +245,12 @@ enum Plan {
 }
 
 /// Whether a ledger needs an ask now, and what to ask for.
-fn plan(l: &Ledger, now_ms: u64, ttl_ms: u64) -> Plan {
+///
+/// `committed` is what counts against the lease now: for credit what was spent or is
+/// held; for a share of a rate (`level`), what the key's window counts, which the share
+/// must never fall below. A share is sized to twice that.
+fn plan(l: &Ledger, committed: u64, level: bool, now_ms: u64, ttl_ms: u64) -> Plan {
     let third = ttl_ms / 3;
-    let committed = l.committed();
     // The rate of spending since the last ask, projected over a third of a lease.
     let elapsed = now_ms.saturating_sub(l.ask_ms);
     let spent_since = committed.saturating_sub(l.ask_committed);
@@ -237,7 +260,11 @@ fn plan(l: &Ledger, now_ms: u64, ttl_ms: u64) -> Plan {
         u64::try_from(u128::from(spent_since) * u128::from(third) / u128::from(elapsed))
             .unwrap_or(u64::MAX)
     };
-    let want = l.need.max(projected).saturating_mul(2);
+    let want = if level {
+        l.need.max(committed)
+    } else {
+        l.need.max(projected).saturating_mul(2)
+    };
     let lease = l.granted.saturating_sub(l.ask_committed);
     let left = l.granted.saturating_sub(committed);
     let low = left.saturating_mul(2) < lease.min(want);
@@ -289,8 +316,22 @@ impl Book {
                 self.scanned_ms = 0;
                 break;
             }
+            // A share is measured against the key's window.
+            let level = match share_of(&name) {
+                Some((kind, key_id)) => {
+                    let (requests, tokens, in_flight) =
+                        rate::levels(shared, &rate::entry_name(key_id), now_ms)?;
+                    Some(match kind {
+                        'r' => requests,
+                        't' => tokens,
+                        _ => in_flight,
+                    })
+                }
+                None => None,
+            };
             let item = kv::update(shared, &name, |l: &mut Ledger| {
-                let (need, want) = match plan(l, now_ms, ttl_ms) {
+                let committed = level.unwrap_or_else(|| l.committed());
+                let (need, want) = match plan(l, committed, level.is_some(), now_ms, ttl_ms) {
                     Plan::Wait => return None,
                     Plan::Covered => {
                         l.asked = l.asked.saturating_add(1);
@@ -300,7 +341,6 @@ impl Book {
                     }
                     Plan::Ask { need, want } => (need, want),
                 };
-                let committed = l.committed();
                 l.asked = l.asked.saturating_add(1);
                 l.need = 0;
                 // Never more than asked for while the ask is out: the key-service may
@@ -598,7 +638,7 @@ mod tests {
             ..Ledger::default()
         };
         assert_eq!(
-            plan(&l, u64::MAX, 600_000),
+            plan(&l, l.committed(), false, u64::MAX, 600_000),
             Plan::Ask {
                 need: u64::MAX,
                 want: u64::MAX

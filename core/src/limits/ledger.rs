@@ -278,6 +278,35 @@ pub fn reserve(
     Ok(done.unwrap_or(Reserve::OverLimit))
 }
 
+/// A request needs a larger share of a rate limit (ledger `name`, see `limits::credit`):
+/// one more request, or token, or request in flight. `answered`: its ask was answered
+/// already, and it is refused (`LeaseShort`, `LeaseFailed`) rather than asking again
+/// if the answer fell short or failed.
+pub fn need_share(
+    shared: &impl SharedData,
+    name: &str,
+    answered: bool,
+) -> Result<Reserve, HostError> {
+    let done = update(shared, name, |ledger| {
+        if answered && ledger.flags & ASK_FAILED != 0 {
+            return Some(Reserve::LeaseFailed);
+        }
+        if answered && ledger.flags & SHORT != 0 {
+            return Some(Reserve::LeaseShort);
+        }
+        let wake = ledger.need == 0;
+        let list = ledger.flags & LISTED == 0;
+        ledger.need = ledger.need.saturating_add(1);
+        ledger.flags |= LISTED;
+        Some(Reserve::NeedLease {
+            ask: ledger.asked.saturating_add(1),
+            list,
+            wake,
+        })
+    })?;
+    Ok(done.unwrap_or(Reserve::LeaseFailed))
+}
+
 /// The ledger in `name` as it stands.
 pub fn read(shared: &impl SharedData, name: &str) -> Result<Ledger, HostError> {
     Ok(shared

@@ -301,6 +301,25 @@ pub fn admit(
     })))
 }
 
+/// What the key's window in `name` counts at `now_ms`: requests and tokens in the last
+/// minute, and requests in flight.
+pub fn levels(
+    shared: &impl SharedData,
+    name: &str,
+    now_ms: u64,
+) -> Result<(u64, u64, u64), HostError> {
+    let mut w = match shared.get(name)? {
+        Some((bytes, _)) => Window::decode(&bytes),
+        None => return Ok((0, 0, 0)),
+    };
+    w.advance(now_ms);
+    Ok((
+        Window::total(&w.requests),
+        Window::total(&w.tokens),
+        u64::from(w.in_flight),
+    ))
+}
+
 /// An admitted request of the key in `name` ended having used `tokens`.
 pub fn end(
     shared: &impl SharedData,

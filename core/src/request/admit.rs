@@ -261,13 +261,18 @@ impl Request {
             if let Reserved::Wait { ledger, ask } =
                 self.reserve(host, view, &hash, path_model, estimate, None)?
             {
-                self.wait_for_lease(host, hash, estimate, ledger, ask, None, 0)?;
+                self.wait_for_lease(host, hash, estimate, ledger, ask, None, 0, false)?;
                 return Ok(Action::Hold);
             }
         }
         let reserve = limited && !end_of_stream;
         if !model_check && !add_usage && !reserve {
-            self.admit_rate(host)?;
+            if let Some((ledger, ask)) = self.admit_rate(host, None)? {
+                let hash = secret::hash(secret);
+                let estimate = Estimate::default();
+                self.wait_for_lease(host, hash, estimate, ledger, ask, None, 0, true)?;
+                return Ok(Action::Hold);
+            }
             return Ok(Action::Continue);
         }
         let form_boundary = headers
@@ -452,7 +457,7 @@ impl Request {
                     let edit = wait.scan.usage_edit().filter(|_| wait.add_usage && whole);
                     self.phase = Phase::Upstream;
                     let hash = wait.key;
-                    self.wait_for_lease(host, hash, estimate, ledger, ask, edit, body_size)?;
+                    self.wait_for_lease(host, hash, estimate, ledger, ask, edit, body_size, false)?;
                     if let Phase::Leasing(lease) = &mut self.phase {
                         lease.hold = std::mem::replace(&mut wait.hold, BodyHold::new(&plugin));
                     }
@@ -460,7 +465,16 @@ impl Request {
                 }
             }
         }
-        self.admit_rate(host)?;
+        if let Some((ledger, ask)) = self.admit_rate(host, None)? {
+            let edit = wait.scan.usage_edit().filter(|_| wait.add_usage && whole);
+            self.phase = Phase::Upstream;
+            let estimate = Estimate::default();
+            self.wait_for_lease(host, wait.key, estimate, ledger, ask, edit, body_size, true)?;
+            if let Phase::Leasing(lease) = &mut self.phase {
+                lease.hold = std::mem::replace(&mut wait.hold, BodyHold::new(&self.plugin));
+            }
+            return Ok(Action::Hold);
+        }
         if wait.add_usage && whole {
             if let Some(edit) = wait.scan.usage_edit() {
                 ask_for_usage(host, edit, body_size).map_err(|_| HOST_FAILED)?;
@@ -476,7 +490,7 @@ impl Request {
 impl Request {
     /// The request waits for a credit lease (see `Request::lease_came`).
     #[allow(clippy::too_many_arguments)]
-    fn wait_for_lease(
+    pub(super) fn wait_for_lease(
         &mut self,
         host: &impl Host,
         key: KeyHash,
@@ -485,6 +499,7 @@ impl Request {
         ask: u64,
         edit: Option<UsageEdit>,
         body_size: usize,
+        rate_only: bool,
     ) -> Result<(), Denial> {
         let now_ms = host.now_ms().map_err(|_| HOST_FAILED)?;
         self.phase = Phase::Leasing(Box::new(LeaseWait {
@@ -496,6 +511,7 @@ impl Request {
             edit,
             body_size,
             hold: BodyHold::new(&self.plugin),
+            rate_only,
         }));
         Ok(())
     }
@@ -507,52 +523,36 @@ impl Request {
         host: &impl Host,
         wait: LeaseWait,
     ) -> Result<Action, Denial> {
-        let now_ms = host.now_ms().map_err(|_| HOST_FAILED)?;
-        let plugin = Rc::clone(&self.plugin);
-        let view = plugin.view.borrow();
-        let view = view
-            .as_ref()
-            .filter(|v| plugin.is_fresh(v, now_ms))
-            .ok_or(Denial::KeyServiceUnavailable)?;
-        let model = match &self.job {
-            Job::Meter(meter) => meter.model.clone(),
-            _ => None,
-        };
         let answered = Some(wait.ledger.as_str());
-        match self.reserve(
-            host,
-            view,
-            &wait.key,
-            model.as_deref(),
-            wait.estimate,
-            answered,
-        )? {
-            Reserved::Yes => {}
-            // Its key's lease covers it now; its account's must too.
-            Reserved::Wait { ledger, ask } => {
-                let LeaseWait {
-                    key,
-                    estimate,
-                    edit,
-                    body_size,
-                    hold,
-                    until_ms,
-                    ..
-                } = wait;
-                self.phase = Phase::Leasing(Box::new(LeaseWait {
-                    key,
-                    estimate,
-                    ledger,
-                    ask,
-                    until_ms,
-                    edit,
-                    body_size,
-                    hold,
-                }));
-                return Ok(Action::Hold);
-            }
+        let next = if wait.rate_only {
+            None
+        } else {
+            self.reserve_again(host, &wait, answered)?
+        };
+        let next = match next {
+            Some(next) => Some(next),
+            None => self.admit_rate(host, answered)?,
+        };
+        if let Some((ledger, ask)) = next {
+            // Its key's lease covers it now, but its account's or a share of a rate limit
+            // must grow too: it waits on (until the same time), its cost reserved if it
+            // was.
+            let rate_only = wait.rate_only
+                || matches!(
+                    self.job,
+                    Job::Meter(Meter {
+                        reservation: Some(_),
+                        ..
+                    })
+                );
+            self.phase = Phase::Leasing(Box::new(LeaseWait {
+                ledger,
+                ask,
+                rate_only,
+                ..wait
+            }));
+            return Ok(Action::Hold);
         }
-        self.admit_rate(host)?;
         if let Some(edit) = wait.edit {
             ask_for_usage(host, edit, wait.body_size).map_err(|_| HOST_FAILED)?;
             if let Job::Meter(meter) = &mut self.job {
@@ -564,13 +564,51 @@ impl Request {
         }
         Ok(Action::Continue)
     }
+
+    /// A request waiting for a credit lease reserves again: `Some` if it must wait on.
+    fn reserve_again(
+        &mut self,
+        host: &impl Host,
+        wait: &LeaseWait,
+        answered: Option<&str>,
+    ) -> Result<Option<(String, u64)>, Denial> {
+        let now_ms = host.now_ms().map_err(|_| HOST_FAILED)?;
+        let plugin = Rc::clone(&self.plugin);
+        let view = plugin.view.borrow();
+        let view = view
+            .as_ref()
+            .filter(|v| plugin.is_fresh(v, now_ms))
+            .ok_or(Denial::KeyServiceUnavailable)?;
+        let model = match &self.job {
+            Job::Meter(meter) => meter.model.clone(),
+            _ => None,
+        };
+        match self.reserve(
+            host,
+            view,
+            &wait.key,
+            model.as_deref(),
+            wait.estimate,
+            answered,
+        )? {
+            Reserved::Yes => Ok(None),
+            Reserved::Wait { ledger, ask } => Ok(Some((ledger, ask))),
+        }
+    }
 }
 
 /// The rate windows of the key, if it or its group has limits.
 fn rate_hold(plugin: &super::Plugin, view: &View, key: &Entry) -> Option<RateHold> {
     let (group_rpm, group_tpm) = view.tables.group_rates(key.group());
-    let limits = Limits::effective(key.limits, group_rpm, group_tpm, plugin.config.replicas);
+    // With credit leases each Envoy holds a share of the limits; without, `replicas`
+    // divides them.
+    let replicas = match plugin.config.credit_lease_ttl_ms {
+        0 => plugin.config.replicas,
+        _ => 1,
+    };
+    let limits = Limits::effective(key.limits, group_rpm, group_tpm, replicas);
     limits.any().then(|| RateHold {
+        key_id: key.id().to_string(),
         entry: rate::entry_name(key.id()),
         limits,
         standing: None,

@@ -24,6 +24,7 @@ use crate::decide::form_scan::FormScan;
 use crate::decide::model_list;
 use crate::keys::secret::{self, KeyHash};
 use crate::kv::{HostError, SharedData};
+use crate::limits::credit;
 use crate::limits::ledger::{self, Estimate};
 use crate::limits::rate::{self, Limits, Standing};
 use crate::pairs;
@@ -226,6 +227,9 @@ struct LeaseWait {
     body_size: usize,
     /// Its body, buffered meanwhile.
     hold: BodyHold,
+    /// Its cost is reserved already (or it has none): it waits for a larger share of its
+    /// key's rate limits.
+    rate_only: bool,
 }
 
 /// What the filter does with an admitted request beyond passing it on.
@@ -295,6 +299,8 @@ struct Meter {
 
 /// A rate-limited key's request.
 struct RateHold {
+    /// The key's id, to find this Envoy's shares of its limits (with credit leases).
+    key_id: String,
     entry: String,
     limits: Limits,
     /// Set when the windows admitted (counted) the request; refused, the standing that
@@ -473,13 +479,21 @@ impl Request {
         }
         if body_size > max_body_bytes {
             let must_read = wait.model_check || wait.reserve;
+            let key = wait.key;
             self.phase = Phase::Upstream;
             if must_read {
                 // Too large to read for its model or what it may cost.
                 return self.finish(host, Err(Denial::RequestTooLarge));
             }
-            // Too large to add usage to: it goes on as it is.
-            let result = self.admit_rate(host).map(|()| Action::Continue);
+            // Too large to add usage to: it goes on as it is (waiting first for a larger
+            // share of its key's rate limits, if it must).
+            let result = match self.admit_rate(host, None) {
+                Ok(None) => Ok(Action::Continue),
+                Ok(Some((ledger, ask))) => self
+                    .wait_for_lease(host, key, Estimate::default(), ledger, ask, None, 0, true)
+                    .map(|()| Action::Hold),
+                Err(denial) => Err(denial),
+            };
             return self.finish(host, result);
         }
         if !end_of_stream {
@@ -692,20 +706,101 @@ impl Request {
     }
 
     /// The last check of a request: its key's windows count it, or refuse it with
-    /// `rate_limit_exceeded`.
-    fn admit_rate(&mut self, host: &impl Host) -> Result<(), Denial> {
+    /// `rate_limit_exceeded`. With credit leases, the windows hold it to this Envoy's
+    /// shares of the key's limits (`limits::credit`): if only its share is full, it waits
+    /// for a larger one (`Some((ledger, ask))`), unless it had the answer for that
+    /// ledger already (`answered`): refused then, 503 if the key-service could not be
+    /// asked. A share is kept while asks fail.
+    fn admit_rate(
+        &mut self,
+        host: &impl Host,
+        answered: Option<&str>,
+    ) -> Result<Option<(String, u64)>, Denial> {
+        let leased = self.plugin.config.credit_lease_ttl_ms > 0;
         let Some(hold) = self.rate.as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
         let now_ms = host.now_ms().map_err(|_| HOST_FAILED)?;
-        let standing =
-            rate::admit(host, &hold.entry, hold.limits, now_ms).map_err(|_| HOST_FAILED)?;
+        let mut limits = hold.limits;
+        let mut shares = Vec::new();
+        if leased {
+            let dims = [
+                ('r', &mut limits.rpm),
+                ('t', &mut limits.tpm),
+                ('p', &mut limits.max_parallel),
+            ];
+            for (kind, limit) in dims {
+                let Some(full) = *limit else { continue };
+                let name = credit::share_entry(kind, &hold.key_id);
+                let l = ledger::read(host, &name).map_err(|_| HOST_FAILED)?;
+                let held = now_ms < l.lease_until_ms || l.flags & ledger::ASK_FAILED != 0;
+                let share = if held { l.granted.min(full) } else { 0 };
+                *limit = Some(share);
+                shares.push((kind, name, share, full));
+            }
+        }
+        let mut standing =
+            rate::admit(host, &hold.entry, limits, now_ms).map_err(|_| HOST_FAILED)?;
+        if shares.is_empty() {
+            let refused = standing.is_err();
+            hold.standing = Some(standing);
+            return if refused {
+                Err(Denial::RateLimitExceeded)
+            } else {
+                Ok(None)
+            };
+        }
+        // What the window counts now (with this request, if admitted): the headers tell
+        // what is left of the key's own limits as this Envoy counts, not of its share;
+        // and a refusal is by the key's limit or only by this Envoy's share of it.
+        let (requests, tokens, in_flight) =
+            rate::levels(host, &hold.entry, now_ms).map_err(|_| HOST_FAILED)?;
+        let level = |kind: char| match kind {
+            'r' => requests,
+            't' => tokens,
+            _ => in_flight,
+        };
+        let (Ok(left) | Err(left)) = &mut standing;
+        for (kind, _, _, full) in &shares {
+            let room = full.saturating_sub(level(*kind));
+            match kind {
+                'r' => left.remaining_requests = room,
+                't' => left.remaining_tokens = room,
+                _ => {}
+            }
+        }
         let refused = standing.is_err();
         hold.standing = Some(standing);
-        if refused {
+        if !refused {
+            return Ok(None);
+        }
+        if shares
+            .iter()
+            .any(|(kind, _, _, full)| level(*kind) >= *full)
+        {
             return Err(Denial::RateLimitExceeded);
         }
-        Ok(())
+        let Some((_, name, _, _)) = shares
+            .into_iter()
+            .find(|(kind, _, share, _)| level(*kind) >= *share)
+        else {
+            return Err(Denial::RateLimitExceeded);
+        };
+        let done = answered == Some(name.as_str());
+        match ledger::need_share(host, &name, done).map_err(|_| HOST_FAILED)? {
+            ledger::Reserve::NeedLease { ask, list, wake } => {
+                if list && !credit::list(host, &name).map_err(|_| HOST_FAILED)? {
+                    return Err(Denial::Overloaded);
+                }
+                if wake {
+                    credit::wake(host).map_err(|_| HOST_FAILED)?;
+                    host.wake_leader();
+                }
+                Ok(Some((name, ask)))
+            }
+            ledger::Reserve::LeaseFailed => Err(Denial::KeyServiceUnavailable),
+            _ => Err(Denial::RateLimitExceeded),
+        }
     }
 
     /// An admitted request of a rate-limited key ended having used `tokens`.

@@ -1094,3 +1094,43 @@ fn a_price_set_a_moment_ago_is_used_before_the_vms_tick_reads_it() {
     assert_eq!(s.ledger("id-quota").unreported, 20);
     assert_eq!(s.records()[0].charge.as_ref().map(|c| c.cost), Some(20));
 }
+
+#[test]
+fn with_leases_a_rate_limited_key_waits_for_its_share_of_the_limit() {
+    let s = setup_with_leases();
+    let mut book = credit::Book::default();
+    // `rpm`: one request a minute; this Envoy holds no share of it yet.
+    let mut request = s.request("GET", "/v1/models", "rpm");
+    assert_eq!(request.on_request_headers(&s.fake, true), Action::Hold);
+    let share = credit::share_entry('r', "id-rpm");
+    let items = answer_leases(&s, &mut book, Some(1));
+    assert_eq!(items.len(), 1);
+    // Asked for one more request beyond the none its window counts.
+    assert_eq!(
+        (items[0].ledger.as_str(), items[0].spent, items[0].need),
+        (share.as_str(), 0, 1)
+    );
+    assert_eq!(request.release(&s.fake, true, false), Action::Continue);
+    // The key's own limit is full now: refused at once, no ask.
+    let mut next = s.request("GET", "/v1/models", "rpm");
+    assert_eq!(next.on_request_headers(&s.fake, true), Action::Pause);
+    assert_eq!(s.status_sent(), Some(429));
+    assert_eq!(s.events(), ["Allowed", "denied:rate_limit_exceeded"]);
+}
+
+#[test]
+fn with_leases_a_share_that_cannot_grow_refuses_429_and_a_failed_ask_503() {
+    let s = setup_with_leases();
+    let mut book = credit::Book::default();
+    let mut request = s.request("GET", "/v1/models", "rpm");
+    assert_eq!(request.on_request_headers(&s.fake, true), Action::Hold);
+    // Other Envoys hold the whole limit: nothing granted.
+    answer_leases(&s, &mut book, Some(0));
+    assert_eq!(request.release(&s.fake, true, false), Action::Pause);
+    assert_eq!(s.status_sent(), Some(429));
+    let mut request = s.request("GET", "/v1/models", "rpm");
+    assert_eq!(request.on_request_headers(&s.fake, true), Action::Hold);
+    answer_leases(&s, &mut book, None);
+    assert_eq!(request.release(&s.fake, true, false), Action::Pause);
+    assert_eq!(s.status_sent(), Some(503));
+}

@@ -43,7 +43,10 @@ pub struct LeaseRequest {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseItem {
-    /// `k:<key id>` or `a:<account name>`.
+    /// `k:<key id>` (its quota) or `a:<account name>` (its balance): credit, `spent`
+    /// counting everything spent; `r:`, `t:` or `p:` and a key id (its requests per
+    /// minute, tokens per minute, requests in flight): a share of the limit, `spent` being
+    /// what the holder's window counts now.
     pub subject: String,
     /// Credits the holder has spent on the subject in all, billed or not: a count it keeps
     /// for as long as it runs, which `granted` is in. A new lease (a holder's first, or
@@ -89,11 +92,12 @@ pub fn check_holder(holder: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A subject: `k:` or `a:` and then 1-128 bytes without control characters.
+/// A subject: `k:`, `a:`, `r:`, `t:` or `p:` and then 1-128 bytes without control
+/// characters.
 fn check_subject(i: usize, subject: &str) -> Result<(), ApiError> {
-    let named = subject
-        .strip_prefix("k:")
-        .or_else(|| subject.strip_prefix("a:"));
+    let named = ["k:", "a:", "r:", "t:", "p:"]
+        .iter()
+        .find_map(|prefix| subject.strip_prefix(prefix));
     match named {
         Some(name)
             if !name.is_empty()
@@ -105,8 +109,8 @@ fn check_subject(i: usize, subject: &str) -> Result<(), ApiError> {
         _ => Err(ApiError::invalid(
             "leases",
             format!(
-                "leases[{i}].subject must be k:<key id> or a:<account name>, \
-                 1-{SUBJECT_MAX} printable characters after the colon"
+                "leases[{i}].subject must be k:, r:, t: or p: and a key id, or a: and an \
+                 account name, 1-{SUBJECT_MAX} printable characters after the colon"
             ),
         )),
     }

@@ -18,6 +18,13 @@
 //! `expires_at`) and a `ttl` more for its records to arrive, so what it spent before
 //! has been billed. (Starting at 0 would count all of that as held again, for as long
 //! as the new row lives, unless the holder knew when to start counting afresh.)
+//!
+//! Rate limits are shared out the same way (`r:`, `t:`, `p:` and a key id): the limit
+//! is the key's requests per minute, tokens per minute or requests in flight (the
+//! stricter of the key's and its group's), `spent` is what the holder's own window
+//! counts now (it never asks below it, so no share is given away while requests it
+//! admitted still count), and `billed` stays 0: every holder's share counts whole, so
+//! the shares add up to at most the limit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -110,6 +117,16 @@ pub(crate) fn next_granted(
     i64::try_from(base + lease).unwrap_or(i64::MAX)
 }
 
+/// A share of a key's rate limit: `r:` (requests per minute), `t:` (tokens per minute) or
+/// `p:` (requests in flight), and the key id.
+fn rate_subject(subject: &str) -> Option<(char, &str)> {
+    let (kind, id) = subject.split_once(':')?;
+    match kind {
+        "r" | "t" | "p" => Some((kind.chars().next()?, id)),
+        _ => None,
+    }
+}
+
 fn lease_row(row: &impl Get) -> Result<LeaseRow, sqlx::Error> {
     Ok(LeaseRow {
         holder: row.text("holder")?,
@@ -141,13 +158,17 @@ impl Store {
         let expires_at = now_ms.saturating_add(ttl_ms);
         let drop_at = now_ms.saturating_add(ttl_ms.saturating_mul(2));
         let (mut keys, mut accounts) = (BTreeSet::new(), BTreeSet::new());
+        let mut rated = BTreeSet::new();
         for ask in asks {
             if let Some(id) = ask.subject.strip_prefix("k:") {
                 keys.insert(id.to_owned());
             } else if let Some(name) = ask.subject.strip_prefix("a:") {
                 accounts.insert(name.to_owned());
+            } else if let Some((_, id)) = rate_subject(&ask.subject) {
+                rated.insert(id.to_owned());
             }
         }
+        let rated: Vec<String> = rated.into_iter().collect();
         let keys: Vec<String> = keys.into_iter().collect();
         let accounts: Vec<String> = accounts.into_iter().collect();
         let subjects: Vec<String> = asks
@@ -181,6 +202,32 @@ impl Store {
                         Some(row.int("quota")?.saturating_sub(row.int("used_quota")?))
                     };
                     left.insert(format!("k:{}", row.text("id")?), limit);
+                }
+            }
+            for chunk in rated.chunks(CHUNK) {
+                let mut q = QueryBuilder::new(
+                    "SELECT k.id, k.rpm, k.tpm, k.max_parallel, g.rpm AS group_rpm, \
+                     g.tpm AS group_tpm FROM keys k LEFT JOIN groups g ON g.name = k.group_name \
+                     WHERE k.id IN (",
+                );
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind(id.clone());
+                }
+                q.push(")");
+                for row in q.build().fetch_all(&mut *tx).await? {
+                    // As the filter's `Limits::effective`: the stricter of the key's and
+                    // its group's.
+                    let stricter = |a: Option<i64>, b: Option<i64>| match (a, b) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    let id = row.text("id")?;
+                    let rpm = stricter(row.opt_int("rpm")?, row.opt_int("group_rpm")?);
+                    let tpm = stricter(row.opt_int("tpm")?, row.opt_int("group_tpm")?);
+                    left.insert(format!("r:{id}"), rpm);
+                    left.insert(format!("t:{id}"), tpm);
+                    left.insert(format!("p:{id}"), row.opt_int("max_parallel")?);
                 }
             }
             for chunk in accounts.chunks(CHUNK) {
@@ -231,8 +278,13 @@ impl Store {
                     continue;
                 };
                 let others = others.get(subject).copied().unwrap_or(0);
-                // A new row: what was spent before it was billed before it (see above).
-                let baseline = i64::try_from(ask.spent).unwrap_or(i64::MAX);
+                // A new row: what was spent before it was billed before it (see above). A
+                // share of a rate is never billed: what the holder's window counts stays
+                // its own until the window lets go of it.
+                let baseline = match rate_subject(subject) {
+                    Some(_) => 0,
+                    None => i64::try_from(ask.spent).unwrap_or(i64::MAX),
+                };
                 let (held, own) = *own_rows
                     .entry(subject.to_owned())
                     .or_insert((baseline, baseline));
@@ -751,6 +803,47 @@ mod tests {
         assert_eq!((grants[0].granted, grants[1].granted), (100, 10));
         let rows = store.leases_on("k:k1").await.unwrap();
         assert_eq!(rows[1].granted, 10);
+    }
+
+    #[tokio::test]
+    async fn rate_limits_are_shared_out_and_never_given_away_while_counted() {
+        let (_dir, store) = store().await;
+        let rated = NewKey {
+            rpm: Some(10),
+            max_parallel: Some(4),
+            ..key("rl", "default", None)
+        };
+        store.insert_keys(&[rated], 0).await.unwrap();
+        // A holder whose window counts 2 requests asks for one more, wanting 2: it gets
+        // its 2 and the 2 it wants (shares are levels, not spending: never billed).
+        let a = one(&store, "A", ask("r:rl", 2, 1, 2), 0).await;
+        assert_eq!((a.limited, a.granted), (true, 4));
+        // The other gets at most half of the 6 left, or what it needs.
+        let b = one(&store, "B", ask("r:rl", 0, 1, 10), 0).await;
+        assert_eq!(b.granted, 3);
+        let b = one(&store, "B", ask("r:rl", 3, 5, 10), 1).await;
+        assert_eq!(b.granted, 6, "all that A leaves");
+        // A cannot be given less than its window counts, whatever it wants.
+        let a = one(&store, "A", ask("r:rl", 4, 0, 0), 2).await;
+        assert_eq!(a.granted, 4);
+        let rows = store.leases_on("r:rl").await.unwrap();
+        let held: i64 = rows.iter().map(LeaseRow::outstanding).sum();
+        assert_eq!((held, rows[0].billed), (10, 0));
+        // Usage reports bill no share.
+        store
+            .ingest_usage(&[record("r1", "rl", 5)], Some("A"), 3)
+            .await
+            .unwrap();
+        assert_eq!(store.leases_on("r:rl").await.unwrap()[0].billed, 0);
+        // Parallel requests likewise; a key without a TPM limit is unlimited there.
+        let p = one(&store, "A", ask("p:rl", 1, 1, 1), 4).await;
+        assert_eq!(p.granted, 2);
+        let t = one(&store, "A", ask("t:rl", 0, 1, 1), 4).await;
+        assert!(!t.limited);
+        // The group's limit counts when stricter.
+        sql(&store, "UPDATE groups SET rpm = 3 WHERE name = 'default'").await;
+        let c = one(&store, "C", ask("r:rl", 0, 1, 1), 5).await;
+        assert_eq!(c.granted, 0, "A and B hold more than 3 already");
     }
 
     #[test]
