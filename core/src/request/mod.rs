@@ -750,9 +750,22 @@ impl Request {
                 Ok(None)
             };
         }
-        // What the window counts now (with this request, if admitted): the headers tell
-        // what is left of the key's own limits as this Envoy counts, not of its share;
-        // and a refusal is by the key's limit or only by this Envoy's share of it.
+        // The headers tell what is left of the key's own limits as this Envoy counts, not
+        // of its share: an admitted request's window is within its share, so that is
+        // what is left of the share and the rest of the limit.
+        if let Ok(left) = &mut standing {
+            for (kind, _, share, full) in &shares {
+                let room = full.saturating_sub(*share);
+                match kind {
+                    'r' => left.remaining_requests = left.remaining_requests.saturating_add(room),
+                    't' => left.remaining_tokens = left.remaining_tokens.saturating_add(room),
+                    _ => {}
+                }
+            }
+            hold.standing = Some(standing);
+            return Ok(None);
+        }
+        // Refused: by the key's own limit, or only by this Envoy's share of it?
         let (requests, tokens, in_flight) =
             rate::levels(host, &hold.entry, now_ms).map_err(|_| HOST_FAILED)?;
         let level = |kind: char| match kind {
@@ -760,20 +773,17 @@ impl Request {
             't' => tokens,
             _ => in_flight,
         };
-        let (Ok(left) | Err(left)) = &mut standing;
-        for (kind, _, _, full) in &shares {
-            let room = full.saturating_sub(level(*kind));
-            match kind {
-                'r' => left.remaining_requests = room,
-                't' => left.remaining_tokens = room,
-                _ => {}
+        if let Err(left) = &mut standing {
+            for (kind, _, _, full) in &shares {
+                let room = full.saturating_sub(level(*kind));
+                match kind {
+                    'r' => left.remaining_requests = room,
+                    't' => left.remaining_tokens = room,
+                    _ => {}
+                }
             }
         }
-        let refused = standing.is_err();
         hold.standing = Some(standing);
-        if !refused {
-            return Ok(None);
-        }
         if shares
             .iter()
             .any(|(kind, _, _, full)| level(*kind) >= *full)

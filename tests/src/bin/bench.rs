@@ -97,9 +97,10 @@ enum Filter {
     Wasm(PathBuf),
     /// The built keygate, with these `(field, JSON value)` settings.
     Keygate(Vec<(&'static str, &'static str)>),
-    /// The built keygate, with RPM and TPM limits on the default group (so on every key)
-    /// set too high to refuse anything: every request goes through the rate windows.
-    KeygateLimited,
+    /// The built keygate with these settings, with RPM and TPM limits on the default group
+    /// (so on every key) set too high to refuse anything: every request goes through the
+    /// rate windows (and, with credit leases, this Envoy's shares of the limits).
+    KeygateLimited(Vec<(&'static str, &'static str)>),
     /// Another way of checking the same keys, with the same Envoy around it.
     Peer(Peer),
     /// bench/hostcall-filter making this host call `HOST_CALL_REPEAT` times per request.
@@ -258,7 +259,7 @@ impl Variant {
             Filter::Peer(Peer::ExtAuthz) => count > 0 && count <= Peer::INLINE_KEYS_MAX,
             Filter::Peer(_) => count > 0 && count <= Peer::INLINE_KEYS_MAX,
             // keygate's variants show their cost at the peers' key count.
-            Filter::KeygateLimited => count > 0 && count <= Peer::INLINE_KEYS_MAX,
+            Filter::KeygateLimited(_) => count > 0 && count <= Peer::INLINE_KEYS_MAX,
             Filter::Keygate(ref settings) if !settings.is_empty() => {
                 count > 0 && count <= Peer::INLINE_KEYS_MAX
             }
@@ -305,8 +306,13 @@ fn main() {
             )]),
         },
         Variant {
-            name: "keygate, RPM+TPM limited".into(),
-            filter: Filter::KeygateLimited,
+            // (No comma in the name: --only splits at commas.)
+            name: "keygate with RPM and TPM limits".into(),
+            filter: Filter::KeygateLimited(vec![]),
+        },
+        Variant {
+            name: "keygate with RPM and TPM limits without leases".into(),
+            filter: Filter::KeygateLimited(vec![("credit_lease_ttl_ms", "0")]),
         },
         Variant {
             name: "envoy api_key_auth".into(),
@@ -554,11 +560,12 @@ fn measure(
     let builder = match &variant.filter {
         Filter::None => builder.filter(None),
         Filter::Wasm(path) => builder.filter(Some(path.clone())),
-        Filter::Keygate(settings) | Filter::KeygateQuota(settings) => settings
+        Filter::Keygate(settings)
+        | Filter::KeygateQuota(settings)
+        | Filter::KeygateLimited(settings) => settings
             .iter()
             .fold(builder, |b, (field, value)| b.filter_setting(field, value)),
         Filter::Peer(peer) => builder.http_filters(peer.filters(count)),
-        Filter::KeygateLimited => builder,
         Filter::HostCall(call) => builder
             .filter(Some(repo_root().join(
                 "target/wasm32-wasip1/release/keygate_hostcall_filter.wasm",
@@ -577,7 +584,7 @@ fn measure(
     let keygate_like = matches!(
         variant.filter,
         Filter::Keygate(_)
-            | Filter::KeygateLimited
+            | Filter::KeygateLimited(_)
             | Filter::ModelFromBody(_)
             | Filter::KeygateQuota(_)
     );
@@ -598,7 +605,7 @@ fn measure(
         // leaving CPU 0 to Envoy alone.
         pin(stack.pid("mock-upstream").expect("mock-upstream pid"), "1");
     }
-    if let Filter::KeygateLimited = variant.filter {
+    if let Filter::KeygateLimited(_) = variant.filter {
         set_default_group_limits(&stack, true);
     }
     let url = match body {
@@ -640,7 +647,7 @@ fn measure(
             let limited = res
                 .ok()
                 .is_some_and(|r| r.headers().contains_key("x-ratelimit-limit-requests"));
-            if limited || !matches!(variant.filter, Filter::KeygateLimited) {
+            if limited || !matches!(variant.filter, Filter::KeygateLimited(_)) {
                 break;
             }
             assert!(
@@ -665,7 +672,7 @@ fn measure(
         refused_ok,
     );
     let paced = fixed_rate(&url, &auth, body, args.rate, args.duration, refused_ok);
-    if let Filter::KeygateLimited = variant.filter {
+    if let Filter::KeygateLimited(_) = variant.filter {
         // The database is shared with the other variants' runs.
         set_default_group_limits(&stack, false);
     }
