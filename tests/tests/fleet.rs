@@ -167,9 +167,11 @@ fn two_envoys_cannot_overdraw_a_key_on_sqlite() {
     two_envoys_cannot_overdraw(Stack::builder());
 }
 
+/// On PostgreSQL, with two key-service replicas behind each Envoy's cluster: asks and
+/// usage reports reach either, and the advisory lock has them take turns.
 #[test]
-fn two_envoys_cannot_overdraw_a_key_on_postgres() {
-    two_envoys_cannot_overdraw(Stack::builder().postgres());
+fn two_envoys_cannot_overdraw_a_key_on_postgres_with_two_key_services() {
+    two_envoys_cannot_overdraw(Stack::builder().postgres().key_service_pair());
 }
 
 #[test]

@@ -73,15 +73,30 @@ pub fn share_entry(kind: char, key_id: &str) -> String {
     format!("kg:q:{kind}:{key_id}")
 }
 
-/// For a share ledger, its kind and key id.
-fn share_of(ledger_name: &str) -> Option<(char, &str)> {
+/// The kinds of share ledgers, in `rate::Window::shares` order.
+pub const SHARE_KINDS: [char; 3] = ['r', 't', 'p'];
+
+/// For a share ledger, which share it is (`rate::REQUESTS`, `TOKENS`, `IN_FLIGHT`) and
+/// its key id.
+fn share_of(ledger_name: &str) -> Option<(usize, &str)> {
     let (kind, id) = ledger_name.strip_prefix("kg:q:")?.split_once(':')?;
-    match kind {
-        "r" => Some(('r', id)),
-        "t" => Some(('t', id)),
-        "p" => Some(('p', id)),
-        _ => None,
-    }
+    let which = SHARE_KINDS
+        .iter()
+        .position(|k| kind.len() == 1 && kind.starts_with(*k))?;
+    Some((which, id))
+}
+
+/// Writes a share ledger's lease into its key's window, where requests read it.
+fn mirror_share(shared: &impl SharedData, ledger_name: &str, l: &Ledger) -> Result<(), HostError> {
+    let Some((which, key_id)) = share_of(ledger_name) else {
+        return Ok(());
+    };
+    let share = rate::Share {
+        granted: l.granted,
+        until_ms: l.lease_until_ms,
+        kept: l.flags & ASK_FAILED != 0,
+    };
+    rate::set_share(shared, &rate::entry_name(key_id), which, share)
 }
 
 /// The subject of a ledger at the key-service: `k:{key id}` or `a:{account}` (credit),
@@ -318,17 +333,13 @@ impl Book {
             }
             // A share is measured against the key's window.
             let level = match share_of(&name) {
-                Some((kind, key_id)) => {
-                    let (requests, tokens, in_flight) =
-                        rate::levels(shared, &rate::entry_name(key_id), now_ms)?;
-                    Some(match kind {
-                        'r' => requests,
-                        't' => tokens,
-                        _ => in_flight,
-                    })
+                Some((which, key_id)) => {
+                    let levels = rate::levels(shared, &rate::entry_name(key_id), now_ms)?;
+                    Some(levels[which])
                 }
                 None => None,
             };
+            let mut after = None;
             let item = kv::update(shared, &name, |l: &mut Ledger| {
                 let committed = level.unwrap_or_else(|| l.committed());
                 let (need, want) = match plan(l, committed, level.is_some(), now_ms, ttl_ms) {
@@ -348,6 +359,7 @@ impl Book {
                 l.granted = l.granted.min(committed.saturating_add(want));
                 l.ask_ms = now_ms;
                 l.ask_committed = committed;
+                after = Some(*l);
                 Some(Some(Item {
                     ledger: name.clone(),
                     ask: l.asked,
@@ -356,6 +368,10 @@ impl Book {
                     want,
                 }))
             })?;
+            // A share lowered to what is asked for is lowered where requests read it too.
+            if let (Some(l), Some(_)) = (after, level) {
+                mirror_share(shared, &name, &l)?;
+            }
             items.extend(item.flatten());
         }
         Ok(items)
@@ -411,6 +427,10 @@ impl Book {
             })?;
             if gone == Some(true) {
                 unlisted.insert(item.ledger.as_str());
+            }
+            if share_of(&item.ledger).is_some() {
+                let l = crate::limits::ledger::read(shared, &item.ledger)?;
+                mirror_share(shared, &item.ledger, &l)?;
             }
         }
         if !unlisted.is_empty() {

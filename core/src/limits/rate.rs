@@ -76,6 +76,37 @@ const IDLE_SLOTS: u64 = 300;
 const SLOTS: usize = 31;
 const ENCODED_LEN: usize = 8 + 4 + SLOTS * 8;
 
+/// The shares' words after the windows: three of (granted, until, kept).
+const SHARES_LEN: usize = 3 * 3 * 8;
+
+/// With credit leases: this Envoy's share of one of the key's limits, as the leader last
+/// wrote it from the key-service's answer (`limits::credit`), kept here so that a
+/// request reads it with the windows, in the same compare-and-swap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Share {
+    pub granted: u64,
+    /// When it runs out (Unix ms).
+    pub until_ms: u64,
+    /// The last ask failed: the share stands until an answer comes.
+    pub kept: bool,
+}
+
+impl Share {
+    /// What of the limit `full` this Envoy may use at `now_ms`.
+    pub fn of(&self, full: u64, now_ms: u64) -> u64 {
+        if now_ms < self.until_ms || self.kept {
+            self.granted.min(full)
+        } else {
+            0
+        }
+    }
+}
+
+/// Which limit a share is of, as `Window::shares` orders them.
+pub const REQUESTS: usize = 0;
+pub const TOKENS: usize = 1;
+pub const IN_FLIGHT: usize = 2;
+
 /// What the entry holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
@@ -85,6 +116,9 @@ pub struct Window {
     in_flight: u32,
     requests: [u32; SLOTS],
     tokens: [u32; SLOTS],
+    /// Shares of the RPM, TPM and `max_parallel` limits (`REQUESTS`, `TOKENS`,
+    /// `IN_FLIGHT`).
+    pub shares: [Share; 3],
 }
 
 impl Default for Window {
@@ -94,6 +128,7 @@ impl Default for Window {
             in_flight: 0,
             requests: [0; SLOTS],
             tokens: [0; SLOTS],
+            shares: [Share::default(); 3],
         }
     }
 }
@@ -113,8 +148,8 @@ fn slot(index: u64) -> usize {
 }
 
 impl Window {
-    pub fn decode(bytes: &[u8]) -> Window {
-        let Some(bytes) = bytes.get(..ENCODED_LEN) else {
+    pub fn decode(all: &[u8]) -> Window {
+        let Some(bytes) = all.get(..ENCODED_LEN) else {
             return Window::default();
         };
         let u32_at = |at: usize| {
@@ -133,17 +168,57 @@ impl Window {
             w.requests[i] = u32_at(12 + i * 4);
             w.tokens[i] = u32_at(12 + SLOTS * 4 + i * 4);
         }
+        // (A window written by an older filter has no shares.)
+        if let Some(words) = all.get(ENCODED_LEN..ENCODED_LEN + SHARES_LEN) {
+            let word = |i: usize| {
+                let mut b = [0; 8];
+                b.copy_from_slice(&words[i * 8..i * 8 + 8]);
+                u64::from_le_bytes(b)
+            };
+            for (i, share) in w.shares.iter_mut().enumerate() {
+                *share = Share {
+                    granted: word(i * 3),
+                    until_ms: word(i * 3 + 1),
+                    kept: word(i * 3 + 2) != 0,
+                };
+            }
+        }
         w
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(ENCODED_LEN);
+        let mut out = Vec::with_capacity(ENCODED_LEN + SHARES_LEN);
         out.extend_from_slice(&self.newest.to_le_bytes());
         out.extend_from_slice(&self.in_flight.to_le_bytes());
         for n in self.requests.iter().chain(&self.tokens) {
             out.extend_from_slice(&n.to_le_bytes());
         }
+        for share in &self.shares {
+            for word in [share.granted, share.until_ms, u64::from(share.kept)] {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
+        }
         out
+    }
+
+    /// What the window counts at its newest slot: requests and tokens in the last minute,
+    /// and requests in flight (`REQUESTS`, `TOKENS`, `IN_FLIGHT`).
+    pub fn levels(&self) -> [u64; 3] {
+        [
+            Self::total(&self.requests),
+            Self::total(&self.tokens),
+            u64::from(self.in_flight),
+        ]
+    }
+
+    /// `limits` held to this Envoy's shares of them at `now_ms`.
+    pub fn shared(&self, limits: Limits, now_ms: u64) -> Limits {
+        let of = |limit: Option<u64>, share: &Share| limit.map(|full| share.of(full, now_ms));
+        Limits {
+            rpm: of(limits.rpm, &self.shares[REQUESTS]),
+            tpm: of(limits.tpm, &self.shares[TOKENS]),
+            max_parallel: of(limits.max_parallel, &self.shares[IN_FLIGHT]),
+        }
     }
 
     /// Moves the ring to the slot of `now_ms`, emptying the slots it passes. A clock
@@ -276,48 +351,96 @@ pub fn headers(limits: &Limits, standing: &Standing) -> Vec<(&'static str, Strin
     out
 }
 
-/// Admits a request of the key whose windows are in `name`: `Ok(Ok(standing))` counted,
-/// `Ok(Err(standing))` refused, with how long to wait.
+/// What `admit` decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Counted, or refused with how long to wait.
+    pub result: Result<Standing, Standing>,
+    /// The limits it was held to: the key's, or (`shared`) this Envoy's shares of them.
+    pub held_to: Limits,
+    /// On a refusal, what the window counts (`Window::levels`).
+    pub levels: [u64; 3],
+}
+
+/// Admits a request of the key whose windows are in `name`, held to this Envoy's shares
+/// of `limits` when `shared` (credit leases).
 pub fn admit(
     shared: &impl SharedData,
     name: &str,
     limits: Limits,
     now_ms: u64,
-) -> Result<Result<Standing, Standing>, HostError> {
+    shares: bool,
+) -> Result<Admission, HostError> {
     let mut refused = None;
+    let mut held_to = limits;
     let admitted = kv::update(shared, name, |w: &mut Window| {
-        match w.admit(limits, now_ms) {
+        held_to = if shares {
+            w.shared(limits, now_ms)
+        } else {
+            limits
+        };
+        match w.admit(held_to, now_ms) {
             Ok(standing) => Some(standing),
             Err(standing) => {
-                refused = Some(standing);
+                refused = Some((standing, w.levels()));
                 None
             }
         }
     })?;
-    Ok(admitted.ok_or(refused.unwrap_or(Standing {
-        remaining_requests: 0,
-        remaining_tokens: 0,
-        retry_after_s: 1,
-    })))
+    let (result, levels) = match (admitted, refused) {
+        (Some(standing), _) => (Ok(standing), [0; 3]),
+        (None, Some((standing, levels))) => (Err(standing), levels),
+        (None, None) => {
+            let standing = Standing {
+                remaining_requests: 0,
+                remaining_tokens: 0,
+                retry_after_s: 1,
+            };
+            (Err(standing), [0; 3])
+        }
+    };
+    Ok(Admission {
+        result,
+        held_to,
+        levels,
+    })
 }
 
-/// What the key's window in `name` counts at `now_ms`: requests and tokens in the last
-/// minute, and requests in flight.
-pub fn levels(
+/// The leader writes this Envoy's share `which` (`REQUESTS`, `TOKENS`, `IN_FLIGHT`) of
+/// the key whose windows are in `name`.
+pub fn set_share(
     shared: &impl SharedData,
     name: &str,
-    now_ms: u64,
-) -> Result<(u64, u64, u64), HostError> {
+    which: usize,
+    share: Share,
+) -> Result<(), HostError> {
+    kv::update(shared, name, |w: &mut Window| {
+        *w.shares.get_mut(which)? = share;
+        Some(())
+    })?;
+    Ok(())
+}
+
+/// The share `which` of the key whose windows are in `name`.
+pub fn share(shared: &impl SharedData, name: &str, which: usize) -> Result<Share, HostError> {
+    Ok(match shared.get(name)? {
+        Some((bytes, _)) => Window::decode(&bytes)
+            .shares
+            .get(which)
+            .copied()
+            .unwrap_or_default(),
+        None => Share::default(),
+    })
+}
+
+/// What the key's window in `name` counts at `now_ms` (`Window::levels`).
+pub fn levels(shared: &impl SharedData, name: &str, now_ms: u64) -> Result<[u64; 3], HostError> {
     let mut w = match shared.get(name)? {
         Some((bytes, _)) => Window::decode(&bytes),
-        None => return Ok((0, 0, 0)),
+        None => return Ok([0; 3]),
     };
     w.advance(now_ms);
-    Ok((
-        Window::total(&w.requests),
-        Window::total(&w.tokens),
-        u64::from(w.in_flight),
-    ))
+    Ok(w.levels())
 }
 
 /// An admitted request of the key in `name` ended having used `tokens`.
@@ -519,7 +642,12 @@ mod tests {
             ..Limits::default()
         };
         let shared = MemShared::default();
-        let try_at = |ms| admit(&shared, NAME, limits, T0 + ms).unwrap().is_ok();
+        let try_at = |ms| {
+            admit(&shared, NAME, limits, T0 + ms, false)
+                .unwrap()
+                .result
+                .is_ok()
+        };
         assert!(try_at(0));
         // Its end never comes (the VM failed): refused (refusals change nothing)...
         assert!(!try_at(9 * 60_000));
@@ -566,10 +694,55 @@ mod tests {
         )
         .unwrap();
         w.end(T0 + 4_000, u64::MAX, false);
+        w.shares[TOKENS] = Share {
+            granted: 7,
+            until_ms: T0,
+            kept: true,
+        };
         let bytes = w.encode();
-        assert_eq!(bytes.len(), ENCODED_LEN);
+        assert_eq!(bytes.len(), ENCODED_LEN + SHARES_LEN);
         assert_eq!(Window::decode(&bytes), w);
         assert_eq!(Window::decode(b"short"), Window::default());
+        // An older filter's window (no shares) reads with none.
+        let old = Window::decode(&bytes[..ENCODED_LEN]);
+        assert_eq!(
+            (old.levels(), old.shares),
+            (w.levels(), [Share::default(); 3])
+        );
+    }
+
+    #[test]
+    fn shares_hold_a_window_to_them_until_they_run_out_unless_kept() {
+        let shared = MemShared::default();
+        let limits = Limits {
+            tpm: Some(100),
+            ..rpm(10)
+        };
+        let share = |granted, kept| Share {
+            granted,
+            until_ms: T0 + 1_000,
+            kept,
+        };
+        set_share(&shared, NAME, REQUESTS, share(2, false)).unwrap();
+        let admit_at = |ms| admit(&shared, NAME, limits, T0 + ms, true).unwrap();
+        // No TPM share: held to 0 tokens, refused at once.
+        let refused = admit_at(0);
+        assert_eq!(refused.held_to.tpm, Some(0));
+        assert!(refused.result.is_err());
+        set_share(&shared, NAME, TOKENS, share(50, false)).unwrap();
+        assert!(admit_at(0).result.is_ok());
+        assert!(admit_at(1).result.is_ok());
+        let full = admit_at(2);
+        assert_eq!((full.held_to.rpm, full.levels), (Some(2), [2, 0, 0]));
+        assert!(full.result.is_err());
+        // Run out: nothing; kept (the key-service cannot be asked): as it was.
+        assert_eq!(admit_at(1_000).held_to.rpm, Some(0));
+        set_share(&shared, NAME, REQUESTS, share(3, true)).unwrap();
+        assert_eq!(admit_at(1_000).held_to.rpm, Some(3));
+        // A share beyond the limit is the limit.
+        set_share(&shared, NAME, REQUESTS, share(30, false)).unwrap();
+        assert_eq!(admit_at(10).held_to.rpm, Some(10));
+        assert_eq!(super::share(&shared, NAME, REQUESTS).unwrap().granted, 30);
     }
 
     #[test]
@@ -577,15 +750,24 @@ mod tests {
         let shared = MemShared::default();
         // Two "workers" taking turns: one count, one limit.
         for i in 0..10 {
-            assert!(admit(&shared, NAME, rpm(10), T0 + i).unwrap().is_ok());
+            assert!(admit(&shared, NAME, rpm(10), T0 + i, false)
+                .unwrap()
+                .result
+                .is_ok());
         }
-        let refused = admit(&shared, NAME, rpm(10), T0 + 10).unwrap().unwrap_err();
+        let refused = admit(&shared, NAME, rpm(10), T0 + 10, false)
+            .unwrap()
+            .result
+            .unwrap_err();
         assert!(refused.retry_after_s >= 60);
         let tpm = Limits {
             tpm: Some(100),
             ..Limits::default()
         };
         end(&shared, "kg:r:key_2", T0, 100, false).unwrap();
-        assert!(admit(&shared, "kg:r:key_2", tpm, T0 + 1).unwrap().is_err());
+        assert!(admit(&shared, "kg:r:key_2", tpm, T0 + 1, false)
+            .unwrap()
+            .result
+            .is_err());
     }
 }

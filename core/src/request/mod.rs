@@ -721,81 +721,63 @@ impl Request {
             return Ok(None);
         };
         let now_ms = host.now_ms().map_err(|_| HOST_FAILED)?;
-        let mut limits = hold.limits;
-        let mut shares = Vec::new();
-        if leased {
-            let dims = [
-                ('r', &mut limits.rpm),
-                ('t', &mut limits.tpm),
-                ('p', &mut limits.max_parallel),
-            ];
-            for (kind, limit) in dims {
-                let Some(full) = *limit else { continue };
-                let name = credit::share_entry(kind, &hold.key_id);
-                let l = ledger::read(host, &name).map_err(|_| HOST_FAILED)?;
-                let held = now_ms < l.lease_until_ms || l.flags & ledger::ASK_FAILED != 0;
-                let share = if held { l.granted.min(full) } else { 0 };
-                *limit = Some(share);
-                shares.push((kind, name, share, full));
-            }
-        }
-        let mut standing =
-            rate::admit(host, &hold.entry, limits, now_ms).map_err(|_| HOST_FAILED)?;
-        if shares.is_empty() {
-            let refused = standing.is_err();
-            hold.standing = Some(standing);
-            return if refused {
-                Err(Denial::RateLimitExceeded)
-            } else {
-                Ok(None)
-            };
-        }
+        let admission =
+            rate::admit(host, &hold.entry, hold.limits, now_ms, leased).map_err(|_| HOST_FAILED)?;
+        let full = hold.limits;
+        let held = admission.held_to;
+        // Each limit of the key with this Envoy's share of it.
+        let shares: Vec<(usize, u64, u64)> = if leased {
+            [
+                (rate::REQUESTS, full.rpm, held.rpm),
+                (rate::TOKENS, full.tpm, held.tpm),
+                (rate::IN_FLIGHT, full.max_parallel, held.max_parallel),
+            ]
+            .into_iter()
+            .filter_map(|(which, full, share)| Some((which, share?, full?)))
+            .collect()
+        } else {
+            Vec::new()
+        };
+        let mut standing = admission.result;
         // The headers tell what is left of the key's own limits as this Envoy counts, not
         // of its share: an admitted request's window is within its share, so that is
-        // what is left of the share and the rest of the limit.
-        if let Ok(left) = &mut standing {
-            for (kind, _, share, full) in &shares {
-                let room = full.saturating_sub(*share);
-                match kind {
-                    'r' => left.remaining_requests = left.remaining_requests.saturating_add(room),
-                    't' => left.remaining_tokens = left.remaining_tokens.saturating_add(room),
-                    _ => {}
+        // what is left of the share and the rest of the limit; a refused one's, what the
+        // window counts.
+        let (Ok(left) | Err(left)) = &mut standing;
+        for &(which, share, full) in &shares {
+            let room = match admission.result {
+                Ok(_) => full.saturating_sub(share),
+                Err(_) => full.saturating_sub(admission.levels[which]),
+            };
+            match which {
+                rate::REQUESTS if admission.result.is_ok() => {
+                    left.remaining_requests = left.remaining_requests.saturating_add(room)
                 }
+                rate::TOKENS if admission.result.is_ok() => {
+                    left.remaining_tokens = left.remaining_tokens.saturating_add(room)
+                }
+                rate::REQUESTS => left.remaining_requests = room,
+                rate::TOKENS => left.remaining_tokens = room,
+                _ => {}
             }
-            hold.standing = Some(standing);
+        }
+        let refused = standing.is_err();
+        hold.standing = Some(standing);
+        if !refused {
             return Ok(None);
         }
         // Refused: by the key's own limit, or only by this Envoy's share of it?
-        let (requests, tokens, in_flight) =
-            rate::levels(host, &hold.entry, now_ms).map_err(|_| HOST_FAILED)?;
-        let level = |kind: char| match kind {
-            'r' => requests,
-            't' => tokens,
-            _ => in_flight,
-        };
-        if let Err(left) = &mut standing {
-            for (kind, _, _, full) in &shares {
-                let room = full.saturating_sub(level(*kind));
-                match kind {
-                    'r' => left.remaining_requests = room,
-                    't' => left.remaining_tokens = room,
-                    _ => {}
-                }
-            }
-        }
-        hold.standing = Some(standing);
-        if shares
-            .iter()
-            .any(|(kind, _, _, full)| level(*kind) >= *full)
-        {
+        let levels = admission.levels;
+        if shares.iter().any(|&(which, _, full)| levels[which] >= full) {
             return Err(Denial::RateLimitExceeded);
         }
-        let Some((_, name, _, _)) = shares
-            .into_iter()
-            .find(|(kind, _, share, _)| level(*kind) >= *share)
+        let Some(&(which, _, _)) = shares
+            .iter()
+            .find(|&&(which, share, _)| levels[which] >= share)
         else {
             return Err(Denial::RateLimitExceeded);
         };
+        let name = credit::share_entry(credit::SHARE_KINDS[which], &hold.key_id);
         let done = answered == Some(name.as_str());
         match ledger::need_share(host, &name, done).map_err(|_| HOST_FAILED)? {
             ledger::Reserve::NeedLease { ask, list, wake } => {
