@@ -11,6 +11,53 @@ use crate::stack::Stack;
 
 pub const CHAT: &str = "/v1/chat/completions";
 
+/// Output tokens a metered call asks for (`metered_body`).
+pub const METERED_MAX_TOKENS: u64 = 100;
+
+/// A chat call to `gpt-4o-mini` that, at one credit per token, may cost at most
+/// `metered_estimate()` credits and costs exactly `metered_cost()` (the mock upstream
+/// answers with `max_tokens` output tokens and one input token per word).
+pub fn metered_body() -> Value {
+    json!({"model": "gpt-4o-mini", "max_tokens": METERED_MAX_TOKENS,
+        "messages": [{"role": "user", "content": "two words"}]})
+}
+
+/// The filter's estimate of `metered_body()` at one credit per token: a token per 4 body
+/// bytes in, its `max_tokens` out.
+pub fn metered_estimate() -> u64 {
+    (metered_body().to_string().len() as u64).div_ceil(4) + METERED_MAX_TOKENS
+}
+
+pub fn metered_cost() -> u64 {
+    2 + METERED_MAX_TOKENS
+}
+
+/// Sends `metered_body()` through the Envoy listening at `url`; the upstream answers
+/// after `delay_ms`.
+pub fn send_metered(url: &str, secret: &str, delay_ms: u64) -> Response {
+    client()
+        .post(format!("{url}{CHAT}"))
+        .bearer_auth(secret)
+        .header("x-mock-delay-ms", delay_ms.to_string())
+        .json(&metered_body())
+        .send()
+        .expect("chat call")
+}
+
+/// What the key-service billed the key (its first 100 usage rows): credits and calls.
+pub fn billed(stack: &Stack, key_id: &str) -> (u64, u64) {
+    let (status, page) = admin(
+        stack,
+        reqwest::Method::GET,
+        &format!("/api/v1/usage?key_id={key_id}&per_page=100"),
+        None,
+    );
+    assert_eq!(status, 200, "{page}");
+    let rows = page["usage"].as_array().cloned().unwrap_or_default();
+    let cost = rows.iter().filter_map(|r| r["cost"].as_u64()).sum();
+    (cost, rows.len() as u64)
+}
+
 pub fn client() -> Client {
     Client::builder()
         .timeout(Duration::from_secs(10))

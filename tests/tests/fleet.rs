@@ -8,37 +8,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use keygate_e2e::api::{admin, client, create_key, until_synced};
+use keygate_e2e::api::{
+    admin, billed, create_key, metered_cost as actual, metered_estimate as estimate, send_metered,
+    until_synced,
+};
 use keygate_e2e::stack::{Stack, StackBuilder};
 use reqwest::blocking::Response;
 use reqwest::Method;
-use serde_json::{json, Value};
-
-const MAX_TOKENS: u64 = 100;
-
-/// A chat call that may cost at most `estimate()` credits and costs `actual()` (the mock
-/// upstream answers with `max_tokens` output tokens and one input token per word).
-fn body() -> Value {
-    json!({"model": "gpt-4o-mini", "max_tokens": MAX_TOKENS,
-        "messages": [{"role": "user", "content": "two words"}]})
-}
-
-fn estimate() -> u64 {
-    (body().to_string().len() as u64).div_ceil(4) + MAX_TOKENS
-}
-
-fn actual() -> u64 {
-    2 + MAX_TOKENS
-}
+use serde_json::json;
 
 fn send(url: &str, secret: &str, delay_ms: u64) -> Response {
-    client()
-        .post(format!("{url}/v1/chat/completions"))
-        .bearer_auth(secret)
-        .header("x-mock-delay-ms", delay_ms.to_string())
-        .json(&body())
-        .send()
-        .expect("chat call")
+    send_metered(url, secret, delay_ms)
 }
 
 /// The first call of a key on an Envoy, once the key and its model's price have reached
@@ -52,20 +32,6 @@ fn first_call(url: &str, secret: &str) -> Response {
         }
         thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// What the key-service billed the key: credits and calls.
-fn billed(stack: &Stack, key_id: &str) -> (u64, u64) {
-    let (status, page) = admin(
-        stack,
-        Method::GET,
-        &format!("/api/v1/usage?key_id={key_id}&per_page=100"),
-        None,
-    );
-    assert_eq!(status, 200);
-    let rows = page["usage"].as_array().cloned().unwrap_or_default();
-    let cost = rows.iter().map(|r| r["cost"].as_u64().unwrap()).sum();
-    (cost, rows.len() as u64)
 }
 
 /// Waits (at most 30 s) until `calls` calls of the key are billed; what they cost.

@@ -6,54 +6,20 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use keygate_e2e::api::{admin, client, create_key, until_synced};
+use keygate_e2e::api::{
+    admin, billed, client, create_key, metered_body as body, metered_cost as actual,
+    metered_estimate as estimate, send_metered, until_synced, METERED_MAX_TOKENS,
+};
 use keygate_e2e::stack::Stack;
 use reqwest::blocking::Response;
 use reqwest::Method;
 use serde_json::{json, Value};
 
 const QUOTA: u64 = 1_000;
-const MAX_TOKENS: u64 = 100;
-
-/// A chat call that may cost at most about `estimate()` credits and costs exactly
-/// `actual()` (the mock upstream answers with `max_tokens` output tokens and one input
-/// token per word).
-fn body() -> Value {
-    json!({"model": "gpt-4o-mini", "max_tokens": MAX_TOKENS,
-        "messages": [{"role": "user", "content": "two words"}]})
-}
-
-/// The filter's estimate at one credit per token: a token per 4 body bytes in, the
-/// request's `max_tokens` out.
-fn estimate() -> u64 {
-    (body().to_string().len() as u64).div_ceil(4) + MAX_TOKENS
-}
-
-fn actual() -> u64 {
-    2 + MAX_TOKENS
-}
+const MAX_TOKENS: u64 = METERED_MAX_TOKENS;
 
 fn send(stack: &Stack, secret: &str, delay_ms: u64) -> Response {
-    client()
-        .post(format!("{}/v1/chat/completions", stack.envoy_url))
-        .bearer_auth(secret)
-        .header("x-mock-delay-ms", delay_ms.to_string())
-        .json(&body())
-        .send()
-        .expect("chat call")
-}
-
-fn billed(stack: &Stack, key_id: &str) -> (u64, usize) {
-    let (status, page) = admin(
-        stack,
-        Method::GET,
-        &format!("/api/v1/usage?key_id={key_id}&per_page=100"),
-        None,
-    );
-    assert_eq!(status, 200);
-    let rows = page["usage"].as_array().cloned().unwrap_or_default();
-    let cost = rows.iter().map(|r| r["cost"].as_u64().unwrap()).sum();
-    (cost, rows.len())
+    send_metered(&stack.envoy_url, secret, delay_ms)
 }
 
 #[test]
@@ -129,11 +95,14 @@ fn concurrent_requests_cannot_overdraw_a_key() {
     // Everything admitted is billed, exactly once, and the sum stays within the quota.
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut bill = billed(&stack, &key.id);
-    while bill.1 < calls && Instant::now() < deadline {
+    while bill.1 < calls as u64 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(200));
         bill = billed(&stack, &key.id);
     }
-    assert_eq!(bill.1, calls, "every admitted call is in the usage log");
+    assert_eq!(
+        bill.1, calls as u64,
+        "every admitted call is in the usage log"
+    );
     assert_eq!(bill.0, calls as u64 * actual());
     assert!(bill.0 <= QUOTA, "billed {} of a {QUOTA} quota", bill.0);
     // And the last refusal was right: another call might have cost more than was left.
