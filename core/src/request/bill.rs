@@ -114,19 +114,27 @@ impl Request {
                 }
                 Reserve::OverLimit | Reserve::LeaseShort => Err(Denial::InsufficientQuota),
                 Reserve::LeaseFailed => Err(Denial::KeyServiceUnavailable),
+                // (No early return: the key's reservation must go back first.)
                 Reserve::NeedLease { ask, list, wake } => {
-                    if list && !credit::list(host, name).map_err(|_| HOST_FAILED)? {
-                        // More limited keys in use than an Envoy lists.
-                        Err(Denial::Overloaded)
+                    let listed = if list {
+                        credit::list(host, name)
                     } else {
-                        if wake {
-                            credit::wake(host).map_err(|_| HOST_FAILED)?;
-                            host.wake_leader();
+                        Ok(true)
+                    };
+                    let woken = if wake { credit::wake(host) } else { Ok(()) };
+                    match (listed, woken) {
+                        (Ok(true), Ok(())) => {
+                            if wake {
+                                host.wake_leader();
+                            }
+                            Ok(Reserved::Wait {
+                                ledger: name.to_owned(),
+                                ask,
+                            })
                         }
-                        Ok(Reserved::Wait {
-                            ledger: name.to_owned(),
-                            ask,
-                        })
+                        // More limited keys in use than an Envoy lists.
+                        (Ok(false), _) => Err(Denial::Overloaded),
+                        _ => Err(HOST_FAILED),
                     }
                 }
             };
