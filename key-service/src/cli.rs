@@ -71,6 +71,10 @@ pub struct CreateArgs {
     /// Requests the key may have in flight at once.
     #[arg(long)]
     pub max_parallel: Option<i64>,
+    /// How often the quota starts afresh: total (never), day, week, month, or a span
+    /// such as 72h.
+    #[arg(long)]
+    pub quota_period: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -108,6 +112,7 @@ pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiErro
                 rpm: a.rpm,
                 tpm: a.tpm,
                 max_parallel: a.max_parallel,
+                quota_period: a.quota_period,
             };
             let created = keys::create(store, request, now).await?;
             created.iter().map(json).collect()

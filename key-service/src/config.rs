@@ -73,6 +73,11 @@ pub struct Config {
     )]
     pub check_trust_envoy_external_address: bool,
 
+    /// The time zone (IANA name, e.g. "Europe/Berlin") in which budget periods of a day,
+    /// week or month begin at midnight.
+    #[arg(long, env = "KEYGATE_BUDGET_TIME_ZONE", default_value = "UTC")]
+    pub budget_time_zone: String,
+
     /// Without a command the service runs; with one, it acts on the database and exits.
     #[command(subcommand)]
     pub command: Option<crate::cli::Command>,

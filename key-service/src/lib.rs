@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod budget;
 pub mod changes;
 pub mod cli;
 pub mod config;
@@ -305,6 +306,8 @@ pub enum StartError {
     Command(String),
     #[error("--change-log-retention: {0}")]
     Retention(String),
+    #[error("--budget-time-zone: {0}")]
+    TimeZone(String),
 }
 
 /// Opens the database (creating and migrating it), settles the tokens, serves until
@@ -314,8 +317,9 @@ pub enum StartError {
 /// port actually bound, so a script that asked for port 0 learns which it got.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let database = Database::parse(&config.database_url)?;
+    let time_zone = budget::time_zone(&config.budget_time_zone).map_err(StartError::TimeZone)?;
     if let Some(command) = config.command {
-        let store = Store::open(&database).await?;
+        let store = Store::open(&database).await?.with_time_zone(time_zone);
         let result = cli::run(&store, command).await;
         store.close().await;
         for line in result.map_err(|e| StartError::Command(cli::describe(&e)))? {
@@ -323,7 +327,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
         return Ok(());
     }
-    let store = Store::open(&database).await?;
+    let store = Store::open(&database).await?.with_time_zone(time_zone);
     match &database {
         Database::Sqlite { path } => tracing::info!(path = %absolute(path), "database ready"),
         Database::Postgres { .. } => tracing::info!(engine = "postgres", "database ready"),
@@ -372,6 +376,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if let Some(seconds) = retention {
         tokio::spawn(prune_periodically(store.clone(), seconds));
     }
+    tokio::spawn(roll_periodically(store.clone()));
 
     let state = AppState::new(store.clone(), admin.expose(), filter.expose())
         .with_next_filter_token(next_filter.as_ref().map(tokens::Token::expose))
@@ -406,6 +411,32 @@ async fn prune_periodically(store: Store, retention: i64) {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "change log pruned"),
             Err(e) => tracing::warn!(error = %e, "change log pruning failed"),
+        }
+    }
+}
+
+/// Rolls budget periods over every second, so that snapshots and listings show a new
+/// period without waiting for traffic (billing rolls what it bills by itself). A batch
+/// that was full is followed by the next one at once.
+async fn roll_periodically(store: Store) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        loop {
+            match store.roll_periods(expiry::now()).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    tracing::info!(rolled = n, "budget periods rolled over");
+                    if n < u64::try_from(store::ROLL_BATCH).unwrap_or(u64::MAX) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rolling budget periods over failed");
+                    break;
+                }
+            }
         }
     }
 }

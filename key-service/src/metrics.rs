@@ -415,6 +415,7 @@ mod tests {
             rpm: None,
             tpm: None,
             max_parallel: None,
+            quota_period: crate::budget::Period::Total,
         };
         store.insert_keys(&[key("a")], 0).await.unwrap();
         let metrics = Metrics::default();

@@ -200,8 +200,8 @@ pub fn decide(
     if key.restricts_ips() && !key.admits(client_ip()) {
         return Err(Denial::IpNotAllowed);
     }
-    let quota_left = key.remaining_quota.is_none_or(|left| left > 0);
-    if !quota_left || !tables.account_has_credit(key.account()) {
+    let quota_left = key.remaining_at(now).is_none_or(|left| left > 0);
+    if !quota_left || !tables.account_has_credit(key.account(), now) {
         return Err(Denial::InsufficientQuota);
     }
     Ok(key)
@@ -237,6 +237,8 @@ mod tests {
             ip_allowlist: vec![],
             models: vec![],
             remaining_quota: None,
+            period_end: None,
+            period_quota: None,
             rpm: None,
             tpm: None,
             max_parallel: None,
@@ -403,10 +405,14 @@ mod tests {
                 AccountRecord {
                     name: "default".into(),
                     balance: None,
+                    period_end: None,
+                    period_balance: None,
                 },
                 AccountRecord {
                     name: "broke".into(),
                     balance: Some(0),
+                    period_end: None,
+                    period_balance: None,
                 },
             ],
             prices: vec![],
@@ -421,6 +427,49 @@ mod tests {
         assert_eq!(check(2), Some(Denial::InsufficientQuota));
         assert_eq!(check(3), Some(Denial::InsufficientQuota));
         assert_eq!(check(4), Some(Denial::InsufficientQuota));
+    }
+
+    #[test]
+    fn a_spent_budget_starts_afresh_when_its_period_ends() {
+        // A key that spent its period's quota, and an account that spent its period's
+        // limit, both until NOW + 10; the snapshot has not caught up with the next period.
+        let mut spent = record(0, "spent", true, None);
+        spent.remaining_quota = Some(0);
+        spent.period_end = Some(NOW + 10);
+        spent.period_quota = Some(500);
+        let mut team = record(1, "team", true, None);
+        team.account = "team".into();
+        let k = Keys::of(vec![spent, team]);
+        let t = Tables::new(TablesWire {
+            groups: vec![],
+            accounts: vec![
+                AccountRecord {
+                    name: "default".into(),
+                    balance: None,
+                    period_end: None,
+                    period_balance: None,
+                },
+                AccountRecord {
+                    name: "team".into(),
+                    balance: Some(0),
+                    period_end: Some(NOW + 10),
+                    period_balance: Some(70),
+                },
+            ],
+            prices: vec![],
+        });
+        let check = |i: u8, now| denial(decide(Some(&t), Some(&secret(i)), now, k.lookup(), no_ip));
+        for i in [0, 1] {
+            assert_eq!(
+                check(i, NOW + 9),
+                Some(Denial::InsufficientQuota),
+                "key {i}"
+            );
+            assert_eq!(check(i, NOW + 10), None, "key {i} at the period's end");
+            assert_eq!(check(i, i64::MAX), None, "key {i} long after");
+        }
+        assert_eq!(t.balance("team", NOW + 9), Some(0));
+        assert_eq!(t.balance("team", NOW + 10), Some(70));
     }
 
     #[test]

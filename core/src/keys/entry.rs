@@ -16,6 +16,7 @@
 //! u16 count + str * count                if MODELS (the key's own list)
 //! u16 count + net * count                if IPS (net = u8 prefix, u8 4|6, 4|16 bytes)
 //! u64 rpm, u64 tpm, u64 max_parallel     if LIMITS (0 = no limit)
+//! i64 period_end, i64 period_quota       if PERIOD
 //! ```
 //!
 //! An empty value is a revoked key (shared data has no delete).
@@ -31,7 +32,7 @@ use crate::keys::client_ip::{self, Allowlist};
 use crate::keys::secret::{self, KeyHash};
 use crate::kv::{HostError, SharedData};
 use crate::limits::rate::Limits;
-use crate::sync::snapshot::KeyRecord;
+use crate::sync::snapshot::{KeyRecord, Reset};
 
 const FORMAT: u8 = 1;
 
@@ -44,6 +45,8 @@ const IPS: u8 = 1 << 4;
 const IPS_UNUSABLE: u8 = 1 << 5;
 /// The key has rate limits of its own.
 const LIMITS: u8 = 1 << 6;
+/// The key's quota starts afresh when its budget period ends.
+const PERIOD: u8 = 1 << 7;
 
 /// Bytes of the hash in the entry's name: 120 bits. Finding a secret whose hash shares
 /// them with one of a million stored keys takes about 2^100 hashes.
@@ -78,6 +81,7 @@ pub fn encode(record: &KeyRecord, epoch: u32) -> Result<(String, Vec<u8>), Encod
         (!allowlist.nets().is_empty(), IPS),
         (allowlist.is_unusable(), IPS_UNUSABLE),
         (limits(record).any(), LIMITS),
+        (period(record).is_some(), PERIOD),
     ] {
         if set {
             flags |= flag;
@@ -122,7 +126,17 @@ pub fn encode(record: &KeyRecord, epoch: u32) -> Result<(String, Vec<u8>), Encod
             out.extend_from_slice(&limit.unwrap_or(0).to_le_bytes());
         }
     }
+    if let Some(reset) = period(record) {
+        out.extend_from_slice(&reset.at.to_le_bytes());
+        out.extend_from_slice(&reset.to.to_le_bytes());
+    }
     Ok((name(&hash), out))
+}
+
+/// A limited key's next budget period, if its quota starts afresh.
+fn period(record: &KeyRecord) -> Option<Reset> {
+    record.remaining_quota?;
+    Reset::of(record.period_end, record.period_quota)
 }
 
 /// The key's own limits; a limit of 0 (which the key-service refuses) is none.
@@ -155,7 +169,10 @@ pub struct Entry {
     flags: u8,
     pub epoch: u32,
     pub expires_at: Option<i64>,
+    /// What the key may still spend in the period the snapshot saw (see `remaining_at`).
     pub remaining_quota: Option<i64>,
+    /// When that period ends and what the key may spend from then on.
+    pub period: Option<Reset>,
     id: Range<usize>,
     name: Range<usize>,
     group: Range<usize>,
@@ -284,7 +301,15 @@ pub fn decode(bytes: Vec<u8>) -> Option<Entry> {
     } else {
         Limits::default()
     };
+    let period = if flags & PERIOD != 0 {
+        let at = i64::from_le_bytes(r.array::<8>()?);
+        let to = i64::from_le_bytes(r.array::<8>()?);
+        Some(Reset { at, to })
+    } else {
+        None
+    };
     Some(Entry {
+        period,
         limits,
         flags,
         epoch,
@@ -301,6 +326,12 @@ pub fn decode(bytes: Vec<u8>) -> Option<Entry> {
 }
 
 impl Entry {
+    /// What the key may still spend at `now` (Unix seconds); `None` = unlimited. Once its
+    /// budget period has ended, that is its whole quota, before any snapshot says so.
+    pub fn remaining_at(&self, now: i64) -> Option<i64> {
+        Reset::apply(self.period, self.remaining_quota, now)
+    }
+
     fn text(&self, range: &Range<usize>) -> &str {
         self.bytes
             .get(range.clone())
@@ -435,6 +466,29 @@ mod tests {
         assert!(!e.restricts_models() && e.allows_model("anything"));
         assert!(!e.restricts_ips() && e.admits(None));
         assert!(!e.limits.any());
+    }
+
+    #[test]
+    fn a_budget_period_round_trips_and_resets_the_quota_at_its_end() {
+        let mut r = record();
+        r.remaining_quota = Some(-4);
+        r.period_end = Some(1_000);
+        r.period_quota = Some(i64::MAX);
+        let e = round_trip(&r);
+        assert_eq!(
+            e.period,
+            Some(Reset {
+                at: 1_000,
+                to: i64::MAX
+            })
+        );
+        assert_eq!(e.remaining_at(999), Some(-4));
+        assert_eq!(e.remaining_at(1_000), Some(i64::MAX));
+        assert_eq!(e.remaining_at(i64::MIN), Some(-4));
+        // An unlimited key has no period to reset, whatever the record says.
+        r.remaining_quota = None;
+        let e = round_trip(&r);
+        assert_eq!((e.period, e.remaining_at(5_000)), (None, None));
     }
 
     #[test]

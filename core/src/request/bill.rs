@@ -91,8 +91,9 @@ impl Request {
             (_, Some(done)) if done == name => Lease::Answered(now_ms),
             _ => Lease::Ask(now_ms),
         };
-        let key_limit = key.remaining_quota;
-        let account_limit = view.tables.balance(key.account());
+        let now = now_ms.div_euclid(1_000).try_into().unwrap_or(i64::MAX);
+        let key_limit = key.remaining_at(now);
+        let account_limit = view.tables.balance(key.account(), now);
         let key_ledger = key_limit.map(|_| ledger::key_entry(key.id()));
         let account_ledger = account_limit.map(|_| ledger::account_entry(key.account()));
         let limited = [

@@ -219,6 +219,8 @@ fn snapshot() -> SnapshotWire {
         accounts: vec![AccountRecord {
             name: "acme".into(),
             balance: None,
+            period_end: None,
+            period_balance: None,
         }],
         prices: vec![PriceRecord {
             name: "gpt-4o".into(),

@@ -94,8 +94,38 @@ fn is_zero(n: &f64) -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccountRecord {
     pub name: String,
-    /// Credits left; `None` = unlimited.
+    /// Credits its keys may still spend: its balance, or what its spending limit leaves of
+    /// the period if that is less; `None` = unlimited.
     pub balance: Option<i64>,
+    /// An account with a spending limit per period: when the period ends (Unix seconds),
+    /// and what its keys may spend from then on (the lesser of its balance and the limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_end: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_balance: Option<i64>,
+}
+
+/// A limit that starts afresh: from `at` (Unix seconds) on, it is `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reset {
+    pub at: i64,
+    pub to: i64,
+}
+
+impl Reset {
+    /// Reads the pair of fields a record carries it in; both or nothing.
+    pub fn of(at: Option<i64>, to: Option<i64>) -> Option<Reset> {
+        Some(Reset { at: at?, to: to? })
+    }
+
+    /// `limit` at `now`: `to` once the period has ended (the snapshot has not caught up
+    /// with the new one yet), else `limit` as the snapshot has it. `None` stays unlimited.
+    pub fn apply(reset: Option<Reset>, limit: Option<i64>, now: i64) -> Option<i64> {
+        match reset {
+            Some(reset) if now >= reset.at && limit.is_some() => Some(reset.to),
+            _ => limit,
+        }
+    }
 }
 
 /// A group as the filter needs it.
@@ -138,9 +168,16 @@ pub struct KeyRecord {
     /// Models this key may use, within its group's; empty = every model the group allows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
-    /// Credits the key may still spend (`quota - used_quota`); `None` = unlimited.
+    /// Credits the key may still spend (`quota - used_quota`) in its budget period;
+    /// `None` = unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining_quota: Option<i64>,
+    /// A key whose quota starts afresh each period: when the current period ends (Unix
+    /// seconds) and its quota per period, which it may spend from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_end: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_quota: Option<i64>,
     /// The key's own rate limits (its group's may be stricter); `None` = no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpm: Option<u64>,
@@ -168,6 +205,8 @@ impl KeyRecord {
             ip_allowlist: vec![],
             models: vec![],
             remaining_quota: None,
+            period_end: None,
+            period_quota: None,
             rpm: None,
             tpm: None,
             max_parallel: None,
@@ -354,6 +393,8 @@ enum Field {
     IpAllowlist,
     Models,
     RemainingQuota,
+    PeriodEnd,
+    PeriodQuota,
     Rpm,
     Tpm,
     MaxParallel,
@@ -380,6 +421,8 @@ impl<'de> Deserialize<'de> for Field {
                     "ip_allowlist" => Field::IpAllowlist,
                     "models" => Field::Models,
                     "remaining_quota" => Field::RemainingQuota,
+                    "period_end" => Field::PeriodEnd,
+                    "period_quota" => Field::PeriodQuota,
                     "rpm" => Field::Rpm,
                     "tpm" => Field::Tpm,
                     "max_parallel" => Field::MaxParallel,
@@ -411,6 +454,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
         let (mut expires_at, mut ip_allowlist, mut models, mut remaining_quota) =
             (None, None, None, None);
         let (mut rpm, mut tpm, mut max_parallel) = (None, None, None);
+        let (mut period_end, mut period_quota) = (None, None);
         let mut readable = true;
         while let Some(field) = map.next_key::<Field>()? {
             // Reads the field's value into its slot; a bad or repeated value spoils the
@@ -433,6 +477,8 @@ impl<'de> Visitor<'de> for RecordVisitor {
                 Field::IpAllowlist => read!(ip_allowlist, ValidStrings),
                 Field::Models => read!(models, ValidStrings),
                 Field::RemainingQuota => read!(remaining_quota, ValidOption<i64>),
+                Field::PeriodEnd => read!(period_end, ValidOption<i64>),
+                Field::PeriodQuota => read!(period_quota, ValidOption<i64>),
                 Field::Rpm => read!(rpm, ValidOption<u64>),
                 Field::Tpm => read!(tpm, ValidOption<u64>),
                 Field::MaxParallel => read!(max_parallel, ValidOption<u64>),
@@ -456,6 +502,8 @@ impl<'de> Visitor<'de> for RecordVisitor {
             ip_allowlist: ip_allowlist.unwrap_or_default(),
             models: models.unwrap_or_default(),
             remaining_quota: remaining_quota.flatten(),
+            period_end: period_end.flatten(),
+            period_quota: period_quota.flatten(),
             rpm: rpm.flatten(),
             tpm: tpm.flatten(),
             max_parallel: max_parallel.flatten(),
@@ -570,7 +618,7 @@ pub struct Tables {
     /// Whether the snapshot carried groups at all; if it did, an unknown group allows no
     /// model (fail closed), if not, groups restrict nothing.
     groups_known: bool,
-    accounts: HashMap<String, Option<i64>>,
+    accounts: HashMap<String, (Option<i64>, Option<Reset>)>,
     /// Likewise for accounts: an unknown account has nothing to spend.
     accounts_known: bool,
     ratios: HashMap<String, f64>,
@@ -620,7 +668,10 @@ impl Tables {
             accounts: wire
                 .accounts
                 .into_iter()
-                .map(|a| (a.name, a.balance))
+                .map(|a| {
+                    let reset = Reset::of(a.period_end, a.period_balance);
+                    (a.name, (a.balance, reset))
+                })
                 .collect(),
         }
     }
@@ -641,18 +692,19 @@ impl Tables {
             && (!self.accounts_known || self.accounts.contains_key(account))
     }
 
-    /// Whether an account has credits to spend.
-    pub fn account_has_credit(&self, account: &str) -> bool {
+    /// Whether an account has credits to spend at `now` (Unix seconds).
+    pub fn account_has_credit(&self, account: &str, now: i64) -> bool {
         match self.accounts.get(account) {
-            Some(balance) => balance.is_none_or(|b| b > 0),
+            Some(_) => self.balance(account, now).is_none_or(|b| b > 0),
             None => !self.accounts_known,
         }
     }
 
-    /// An account's balance; `None` = unlimited (or no accounts sent).
-    pub fn balance(&self, account: &str) -> Option<i64> {
+    /// What an account's keys may spend at `now` (Unix seconds); `None` = unlimited (or
+    /// no accounts sent).
+    pub fn balance(&self, account: &str, now: i64) -> Option<i64> {
         match self.accounts.get(account) {
-            Some(balance) => *balance,
+            Some((balance, reset)) => Reset::apply(*reset, *balance, now),
             None if self.accounts_known => Some(0),
             None => None,
         }
@@ -702,6 +754,8 @@ mod tests {
         let account = |name: &str, balance| AccountRecord {
             name: name.into(),
             balance,
+            period_end: None,
+            period_balance: None,
         };
         let tables = Tables::new(TablesWire {
             groups: vec![],
@@ -721,14 +775,14 @@ mod tests {
             ("vanished", false),
         ];
         for (name, has) in expected {
-            assert_eq!(tables.account_has_credit(name), has, "account {name}");
+            assert_eq!(tables.account_has_credit(name, 0), has, "account {name}");
         }
-        assert!(Tables::default().account_has_credit("anyone"));
-        assert_eq!(tables.balance("some"), Some(5));
-        assert_eq!(tables.balance("vanished"), Some(0));
+        assert!(Tables::default().account_has_credit("anyone", 0));
+        assert_eq!(tables.balance("some", 0), Some(5));
+        assert_eq!(tables.balance("vanished", 0), Some(0));
         assert!(tables.knows("any group: none were sent", "some"));
         assert!(!tables.knows("any group: none were sent", "vanished"));
-        assert_eq!(Tables::default().balance("anyone"), None);
+        assert_eq!(Tables::default().balance("anyone", 0), None);
     }
 
     #[test]
@@ -857,6 +911,8 @@ mod record_tests {
             ip_allowlist: vec!["10.0.0.0/8".into()],
             models: vec!["a".into(), "b".into()],
             remaining_quota: Some(i64::MIN),
+            period_end: Some(i64::MAX),
+            period_quota: Some(0),
             rpm: Some(u64::MAX),
             tpm: Some(0),
             max_parallel: Some(2),
@@ -902,6 +958,8 @@ mod record_properties {
         "ip_allowlist",
         "models",
         "remaining_quota",
+        "period_end",
+        "period_quota",
         "rpm",
         "tpm",
         "max_parallel",

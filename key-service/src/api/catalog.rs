@@ -7,10 +7,11 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use crate::budget::Period;
 use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
-use crate::store::{AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
+use crate::store::{AccountEdit, AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
 use crate::validate::{check_models, limit, nullable};
 use crate::AppState;
 
@@ -340,6 +341,12 @@ pub struct CreateAccount {
     /// Credits; absent or `null` = unlimited.
     #[serde(default)]
     pub balance: Option<i64>,
+    /// Credits the account's keys may spend per period; absent or `null` = no such limit.
+    #[serde(default)]
+    pub spend_limit: Option<i64>,
+    /// `total` (the default), `day`, `week`, `month` or a span such as `72h`.
+    #[serde(default)]
+    pub quota_period: Option<String>,
 }
 
 /// Body of `PATCH /api/v1/accounts/{name}`.
@@ -349,6 +356,30 @@ pub struct UpdateAccount {
     /// The new balance; `null` = unlimited.
     #[serde(default, deserialize_with = "nullable")]
     pub balance: Option<Option<i64>>,
+    /// The new spending limit per period; `null` = none.
+    #[serde(default, deserialize_with = "nullable")]
+    pub spend_limit: Option<Option<i64>>,
+    /// A new period; a different one than the account has starts one now, with nothing
+    /// spent.
+    #[serde(default)]
+    pub quota_period: Option<String>,
+}
+
+impl UpdateAccount {
+    fn validate(self) -> Result<AccountEdit, ApiError> {
+        let edit = AccountEdit {
+            balance: self.balance,
+            spend_limit: self.spend_limit.map(check_spend_limit).transpose()?,
+            quota_period: check_period(self.quota_period)?,
+        };
+        if edit == AccountEdit::default() {
+            return Err(ApiError::invalid(
+                "balance",
+                "give balance, spend_limit or quota_period (null balance = unlimited)",
+            ));
+        }
+        Ok(edit)
+    }
 }
 
 /// `GET /api/v1/accounts`
@@ -364,7 +395,7 @@ pub struct UpdateAccount {
 )]
 pub async fn list_accounts(State(state): State<AppState>) -> Result<Json<Accounts>, ApiError> {
     Ok(Json(Accounts {
-        accounts: state.store.list_accounts().await?,
+        accounts: state.store.list_accounts(expiry::now()).await?,
     }))
 }
 
@@ -387,9 +418,17 @@ pub async fn create_account(
     ApiJson(body): ApiJson<CreateAccount>,
 ) -> Result<(StatusCode, Json<AccountRow>), ApiError> {
     check_name("name", &body.name)?;
+    let now = expiry::now();
+    // Checked before anything is stored; a new account has no keys yet, so its budget
+    // can follow in a second write.
+    let budget = AccountEdit {
+        balance: None,
+        spend_limit: check_spend_limit(body.spend_limit)?.map(Some),
+        quota_period: check_period(body.quota_period)?,
+    };
     match state
         .store
-        .create_account(&body.name, body.balance, expiry::now())
+        .create_account(&body.name, body.balance, now)
         .await
     {
         Ok(()) => {}
@@ -401,17 +440,43 @@ pub async fn create_account(
         }
         Err(e) => return Err(e.into()),
     }
+    if budget != AccountEdit::default() {
+        state.store.update_account(&body.name, &budget, now).await?;
+    }
     tracing::info!(account = %body.name, "account created");
     Ok((
         StatusCode::CREATED,
-        Json(AccountRow {
-            name: body.name,
-            balance: body.balance,
-        }),
+        Json(read_account(&state, &body.name, now).await?),
     ))
 }
 
-/// `PATCH /api/v1/accounts/{name}`: sets the balance.
+async fn read_account(state: &AppState, name: &str, now: i64) -> Result<AccountRow, ApiError> {
+    state
+        .store
+        .get_account(name, now)
+        .await?
+        .ok_or_else(|| no_such("account", name))
+}
+
+fn check_spend_limit(limit: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match limit {
+        Some(limit) if limit < 0 => Err(ApiError::invalid(
+            "spend_limit",
+            format!("spend_limit must be 0 or more, got {limit}"),
+        )),
+        _ => Ok(limit),
+    }
+}
+
+fn check_period(period: Option<String>) -> Result<Option<Period>, ApiError> {
+    period
+        .map(|p| p.parse::<Period>())
+        .transpose()
+        .map_err(|e| ApiError::invalid("quota_period", e.to_string()))
+}
+
+/// `PATCH /api/v1/accounts/{name}`: sets the balance, the spending limit per period or
+/// the period.
 #[utoipa::path(
     patch,
     path = "/api/v1/accounts/{name}",
@@ -431,21 +496,13 @@ pub async fn update_account(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<UpdateAccount>,
 ) -> Result<Json<AccountRow>, ApiError> {
-    let Some(balance) = body.balance else {
-        return Err(ApiError::invalid(
-            "balance",
-            "balance is required (null = unlimited)",
-        ));
-    };
-    if !state
-        .store
-        .set_balance(&name, balance, expiry::now())
-        .await?
-    {
+    let edit = body.validate()?;
+    let now = expiry::now();
+    if !state.store.update_account(&name, &edit, now).await? {
         return Err(no_such("account", &name));
     }
-    tracing::info!(account = %name, "account balance set");
-    Ok(Json(AccountRow { name, balance }))
+    tracing::info!(account = %name, "account changed");
+    Ok(Json(read_account(&state, &name, now).await?))
 }
 
 #[cfg(test)]

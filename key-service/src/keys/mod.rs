@@ -60,6 +60,7 @@ pub async fn create(store: &Store, request: CreateKey, now: i64) -> Result<Vec<K
             rpm: spec.rpm,
             tpm: spec.tpm,
             max_parallel: spec.max_parallel,
+            quota_period: spec.quota_period,
         });
         secrets.push(secret);
     }

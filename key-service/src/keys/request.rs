@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::budget::{Period, PeriodError};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::store::KeyEdit;
@@ -50,6 +51,11 @@ pub struct CreateKey {
     /// Requests in flight at once; likewise.
     #[serde(default)]
     pub max_parallel: Option<i64>,
+    /// How often the quota starts afresh: `"total"` (never; the default), `"day"`,
+    /// `"week"`, `"month"` (calendar, in the service's budget time zone) or a span such as
+    /// `"72h"` or `"30d"` from the key's creation.
+    #[serde(default)]
+    pub quota_period: Option<String>,
 }
 
 /// A create request with defaults filled in and every field checked.
@@ -69,6 +75,7 @@ pub struct KeySpec {
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
     pub max_parallel: Option<i64>,
+    pub quota_period: Period,
 }
 
 impl CreateKey {
@@ -107,8 +114,16 @@ impl CreateKey {
             rpm: limit("rpm", self.rpm)?,
             tpm: limit("tpm", self.tpm)?,
             max_parallel: limit("max_parallel", self.max_parallel)?,
+            quota_period: check_period(self.quota_period)?.unwrap_or(Period::Total),
         })
     }
+}
+
+/// A budget period as given (`None`: not given).
+fn check_period(text: Option<String>) -> Result<Option<Period>, ApiError> {
+    text.map(|t| t.parse())
+        .transpose()
+        .map_err(|e: PeriodError| ApiError::invalid("quota_period", e.to_string()))
 }
 
 /// The expiry asked for by `expires_at` (RFC 3339) or `expires_in` (`"1h"`, `"never"`):
@@ -176,6 +191,10 @@ pub struct UpdateKey {
     /// Likewise for requests in flight at once.
     #[serde(default, deserialize_with = "nullable")]
     pub max_parallel: Option<Option<i64>>,
+    /// A new budget period (see create); a different one than the key has starts a
+    /// period now, with nothing used.
+    #[serde(default)]
+    pub quota_period: Option<String>,
 }
 
 impl UpdateKey {
@@ -200,6 +219,7 @@ impl UpdateKey {
                 .max_parallel
                 .map(|v| limit("max_parallel", v))
                 .transpose()?,
+            quota_period: check_period(self.quota_period)?,
         })
     }
 }
@@ -339,6 +359,7 @@ mod tests {
                 rpm: None,
                 tpm: None,
                 max_parallel: None,
+                quota_period: crate::budget::Period::Total,
             }
         );
     }

@@ -20,9 +20,18 @@ pub struct KeyView {
     pub enabled: bool,
     pub expires_at: Option<String>,
     pub unlimited_quota: bool,
+    /// Credits the key may spend per period (`quota_period`).
     pub quota: i64,
+    /// Credits spent in the current period.
     pub used_quota: i64,
     pub remaining_quota: Option<i64>,
+    /// How often the quota starts afresh: `total` (never), `day`, `week`, `month` or a
+    /// span such as `72h`.
+    pub quota_period: String,
+    /// When the current period began and when the quota next starts afresh; `null` for
+    /// `total`.
+    pub period_start: Option<String>,
+    pub resets_at: Option<String>,
     pub models: Vec<String>,
     pub ip_allowlist: Vec<String>,
     /// The key's own rate limits; `null` = none of its own (its group's may apply).
@@ -45,6 +54,9 @@ impl KeyView {
             created_at: time(row.created_at)?,
             updated_at: time(row.updated_at)?,
             last_used_at: row.last_used_at.map(time).transpose()?,
+            quota_period: row.quota_period.to_string(),
+            period_start: row.period.map(|w| time(w.start)).transpose()?,
+            resets_at: row.period.map(|w| time(w.end)).transpose()?,
             remaining_quota: (!row.unlimited_quota)
                 .then(|| row.quota.saturating_sub(row.used_quota).max(0)),
             id: row.id,

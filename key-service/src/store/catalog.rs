@@ -2,7 +2,7 @@
 //! change to them writes a change-log row (with an empty `key_id`) in the same transaction:
 //! the snapshot version moves and filters pick up the new tables with their next delta.
 
-use super::keys::parse_list;
+use super::keys::{parse_list, period_of, window_of};
 use super::{with_pool, BeginWrite, Get, Store, StoreError};
 use serde::Serialize;
 
@@ -46,6 +46,28 @@ pub struct AccountRow {
     pub name: String,
     /// Credits left; `None` = unlimited.
     pub balance: Option<i64>,
+    /// Credits the account's keys may spend per period, whatever the balance; `None` =
+    /// no such limit.
+    pub spend_limit: Option<i64>,
+    /// How often `period_used` starts afresh: `total`, `day`, `week`, `month` or a span
+    /// such as `72h`.
+    pub quota_period: String,
+    /// Credits spent in the current period.
+    pub period_used: i64,
+    /// When the current period began and when it starts afresh (RFC 3339); `null` for
+    /// `total`.
+    pub period_start: Option<String>,
+    pub resets_at: Option<String>,
+}
+
+/// A checked change to an account: `None` leaves a field as it is; `Some(None)` takes the
+/// balance or the spending limit away (unlimited).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccountEdit {
+    pub balance: Option<Option<i64>>,
+    pub spend_limit: Option<Option<i64>>,
+    /// A different period than the account has starts one now, with nothing spent.
+    pub quota_period: Option<crate::budget::Period>,
 }
 
 /// What a delete did.
@@ -94,11 +116,34 @@ fn price_row(row: &impl Get) -> Result<ModelPrice, StoreError> {
     })
 }
 
-fn account_row(row: &impl Get) -> Result<AccountRow, StoreError> {
-    Ok(AccountRow {
-        name: row.text("name")?,
-        balance: row.opt_int("balance")?,
-    })
+/// The columns `account_row` reads, with `$1` = now: a period that has ended shows as
+/// having nothing spent, rolled over or not yet.
+macro_rules! account_columns {
+    () => {
+        "SELECT name, balance, spend_limit, quota_period, period_start, period_end, \
+         CASE WHEN period_end <= $1 THEN 0 ELSE period_used END AS period_used FROM accounts"
+    };
+}
+
+impl Store {
+    fn account_row(&self, row: &impl Get, now: i64) -> Result<AccountRow, StoreError> {
+        let name = row.text("name")?;
+        let period = period_of(&name, row.text("quota_period")?)?;
+        let window = window_of(row)?.map(|old| match old.end <= now {
+            true => self.window(period, old.start, now).unwrap_or(old),
+            false => old,
+        });
+        let time = |unix: i64| crate::expiry::to_rfc3339(unix);
+        Ok(AccountRow {
+            balance: row.opt_int("balance")?,
+            spend_limit: row.opt_int("spend_limit")?,
+            quota_period: period.to_string(),
+            period_used: row.int("period_used")?,
+            period_start: window.and_then(|w| time(w.start)),
+            resets_at: window.and_then(|w| time(w.end)),
+            name,
+        })
+    }
 }
 
 /// Records that the snapshot's tables changed (`$1` = what changed, `$2` = when).
@@ -265,22 +310,30 @@ impl Store {
         })
     }
 
-    pub async fn list_accounts(&self) -> Result<Vec<AccountRow>, StoreError> {
+    pub async fn list_accounts(&self, now: i64) -> Result<Vec<AccountRow>, StoreError> {
         with_pool!(self, |pool| {
-            let rows = sqlx::query("SELECT name, balance FROM accounts ORDER BY name")
+            let rows = sqlx::query(concat!(account_columns!(), " ORDER BY name"))
+                .bind(now)
                 .fetch_all(pool)
                 .await?;
-            rows.iter().map(account_row).collect()
+            rows.iter().map(|row| self.account_row(row, now)).collect()
         })
     }
 
-    pub async fn get_account(&self, name: &str) -> Result<Option<AccountRow>, StoreError> {
+    pub async fn get_account(
+        &self,
+        name: &str,
+        now: i64,
+    ) -> Result<Option<AccountRow>, StoreError> {
         with_pool!(self, |pool| {
-            let row = sqlx::query("SELECT name, balance FROM accounts WHERE name = $1")
+            let row = sqlx::query(concat!(account_columns!(), " WHERE name = $2"))
+                .bind(now)
                 .bind(name)
                 .fetch_optional(pool)
                 .await?;
-            row.as_ref().map(account_row).transpose()
+            row.as_ref()
+                .map(|row| self.account_row(row, now))
+                .transpose()
         })
     }
 
@@ -316,14 +369,43 @@ impl Store {
         balance: Option<i64>,
         now: i64,
     ) -> Result<bool, StoreError> {
+        let edit = AccountEdit {
+            balance: Some(balance),
+            ..AccountEdit::default()
+        };
+        self.update_account(name, &edit, now).await
+    }
+
+    /// Changes an account; `false` when there is no such account.
+    pub async fn update_account(
+        &self,
+        name: &str,
+        edit: &AccountEdit,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let window = edit.quota_period.and_then(|p| self.window(p, now, now));
         with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
-            let updated = sqlx::query("UPDATE accounts SET balance = $2 WHERE name = $1")
-                .bind(name)
-                .bind(balance)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            let updated = sqlx::query(
+                "UPDATE accounts SET balance = CASE WHEN $2 THEN $3 ELSE balance END, \
+                     spend_limit = CASE WHEN $4 THEN $5 ELSE spend_limit END, \
+                     period_used = CASE WHEN $6 <> quota_period THEN 0 ELSE period_used END, \
+                     period_start = CASE WHEN $6 <> quota_period THEN $7 ELSE period_start END, \
+                     period_end = CASE WHEN $6 <> quota_period THEN $8 ELSE period_end END, \
+                     quota_period = COALESCE($6, quota_period) \
+                 WHERE name = $1",
+            )
+            .bind(name)
+            .bind(edit.balance.is_some())
+            .bind(edit.balance.flatten())
+            .bind(edit.spend_limit.is_some())
+            .bind(edit.spend_limit.flatten())
+            .bind(edit.quota_period.map(|p| p.to_string()))
+            .bind(window.map(|w| w.start))
+            .bind(window.map(|w| w.end))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
             if updated == 0 {
                 tx.rollback().await?;
                 return Ok(false);
@@ -381,7 +463,7 @@ mod tests {
             ["gpt-4o"]
         );
         assert_eq!(
-            store.get_account("team").await.unwrap().unwrap().balance,
+            store.get_account("team", 0).await.unwrap().unwrap().balance,
             Some(0)
         );
     }
@@ -405,6 +487,7 @@ mod tests {
             rpm: None,
             tpm: None,
             max_parallel: None,
+            quota_period: crate::budget::Period::Total,
         };
         store.insert_keys(&[key], 1).await.unwrap();
         assert_eq!(store.delete_group("used", 2).await.unwrap(), Removed::InUse);

@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::{with_pool, BeginWrite, Get, Store, StoreError};
+use crate::budget::{Period, Window};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -70,6 +71,8 @@ pub struct NewKey {
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
     pub max_parallel: Option<i64>,
+    /// How often the quota starts afresh (`Total`: never).
+    pub quota_period: Period,
 }
 
 /// A checked edit of a key: `None` leaves a field as it is. `expires_at` is
@@ -88,6 +91,9 @@ pub struct KeyEdit {
     pub rpm: Option<Option<i64>>,
     pub tpm: Option<Option<i64>>,
     pub max_parallel: Option<Option<i64>>,
+    /// A new budget period: a different one than the key has starts a period now, with
+    /// nothing used.
+    pub quota_period: Option<Period>,
 }
 
 /// A stored key as the management API shows it (never with its secret or hash).
@@ -112,6 +118,10 @@ pub struct KeyRow {
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
     pub max_parallel: Option<i64>,
+    /// How often `used_quota` starts afresh, and the current period (`None` for `total`):
+    /// `used_quota` is what it has used.
+    pub quota_period: Period,
+    pub period: Option<Window>,
     pub created_at: i64,
     pub updated_at: i64,
     pub last_used_at: Option<i64>,
@@ -132,14 +142,18 @@ pub struct KeyFilter {
 macro_rules! key_view {
     () => {
         "SELECT k.id, k.name, k.masked_key, k.account, k.group_name, k.enabled, \
-                k.expires_at, k.unlimited_quota, k.quota, k.used_quota, k.models, \
+                k.expires_at, k.unlimited_quota, k.quota, k.models, \
                 k.ip_allowlist, k.rpm, k.tpm, k.max_parallel, k.created_at, k.updated_at, \
-                k.last_used_at, \
+                k.last_used_at, k.quota_period, k.period_start, k.period_end, \
+                CASE WHEN k.period_end <= $1 THEN 0 ELSE k.used_quota END AS used_quota, \
                 CASE \
                     WHEN NOT k.enabled THEN 'disabled' \
                     WHEN k.expires_at IS NOT NULL AND k.expires_at <= $1 THEN 'expired' \
-                    WHEN (NOT k.unlimited_quota AND k.used_quota >= k.quota) \
-                        OR (a.balance IS NOT NULL AND a.balance <= 0) THEN 'exhausted' \
+                    WHEN (NOT k.unlimited_quota AND k.used_quota >= k.quota \
+                          AND (k.period_end IS NULL OR k.period_end > $1)) \
+                        OR (a.balance IS NOT NULL AND a.balance <= 0) \
+                        OR (a.spend_limit IS NOT NULL AND a.period_used >= a.spend_limit \
+                            AND (a.period_end IS NULL OR a.period_end > $1)) THEN 'exhausted' \
                     ELSE 'active' \
                 END AS status \
          FROM keys k JOIN accounts a ON a.name = k.account"
@@ -195,13 +209,14 @@ impl Store {
         with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             for key in keys {
+                let window = self.window(key.quota_period, now, now);
                 sqlx::query(
                     "INSERT INTO keys (id, name, key_hash, masked_key, account, group_name, \
                          enabled, expires_at, unlimited_quota, quota, used_quota, models, \
                          ip_allowlist, created_at, updated_at, last_used_at, rpm, tpm, \
-                         max_parallel) \
+                         max_parallel, quota_period, period_start, period_end) \
                      VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9, 0, $10, $11, $12, $12, \
-                         NULL, $13, $14, $15)",
+                         NULL, $13, $14, $15, $16, $17, $18)",
                 )
                 .bind(&key.id)
                 .bind(&key.name)
@@ -218,6 +233,9 @@ impl Store {
                 .bind(key.rpm)
                 .bind(key.tpm)
                 .bind(key.max_parallel)
+                .bind(key.quota_period.to_string())
+                .bind(window.map(|w| w.start))
+                .bind(window.map(|w| w.end))
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(RECORD_CHANGE)
@@ -241,7 +259,7 @@ impl Store {
                 .fetch_optional(pool)
                 .await?
                 .as_ref()
-                .map(key_row)
+                .map(|row| Ok(self.as_of(key_row(row)?, now)))
                 .transpose()
         })
     }
@@ -275,7 +293,10 @@ impl Store {
                 .bind(i64::try_from(offset).unwrap_or(i64::MAX))
                 .fetch_all(pool)
                 .await?;
-            let keys = rows.iter().map(key_row).collect::<Result<_, _>>()?;
+            let keys = rows
+                .iter()
+                .map(|row| Ok(self.as_of(key_row(row)?, now)))
+                .collect::<Result<_, StoreError>>()?;
             Ok((keys, u64::try_from(total).unwrap_or(0)))
         })
     }
@@ -380,6 +401,11 @@ impl Store {
                 }
                 Revokes::Nothing | Revokes::OldHash => {}
             }
+            // A new period starts now (a span's windows follow on from now).
+            let new_window = match &change {
+                Change::Edit(edit) => edit.quota_period.and_then(|p| self.window(p, now, now)),
+                _ => None,
+            };
             let statement = match change {
                 // COALESCE keeps a column whose new value was not given; `expires_at` and
                 // the rate limits have their own flags since NULL (never expires, no
@@ -395,7 +421,12 @@ impl Store {
                          enabled = COALESCE($10, enabled), updated_at = $11, \
                          rpm = CASE WHEN $12 THEN $13 ELSE rpm END, \
                          tpm = CASE WHEN $14 THEN $15 ELSE tpm END, \
-                         max_parallel = CASE WHEN $16 THEN $17 ELSE max_parallel END \
+                         max_parallel = CASE WHEN $16 THEN $17 ELSE max_parallel END, \
+                         used_quota = CASE WHEN $18 <> quota_period THEN 0 ELSE used_quota END, \
+                         period_start = CASE WHEN $18 <> quota_period THEN $19 \
+                             ELSE period_start END, \
+                         period_end = CASE WHEN $18 <> quota_period THEN $20 ELSE period_end END, \
+                         quota_period = COALESCE($18, quota_period) \
                      WHERE id = $1",
                 )
                 .bind(id)
@@ -414,7 +445,10 @@ impl Store {
                 .bind(edit.tpm.is_some())
                 .bind(edit.tpm.flatten())
                 .bind(edit.max_parallel.is_some())
-                .bind(edit.max_parallel.flatten()),
+                .bind(edit.max_parallel.flatten())
+                .bind(edit.quota_period.map(|p| p.to_string()))
+                .bind(new_window.map(|w| w.start))
+                .bind(new_window.map(|w| w.end)),
                 Change::Rotate {
                     key_hash,
                     masked_key,
@@ -439,6 +473,15 @@ impl Store {
 }
 
 impl Store {
+    /// The row as it stands at `now`: a period that has ended is shown as the one holding
+    /// `now` (the SQL already counts nothing used in it), rolled over or not yet.
+    fn as_of(&self, mut row: KeyRow, now: i64) -> KeyRow {
+        if let Some(old) = row.period.filter(|w| w.end <= now) {
+            row.period = self.window(row.quota_period, old.start, now).or(Some(old));
+        }
+        row
+    }
+
     /// How many keys have each status (the contract's definition) at `now`.
     pub async fn count_keys_by_status(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
         with_pool!(self, |pool| {
@@ -495,11 +538,30 @@ fn key_row(row: &impl Get) -> Result<KeyRow, StoreError> {
         rpm: row.opt_int("rpm")?,
         tpm: row.opt_int("tpm")?,
         max_parallel: row.opt_int("max_parallel")?,
+        quota_period: period_of(&id, row.text("quota_period")?)?,
+        period: window_of(row)?,
         created_at: row.int("created_at")?,
         updated_at: row.int("updated_at")?,
         last_used_at: row.opt_int("last_used_at")?,
         id,
     })
+}
+
+/// A stored period, read back.
+pub(super) fn period_of(id: &str, text: String) -> Result<Period, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt {
+        id: id.to_owned(),
+        column: "quota_period",
+        detail: text,
+    })
+}
+
+/// The stored period window of a row (`period_start`, `period_end`), if it has one.
+pub(super) fn window_of(row: &impl Get) -> Result<Option<Window>, StoreError> {
+    Ok(row
+        .opt_int("period_start")?
+        .zip(row.opt_int("period_end")?)
+        .map(|(start, end)| Window { start, end }))
 }
 
 fn json_list(items: &[String]) -> String {
@@ -566,6 +628,7 @@ pub(super) mod tests {
             rpm: None,
             tpm: None,
             max_parallel: None,
+            quota_period: Period::Total,
         }
     }
 

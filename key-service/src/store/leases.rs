@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sqlx::QueryBuilder;
 
+use super::periods::account_left;
 use super::{with_pool, BeginWrite, Get, Store, StoreError};
 
 /// Subjects per statement when many are read or written at once: well within both
@@ -155,6 +156,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<Vec<LeaseGrant>, StoreError> {
         let ttl_ms = ttl_ms.max(0);
+        let now = now_ms.div_euclid(1_000);
         let expires_at = now_ms.saturating_add(ttl_ms);
         let drop_at = now_ms.saturating_add(ttl_ms.saturating_mul(2));
         let (mut keys, mut accounts) = (BTreeSet::new(), BTreeSet::new());
@@ -187,7 +189,8 @@ impl Store {
             let mut left: HashMap<String, Option<i64>> = HashMap::new();
             for chunk in keys.chunks(CHUNK) {
                 let mut q = QueryBuilder::new(
-                    "SELECT id, unlimited_quota, quota, used_quota FROM keys WHERE id IN (",
+                    "SELECT id, unlimited_quota, quota, used_quota, period_end FROM keys \
+                     WHERE id IN (",
                 );
                 let mut list = q.separated(", ");
                 for id in chunk {
@@ -195,11 +198,14 @@ impl Store {
                 }
                 q.push(")");
                 for row in q.build().fetch_all(&mut *tx).await? {
-                    // As the snapshot's `remaining_quota`.
+                    // As the snapshot's `remaining_quota`; a period that has ended (not
+                    // rolled over yet) has nothing used.
                     let limit = if row.flag("unlimited_quota")? {
                         None
                     } else {
-                        Some(row.int("quota")?.saturating_sub(row.int("used_quota")?))
+                        let ended = row.opt_int("period_end")?.is_some_and(|end| end <= now);
+                        let used = if ended { 0 } else { row.int("used_quota")? };
+                        Some(row.int("quota")?.saturating_sub(used))
                     };
                     left.insert(format!("k:{}", row.text("id")?), limit);
                 }
@@ -231,14 +237,23 @@ impl Store {
                 }
             }
             for chunk in accounts.chunks(CHUNK) {
-                let mut q = QueryBuilder::new("SELECT name, balance FROM accounts WHERE name IN (");
+                let mut q = QueryBuilder::new(
+                    "SELECT name, balance, spend_limit, period_used, period_end FROM accounts \
+                     WHERE name IN (",
+                );
                 let mut list = q.separated(", ");
                 for name in chunk {
                     list.push_bind(name.clone());
                 }
                 q.push(")");
                 for row in q.build().fetch_all(&mut *tx).await? {
-                    left.insert(format!("a:{}", row.text("name")?), row.opt_int("balance")?);
+                    let ended = row.opt_int("period_end")?.is_some_and(|end| end <= now);
+                    let left_now = account_left(
+                        row.opt_int("balance")?,
+                        row.opt_int("spend_limit")?,
+                        if ended { 0 } else { row.int("period_used")? },
+                    );
+                    left.insert(format!("a:{}", row.text("name")?), left_now);
                 }
             }
             // Per subject: what the other holders hold (added up here: SQLite's SUM
@@ -367,7 +382,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
 
     use proptest::prelude::*;
@@ -376,9 +391,9 @@ mod tests {
     use crate::pricing::Tokens;
     use crate::store::{NewKey, NewPrice, UsageRecord};
 
-    const TTL: i64 = 30_000;
+    pub(in crate::store) const TTL: i64 = 30_000;
 
-    fn ask(subject: &str, spent: u64, need: u64, want: u64) -> LeaseAsk {
+    pub(in crate::store) fn ask(subject: &str, spent: u64, need: u64, want: u64) -> LeaseAsk {
         LeaseAsk {
             subject: subject.into(),
             spent,
@@ -387,7 +402,7 @@ mod tests {
         }
     }
 
-    fn key(id: &str, account: &str, quota: Option<i64>) -> NewKey {
+    pub(in crate::store) fn key(id: &str, account: &str, quota: Option<i64>) -> NewKey {
         NewKey {
             id: id.into(),
             name: id.into(),
@@ -403,13 +418,14 @@ mod tests {
             rpm: None,
             tpm: None,
             max_parallel: None,
+            quota_period: crate::budget::Period::Total,
         }
     }
 
     /// A store with the key `k1` (quota 1,000) in the account `team` (balance 600), the
     /// unlimited key `free` in `default` (no balance), and the model `m` at one credit per
     /// input token.
-    async fn store() -> (tempfile::TempDir, Store) {
+    pub(in crate::store) async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_for_test(dir.path()).await.unwrap();
         store.create_account("team", Some(600), 0).await.unwrap();
@@ -423,19 +439,19 @@ mod tests {
         (dir, store)
     }
 
-    async fn sql(store: &Store, sql: &'static str) {
+    pub(in crate::store) async fn sql(store: &Store, sql: &'static str) {
         with_pool!(store, |pool| {
             sqlx::query(sql).execute(pool).await.unwrap();
         });
     }
 
-    async fn one(store: &Store, holder: &str, a: LeaseAsk, now_ms: i64) -> LeaseGrant {
+    pub(in crate::store) async fn one(store: &Store, holder: &str, a: LeaseAsk, now_ms: i64) -> LeaseGrant {
         let mut grants = store.grant_leases(holder, &[a], TTL, now_ms).await.unwrap();
         assert_eq!(grants.len(), 1);
         grants.remove(0)
     }
 
-    fn record(request_id: &str, key_id: &str, cost: u64) -> UsageRecord {
+    pub(in crate::store) fn record(request_id: &str, key_id: &str, cost: u64) -> UsageRecord {
         UsageRecord {
             request_id: request_id.into(),
             key_id: key_id.into(),

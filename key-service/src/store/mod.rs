@@ -11,6 +11,7 @@ mod catalog;
 mod database;
 mod keys;
 mod leases;
+mod periods;
 mod snapshot;
 mod usage;
 
@@ -27,10 +28,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Postgres, Row, SqlSafeStr, Sqlite, Transaction};
 
-pub use catalog::{AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
+pub use catalog::{AccountEdit, AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
 pub use database::{Database, DatabaseUrlError};
 pub use keys::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey};
 pub use leases::{LeaseAsk, LeaseGrant, LeaseRow};
+pub use periods::ROLL_BATCH;
 pub use snapshot::{SnapshotBody, SnapshotPage};
 use snapshot::{POSTGRES, SQLITE};
 pub use usage::{Ingested, UsageFilter, UsageRecord, UsageRow};
@@ -111,6 +113,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0012_leases.sql"),
         include_str!("../../migrations/postgres/0012_leases.sql"),
     ),
+    (
+        13,
+        "budget_periods",
+        include_str!("../../migrations/sqlite/0013_budget_periods.sql"),
+        include_str!("../../migrations/postgres/0013_budget_periods.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +156,8 @@ pub struct Store {
     db: Db,
     /// The last write probe (see `writable`).
     probe: Arc<tokio::sync::Mutex<Option<Probe>>>,
+    /// Where calendar budget periods (day, week, month) begin and end.
+    time_zone: jiff::tz::TimeZone,
 }
 
 /// When a write probe ran, and how it went.
@@ -361,7 +371,24 @@ impl Store {
         Store {
             db,
             probe: Arc::default(),
+            time_zone: jiff::tz::TimeZone::UTC,
         }
+    }
+
+    /// The store with calendar budget periods in `time_zone` (UTC by default).
+    pub fn with_time_zone(mut self, time_zone: jiff::tz::TimeZone) -> Store {
+        self.time_zone = time_zone;
+        self
+    }
+
+    /// The window of `period` holding `now` (a span's windows follow on from `anchor`).
+    pub(crate) fn window(
+        &self,
+        period: crate::budget::Period,
+        anchor: i64,
+        now: i64,
+    ) -> Option<crate::budget::Window> {
+        crate::budget::Window::holding(period, &self.time_zone, anchor, now)
     }
 
     /// Succeeds when the database answers.
@@ -580,7 +607,7 @@ mod tests {
         assert_eq!((a.quota, a.used_quota), (100, i64::MAX));
         let b = store.get_key("b", 0).await.unwrap().unwrap();
         assert_eq!((b.quota, b.used_quota), (0, 0));
-        let owing = store.get_account("owing").await.unwrap().unwrap();
+        let owing = store.get_account("owing", 0).await.unwrap().unwrap();
         assert_eq!(owing.balance, Some(i64::MIN));
         let (rows, _) = store
             .list_usage(&UsageFilter::default(), 10, 0)

@@ -4,6 +4,7 @@
 //! that `keys.rs` writes; with the groups, accounts and prices the filter checks against.
 
 use super::keys::parse_list;
+use super::periods::account_left;
 use super::{with_pool, BeginWrite, Dialect, Get, Store, StoreError};
 use keygate_core::sync::snapshot::{
     AccountRecord, GroupRecord, KeyRecord, PriceRecord, TablesWire,
@@ -33,6 +34,8 @@ macro_rules! sqlite_record {
              || CASE WHEN k.models = '[]' THEN '' ELSE ',\"models\":' || json(k.models) END \
              || CASE WHEN k.unlimited_quota THEN '' \
                 ELSE ',\"remaining_quota\":' || (k.quota - k.used_quota) END \
+             || CASE WHEN k.unlimited_quota OR k.period_end IS NULL THEN '' \
+                ELSE ',\"period_end\":' || k.period_end || ',\"period_quota\":' || k.quota END \
              || CASE WHEN k.rpm IS NULL THEN '' ELSE ',\"rpm\":' || k.rpm END \
              || CASE WHEN k.tpm IS NULL THEN '' ELSE ',\"tpm\":' || k.tpm END \
              || CASE WHEN k.max_parallel IS NULL THEN '' \
@@ -55,6 +58,9 @@ macro_rules! postgres_record {
              'models', CASE WHEN k.models = '[]' THEN NULL ELSE k.models::json END, \
              'remaining_quota', CASE WHEN k.unlimited_quota THEN NULL \
                 ELSE k.quota - k.used_quota END, \
+             'period_end', CASE WHEN k.unlimited_quota THEN NULL ELSE k.period_end END, \
+             'period_quota', CASE WHEN k.unlimited_quota OR k.period_end IS NULL THEN NULL \
+                ELSE k.quota END, \
              'rpm', k.rpm, 'tpm', k.tpm, 'max_parallel', k.max_parallel))::text"
         )
     };
@@ -149,7 +155,8 @@ const GROUP_TABLE: &str = "SELECT name, models, ratio, rpm, tpm FROM groups ORDE
 const PRICE_TABLE: &str =
     "SELECT name, input, output, cached_input, cache_write, per_request FROM model_prices \
      ORDER BY name";
-const ACCOUNT_TABLE: &str = "SELECT name, balance FROM accounts ORDER BY name";
+const ACCOUNT_TABLE: &str = "SELECT name, balance, spend_limit, period_used, period_end \
+     FROM accounts ORDER BY name";
 
 impl Store {
     /// The version of the key data: the last change's sequence number, 0 before any.
@@ -357,9 +364,16 @@ fn tables(
     let accounts = account_rows
         .iter()
         .map(|row| {
+            let (balance, spend_limit) = (row.opt_int("balance")?, row.opt_int("spend_limit")?);
+            // With a spending limit, what the account may spend now and from its next
+            // period on (a period that ended and was not rolled over yet: the filter
+            // moves on to `period_balance` by itself).
+            let period_end = spend_limit.and(row.opt_int("period_end")?);
             Ok(AccountRecord {
                 name: row.text("name")?,
-                balance: row.opt_int("balance")?,
+                balance: account_left(balance, spend_limit, row.int("period_used")?),
+                period_end,
+                period_balance: period_end.and(account_left(balance, spend_limit, 0)),
             })
         })
         .collect::<Result<_, sqlx::Error>>()?;

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
+use super::keys::window_of;
 use super::leases::BILL_LEASE;
+use super::periods::{ROLL_ACCOUNT, ROLL_KEY};
 use super::{with_pool, BeginWrite, Get, Store, StoreError};
 use crate::pricing::{self, Price, Tokens};
 
@@ -150,7 +152,12 @@ impl Store {
         with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             // Looked up once per batch: a batch holds few keys and models, many records.
-            let mut keys: HashMap<String, Option<(String, String, f64)>> = HashMap::new();
+            // Each key and account comes with the start of its budget period (rolled over
+            // first if it has ended).
+            let mut keys: HashMap<String, Option<(String, String, f64, Option<i64>)>> =
+                HashMap::new();
+            let mut accounts: HashMap<String, Option<i64>> = HashMap::new();
+            let mut rolled_account = false;
             // Every price, once per batch (a few hundred rows at most): a model without a
             // price of its own takes its most specific pattern's (`gpt-4o-*`).
             let mut prices: HashMap<String, Price> = HashMap::new();
@@ -172,26 +179,54 @@ impl Store {
             }
             // Per key: credits and the newest request; per account: credits. Written once
             // each at the end.
-            let mut billed_keys: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-            let mut billed_accounts: BTreeMap<String, i64> = BTreeMap::new();
+            // Per key: all its credits, those in its current period, and its newest
+            // request; per account: all its credits and those in its period.
+            let mut billed_keys: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+            let mut billed_accounts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
             let mut done = Ingested::default();
             for record in records {
                 let key = match keys.get(&record.key_id) {
                     Some(key) => key.clone(),
                     None => {
                         let row = sqlx::query(
-                            "SELECT k.name, k.account, g.ratio FROM keys k \
+                            "SELECT k.name, k.account, g.ratio, k.quota_period, k.period_start, \
+                                 k.period_end FROM keys k \
                              LEFT JOIN groups g ON g.name = k.group_name WHERE k.id = $1",
                         )
                         .bind(&record.key_id)
                         .fetch_optional(&mut *tx)
                         .await?;
                         let key = match &row {
-                            Some(row) => Some((
-                                row.text("name")?,
-                                row.text("account")?,
-                                row.opt_real("ratio")?.unwrap_or(1.0),
-                            )),
+                            Some(row) => {
+                                let mut period = window_of(row)?;
+                                if let Some(old) = period.filter(|w| w.end <= now) {
+                                    let period_text = row.text("quota_period")?;
+                                    period = self.next_window(&period_text, old, now);
+                                    if let Some(new) = period {
+                                        sqlx::query(ROLL_KEY)
+                                            .bind(&record.key_id)
+                                            .bind(new.start)
+                                            .bind(new.end)
+                                            .bind(old.end)
+                                            .execute(&mut *tx)
+                                            .await?;
+                                        sqlx::query(
+                                            "INSERT INTO key_changes (key_id, kind, at) \
+                                             VALUES ($1, 'period', $2)",
+                                        )
+                                        .bind(&record.key_id)
+                                        .bind(now)
+                                        .execute(&mut *tx)
+                                        .await?;
+                                    }
+                                }
+                                Some((
+                                    row.text("name")?,
+                                    row.text("account")?,
+                                    row.opt_real("ratio")?.unwrap_or(1.0),
+                                    period.map(|w| w.start),
+                                ))
+                            }
                             None => None,
                         };
                         keys.insert(record.key_id.clone(), key.clone());
@@ -232,18 +267,54 @@ impl Store {
                     continue;
                 }
                 done.accepted += 1;
-                let Some((_, account, _)) = &key else {
+                let Some((_, account, _, key_period)) = &key else {
                     continue;
                 };
-                let billed = billed_keys.entry(record.key_id.clone()).or_insert((0, 0));
+                if !accounts.contains_key(account) {
+                    let row = sqlx::query(
+                        "SELECT quota_period, period_start, period_end FROM accounts \
+                         WHERE name = $1",
+                    )
+                    .bind(account)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let mut period = row.as_ref().map(window_of).transpose()?.flatten();
+                    if let (Some(old), Some(row)) = (period.filter(|w| w.end <= now), &row) {
+                        period = self.next_window(&row.text("quota_period")?, old, now);
+                        if let Some(new) = period {
+                            sqlx::query(ROLL_ACCOUNT)
+                                .bind(account)
+                                .bind(new.start)
+                                .bind(new.end)
+                                .bind(old.end)
+                                .execute(&mut *tx)
+                                .await?;
+                            rolled_account = true;
+                        }
+                    }
+                    accounts.insert(account.clone(), period.map(|w| w.start));
+                }
+                // A record from before its period began (it arrived after the period
+                // rolled over) counts in no period, but still costs money and still
+                // comes off its holder's lease.
+                let in_period = |start: Option<i64>| start.is_none_or(|s| record.ts >= s);
+                let billed = billed_keys
+                    .entry(record.key_id.clone())
+                    .or_insert((0, 0, 0));
                 billed.0 = billed.0.saturating_add(cost);
-                billed.1 = billed.1.max(record.ts);
+                if in_period(*key_period) {
+                    billed.1 = billed.1.saturating_add(cost);
+                }
+                billed.2 = billed.2.max(record.ts);
                 if cost > 0 {
-                    let spent = billed_accounts.entry(account.clone()).or_insert(0);
-                    *spent = spent.saturating_add(cost);
+                    let spent = billed_accounts.entry(account.clone()).or_insert((0, 0));
+                    spent.0 = spent.0.saturating_add(cost);
+                    if in_period(accounts.get(account).copied().flatten()) {
+                        spent.1 = spent.1.saturating_add(cost);
+                    }
                 }
             }
-            for (key_id, (cost, last_used)) in &billed_keys {
+            for (key_id, (cost, in_period, last_used)) in &billed_keys {
                 sqlx::query(
                     // Saturating: `used_quota + $2` past i64::MAX would turn into a
                     // REAL on SQLite and fail on PostgreSQL.
@@ -255,7 +326,7 @@ impl Store {
                      WHERE id = $1",
                 )
                 .bind(key_id)
-                .bind(cost)
+                .bind(in_period)
                 .bind(last_used)
                 .execute(&mut *tx)
                 .await?;
@@ -269,17 +340,22 @@ impl Store {
                     .await?;
                 }
             }
-            let mut billed_account = false;
-            for (account, cost) in &billed_accounts {
+            let mut billed_account = rolled_account;
+            for (account, (cost, in_period)) in &billed_accounts {
                 let billed = sqlx::query(
-                    // Saturating at -i64::MAX, as above.
+                    // Saturating at -i64::MAX and i64::MAX, as above. An account is
+                    // limited by a balance, a spending limit per period, or both.
                     "UPDATE accounts SET balance = CASE \
                          WHEN balance < $2 - 9223372036854775807 THEN -9223372036854775807 \
-                         ELSE balance - $2 END \
-                     WHERE name = $1 AND balance IS NOT NULL",
+                         ELSE balance - $2 END, \
+                     period_used = CASE \
+                         WHEN period_used > 9223372036854775807 - $3 THEN 9223372036854775807 \
+                         ELSE period_used + $3 END \
+                     WHERE name = $1 AND (balance IS NOT NULL OR spend_limit IS NOT NULL)",
                 )
                 .bind(account)
                 .bind(cost)
+                .bind(in_period)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
@@ -295,7 +371,7 @@ impl Store {
                 }
             }
             if let Some(holder) = holder {
-                for (key_id, (cost, _)) in billed_keys.iter().filter(|(_, (c, _))| *c > 0) {
+                for (key_id, (cost, ..)) in billed_keys.iter().filter(|(_, (c, ..))| *c > 0) {
                     tracing::debug!(holder, key_id, cost, "lease billed");
                     sqlx::query(BILL_LEASE)
                         .bind(holder)
@@ -430,6 +506,7 @@ mod tests {
             rpm: None,
             tpm: None,
             max_parallel: None,
+            quota_period: crate::budget::Period::Total,
         };
         store.insert_keys(&[key], 0).await.unwrap();
         // 2 credits per token in and out.
@@ -550,7 +627,7 @@ mod tests {
         assert_eq!(done.accepted, 1);
         let key = store.get_key("k1", 3_000).await.unwrap().unwrap();
         assert_eq!((key.quota, key.used_quota), (500, 22));
-        let team = store.get_account("team").await.unwrap().unwrap();
+        let team = store.get_account("team", 0).await.unwrap().unwrap();
         assert_eq!(team.balance, Some(-20));
         let page = crate::store::SnapshotPage {
             after: None,
@@ -579,7 +656,7 @@ mod tests {
         assert_eq!((again.accepted, again.duplicates), (0, 1));
         let key = store.get_key("k1", 3_000).await.unwrap().unwrap();
         assert_eq!((key.used_quota, key.last_used_at), (15, Some(1_000)));
-        let team = store.get_account("team").await.unwrap().unwrap();
+        let team = store.get_account("team", 0).await.unwrap().unwrap();
         assert_eq!(team.balance, Some(985));
         // One change for the key, one for the account.
         assert_eq!(store.snapshot_version().await.unwrap(), v0 + 2);

@@ -2,7 +2,10 @@ use serde_json::json;
 
 use crate::Service;
 
-const KEY_FIELDS: [&str; 21] = [
+const KEY_FIELDS: [&str; 24] = [
+    "quota_period",
+    "period_start",
+    "resets_at",
     "id",
     "name",
     "masked_key",

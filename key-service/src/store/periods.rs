@@ -1,0 +1,299 @@
+//! Budget periods rolling over. A key's (or account's) current period is stored as
+//! `[period_start, period_end)`; once `period_end` has passed, the next period begins
+//! with nothing used. Rolling over is a write, done by whichever comes first:
+//!
+//! - billing usage of the key or account (`ingest_usage` rolls what it bills first, so
+//!   a record lands in the period its time falls in);
+//! - `roll_periods`, which the service runs every few seconds for every key and account
+//!   due, so snapshots and listings move on without traffic.
+//!
+//! Until then, reads treat a passed period as over: the status and the used figure of a
+//! key come out of SQL as if rolled (see `key_view!`), a lease grant counts nothing used,
+//! and the filter, told `period_end` in each record, counts the whole quota from then on.
+
+use super::keys::{period_of, window_of};
+use super::{with_pool, BeginWrite, Get, Store, StoreError};
+use crate::budget::Window;
+
+/// Keys and accounts rolled over per transaction: a month's first second may roll every
+/// key at once, and the writer lock is shared with billing.
+pub const ROLL_BATCH: i64 = 1_000;
+
+/// `$1` key id, `$2` new start, `$3` new end, `$4` the end it had (a guard: rolled once).
+pub(super) const ROLL_KEY: &str = "UPDATE keys SET used_quota = 0, period_start = $2, \
+     period_end = $3 WHERE id = $1 AND period_end = $4";
+/// The same for an account (`$1` its name).
+pub(super) const ROLL_ACCOUNT: &str = "UPDATE accounts SET period_used = 0, period_start = $2, \
+     period_end = $3 WHERE name = $1 AND period_end = $4";
+
+/// What an account's keys may still spend: the lesser of its balance and what its
+/// spending limit leaves of the period (`period_used` spent); `None` = no limit.
+pub fn account_left(
+    balance: Option<i64>,
+    spend_limit: Option<i64>,
+    period_used: i64,
+) -> Option<i64> {
+    let period_left = spend_limit.map(|limit| limit.saturating_sub(period_used));
+    match (balance, period_left) {
+        (Some(b), Some(p)) => Some(b.min(p)),
+        (b, p) => b.or(p),
+    }
+}
+
+impl Store {
+    /// The period that follows a stored one whose end has passed by `now`: the window
+    /// holding `now`, continuing from the stored start for a span. `None` if the stored
+    /// text is not a period (then the period is left as it is).
+    pub(super) fn next_window(&self, period: &str, old: Window, now: i64) -> Option<Window> {
+        let period = period.parse().ok()?;
+        self.window(period, old.start, now)
+    }
+
+    /// Rolls over up to `ROLL_BATCH` keys and as many accounts whose period ended by
+    /// `now`; returns how many rolled. Each rolled key gets a change-log row, so filters
+    /// fetch its new period with their next delta.
+    pub async fn roll_periods(&self, now: i64) -> Result<u64, StoreError> {
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            let mut rolled = 0u64;
+            let keys = sqlx::query(
+                "SELECT id, quota_period, period_start, period_end FROM keys \
+                 WHERE period_end IS NOT NULL AND period_end <= $1 LIMIT $2",
+            )
+            .bind(now)
+            .bind(ROLL_BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &keys {
+                let id = row.text("id")?;
+                let period = period_of(&id, row.text("quota_period")?)?;
+                let Some(old) = window_of(row)? else { continue };
+                let Some(new) = self.window(period, old.start, now) else {
+                    continue;
+                };
+                sqlx::query(ROLL_KEY)
+                    .bind(&id)
+                    .bind(new.start)
+                    .bind(new.end)
+                    .bind(old.end)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO key_changes (key_id, kind, at) VALUES ($1, 'period', $2)")
+                    .bind(&id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                rolled += 1;
+            }
+            let accounts = sqlx::query(
+                "SELECT name, quota_period, period_start, period_end FROM accounts \
+                 WHERE period_end IS NOT NULL AND period_end <= $1 LIMIT $2",
+            )
+            .bind(now)
+            .bind(ROLL_BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &accounts {
+                let name = row.text("name")?;
+                let Some(old) = window_of(row)? else { continue };
+                let Some(new) = self.next_window(&row.text("quota_period")?, old, now) else {
+                    continue;
+                };
+                sqlx::query(ROLL_ACCOUNT)
+                    .bind(&name)
+                    .bind(new.start)
+                    .bind(new.end)
+                    .bind(old.end)
+                    .execute(&mut *tx)
+                    .await?;
+                rolled += 1;
+            }
+            if !accounts.is_empty() {
+                sqlx::query(
+                    "INSERT INTO key_changes (key_id, kind, at) VALUES ('', 'account', $1)",
+                )
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(rolled)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::Period;
+    use crate::store::leases::tests::{ask, one, record, sql, store};
+    use crate::store::{AccountEdit, KeyEdit, UsageRecord};
+
+    /// `k1` (quota 1,000, account `team`) on a 100-second period from t = 1,000.
+    async fn periodic() -> (tempfile::TempDir, Store) {
+        let (dir, store) = store().await;
+        let edit = KeyEdit {
+            quota_period: Some(Period::Span(100)),
+            ..KeyEdit::default()
+        };
+        assert!(store.update_key("k1", &edit, 1_000).await.unwrap());
+        (dir, store)
+    }
+
+    fn at(request_id: &str, cost: u64, ts: i64) -> UsageRecord {
+        UsageRecord {
+            ts,
+            ..record(request_id, "k1", cost)
+        }
+    }
+
+    async fn used(store: &Store, now: i64) -> (i64, Option<Window>) {
+        let key = store.get_key("k1", now).await.unwrap().unwrap();
+        (key.used_quota, key.period)
+    }
+
+    #[tokio::test]
+    async fn each_record_is_billed_to_the_period_its_time_falls_in() {
+        let (_dir, store) = periodic().await;
+        store.set_balance("team", Some(10_000), 0).await.unwrap();
+        let first = Window {
+            start: 1_000,
+            end: 1_100,
+        };
+        store
+            .ingest_usage(&[at("a", 700, 1_050)], None, 1_060)
+            .await
+            .unwrap();
+        assert_eq!(used(&store, 1_099).await, (700, Some(first)));
+        // At the boundary the key has its whole quota again, rolled over or not.
+        let second = Window {
+            start: 1_100,
+            end: 1_200,
+        };
+        assert_eq!(used(&store, 1_100).await, (0, Some(second)));
+        let status = store.get_key("k1", 1_100).await.unwrap().unwrap().status;
+        assert_eq!(status, crate::store::KeyStatus::Active);
+        // A record from the first period that arrives late is billed to no period (it was
+        // counted in its own), one from the second to the second: nothing twice.
+        store
+            .ingest_usage(&[at("late", 250, 1_099), at("b", 40, 1_101)], None, 1_102)
+            .await
+            .unwrap();
+        assert_eq!(used(&store, 1_150).await, (40, Some(second)));
+        // The account's balance pays for both.
+        let team = store.get_account("team", 1_150).await.unwrap().unwrap();
+        assert_eq!(team.balance, Some(10_000 - 700 - 250 - 40));
+        // A period skipped without traffic: the next one still follows the anchor.
+        assert_eq!(store.roll_periods(1_450).await.unwrap(), 1);
+        let fourth = Window {
+            start: 1_400,
+            end: 1_500,
+        };
+        assert_eq!(used(&store, 1_450).await, (0, Some(fourth)));
+        assert_eq!(store.roll_periods(1_450).await.unwrap(), 0, "rolled once");
+    }
+
+    #[tokio::test]
+    async fn rolling_over_moves_the_snapshot_and_the_record_carries_the_reset() {
+        let (_dir, store) = periodic().await;
+        store
+            .ingest_usage(&[at("a", 900, 1_010)], None, 1_010)
+            .await
+            .unwrap();
+        let page = crate::store::SnapshotPage {
+            after: None,
+            limit: 10,
+        };
+        let before = store.snapshot(None, &page, 1_010).await.unwrap();
+        let record = |body: &crate::store::SnapshotBody| {
+            let keys: Vec<keygate_core::sync::snapshot::KeyRecord> =
+                serde_json::from_str(&format!("[{}]", body.keys.join(","))).unwrap();
+            keys.into_iter().find(|k| k.id == "k1").unwrap()
+        };
+        let k1 = record(&before);
+        assert_eq!(
+            (k1.remaining_quota, k1.period_end, k1.period_quota),
+            (Some(100), Some(1_100), Some(1_000))
+        );
+        assert_eq!(store.roll_periods(1_100).await.unwrap(), 1);
+        let delta = store
+            .snapshot(Some(before.version), &page, 1_100)
+            .await
+            .unwrap();
+        let k1 = record(&delta);
+        assert_eq!(
+            (k1.remaining_quota, k1.period_end, k1.period_quota),
+            (Some(1_000), Some(1_200), Some(1_000))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lease_after_the_boundary_is_granted_from_the_new_period() {
+        let (_dir, store) = periodic().await;
+        store
+            .ingest_usage(&[at("a", 1_000, 1_010)], Some("h1"), 1_010)
+            .await
+            .unwrap();
+        let grant = one(&store, "h1", ask("k:k1", 1_000, 10, 10), 1_099_000).await;
+        assert_eq!(grant.granted, 1_000, "nothing left in the first period");
+        // Not rolled over yet, and still granted from the new period.
+        let grant = one(&store, "h1", ask("k:k1", 1_000, 10, 10), 1_100_000).await;
+        assert_eq!(grant.granted, 1_010);
+    }
+
+    #[tokio::test]
+    async fn an_account_spending_limit_resets_each_period_and_its_balance_does_not() {
+        let (_dir, store) = store().await;
+        let edit = AccountEdit {
+            balance: Some(Some(10_000)),
+            spend_limit: Some(Some(300)),
+            quota_period: Some(Period::Span(100)),
+        };
+        assert!(store.update_account("team", &edit, 1_000).await.unwrap());
+        store
+            .ingest_usage(&[at("a", 250, 1_010)], Some("h1"), 1_010)
+            .await
+            .unwrap();
+        let team = store.get_account("team", 1_020).await.unwrap().unwrap();
+        assert_eq!((team.balance, team.period_used), (Some(9_750), 250));
+        // The account's lease is bounded by what the limit leaves: 50.
+        let grant = one(&store, "h1", ask("a:team", 250, 100, 100), 1_020_000).await;
+        assert_eq!(grant.granted, 250 + 50);
+        let key = store.get_key("k1", 1_020).await.unwrap().unwrap();
+        assert_eq!(key.status, crate::store::KeyStatus::Active);
+        store
+            .ingest_usage(&[at("b", 50, 1_030)], Some("h1"), 1_030)
+            .await
+            .unwrap();
+        let key = store.get_key("k1", 1_030).await.unwrap().unwrap();
+        assert_eq!(key.status, crate::store::KeyStatus::Exhausted);
+        let key = store.get_key("k1", 1_100).await.unwrap().unwrap();
+        assert_eq!(key.status, crate::store::KeyStatus::Active, "a new period");
+        let team = store.get_account("team", 1_100).await.unwrap().unwrap();
+        assert_eq!((team.balance, team.period_used), (Some(9_700), 0));
+        let grant = one(&store, "h1", ask("a:team", 300, 100, 100), 1_100_000).await;
+        assert_eq!(grant.granted, 300 + 100);
+    }
+
+    #[tokio::test]
+    async fn extreme_amounts_and_times_neither_panic_nor_overflow() {
+        let (_dir, store) = periodic().await;
+        sql(
+            &store,
+            "UPDATE keys SET used_quota = 9223372036854775807, quota = 9223372036854775807",
+        )
+        .await;
+        store
+            .ingest_usage(&[at("a", u64::MAX, 1_050)], None, 1_050)
+            .await
+            .unwrap();
+        assert_eq!(used(&store, 1_050).await.0, i64::MAX);
+        sql(&store, "UPDATE keys SET period_start = 0, period_end = 1").await;
+        assert_eq!(store.roll_periods(i64::MAX).await.unwrap(), 1);
+        let key = store.get_key("k1", i64::MAX).await.unwrap().unwrap();
+        assert_eq!(key.used_quota, 0);
+        assert!(account_left(Some(i64::MIN), Some(i64::MAX), i64::MIN).is_some());
+        assert_eq!(account_left(None, Some(5), i64::MIN), Some(i64::MAX));
+        assert_eq!(account_left(Some(3), Some(i64::MIN), i64::MAX), Some(i64::MIN));
+    }
+}
