@@ -445,7 +445,12 @@ pub(super) mod tests {
         });
     }
 
-    pub(in crate::store) async fn one(store: &Store, holder: &str, a: LeaseAsk, now_ms: i64) -> LeaseGrant {
+    pub(in crate::store) async fn one(
+        store: &Store,
+        holder: &str,
+        a: LeaseAsk,
+        now_ms: i64,
+    ) -> LeaseGrant {
         let mut grants = store.grant_leases(holder, &[a], TTL, now_ms).await.unwrap();
         assert_eq!(grants.len(), 1);
         grants.remove(0)

@@ -294,6 +294,9 @@ mod tests {
         assert_eq!(key.used_quota, 0);
         assert!(account_left(Some(i64::MIN), Some(i64::MAX), i64::MIN).is_some());
         assert_eq!(account_left(None, Some(5), i64::MIN), Some(i64::MAX));
-        assert_eq!(account_left(Some(3), Some(i64::MIN), i64::MAX), Some(i64::MIN));
+        assert_eq!(
+            account_left(Some(3), Some(i64::MIN), i64::MAX),
+            Some(i64::MIN)
+        );
     }
 }

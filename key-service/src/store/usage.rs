@@ -84,6 +84,10 @@ pub struct UsageBucket {
     pub cost: i64,
 }
 
+/// A key as a batch bills it: name, account, group ratio, and the start of its budget
+/// period (`None`: its quota never resets).
+type BatchKey = (String, String, f64, Option<i64>);
+
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -154,8 +158,7 @@ impl Store {
             // Looked up once per batch: a batch holds few keys and models, many records.
             // Each key and account comes with the start of its budget period (rolled over
             // first if it has ended).
-            let mut keys: HashMap<String, Option<(String, String, f64, Option<i64>)>> =
-                HashMap::new();
+            let mut keys: HashMap<String, Option<BatchKey>> = HashMap::new();
             let mut accounts: HashMap<String, Option<i64>> = HashMap::new();
             let mut rolled_account = false;
             // Every price, once per batch (a few hundred rows at most): a model without a
