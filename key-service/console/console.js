@@ -280,8 +280,12 @@ async function refreshKeys(list = $("#key-list")) {
 
 function quotaCell(key) {
   if (key.unlimited_quota) return [number(key.used_quota), " / ", h("span", { class: "muted" }, "unlimited")];
-  return `${number(key.used_quota)} / ${number(key.remaining_quota)}`;
+  const used = `${number(key.used_quota)} / ${number(key.remaining_quota)}`;
+  if (!key.resets_at) return used;
+  return [used, h("br"), h("span", { class: "muted" }, `per ${key.quota_period}, resets ${relative(key.resets_at)}`)];
 }
+
+const CALENDAR_PERIODS = ["total", "day", "week", "month"];
 
 /** "60 RPM · 100,000 TPM · 4 parallel": the key's own limits, empty when it has none. */
 function limitsText(key) {
@@ -395,6 +399,9 @@ function openKeyDialog(key = null) {
     if (key.expires_at) form.expires_at.value = localInputValue(key.expires_at);
     $("#kf-unlimited").checked = key.unlimited_quota;
     $("#kf-quota").value = key.unlimited_quota ? "" : key.quota;
+    const calendar = CALENDAR_PERIODS.includes(key.quota_period);
+    form.quota_period.value = calendar ? key.quota_period : "custom";
+    form.period_span.value = calendar ? "" : key.quota_period;
     $("#kf-models-other").value = key.models.filter((m) => !known.includes(m)).join(", ");
     $("#kf-ips").value = key.ip_allowlist.join("\n");
     for (const field of LIMITS) form.elements.namedItem(field).value = key[field] ?? "";
@@ -403,6 +410,8 @@ function openKeyDialog(key = null) {
     form.elements.namedItem("name").value = "dev-local";
     groups.value = catalog.groups.some((g) => g.name === "default") ? "default" : groups.value;
     form.expiry.value = "1mo";
+    form.quota_period.value = "total";
+    form.period_span.value = "";
   }
   syncKeyForm();
   $("#key-dialog").showModal();
@@ -415,6 +424,8 @@ function syncKeyForm() {
   const unlimited = $("#kf-unlimited").checked;
   $("#kf-quota").disabled = unlimited;
   $("#kf-quota").required = !unlimited;
+  $("#kf-period").disabled = unlimited;
+  $("#kf-period-span").disabled = unlimited || form.quota_period.value !== "custom";
   $("#kf-expires-at").disabled = form.expiry.value !== "custom";
   const group = catalog.groups.find((g) => g.name === $("#kf-group").value);
   $("#kf-group-info").textContent = group ? `Group ${group.name}: ${groupSummary(group)}` : "";
@@ -469,6 +480,8 @@ function keyFormBody() {
     const quota = form.quota.value.trim();
     if (!/^\d+$/.test(quota)) throw new ApiError(400, { param: "quota", message: "Enter a whole number of credits, or switch on unlimited." });
     body.quota = Number(quota);
+    const period = form.quota_period.value;
+    body.quota_period = period === "custom" ? form.period_span.value.trim() : period;
   }
   const ticked = [...form.querySelectorAll('input[name="model"]:checked')].map((i) => i.value);
   const other = form.models_other.value.split(",").map((m) => m.trim()).filter(Boolean);
@@ -784,28 +797,44 @@ async function modelsPage() {
 
 async function accountsPage() {
   const data = await guarded(() => api("GET", "/api/v1/accounts"));
-  const balanceOf = (f) => (f.balance.value.trim() === "" ? null : Number(f.balance.value));
+  const numberOf = (input) => (input.value.trim() === "" ? null : Number(input.value));
   const form = adminForm("account-form", [
     ["name", "Account", { required: true }],
     ["balance", "Balance in credits (empty: unlimited)", { type: "number", step: 1 }],
+    ["spend_limit", "Spending limit per period (empty: none)", { type: "number", step: 1, min: 0 }],
+    ["quota_period", "Period: total, day, week, month or a span such as 72h", { value: "total" }],
   ], "Save account", async (f) => {
     const name = f.elements.namedItem("name").value.trim();
     const exists = data.accounts.some((a) => a.name === name);
-    if (exists) await api("PATCH", `/api/v1/accounts/${encodeURIComponent(name)}`, { balance: balanceOf(f) });
-    else await api("POST", "/api/v1/accounts", { name, balance: balanceOf(f) });
+    const budget = {
+      balance: numberOf(f.balance),
+      spend_limit: numberOf(f.spend_limit),
+      quota_period: f.quota_period.value.trim() || "total",
+    };
+    if (exists) await api("PATCH", `/api/v1/accounts/${encodeURIComponent(name)}`, budget);
+    else await api("POST", "/api/v1/accounts", { name, ...budget });
     notify(`Account ${name} is saved.`);
     await accountsPage();
   });
   $("#main").replaceChildren(
     h("div", { class: "page-head" }, h("h1", {}, "Accounts")),
     h("p", { class: "hint" }, "Every key draws on its account's balance; a key's own quota can only limit it further."),
-    table("Accounts", ["Account", "Balance", "Actions"],
+    table("Accounts", ["Account", "Balance", "Spent / limit this period", "Actions"],
       data.accounts.map((a) => h("tr", {},
         h("th", { scope: "row" }, a.name),
         h("td", { class: "num" }, a.balance === null ? h("span", { class: "muted" }, "unlimited") : number(a.balance)),
+        h("td", { class: "num" }, a.spend_limit === null ? h("span", { class: "muted" }, "no limit")
+          : [`${number(a.period_used)} / ${number(a.spend_limit)}`,
+            ...(a.resets_at ? [h("br"), h("span", { class: "muted" }, `per ${a.quota_period}, resets ${relative(a.resets_at)}`)] : [])]),
         h("td", { class: "actions" }, h("button", {
           type: "button", "aria-label": `Edit ${a.name}`,
-          onclick: () => { form.elements.namedItem("name").value = a.name; form.balance.value = a.balance ?? ""; form.balance.focus(); },
+          onclick: () => {
+            form.elements.namedItem("name").value = a.name;
+            form.balance.value = a.balance ?? "";
+            form.spend_limit.value = a.spend_limit ?? "";
+            form.quota_period.value = a.quota_period;
+            form.balance.focus();
+          },
         }, "Edit")))),
       "No accounts."),
     h("h2", {}, "Add an account or set a balance"), form);
