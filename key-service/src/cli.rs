@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 
 use crate::error::ApiError;
 use crate::expiry;
-use crate::keys::{self, CreateKey, KeyView, RotateKey};
+use crate::keys::{self, CreateKey, KeyView, RotateKey, UpdateKey};
 use crate::store::{KeyFilter, Store};
 
 #[derive(Debug, Clone, Subcommand)]
@@ -22,6 +22,8 @@ pub enum KeysCommand {
     Create(CreateArgs),
     /// List keys (masked).
     List(ListArgs),
+    /// Change a key's rotation date (more fields: the HTTP API's PATCH).
+    Edit(EditArgs),
     /// Refuse a key from now on.
     Disable { id: String },
     /// Accept a disabled key again.
@@ -32,6 +34,9 @@ pub enum KeysCommand {
         /// Keep the old secret working this long (e.g. "1h").
         #[arg(long)]
         grace_period: Option<String>,
+        /// The next rotation date (RFC 3339); without it the met one is cleared.
+        #[arg(long)]
+        rotate_by: Option<String>,
     },
     /// Delete a key.
     Delete { id: String },
@@ -71,6 +76,17 @@ pub struct CreateArgs {
     /// Requests the key may have in flight at once.
     #[arg(long)]
     pub max_parallel: Option<i64>,
+    /// When the secret should be rotated by (RFC 3339); reminded as `key.rotation_due`.
+    #[arg(long)]
+    pub rotate_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EditArgs {
+    pub id: String,
+    /// A new rotation date (RFC 3339), or "none" to clear it.
+    #[arg(long)]
+    pub rotate_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -85,6 +101,9 @@ pub struct ListArgs {
     /// Part of the name.
     #[arg(long)]
     pub q: Option<String>,
+    /// Only keys whose rotation date has passed.
+    #[arg(long)]
+    pub rotation_due: bool,
 }
 
 /// Runs one command; returns the lines to print.
@@ -108,6 +127,7 @@ pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiErro
                 rpm: a.rpm,
                 tpm: a.tpm,
                 max_parallel: a.max_parallel,
+                rotate_by: a.rotate_by,
             };
             let created = keys::create(store, request, now).await?;
             created.iter().map(json).collect()
@@ -126,6 +146,7 @@ pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiErro
                 group: a.group,
                 account: a.account,
                 name_contains: a.q,
+                rotation_due: a.rotation_due.then_some(true),
             };
             let mut lines = Vec::new();
             let mut offset = 0;
@@ -147,8 +168,24 @@ pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiErro
         KeysCommand::Enable { id } => Ok(vec![json(
             &keys::set_enabled(store, &id, true, now).await?,
         )?]),
-        KeysCommand::Rotate { id, grace_period } => {
-            let request = RotateKey { grace_period };
+        KeysCommand::Edit(a) => {
+            let request = UpdateKey {
+                rotate_by: a.rotate_by.map(|at| Some(at).filter(|at| at != "none")),
+                ..UpdateKey::default()
+            };
+            Ok(vec![json(
+                &keys::update(store, &a.id, request, now).await?,
+            )?])
+        }
+        KeysCommand::Rotate {
+            id,
+            grace_period,
+            rotate_by,
+        } => {
+            let request = RotateKey {
+                grace_period,
+                rotate_by,
+            };
             let rotated = keys::rotate(store, &id, &request, now).await?;
             Ok(vec![json(&rotated)?])
         }

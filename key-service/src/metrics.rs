@@ -415,6 +415,7 @@ mod tests {
             rpm: None,
             tpm: None,
             max_parallel: None,
+            rotate_by: None,
         };
         store.insert_keys(&[key("a")], 0).await.unwrap();
         let metrics = Metrics::default();

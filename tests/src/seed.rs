@@ -48,6 +48,7 @@ pub async fn seed_database(database: &Database, count: usize) {
             rpm: None,
             tpm: None,
             max_parallel: None,
+            rotate_by: None,
         });
         if batch.len() == batch.capacity() || i + 1 == count {
             store.insert_keys(&batch, 0).await.expect("insert keys");

@@ -405,6 +405,7 @@ mod tests {
             rpm: None,
             tpm: None,
             max_parallel: None,
+            rotate_by: None,
         };
         store.insert_keys(&[key], 1).await.unwrap();
         assert_eq!(store.delete_group("used", 2).await.unwrap(), Removed::InUse);

@@ -70,6 +70,8 @@ pub struct NewKey {
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
     pub max_parallel: Option<i64>,
+    /// When the secret should be rotated by (unix seconds); `None` = no date.
+    pub rotate_by: Option<i64>,
 }
 
 /// A checked edit of a key: `None` leaves a field as it is. `expires_at` is
@@ -88,6 +90,8 @@ pub struct KeyEdit {
     pub rpm: Option<Option<i64>>,
     pub tpm: Option<Option<i64>>,
     pub max_parallel: Option<Option<i64>>,
+    /// `Some(None)` clears the rotation date.
+    pub rotate_by: Option<Option<i64>>,
 }
 
 /// A stored key as the management API shows it (never with its secret or hash).
@@ -112,6 +116,9 @@ pub struct KeyRow {
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
     pub max_parallel: Option<i64>,
+    /// When the secret should be rotated by (unix seconds); past it the key is listed by
+    /// `rotation_due` and alerted on.
+    pub rotate_by: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     pub last_used_at: Option<i64>,
@@ -125,6 +132,8 @@ pub struct KeyFilter {
     pub account: Option<String>,
     /// Case-insensitive (ASCII) substring of the name.
     pub name_contains: Option<String>,
+    /// `true`: only keys whose `rotate_by` has passed; `false`: only the others.
+    pub rotation_due: Option<bool>,
 }
 
 // The contract's definition of a key's status, with `$1` = now (unix seconds). Written as
@@ -134,7 +143,7 @@ macro_rules! key_view {
         "SELECT k.id, k.name, k.masked_key, k.account, k.group_name, k.enabled, \
                 k.expires_at, k.unlimited_quota, k.quota, k.used_quota, k.models, \
                 k.ip_allowlist, k.rpm, k.tpm, k.max_parallel, k.created_at, k.updated_at, \
-                k.last_used_at, \
+                k.last_used_at, k.rotate_by, \
                 CASE \
                     WHEN NOT k.enabled THEN 'disabled' \
                     WHEN k.expires_at IS NOT NULL AND k.expires_at <= $1 THEN 'expired' \
@@ -146,13 +155,15 @@ macro_rules! key_view {
     };
 }
 
-// `$2`..`$5`: status, group, account, LIKE pattern for the name; NULL = any.
+// `$2`..`$6`: status, group, account, LIKE pattern for the name, whether the rotation
+// date has passed (at `$1`); NULL = any.
 macro_rules! key_filter {
     () => {
         " WHERE ($2 IS NULL OR v.status = $2) \
             AND ($3 IS NULL OR v.group_name = $3) \
             AND ($4 IS NULL OR v.account = $4) \
-            AND ($5 IS NULL OR LOWER(v.name) LIKE LOWER($5) ESCAPE '\\')"
+            AND ($5 IS NULL OR LOWER(v.name) LIKE LOWER($5) ESCAPE '\\') \
+            AND ($6 IS NULL OR (v.rotate_by IS NOT NULL AND v.rotate_by <= $1) = $6)"
     };
 }
 
@@ -162,7 +173,7 @@ const LIST_KEYS: &str = concat!(
     key_view!(),
     ") v",
     key_filter!(),
-    " ORDER BY v.created_at DESC, v.id LIMIT $6 OFFSET $7"
+    " ORDER BY v.created_at DESC, v.id LIMIT $7 OFFSET $8"
 );
 const COUNT_KEYS: &str = concat!("SELECT COUNT(*) FROM (", key_view!(), ") v", key_filter!());
 
@@ -175,6 +186,8 @@ enum Change<'a> {
     Rotate {
         key_hash: &'a str,
         masked_key: &'a str,
+        /// The next rotation date: a rotation meets the old one.
+        rotate_by: Option<i64>,
     },
     Delete,
 }
@@ -199,9 +212,9 @@ impl Store {
                     "INSERT INTO keys (id, name, key_hash, masked_key, account, group_name, \
                          enabled, expires_at, unlimited_quota, quota, used_quota, models, \
                          ip_allowlist, created_at, updated_at, last_used_at, rpm, tpm, \
-                         max_parallel) \
+                         max_parallel, rotate_by) \
                      VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9, 0, $10, $11, $12, $12, \
-                         NULL, $13, $14, $15)",
+                         NULL, $13, $14, $15, $16)",
                 )
                 .bind(&key.id)
                 .bind(&key.name)
@@ -218,6 +231,7 @@ impl Store {
                 .bind(key.rpm)
                 .bind(key.tpm)
                 .bind(key.max_parallel)
+                .bind(key.rotate_by)
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(RECORD_CHANGE)
@@ -263,6 +277,7 @@ impl Store {
                 .bind(filter.group.as_deref())
                 .bind(filter.account.as_deref())
                 .bind(pattern.as_deref())
+                .bind(filter.rotation_due)
                 .fetch_one(pool)
                 .await?;
             let rows = sqlx::query(LIST_KEYS)
@@ -271,6 +286,7 @@ impl Store {
                 .bind(filter.group.as_deref())
                 .bind(filter.account.as_deref())
                 .bind(pattern.as_deref())
+                .bind(filter.rotation_due)
                 .bind(i64::from(limit))
                 .bind(i64::try_from(offset).unwrap_or(i64::MAX))
                 .fetch_all(pool)
@@ -288,7 +304,7 @@ impl Store {
 
     /// Gives a key a new secret (its hash and masked form); `false` when there is no such
     /// key. The old secret stops working with the next snapshot, or, with `grace_until`,
-    /// at that time (unix seconds).
+    /// at that time (unix seconds). Its rotation date is cleared: the rotation is done.
     pub async fn rotate_key(
         &self,
         id: &str,
@@ -297,6 +313,20 @@ impl Store {
         now: i64,
         grace_until: Option<i64>,
     ) -> Result<bool, StoreError> {
+        self.rotate_key_due(id, key_hash, masked_key, now, grace_until, None)
+            .await
+    }
+
+    /// As `rotate_key`, and the key's next rotation date becomes `rotate_by`.
+    pub async fn rotate_key_due(
+        &self,
+        id: &str,
+        key_hash: &str,
+        masked_key: &str,
+        now: i64,
+        grace_until: Option<i64>,
+        rotate_by: Option<i64>,
+    ) -> Result<bool, StoreError> {
         let revokes = match grace_until {
             Some(until) => Revokes::OldHashAt(until),
             None => Revokes::OldHash,
@@ -304,6 +334,7 @@ impl Store {
         let change = Change::Rotate {
             key_hash,
             masked_key,
+            rotate_by,
         };
         self.change_one(id, change, now, revokes).await
     }
@@ -395,7 +426,8 @@ impl Store {
                          enabled = COALESCE($10, enabled), updated_at = $11, \
                          rpm = CASE WHEN $12 THEN $13 ELSE rpm END, \
                          tpm = CASE WHEN $14 THEN $15 ELSE tpm END, \
-                         max_parallel = CASE WHEN $16 THEN $17 ELSE max_parallel END \
+                         max_parallel = CASE WHEN $16 THEN $17 ELSE max_parallel END, \
+                         rotate_by = CASE WHEN $18 THEN $19 ELSE rotate_by END \
                      WHERE id = $1",
                 )
                 .bind(id)
@@ -414,18 +446,23 @@ impl Store {
                 .bind(edit.tpm.is_some())
                 .bind(edit.tpm.flatten())
                 .bind(edit.max_parallel.is_some())
-                .bind(edit.max_parallel.flatten()),
+                .bind(edit.max_parallel.flatten())
+                .bind(edit.rotate_by.is_some())
+                .bind(edit.rotate_by.flatten()),
                 Change::Rotate {
                     key_hash,
                     masked_key,
+                    rotate_by,
                 } => sqlx::query(
-                    "UPDATE keys SET key_hash = $2, masked_key = $3, updated_at = $4 \
+                    "UPDATE keys SET key_hash = $2, masked_key = $3, updated_at = $4, \
+                         rotate_by = $5 \
                      WHERE id = $1",
                 )
                 .bind(id)
                 .bind(key_hash)
                 .bind(masked_key)
-                .bind(now),
+                .bind(now)
+                .bind(rotate_by),
                 Change::Delete => sqlx::query("DELETE FROM keys WHERE id = $1").bind(id),
             };
             if statement.execute(&mut *tx).await?.rows_affected() == 0 {
@@ -495,6 +532,7 @@ fn key_row(row: &impl Get) -> Result<KeyRow, StoreError> {
         rpm: row.opt_int("rpm")?,
         tpm: row.opt_int("tpm")?,
         max_parallel: row.opt_int("max_parallel")?,
+        rotate_by: row.opt_int("rotate_by")?,
         created_at: row.int("created_at")?,
         updated_at: row.int("updated_at")?,
         last_used_at: row.opt_int("last_used_at")?,
@@ -566,6 +604,7 @@ pub(super) mod tests {
             rpm: None,
             tpm: None,
             max_parallel: None,
+            rotate_by: None,
         }
     }
 

@@ -403,6 +403,7 @@ mod tests {
             rpm: None,
             tpm: None,
             max_parallel: None,
+            rotate_by: None,
         }
     }
 

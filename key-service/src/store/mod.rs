@@ -111,6 +111,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0012_leases.sql"),
         include_str!("../../migrations/postgres/0012_leases.sql"),
     ),
+    (
+        14,
+        "alerts",
+        include_str!("../../migrations/sqlite/0014_alerts.sql"),
+        include_str!("../../migrations/postgres/0014_alerts.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

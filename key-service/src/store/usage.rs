@@ -430,6 +430,7 @@ mod tests {
             rpm: None,
             tpm: None,
             max_parallel: None,
+            rotate_by: None,
         };
         store.insert_keys(&[key], 0).await.unwrap();
         // 2 credits per token in and out.

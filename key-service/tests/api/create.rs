@@ -2,7 +2,7 @@ use serde_json::json;
 
 use crate::Service;
 
-const KEY_FIELDS: [&str; 21] = [
+const KEY_FIELDS: [&str; 23] = [
     "id",
     "name",
     "masked_key",
@@ -20,6 +20,8 @@ const KEY_FIELDS: [&str; 21] = [
     "rpm",
     "tpm",
     "max_parallel",
+    "rotate_by",
+    "rotation_due",
     "created_at",
     "updated_at",
     "last_used_at",
