@@ -2,6 +2,7 @@
 //! checks requests against. [`app`] builds the HTTP routes around an [`AppState`];
 //! [`run`] is the whole service as the binary starts it.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod changes;

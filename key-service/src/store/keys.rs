@@ -5,8 +5,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{with_pool, BeginWrite, Get, Store, StoreError};
+use super::{key_changed, with_pool, BeginWrite, Get, Outbox, Store, StoreError};
+use crate::alerts::event::{self, Kind};
 use serde::Serialize;
+use serde_json::json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -411,6 +413,20 @@ impl Store {
                 }
                 Revokes::Nothing | Revokes::OldHash => {}
             }
+            // Alerts about the change go in its transaction (the outbox): the key as it
+            // was before it, when the change is one that alerts.
+            let alert = match &change {
+                Change::Edit(edit) if edit.enabled == Some(false) => tx
+                    .key_facts(id)
+                    .await?
+                    .filter(|key| key.enabled)
+                    .map(|key| (Kind::KeyDisabled, key.subject, json!({}))),
+                Change::Rotate { .. } => tx.key_facts(id).await?.map(|key| {
+                    let grace = revokes.grace_until().map(event::time);
+                    (Kind::KeyRotated, key.subject, json!({"grace_until": grace}))
+                }),
+                _ => None,
+            };
             let statement = match change {
                 // COALESCE keeps a column whose new value was not given; `expires_at` and
                 // the rate limits have their own flags since NULL (never expires, no
@@ -469,6 +485,9 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(false);
             }
+            if let Some((kind, subject, details)) = alert {
+                key_changed(&mut tx, kind, &subject, details, now).await?;
+            }
             tx.commit().await?;
             Ok(true)
         })
@@ -491,6 +510,16 @@ impl Store {
                 .map(|row| Ok((row.text("status")?, row.int("n")?)))
                 .collect()
         })
+    }
+}
+
+impl Revokes {
+    /// When the old secret stops, if it has a grace period.
+    fn grace_until(self) -> Option<i64> {
+        match self {
+            Revokes::OldHashAt(until) => Some(until),
+            _ => None,
+        }
     }
 }
 

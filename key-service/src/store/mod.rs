@@ -7,6 +7,7 @@
 //! Each method's body is written once and compiled once per engine (`with_pool!`); the
 //! few statements the engines spell differently live in `Dialect`.
 
+mod alerts;
 mod catalog;
 mod database;
 mod keys;
@@ -27,6 +28,12 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Postgres, Row, SqlSafeStr, Sqlite, Transaction};
 
+use crate::alerts::threshold::Thresholds;
+
+pub(crate) use alerts::{balance_spent, budget_crossed, key_changed, KeyFacts, Outbox};
+pub use alerts::{
+    Claimed, DeliveryRow, Finish, NewWebhook, Spend, WebhookEdit, WebhookRow, DELIVERY_STATUSES,
+};
 pub use catalog::{AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
 pub use database::{Database, DatabaseUrlError};
 pub use keys::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey};
@@ -130,6 +137,8 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("no randomness for an id: {0}")]
+    Random(getrandom::Error),
     #[error("stored {column} of key {id} is unreadable: {detail}")]
     Corrupt {
         id: String,
@@ -154,6 +163,8 @@ pub struct Store {
     db: Db,
     /// The last write probe (see `writable`).
     probe: Arc<tokio::sync::Mutex<Option<Probe>>>,
+    /// The budget thresholds billing alerts at (`KEYGATE_ALERT_THRESHOLDS`).
+    thresholds: Arc<Thresholds>,
 }
 
 /// When a write probe ran, and how it went.
@@ -367,7 +378,14 @@ impl Store {
         Store {
             db,
             probe: Arc::default(),
+            thresholds: Arc::default(),
         }
+    }
+
+    /// The store, billing alerting at `thresholds` of each budget.
+    pub fn with_alert_thresholds(mut self, thresholds: Thresholds) -> Store {
+        self.thresholds = Arc::new(thresholds);
+        self
     }
 
     /// Succeeds when the database answers.

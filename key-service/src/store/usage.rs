@@ -6,7 +6,11 @@ use serde::Serialize;
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use super::leases::BILL_LEASE;
-use super::{with_pool, BeginWrite, Get, Store, StoreError};
+use super::{
+    balance_spent, budget_crossed, with_pool, BeginWrite, Get, KeyFacts, Outbox, Spend, Store,
+    StoreError,
+};
+use crate::alerts::threshold::Thresholds;
 use crate::pricing::{self, Price, Tokens};
 
 /// One request as the filter reports it.
@@ -80,6 +84,28 @@ pub struct UsageBucket {
     pub cached_input_tokens: i64,
     pub output_tokens: i64,
     pub cost: i64,
+}
+
+/// A key's lifetime budget (`quota` against `used_quota`, period start 0) after a bill of
+/// `cost`: the crossings it made. Budget periods pass their period's figures and start to
+/// `budget_crossed` instead.
+async fn key_bill_alerts<T: Outbox>(
+    tx: &mut T,
+    facts: KeyFacts,
+    cost: i64,
+    thresholds: &Thresholds,
+    now: i64,
+) -> Result<(), StoreError> {
+    let Some(quota) = facts.quota else {
+        return Ok(());
+    };
+    // As the UPDATE of `used_quota` saturates.
+    let spend = Spend {
+        budget: quota,
+        before: facts.used,
+        after: facts.used.saturating_add(cost),
+    };
+    budget_crossed(tx, &facts.subject, spend, 0, thresholds, now).await
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -244,6 +270,12 @@ impl Store {
                 }
             }
             for (key_id, (cost, last_used)) in &billed_keys {
+                // Read before the bill, under the write lock: alerts compare before and
+                // after (see `bill_alerts`).
+                let facts = match *cost > 0 {
+                    true => tx.key_facts(key_id).await?,
+                    false => None,
+                };
                 sqlx::query(
                     // Saturating: `used_quota + $2` past i64::MAX would turn into a
                     // REAL on SQLite and fail on PostgreSQL.
@@ -259,6 +291,9 @@ impl Store {
                 .bind(last_used)
                 .execute(&mut *tx)
                 .await?;
+                if let Some(facts) = facts {
+                    key_bill_alerts(&mut tx, facts, *cost, &self.thresholds, now).await?;
+                }
                 if *cost > 0 {
                     sqlx::query(
                         "INSERT INTO key_changes (key_id, kind, at) VALUES ($1, 'usage', $2)",
@@ -271,6 +306,7 @@ impl Store {
             }
             let mut billed_account = false;
             for (account, cost) in &billed_accounts {
+                let balance_before = tx.balance(account).await?;
                 let billed = sqlx::query(
                     // Saturating at -i64::MAX, as above.
                     "UPDATE accounts SET balance = CASE \
@@ -285,6 +321,11 @@ impl Store {
                 .rows_affected()
                     > 0;
                 billed_account |= billed;
+                if let Some(before) = balance_before {
+                    // As the UPDATE above saturates.
+                    let after = before.saturating_sub(*cost).max(-i64::MAX);
+                    balance_spent(&mut tx, account, before, after, now).await?;
+                }
                 if let Some(holder) = holder.filter(|_| billed) {
                     sqlx::query(BILL_LEASE)
                         .bind(holder)
