@@ -1,9 +1,11 @@
-//! `key-service keys ...`: the operator's command line, on the same database as the
-//! service (`--database-url`), through the same checks as the API. Each key is printed
-//! as one line of JSON (the API's KEY); a secret is printed only by `create` and `rotate`.
+//! `key-service keys ...` and `key-service webhooks ...`: the operator's command line, on
+//! the same database as the service (`--database-url`), through the same checks as the
+//! API. Each key or webhook is printed as one line of JSON (as the API shows it); a
+//! secret is printed only by `create` and `rotate` (`rotate-secret`).
 
 use clap::{Args, Subcommand};
 
+use crate::alerts::webhooks::{self, CreateWebhook};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::keys::{self, CreateKey, KeyView, RotateKey, UpdateKey};
@@ -14,6 +16,44 @@ pub enum Command {
     /// Manage API keys without the HTTP API.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage alert webhooks and read their delivery logs.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum WebhooksCommand {
+    /// Create a webhook; prints it with its signing secret (shown this once).
+    Create {
+        /// Where events are POSTed (http:// or https://).
+        #[arg(long)]
+        url: String,
+        /// Only this account's events; without it, every event (a global webhook).
+        #[arg(long)]
+        account: Option<String>,
+        /// Event types, comma-separated; without it, all.
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+    },
+    /// List webhooks (never their secrets).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Delete a webhook and its delivery log.
+    Delete { id: String },
+    /// Queue a `test` event for one webhook (the running service delivers it).
+    Test { id: String },
+    /// A webhook's deliveries, newest first.
+    Deliveries {
+        id: String,
+        /// pending, delivered or failed.
+        #[arg(long)]
+        status: Option<String>,
+        /// How many to print.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -108,7 +148,59 @@ pub struct ListArgs {
 
 /// Runs one command; returns the lines to print.
 pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiError> {
-    let Command::Keys(command) = command;
+    match command {
+        Command::Keys(command) => keys(store, command).await,
+        Command::Webhooks(command) => webhooks_command(store, command).await,
+    }
+}
+
+async fn webhooks_command(
+    store: &Store,
+    command: WebhooksCommand,
+) -> Result<Vec<String>, ApiError> {
+    fn json<T: serde::Serialize>(v: &T) -> Result<String, ApiError> {
+        serde_json::to_string(v).map_err(ApiError::internal)
+    }
+    let now = expiry::now();
+    match command {
+        WebhooksCommand::Create {
+            url,
+            account,
+            events,
+        } => {
+            let request = CreateWebhook {
+                url,
+                account,
+                events: Some(events),
+                enabled: None,
+            };
+            Ok(vec![json(&webhooks::create(store, request, now).await?)?])
+        }
+        WebhooksCommand::List { account } => webhooks::list(store, account.as_deref())
+            .await?
+            .iter()
+            .map(json)
+            .collect(),
+        WebhooksCommand::Delete { id } => {
+            webhooks::delete(store, &id).await?;
+            Ok(vec![format!("{{\"deleted\":{}}}", serde_json::json!(id))])
+        }
+        WebhooksCommand::Test { id } => {
+            let event_id = webhooks::test(store, &id, now).await?;
+            Ok(vec![format!(
+                "{{\"event_id\":{}}}",
+                serde_json::json!(event_id)
+            )])
+        }
+        WebhooksCommand::Deliveries { id, status, limit } => {
+            let status = status.as_deref().map(webhooks::check_status).transpose()?;
+            let (views, _) = webhooks::deliveries(store, &id, status, limit, 0).await?;
+            views.iter().map(json).collect()
+        }
+    }
+}
+
+async fn keys(store: &Store, command: KeysCommand) -> Result<Vec<String>, ApiError> {
     let now = expiry::now();
     let json = |v: &KeyView| serde_json::to_string(v).map_err(ApiError::internal);
     match command {
