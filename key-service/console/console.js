@@ -204,7 +204,7 @@ async function start() {
 
 // ---- Pages ---------------------------------------------------------------------------
 
-const pages = { keys: keysPage, usage: usagePage, groups: groupsPage, models: modelsPage, accounts: accountsPage };
+const pages = { keys: keysPage, usage: usagePage, groups: groupsPage, models: modelsPage, accounts: accountsPage, webhooks: webhooksPage };
 
 function route() {
   if ($("#app").hidden) return;
@@ -236,7 +236,7 @@ function table(caption, headings, rows, empty) {
 
 // ---- Keys ----------------------------------------------------------------------------
 
-const keysView = { q: "", status: "", group: "", page: 1 };
+const keysView = { q: "", status: "", group: "", rotation_due: "", page: 1 };
 
 async function keysPage() {
   const main = $("#main");
@@ -247,13 +247,15 @@ async function keysPage() {
   const group = h("select", { id: "key-group" },
     h("option", { value: "" }, "any"),
     catalog.groups.map((g) => h("option", { value: g.name, selected: g.name === keysView.group }, g.name)));
+  const due = h("input", { id: "key-rotation-due", type: "checkbox", checked: keysView.rotation_due === "true" });
   const apply = (event) => {
     event?.preventDefault();
-    Object.assign(keysView, { q: search.value.trim(), status: status.value, group: group.value, page: 1 });
+    Object.assign(keysView, { q: search.value.trim(), status: status.value, group: group.value, rotation_due: due.checked ? "true" : "", page: 1 });
     refreshKeys(list);
   };
   status.addEventListener("change", apply);
   group.addEventListener("change", apply);
+  due.addEventListener("change", apply);
   main.replaceChildren(
     h("div", { class: "page-head" },
       h("h1", {}, "API keys"),
@@ -262,6 +264,7 @@ async function keysPage() {
       h("label", { for: "key-search" }, "Search"), search,
       h("label", { for: "key-status" }, "Status"), status,
       h("label", { for: "key-group" }, "Group"), group,
+      h("label", { for: "key-rotation-due" }, due, " Rotation due"),
       h("button", { type: "submit" }, "Apply")),
     list);
   await refreshKeys(list);
@@ -269,8 +272,8 @@ async function keysPage() {
 
 async function refreshKeys(list = $("#key-list")) {
   if (!list) return;
-  const { q, status, group, page } = keysView;
-  const data = await guarded(() => api("GET", `/api/v1/keys${query({ q, status, group, page, per_page: PER_PAGE })}`));
+  const { q, status, group, rotation_due, page } = keysView;
+  const data = await guarded(() => api("GET", `/api/v1/keys${query({ q, status, group, rotation_due, page, per_page: PER_PAGE })}`));
   list.replaceChildren(
     table("API keys",
       ["Name", "Key", "Status", "Group", "Quota used / remaining", "Expires", "Models", "IP allowlist", "Rate limits", "Last used", "Actions"],
@@ -307,7 +310,8 @@ function keyRow(key) {
   return h("tr", { "data-key-id": key.id },
     h("th", { scope: "row" }, key.name),
     h("td", {}, h("code", {}, key.masked_key)),
-    h("td", {}, h("span", { class: `badge ${key.status}` }, key.status)),
+    h("td", {}, h("span", { class: `badge ${key.status}` }, key.status),
+      key.rotation_due ? [" ", h("span", { class: "badge rotation-due", title: `Rotate by ${dateTime(key.rotate_by)}` }, "rotation due")] : []),
     h("td", {}, key.group),
     h("td", { class: "num" }, quotaCell(key)),
     h("td", {}, expiryCell(key)),
@@ -405,6 +409,7 @@ function openKeyDialog(key = null) {
     $("#kf-models-other").value = key.models.filter((m) => !known.includes(m)).join(", ");
     $("#kf-ips").value = key.ip_allowlist.join("\n");
     for (const field of LIMITS) form.elements.namedItem(field).value = key[field] ?? "";
+    if (key.rotate_by) form.rotate_by.value = localInputValue(key.rotate_by);
   } else {
     // The seeds' recommended first key.
     form.elements.namedItem("name").value = "dev-local";
@@ -497,6 +502,10 @@ function keyFormBody() {
     }
     body[field] = value === "" ? null : Number(value);
   }
+  const rotateBy = form.rotate_by.value;
+  // On edit, empty clears the date; on create it is simply left out.
+  if (rotateBy) body.rotate_by = new Date(rotateBy).toISOString().replace(/\.\d{3}Z$/, "Z");
+  else if (editing) body.rotate_by = null;
   if (!editing) body.quantity = Number(form.quantity.value || 1);
   return body;
 }
@@ -838,6 +847,88 @@ async function accountsPage() {
         }, "Edit")))),
       "No accounts."),
     h("h2", {}, "Add an account or set a balance"), form);
+}
+
+// ---- Webhooks ------------------------------------------------------------------------
+
+async function webhooksPage() {
+  const data = await guarded(() => api("GET", "/api/v1/webhooks"));
+  const log = h("div", { id: "delivery-log" });
+  const form = adminForm("webhook-form", [
+    ["url", "URL (an http or https address)", { required: true, type: "url" }],
+    ["account", "Account (empty: every account's events)"],
+    ["events", "Event types, comma-separated (empty: all)"],
+  ], "Create webhook", async (f) => {
+    const body = { url: f.url.value.trim() };
+    const account = f.account.value.trim();
+    if (account) body.account = account;
+    body.events = f.events.value.split(",").map((e) => e.trim()).filter(Boolean);
+    const created = await api("POST", "/api/v1/webhooks", body);
+    await webhooksPage();
+    showWebhookSecret(created);
+  });
+  $("#main").replaceChildren(
+    h("div", { class: "page-head" }, h("h1", {}, "Webhooks")),
+    h("p", { class: "hint" }, "Alerts are POSTed to each webhook, signed with its secret (see docs/alerts.md); the secret is shown once."),
+    table("Webhooks", ["URL", "Account", "Events", "Enabled", "Actions"],
+      data.webhooks.map((w) => h("tr", { "data-webhook-id": w.id },
+        h("th", { scope: "row" }, h("code", {}, w.url)),
+        h("td", {}, w.account ?? h("span", { class: "muted" }, "all (global)")),
+        h("td", {}, w.events.length ? w.events.join(", ") : h("span", { class: "muted" }, "all")),
+        h("td", {}, w.enabled ? "yes" : "no"),
+        h("td", { class: "actions" },
+          h("button", { type: "button", "aria-label": `Test ${w.url}`, onclick: () => testWebhook(w, log) }, "Test"),
+          h("button", { type: "button", "aria-label": `Deliveries of ${w.url}`, onclick: () => showDeliveries(w, log, 1) }, "Deliveries"),
+          h("button", { type: "button", "aria-label": `Rotate the secret of ${w.url}`, onclick: () => rotateWebhookSecret(w) }, "Rotate secret"),
+          h("button", { type: "button", class: "danger", "aria-label": `Delete ${w.url}`, onclick: () => deleteWebhook(w) }, "Delete")))),
+      "No webhooks yet."),
+    log,
+    h("h2", {}, "Add a webhook"), form);
+}
+
+function showWebhookSecret(webhook) {
+  const field = h("input", { type: "text", readonly: true, value: webhook.secret, id: "webhook-secret", size: 44 });
+  $("#delivery-log").replaceChildren(
+    h("div", { class: "secret-box", role: "status" },
+      h("h2", {}, "Signing secret (shown once)"),
+      h("p", {}, `Deliveries to ${webhook.url} carry X-Keygate-Signature: sha256=HMAC(secret, timestamp + "." + body).`),
+      field, " ", h("button", { type: "button", onclick: () => copy(webhook.secret, field).catch(() => notify("Copying failed: select the secret and copy it by hand.", "error")) }, "Copy")));
+}
+
+async function testWebhook(webhook, log) {
+  const queued = await guarded(() => api("POST", `/api/v1/webhooks/${encodeURIComponent(webhook.id)}/test`));
+  notify(`Test event ${queued.event_id} queued.`);
+  await showDeliveries(webhook, log, 1);
+}
+
+async function rotateWebhookSecret(webhook) {
+  if (!(await confirmAction("Rotate the signing secret?", `Deliveries to ${webhook.url} will be signed with a new secret from now on.`, "Rotate"))) return;
+  const rotated = await guarded(() => api("POST", `/api/v1/webhooks/${encodeURIComponent(webhook.id)}/rotate-secret`));
+  showWebhookSecret(rotated);
+}
+
+async function deleteWebhook(webhook) {
+  if (!(await confirmAction("Delete this webhook?", `${webhook.url} will get no more alerts, and its delivery log goes with it.`, "Delete"))) return;
+  await guarded(() => api("DELETE", `/api/v1/webhooks/${encodeURIComponent(webhook.id)}`));
+  notify("Webhook deleted.");
+  await webhooksPage();
+}
+
+async function showDeliveries(webhook, log, page) {
+  const data = await guarded(() => api("GET", `/api/v1/webhooks/${encodeURIComponent(webhook.id)}/deliveries${query({ page, per_page: PER_PAGE })}`));
+  log.replaceChildren(
+    h("h2", {}, `Deliveries to ${webhook.url}`),
+    table("Deliveries", ["Event", "Type", "Status", "Attempts", "Last answer", "Created", "Next attempt / delivered"],
+      data.deliveries.map((d) => h("tr", {},
+        h("td", {}, h("code", {}, d.event_id)),
+        h("td", {}, d.event_type),
+        h("td", {}, h("span", { class: `badge ${d.status}` }, d.status)),
+        h("td", { class: "num" }, number(d.attempts)),
+        h("td", {}, d.last_status ? String(d.last_status) : (d.last_error ?? "")),
+        h("td", {}, dateTime(d.created_at)),
+        h("td", {}, d.delivered_at ? dateTime(d.delivered_at) : (d.next_attempt_at ? relative(d.next_attempt_at) : "")))),
+      "Nothing delivered yet."),
+    pager(data.page, data.per_page, data.total, (p) => showDeliveries(webhook, log, p)));
 }
 
 // ---- Wiring --------------------------------------------------------------------------

@@ -1,19 +1,59 @@
-//! `key-service keys ...`: the operator's command line, on the same database as the
-//! service (`--database-url`), through the same checks as the API. Each key is printed
-//! as one line of JSON (the API's KEY); a secret is printed only by `create` and `rotate`.
+//! `key-service keys ...` and `key-service webhooks ...`: the operator's command line, on
+//! the same database as the service (`--database-url`), through the same checks as the
+//! API. Each key or webhook is printed as one line of JSON (as the API shows it); a
+//! secret is printed only by `create` and `rotate` (`rotate-secret`).
 
 use clap::{Args, Subcommand};
 
+use crate::alerts::webhooks::{self, CreateWebhook};
 use crate::error::ApiError;
 use crate::expiry;
-use crate::keys::{self, CreateKey, KeyView, RotateKey};
+use crate::keys::{self, CreateKey, KeyView, RotateKey, UpdateKey};
 use crate::store::{KeyFilter, Store};
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Manage API keys without the HTTP API.
     #[command(subcommand)]
-    Keys(KeysCommand),
+    Keys(Box<KeysCommand>),
+    /// Manage alert webhooks and read their delivery logs.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum WebhooksCommand {
+    /// Create a webhook; prints it with its signing secret (shown this once).
+    Create {
+        /// Where events are POSTed (http:// or https://).
+        #[arg(long)]
+        url: String,
+        /// Only this account's events; without it, every event (a global webhook).
+        #[arg(long)]
+        account: Option<String>,
+        /// Event types, comma-separated; without it, all.
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+    },
+    /// List webhooks (never their secrets).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Delete a webhook and its delivery log.
+    Delete { id: String },
+    /// Queue a `test` event for one webhook (the running service delivers it).
+    Test { id: String },
+    /// A webhook's deliveries, newest first.
+    Deliveries {
+        id: String,
+        /// pending, delivered or failed.
+        #[arg(long)]
+        status: Option<String>,
+        /// How many to print.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -22,6 +62,8 @@ pub enum KeysCommand {
     Create(CreateArgs),
     /// List keys (masked).
     List(ListArgs),
+    /// Change a key's rotation date (more fields: the HTTP API's PATCH).
+    Edit(EditArgs),
     /// Refuse a key from now on.
     Disable { id: String },
     /// Accept a disabled key again.
@@ -32,6 +74,9 @@ pub enum KeysCommand {
         /// Keep the old secret working this long (e.g. "1h").
         #[arg(long)]
         grace_period: Option<String>,
+        /// The next rotation date (RFC 3339); without it the met one is cleared.
+        #[arg(long)]
+        rotate_by: Option<String>,
     },
     /// Delete a key.
     Delete { id: String },
@@ -75,6 +120,17 @@ pub struct CreateArgs {
     /// such as 72h.
     #[arg(long)]
     pub quota_period: Option<String>,
+    /// When the secret should be rotated by (RFC 3339); reminded as `key.rotation_due`.
+    #[arg(long)]
+    pub rotate_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EditArgs {
+    pub id: String,
+    /// A new rotation date (RFC 3339), or "none" to clear it.
+    #[arg(long)]
+    pub rotate_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -89,11 +145,66 @@ pub struct ListArgs {
     /// Part of the name.
     #[arg(long)]
     pub q: Option<String>,
+    /// Only keys whose rotation date has passed.
+    #[arg(long)]
+    pub rotation_due: bool,
 }
 
 /// Runs one command; returns the lines to print.
 pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiError> {
-    let Command::Keys(command) = command;
+    match command {
+        Command::Keys(command) => keys(store, *command).await,
+        Command::Webhooks(command) => webhooks_command(store, command).await,
+    }
+}
+
+async fn webhooks_command(
+    store: &Store,
+    command: WebhooksCommand,
+) -> Result<Vec<String>, ApiError> {
+    fn json<T: serde::Serialize>(v: &T) -> Result<String, ApiError> {
+        serde_json::to_string(v).map_err(ApiError::internal)
+    }
+    let now = expiry::now();
+    match command {
+        WebhooksCommand::Create {
+            url,
+            account,
+            events,
+        } => {
+            let request = CreateWebhook {
+                url,
+                account,
+                events: Some(events),
+                enabled: None,
+            };
+            Ok(vec![json(&webhooks::create(store, request, now).await?)?])
+        }
+        WebhooksCommand::List { account } => webhooks::list(store, account.as_deref())
+            .await?
+            .iter()
+            .map(json)
+            .collect(),
+        WebhooksCommand::Delete { id } => {
+            webhooks::delete(store, &id).await?;
+            Ok(vec![format!("{{\"deleted\":{}}}", serde_json::json!(id))])
+        }
+        WebhooksCommand::Test { id } => {
+            let event_id = webhooks::test(store, &id, now).await?;
+            Ok(vec![format!(
+                "{{\"event_id\":{}}}",
+                serde_json::json!(event_id)
+            )])
+        }
+        WebhooksCommand::Deliveries { id, status, limit } => {
+            let status = status.as_deref().map(webhooks::check_status).transpose()?;
+            let (views, _) = webhooks::deliveries(store, &id, status, limit, 0).await?;
+            views.iter().map(json).collect()
+        }
+    }
+}
+
+async fn keys(store: &Store, command: KeysCommand) -> Result<Vec<String>, ApiError> {
     let now = expiry::now();
     let json = |v: &KeyView| serde_json::to_string(v).map_err(ApiError::internal);
     match command {
@@ -113,6 +224,7 @@ pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiErro
                 tpm: a.tpm,
                 max_parallel: a.max_parallel,
                 quota_period: a.quota_period,
+                rotate_by: a.rotate_by,
             };
             let created = keys::create(store, request, now).await?;
             created.iter().map(json).collect()
@@ -131,6 +243,7 @@ pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiErro
                 group: a.group,
                 account: a.account,
                 name_contains: a.q,
+                rotation_due: a.rotation_due.then_some(true),
             };
             let mut lines = Vec::new();
             let mut offset = 0;
@@ -152,8 +265,24 @@ pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiErro
         KeysCommand::Enable { id } => Ok(vec![json(
             &keys::set_enabled(store, &id, true, now).await?,
         )?]),
-        KeysCommand::Rotate { id, grace_period } => {
-            let request = RotateKey { grace_period };
+        KeysCommand::Edit(a) => {
+            let request = UpdateKey {
+                rotate_by: a.rotate_by.map(|at| Some(at).filter(|at| at != "none")),
+                ..UpdateKey::default()
+            };
+            Ok(vec![json(
+                &keys::update(store, &a.id, request, now).await?,
+            )?])
+        }
+        KeysCommand::Rotate {
+            id,
+            grace_period,
+            rotate_by,
+        } => {
+            let request = RotateKey {
+                grace_period,
+                rotate_by,
+            };
             let rotated = keys::rotate(store, &id, &request, now).await?;
             Ok(vec![json(&rotated)?])
         }

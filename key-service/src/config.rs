@@ -2,9 +2,13 @@
 //! of the same meaning (see CONTRACT.md), and the database URL taken apart.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 
+use crate::alerts::threshold::Thresholds;
+use crate::alerts::AlertSettings;
+use crate::expiry;
 use crate::tokens::Token;
 
 // Where the data lives is the store's own type; the configuration only names it.
@@ -77,10 +81,80 @@ pub struct Config {
     /// week or month begin at midnight.
     #[arg(long, env = "KEYGATE_BUDGET_TIME_ZONE", default_value = "UTC")]
     pub budget_time_zone: String,
+    /// Budget thresholds alerted at, in percent of a key's (or an account's) budget for
+    /// its period, comma-separated; each fires once per period.
+    #[arg(long, env = "KEYGATE_ALERT_THRESHOLDS", default_value = "50,80,100")]
+    pub alert_thresholds: String,
+
+    /// A key expiring within this long gets a `key.expiring` alert ("7d", "12h").
+    #[arg(long, env = "KEYGATE_ALERT_EXPIRING_WITHIN", default_value = "7d")]
+    pub alert_expiring_within: String,
+
+    /// How often keys are looked at for expiry and rotation reminders ("5min", "1h").
+    #[arg(long, env = "KEYGATE_ALERT_SCAN_INTERVAL", default_value = "5min")]
+    pub alert_scan_interval: String,
+
+    /// How often, in ms, due webhook deliveries are looked for.
+    #[arg(long, env = "KEYGATE_WEBHOOK_POLL_MS", default_value_t = 1000)]
+    pub webhook_poll_ms: u64,
+
+    /// The wait, in ms, after a webhook delivery's first failed attempt; doubled after
+    /// each further one, up to `--webhook-backoff-cap-ms`.
+    #[arg(long, env = "KEYGATE_WEBHOOK_BACKOFF_BASE_MS", default_value_t = 1000)]
+    pub webhook_backoff_base_ms: u64,
+
+    /// The longest wait, in ms, between attempts at a webhook delivery.
+    #[arg(
+        long,
+        env = "KEYGATE_WEBHOOK_BACKOFF_CAP_MS",
+        default_value_t = 3_600_000
+    )]
+    pub webhook_backoff_cap_ms: u64,
+
+    /// How long after its event a webhook delivery is still tried ("24h"); then it is
+    /// marked failed.
+    #[arg(long, env = "KEYGATE_WEBHOOK_RETRY_FOR", default_value = "24h")]
+    pub webhook_retry_for: String,
+
+    /// The most one webhook delivery attempt may take, in ms, connecting included.
+    #[arg(long, env = "KEYGATE_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
 
     /// Without a command the service runs; with one, it acts on the database and exits.
     #[command(subcommand)]
     pub command: Option<crate::cli::Command>,
+}
+
+impl Config {
+    /// The alert flags checked and read into settings; the error names the flag.
+    pub fn alert_settings(&self) -> Result<AlertSettings, String> {
+        let seconds = |flag: &str, text: &str| match expiry::parse_expires_in(text) {
+            Ok(expiry::ExpiresIn::After(s)) => Ok(s),
+            Ok(expiry::ExpiresIn::Never) => Err(format!("{flag}: give a duration such as \"7d\"")),
+            Err(e) => Err(format!("{flag}: {e}")),
+        };
+        let duration = |flag: &str, text: &str| {
+            seconds(flag, text).map(|s| Duration::from_secs(s.unsigned_abs()))
+        };
+        let positive = |flag: &str, ms: u64| match ms {
+            0 => Err(format!("{flag} must be at least 1")),
+            ms => Ok(Duration::from_millis(ms)),
+        };
+        Ok(AlertSettings {
+            thresholds: self
+                .alert_thresholds
+                .parse::<Thresholds>()
+                .map_err(|e| format!("--alert-thresholds: {e}"))?,
+            expiring_within: seconds("--alert-expiring-within", &self.alert_expiring_within)?,
+            scan_every: duration("--alert-scan-interval", &self.alert_scan_interval)?,
+            poll_every: positive("--webhook-poll-ms", self.webhook_poll_ms)?,
+            backoff_base: positive("--webhook-backoff-base-ms", self.webhook_backoff_base_ms)?,
+            backoff_cap: positive("--webhook-backoff-cap-ms", self.webhook_backoff_cap_ms)?,
+            retry_for: duration("--webhook-retry-for", &self.webhook_retry_for)?,
+            timeout: positive("--webhook-timeout-ms", self.webhook_timeout_ms)?,
+            ..AlertSettings::default()
+        })
+    }
 }
 
 #[cfg(test)]
@@ -118,6 +192,37 @@ mod tests {
         .unwrap();
         assert_eq!(config.check_trusted_hops, 2);
         assert!(config.check_trust_envoy_external_address);
+    }
+
+    #[test]
+    fn alert_flags_are_read_into_settings_and_refused_with_their_name() {
+        let config = Config::try_parse_from([
+            "key-service",
+            "--alert-thresholds",
+            "90,25",
+            "--alert-expiring-within",
+            "2d",
+            "--webhook-backoff-base-ms",
+            "50",
+            "--webhook-retry-for",
+            "1h",
+        ])
+        .unwrap();
+        let settings = config.alert_settings().unwrap();
+        assert_eq!(settings.thresholds.as_slice(), [25, 90]);
+        assert_eq!(settings.expiring_within, 2 * 86_400);
+        assert_eq!(settings.backoff_base, Duration::from_millis(50));
+        assert_eq!(settings.retry_for, Duration::from_secs(3_600));
+        for (flag, value) in [
+            ("--alert-thresholds", "0"),
+            ("--alert-expiring-within", "never"),
+            ("--webhook-timeout-ms", "0"),
+            ("--webhook-retry-for", "soon"),
+        ] {
+            let config = Config::try_parse_from(["key-service", flag, value]).unwrap();
+            let err = config.alert_settings().unwrap_err();
+            assert!(err.starts_with(flag), "{err}");
+        }
     }
 
     #[test]

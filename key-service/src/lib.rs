@@ -2,6 +2,7 @@
 //! checks requests against. [`app`] builds the HTTP routes around an [`AppState`];
 //! [`run`] is the whole service as the binary starts it.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod budget;
@@ -207,6 +208,34 @@ pub fn routes() -> Vec<Route> {
         ),
         route(Get, "/api/v1/usage", Admin, api::usage::list),
         route(Get, "/api/v1/usage/summary", Admin, api::usage::summary),
+        route(Post, "/api/v1/webhooks", Admin, api::webhooks::create),
+        route(Get, "/api/v1/webhooks", Admin, api::webhooks::list),
+        route(Get, "/api/v1/webhooks/{id}", Admin, api::webhooks::get),
+        route(Patch, "/api/v1/webhooks/{id}", Admin, api::webhooks::update),
+        route(
+            Delete,
+            "/api/v1/webhooks/{id}",
+            Admin,
+            api::webhooks::delete,
+        ),
+        route(
+            Post,
+            "/api/v1/webhooks/{id}/rotate-secret",
+            Admin,
+            api::webhooks::rotate_secret,
+        ),
+        route(
+            Post,
+            "/api/v1/webhooks/{id}/test",
+            Admin,
+            api::webhooks::test,
+        ),
+        route(
+            Get,
+            "/api/v1/webhooks/{id}/deliveries",
+            Admin,
+            api::webhooks::deliveries,
+        ),
         route(Get, "/filter/v1/snapshot", Filter, api::filter::snapshot),
         route(Post, "/filter/v1/usage", Filter, api::usage::report),
         route(Post, "/filter/v1/leases", Filter, api::leases::grant),
@@ -308,6 +337,8 @@ pub enum StartError {
     Retention(String),
     #[error("--budget-time-zone: {0}")]
     TimeZone(String),
+    #[error("{0}")]
+    Alerts(String),
 }
 
 /// Opens the database (creating and migrating it), settles the tokens, serves until
@@ -327,7 +358,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
         return Ok(());
     }
-    let store = Store::open(&database).await?.with_time_zone(time_zone);
+    let alerts = Arc::new(config.alert_settings().map_err(StartError::Alerts)?);
+    let store = Store::open(&database)
+        .await?
+        .with_alert_thresholds(alerts.thresholds.clone())
+        .with_time_zone(time_zone);
     match &database {
         Database::Sqlite { path } => tracing::info!(path = %absolute(path), "database ready"),
         Database::Postgres { .. } => tracing::info!(engine = "postgres", "database ready"),
@@ -385,6 +420,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             xff_hops: config.check_trusted_hops,
             envoy_external_address: config.check_trust_envoy_external_address,
         });
+    alerts::spawn(store.clone(), alerts, state.metrics.clone())
+        .map_err(|e| StartError::Alerts(format!("the webhook client cannot start: {e}")))?;
     let changes = state.changes.clone();
     let shutdown = async move {
         shutdown_signal().await;

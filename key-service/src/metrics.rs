@@ -1,6 +1,6 @@
 //! `GET /metrics`, through `prometheus-client`: requests by route and status, their
-//! latency, snapshot requests by kind, usage records ingested, subjects of lease asks, and
-//! keys by status (counted at a scrape, at most once per `KEY_COUNT_TTL`). The text is
+//! latency, snapshot requests by kind, usage records ingested, subjects of lease asks,
+//! webhook delivery attempts by result, and keys by status (counted at a scrape, at most once per `KEY_COUNT_TTL`). The text is
 //! OpenMetrics, which Prometheus reads; a counter's samples keep their `_total` names.
 //!
 //! Every label is bounded: a route is its template (never the raw path, which holds ids
@@ -112,6 +112,28 @@ impl UsageResult {
     }
 }
 
+/// What became of one attempt at a webhook delivery.
+#[derive(Clone, Copy, Debug)]
+pub enum DeliveryResult {
+    Delivered,
+    /// Failed, and tried again later.
+    Retried,
+    /// Failed, and given up (the retry window is over).
+    Failed,
+}
+
+impl DeliveryResult {
+    const ALL: [DeliveryResult; 3] = [Self::Delivered, Self::Retried, Self::Failed];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Retried => "retried",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// The answers a lease ask gets per subject.
 const LEASE_ANSWERS: [&str; 2] = ["limited", "unlimited"];
 
@@ -125,6 +147,7 @@ pub struct Metrics {
     snapshots: Family<AnswerLabel, Counter>,
     usage_records: Family<ResultLabel, Counter>,
     leases: Family<AnswerLabel, Counter>,
+    webhook_deliveries: Family<ResultLabel, Counter>,
     /// The last count of keys by status and when it was taken. An async lock, held while
     /// counting, so scrapes that arrive meanwhile wait for that count instead of each
     /// starting their own.
@@ -161,6 +184,14 @@ impl Default for Metrics {
         for answer in LEASE_ANSWERS {
             leases.get_or_create(&AnswerLabel { answer }).inc_by(0);
         }
+        let webhook_deliveries = Family::<ResultLabel, Counter>::default();
+        for result in DeliveryResult::ALL {
+            webhook_deliveries
+                .get_or_create(&ResultLabel {
+                    result: result.label(),
+                })
+                .inc_by(0);
+        }
         let mut registry = Registry::default();
         registry.register(
             "keygate_http_requests",
@@ -187,8 +218,14 @@ impl Default for Metrics {
             "Subjects filters asked leases on, by answer (limited or unlimited)",
             leases.clone(),
         );
+        registry.register(
+            "keygate_webhook_deliveries",
+            "Attempts at webhook deliveries, by result (delivered, retried, failed)",
+            webhook_deliveries.clone(),
+        );
         Metrics {
             registry,
+            webhook_deliveries,
             requests,
             latency,
             snapshots,
@@ -225,6 +262,15 @@ impl Metrics {
         for (answer, n) in LEASE_ANSWERS.into_iter().zip([limited, unlimited]) {
             self.leases.get_or_create(&AnswerLabel { answer }).inc_by(n);
         }
+    }
+
+    /// Counts one attempt at a webhook delivery.
+    pub fn webhook_delivery(&self, result: DeliveryResult) {
+        self.webhook_deliveries
+            .get_or_create(&ResultLabel {
+                result: result.label(),
+            })
+            .inc();
     }
 
     /// Keys by status as of at most `KEY_COUNT_TTL` before `now`: counted from the
@@ -371,6 +417,7 @@ mod tests {
         metrics.snapshot_answered(SnapshotAnswer::Delta);
         metrics.usage_records(UsageResult::Refused, 3);
         metrics.leases_answered(2, 0);
+        metrics.webhook_delivery(DeliveryResult::Retried);
         metrics
             .latency
             .get_or_create(&LatencyLabels {
@@ -389,6 +436,8 @@ mod tests {
             "keygate_usage_records_total{result=\"accepted\"} 0",
             "keygate_lease_subjects_total{answer=\"limited\"} 2",
             "keygate_lease_subjects_total{answer=\"unlimited\"} 0",
+            "keygate_webhook_deliveries_total{result=\"retried\"} 1",
+            "keygate_webhook_deliveries_total{result=\"failed\"} 0",
             "# TYPE keygate_http_request_duration_seconds histogram",
             "keygate_http_request_duration_seconds_bucket{le=\"0.0025\",route=\"/healthz\",method=\"GET\",status=\"2xx\"} 1",
         ] {
@@ -416,6 +465,7 @@ mod tests {
             tpm: None,
             max_parallel: None,
             quota_period: crate::budget::Period::Total,
+            rotate_by: None,
         };
         store.insert_keys(&[key("a")], 0).await.unwrap();
         let metrics = Metrics::default();

@@ -28,6 +28,13 @@ pub(crate) fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<
     Option::<i64>::deserialize(d).map(Some)
 }
 
+/// As `nullable`, for text.
+pub(crate) fn nullable_text<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
 /// Model names, non-empty and printable, duplicates dropped (first kept).
 pub(crate) fn check_models(models: Vec<String>) -> Result<Vec<String>, ApiError> {
     let mut seen = HashSet::new();

@@ -31,8 +31,13 @@ impl Cli {
 
     /// Runs `key-service keys <args>`; returns (success, stdout lines as JSON, stderr).
     fn keys(&self, args: &[&str]) -> (bool, Vec<Value>, String) {
+        self.run("keys", args)
+    }
+
+    /// Runs `key-service <command> <args>`, likewise.
+    fn run(&self, command: &str, args: &[&str]) -> (bool, Vec<Value>, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_key-service"))
-            .args(["--database-url", &self.db, "keys"])
+            .args(["--database-url", &self.db, command])
             .args(args)
             .env_remove("KEYGATE_ADMIN_TOKEN")
             .env_remove("KEYGATE_FILTER_TOKEN")
@@ -128,4 +133,65 @@ fn bad_input_fails_with_the_apis_message() {
     let (ok, _, err) = cli.keys(&["list", "--status", "sleepy"]);
     assert!(!ok);
     assert!(err.contains("status"), "{err}");
+}
+
+#[test]
+fn an_operator_manages_webhooks_and_rotation_dates_from_the_command_line() {
+    let cli = Cli::new();
+    let (ok, created, err) = cli.run(
+        "webhooks",
+        &[
+            "create",
+            "--url",
+            "http://127.0.0.1:1/hook",
+            "--events",
+            "key.disabled",
+        ],
+    );
+    assert!(ok, "{err}");
+    let id = created[0]["id"].as_str().unwrap().to_owned();
+    let secret = created[0]["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let (ok, listed, _) = cli.run("webhooks", &["list"]);
+    assert!(ok);
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].get("secret").is_none());
+
+    let (ok, key, _) = cli.keys(&[
+        "create",
+        "--name",
+        "r",
+        "--rotate-by",
+        "2001-01-01T00:00:00Z",
+    ]);
+    assert!(ok);
+    let key_id = key[0]["id"].as_str().unwrap().to_owned();
+    let (_, due, _) = cli.keys(&["list", "--rotation-due"]);
+    assert_eq!(due.len(), 1);
+    let (ok, edited, _) = cli.keys(&["edit", &key_id, "--rotate-by", "none"]);
+    assert!(ok);
+    assert_eq!(edited[0]["rotate_by"], Value::Null);
+    let (_, due, _) = cli.keys(&["list", "--rotation-due"]);
+    assert!(due.is_empty());
+    let (ok, _, _) = cli.keys(&["disable", &key_id]);
+    assert!(ok);
+
+    let (ok, queued, _) = cli.run("webhooks", &["test", &id]);
+    assert!(ok);
+    let (ok, log, _) = cli.run("webhooks", &["deliveries", &id, "--status", "pending"]);
+    assert!(ok);
+    let mut types: Vec<&str> = log
+        .iter()
+        .map(|d| d["event_type"].as_str().unwrap())
+        .collect();
+    types.sort_unstable();
+    assert_eq!(types, ["key.disabled", "test"]);
+    assert!(log.iter().any(|d| d["event_id"] == queued[0]["event_id"]));
+    let (ok, _, err) = cli.run("webhooks", &["deliveries", &id, "--status", "lost"]);
+    assert!(!ok && err.contains("status"), "{err}");
+
+    let (ok, _, _) = cli.run("webhooks", &["delete", &id]);
+    assert!(ok);
+    let (_, listed, _) = cli.run("webhooks", &["list"]);
+    assert!(listed.is_empty());
 }

@@ -54,7 +54,9 @@ fn a_spent_quota_starts_afresh_at_the_period_boundary(stack: Stack) {
     let mut resets_at = unix(&view["resets_at"]);
     // Start early in a period, so that its calls and the refusal all fall inside it.
     if resets_at - now_secs() < PERIOD_SECS as f64 * 0.6 {
-        thread::sleep(Duration::from_secs_f64((resets_at - now_secs()).max(0.0) + 0.2));
+        thread::sleep(Duration::from_secs_f64(
+            (resets_at - now_secs()).max(0.0) + 0.2,
+        ));
         resets_at = unix(&key_view(&stack, &key.id)["resets_at"]);
     }
 
@@ -62,9 +64,16 @@ fn a_spent_quota_starts_afresh_at_the_period_boundary(stack: Stack) {
     assert_eq!(first.status(), 200);
     let mut statuses = vec![];
     for _ in 0..3 {
-        statuses.push(send_metered(&stack.envoy_url, &key.secret, 0).status().as_u16());
+        statuses.push(
+            send_metered(&stack.envoy_url, &key.secret, 0)
+                .status()
+                .as_u16(),
+        );
     }
-    assert!(now_secs() < resets_at, "the calls took longer than the period");
+    assert!(
+        now_secs() < resets_at,
+        "the calls took longer than the period"
+    );
     assert_eq!(statuses, [200, 429, 429], "two calls fit in a period");
 
     // The first call after the boundary is served: nothing refuses it on the way.

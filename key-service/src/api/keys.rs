@@ -50,7 +50,7 @@ pub struct ListParams {
 }
 
 impl ListParams {
-    /// Reads `status`, `group`, `account`, `q`, `page` and `per_page`; an empty value
+    /// Reads `status`, `group`, `account`, `q`, `rotation_due`, `page` and `per_page`; an empty value
     /// means "not given", anything else unknown is refused so that a typo is not mistaken
     /// for "no filter".
     pub fn parse(query: &str) -> Result<Self, ApiError> {
@@ -81,6 +81,18 @@ impl ListParams {
                 "group" => params.filter.group = Some(value),
                 "account" => params.filter.account = Some(value),
                 "q" => params.filter.name_contains = Some(value),
+                "rotation_due" => {
+                    params.filter.rotation_due = Some(match value.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return Err(ApiError::invalid(
+                                "rotation_due",
+                                "rotation_due must be true or false",
+                            ))
+                        }
+                    })
+                }
                 "page" => params.page = number("page", &value, 1, u32::MAX)?,
                 "per_page" => params.per_page = number("per_page", &value, 1, PER_PAGE_MAX)?,
                 _ => {
@@ -116,6 +128,7 @@ pub struct KeyPage {
         ("group" = Option<String>, Query),
         ("account" = Option<String>, Query),
         ("q" = Option<String>, Query, description = "part of the name"),
+        ("rotation_due" = Option<bool>, Query, description = "true: only keys whose rotate_by has passed"),
         ("page" = Option<u32>, Query, minimum = 1),
         ("per_page" = Option<u32>, Query, minimum = 1, maximum = 100),
     ),
@@ -263,6 +276,8 @@ mod tests {
         assert_eq!(p.filter.account.as_deref(), Some("a"));
         assert_eq!(p.filter.name_contains.as_deref(), Some("ci"));
         assert_eq!((p.page, p.per_page), (3, 50));
+        let p = ListParams::parse("rotation_due=true").unwrap();
+        assert_eq!(p.filter.rotation_due, Some(true));
 
         let p = ListParams::parse("q=&status=").unwrap();
         assert_eq!(
@@ -277,6 +292,7 @@ mod tests {
             ("page=x", "page"),
             ("per_page=101", "per_page"),
             ("per_page=0", "per_page"),
+            ("rotation_due=yes", "rotation_due"),
             ("perpage=5", "perpage"),
         ] {
             match ListParams::parse(query) {

@@ -7,6 +7,7 @@ pub mod filter;
 pub mod keys;
 pub mod leases;
 pub mod usage;
+pub mod webhooks;
 
 use std::time::Duration;
 

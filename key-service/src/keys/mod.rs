@@ -61,6 +61,7 @@ pub async fn create(store: &Store, request: CreateKey, now: i64) -> Result<Vec<K
             tpm: spec.tpm,
             max_parallel: spec.max_parallel,
             quota_period: spec.quota_period,
+            rotate_by: spec.rotate_by,
         });
         secrets.push(secret);
     }
@@ -73,7 +74,7 @@ pub async fn create(store: &Store, request: CreateKey, now: i64) -> Result<Vec<K
             .get_key(&key.id, now)
             .await?
             .ok_or_else(|| ApiError::internal(format!("key {} vanished after insert", key.id)))?;
-        keys.push(KeyView::new(row, Some(secret))?);
+        keys.push(KeyView::at(row, Some(secret), now)?);
     }
     tracing::info!(count = keys.len(), account = %spec.account, group = %spec.group, "keys created");
     Ok(keys)
@@ -106,7 +107,7 @@ async fn view(
         .get_key(id, now)
         .await?
         .ok_or_else(|| no_such_key(id))?;
-    KeyView::new(row, secret)
+    KeyView::at(row, secret, now)
 }
 
 /// Up to `limit` keys that `filter` lets through, newest first, after skipping `offset`;
@@ -121,7 +122,7 @@ pub async fn list(
     let (rows, total) = store.list_keys(filter, limit, offset, now).await?;
     let keys = rows
         .into_iter()
-        .map(|row| KeyView::new(row, None))
+        .map(|row| KeyView::at(row, None, now))
         .collect::<Result<_, _>>()?;
     Ok((keys, total))
 }
@@ -172,10 +173,18 @@ pub async fn rotate(
     now: i64,
 ) -> Result<KeyView, ApiError> {
     let grace_until = request.grace_until(now)?;
+    let rotate_by = request.next_rotate_by()?;
     let secret = mint_secret()?;
     let hash = secret::hash_hex(&secret::hash(&secret));
     let rotated = store
-        .rotate_key(id, &hash, &secret::mask(&secret), now, grace_until)
+        .rotate_key_due(
+            id,
+            &hash,
+            &secret::mask(&secret),
+            now,
+            grace_until,
+            rotate_by,
+        )
         .await?;
     if !rotated {
         return Err(no_such_key(id));

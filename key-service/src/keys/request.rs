@@ -12,7 +12,7 @@ use crate::budget::{Period, PeriodError};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::store::KeyEdit;
-use crate::validate::{check_models, limit, nullable};
+use crate::validate::{check_models, limit, nullable, nullable_text};
 
 pub const NAME_MAX: usize = 64;
 pub const QUANTITY_MAX: i64 = 100;
@@ -56,6 +56,10 @@ pub struct CreateKey {
     /// `"72h"` or `"30d"` from the key's creation.
     #[serde(default)]
     pub quota_period: Option<String>,
+    /// When the secret should be rotated by (RFC 3339); past it the key is listed as
+    /// rotation due and alerted on (`key.rotation_due`).
+    #[serde(default)]
+    pub rotate_by: Option<String>,
 }
 
 /// A create request with defaults filled in and every field checked.
@@ -76,6 +80,8 @@ pub struct KeySpec {
     pub tpm: Option<i64>,
     pub max_parallel: Option<i64>,
     pub quota_period: Period,
+    /// Unix seconds.
+    pub rotate_by: Option<i64>,
 }
 
 impl CreateKey {
@@ -115,6 +121,7 @@ impl CreateKey {
             tpm: limit("tpm", self.tpm)?,
             max_parallel: limit("max_parallel", self.max_parallel)?,
             quota_period: check_period(self.quota_period)?.unwrap_or(Period::Total),
+            rotate_by: self.rotate_by.as_deref().map(rotate_by).transpose()?,
         })
     }
 }
@@ -124,6 +131,11 @@ fn check_period(text: Option<String>) -> Result<Option<Period>, ApiError> {
     text.map(|t| t.parse())
         .transpose()
         .map_err(|e: PeriodError| ApiError::invalid("quota_period", e.to_string()))
+}
+
+/// A rotation date (RFC 3339); one in the past is accepted (the rotation is due).
+fn rotate_by(at: &str) -> Result<i64, ApiError> {
+    expiry::parse_rfc3339(at).map_err(|e| ApiError::invalid("rotate_by", e.to_string()))
 }
 
 /// The expiry asked for by `expires_at` (RFC 3339) or `expires_in` (`"1h"`, `"never"`):
@@ -195,6 +207,10 @@ pub struct UpdateKey {
     /// period now, with nothing used.
     #[serde(default)]
     pub quota_period: Option<String>,
+    /// A new rotation date (RFC 3339); `null` clears it.
+    #[serde(default, deserialize_with = "nullable_text")]
+    #[schema(value_type = Option<String>)]
+    pub rotate_by: Option<Option<String>>,
 }
 
 impl UpdateKey {
@@ -220,6 +236,10 @@ impl UpdateKey {
                 .map(|v| limit("max_parallel", v))
                 .transpose()?,
             quota_period: check_period(self.quota_period)?,
+            rotate_by: self
+                .rotate_by
+                .map(|at| at.as_deref().map(rotate_by).transpose())
+                .transpose()?,
         })
     }
 }
@@ -302,9 +322,17 @@ pub struct RotateKey {
     /// How long the old secret keeps working (`"1h"`, `"7d"`); absent = it stops at once.
     #[serde(default)]
     pub grace_period: Option<String>,
+    /// The next rotation date (RFC 3339); absent = none (the one met is cleared).
+    #[serde(default)]
+    pub rotate_by: Option<String>,
 }
 
 impl RotateKey {
+    /// The next rotation date asked for, in unix seconds.
+    pub fn next_rotate_by(&self) -> Result<Option<i64>, ApiError> {
+        self.rotate_by.as_deref().map(rotate_by).transpose()
+    }
+
     /// The unix second the old secret stops at, if it gets a grace period.
     pub fn grace_until(&self, now: i64) -> Result<Option<i64>, ApiError> {
         let Some(period) = &self.grace_period else {
@@ -360,8 +388,34 @@ mod tests {
                 tpm: None,
                 max_parallel: None,
                 quota_period: crate::budget::Period::Total,
+                rotate_by: None,
             }
         );
+    }
+
+    #[test]
+    fn a_rotation_date_is_set_cleared_or_left() {
+        let mut r = request("k");
+        r.rotate_by = Some("2030-01-01T00:00:00Z".into());
+        assert_eq!(r.validate(NOW).unwrap().rotate_by, Some(1_893_456_000));
+        let mut r = request("k");
+        r.rotate_by = Some("soon".into());
+        assert_eq!(param_of(r.validate(NOW)), "rotate_by");
+        let edit = |body: &str| {
+            crate::extract::parse::<UpdateKey>(body.as_bytes()).and_then(|u| u.validate(NOW))
+        };
+        assert_eq!(
+            edit(r#"{"rotate_by": null}"#).unwrap().rotate_by,
+            Some(None)
+        );
+        assert_eq!(edit("{}").unwrap().rotate_by, None);
+        assert_eq!(
+            edit(r#"{"rotate_by": "2030-01-01T00:00:00Z"}"#)
+                .unwrap()
+                .rotate_by,
+            Some(Some(1_893_456_000))
+        );
+        assert_eq!(param_of(edit(r#"{"rotate_by": "x"}"#)), "rotate_by");
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub struct KeyView {
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
     pub max_parallel: Option<i64>,
+    /// When the secret should be rotated by; `null` = no date.
+    pub rotate_by: Option<String>,
+    /// Whether `rotate_by` has passed (at the time of the answer).
+    pub rotation_due: bool,
     pub created_at: String,
     pub updated_at: String,
     pub last_used_at: Option<String>,
@@ -45,6 +49,11 @@ pub struct KeyView {
 
 impl KeyView {
     pub fn new(row: KeyRow, key: Option<String>) -> Result<Self, ApiError> {
+        Self::at(row, key, expiry::now())
+    }
+
+    /// The view at `now` (which decides `rotation_due`).
+    pub fn at(row: KeyRow, key: Option<String>, now: i64) -> Result<Self, ApiError> {
         let time = |unix: i64| {
             expiry::to_rfc3339(unix)
                 .ok_or_else(|| ApiError::internal(format!("stored time {unix} is out of range")))
@@ -57,6 +66,8 @@ impl KeyView {
             quota_period: row.quota_period.to_string(),
             period_start: row.period.map(|w| time(w.start)).transpose()?,
             resets_at: row.period.map(|w| time(w.end)).transpose()?,
+            rotate_by: row.rotate_by.map(time).transpose()?,
+            rotation_due: row.rotate_by.is_some_and(|at| at <= now),
             remaining_quota: (!row.unlimited_quota)
                 .then(|| row.quota.saturating_sub(row.used_quota).max(0)),
             id: row.id,

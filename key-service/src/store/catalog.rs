@@ -488,6 +488,7 @@ mod tests {
             tpm: None,
             max_parallel: None,
             quota_period: crate::budget::Period::Total,
+            rotate_by: None,
         };
         store.insert_keys(&[key], 1).await.unwrap();
         assert_eq!(store.delete_group("used", 2).await.unwrap(), Removed::InUse);

@@ -5,9 +5,11 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{with_pool, BeginWrite, Get, Store, StoreError};
+use super::{key_changed, with_pool, BeginWrite, Get, Outbox, Store, StoreError};
+use crate::alerts::event::{self, Kind};
 use crate::budget::{Period, Window};
 use serde::Serialize;
+use serde_json::json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -73,6 +75,8 @@ pub struct NewKey {
     pub max_parallel: Option<i64>,
     /// How often the quota starts afresh (`Total`: never).
     pub quota_period: Period,
+    /// When the secret should be rotated by (unix seconds); `None` = no date.
+    pub rotate_by: Option<i64>,
 }
 
 /// A checked edit of a key: `None` leaves a field as it is. `expires_at` is
@@ -94,6 +98,8 @@ pub struct KeyEdit {
     /// A new budget period: a different one than the key has starts a period now, with
     /// nothing used.
     pub quota_period: Option<Period>,
+    /// `Some(None)` clears the rotation date.
+    pub rotate_by: Option<Option<i64>>,
 }
 
 /// A stored key as the management API shows it (never with its secret or hash).
@@ -122,6 +128,9 @@ pub struct KeyRow {
     /// `used_quota` is what it has used.
     pub quota_period: Period,
     pub period: Option<Window>,
+    /// When the secret should be rotated by (unix seconds); past it the key is listed by
+    /// `rotation_due` and alerted on.
+    pub rotate_by: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     pub last_used_at: Option<i64>,
@@ -135,6 +144,8 @@ pub struct KeyFilter {
     pub account: Option<String>,
     /// Case-insensitive (ASCII) substring of the name.
     pub name_contains: Option<String>,
+    /// `true`: only keys whose `rotate_by` has passed; `false`: only the others.
+    pub rotation_due: Option<bool>,
 }
 
 // The contract's definition of a key's status, with `$1` = now (unix seconds). Written as
@@ -144,7 +155,7 @@ macro_rules! key_view {
         "SELECT k.id, k.name, k.masked_key, k.account, k.group_name, k.enabled, \
                 k.expires_at, k.unlimited_quota, k.quota, k.models, \
                 k.ip_allowlist, k.rpm, k.tpm, k.max_parallel, k.created_at, k.updated_at, \
-                k.last_used_at, k.quota_period, k.period_start, k.period_end, \
+                k.last_used_at, k.rotate_by, k.quota_period, k.period_start, k.period_end, \
                 CASE WHEN k.period_end <= $1 THEN 0 ELSE k.used_quota END AS used_quota, \
                 CASE \
                     WHEN NOT k.enabled THEN 'disabled' \
@@ -160,13 +171,15 @@ macro_rules! key_view {
     };
 }
 
-// `$2`..`$5`: status, group, account, LIKE pattern for the name; NULL = any.
+// `$2`..`$6`: status, group, account, LIKE pattern for the name, whether the rotation
+// date has passed (at `$1`); NULL = any.
 macro_rules! key_filter {
     () => {
         " WHERE ($2 IS NULL OR v.status = $2) \
             AND ($3 IS NULL OR v.group_name = $3) \
             AND ($4 IS NULL OR v.account = $4) \
-            AND ($5 IS NULL OR LOWER(v.name) LIKE LOWER($5) ESCAPE '\\')"
+            AND ($5 IS NULL OR LOWER(v.name) LIKE LOWER($5) ESCAPE '\\') \
+            AND ($6 IS NULL OR (v.rotate_by IS NOT NULL AND v.rotate_by <= $1) = $6)"
     };
 }
 
@@ -176,7 +189,7 @@ const LIST_KEYS: &str = concat!(
     key_view!(),
     ") v",
     key_filter!(),
-    " ORDER BY v.created_at DESC, v.id LIMIT $6 OFFSET $7"
+    " ORDER BY v.created_at DESC, v.id LIMIT $7 OFFSET $8"
 );
 const COUNT_KEYS: &str = concat!("SELECT COUNT(*) FROM (", key_view!(), ") v", key_filter!());
 
@@ -189,6 +202,8 @@ enum Change<'a> {
     Rotate {
         key_hash: &'a str,
         masked_key: &'a str,
+        /// The next rotation date: a rotation meets the old one.
+        rotate_by: Option<i64>,
     },
     Delete,
 }
@@ -214,9 +229,9 @@ impl Store {
                     "INSERT INTO keys (id, name, key_hash, masked_key, account, group_name, \
                          enabled, expires_at, unlimited_quota, quota, used_quota, models, \
                          ip_allowlist, created_at, updated_at, last_used_at, rpm, tpm, \
-                         max_parallel, quota_period, period_start, period_end) \
+                         max_parallel, rotate_by, quota_period, period_start, period_end) \
                      VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9, 0, $10, $11, $12, $12, \
-                         NULL, $13, $14, $15, $16, $17, $18)",
+                         NULL, $13, $14, $15, $16, $17, $18, $19)",
                 )
                 .bind(&key.id)
                 .bind(&key.name)
@@ -233,6 +248,7 @@ impl Store {
                 .bind(key.rpm)
                 .bind(key.tpm)
                 .bind(key.max_parallel)
+                .bind(key.rotate_by)
                 .bind(key.quota_period.to_string())
                 .bind(window.map(|w| w.start))
                 .bind(window.map(|w| w.end))
@@ -281,6 +297,7 @@ impl Store {
                 .bind(filter.group.as_deref())
                 .bind(filter.account.as_deref())
                 .bind(pattern.as_deref())
+                .bind(filter.rotation_due)
                 .fetch_one(pool)
                 .await?;
             let rows = sqlx::query(LIST_KEYS)
@@ -289,6 +306,7 @@ impl Store {
                 .bind(filter.group.as_deref())
                 .bind(filter.account.as_deref())
                 .bind(pattern.as_deref())
+                .bind(filter.rotation_due)
                 .bind(i64::from(limit))
                 .bind(i64::try_from(offset).unwrap_or(i64::MAX))
                 .fetch_all(pool)
@@ -309,7 +327,7 @@ impl Store {
 
     /// Gives a key a new secret (its hash and masked form); `false` when there is no such
     /// key. The old secret stops working with the next snapshot, or, with `grace_until`,
-    /// at that time (unix seconds).
+    /// at that time (unix seconds). Its rotation date is cleared: the rotation is done.
     pub async fn rotate_key(
         &self,
         id: &str,
@@ -318,6 +336,20 @@ impl Store {
         now: i64,
         grace_until: Option<i64>,
     ) -> Result<bool, StoreError> {
+        self.rotate_key_due(id, key_hash, masked_key, now, grace_until, None)
+            .await
+    }
+
+    /// As `rotate_key`, and the key's next rotation date becomes `rotate_by`.
+    pub async fn rotate_key_due(
+        &self,
+        id: &str,
+        key_hash: &str,
+        masked_key: &str,
+        now: i64,
+        grace_until: Option<i64>,
+        rotate_by: Option<i64>,
+    ) -> Result<bool, StoreError> {
         let revokes = match grace_until {
             Some(until) => Revokes::OldHashAt(until),
             None => Revokes::OldHash,
@@ -325,6 +357,7 @@ impl Store {
         let change = Change::Rotate {
             key_hash,
             masked_key,
+            rotate_by,
         };
         self.change_one(id, change, now, revokes).await
     }
@@ -406,6 +439,20 @@ impl Store {
                 Change::Edit(edit) => edit.quota_period.and_then(|p| self.window(p, now, now)),
                 _ => None,
             };
+            // Alerts about the change go in its transaction (the outbox): the key as it
+            // was before it, when the change is one that alerts.
+            let alert = match &change {
+                Change::Edit(edit) if edit.enabled == Some(false) => tx
+                    .key_facts(id)
+                    .await?
+                    .filter(|key| key.enabled)
+                    .map(|key| (Kind::KeyDisabled, key.subject, json!({}))),
+                Change::Rotate { .. } => tx.key_facts(id).await?.map(|key| {
+                    let grace = revokes.grace_until().map(event::time);
+                    (Kind::KeyRotated, key.subject, json!({"grace_until": grace}))
+                }),
+                _ => None,
+            };
             let statement = match change {
                 // COALESCE keeps a column whose new value was not given; `expires_at` and
                 // the rate limits have their own flags since NULL (never expires, no
@@ -422,11 +469,12 @@ impl Store {
                          rpm = CASE WHEN $12 THEN $13 ELSE rpm END, \
                          tpm = CASE WHEN $14 THEN $15 ELSE tpm END, \
                          max_parallel = CASE WHEN $16 THEN $17 ELSE max_parallel END, \
-                         used_quota = CASE WHEN $18 <> quota_period THEN 0 ELSE used_quota END, \
-                         period_start = CASE WHEN $18 <> quota_period THEN $19 \
+                         rotate_by = CASE WHEN $18 THEN $19 ELSE rotate_by END, \
+                         used_quota = CASE WHEN $20 <> quota_period THEN 0 ELSE used_quota END, \
+                         period_start = CASE WHEN $20 <> quota_period THEN $21 \
                              ELSE period_start END, \
-                         period_end = CASE WHEN $18 <> quota_period THEN $20 ELSE period_end END, \
-                         quota_period = COALESCE($18, quota_period) \
+                         period_end = CASE WHEN $20 <> quota_period THEN $22 ELSE period_end END, \
+                         quota_period = COALESCE($20, quota_period) \
                      WHERE id = $1",
                 )
                 .bind(id)
@@ -446,25 +494,33 @@ impl Store {
                 .bind(edit.tpm.flatten())
                 .bind(edit.max_parallel.is_some())
                 .bind(edit.max_parallel.flatten())
+                .bind(edit.rotate_by.is_some())
+                .bind(edit.rotate_by.flatten())
                 .bind(edit.quota_period.map(|p| p.to_string()))
                 .bind(new_window.map(|w| w.start))
                 .bind(new_window.map(|w| w.end)),
                 Change::Rotate {
                     key_hash,
                     masked_key,
+                    rotate_by,
                 } => sqlx::query(
-                    "UPDATE keys SET key_hash = $2, masked_key = $3, updated_at = $4 \
+                    "UPDATE keys SET key_hash = $2, masked_key = $3, updated_at = $4, \
+                         rotate_by = $5 \
                      WHERE id = $1",
                 )
                 .bind(id)
                 .bind(key_hash)
                 .bind(masked_key)
-                .bind(now),
+                .bind(now)
+                .bind(rotate_by),
                 Change::Delete => sqlx::query("DELETE FROM keys WHERE id = $1").bind(id),
             };
             if statement.execute(&mut *tx).await?.rows_affected() == 0 {
                 tx.rollback().await?;
                 return Ok(false);
+            }
+            if let Some((kind, subject, details)) = alert {
+                key_changed(&mut tx, kind, &subject, details, now).await?;
             }
             tx.commit().await?;
             Ok(true)
@@ -497,6 +553,16 @@ impl Store {
                 .map(|row| Ok((row.text("status")?, row.int("n")?)))
                 .collect()
         })
+    }
+}
+
+impl Revokes {
+    /// When the old secret stops, if it has a grace period.
+    fn grace_until(self) -> Option<i64> {
+        match self {
+            Revokes::OldHashAt(until) => Some(until),
+            _ => None,
+        }
     }
 }
 
@@ -540,6 +606,7 @@ fn key_row(row: &impl Get) -> Result<KeyRow, StoreError> {
         max_parallel: row.opt_int("max_parallel")?,
         quota_period: period_of(&id, row.text("quota_period")?)?,
         period: window_of(row)?,
+        rotate_by: row.opt_int("rotate_by")?,
         created_at: row.int("created_at")?,
         updated_at: row.int("updated_at")?,
         last_used_at: row.opt_int("last_used_at")?,
@@ -629,6 +696,7 @@ pub(super) mod tests {
             tpm: None,
             max_parallel: None,
             quota_period: Period::Total,
+            rotate_by: None,
         }
     }
 

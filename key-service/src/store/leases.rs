@@ -419,6 +419,7 @@ pub(super) mod tests {
             tpm: None,
             max_parallel: None,
             quota_period: crate::budget::Period::Total,
+            rotate_by: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //! Each method's body is written once and compiled once per engine (`with_pool!`); the
 //! few statements the engines spell differently live in `Dialect`.
 
+mod alerts;
 mod catalog;
 mod database;
 mod keys;
@@ -28,6 +29,12 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Postgres, Row, SqlSafeStr, Sqlite, Transaction};
 
+use crate::alerts::threshold::Thresholds;
+
+pub(crate) use alerts::{balance_spent, budget_crossed, key_changed, KeyFacts, Outbox};
+pub use alerts::{
+    Claimed, DeliveryRow, Finish, NewWebhook, Spend, WebhookEdit, WebhookRow, DELIVERY_STATUSES,
+};
 pub use catalog::{AccountEdit, AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
 pub use database::{Database, DatabaseUrlError};
 pub use keys::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey};
@@ -119,6 +126,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0013_budget_periods.sql"),
         include_str!("../../migrations/postgres/0013_budget_periods.sql"),
     ),
+    (
+        14,
+        "alerts",
+        include_str!("../../migrations/sqlite/0014_alerts.sql"),
+        include_str!("../../migrations/postgres/0014_alerts.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +145,8 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("no randomness for an id: {0}")]
+    Random(getrandom::Error),
     #[error("stored {column} of key {id} is unreadable: {detail}")]
     Corrupt {
         id: String,
@@ -158,6 +173,8 @@ pub struct Store {
     probe: Arc<tokio::sync::Mutex<Option<Probe>>>,
     /// Where calendar budget periods (day, week, month) begin and end.
     time_zone: jiff::tz::TimeZone,
+    /// The budget thresholds billing alerts at (`KEYGATE_ALERT_THRESHOLDS`).
+    thresholds: Arc<Thresholds>,
 }
 
 /// When a write probe ran, and how it went.
@@ -372,7 +389,14 @@ impl Store {
             db,
             probe: Arc::default(),
             time_zone: jiff::tz::TimeZone::UTC,
+            thresholds: Arc::default(),
         }
+    }
+
+    /// The store, billing alerting at `thresholds` of each budget.
+    pub fn with_alert_thresholds(mut self, thresholds: Thresholds) -> Store {
+        self.thresholds = Arc::new(thresholds);
+        self
     }
 
     /// The store with calendar budget periods in `time_zone` (UTC by default).

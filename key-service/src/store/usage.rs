@@ -8,7 +8,11 @@ use sqlx::{Database, Encode, QueryBuilder, Type};
 use super::keys::window_of;
 use super::leases::BILL_LEASE;
 use super::periods::{ROLL_ACCOUNT, ROLL_KEY};
-use super::{with_pool, BeginWrite, Get, Store, StoreError};
+use super::{
+    balance_spent, budget_crossed, with_pool, BeginWrite, Get, KeyFacts, Outbox, Spend, Store,
+    StoreError,
+};
+use crate::alerts::threshold::Thresholds;
 use crate::pricing::{self, Price, Tokens};
 
 /// One request as the filter reports it.
@@ -87,6 +91,29 @@ pub struct UsageBucket {
 /// A key as a batch bills it: name, account, group ratio, and the start of its budget
 /// period (`None`: its quota never resets).
 type BatchKey = (String, String, f64, Option<i64>);
+
+/// A key's budget in its current period (`quota` against `used_quota`, which the batch
+/// rolled over first if the period had ended) after a bill of `cost` in that period: the
+/// crossings it made, once per period (`period_start`; 0 for a quota that never resets).
+async fn key_bill_alerts<T: Outbox>(
+    tx: &mut T,
+    facts: KeyFacts,
+    cost: i64,
+    period_start: i64,
+    thresholds: &Thresholds,
+    now: i64,
+) -> Result<(), StoreError> {
+    let Some(quota) = facts.quota else {
+        return Ok(());
+    };
+    // As the UPDATE of `used_quota` saturates.
+    let spend = Spend {
+        budget: quota,
+        before: facts.used,
+        after: facts.used.saturating_add(cost),
+    };
+    budget_crossed(tx, &facts.subject, spend, period_start, thresholds, now).await
+}
 
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -318,6 +345,12 @@ impl Store {
                 }
             }
             for (key_id, (cost, in_period, last_used)) in &billed_keys {
+                // Read before the bill, under the write lock: alerts compare before and
+                // after (see `bill_alerts`).
+                let facts = match *in_period > 0 {
+                    true => tx.key_facts(key_id).await?,
+                    false => None,
+                };
                 sqlx::query(
                     // Saturating: `used_quota + $2` past i64::MAX would turn into a
                     // REAL on SQLite and fail on PostgreSQL.
@@ -333,6 +366,12 @@ impl Store {
                 .bind(last_used)
                 .execute(&mut *tx)
                 .await?;
+                if let Some(facts) = facts {
+                    let period_start = keys.get(key_id).and_then(|k| k.as_ref()?.3);
+                    let start = period_start.unwrap_or(0);
+                    key_bill_alerts(&mut tx, facts, *in_period, start, &self.thresholds, now)
+                        .await?;
+                }
                 if *cost > 0 {
                     sqlx::query(
                         "INSERT INTO key_changes (key_id, kind, at) VALUES ($1, 'usage', $2)",
@@ -345,6 +384,7 @@ impl Store {
             }
             let mut billed_account = rolled_account;
             for (account, (cost, in_period)) in &billed_accounts {
+                let balance_before = tx.balance(account).await?;
                 let billed = sqlx::query(
                     // Saturating at -i64::MAX and i64::MAX, as above. An account is
                     // limited by a balance, a spending limit per period, or both.
@@ -364,6 +404,11 @@ impl Store {
                 .rows_affected()
                     > 0;
                 billed_account |= billed;
+                if let Some(before) = balance_before {
+                    // As the UPDATE above saturates.
+                    let after = before.saturating_sub(*cost).max(-i64::MAX);
+                    balance_spent(&mut tx, account, before, after, now).await?;
+                }
                 if let Some(holder) = holder.filter(|_| billed) {
                     sqlx::query(BILL_LEASE)
                         .bind(holder)
@@ -510,6 +555,7 @@ mod tests {
             tpm: None,
             max_parallel: None,
             quota_period: crate::budget::Period::Total,
+            rotate_by: None,
         };
         store.insert_keys(&[key], 0).await.unwrap();
         // 2 credits per token in and out.

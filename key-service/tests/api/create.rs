@@ -2,7 +2,7 @@ use serde_json::json;
 
 use crate::Service;
 
-const KEY_FIELDS: [&str; 24] = [
+const KEY_FIELDS: [&str; 26] = [
     "quota_period",
     "period_start",
     "resets_at",
@@ -23,6 +23,8 @@ const KEY_FIELDS: [&str; 24] = [
     "rpm",
     "tpm",
     "max_parallel",
+    "rotate_by",
+    "rotation_due",
     "created_at",
     "updated_at",
     "last_used_at",

@@ -268,3 +268,64 @@ async fn delete_removes_the_key_from_the_api_and_the_snapshot() {
         .await;
     assert_eq!(again.error().0, 404);
 }
+
+#[tokio::test]
+async fn a_rotation_date_is_listed_when_due_and_met_by_rotating() {
+    let service = Service::start().await;
+    let past = service
+        .create_ok(json!({"name": "old", "rotate_by": "2001-01-01T00:00:00Z"}))
+        .await;
+    let future = service
+        .create_ok(json!({"name": "new", "rotate_by": "2999-01-01T00:00:00Z"}))
+        .await;
+    let (past, future) = (&past[0], &future[0]);
+    assert_eq!(past["rotate_by"], "2001-01-01T00:00:00Z");
+    assert_eq!(
+        (&past["rotation_due"], &future["rotation_due"]),
+        (&json!(true), &json!(false))
+    );
+
+    let due = service.admin_get("/api/v1/keys?rotation_due=true").await;
+    let ids: Vec<&Value> = due.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| &k["id"])
+        .collect();
+    assert_eq!(ids, [&past["id"]]);
+    assert_eq!(due.body["total"], 1);
+
+    // Rotating meets the date; a new one may be set with it.
+    let id = past["id"].as_str().unwrap();
+    let rotated = service
+        .send(
+            service
+                .request(
+                    Method::POST,
+                    &format!("/api/v1/keys/{id}/rotate"),
+                    Some(ADMIN),
+                )
+                .json(&json!({})),
+        )
+        .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    assert_eq!(rotated.body["rotate_by"], Value::Null);
+    let due = service.admin_get("/api/v1/keys?rotation_due=true").await;
+    assert_eq!(due.body["total"], 0);
+
+    // An edit sets and clears it.
+    let fid = future["id"].as_str().unwrap();
+    let edited = service
+        .patch(fid, json!({"rotate_by": "2002-02-02T00:00:00Z"}))
+        .await;
+    assert_eq!(edited.body["rotation_due"], true, "{}", edited.body);
+    let edited = service.patch(fid, json!({"name": "renamed"})).await;
+    assert_eq!(edited.body["rotate_by"], "2002-02-02T00:00:00Z");
+    let edited = service.patch(fid, json!({"rotate_by": null})).await;
+    assert_eq!(edited.body["rotate_by"], Value::Null);
+    let bad = service.patch(fid, json!({"rotate_by": "later"})).await;
+    assert_eq!(
+        bad.error(),
+        (400, "invalid_value".into(), Some("rotate_by".into()))
+    );
+}

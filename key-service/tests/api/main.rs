@@ -18,6 +18,7 @@ mod replicas;
 mod snapshot;
 mod usage;
 mod validation;
+mod webhooks;
 
 use key_service::{AppState, Store};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
