@@ -579,9 +579,8 @@ impl Root {
         // the snapshot moves on once.
         let at_version = version.unwrap_or(snapshot_version + 1);
         for charge in records.iter().filter_map(|r| r.charge.as_ref()) {
-            let ledgers = std::iter::once(&charge.key_ledger).chain(&charge.account_ledger);
-            for name in ledgers {
-                let _ = ledger::landed(&Shared, name, charge.cost, at_version, snapshot_version);
+            for (name, amount) in charge.ledgers() {
+                let _ = ledger::landed(&Shared, name, amount, at_version, snapshot_version);
             }
         }
     }
@@ -602,9 +601,8 @@ impl Root {
 /// Usage that will never be billed stops counting in its ledgers.
 fn lose<'a>(charges: impl Iterator<Item = &'a Charge>) {
     for charge in charges {
-        let ledgers = std::iter::once(&charge.key_ledger).chain(&charge.account_ledger);
-        for name in ledgers {
-            let _ = ledger::lost(&Shared, name, charge.cost);
+        for (name, amount) in charge.ledgers() {
+            let _ = ledger::lost(&Shared, name, amount);
         }
     }
 }

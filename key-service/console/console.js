@@ -315,7 +315,8 @@ function keyRow(key) {
     h("td", {}, key.group),
     h("td", { class: "num" }, quotaCell(key)),
     h("td", {}, expiryCell(key)),
-    h("td", {}, key.models.length ? key.models.join(", ") : h("span", { class: "muted" }, "group's")),
+    h("td", {}, key.models.length ? key.models.join(", ") : h("span", { class: "muted" }, "group's"),
+      capsText(key).flatMap((line) => [h("br"), h("span", { class: "muted" }, line)])),
     h("td", {}, key.ip_allowlist.length ? key.ip_allowlist.join(", ") : h("span", { class: "muted" }, "any")),
     h("td", {}, limitsText(key)),
     h("td", {}, key.last_used_at ? relative(key.last_used_at) : h("span", { class: "muted" }, "never")),
@@ -408,6 +409,8 @@ function openKeyDialog(key = null) {
     form.period_span.value = calendar ? "" : key.quota_period;
     $("#kf-models-other").value = key.models.filter((m) => !known.includes(m)).join(", ");
     $("#kf-ips").value = key.ip_allowlist.join("\n");
+    $("#kf-caps").value = Object.entries(key.model_caps).map(([model, c]) =>
+      `${model} ${c.budget ?? c.tokens}${c.tokens !== undefined ? " tokens" : ""} ${c.period}`).join("\n");
     for (const field of LIMITS) form.elements.namedItem(field).value = key[field] ?? "";
     if (key.rotate_by) form.rotate_by.value = localInputValue(key.rotate_by);
   } else {
@@ -437,6 +440,24 @@ function syncKeyForm() {
   $("#kf-rpm").placeholder = group?.rpm ? `group's limit (${number(group.rpm)})` : "no limit";
   $("#kf-tpm").placeholder = group?.tpm ? `group's limit (${number(group.tpm)})` : "no limit";
   checkAllowlist();
+}
+
+/** "claude-opus-* 5000 day" lines to the API's model_caps; the service checks the rest. */
+function modelCaps(text) {
+  const caps = {};
+  for (const [i, line] of text.split(/\r?\n/).map((l) => l.trim()).entries()) {
+    if (!line) continue;
+    const m = /^(\S+)\s+(\d+)(\s+tokens)?(?:\s+(\S+))?$/.exec(line);
+    if (!m) throw new ApiError(400, { param: "model_caps", message: `Line ${i + 1}: write a model, an amount (add "tokens" to count tokens) and a period, such as "claude-opus-* 5000 day".` });
+    caps[m[1]] = { [m[3] ? "tokens" : "budget"]: Number(m[2]), period: m[4] ?? "total" };
+  }
+  return caps;
+}
+
+/** "claude-opus-*: 1,200 / 5,000 per day": a key's limits per model, empty when it has none. */
+function capsText(key) {
+  return Object.entries(key.model_caps).map(([model, c]) =>
+    `${model}: ${number(c.used)} / ${number(c.budget ?? c.tokens)}${c.tokens !== undefined ? " tokens" : ""} per ${c.period}`);
 }
 
 function allowlistEntries() {
@@ -492,6 +513,7 @@ function keyFormBody() {
   const other = form.models_other.value.split(",").map((m) => m.trim()).filter(Boolean);
   body.models = [...new Set([...ticked, ...other])];
   body.ip_allowlist = allowlistEntries();
+  body.model_caps = modelCaps(form.model_caps.value);
   for (const field of LIMITS) {
     // Empty is null (no limit of the key's own; on edit, it takes one away). The service
     // checks the range.

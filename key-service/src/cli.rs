@@ -3,11 +3,14 @@
 //! API. Each key or webhook is printed as one line of JSON (as the API shows it); a
 //! secret is printed only by `create` and `rotate` (`rotate-secret`).
 
+use std::collections::BTreeMap;
+
 use clap::{Args, Subcommand};
 
 use crate::alerts::webhooks::{self, CreateWebhook};
 use crate::error::ApiError;
 use crate::expiry;
+use crate::keys::caps::CapRequest;
 use crate::keys::{self, CreateKey, KeyView, RotateKey, UpdateKey};
 use crate::store::{KeyFilter, Store};
 
@@ -59,7 +62,7 @@ pub enum WebhooksCommand {
 #[derive(Debug, Clone, Subcommand)]
 pub enum KeysCommand {
     /// Create keys; prints each with its secret (shown this once).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List keys (masked).
     List(ListArgs),
     /// Change a key's rotation date (more fields: the HTTP API's PATCH).
@@ -120,6 +123,10 @@ pub struct CreateArgs {
     /// such as 72h.
     #[arg(long)]
     pub quota_period: Option<String>,
+    /// A limit per model, repeatable: PATTERN=AMOUNT[/PERIOD], in credits, or in tokens
+    /// with a "tokens" suffix (claude-opus-*=5000/day, gpt-4o=100000tokens/month).
+    #[arg(long)]
+    pub model_cap: Vec<String>,
     /// When the secret should be rotated by (RFC 3339); reminded as `key.rotation_due`.
     #[arg(long)]
     pub rotate_by: Option<String>,
@@ -131,6 +138,13 @@ pub struct EditArgs {
     /// A new rotation date (RFC 3339), or "none" to clear it.
     #[arg(long)]
     pub rotate_by: Option<String>,
+    /// A new budget period: total, day, week, month, or a span such as 72h.
+    #[arg(long)]
+    pub quota_period: Option<String>,
+    /// The key's limits per model, replacing all it has (see create); "none" takes them
+    /// away.
+    #[arg(long)]
+    pub model_cap: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -204,11 +218,43 @@ async fn webhooks_command(
     }
 }
 
+/// `--model-cap` values: `PATTERN=AMOUNT[/PERIOD]`, the amount in credits, or in tokens
+/// with a `tokens` suffix: `claude-opus-*=5000/day`, `gpt-4o=100000tokens/month`.
+fn model_caps(given: &[String]) -> Result<BTreeMap<String, CapRequest>, ApiError> {
+    let bad = |text: &str| {
+        ApiError::invalid(
+            "model_caps",
+            format!("expected PATTERN=AMOUNT[tokens][/PERIOD], such as claude-opus-*=5000/day, got {text:?}"),
+        )
+    };
+    let mut caps = BTreeMap::new();
+    for text in given {
+        let (model, rest) = text.rsplit_once('=').ok_or_else(|| bad(text))?;
+        let (amount, period) = match rest.split_once('/') {
+            Some((amount, period)) => (amount, Some(period.to_owned())),
+            None => (rest, None),
+        };
+        let (number, tokens) = match amount.strip_suffix("tokens") {
+            Some(number) => (number, true),
+            None => (amount, false),
+        };
+        let number: i64 = number.parse().map_err(|_| bad(text))?;
+        let cap = CapRequest {
+            budget: (!tokens).then_some(number),
+            tokens: tokens.then_some(number),
+            period,
+        };
+        caps.insert(model.to_owned(), cap);
+    }
+    Ok(caps)
+}
+
 async fn keys(store: &Store, command: KeysCommand) -> Result<Vec<String>, ApiError> {
     let now = expiry::now();
     let json = |v: &KeyView| serde_json::to_string(v).map_err(ApiError::internal);
     match command {
-        KeysCommand::Create(a) => {
+        KeysCommand::Create(args) => {
+            let a = *args;
             let request = CreateKey {
                 name: a.name,
                 account: a.account,
@@ -225,6 +271,7 @@ async fn keys(store: &Store, command: KeysCommand) -> Result<Vec<String>, ApiErr
                 max_parallel: a.max_parallel,
                 quota_period: a.quota_period,
                 rotate_by: a.rotate_by,
+                model_caps: Some(model_caps(&a.model_cap)?),
             };
             let created = keys::create(store, request, now).await?;
             created.iter().map(json).collect()
@@ -266,8 +313,15 @@ async fn keys(store: &Store, command: KeysCommand) -> Result<Vec<String>, ApiErr
             &keys::set_enabled(store, &id, true, now).await?,
         )?]),
         KeysCommand::Edit(a) => {
+            let caps = match a.model_cap.as_slice() {
+                [] => None,
+                [none] if none == "none" => Some(BTreeMap::new()),
+                given => Some(model_caps(given)?),
+            };
             let request = UpdateKey {
                 rotate_by: a.rotate_by.map(|at| Some(at).filter(|at| at != "none")),
+                quota_period: a.quota_period,
+                model_caps: caps,
                 ..UpdateKey::default()
             };
             Ok(vec![json(

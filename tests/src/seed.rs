@@ -49,6 +49,7 @@ pub async fn seed_database(database: &Database, count: usize) {
             tpm: None,
             max_parallel: None,
             quota_period: key_service::budget::Period::Total,
+            model_caps: vec![],
             rotate_by: None,
         });
         if batch.len() == batch.capacity() || i + 1 == count {

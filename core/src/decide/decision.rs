@@ -25,11 +25,12 @@ pub enum Denial {
     EndpointNotMetered,
     InvalidRequestHeader,
     Overloaded,
+    ModelBudgetExceeded,
 }
 
 impl Denial {
     /// Every refusal, for tables and stats.
-    pub const ALL: [Denial; 15] = [
+    pub const ALL: [Denial; 16] = [
         Denial::MissingApiKey,
         Denial::InvalidApiKey,
         Denial::KeyDisabled,
@@ -45,6 +46,7 @@ impl Denial {
         Denial::EndpointNotMetered,
         Denial::InvalidRequestHeader,
         Denial::Overloaded,
+        Denial::ModelBudgetExceeded,
     ];
 
     /// `(status, type, code, message)`: the contract's error table, in one place.
@@ -137,6 +139,12 @@ impl Denial {
                 "invalid_request_header",
                 "A request header is not valid UTF-8.",
             ),
+            ModelBudgetExceeded => (
+                429,
+                "insufficient_quota",
+                "model_budget_exceeded",
+                "This API key's budget for the requested model is used up for its period.",
+            ),
         }
     }
 
@@ -152,6 +160,22 @@ impl Denial {
     pub fn body(self) -> String {
         let (_, kind, code, message) = self.parts();
         ErrorBody::new(kind, code, message).to_json()
+    }
+
+    /// As `body`, naming the requested model where the refusal is about it (the name is
+    /// the client's: cut to 64 printable characters, and escaped as JSON).
+    pub fn body_naming(self, model: Option<&str>) -> String {
+        let (_, kind, code, _) = self.parts();
+        match (self, model) {
+            (Denial::ModelBudgetExceeded, Some(model)) => {
+                let model = crate::decide::model::printable(model, 64);
+                let message = format!(
+                    "This API key's budget for the model {model} is used up for its period."
+                );
+                ErrorBody::new(kind, code, message).to_json()
+            }
+            _ => self.body(),
+        }
     }
 }
 
@@ -239,6 +263,7 @@ mod tests {
             remaining_quota: None,
             period_end: None,
             period_quota: None,
+            model_caps: vec![],
             rpm: None,
             tpm: None,
             max_parallel: None,
@@ -382,6 +407,35 @@ mod tests {
         assert_eq!(
             denial(decide(Some(&t), Some(&secret(1)), NOW, k.lookup(), never)),
             None
+        );
+    }
+
+    #[test]
+    fn a_model_budget_refusal_names_the_model_and_no_more() {
+        let body = |model| -> serde_json::Value {
+            serde_json::from_str(&Denial::ModelBudgetExceeded.body_naming(model)).unwrap()
+        };
+        let named = body(Some("claude-opus-4"));
+        assert_eq!(named["error"]["code"], "model_budget_exceeded");
+        assert!(named["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("claude-opus-4"));
+        // A hostile name is cut short, without control characters, and stays JSON.
+        let hostile = format!("\"}}\n\u{0}{}", "x".repeat(10_000));
+        let message = body(Some(&hostile))["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(message.len() < 200 && !message.contains('\n'), "{message}");
+        assert_eq!(
+            body(None),
+            serde_json::from_str::<serde_json::Value>(&Denial::ModelBudgetExceeded.body()).unwrap()
+        );
+        // Other refusals are as always.
+        assert_eq!(
+            Denial::InsufficientQuota.body_naming(Some("m")),
+            Denial::InsufficientQuota.body()
         );
     }
 
@@ -540,6 +594,7 @@ mod tests {
             (Denial::EndpointNotMetered, 403, "endpoint_not_metered"),
             (Denial::InvalidRequestHeader, 400, "invalid_request_header"),
             (Denial::Overloaded, 503, "overloaded"),
+            (Denial::ModelBudgetExceeded, 429, "model_budget_exceeded"),
         ];
         assert_eq!(table.len(), Denial::ALL.len());
         for (denial, status, code) in table {

@@ -17,6 +17,10 @@
 //! u16 count + net * count                if IPS (net = u8 prefix, u8 4|6, 4|16 bytes)
 //! u64 rpm, u64 tpm, u64 max_parallel     if LIMITS (0 = no limit)
 //! i64 period_end, i64 period_quota       if PERIOD
+//! u16 count + cap * count                if the key has model caps (a tail: a value
+//!                                        written before caps existed ends before it)
+//! cap = str model, u8 unit (0 credits, 1 tokens), i64 limit, i64 used,
+//!       i64 period_end (i64::MAX: never resets)
 //! ```
 //!
 //! An empty value is a revoked key (shared data has no delete).
@@ -32,7 +36,7 @@ use crate::keys::client_ip::{self, Allowlist};
 use crate::keys::secret::{self, KeyHash};
 use crate::kv::{HostError, SharedData};
 use crate::limits::rate::Limits;
-use crate::sync::snapshot::{KeyRecord, Reset};
+use crate::sync::snapshot::{CapUnit, KeyRecord, ModelCap, Reset};
 
 const FORMAT: u8 = 1;
 
@@ -130,6 +134,19 @@ pub fn encode(record: &KeyRecord, epoch: u32) -> Result<(String, Vec<u8>), Encod
         out.extend_from_slice(&reset.at.to_le_bytes());
         out.extend_from_slice(&reset.to.to_le_bytes());
     }
+    if !record.model_caps.is_empty() {
+        put_len(&mut out, record.model_caps.len())?;
+        for cap in &record.model_caps {
+            put_str(&mut out, &cap.model)?;
+            out.push(match cap.unit {
+                CapUnit::Credits => 0,
+                CapUnit::Tokens => 1,
+            });
+            for value in [cap.limit, cap.used, cap.period_end.unwrap_or(i64::MAX)] {
+                out.extend_from_slice(&value.to_le_bytes());
+            }
+        }
+    }
     Ok((name(&hash), out))
 }
 
@@ -173,6 +190,8 @@ pub struct Entry {
     pub remaining_quota: Option<i64>,
     /// When that period ends and what the key may spend from then on.
     pub period: Option<Reset>,
+    /// Start of the model caps (their count), if the key has any.
+    caps: Option<usize>,
     id: Range<usize>,
     name: Range<usize>,
     group: Range<usize>,
@@ -223,6 +242,24 @@ impl<'a> Reader<'a> {
     fn str(&mut self) -> Option<&'a str> {
         let len = self.u16()?;
         std::str::from_utf8(self.take(len)?).ok()
+    }
+
+    fn cap(&mut self) -> Option<ModelCap> {
+        let model = self.str()?.to_owned();
+        let unit = match self.u8()? {
+            0 => CapUnit::Credits,
+            1 => CapUnit::Tokens,
+            _ => return None,
+        };
+        let mut int = || self.array::<8>().map(i64::from_le_bytes);
+        let (limit, used, end) = (int()?, int()?, int()?);
+        Some(ModelCap {
+            model,
+            unit,
+            limit,
+            used,
+            period_end: (end != i64::MAX).then_some(end),
+        })
     }
 
     fn net(&mut self) -> Option<IpNet> {
@@ -308,7 +345,17 @@ pub fn decode(bytes: Vec<u8>) -> Option<Entry> {
     } else {
         None
     };
+    let caps = if r.at < r.bytes.len() {
+        let start = r.at;
+        for _ in 0..r.u16()? {
+            r.cap()?;
+        }
+        Some(start)
+    } else {
+        None
+    };
     Some(Entry {
+        caps,
         period,
         limits,
         flags,
@@ -330,6 +377,24 @@ impl Entry {
     /// budget period has ended, that is its whole quota, before any snapshot says so.
     pub fn remaining_at(&self, now: i64) -> Option<i64> {
         Reset::apply(self.period, self.remaining_quota, now)
+    }
+
+    /// Whether the key limits any model of its own.
+    pub fn has_caps(&self) -> bool {
+        self.caps.is_some()
+    }
+
+    /// The cap that counts a request for `model`: the most specific one naming it.
+    pub fn cap_for(&self, model: &str) -> Option<ModelCap> {
+        let mut r = Reader {
+            bytes: &self.bytes,
+            at: self.caps?,
+        };
+        let caps: Vec<ModelCap> = (0..r.u16()?).map_while(|_| r.cap()).collect();
+        let best =
+            crate::decide::model::most_specific(caps.iter().map(|c| c.model.as_str()), model)?
+                .to_owned();
+        caps.into_iter().find(|c| c.model == best)
     }
 
     fn text(&self, range: &Range<usize>) -> &str {
@@ -489,6 +554,46 @@ mod tests {
         r.remaining_quota = None;
         let e = round_trip(&r);
         assert_eq!((e.period, e.remaining_at(5_000)), (None, None));
+    }
+
+    #[test]
+    fn model_caps_round_trip_and_the_most_specific_counts() {
+        let cap = |model: &str, unit, limit, period_end| ModelCap {
+            model: model.into(),
+            unit,
+            limit,
+            used: 3,
+            period_end,
+        };
+        let mut r = record();
+        r.model_caps = vec![
+            cap("claude-*", CapUnit::Credits, 100, Some(1_000)),
+            cap("claude-opus-*", CapUnit::Tokens, i64::MAX, None),
+            cap("gpt-4o", CapUnit::Credits, 0, Some(i64::MIN)),
+        ];
+        // With and without the other optional blocks before the tail.
+        for period in [None, Some(9)] {
+            r.remaining_quota = period;
+            r.period_end = period;
+            r.period_quota = period;
+            let e = round_trip(&r);
+            assert!(e.has_caps());
+            assert_eq!(e.cap_for("claude-opus-4"), Some(r.model_caps[1].clone()));
+            assert_eq!(e.cap_for("claude-haiku"), Some(r.model_caps[0].clone()));
+            assert_eq!(e.cap_for("gpt-4o"), Some(r.model_caps[2].clone()));
+            assert_eq!(e.cap_for("gpt-4o-mini"), None);
+        }
+        let c = &r.model_caps[0];
+        assert_eq!((c.left_at(999), c.left_at(1_000)), (97, 100));
+        assert_eq!(
+            cap("x", CapUnit::Credits, i64::MIN, None).left_at(0),
+            i64::MIN
+        );
+        // A key without caps has none; a cut-off tail makes the value unreadable.
+        assert!(!round_trip(&record()).has_caps());
+        let (_, mut value) = encode(&r, 7).unwrap();
+        value.pop();
+        assert!(decode(value).is_none());
     }
 
     #[test]

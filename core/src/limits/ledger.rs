@@ -27,6 +27,12 @@ pub fn key_entry(key_id: &str) -> String {
     format!("kg:q:k:{key_id}")
 }
 
+/// The shared-data entry of the ledger of a key's cap on the models `model` (a name or
+/// pattern) covers.
+pub fn cap_entry(key_id: &str, model: &str) -> String {
+    format!("kg:q:m:{key_id}:{model}")
+}
+
 /// The shared-data entry of an account's ledger.
 pub fn account_entry(account: &str) -> String {
     format!("kg:q:a:{account}")

@@ -25,11 +25,13 @@ use crate::usage::include_usage;
 use crate::usage::report::ID_MAX;
 use crate::usage::scan::Api;
 
-/// Whether LLM requests of this key must reserve what they may cost: the key has a quota,
-/// or its account a balance.
+/// Whether LLM requests of this key must reserve what they may cost: the key has a quota
+/// or caps per model, or its account a balance.
 fn is_limited(view: &View, key: &Entry) -> bool {
     // (The time does not matter: a limit that starts afresh is still a limit.)
-    key.remaining_quota.is_some() || view.tables.balance(key.account(), 0).is_some()
+    key.remaining_quota.is_some()
+        || key.has_caps()
+        || view.tables.balance(key.account(), 0).is_some()
 }
 
 /// The key with this hash, as shared data has it now.

@@ -7,6 +7,7 @@ use crate::decide::model;
 use crate::keys::secret::KeyHash;
 use crate::limits::credit;
 use crate::limits::ledger::{self, Estimate, Lease, Reserve};
+use crate::sync::snapshot::CapUnit;
 use crate::sync::view::{self, View};
 use crate::usage::pricing::{self, Price, Tokens};
 use crate::usage::report::{Charge, Record, UsageWire, MODEL_MAX};
@@ -18,6 +19,9 @@ pub(super) struct Reservation {
     amount: u64,
     key_ledger: Option<String>,
     account_ledger: Option<String>,
+    /// The key's cap on the request's model: its ledger, what it counts, and what was
+    /// reserved there.
+    cap: Option<(String, CapUnit, u64)>,
     /// The group's price multiplier, to price what the request turns out to use.
     ratio: f64,
     /// The price its estimate was made with: what it is settled at if this VM's tables
@@ -46,6 +50,17 @@ pub(super) fn release(host: &impl Host, reservation: Reservation) {
         .flatten()
     {
         let _ = ledger::settle(host, name, reservation.amount, 0);
+    }
+    if let Some((name, _, held)) = &reservation.cap {
+        let _ = ledger::settle(host, name, *held, 0);
+    }
+}
+
+/// What a request counts against a cap: its credits, or its input and output tokens.
+fn cap_amount(unit: CapUnit, credits: u64, tokens: Tokens) -> u64 {
+    match unit {
+        CapUnit::Credits => credits,
+        CapUnit::Tokens => tokens.input.saturating_add(tokens.output),
     }
 }
 
@@ -145,16 +160,40 @@ impl Request {
             }
             return refusal;
         }
+        let estimated = estimate.tokens(config.default_output_tokens);
+        // Last, the key's cap on this model (per Envoy, without leases): the key's and
+        // the account's reservations go back if it refuses.
+        let mut cap = None;
+        if let Some(c) = model.and_then(|m| key.cap_for(m)) {
+            let name = ledger::cap_entry(key.id(), &c.model);
+            let held = cap_amount(c.unit, amount, estimated);
+            let now = i64::try_from(now_ms / 1_000).unwrap_or(i64::MAX);
+            let reserved =
+                ledger::reserve(host, &name, c.left_at(now), held, meta.version, Lease::Off);
+            match reserved {
+                Ok(Reserve::Admitted) => cap = Some((name, c.unit, held)),
+                other => {
+                    for taken in [&key_ledger, &account_ledger].into_iter().flatten() {
+                        let _ = ledger::settle(host, taken, amount, 0);
+                    }
+                    return Err(match other {
+                        Ok(_) => Denial::ModelBudgetExceeded,
+                        Err(_) => HOST_FAILED,
+                    });
+                }
+            }
+        }
         let reservation = Reservation {
             price,
             amount,
             key_ledger,
             account_ledger,
+            cap,
             ratio,
-            estimate: estimate.tokens(config.default_output_tokens),
+            estimate: estimated,
         };
         match &mut self.job {
-            Job::Meter(meter) => meter.reservation = Some(reservation),
+            Job::Meter(meter) => meter.reservation = Some(Box::new(reservation)),
             // Only metered requests reserve; one that is not cannot keep it.
             _ => release(host, reservation),
         }
@@ -198,10 +237,20 @@ impl Request {
             // is refused early, never overdrawn.
             let _ = ledger::settle(host, name, reservation.amount, cost);
         }
+        let cap = reservation.cap.map(|(name, unit, held)| {
+            let used = cap_amount(unit, cost, tokens);
+            let _ = ledger::settle(host, &name, held, used);
+            (name, used)
+        });
+        if reservation.key_ledger.is_none() && reservation.account_ledger.is_none() && cap.is_none()
+        {
+            return None;
+        }
         Some(Charge {
             cost,
-            key_ledger: reservation.key_ledger?,
+            key_ledger: reservation.key_ledger,
             account_ledger: reservation.account_ledger,
+            cap,
         })
     }
 
@@ -234,7 +283,7 @@ impl Request {
             Api::PerCall => Some((Usage::default(), false)),
             _ => scan::bill(&scanned, meter.status, prompt),
         };
-        let reservation = meter.reservation;
+        let reservation = meter.reservation.map(|r| *r);
         let billed = billed.or_else(|| {
             // A success that says nothing of its usage (an image model that reports none,
             // a compressed answer): a key or account with a limit is billed the estimate
@@ -289,7 +338,7 @@ impl Request {
                 ts: Some(ts),
                 estimated,
             },
-            charge: charge.filter(|c| c.cost > 0),
+            charge: charge.filter(|c| c.ledgers().any(|(_, amount)| amount > 0)),
         };
         self.plugin.outbox.borrow_mut().push(record);
         host.count(Event::UsageRecorded(&usage));

@@ -294,7 +294,7 @@ struct Meter {
     /// Size of the request body as read, when it was read whole.
     request_bytes: Option<u64>,
     /// What the request holds in the quota ledgers until it ends.
-    reservation: Option<bill::Reservation>,
+    reservation: Option<Box<bill::Reservation>>,
 }
 
 /// A rate-limited key's request.
@@ -679,11 +679,15 @@ impl Request {
 
     fn deny(&mut self, host: &impl Host, denial: Denial) -> Action {
         self.phase = Phase::Refused;
+        let model = match &self.job {
+            Job::Meter(meter) => meter.model.clone(),
+            _ => None,
+        };
         // Refused here, it never reached a provider: nothing to record, and what it
         // reserved goes back.
         if let Job::Meter(meter) = std::mem::replace(&mut self.job, Job::Pass) {
             if let Some(reservation) = meter.reservation {
-                bill::release(host, reservation);
+                bill::release(host, *reservation);
             }
         }
         host.count(Event::Denied(denial));
@@ -701,7 +705,8 @@ impl Request {
         // A request the windows had admitted (and a host failure then refused) ends here.
         self.end_rate(host, 0);
         // Nothing more to do if this fails: the stream is gone.
-        let _ = host.send_response(denial.status(), &headers, denial.body().as_bytes());
+        let body = denial.body_naming(model.as_deref());
+        let _ = host.send_response(denial.status(), &headers, body.as_bytes());
         Action::Pause
     }
 

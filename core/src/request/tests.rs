@@ -13,7 +13,9 @@ use crate::limits::credit;
 use crate::limits::ledger::{self, Ledger};
 use crate::pairs;
 use crate::sync::leader::Leader;
-use crate::sync::snapshot::{AccountRecord, GroupRecord, KeyRecord, PriceRecord, SnapshotWire};
+use crate::sync::snapshot::{
+    AccountRecord, CapUnit, GroupRecord, KeyRecord, ModelCap, PriceRecord, SnapshotWire,
+};
 use crate::usage::report::Record;
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -207,6 +209,27 @@ fn snapshot() -> SnapshotWire {
                 models: vec!["gpt-4o".into()],
                 ..key("gptrpm")
             },
+            KeyRecord {
+                remaining_quota: Some(1_000_000),
+                model_caps: vec![ModelCap {
+                    model: "gpt-*".into(),
+                    unit: CapUnit::Credits,
+                    limit: 300,
+                    used: 0,
+                    period_end: None,
+                }],
+                ..key("capped")
+            },
+            KeyRecord {
+                model_caps: vec![ModelCap {
+                    model: "gpt-4o".into(),
+                    unit: CapUnit::Tokens,
+                    limit: 150,
+                    used: 0,
+                    period_end: None,
+                }],
+                ..key("tokcap")
+            },
         ]
         .into(),
         groups: vec![GroupRecord {
@@ -322,7 +345,11 @@ impl Setup {
     }
 
     fn ledger(&self, key_id: &str) -> Ledger {
-        let entry = self.fake.shared.get(&ledger::key_entry(key_id)).unwrap();
+        self.ledger_named(&ledger::key_entry(key_id))
+    }
+
+    fn ledger_named(&self, name: &str) -> Ledger {
+        let entry = self.fake.shared.get(name).unwrap();
         entry.map_or_else(Ledger::default, |(bytes, _)| Ledger::decode(&bytes))
     }
 
@@ -418,6 +445,76 @@ fn a_limited_key_waits_for_the_body_reserves_and_settles_what_it_used() {
     assert_eq!(ledger.unreported, 20);
     let records = s.records();
     assert_eq!(records[0].charge.as_ref().map(|c| c.cost), Some(20));
+}
+
+#[test]
+fn a_spent_model_cap_refuses_its_models_and_gives_the_keys_reservation_back() {
+    let s = setup();
+    let cap = ledger::cap_entry("id-capped", "gpt-*");
+    let body = r#"{"model":"gpt-4o","max_tokens":100,"messages":[]}"#;
+    let estimate = (body.len() as u64).div_ceil(4) + 200;
+    let mut first = s.request("POST", CHAT, "capped");
+    assert_eq!(first.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(s.body(&mut first, body, true), Action::Continue);
+    assert_eq!(s.ledger_named(&cap).reserved, estimate);
+    // A second one in flight does not fit in what the cap has left (300).
+    let mut second = s.request("POST", CHAT, "capped");
+    assert_eq!(second.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(s.body(&mut second, body, true), Action::Pause);
+    let (status, _, sent) = s.fake.sent.borrow().clone().unwrap();
+    assert_eq!(status, 429);
+    let sent: serde_json::Value = serde_json::from_str(&sent).unwrap();
+    assert_eq!(sent["error"]["code"], "model_budget_exceeded");
+    assert!(sent["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("gpt-4o"));
+    assert_eq!(
+        s.ledger("id-capped").reserved,
+        estimate,
+        "the key's went back"
+    );
+    assert_eq!(s.ledger_named(&cap).reserved, estimate);
+    // The first settles at what it cost (20); the cap counts it until the snapshot does.
+    s.respond(&mut first, 200, USAGE);
+    first.on_log(&s.fake);
+    second.on_log(&s.fake);
+    let held = s.ledger_named(&cap);
+    assert_eq!((held.reserved, held.unreported), (0, 20));
+    let charge = s.records()[0].charge.clone().unwrap();
+    assert_eq!(charge.cap, Some((cap.clone(), 20)));
+    let mut third = s.request("POST", CHAT, "capped");
+    assert_eq!(third.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(s.body(&mut third, body, true), Action::Continue);
+    assert!(s
+        .events()
+        .contains(&"denied:model_budget_exceeded".to_string()));
+}
+
+#[test]
+fn a_token_cap_limits_a_key_without_a_quota_and_counts_tokens() {
+    let s = setup();
+    let cap = ledger::cap_entry("id-tokcap", "gpt-4o");
+    let body = r#"{"model":"gpt-4o","max_tokens":100}"#;
+    let mut request = s.request("POST", CHAT, "tokcap");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(s.body(&mut request, body, true), Action::Continue);
+    assert_eq!(
+        s.ledger_named(&cap).reserved,
+        (body.len() as u64).div_ceil(4) + 100
+    );
+    s.respond(&mut request, 200, USAGE);
+    request.on_log(&s.fake);
+    // 10 input and 5 output tokens; the key has no ledger of its own.
+    assert_eq!(s.ledger_named(&cap).unreported, 15);
+    let charge = s.records()[0].charge.clone().unwrap();
+    assert_eq!((charge.key_ledger, charge.cap), (None, Some((cap, 15))));
+    // More tokens than are left: refused.
+    let mut big = s.request("POST", CHAT, "tokcap");
+    assert_eq!(big.on_request_headers(&s.fake, false), Action::Pause);
+    let big_body = r#"{"model":"gpt-4o","max_tokens":1000}"#;
+    assert_eq!(s.body(&mut big, big_body, true), Action::Pause);
+    assert_eq!(s.status_sent(), Some(429));
 }
 
 #[test]

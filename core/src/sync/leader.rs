@@ -294,6 +294,9 @@ fn write_keys(
                 if record.remaining_quota.is_some() {
                     ledger::ensure(shared, &ledger::key_entry(&record.id))?;
                 }
+                for cap in &record.model_caps {
+                    ledger::ensure(shared, &ledger::cap_entry(&record.id, &cap.model))?;
+                }
                 shared.set(&name, &value, None)?;
                 written += 1;
             }

@@ -178,6 +178,9 @@ pub struct KeyRecord {
     pub period_end: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period_quota: Option<i64>,
+    /// Limits per model: the most specific one that names a request's model counts it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_caps: Vec<ModelCap>,
     /// The key's own rate limits (its group's may be stricter); `None` = no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpm: Option<u64>,
@@ -207,9 +210,46 @@ impl KeyRecord {
             remaining_quota: None,
             period_end: None,
             period_quota: None,
+            model_caps: vec![],
             rpm: None,
             tpm: None,
             max_parallel: None,
+        }
+    }
+}
+
+/// What a model cap counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CapUnit {
+    /// Credits, as the key's quota.
+    #[default]
+    Credits,
+    /// Input and output tokens.
+    Tokens,
+}
+
+/// A key's limit on the models a name or pattern (`claude-opus-*`) covers, as the
+/// key-service keeps it: `used` of `limit` in the period that ends at `period_end` (none:
+/// it never resets), from which the whole `limit` is there again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelCap {
+    pub model: String,
+    #[serde(default)]
+    pub unit: CapUnit,
+    pub limit: i64,
+    #[serde(default)]
+    pub used: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_end: Option<i64>,
+}
+
+impl ModelCap {
+    /// What the cap leaves at `now` (Unix seconds).
+    pub fn left_at(&self, now: i64) -> i64 {
+        match self.period_end {
+            Some(end) if now >= end => self.limit,
+            _ => self.limit.saturating_sub(self.used),
         }
     }
 }
@@ -395,6 +435,7 @@ enum Field {
     RemainingQuota,
     PeriodEnd,
     PeriodQuota,
+    ModelCaps,
     Rpm,
     Tpm,
     MaxParallel,
@@ -423,6 +464,7 @@ impl<'de> Deserialize<'de> for Field {
                     "remaining_quota" => Field::RemainingQuota,
                     "period_end" => Field::PeriodEnd,
                     "period_quota" => Field::PeriodQuota,
+                    "model_caps" => Field::ModelCaps,
                     "rpm" => Field::Rpm,
                     "tpm" => Field::Tpm,
                     "max_parallel" => Field::MaxParallel,
@@ -454,7 +496,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
         let (mut expires_at, mut ip_allowlist, mut models, mut remaining_quota) =
             (None, None, None, None);
         let (mut rpm, mut tpm, mut max_parallel) = (None, None, None);
-        let (mut period_end, mut period_quota) = (None, None);
+        let (mut period_end, mut period_quota, mut model_caps) = (None, None, None);
         let mut readable = true;
         while let Some(field) = map.next_key::<Field>()? {
             // Reads the field's value into its slot; a bad or repeated value spoils the
@@ -479,6 +521,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
                 Field::RemainingQuota => read!(remaining_quota, ValidOption<i64>),
                 Field::PeriodEnd => read!(period_end, ValidOption<i64>),
                 Field::PeriodQuota => read!(period_quota, ValidOption<i64>),
+                Field::ModelCaps => read!(model_caps, ValidCaps),
                 Field::Rpm => read!(rpm, ValidOption<u64>),
                 Field::Tpm => read!(tpm, ValidOption<u64>),
                 Field::MaxParallel => read!(max_parallel, ValidOption<u64>),
@@ -504,6 +547,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
             remaining_quota: remaining_quota.flatten(),
             period_end: period_end.flatten(),
             period_quota: period_quota.flatten(),
+            model_caps: model_caps.unwrap_or_default(),
             rpm: rpm.flatten(),
             tpm: tpm.flatten(),
             max_parallel: max_parallel.flatten(),
@@ -608,6 +652,17 @@ impl<'de> Deserialize<'de> for ValidStrings {
             }
         }
         deserializer.deserialize_any(Strings).map(ValidStrings)
+    }
+}
+
+/// A list of model caps, or `None` if the value is not one. Rare and short, so read
+/// through a `Value`, which then decides exactly as the derived `Deserialize` does.
+struct ValidCaps(Option<Vec<ModelCap>>);
+
+impl<'de> Deserialize<'de> for ValidCaps {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        Ok(ValidCaps(serde_json::from_value(value).ok()))
     }
 }
 
@@ -913,6 +968,13 @@ mod record_tests {
             remaining_quota: Some(i64::MIN),
             period_end: Some(i64::MAX),
             period_quota: Some(0),
+            model_caps: vec![ModelCap {
+                model: "claude-*".into(),
+                unit: CapUnit::Tokens,
+                limit: i64::MAX,
+                used: i64::MIN,
+                period_end: None,
+            }],
             rpm: Some(u64::MAX),
             tpm: Some(0),
             max_parallel: Some(2),
@@ -960,6 +1022,7 @@ mod record_properties {
         "remaining_quota",
         "period_end",
         "period_quota",
+        "model_caps",
         "rpm",
         "tpm",
         "max_parallel",

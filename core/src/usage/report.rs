@@ -66,8 +66,23 @@ fn is_zero(n: &u64) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Charge {
     pub cost: u64,
-    pub key_ledger: String,
+    pub key_ledger: Option<String>,
     pub account_ledger: Option<String>,
+    /// The ledger of the key's cap on the request's model, and what it counts there
+    /// (credits or tokens, as the cap counts).
+    pub cap: Option<(String, u64)>,
+}
+
+impl Charge {
+    /// Each ledger the charge counts in, with what it counts there.
+    pub fn ledgers(&self) -> impl Iterator<Item = (&str, u64)> {
+        let credits = self.key_ledger.iter().chain(&self.account_ledger);
+        credits.map(|name| (name.as_str(), self.cost)).chain(
+            self.cap
+                .iter()
+                .map(|(name, amount)| (name.as_str(), *amount)),
+        )
+    }
 }
 
 #[derive(Serialize)]
@@ -274,8 +289,9 @@ mod tests {
             },
             charge: Some(Charge {
                 cost: n,
-                key_ledger: "kg:q:k:k".into(),
+                key_ledger: Some("kg:q:k:k".into()),
                 account_ledger: None,
+                cap: None,
             }),
         }
     }

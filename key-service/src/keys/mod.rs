@@ -5,6 +5,7 @@
 //! Checking a request is pure ([`request`]); the functions here add the store, the CSPRNG
 //! and the clock, which comes in as `now` so one operation reads one time.
 
+pub mod caps;
 mod request;
 mod view;
 
@@ -62,6 +63,7 @@ pub async fn create(store: &Store, request: CreateKey, now: i64) -> Result<Vec<K
             max_parallel: spec.max_parallel,
             quota_period: spec.quota_period,
             rotate_by: spec.rotate_by,
+            model_caps: caps::replace(&[], spec.model_caps.clone(), |p| store.window(p, now, now)),
         });
         secrets.push(secret);
     }

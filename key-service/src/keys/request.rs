@@ -2,7 +2,7 @@
 //! into what the store takes. No clock, store or randomness here: `now` comes in, so each
 //! rule is a unit test away.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::budget::{Period, PeriodError};
 use crate::error::ApiError;
 use crate::expiry;
+use crate::keys::caps::{self, CapRequest, Unit};
 use crate::store::KeyEdit;
 use crate::validate::{check_models, limit, nullable, nullable_text};
 
@@ -60,6 +61,11 @@ pub struct CreateKey {
     /// rotation due and alerted on (`key.rotation_due`).
     #[serde(default)]
     pub rotate_by: Option<String>,
+    /// Limits per model: `{"claude-opus-*": {"budget": 5000, "period": "day"}}` (credits,
+    /// or `"tokens"`), names and patterns as in prices; the most specific one that names a
+    /// request's model counts it.
+    #[serde(default)]
+    pub model_caps: Option<BTreeMap<String, CapRequest>>,
 }
 
 /// A create request with defaults filled in and every field checked.
@@ -82,6 +88,7 @@ pub struct KeySpec {
     pub quota_period: Period,
     /// Unix seconds.
     pub rotate_by: Option<i64>,
+    pub model_caps: Vec<(String, Unit, i64, Period)>,
 }
 
 impl CreateKey {
@@ -122,6 +129,7 @@ impl CreateKey {
             max_parallel: limit("max_parallel", self.max_parallel)?,
             quota_period: check_period(self.quota_period)?.unwrap_or(Period::Total),
             rotate_by: self.rotate_by.as_deref().map(rotate_by).transpose()?,
+            model_caps: caps::check(self.model_caps.unwrap_or_default())?,
         })
     }
 }
@@ -211,6 +219,10 @@ pub struct UpdateKey {
     #[serde(default, deserialize_with = "nullable_text")]
     #[schema(value_type = Option<String>)]
     pub rotate_by: Option<Option<String>>,
+    /// New limits per model, replacing all the key has (`{}` takes them away); a cap
+    /// whose model, unit and period stay keeps what it used.
+    #[serde(default)]
+    pub model_caps: Option<BTreeMap<String, CapRequest>>,
 }
 
 impl UpdateKey {
@@ -240,6 +252,7 @@ impl UpdateKey {
                 .rotate_by
                 .map(|at| at.as_deref().map(rotate_by).transpose())
                 .transpose()?,
+            model_caps: self.model_caps.map(caps::check).transpose()?,
         })
     }
 }
@@ -388,6 +401,7 @@ mod tests {
                 tpm: None,
                 max_parallel: None,
                 quota_period: crate::budget::Period::Total,
+                model_caps: vec![],
                 rotate_by: None,
             }
         );

@@ -1,9 +1,12 @@
 //! A key as the API and the command line show it.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::expiry;
+use crate::keys::caps::CapView;
 use crate::store::{KeyRow, KeyStatus};
 
 /// A key as the API shows it. `key` (the full secret) is there only in create responses.
@@ -42,6 +45,8 @@ pub struct KeyView {
     pub rotate_by: Option<String>,
     /// Whether `rotate_by` has passed (at the time of the answer).
     pub rotation_due: bool,
+    /// Limits per model, each with what its current period has used and when it resets.
+    pub model_caps: BTreeMap<String, CapView>,
     pub created_at: String,
     pub updated_at: String,
     pub last_used_at: Option<String>,
@@ -68,6 +73,11 @@ impl KeyView {
             resets_at: row.period.map(|w| time(w.end)).transpose()?,
             rotate_by: row.rotate_by.map(time).transpose()?,
             rotation_due: row.rotate_by.is_some_and(|at| at <= now),
+            model_caps: row
+                .model_caps
+                .iter()
+                .map(|cap| (cap.model.clone(), cap.view(now)))
+                .collect(),
             remaining_quota: (!row.unlimited_quota)
                 .then(|| row.quota.saturating_sub(row.used_quota).max(0)),
             id: row.id,

@@ -488,6 +488,7 @@ mod tests {
             tpm: None,
             max_parallel: None,
             quota_period: crate::budget::Period::Total,
+            model_caps: vec![],
             rotate_by: None,
         };
         store.insert_keys(&[key], 1).await.unwrap();

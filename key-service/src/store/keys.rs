@@ -8,6 +8,7 @@ use std::str::FromStr;
 use super::{key_changed, with_pool, BeginWrite, Get, Outbox, Store, StoreError};
 use crate::alerts::event::{self, Kind};
 use crate::budget::{Period, Window};
+use crate::keys::caps::{self, StoredCap, Unit};
 use serde::Serialize;
 use serde_json::json;
 
@@ -75,6 +76,8 @@ pub struct NewKey {
     pub max_parallel: Option<i64>,
     /// How often the quota starts afresh (`Total`: never).
     pub quota_period: Period,
+    /// Limits per model, each starting its period now.
+    pub model_caps: Vec<StoredCap>,
     /// When the secret should be rotated by (unix seconds); `None` = no date.
     pub rotate_by: Option<i64>,
 }
@@ -98,6 +101,8 @@ pub struct KeyEdit {
     /// A new budget period: a different one than the key has starts a period now, with
     /// nothing used.
     pub quota_period: Option<Period>,
+    /// New limits per model, replacing all the key has (see `caps::replace`).
+    pub model_caps: Option<Vec<(String, Unit, i64, Period)>>,
     /// `Some(None)` clears the rotation date.
     pub rotate_by: Option<Option<i64>>,
 }
@@ -128,6 +133,8 @@ pub struct KeyRow {
     /// `used_quota` is what it has used.
     pub quota_period: Period,
     pub period: Option<Window>,
+    /// Limits per model, with what each has used in its stored period.
+    pub model_caps: Vec<StoredCap>,
     /// When the secret should be rotated by (unix seconds); past it the key is listed by
     /// `rotation_due` and alerted on.
     pub rotate_by: Option<i64>,
@@ -156,6 +163,7 @@ macro_rules! key_view {
                 k.expires_at, k.unlimited_quota, k.quota, k.models, \
                 k.ip_allowlist, k.rpm, k.tpm, k.max_parallel, k.created_at, k.updated_at, \
                 k.last_used_at, k.rotate_by, k.quota_period, k.period_start, k.period_end, \
+                k.model_caps, \
                 CASE WHEN k.period_end <= $1 THEN 0 ELSE k.used_quota END AS used_quota, \
                 CASE \
                     WHEN NOT k.enabled THEN 'disabled' \
@@ -229,9 +237,10 @@ impl Store {
                     "INSERT INTO keys (id, name, key_hash, masked_key, account, group_name, \
                          enabled, expires_at, unlimited_quota, quota, used_quota, models, \
                          ip_allowlist, created_at, updated_at, last_used_at, rpm, tpm, \
-                         max_parallel, rotate_by, quota_period, period_start, period_end) \
+                         max_parallel, rotate_by, quota_period, period_start, period_end, \
+                         model_caps) \
                      VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9, 0, $10, $11, $12, $12, \
-                         NULL, $13, $14, $15, $16, $17, $18, $19)",
+                         NULL, $13, $14, $15, $16, $17, $18, $19, $20)",
                 )
                 .bind(&key.id)
                 .bind(&key.name)
@@ -252,6 +261,7 @@ impl Store {
                 .bind(key.quota_period.to_string())
                 .bind(window.map(|w| w.start))
                 .bind(window.map(|w| w.end))
+                .bind(caps::to_json(&key.model_caps))
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(RECORD_CHANGE)
@@ -453,6 +463,23 @@ impl Store {
                 }),
                 _ => None,
             };
+            // New caps keep what unchanged ones used: read under the write lock.
+            let new_caps = match &change {
+                Change::Edit(KeyEdit {
+                    model_caps: Some(asked),
+                    ..
+                }) => {
+                    let old: Option<String> =
+                        sqlx::query_scalar("SELECT model_caps FROM keys WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let old = caps::parse(old.as_deref().unwrap_or("[]"));
+                    let caps = caps::replace(&old, asked.clone(), |p| self.window(p, now, now));
+                    Some(caps::to_json(&caps))
+                }
+                _ => None,
+            };
             let statement = match change {
                 // COALESCE keeps a column whose new value was not given; `expires_at` and
                 // the rate limits have their own flags since NULL (never expires, no
@@ -474,7 +501,8 @@ impl Store {
                          period_start = CASE WHEN $20 <> quota_period THEN $21 \
                              ELSE period_start END, \
                          period_end = CASE WHEN $20 <> quota_period THEN $22 ELSE period_end END, \
-                         quota_period = COALESCE($20, quota_period) \
+                         quota_period = COALESCE($20, quota_period), \
+                         model_caps = COALESCE($23, model_caps) \
                      WHERE id = $1",
                 )
                 .bind(id)
@@ -498,7 +526,8 @@ impl Store {
                 .bind(edit.rotate_by.flatten())
                 .bind(edit.quota_period.map(|p| p.to_string()))
                 .bind(new_window.map(|w| w.start))
-                .bind(new_window.map(|w| w.end)),
+                .bind(new_window.map(|w| w.end))
+                .bind(new_caps),
                 Change::Rotate {
                     key_hash,
                     masked_key,
@@ -605,6 +634,7 @@ fn key_row(row: &impl Get) -> Result<KeyRow, StoreError> {
         tpm: row.opt_int("tpm")?,
         max_parallel: row.opt_int("max_parallel")?,
         quota_period: period_of(&id, row.text("quota_period")?)?,
+        model_caps: caps::parse(&row.text("model_caps")?),
         period: window_of(row)?,
         rotate_by: row.opt_int("rotate_by")?,
         created_at: row.int("created_at")?,
@@ -696,6 +726,7 @@ pub(super) mod tests {
             tpm: None,
             max_parallel: None,
             quota_period: Period::Total,
+            model_caps: vec![],
             rotate_by: None,
         }
     }

@@ -419,6 +419,7 @@ pub(super) mod tests {
             tpm: None,
             max_parallel: None,
             quota_period: crate::budget::Period::Total,
+            model_caps: vec![],
             rotate_by: None,
         }
     }

@@ -132,6 +132,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0014_alerts.sql"),
         include_str!("../../migrations/postgres/0014_alerts.sql"),
     ),
+    (
+        15,
+        "model_caps",
+        include_str!("../../migrations/sqlite/0015_model_caps.sql"),
+        include_str!("../../migrations/postgres/0015_model_caps.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -276,6 +276,90 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn model_caps_count_their_models_per_period_and_reach_the_snapshot() {
+        use crate::keys::caps::Unit;
+        let (_dir, store) = store().await;
+        store.set_balance("team", None, 0).await.unwrap();
+        let edit = KeyEdit {
+            model_caps: Some(vec![
+                ("m*".into(), Unit::Credits, 100, Period::Span(100)),
+                ("x".into(), Unit::Tokens, 1_000, Period::Total),
+            ]),
+            ..KeyEdit::default()
+        };
+        assert!(store.update_key("k1", &edit, 1_000).await.unwrap());
+        let mut other = at("x1", 7, 1_010);
+        other.model = "x".into();
+        store
+            .ingest_usage(&[at("a", 30, 1_010), other], None, 1_010)
+            .await
+            .unwrap();
+        let caps = store
+            .get_key("k1", 1_020)
+            .await
+            .unwrap()
+            .unwrap()
+            .model_caps;
+        assert_eq!((caps[0].used, caps[1].used), (30, 7), "credits, tokens");
+        // The next period: a late record of the first counts in none; a new one counts.
+        store
+            .ingest_usage(&[at("late", 50, 1_099), at("b", 5, 1_101)], None, 1_102)
+            .await
+            .unwrap();
+        let caps = store
+            .get_key("k1", 1_102)
+            .await
+            .unwrap()
+            .unwrap()
+            .model_caps;
+        assert_eq!((caps[0].used, caps[0].period_start), (5, Some(1_100)));
+        // A retried record counts once.
+        store
+            .ingest_usage(&[at("b", 5, 1_101)], None, 1_103)
+            .await
+            .unwrap();
+        let page = crate::store::SnapshotPage {
+            after: None,
+            limit: 10,
+        };
+        let body = store.snapshot(None, &page, 1_103).await.unwrap();
+        let keys: Vec<keygate_core::sync::snapshot::KeyRecord> =
+            serde_json::from_str(&format!("[{}]", body.keys.join(","))).unwrap();
+        let k1 = keys.into_iter().find(|k| k.id == "k1").unwrap();
+        let wire: Vec<_> = k1
+            .model_caps
+            .iter()
+            .map(|c| (c.model.as_str(), c.used, c.limit, c.period_end))
+            .collect();
+        assert_eq!(wire, [("m*", 5, 100, Some(1_200)), ("x", 7, 1_000, None)]);
+        // Editing keeps what an unchanged cap used; `{}` takes them all away.
+        let edit = KeyEdit {
+            model_caps: Some(vec![("m*".into(), Unit::Credits, 500, Period::Span(100))]),
+            ..KeyEdit::default()
+        };
+        store.update_key("k1", &edit, 1_150).await.unwrap();
+        let caps = store
+            .get_key("k1", 1_150)
+            .await
+            .unwrap()
+            .unwrap()
+            .model_caps;
+        assert_eq!((caps.len(), caps[0].used, caps[0].limit), (1, 5, 500));
+        let edit = KeyEdit {
+            model_caps: Some(vec![]),
+            ..KeyEdit::default()
+        };
+        store.update_key("k1", &edit, 1_150).await.unwrap();
+        assert!(store
+            .get_key("k1", 1_150)
+            .await
+            .unwrap()
+            .unwrap()
+            .model_caps
+            .is_empty());
+    }
+
+    #[tokio::test]
     async fn extreme_amounts_and_times_neither_panic_nor_overflow() {
         let (_dir, store) = periodic().await;
         sql(

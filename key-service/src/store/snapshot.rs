@@ -32,6 +32,8 @@ macro_rules! sqlite_record {
              || CASE WHEN k.ip_allowlist = '[]' THEN '' \
                 ELSE ',\"ip_allowlist\":' || json(k.ip_allowlist) END \
              || CASE WHEN k.models = '[]' THEN '' ELSE ',\"models\":' || json(k.models) END \
+             || CASE WHEN k.model_caps = '[]' THEN '' \
+                ELSE ',\"model_caps\":' || json(k.model_caps) END \
              || CASE WHEN k.unlimited_quota THEN '' \
                 ELSE ',\"remaining_quota\":' || (k.quota - k.used_quota) END \
              || CASE WHEN k.unlimited_quota OR k.period_end IS NULL THEN '' \
@@ -56,6 +58,7 @@ macro_rules! postgres_record {
             ", 'ip_allowlist', CASE WHEN k.ip_allowlist = '[]' THEN NULL \
                 ELSE k.ip_allowlist::json END, \
              'models', CASE WHEN k.models = '[]' THEN NULL ELSE k.models::json END, \
+             'model_caps', CASE WHEN k.model_caps = '[]' THEN NULL ELSE k.model_caps::json END, \
              'remaining_quota', CASE WHEN k.unlimited_quota THEN NULL \
                 ELSE k.quota - k.used_quota END, \
              'period_end', CASE WHEN k.unlimited_quota THEN NULL ELSE k.period_end END, \

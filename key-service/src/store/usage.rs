@@ -13,6 +13,7 @@ use super::{
     StoreError,
 };
 use crate::alerts::threshold::Thresholds;
+use crate::keys::caps::{self, StoredCap};
 use crate::pricing::{self, Price, Tokens};
 
 /// One request as the filter reports it.
@@ -187,6 +188,9 @@ impl Store {
             // first if it has ended).
             let mut keys: HashMap<String, Option<BatchKey>> = HashMap::new();
             let mut accounts: HashMap<String, Option<i64>> = HashMap::new();
+            // The limits per model of the batch's keys that have any, and whether the
+            // batch changed them.
+            let mut key_caps: HashMap<String, (Vec<StoredCap>, bool)> = HashMap::new();
             let mut rolled_account = false;
             // Every price, once per batch (a few hundred rows at most): a model without a
             // price of its own takes its most specific pattern's (`gpt-4o-*`).
@@ -220,7 +224,7 @@ impl Store {
                     None => {
                         let row = sqlx::query(
                             "SELECT k.name, k.account, g.ratio, k.quota_period, k.period_start, \
-                                 k.period_end FROM keys k \
+                                 k.period_end, k.model_caps FROM keys k \
                              LEFT JOIN groups g ON g.name = k.group_name WHERE k.id = $1",
                         )
                         .bind(&record.key_id)
@@ -228,6 +232,10 @@ impl Store {
                         .await?;
                         let key = match &row {
                             Some(row) => {
+                                let model_caps = caps::parse(&row.text("model_caps")?);
+                                if !model_caps.is_empty() {
+                                    key_caps.insert(record.key_id.clone(), (model_caps, false));
+                                }
                                 let mut period = window_of(row)?;
                                 if let Some(old) = period.filter(|w| w.end <= now) {
                                     let period_text = row.text("quota_period")?;
@@ -300,6 +308,14 @@ impl Store {
                 let Some((_, account, _, key_period)) = &key else {
                     continue;
                 };
+                if let Some((model_caps, dirty)) = key_caps.get_mut(&record.key_id) {
+                    if let Some(cap) = caps::cap_for(model_caps, &record.model) {
+                        cap.roll(now, |period, start| self.window(period, start, now));
+                        let tokens = record.tokens.input.saturating_add(record.tokens.output);
+                        cap.count(record.ts, cost, tokens);
+                        *dirty = true;
+                    }
+                }
                 if !accounts.contains_key(account) {
                     let row = sqlx::query(
                         "SELECT quota_period, period_start, period_end FROM accounts \
@@ -381,6 +397,18 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 }
+            }
+            for (key_id, (model_caps, _)) in key_caps.iter().filter(|(_, (_, dirty))| *dirty) {
+                sqlx::query("UPDATE keys SET model_caps = $2 WHERE id = $1")
+                    .bind(key_id)
+                    .bind(caps::to_json(model_caps))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO key_changes (key_id, kind, at) VALUES ($1, 'usage', $2)")
+                    .bind(key_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
             }
             let mut billed_account = rolled_account;
             for (account, (cost, in_period)) in &billed_accounts {
@@ -555,6 +583,7 @@ mod tests {
             tpm: None,
             max_parallel: None,
             quota_period: crate::budget::Period::Total,
+            model_caps: vec![],
             rotate_by: None,
         };
         store.insert_keys(&[key], 0).await.unwrap();

@@ -2,7 +2,8 @@ use serde_json::json;
 
 use crate::Service;
 
-const KEY_FIELDS: [&str; 26] = [
+const KEY_FIELDS: [&str; 27] = [
+    "model_caps",
     "quota_period",
     "period_start",
     "resets_at",
