@@ -360,6 +360,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_account_spending_limit_alerts_each_threshold_once_per_period() {
+        let (_dir, store) = store().await;
+        let edit = AccountEdit {
+            balance: Some(None),
+            spend_limit: Some(Some(300)),
+            quota_period: Some(Period::Span(100)),
+        };
+        assert!(store.update_account("team", &edit, 1_000).await.unwrap());
+        let bill = |id: &'static str, cost, ts| {
+            let store = store.clone();
+            async move {
+                store.ingest_usage(&[at(id, cost, ts)], None, ts).await.unwrap();
+            }
+        };
+        bill("a", 160, 1_010).await;
+        bill("b", 100, 1_020).await;
+        bill("c", 10, 1_030).await;
+        bill("d", 160, 1_110).await;
+        let crossings: Vec<(String, i64)> = with_pool!(store, |pool| {
+            sqlx::query(
+                "SELECT kind, payload FROM alert_events WHERE kind LIKE 'account.%' \
+                 ORDER BY created_at, payload",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| {
+                let payload: serde_json::Value =
+                    serde_json::from_str(&row.text("payload").unwrap()).unwrap();
+                let threshold = payload["data"]["threshold"].as_i64().unwrap_or(0);
+                (row.text("kind").unwrap(), threshold)
+            })
+            .collect()
+        });
+        let kinds: Vec<(&str, i64)> = crossings.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("account.threshold", 50),
+                ("account.threshold", 80),
+                ("account.threshold", 50)
+            ],
+            "once per threshold and period: {crossings:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn extreme_amounts_and_times_neither_panic_nor_overflow() {
         let (_dir, store) = periodic().await;
         sql(

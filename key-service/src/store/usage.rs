@@ -12,6 +12,7 @@ use super::{
     balance_spent, budget_crossed, with_pool, BeginWrite, Get, KeyFacts, Outbox, Spend, Store,
     StoreError,
 };
+use crate::alerts::event::Subject;
 use crate::alerts::threshold::Thresholds;
 use crate::keys::caps::{self, StoredCap};
 use crate::pricing::{self, Price, Tokens};
@@ -413,6 +414,24 @@ impl Store {
             let mut billed_account = rolled_account;
             for (account, (cost, in_period)) in &billed_accounts {
                 let balance_before = tx.balance(account).await?;
+                // The spending limit's figures before the bill (the period rolled over
+                // already), for its threshold alerts.
+                let limit_before = match *in_period > 0 {
+                    true => sqlx::query(
+                        "SELECT spend_limit, period_used, period_start FROM accounts \
+                         WHERE name = $1 AND spend_limit IS NOT NULL",
+                    )
+                    .bind(account)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| {
+                        let limit = row.int("spend_limit")?;
+                        let used = row.int("period_used")?;
+                        Ok::<_, sqlx::Error>((limit, used, row.opt_int("period_start")?))
+                    })
+                    .transpose()?,
+                    false => None,
+                };
                 let billed = sqlx::query(
                     // Saturating at -i64::MAX and i64::MAX, as above. An account is
                     // limited by a balance, a spending limit per period, or both.
@@ -436,6 +455,18 @@ impl Store {
                     // As the UPDATE above saturates.
                     let after = before.saturating_sub(*cost).max(-i64::MAX);
                     balance_spent(&mut tx, account, before, after, now).await?;
+                }
+                if let Some((budget, before, period_start)) = limit_before {
+                    let spend = Spend {
+                        budget,
+                        before,
+                        after: before.saturating_add(*in_period),
+                    };
+                    let subject = Subject::Account {
+                        name: account.clone(),
+                    };
+                    let start = period_start.unwrap_or(0);
+                    budget_crossed(&mut tx, &subject, spend, start, &self.thresholds, now).await?;
                 }
                 if let Some(holder) = holder.filter(|_| billed) {
                     sqlx::query(BILL_LEASE)
