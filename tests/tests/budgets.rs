@@ -196,10 +196,54 @@ fn a_spent_model_cap_refuses_its_models_only(stack: &Stack) {
     assert!(billed(stack, &racing.id).0 <= cap);
 }
 
+/// An account with a spending limit and no balance: its keys stop when the limit is spent.
+fn an_account_spending_limit_stops_its_keys(stack: &Stack) {
+    let cost = metered_cost();
+    let (status, body) = admin(
+        stack,
+        Method::POST,
+        "/api/v1/accounts",
+        Some(
+            json!({"name": "limited", "spend_limit": 2 * cost + cost / 2,
+            "quota_period": "month"}),
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["spend_limit"], 2 * cost + cost / 2);
+    assert!(body["resets_at"].is_string(), "{body}");
+    let key = create_key(stack, json!({"name": "of-limited", "account": "limited"}));
+    let first = until_synced(|| send_metered(&stack.envoy_url, &key.secret, 0));
+    assert_eq!(first.status(), 200);
+    assert_eq!(send_metered(&stack.envoy_url, &key.secret, 0).status(), 200);
+    let refused = send_metered(&stack.envoy_url, &key.secret, 0);
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
+    let limited = || {
+        let (_, accounts) = admin(stack, Method::GET, "/api/v1/accounts", None);
+        let accounts = accounts["accounts"].as_array().cloned().unwrap_or_default();
+        accounts
+            .into_iter()
+            .find(|a| a["name"] == "limited")
+            .unwrap()
+    };
+    let mut account = limited();
+    for _ in 0..100 {
+        if account["period_used"] == 2 * cost {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        account = limited();
+    }
+    assert_eq!(account["period_used"], 2 * cost, "{account}");
+    assert_eq!(account["balance"], Value::Null);
+}
+
 #[test]
 fn budgets_on_sqlite() {
     let stack = Stack::builder().concurrency(2).start();
     a_spent_model_cap_refuses_its_models_only(&stack);
+    an_account_spending_limit_stops_its_keys(&stack);
     a_spent_quota_starts_afresh_at_the_period_boundary(stack);
 }
 
@@ -207,5 +251,6 @@ fn budgets_on_sqlite() {
 fn budgets_on_postgres() {
     let stack = Stack::builder().concurrency(2).postgres().start();
     a_spent_model_cap_refuses_its_models_only(&stack);
+    an_account_spending_limit_stops_its_keys(&stack);
     a_spent_quota_starts_afresh_at_the_period_boundary(stack);
 }

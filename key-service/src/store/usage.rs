@@ -242,6 +242,7 @@ impl Store {
                                     let period_text = row.text("quota_period")?;
                                     period = self.next_window(&period_text, old, now);
                                     if let Some(new) = period {
+                                        // (No change-log row: see `periods`.)
                                         sqlx::query(ROLL_KEY)
                                             .bind(&record.key_id)
                                             .bind(new.start)
@@ -249,14 +250,6 @@ impl Store {
                                             .bind(old.end)
                                             .execute(&mut *tx)
                                             .await?;
-                                        sqlx::query(
-                                            "INSERT INTO key_changes (key_id, kind, at) \
-                                             VALUES ($1, 'period', $2)",
-                                        )
-                                        .bind(&record.key_id)
-                                        .bind(now)
-                                        .execute(&mut *tx)
-                                        .await?;
                                     }
                                 }
                                 Some((
