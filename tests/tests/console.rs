@@ -151,6 +151,14 @@ fn a_key_made_in_the_console_works_through_envoy_until_the_console_disables_rota
         click(c, r#"#kf-models-known input[value="gpt-4o-mini"]"#).await;
         fill(c, "#kf-ips", "127.0.0.1\n::1/128").await;
         fill(c, "#kf-max-parallel", "8").await;
+        // A monthly quota and a daily cap on one family of models.
+        script(
+            c,
+            "const p = document.querySelector('#kf-period'); p.value = 'month'; \
+             p.dispatchEvent(new Event('change', { bubbles: true }));",
+        )
+        .await;
+        fill(c, "#kf-caps", "claude-sonnet-* 5000 day").await;
         c.set_window_size(1280, 1600)
             .await
             .expect("a window tall enough for the dialog");
@@ -186,6 +194,16 @@ fn a_key_made_in_the_console_works_through_envoy_until_the_console_disables_rota
         (copied, curl)
     });
     let (copied, curl) = secret;
+    let (_, page) = admin(&stack, Method::GET, "/api/v1/keys?q=console-e2e", None);
+    let made = &page["keys"][0];
+    assert_eq!(made["quota_period"], "month", "{made}");
+    assert!(made["resets_at"].is_string(), "{made}");
+    assert_eq!(
+        made["model_caps"],
+        json!({"claude-sonnet-*": {"budget": 5000, "period": "day", "used": 0,
+            "resets_at": made["model_caps"]["claude-sonnet-*"]["resets_at"]}}),
+        "{made}"
+    );
     let secret = copied.as_str().expect("clipboard text").to_owned();
     assert!(
         secret.starts_with("sk-") && secret.len() == 51,
@@ -323,12 +341,12 @@ fn a_key_made_in_the_console_works_through_envoy_until_the_console_disables_rota
     );
     // The notice comes once the list is redrawn. It shows used / remaining, which add up
     // to the new quota whatever usage has arrived since (the calls above are still being
-    // billed).
+    // billed), and under them the period and when it resets.
     let cell = browser.run(script(
         c,
         "const row = [...document.querySelectorAll('#key-list tbody tr')]\
            .find((r) => r.textContent.includes('console-e2e'));\
-         return row.querySelectorAll('td')[3].textContent;",
+         return row.querySelectorAll('td')[3].firstChild.textContent;",
     ));
     let numbers: Vec<u64> = cell
         .as_str()
@@ -340,6 +358,16 @@ fn a_key_made_in_the_console_works_through_envoy_until_the_console_disables_rota
         numbers.iter().sum::<u64>(),
         250_000,
         "used / remaining: {cell}"
+    );
+    let period = browser.run(script(
+        c,
+        "const row = [...document.querySelectorAll('#key-list tbody tr')]\
+           .find((r) => r.textContent.includes('console-e2e'));\
+         return row.querySelectorAll('td')[3].textContent;",
+    ));
+    assert!(
+        period.as_str().unwrap().contains("per month, resets"),
+        "{period}"
     );
 
     // Groups and accounts: made through their forms, refused in words when they must be.

@@ -112,6 +112,9 @@ enum Filter {
     /// run can spend and `BODY_MODEL` a price: every request reads its body, reserves its
     /// estimate and settles (with credit leases, from this Envoy's lease).
     KeygateQuota(Vec<(&'static str, &'static str)>),
+    /// As `KeygateQuota` with credit leases, and the key also capped on `BODY_MODEL` (far
+    /// above the run's spend): each request reserves in the cap's ledger too.
+    KeygateModelCap,
 }
 
 /// The model of `--body-bytes` bodies, the only one the key may then call.
@@ -265,7 +268,9 @@ impl Variant {
             }
             // It needs a key to restrict.
             Filter::ModelFromBody(_) => count > 0,
-            Filter::KeygateQuota(_) => count > 0 && count <= Peer::INLINE_KEYS_MAX,
+            Filter::KeygateQuota(_) | Filter::KeygateModelCap => {
+                count > 0 && count <= Peer::INLINE_KEYS_MAX
+            }
             _ => true,
         }
     }
@@ -340,6 +345,10 @@ fn main() {
         variants.push(Variant {
             name: "keygate: quota without leases".into(),
             filter: Filter::KeygateQuota(vec![("credit_lease_ttl_ms", "0")]),
+        });
+        variants.push(Variant {
+            name: "keygate: quota and a model cap".into(),
+            filter: Filter::KeygateModelCap,
         });
     }
     if !args.only.is_empty() {
@@ -571,7 +580,7 @@ fn measure(
                 "target/wasm32-wasip1/release/keygate_hostcall_filter.wasm",
             )))
             .filter_setting("host_call", &format!("{call:?}")),
-        Filter::ModelFromBody(None) => builder,
+        Filter::ModelFromBody(None) | Filter::KeygateModelCap => builder,
         Filter::ModelFromBody(Some(path)) => builder.filter(Some(path.clone())),
     };
     let started = Instant::now();
@@ -587,6 +596,7 @@ fn measure(
             | Filter::KeygateLimited(_)
             | Filter::ModelFromBody(_)
             | Filter::KeygateQuota(_)
+            | Filter::KeygateModelCap
     );
     let mut load_s = None;
     if keygate_like && count > 0 {
@@ -623,8 +633,11 @@ fn measure(
     if let (Filter::ModelFromBody(_), Some(secret)) = (&variant.filter, secret) {
         restrict_to_body_model(&stack, &url, secret);
     }
-    if let Filter::KeygateQuota(_) = variant.filter {
+    if let Filter::KeygateQuota(_) | Filter::KeygateModelCap = variant.filter {
         set_key_quota(&stack, true);
+        if let Filter::KeygateModelCap = variant.filter {
+            set_model_cap(&stack, true);
+        }
         // The change is pushed to Envoy within milliseconds; a VM reads prices on its
         // tick (1 s). (A bench, not a test: nothing here asserts a time.)
         sleep(Duration::from_millis(1_500));
@@ -676,8 +689,11 @@ fn measure(
         // The database is shared with the other variants' runs.
         set_default_group_limits(&stack, false);
     }
-    if let Filter::KeygateQuota(_) = variant.filter {
+    if let Filter::KeygateQuota(_) | Filter::KeygateModelCap = variant.filter {
         set_key_quota(&stack, false);
+    }
+    if let Filter::KeygateModelCap = variant.filter {
+        set_model_cap(&stack, false);
     }
     Sample {
         rps: saturated.rps,
@@ -737,6 +753,22 @@ fn set_key_quota(stack: &Stack, on: bool) {
         Some(quota),
     );
     assert_eq!(status, 200, "quota: {body}");
+}
+
+/// Caps seeded key 0 on `BODY_MODEL` far above what the run can spend (or takes the cap
+/// away).
+fn set_model_cap(stack: &Stack, on: bool) {
+    let caps = match on {
+        true => serde_json::json!({ BODY_MODEL: {"budget": 1_000_000_000_000_000_u64} }),
+        false => serde_json::json!({}),
+    };
+    let (status, body) = admin(
+        stack,
+        reqwest::Method::PATCH,
+        "/api/v1/keys/key_0000000000000000",
+        Some(serde_json::json!({ "model_caps": caps })),
+    );
+    assert_eq!(status, 200, "model cap: {body}");
 }
 
 /// Sets the default group's RPM and TPM far above anything the run can reach, or takes
