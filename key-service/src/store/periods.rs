@@ -17,6 +17,9 @@
 //! period moves the key in the log as any usage does. Accounts are few and travel in the
 //! tables: rolling one over moves the log once.
 
+use sqlx::query::Query;
+use sqlx::{Database, Encode, Type};
+
 use super::keys::{period_of, window_of};
 use super::{with_pool, BeginWrite, Get, Store, StoreError};
 use crate::budget::Window;
@@ -31,6 +34,25 @@ pub(super) const ROLL_KEY: &str = "UPDATE keys SET used_quota = 0, period_start 
 /// The same for an account (`$1` its name).
 pub(super) const ROLL_ACCOUNT: &str = "UPDATE accounts SET period_used = 0, period_start = $2, \
      period_end = $3 WHERE name = $1 AND period_end = $4";
+
+/// `ROLL_KEY` or `ROLL_ACCOUNT` for the key or account `id`, from its `old` period to
+/// `new`.
+pub(super) fn roll<'q, DB: Database>(
+    statement: &'static str,
+    id: &'q str,
+    old: Window,
+    new: Window,
+) -> Query<'q, DB, <DB as Database>::Arguments>
+where
+    &'q str: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(statement)
+        .bind(id)
+        .bind(new.start)
+        .bind(new.end)
+        .bind(old.end)
+}
 
 /// What an account's keys may still spend: the lesser of its balance and what its
 /// spending limit leaves of the period (`period_used` spent); `None` = no limit.
@@ -76,13 +98,7 @@ impl Store {
                 let Some(new) = self.window(period, old.start, now) else {
                     continue;
                 };
-                sqlx::query(ROLL_KEY)
-                    .bind(&id)
-                    .bind(new.start)
-                    .bind(new.end)
-                    .bind(old.end)
-                    .execute(&mut *tx)
-                    .await?;
+                roll(ROLL_KEY, &id, old, new).execute(&mut *tx).await?;
                 rolled += 1;
             }
             let accounts = sqlx::query(
@@ -99,11 +115,7 @@ impl Store {
                 let Some(new) = self.next_window(&row.text("quota_period")?, old, now) else {
                     continue;
                 };
-                sqlx::query(ROLL_ACCOUNT)
-                    .bind(&name)
-                    .bind(new.start)
-                    .bind(new.end)
-                    .bind(old.end)
+                roll(ROLL_ACCOUNT, &name, old, new)
                     .execute(&mut *tx)
                     .await?;
                 rolled += 1;

@@ -7,7 +7,7 @@ use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use super::keys::window_of;
 use super::leases::BILL_LEASE;
-use super::periods::{ROLL_ACCOUNT, ROLL_KEY};
+use super::periods::{roll, ROLL_ACCOUNT, ROLL_KEY};
 use super::{
     balance_spent, budget_crossed, with_pool, BeginWrite, Get, KeyFacts, Outbox, Spend, Store,
     StoreError,
@@ -243,11 +243,7 @@ impl Store {
                                     period = self.next_window(&period_text, old, now);
                                     if let Some(new) = period {
                                         // (No change-log row: see `periods`.)
-                                        sqlx::query(ROLL_KEY)
-                                            .bind(&record.key_id)
-                                            .bind(new.start)
-                                            .bind(new.end)
-                                            .bind(old.end)
+                                        roll(ROLL_KEY, &record.key_id, old, new)
                                             .execute(&mut *tx)
                                             .await?;
                                     }
@@ -322,11 +318,7 @@ impl Store {
                     if let (Some(old), Some(row)) = (period.filter(|w| w.end <= now), &row) {
                         period = self.next_window(&row.text("quota_period")?, old, now);
                         if let Some(new) = period {
-                            sqlx::query(ROLL_ACCOUNT)
-                                .bind(account)
-                                .bind(new.start)
-                                .bind(new.end)
-                                .bind(old.end)
+                            roll(ROLL_ACCOUNT, account, old, new)
                                 .execute(&mut *tx)
                                 .await?;
                             rolled_account = true;
