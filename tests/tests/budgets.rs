@@ -197,8 +197,28 @@ fn a_spent_model_cap_refuses_its_models_only(stack: &Stack) {
 }
 
 /// An account with a spending limit and no balance: its keys stop when the limit is spent.
+/// And first, an account with a balance: a key of its own without a quota may spend all of
+/// it. (Until this session the filter never stopped counting what such a key had spent
+/// against its account, once the key-service had it: the second of these calls was
+/// refused with the balance still covering it.)
 fn an_account_spending_limit_stops_its_keys(stack: &Stack) {
     let cost = metered_cost();
+    let (status, body) = admin(
+        stack,
+        Method::POST,
+        "/api/v1/accounts",
+        Some(json!({"name": "funded", "balance": 2 * cost + cost / 2})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let key = create_key(stack, json!({"name": "of-funded", "account": "funded"}));
+    let first = until_synced(|| send_metered(&stack.envoy_url, &key.secret, 0));
+    assert_eq!(first.status(), 200);
+    // Once the first call's cost is in the snapshot's balance, it counts there alone.
+    thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(send_metered(&stack.envoy_url, &key.secret, 0).status(), 200);
+    thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(send_metered(&stack.envoy_url, &key.secret, 0).status(), 429);
+
     let (status, body) = admin(
         stack,
         Method::POST,

@@ -167,7 +167,6 @@ impl Request {
         if let Some(c) = model.and_then(|m| key.cap_for(m)) {
             let name = ledger::cap_entry(key.id(), &c.model);
             let held = cap_amount(c.unit, amount, estimated);
-            let now = i64::try_from(now_ms / 1_000).unwrap_or(i64::MAX);
             let reserved =
                 ledger::reserve(host, &name, c.left_at(now), held, meta.version, Lease::Off);
             match reserved {

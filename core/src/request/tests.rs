@@ -221,6 +221,10 @@ fn snapshot() -> SnapshotWire {
                 ..key("capped")
             },
             KeyRecord {
+                account: "funded".into(),
+                ..key("funded")
+            },
+            KeyRecord {
                 model_caps: vec![ModelCap {
                     model: "gpt-4o".into(),
                     unit: CapUnit::Tokens,
@@ -239,12 +243,20 @@ fn snapshot() -> SnapshotWire {
             rpm: None,
             tpm: None,
         }],
-        accounts: vec![AccountRecord {
-            name: "acme".into(),
-            balance: None,
-            period_end: None,
-            period_balance: None,
-        }],
+        accounts: vec![
+            AccountRecord {
+                name: "acme".into(),
+                balance: None,
+                period_end: None,
+                period_balance: None,
+            },
+            AccountRecord {
+                name: "funded".into(),
+                balance: Some(1_000_000),
+                period_end: None,
+                period_balance: None,
+            },
+        ],
         prices: vec![PriceRecord {
             name: "gpt-4o".into(),
             input: 1_000_000.0,
@@ -489,6 +501,30 @@ fn a_spent_model_cap_refuses_its_models_and_gives_the_keys_reservation_back() {
     assert!(s
         .events()
         .contains(&"denied:model_budget_exceeded".to_string()));
+}
+
+#[test]
+fn what_a_key_without_a_quota_spends_stops_counting_in_its_accounts_ledger_once_reported() {
+    let s = setup();
+    let mut request = s.request("POST", CHAT, "funded");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(
+        s.body(&mut request, r#"{"model":"gpt-4o"}"#, true),
+        Action::Continue
+    );
+    s.respond(&mut request, 200, USAGE);
+    request.on_log(&s.fake);
+    let account = ledger::account_entry("funded");
+    assert_eq!(s.ledger_named(&account).unreported, 20);
+    // The record carries the account's ledger, so that its cost stops counting there once
+    // the key-service has it (before, a key without a quota of its own carried none, and
+    // its spending counted against the account until Envoy restarted).
+    let charge = s.records()[0].charge.clone().expect("a charge");
+    assert_eq!(
+        (charge.key_ledger, charge.account_ledger),
+        (None, Some(account))
+    );
+    assert_eq!(charge.cost, 20);
 }
 
 #[test]
