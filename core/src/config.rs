@@ -82,6 +82,9 @@ pub struct Config {
     pub credit_lease_wait_ms: u64,
     /// Path of the key-service's lease intake.
     pub credit_lease_path: String,
+    /// `GET` on this path is answered by the filter with the calling key's own view
+    /// (`decide::key_info`); empty: no such path (the request goes upstream).
+    pub key_info_path: String,
 }
 
 /// The request headers the filter sets for the upstream; `null` leaves one out (each
@@ -175,6 +178,7 @@ impl Default for Config {
             credit_lease_ttl_ms: 30_000,
             credit_lease_wait_ms: 2_000,
             credit_lease_path: "/filter/v1/leases".into(),
+            key_info_path: "/v1/keygate/key".into(),
         }
     }
 }

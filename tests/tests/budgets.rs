@@ -259,11 +259,49 @@ fn an_account_spending_limit_stops_its_keys(stack: &Stack) {
     assert_eq!(account["balance"], Value::Null);
 }
 
+/// `GET /v1/keygate/key`: a key's own view, answered by the filter.
+fn a_key_sees_its_own_budget(stack: &Stack) {
+    let cost = metered_cost();
+    let key = create_key(
+        stack,
+        json!({"name": "self-aware", "unlimited_quota": false, "quota": 10 * cost,
+            "quota_period": "day", "rpm": 100,
+            "model_caps": {"gpt-4o-*": {"budget": 3 * cost, "period": "day"}}}),
+    );
+    let own = |secret: Option<&str>| {
+        let mut request = client().get(format!("{}/v1/keygate/key", stack.envoy_url));
+        if let Some(secret) = secret {
+            request = request.bearer_auth(secret);
+        }
+        request.send().unwrap()
+    };
+    let first = until_synced(|| own(Some(&key.secret)));
+    assert_eq!(first.status(), 200);
+    assert_eq!(send_metered(&stack.envoy_url, &key.secret, 0).status(), 200);
+    let mut view: Value = own(Some(&key.secret)).json().unwrap();
+    for _ in 0..100 {
+        if view["remaining_quota"] == 9 * cost {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        view = own(Some(&key.secret)).json().unwrap();
+    }
+    assert_eq!(view["name"], "self-aware", "{view}");
+    assert_eq!(view["status"], "active");
+    assert_eq!(view["remaining_quota"], 9 * cost, "{view}");
+    assert_eq!(view["rpm"], 100);
+    assert!(view["period"]["resets_at"].is_string(), "{view}");
+    assert_eq!(view["model_caps"][0]["remaining"], 2 * cost, "{view}");
+    assert!(!view.to_string().contains(&key.secret));
+    assert_eq!(own(None).status(), 401);
+}
+
 #[test]
 fn budgets_on_sqlite() {
     let stack = Stack::builder().concurrency(2).start();
     a_spent_model_cap_refuses_its_models_only(&stack);
     an_account_spending_limit_stops_its_keys(&stack);
+    a_key_sees_its_own_budget(&stack);
     a_spent_quota_starts_afresh_at_the_period_boundary(stack);
 }
 
@@ -272,5 +310,6 @@ fn budgets_on_postgres() {
     let stack = Stack::builder().concurrency(2).postgres().start();
     a_spent_model_cap_refuses_its_models_only(&stack);
     an_account_spending_limit_stops_its_keys(&stack);
+    a_key_sees_its_own_budget(&stack);
     a_spent_quota_starts_afresh_at_the_period_boundary(stack);
 }

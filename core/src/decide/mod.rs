@@ -6,6 +6,7 @@ pub mod credential;
 pub mod decision;
 pub mod error;
 pub mod form_scan;
+pub mod key_info;
 pub mod model;
 pub mod model_list;
 pub mod route;

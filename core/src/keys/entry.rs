@@ -384,13 +384,22 @@ impl Entry {
         self.caps.is_some()
     }
 
-    /// The cap that counts a request for `model`: the most specific one naming it.
-    pub fn cap_for(&self, model: &str) -> Option<ModelCap> {
+    /// The key's caps per model (none if it has none).
+    pub fn caps(&self) -> Vec<ModelCap> {
+        let Some(at) = self.caps else {
+            return Vec::new();
+        };
         let mut r = Reader {
             bytes: &self.bytes,
-            at: self.caps?,
+            at,
         };
-        let caps: Vec<ModelCap> = (0..r.u16()?).map_while(|_| r.cap()).collect();
+        let count = r.u16().unwrap_or(0);
+        (0..count).map_while(|_| r.cap()).collect()
+    }
+
+    /// The cap that counts a request for `model`: the most specific one naming it.
+    pub fn cap_for(&self, model: &str) -> Option<ModelCap> {
+        let caps = self.caps();
         let best =
             crate::decide::model::most_specific(caps.iter().map(|c| c.model.as_str()), model)?
                 .to_owned();

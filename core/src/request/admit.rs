@@ -12,12 +12,12 @@ use crate::decide::decision::{check_model, decide, restricts_models, Denial};
 use crate::decide::form_scan::FormScan;
 use crate::decide::model::{self, ModelList};
 use crate::decide::route::{self, Route};
-use crate::decide::{credential, model_list};
+use crate::decide::{credential, key_info, model_list};
 use crate::keys::client_ip;
 use crate::keys::entry::{self, Entry};
 use crate::keys::secret::{self, KeyHash};
 use crate::kv::HostError;
-use crate::limits::ledger::Estimate;
+use crate::limits::ledger::{self, Estimate};
 use crate::limits::rate::{self, Limits};
 use crate::pairs;
 use crate::sync::view::View;
@@ -116,6 +116,51 @@ fn ask_for_usage(host: &impl Host, edit: UsageEdit, size: usize) -> Result<(), H
 }
 
 impl Request {
+    /// `GET` on `key_info_path`: the key's own view, answered here from the snapshot
+    /// (`decide::key_info`). A key refused only for being out of quota still sees itself,
+    /// as `exhausted`; any other refusal stands. `None`: not such a request.
+    fn key_info(
+        &mut self,
+        host: &impl Host,
+        headers: &[(&str, &str)],
+        view: Option<&View>,
+        secret: Option<&str>,
+        decided: &Result<Entry, Denial>,
+        now: i64,
+    ) -> Result<Option<Action>, Denial> {
+        let info_path = self.plugin.config.key_info_path.as_str();
+        let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        let path = header(":path").and_then(|p| p.split(['?', '#']).next());
+        if info_path.is_empty() || header(":method") != Some("GET") || path != Some(info_path) {
+            return Ok(None);
+        }
+        let (key, status) = match (decided, view, secret) {
+            (Ok(key), Some(_), Some(_)) => (key.clone(), "active"),
+            (Err(Denial::InsufficientQuota), Some(view), Some(secret)) => {
+                let key = lookup(host, &secret::hash(secret), view.meta.epoch)?;
+                (key.ok_or(Denial::InvalidApiKey)?, "exhausted")
+            }
+            (Err(denial), _, _) => return Err(*denial),
+            _ => return Err(HOST_FAILED),
+        };
+        let Some(view) = view else {
+            return Err(HOST_FAILED);
+        };
+        let version = view.meta.version;
+        let pending =
+            |name: &str| ledger::read(host, name).map_or(0, |ledger| ledger.pending(version));
+        let body = key_info::render(&key, &view.tables, status, now, pending);
+        let headers = [
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+        ];
+        // Nothing more to do if this fails: the stream is gone.
+        let _ = host.send_response(200, &headers, body.as_bytes());
+        // Answered here: nothing goes upstream, nothing is recorded.
+        self.phase = Phase::Refused;
+        Ok(Some(Action::Pause))
+    }
+
     /// A VM that has not seen a snapshot yet looks in shared data at once, rather than
     /// waiting for its next tick: a new worker serves from its first request.
     pub(super) fn ensure_view(&self, host: &impl Host) {
@@ -169,6 +214,9 @@ impl Request {
             // writes them before the keys, and publishes the version after both.
             *plugin.view.borrow_mut() = View::refresh(host, None).ok().flatten();
             return self.admit(host, end_of_stream, false);
+        }
+        if let Some(answered) = self.key_info(host, &headers, view, secret, &decided, now)? {
+            return Ok(answered);
         }
         let key = decided?;
         // decide() admits only with a view and a secret.

@@ -225,6 +225,10 @@ fn snapshot() -> SnapshotWire {
                 ..key("funded")
             },
             KeyRecord {
+                remaining_quota: Some(0),
+                ..key("spent")
+            },
+            KeyRecord {
                 model_caps: vec![ModelCap {
                     model: "gpt-4o".into(),
                     unit: CapUnit::Tokens,
@@ -525,6 +529,45 @@ fn what_a_key_without_a_quota_spends_stops_counting_in_its_accounts_ledger_once_
         (None, Some(account))
     );
     assert_eq!(charge.cost, 20);
+}
+
+#[test]
+fn a_key_sees_its_own_view_answered_here_even_when_out_of_quota() {
+    let s = setup();
+    let view = |name: &str, path: &str| {
+        let mut request = s.request("GET", path, name);
+        let action = request.on_request_headers(&s.fake, true);
+        request.on_log(&s.fake);
+        let sent = s.fake.sent.borrow().clone();
+        (action, sent)
+    };
+    let (action, sent) = view("quota", "/v1/keygate/key?x=1");
+    assert_eq!(action, Action::Pause);
+    let (status, headers, body) = sent.expect("answered by the filter");
+    assert_eq!(status, 200);
+    assert!(headers
+        .iter()
+        .any(|(n, v)| n == "cache-control" && v == "no-store"));
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["name"], "quota");
+    assert_eq!(body["status"], "active");
+    assert_eq!(body["remaining_quota"], 1_000_000);
+    assert!(!body.to_string().contains(&sk("quota")));
+    assert!(s.records().is_empty(), "nothing recorded");
+    // Out of quota: it still sees itself.
+    let (_, sent) = view("spent", "/v1/keygate/key");
+    let (status, _, body) = sent.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("exhausted")),
+        "{body}"
+    );
+    // A key refused for anything else gets that refusal; another path goes upstream.
+    let (_, sent) = view("nobody", "/v1/keygate/key");
+    assert_eq!(sent.unwrap().0, 401);
+    let (action, sent) = view("open", "/v1/keygate/keys");
+    assert_eq!((action, sent), (Action::Continue, None));
 }
 
 #[test]
