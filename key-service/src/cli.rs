@@ -18,7 +18,7 @@ use crate::store::{KeyFilter, Store};
 pub enum Command {
     /// Manage API keys without the HTTP API.
     #[command(subcommand)]
-    Keys(Box<KeysCommand>),
+    Keys(KeysCommand),
     /// Manage alert webhooks and read their delivery logs.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
@@ -167,7 +167,7 @@ pub struct ListArgs {
 /// Runs one command; returns the lines to print.
 pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiError> {
     match command {
-        Command::Keys(command) => keys(store, *command).await,
+        Command::Keys(command) => keys(store, command).await,
         Command::Webhooks(command) => webhooks_command(store, command).await,
     }
 }

@@ -398,12 +398,30 @@ impl Entry {
     }
 
     /// The cap that counts a request for `model`: the most specific one naming it.
+    /// On the request path: one pass over the encoded caps, and only the chosen one is
+    /// decoded (a cap's fixed part is 25 bytes after its name).
     pub fn cap_for(&self, model: &str) -> Option<ModelCap> {
-        let caps = self.caps();
-        let best =
-            crate::decide::model::most_specific(caps.iter().map(|c| c.model.as_str()), model)?
-                .to_owned();
-        caps.into_iter().find(|c| c.model == best)
+        let mut r = Reader {
+            bytes: &self.bytes,
+            at: self.caps?,
+        };
+        // (specificity, where the cap starts); the first of equals wins, as a map would
+        // hold one entry per name.
+        let mut best: Option<(usize, usize)> = None;
+        for _ in 0..r.u16()? {
+            let start = r.at;
+            let score = crate::decide::model::specificity(r.str()?, model);
+            r.take(25)?;
+            if let Some(score) = score.filter(|s| best.is_none_or(|(b, _)| *s > b)) {
+                best = Some((score, start));
+            }
+        }
+        let (_, at) = best?;
+        Reader {
+            bytes: &self.bytes,
+            at,
+        }
+        .cap()
     }
 
     fn text(&self, range: &Range<usize>) -> &str {

@@ -21,7 +21,8 @@ pub(super) struct Reservation {
     account_ledger: Option<String>,
     /// The key's cap on the request's model: its ledger, what it counts, and what was
     /// reserved there.
-    cap: Option<(String, CapUnit, u64)>,
+    /// (Boxed: few keys have caps, and a reservation rides in every metered request.)
+    cap: Option<Box<(String, CapUnit, u64)>>,
     /// The group's price multiplier, to price what the request turns out to use.
     ratio: f64,
     /// The price its estimate was made with: what it is settled at if this VM's tables
@@ -51,7 +52,8 @@ pub(super) fn release(host: &impl Host, reservation: Reservation) {
     {
         let _ = ledger::settle(host, name, reservation.amount, 0);
     }
-    if let Some((name, _, held)) = &reservation.cap {
+    if let Some(cap) = &reservation.cap {
+        let (name, _, held) = &**cap;
         let _ = ledger::settle(host, name, *held, 0);
     }
 }
@@ -170,7 +172,7 @@ impl Request {
             let reserved =
                 ledger::reserve(host, &name, c.left_at(now), held, meta.version, Lease::Off);
             match reserved {
-                Ok(Reserve::Admitted) => cap = Some((name, c.unit, held)),
+                Ok(Reserve::Admitted) => cap = Some(Box::new((name, c.unit, held))),
                 other => {
                     for taken in [&key_ledger, &account_ledger].into_iter().flatten() {
                         let _ = ledger::settle(host, taken, amount, 0);
@@ -192,7 +194,7 @@ impl Request {
             estimate: estimated,
         };
         match &mut self.job {
-            Job::Meter(meter) => meter.reservation = Some(Box::new(reservation)),
+            Job::Meter(meter) => meter.reservation = Some(reservation),
             // Only metered requests reserve; one that is not cannot keep it.
             _ => release(host, reservation),
         }
@@ -236,7 +238,8 @@ impl Request {
             // is refused early, never overdrawn.
             let _ = ledger::settle(host, name, reservation.amount, cost);
         }
-        let cap = reservation.cap.map(|(name, unit, held)| {
+        let cap = reservation.cap.map(|cap| {
+            let (name, unit, held) = *cap;
             let used = cap_amount(unit, cost, tokens);
             let _ = ledger::settle(host, &name, held, used);
             (name, used)
@@ -282,7 +285,7 @@ impl Request {
             Api::PerCall => Some((Usage::default(), false)),
             _ => scan::bill(&scanned, meter.status, prompt),
         };
-        let reservation = meter.reservation.map(|r| *r);
+        let reservation = meter.reservation;
         let billed = billed.or_else(|| {
             // A success that says nothing of its usage (an image model that reports none,
             // a compressed answer): a key or account with a limit is billed the estimate

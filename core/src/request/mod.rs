@@ -294,7 +294,7 @@ struct Meter {
     /// Size of the request body as read, when it was read whole.
     request_bytes: Option<u64>,
     /// What the request holds in the quota ledgers until it ends.
-    reservation: Option<Box<bill::Reservation>>,
+    reservation: Option<bill::Reservation>,
 }
 
 /// A rate-limited key's request.
@@ -687,7 +687,7 @@ impl Request {
         // reserved goes back.
         if let Job::Meter(meter) = std::mem::replace(&mut self.job, Job::Pass) {
             if let Some(reservation) = meter.reservation {
-                bill::release(host, *reservation);
+                bill::release(host, reservation);
             }
         }
         host.count(Event::Denied(denial));
