@@ -1,13 +1,26 @@
-//! Bearer-token checks for the admin (`/api/v1/*`) and filter (`/filter/v1/*`) routes.
-//! Only SHA-256 digests of the tokens are kept, and they are compared in constant time.
+//! Bearer-token checks for the management (`/api/v1/*`) and filter (`/filter/v1/*`)
+//! routes. Only SHA-256 digests of the tokens are kept, and they are compared in constant
+//! time (the admin and filter tokens) or looked up by digest (account tokens).
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
 use subtle::ConstantTimeEq;
 
+use crate::access::{Actor, ActorKind, Caller, Role, Scope};
 use crate::error::ApiError;
+use crate::store::Store;
+
+/// The 401 message of the management API.
+pub const API_TOKEN_MESSAGE: &str =
+    "missing or invalid token (Authorization: Bearer <admin token or account token>)";
+
+/// What an account token starts with, so that secret scanners and people can tell it
+/// from a key (`sk-`) and the admin token.
+pub const ACCOUNT_TOKEN_PREFIX: &str = "kgt_";
 
 /// Admits requests that carry one particular bearer token (or, for the filter's routes
 /// during a rotation, either of two).
@@ -90,6 +103,101 @@ fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Which callers a management route admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// The operator only: to a tenant the route does not exist (404).
+    Admin,
+    /// The operator, and tenants of either role, each seeing their own account.
+    Read,
+    /// The operator, and owners; to a viewer the route does not exist (404).
+    Write,
+}
+
+/// The guard of a management route: settles who calls ([`Caller`]) and whether the route
+/// exists for them.
+#[derive(Clone)]
+pub struct ApiGuard {
+    pub admin: Guard,
+    pub store: Store,
+    pub permit: Permit,
+}
+
+/// Middleware of every `/api/v1` route: 401 without a valid token; 404 when the route is
+/// not one the caller's role may use (the same answer as a route that does not exist, so
+/// a tenant learns nothing of the operator's routes); otherwise the handler runs with the
+/// [`Caller`] in the request's extensions.
+pub async fn admit(
+    State(guard): State<ApiGuard>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let address = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    let token = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
+        .map(str::to_owned);
+    let Some(caller) = caller(&guard, token.as_deref(), address).await? else {
+        return Err(ApiError::Unauthorized {
+            code: "invalid_admin_token",
+            message: API_TOKEN_MESSAGE,
+        });
+    };
+    let allowed = match (guard.permit, caller.role()) {
+        (_, None) => true,
+        (Permit::Admin, Some(_)) => false,
+        (Permit::Read, Some(_)) => true,
+        (Permit::Write, Some(role)) => role == Role::Owner,
+    };
+    if !allowed {
+        return Err(crate::error::no_route(
+            request.method(),
+            request.uri().path(),
+        ));
+    }
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+/// Who presented which credential: the admin token, an account token, or none that is
+/// valid (`None`).
+async fn caller(
+    guard: &ApiGuard,
+    token: Option<&str>,
+    address: Option<std::net::IpAddr>,
+) -> Result<Option<Caller>, ApiError> {
+    let Some(token) = token else {
+        return Ok(None);
+    };
+    if guard.admin.admits(token) {
+        return Ok(Some(Caller::admin(address)));
+    }
+    if !token.starts_with(ACCOUNT_TOKEN_PREFIX) {
+        return Ok(None);
+    }
+    let digest = keygate_core::keys::secret::hash_hex(&keygate_core::keys::secret::hash(token));
+    let found = guard
+        .store
+        .account_token_by_hash(&digest, crate::expiry::now())
+        .await?;
+    Ok(found.map(|token| Caller {
+        actor: Actor {
+            kind: ActorKind::Token,
+            id: token.id,
+        },
+        scope: Scope::Account {
+            name: token.account,
+            role: token.role,
+        },
+        address,
+    }))
 }
 
 /// Middleware: passes the request on if the guard admits it, else answers 401.

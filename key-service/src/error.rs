@@ -183,11 +183,13 @@ impl From<getrandom::Error> for ApiError {
 
 /// Fallback for routes that do not exist.
 pub async fn unknown_route(request: Request) -> ApiError {
-    ApiError::NotFound(format!(
-        "no route for {} {}",
-        request.method(),
-        request.uri().path()
-    ))
+    no_route(request.method(), request.uri().path())
+}
+
+/// What a route that does not exist answers, and what a tenant gets from a route that is
+/// not for its role: the same words, so the two cannot be told apart.
+pub fn no_route(method: &axum::http::Method, path: &str) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {path}"))
 }
 
 /// Rewrites error responses that are not JSON (axum's 405, a 404 of a router without a

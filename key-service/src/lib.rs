@@ -2,6 +2,7 @@
 //! checks requests against. [`app`] builds the HTTP routes around an [`AppState`];
 //! [`run`] is the whole service as the binary starts it.
 
+pub mod access;
 pub mod alerts;
 pub mod api;
 pub mod auth;
@@ -95,7 +96,9 @@ impl AppState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Open,
-    Admin,
+    /// The management API: the admin token, or an account token (or an SSO session) as
+    /// far as the permit lets tenants in.
+    Api(auth::Permit),
     Filter,
     /// The filter token in `x-keygate-token` (`Authorization` carries the client's key).
     Check,
@@ -164,7 +167,8 @@ where
 /// Every route of the service. The OpenAPI document (`openapi.rs`) lists the same
 /// handlers; a test holds the two together.
 pub fn routes() -> Vec<Route> {
-    use Access::{Admin, Check, Filter, Open};
+    use auth::Permit::{Admin, Read, Write};
+    use Access::{Api, Check, Filter, Open};
     use Verb::{Any, Delete, Get, Patch, Post, Put};
     vec![
         route(Get, "/healthz", Open, api::healthz),
@@ -175,65 +179,125 @@ pub fn routes() -> Vec<Route> {
         route(Get, "/console/console.js", Open, console::script),
         route(Get, "/console/console.css", Open, console::style),
         route(Get, "/console/settings.json", Open, console::settings),
-        route(Post, "/api/v1/keys", Admin, api::keys::create),
-        route(Get, "/api/v1/keys", Admin, api::keys::list),
-        route(Get, "/api/v1/keys/{id}", Admin, api::keys::get),
-        route(Patch, "/api/v1/keys/{id}", Admin, api::keys::update),
-        route(Delete, "/api/v1/keys/{id}", Admin, api::keys::delete),
-        route(Post, "/api/v1/keys/{id}/rotate", Admin, api::keys::rotate),
-        route(Get, "/api/v1/groups", Admin, api::catalog::list_groups),
-        route(Get, "/api/v1/groups/{name}", Admin, api::catalog::get_group),
-        route(Put, "/api/v1/groups/{name}", Admin, api::catalog::put_group),
+        route(Post, "/api/v1/keys", Api(Write), api::keys::create),
+        route(Get, "/api/v1/keys", Api(Read), api::keys::list),
+        route(Get, "/api/v1/keys/{id}", Api(Read), api::keys::get),
+        route(Patch, "/api/v1/keys/{id}", Api(Write), api::keys::update),
+        route(Delete, "/api/v1/keys/{id}", Api(Write), api::keys::delete),
+        route(
+            Post,
+            "/api/v1/keys/{id}/rotate",
+            Api(Write),
+            api::keys::rotate,
+        ),
+        route(Get, "/api/v1/groups", Api(Read), api::catalog::list_groups),
+        route(
+            Get,
+            "/api/v1/groups/{name}",
+            Api(Read),
+            api::catalog::get_group,
+        ),
+        route(
+            Put,
+            "/api/v1/groups/{name}",
+            Api(Admin),
+            api::catalog::put_group,
+        ),
         route(
             Delete,
             "/api/v1/groups/{name}",
-            Admin,
+            Api(Admin),
             api::catalog::delete_group,
         ),
-        route(Get, "/api/v1/models", Admin, api::catalog::list_models),
-        route(Get, "/api/v1/models/{name}", Admin, api::catalog::get_model),
-        route(Put, "/api/v1/models/{name}", Admin, api::catalog::put_model),
-        route(Get, "/api/v1/accounts", Admin, api::catalog::list_accounts),
+        route(Get, "/api/v1/models", Api(Read), api::catalog::list_models),
+        route(
+            Get,
+            "/api/v1/models/{name}",
+            Api(Read),
+            api::catalog::get_model,
+        ),
+        route(
+            Put,
+            "/api/v1/models/{name}",
+            Api(Admin),
+            api::catalog::put_model,
+        ),
+        route(
+            Get,
+            "/api/v1/accounts",
+            Api(Read),
+            api::catalog::list_accounts,
+        ),
         route(
             Post,
             "/api/v1/accounts",
-            Admin,
+            Api(Admin),
             api::catalog::create_account,
         ),
         route(
             Patch,
             "/api/v1/accounts/{name}",
-            Admin,
+            Api(Admin),
             api::catalog::update_account,
         ),
-        route(Get, "/api/v1/usage", Admin, api::usage::list),
-        route(Get, "/api/v1/usage/summary", Admin, api::usage::summary),
-        route(Post, "/api/v1/webhooks", Admin, api::webhooks::create),
-        route(Get, "/api/v1/webhooks", Admin, api::webhooks::list),
-        route(Get, "/api/v1/webhooks/{id}", Admin, api::webhooks::get),
-        route(Patch, "/api/v1/webhooks/{id}", Admin, api::webhooks::update),
+        route(
+            Post,
+            "/api/v1/accounts/{name}/tokens",
+            Api(Admin),
+            api::tenants::create,
+        ),
+        route(
+            Get,
+            "/api/v1/accounts/{name}/tokens",
+            Api(Admin),
+            api::tenants::list,
+        ),
+        route(
+            Delete,
+            "/api/v1/accounts/{name}/tokens/{id}",
+            Api(Admin),
+            api::tenants::revoke,
+        ),
+        route(
+            Post,
+            "/api/v1/accounts/{name}/tokens/{id}/rotate",
+            Api(Admin),
+            api::tenants::rotate,
+        ),
+        route(Get, "/api/v1/me", Api(Read), api::tenants::me),
+        route(Get, "/api/v1/usage", Api(Read), api::usage::list),
+        route(Get, "/api/v1/usage/summary", Api(Read), api::usage::summary),
+        route(Post, "/api/v1/webhooks", Api(Write), api::webhooks::create),
+        route(Get, "/api/v1/webhooks", Api(Read), api::webhooks::list),
+        route(Get, "/api/v1/webhooks/{id}", Api(Read), api::webhooks::get),
+        route(
+            Patch,
+            "/api/v1/webhooks/{id}",
+            Api(Write),
+            api::webhooks::update,
+        ),
         route(
             Delete,
             "/api/v1/webhooks/{id}",
-            Admin,
+            Api(Write),
             api::webhooks::delete,
         ),
         route(
             Post,
             "/api/v1/webhooks/{id}/rotate-secret",
-            Admin,
+            Api(Write),
             api::webhooks::rotate_secret,
         ),
         route(
             Post,
             "/api/v1/webhooks/{id}/test",
-            Admin,
+            Api(Write),
             api::webhooks::test,
         ),
         route(
             Get,
             "/api/v1/webhooks/{id}/deliveries",
-            Admin,
+            Api(Read),
             api::webhooks::deliveries,
         ),
         route(Get, "/filter/v1/snapshot", Filter, api::filter::snapshot),
@@ -265,12 +329,7 @@ async fn poke_after_writes(
 }
 
 pub fn app(state: AppState) -> Router {
-    let mut guarded: [(Access, Router<AppState>); 4] = [
-        (Access::Open, Router::new()),
-        (Access::Admin, Router::new()),
-        (Access::Filter, Router::new()),
-        (Access::Check, Router::new()),
-    ];
+    let mut app = Router::new();
     for Route {
         path,
         aliases,
@@ -279,26 +338,28 @@ pub fn app(state: AppState) -> Router {
         ..
     } in routes()
     {
-        for (which, router) in &mut guarded {
-            if *which == access {
-                for path in std::iter::once(path).chain(aliases.iter().copied()) {
-                    *router = std::mem::take(router).route(path, handler.clone());
-                }
-            }
-        }
-    }
-    let mut app = Router::new();
-    for (access, router) in guarded {
-        let guard = match access {
-            Access::Open => None,
-            Access::Admin => Some(state.admin.clone()),
-            Access::Filter => Some(state.filter.clone()),
-            Access::Check => Some(state.check.clone()),
+        let handler = match access {
+            Access::Open => handler,
+            Access::Api(permit) => handler.route_layer(middleware::from_fn_with_state(
+                auth::ApiGuard {
+                    admin: state.admin.clone(),
+                    store: state.store.clone(),
+                    permit,
+                },
+                auth::admit,
+            )),
+            Access::Filter => handler.route_layer(middleware::from_fn_with_state(
+                state.filter.clone(),
+                auth::require,
+            )),
+            Access::Check => handler.route_layer(middleware::from_fn_with_state(
+                state.check.clone(),
+                auth::require,
+            )),
         };
-        app = app.merge(match guard {
-            Some(guard) => router.route_layer(middleware::from_fn_with_state(guard, auth::require)),
-            None => router,
-        });
+        for path in std::iter::once(path).chain(aliases.iter().copied()) {
+            app = app.route(path, handler.clone());
+        }
     }
     app.fallback(error::unknown_route)
         .layer(DefaultBodyLimit::max(error::BODY_LIMIT))
@@ -428,9 +489,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         // Filters waiting for changes are answered now, not at the end of their wait.
         changes.close();
     };
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     store.close().await;
     tracing::info!("stopped");
     served.map_err(StartError::Serve)

@@ -6,6 +6,7 @@ pub mod check;
 pub mod filter;
 pub mod keys;
 pub mod leases;
+pub mod tenants;
 pub mod usage;
 pub mod webhooks;
 

@@ -14,6 +14,7 @@ mod keys;
 mod leases;
 mod periods;
 mod snapshot;
+mod tenants;
 mod usage;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ pub use leases::{LeaseAsk, LeaseGrant, LeaseRow};
 pub use periods::ROLL_BATCH;
 pub use snapshot::{SnapshotBody, SnapshotPage};
 use snapshot::{POSTGRES, SQLITE};
+pub use tenants::{AccountTokenRow, NewAccountToken};
 pub use usage::{Ingested, UsageFilter, UsageRecord, UsageRow};
 
 /// Migrations, compiled in so the binary needs no files beside it: version, description
@@ -137,6 +139,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "model_caps",
         include_str!("../../migrations/sqlite/0015_model_caps.sql"),
         include_str!("../../migrations/postgres/0015_model_caps.sql"),
+    ),
+    (
+        16,
+        "tenants",
+        include_str!("../../migrations/sqlite/0016_tenants.sql"),
+        include_str!("../../migrations/postgres/0016_tenants.sql"),
     ),
 ];
 
