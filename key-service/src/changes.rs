@@ -171,6 +171,7 @@ mod tests {
             ratio: 1.0,
             rpm: None,
             tpm: None,
+            account: None,
         };
         store.put_group(&group, 1).await.unwrap();
         changes.poke();

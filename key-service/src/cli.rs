@@ -324,8 +324,9 @@ async fn keys(store: &Store, command: KeysCommand) -> Result<Vec<String>, ApiErr
                 model_caps: caps,
                 ..UpdateKey::default()
             };
+            let account = keys::get(store, &a.id, now).await?.account;
             Ok(vec![json(
-                &keys::update(store, &a.id, request, now).await?,
+                &keys::update(store, &a.id, &account, request, now).await?,
             )?])
         }
         KeysCommand::Rotate {

@@ -165,7 +165,13 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        if error.is_unique_violation() {
+        if let StoreError::KeyLimit { .. } = error {
+            ApiError::InvalidRequest {
+                param: Some("quantity".into()),
+                code: "key_limit_reached",
+                message: error.to_string(),
+            }
+        } else if error.is_unique_violation() {
             ApiError::Conflict("a record with the same identity already exists".into())
         } else if error.is_foreign_key_violation() {
             ApiError::Conflict("the account or group was removed meanwhile".into())

@@ -353,7 +353,9 @@ pub fn app(state: AppState) -> Router {
                 state.filter.clone(),
                 auth::require,
             )),
-            Access::Check => handler.route_layer(middleware::from_fn_with_state(
+            // Answers any method (its handler is the method router's fallback, which
+            // `route_layer` does not reach).
+            Access::Check => handler.layer(middleware::from_fn_with_state(
                 state.check.clone(),
                 auth::require,
             )),

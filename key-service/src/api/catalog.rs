@@ -7,6 +7,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use crate::access::Caller;
+use crate::audit::{self, Change};
 use crate::budget::Period;
 use crate::error::ApiError;
 use crate::expiry;
@@ -82,6 +84,10 @@ pub struct PutGroup {
     pub rpm: Option<i64>,
     #[serde(default)]
     pub tpm: Option<i64>,
+    /// The account that owns the group (its keys alone may use it, its tenants alone see
+    /// it); absent or `null` = shared by every account.
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
 impl PutGroup {
@@ -97,6 +103,10 @@ impl PutGroup {
             ratio: non_negative("ratio", self.ratio.unwrap_or(1.0))?,
             rpm: limit("rpm", self.rpm)?,
             tpm: limit("tpm", self.tpm)?,
+            account: self
+                .account
+                .map(|a| check_name("account", &a).map(|()| a))
+                .transpose()?,
         })
     }
 }
@@ -116,10 +126,18 @@ fn no_such(what: &str, name: &str) -> ApiError {
         (status = 401, description = "The contract's error", body = crate::error::Body),
     ),
 )]
-pub async fn list_groups(State(state): State<AppState>) -> Result<Json<Groups>, ApiError> {
-    Ok(Json(Groups {
-        groups: state.store.list_groups().await?,
-    }))
+pub async fn list_groups(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Groups>, ApiError> {
+    let mut groups = state.store.list_groups().await?;
+    groups.retain(|g| visible_group(&caller, g));
+    Ok(Json(Groups { groups }))
+}
+
+/// Shared groups are everyone's to see; an account's own group, its tenants' only.
+fn visible_group(caller: &Caller, group: &GroupRow) -> bool {
+    group.account.is_none() || caller.sees_owned(group.account.as_deref())
 }
 
 /// `GET /api/v1/groups/{name}`
@@ -137,10 +155,14 @@ pub async fn list_groups(State(state): State<AppState>) -> Result<Json<Groups>, 
 )]
 pub async fn get_group(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<GroupRow>, ApiError> {
     let group = state.store.get_group(&name).await?;
-    group.map(Json).ok_or_else(|| no_such("group", &name))
+    group
+        .filter(|g| visible_group(&caller, g))
+        .map(Json)
+        .ok_or_else(|| no_such("group", &name))
 }
 
 /// `PUT /api/v1/groups/{name}`: 201 when created, 200 when replaced.
@@ -160,11 +182,37 @@ pub async fn get_group(
 )]
 pub async fn put_group(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<PutGroup>,
 ) -> Result<(StatusCode, Json<GroupRow>), ApiError> {
     let group = body.validate(&name)?;
-    let created = state.store.put_group(&group, expiry::now()).await?;
+    if let Some(account) = &group.account {
+        if !state.store.account_exists(account).await? {
+            return Err(ApiError::invalid(
+                "account",
+                format!("there is no account named {account:?}"),
+            ));
+        }
+    }
+    let before = state.store.get_group(&name).await?;
+    let Some(created) = state.store.put_group(&group, expiry::now()).await? else {
+        return Err(ApiError::Conflict(format!(
+            "keys of other accounts are in group {name:?}; move them before giving it to one account"
+        )));
+    };
+    audit::record(
+        &state,
+        &caller,
+        Change {
+            action: "group.put",
+            target: &name,
+            account: group.account.as_deref(),
+            before: before.as_ref().and_then(audit::snapshot),
+            after: audit::snapshot(&group),
+        },
+    )
+    .await;
     tracing::info!(group = %name, created, "group saved");
     let status = if created {
         StatusCode::CREATED
@@ -191,6 +239,7 @@ pub async fn put_group(
 )]
 pub async fn delete_group(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if name == "default" {
@@ -198,9 +247,22 @@ pub async fn delete_group(
             "the default group cannot be deleted".into(),
         ));
     }
+    let before = state.store.get_group(&name).await?;
     match state.store.delete_group(&name, expiry::now()).await? {
         Removed::Deleted => {
             tracing::info!(group = %name, "group deleted");
+            audit::record(
+                &state,
+                &caller,
+                Change {
+                    action: "group.delete",
+                    target: &name,
+                    account: before.as_ref().and_then(|g| g.account.as_deref()),
+                    before: before.as_ref().and_then(audit::snapshot),
+                    after: None,
+                },
+            )
+            .await;
             Ok(StatusCode::NO_CONTENT)
         }
         Removed::NotFound => Err(no_such("group", &name)),
@@ -286,9 +348,11 @@ pub async fn get_model(
 )]
 pub async fn put_model(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<PutPrice>,
 ) -> Result<(StatusCode, Json<ModelPrice>), ApiError> {
+    let before = state.store.get_price(&name).await?;
     check_model_name(&name)?;
     let input = non_negative("input", body.input)?;
     let output = non_negative("output", body.output)?;
@@ -325,6 +389,18 @@ pub async fn put_model(
         cache_write: cache_write.unwrap_or(input),
         per_request,
     };
+    audit::record(
+        &state,
+        &caller,
+        Change {
+            action: "model.put",
+            target: &price.name,
+            account: None,
+            before: before.as_ref().and_then(audit::snapshot),
+            after: audit::snapshot(&price),
+        },
+    )
+    .await;
     Ok((status, Json(price)))
 }
 
@@ -347,6 +423,9 @@ pub struct CreateAccount {
     /// `total` (the default), `day`, `week`, `month` or a span such as `72h`.
     #[serde(default)]
     pub quota_period: Option<String>,
+    /// How many keys the account may hold; absent or `null` = no limit.
+    #[serde(default)]
+    pub max_keys: Option<i64>,
 }
 
 /// Body of `PATCH /api/v1/accounts/{name}`.
@@ -363,6 +442,9 @@ pub struct UpdateAccount {
     /// spent.
     #[serde(default)]
     pub quota_period: Option<String>,
+    /// How many keys the account may hold; `null` = no limit.
+    #[serde(default, deserialize_with = "nullable")]
+    pub max_keys: Option<Option<i64>>,
 }
 
 impl UpdateAccount {
@@ -371,11 +453,12 @@ impl UpdateAccount {
             balance: self.balance,
             spend_limit: self.spend_limit.map(check_spend_limit).transpose()?,
             quota_period: check_period(self.quota_period)?,
+            max_keys: self.max_keys.map(check_max_keys).transpose()?,
         };
         if edit == AccountEdit::default() {
             return Err(ApiError::invalid(
                 "balance",
-                "give balance, spend_limit or quota_period (null balance = unlimited)",
+                "give balance, spend_limit, quota_period or max_keys (null balance = unlimited)",
             ));
         }
         Ok(edit)
@@ -393,10 +476,13 @@ impl UpdateAccount {
         (status = 401, description = "The contract's error", body = crate::error::Body),
     ),
 )]
-pub async fn list_accounts(State(state): State<AppState>) -> Result<Json<Accounts>, ApiError> {
-    Ok(Json(Accounts {
-        accounts: state.store.list_accounts(expiry::now()).await?,
-    }))
+pub async fn list_accounts(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Accounts>, ApiError> {
+    let mut accounts = state.store.list_accounts(expiry::now()).await?;
+    accounts.retain(|a| caller.sees(&a.name));
+    Ok(Json(Accounts { accounts }))
 }
 
 /// `POST /api/v1/accounts`: 201, or 409 when the name is taken.
@@ -415,6 +501,7 @@ pub async fn list_accounts(State(state): State<AppState>) -> Result<Json<Account
 )]
 pub async fn create_account(
     State(state): State<AppState>,
+    caller: Caller,
     ApiJson(body): ApiJson<CreateAccount>,
 ) -> Result<(StatusCode, Json<AccountRow>), ApiError> {
     check_name("name", &body.name)?;
@@ -425,6 +512,7 @@ pub async fn create_account(
         balance: None,
         spend_limit: check_spend_limit(body.spend_limit)?.map(Some),
         quota_period: check_period(body.quota_period)?,
+        max_keys: body.max_keys.map(|m| check_max_keys(Some(m))).transpose()?,
     };
     match state
         .store
@@ -444,10 +532,30 @@ pub async fn create_account(
         state.store.update_account(&body.name, &budget, now).await?;
     }
     tracing::info!(account = %body.name, "account created");
-    Ok((
-        StatusCode::CREATED,
-        Json(read_account(&state, &body.name, now).await?),
-    ))
+    let account = read_account(&state, &body.name, now).await?;
+    audit::record(
+        &state,
+        &caller,
+        Change {
+            action: "account.create",
+            target: &account.name,
+            account: Some(&account.name),
+            before: None,
+            after: audit::snapshot(&account),
+        },
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(account)))
+}
+
+fn check_max_keys(max: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match max {
+        Some(max) if max < 0 => Err(ApiError::invalid(
+            "max_keys",
+            format!("max_keys must be 0 or more, got {max}"),
+        )),
+        _ => Ok(max),
+    }
 }
 
 async fn read_account(state: &AppState, name: &str, now: i64) -> Result<AccountRow, ApiError> {
@@ -493,16 +601,31 @@ fn check_period(period: Option<String>) -> Result<Option<Period>, ApiError> {
 )]
 pub async fn update_account(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<UpdateAccount>,
 ) -> Result<Json<AccountRow>, ApiError> {
     let edit = body.validate()?;
     let now = expiry::now();
+    let before = read_account(&state, &name, now).await?;
     if !state.store.update_account(&name, &edit, now).await? {
         return Err(no_such("account", &name));
     }
     tracing::info!(account = %name, "account changed");
-    Ok(Json(read_account(&state, &name, now).await?))
+    let after = read_account(&state, &name, now).await?;
+    audit::record(
+        &state,
+        &caller,
+        Change {
+            action: "account.update",
+            target: &name,
+            account: Some(&name),
+            before: audit::snapshot(&before),
+            after: audit::snapshot(&after),
+        },
+    )
+    .await;
+    Ok(Json(after))
 }
 
 #[cfg(test)]

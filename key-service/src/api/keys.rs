@@ -6,6 +6,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
 
+use crate::access::Caller;
+use crate::audit::{self, Change};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
@@ -35,10 +37,58 @@ pub struct Created {
 )]
 pub async fn create(
     State(state): State<AppState>,
-    ApiJson(request): ApiJson<CreateKey>,
+    caller: Caller,
+    ApiJson(mut request): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
+    if let Some(own) = caller.account() {
+        // A tenant's keys are its account's. Another account's name is refused in the
+        // words used for one that does not exist.
+        if request.account.as_deref().is_some_and(|given| given != own) {
+            return Err(ApiError::invalid(
+                "account",
+                format!(
+                    "there is no account named {:?}",
+                    request.account.unwrap_or_default()
+                ),
+            ));
+        }
+        request.account = Some(own.to_owned());
+    }
     let keys = keys::create(&state.store, request, expiry::now()).await?;
+    for key in &keys {
+        audit::record(
+            &state,
+            &caller,
+            Change {
+                action: "key.create",
+                target: &key.id,
+                account: Some(&key.account),
+                before: None,
+                after: without_secret(key),
+            },
+        )
+        .await;
+    }
     Ok((StatusCode::CREATED, Json(Created { keys })))
+}
+
+/// A key as the audit log keeps it: never its secret, not even the one just made.
+fn without_secret(key: &KeyView) -> Option<serde_json::Value> {
+    audit::snapshot(&KeyView {
+        key: None,
+        ..key.clone()
+    })
+}
+
+/// The key `id` if the caller may see it; to a tenant another account's key does not
+/// exist (the same 404 as an unknown id).
+async fn key_of(state: &AppState, caller: &Caller, id: &str) -> Result<KeyView, ApiError> {
+    let key = keys::get(&state.store, id, expiry::now()).await?;
+    if caller.sees(&key.account) {
+        Ok(key)
+    } else {
+        Err(keys::no_such_key(id))
+    }
 }
 
 /// Query of `GET /api/v1/keys`.
@@ -140,9 +190,27 @@ pub struct KeyPage {
 )]
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Json<KeyPage>, ApiError> {
-    let params = ListParams::parse(query.as_deref().unwrap_or(""))?;
+    let mut params = ListParams::parse(query.as_deref().unwrap_or(""))?;
+    if let Some(own) = caller.account() {
+        if params
+            .filter
+            .account
+            .as_deref()
+            .is_some_and(|given| given != own)
+        {
+            // Another account's keys: none that this caller may see.
+            return Ok(Json(KeyPage {
+                keys: Vec::new(),
+                page: params.page,
+                per_page: params.per_page,
+                total: 0,
+            }));
+        }
+        params.filter.account = Some(own.to_owned());
+    }
     let offset = u64::from(params.page - 1) * u64::from(params.per_page);
     let (keys, total) = keys::list(
         &state.store,
@@ -178,12 +246,25 @@ pub async fn list(
 )]
 pub async fn update(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<UpdateKey>,
 ) -> Result<Json<KeyView>, ApiError> {
-    Ok(Json(
-        keys::update(&state.store, &id, request, expiry::now()).await?,
-    ))
+    let before = key_of(&state, &caller, &id).await?;
+    let after = keys::update(&state.store, &id, &before.account, request, expiry::now()).await?;
+    audit::record(
+        &state,
+        &caller,
+        Change {
+            action: "key.update",
+            target: &id,
+            account: Some(&before.account),
+            before: audit::snapshot(&before),
+            after: without_secret(&after),
+        },
+    )
+    .await;
+    Ok(Json(after))
 }
 
 /// `POST /api/v1/keys/{id}/rotate`: a new secret for the same key (id, settings and
@@ -206,6 +287,7 @@ pub async fn update(
 )]
 pub async fn rotate(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<KeyView>, ApiError> {
@@ -214,9 +296,21 @@ pub async fn rotate(
     } else {
         crate::extract::parse(&body)?
     };
-    Ok(Json(
-        keys::rotate(&state.store, &id, &request, expiry::now()).await?,
-    ))
+    let before = key_of(&state, &caller, &id).await?;
+    let after = keys::rotate(&state.store, &id, &request, expiry::now()).await?;
+    audit::record(
+        &state,
+        &caller,
+        Change {
+            action: "key.rotate",
+            target: &id,
+            account: Some(&before.account),
+            before: audit::snapshot(&before),
+            after: without_secret(&after),
+        },
+    )
+    .await;
+    Ok(Json(after))
 }
 
 /// `DELETE /api/v1/keys/{id}`
@@ -235,9 +329,23 @@ pub async fn rotate(
 )]
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let before = key_of(&state, &caller, &id).await?;
     keys::delete(&state.store, &id, expiry::now()).await?;
+    audit::record(
+        &state,
+        &caller,
+        Change {
+            action: "key.delete",
+            target: &id,
+            account: Some(&before.account),
+            before: audit::snapshot(&before),
+            after: None,
+        },
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -257,9 +365,10 @@ pub async fn delete(
 )]
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    Ok(Json(keys::get(&state.store, &id, expiry::now()).await?))
+    Ok(Json(key_of(&state, &caller, &id).await?))
 }
 
 #[cfg(test)]

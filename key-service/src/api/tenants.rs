@@ -7,6 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use crate::access::{Caller, Role};
+use crate::audit::{self, Change};
 use crate::auth::ACCOUNT_TOKEN_PREFIX;
 use crate::error::ApiError;
 use crate::expiry;
@@ -89,6 +90,7 @@ async fn token_of(state: &AppState, account: &str, id: &str) -> Result<AccountTo
 )]
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     Path(account): Path<String>,
     ApiJson(request): ApiJson<CreateToken>,
 ) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
@@ -128,6 +130,18 @@ pub async fn create(
         other => other?,
     }
     let token = token_of(&state, &account, &id).await?;
+    audit::record(
+        &state,
+        &caller,
+        Change {
+            action: "token.create",
+            target: &id,
+            account: Some(&account),
+            before: None,
+            after: audit::snapshot(&token),
+        },
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(IssuedToken { token, secret })))
 }
 
@@ -177,10 +191,27 @@ pub async fn list(
 )]
 pub async fn revoke(
     State(state): State<AppState>,
+    caller: Caller,
     Path((account, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    token_of(&state, &account, &id).await?;
-    state.store.delete_account_token(&id).await?;
+    let before = token_of(&state, &account, &id).await?;
+    if !state.store.delete_account_token(&id).await? {
+        return Err(ApiError::NotFound(format!(
+            "no token {id} in account {account}"
+        )));
+    }
+    audit::record(
+        &state,
+        &caller,
+        Change {
+            action: "token.revoke",
+            target: &id,
+            account: Some(&account),
+            before: audit::snapshot(&before),
+            after: None,
+        },
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -201,9 +232,10 @@ pub async fn revoke(
 )]
 pub async fn rotate(
     State(state): State<AppState>,
+    caller: Caller,
     Path((account, id)): Path<(String, String)>,
 ) -> Result<Json<IssuedToken>, ApiError> {
-    token_of(&state, &account, &id).await?;
+    let before = token_of(&state, &account, &id).await?;
     let (secret, token_hash, masked) = new_secret()?;
     if !state
         .store
@@ -215,6 +247,18 @@ pub async fn rotate(
         )));
     }
     let token = token_of(&state, &account, &id).await?;
+    audit::record(
+        &state,
+        &caller,
+        Change {
+            action: "token.rotate",
+            target: &id,
+            account: Some(&account),
+            before: audit::snapshot(&before),
+            after: audit::snapshot(&token),
+        },
+    )
+    .await;
     Ok(Json(IssuedToken { token, secret }))
 }
 

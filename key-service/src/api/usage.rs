@@ -2,6 +2,8 @@
 //! `GET /api/v1/usage` (the request log for people).
 
 use axum::extract::{RawQuery, State};
+
+use crate::access::Caller;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
@@ -284,10 +286,11 @@ fn usage_query(
 )]
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Json<UsagePage>, ApiError> {
     let (mut page, mut per_page) = (1, PER_PAGE_DEFAULT);
-    let filter = usage_query(query.as_deref(), |name, value| {
+    let mut filter = usage_query(query.as_deref(), |name, value| {
         match name {
             "page" => page = number("page", value, 1, u32::MAX)?,
             "per_page" => per_page = number("per_page", value, 1, PER_PAGE_MAX)?,
@@ -295,6 +298,14 @@ pub async fn list(
         }
         Ok(true)
     })?;
+    if !scope(&caller, &mut filter) {
+        return Ok(Json(UsagePage {
+            usage: Vec::new(),
+            page,
+            per_page,
+            total: 0,
+        }));
+    }
     let offset = u64::from(page - 1) * u64::from(per_page);
     let (rows, total) = state.store.list_usage(&filter, per_page, offset).await?;
     let usage = rows
@@ -307,6 +318,19 @@ pub async fn list(
         per_page,
         total,
     }))
+}
+
+/// Narrows a tenant's query to its own account; `false` when it asked for another
+/// account's records (of which it sees none).
+fn scope(caller: &Caller, filter: &mut UsageFilter) -> bool {
+    let Some(own) = caller.account() else {
+        return true;
+    };
+    if filter.account.as_deref().is_some_and(|given| given != own) {
+        return false;
+    }
+    filter.account = Some(own.to_owned());
+    true
 }
 
 /// Buckets one summary may hold at most (a month of hours is 744).
@@ -345,6 +369,7 @@ pub struct UsageSummary {
 )]
 pub async fn summary(
     State(state): State<AppState>,
+    caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Json<UsageSummary>, ApiError> {
     let mut bucket = ("hour", 3_600);
@@ -374,7 +399,11 @@ pub async fn summary(
         ));
     }
     (filter.from, filter.to) = (Some(from), Some(to));
-    let rows = state.store.summarize_usage(&filter, seconds).await?;
+    let rows = if scope(&caller, &mut filter) {
+        state.store.summarize_usage(&filter, seconds).await?
+    } else {
+        Vec::new()
+    };
     let buckets = rows
         .into_iter()
         .map(|row| json_with_time(&row, row.ts))

@@ -6,7 +6,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
 
+use crate::access::Caller;
 use crate::alerts::webhooks::{self, CreateWebhook, DeliveryView, UpdateWebhook, WebhookView};
+use crate::audit::{self, Change};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
@@ -69,10 +71,56 @@ fn query_pairs(query: Option<&str>, known: &[&str]) -> Result<Vec<(String, Strin
 )]
 pub async fn create(
     State(state): State<AppState>,
-    ApiJson(request): ApiJson<CreateWebhook>,
+    caller: Caller,
+    ApiJson(mut request): ApiJson<CreateWebhook>,
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
+    if let Some(own) = caller.account() {
+        // A tenant's webhooks hear of its own account only; another account's name is
+        // refused in the words used for one that does not exist.
+        if request.account.as_deref().is_some_and(|given| given != own) {
+            return Err(ApiError::invalid(
+                "account",
+                format!(
+                    "there is no account named {:?}",
+                    request.account.unwrap_or_default()
+                ),
+            ));
+        }
+        request.account = Some(own.to_owned());
+    }
     let webhook = webhooks::create(&state.store, request, expiry::now()).await?;
+    audit::record(
+        &state,
+        &caller,
+        Change {
+            action: "webhook.create",
+            target: &webhook.id,
+            account: webhook.account.as_deref(),
+            before: None,
+            after: without_secret(&webhook),
+        },
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(webhook)))
+}
+
+/// A webhook as the audit log keeps it: never its signing secret.
+fn without_secret(webhook: &WebhookView) -> Option<serde_json::Value> {
+    audit::snapshot(&WebhookView {
+        secret: None,
+        ..webhook.clone()
+    })
+}
+
+/// The webhook `id` if the caller may see it: to a tenant, global webhooks and other
+/// accounts' do not exist (the same 404 as an unknown id).
+async fn webhook_of(state: &AppState, caller: &Caller, id: &str) -> Result<WebhookView, ApiError> {
+    let webhook = webhooks::get(&state.store, id).await?;
+    if caller.sees_owned(webhook.account.as_deref()) {
+        Ok(webhook)
+    } else {
+        Err(webhooks::no_such_webhook(id))
+    }
 }
 
 /// `GET /api/v1/webhooks`: every webhook, or an account's own (`?account=`).
@@ -91,10 +139,19 @@ pub async fn create(
 )]
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Webhooks>, ApiError> {
     let pairs = query_pairs(query.as_deref(), &["account"])?;
-    let account = pairs.into_iter().next().map(|(_, v)| v);
+    let mut account = pairs.into_iter().next().map(|(_, v)| v);
+    if let Some(own) = caller.account() {
+        if account.as_deref().is_some_and(|given| given != own) {
+            return Ok(Json(Webhooks {
+                webhooks: Vec::new(),
+            }));
+        }
+        account = Some(own.to_owned());
+    }
     let webhooks = webhooks::list(&state.store, account.as_deref()).await?;
     Ok(Json(Webhooks { webhooks }))
 }
@@ -115,9 +172,10 @@ pub async fn list(
 )]
 pub async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<WebhookView>, ApiError> {
-    Ok(Json(webhooks::get(&state.store, &id).await?))
+    Ok(Json(webhook_of(&state, &caller, &id).await?))
 }
 
 /// `PATCH /api/v1/webhooks/{id}`: `url`, `events`, `enabled`.
@@ -138,10 +196,25 @@ pub async fn get(
 )]
 pub async fn update(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(request): ApiJson<UpdateWebhook>,
 ) -> Result<Json<WebhookView>, ApiError> {
-    Ok(Json(webhooks::update(&state.store, &id, request).await?))
+    let before = webhook_of(&state, &caller, &id).await?;
+    let after = webhooks::update(&state.store, &id, request).await?;
+    audit::record(
+        &state,
+        &caller,
+        Change {
+            action: "webhook.update",
+            target: &id,
+            account: before.account.as_deref(),
+            before: without_secret(&before),
+            after: without_secret(&after),
+        },
+    )
+    .await;
+    Ok(Json(after))
 }
 
 /// `DELETE /api/v1/webhooks/{id}`: the webhook and its delivery log.
@@ -160,9 +233,23 @@ pub async fn update(
 )]
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let before = webhook_of(&state, &caller, &id).await?;
     webhooks::delete(&state.store, &id).await?;
+    audit::record(
+        &state,
+        &caller,
+        Change {
+            action: "webhook.delete",
+            target: &id,
+            account: before.account.as_deref(),
+            before: without_secret(&before),
+            after: None,
+        },
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -182,9 +269,24 @@ pub async fn delete(
 )]
 pub async fn rotate_secret(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<WebhookView>, ApiError> {
-    Ok(Json(webhooks::rotate_secret(&state.store, &id).await?))
+    let before = webhook_of(&state, &caller, &id).await?;
+    let after = webhooks::rotate_secret(&state.store, &id).await?;
+    audit::record(
+        &state,
+        &caller,
+        Change {
+            action: "webhook.rotate_secret",
+            target: &id,
+            account: before.account.as_deref(),
+            before: without_secret(&before),
+            after: without_secret(&after),
+        },
+    )
+    .await;
+    Ok(Json(after))
 }
 
 /// `POST /api/v1/webhooks/{id}/test`: queues a `test` event for this webhook alone,
@@ -205,8 +307,10 @@ pub async fn rotate_secret(
 )]
 pub async fn test(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<TestQueued>), ApiError> {
+    webhook_of(&state, &caller, &id).await?;
     let event_id = webhooks::test(&state.store, &id, expiry::now()).await?;
     Ok((StatusCode::ACCEPTED, Json(TestQueued { event_id })))
 }
@@ -233,9 +337,11 @@ pub async fn test(
 )]
 pub async fn deliveries(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<DeliveryPage>, ApiError> {
+    webhook_of(&state, &caller, &id).await?;
     let (mut status, mut page, mut per_page) = (None, 1, PER_PAGE_DEFAULT);
     for (name, value) in query_pairs(query.as_deref(), &["status", "page", "per_page"])? {
         match name.as_str() {

@@ -30,7 +30,7 @@ pub async fn create(store: &Store, request: CreateKey, now: i64) -> Result<Vec<K
             format!("there is no account named {:?}", spec.account),
         ));
     }
-    if !store.group_exists(&spec.group).await? {
+    if !store.group_usable(&spec.group, &spec.account).await? {
         return Err(ApiError::invalid(
             "group",
             format!("there is no group named {:?}", spec.group),
@@ -130,15 +130,18 @@ pub async fn list(
 }
 
 /// Checks an edit, as create checks its fields, and applies it; the key as it is after.
+/// `account` is the key's, as the caller found it: a new group must be one its keys may
+/// use.
 pub async fn update(
     store: &Store,
     id: &str,
+    account: &str,
     request: UpdateKey,
     now: i64,
 ) -> Result<KeyView, ApiError> {
     let edit = request.validate(now)?;
     if let Some(group) = &edit.group {
-        if !store.group_exists(group).await? {
+        if !store.group_usable(group, account).await? {
             return Err(ApiError::invalid(
                 "group",
                 format!("there is no group named {group:?}"),

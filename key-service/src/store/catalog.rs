@@ -15,6 +15,9 @@ pub struct GroupRow {
     pub ratio: f64,
     pub rpm: Option<i64>,
     pub tpm: Option<i64>,
+    /// The account that owns the group, whose keys alone may use it and whose tenants
+    /// alone see it; `null` = shared by every account.
+    pub account: Option<String>,
 }
 
 /// A model's prices in credits per 1,000,000 tokens.
@@ -58,6 +61,8 @@ pub struct AccountRow {
     /// `total`.
     pub period_start: Option<String>,
     pub resets_at: Option<String>,
+    /// How many keys the account may hold; `None` = no limit.
+    pub max_keys: Option<i64>,
 }
 
 /// A checked change to an account: `None` leaves a field as it is; `Some(None)` takes the
@@ -68,6 +73,8 @@ pub struct AccountEdit {
     pub spend_limit: Option<Option<i64>>,
     /// A different period than the account has starts one now, with nothing spent.
     pub quota_period: Option<crate::budget::Period>,
+    /// `Some(None)`: no limit on the number of keys.
+    pub max_keys: Option<Option<i64>>,
 }
 
 /// What a delete did.
@@ -88,6 +95,7 @@ impl GroupRow {
             ratio: 1.0,
             rpm: None,
             tpm: None,
+            account: None,
         }
     }
 }
@@ -100,6 +108,7 @@ fn group_row(row: &impl Get) -> Result<GroupRow, StoreError> {
         ratio: row.real("ratio")?,
         rpm: row.opt_int("rpm")?,
         tpm: row.opt_int("tpm")?,
+        account: row.opt_text("account")?,
         name,
     })
 }
@@ -120,7 +129,7 @@ fn price_row(row: &impl Get) -> Result<ModelPrice, StoreError> {
 /// having nothing spent, rolled over or not yet.
 macro_rules! account_columns {
     () => {
-        "SELECT name, balance, spend_limit, quota_period, period_start, period_end, \
+        "SELECT name, balance, spend_limit, quota_period, period_start, period_end, max_keys, \
          CASE WHEN period_end <= $1 THEN 0 ELSE period_used END AS period_used FROM accounts"
     };
 }
@@ -141,6 +150,7 @@ impl Store {
             period_used: row.int("period_used")?,
             period_start: window.and_then(|w| time(w.start)),
             resets_at: window.and_then(|w| time(w.end)),
+            max_keys: row.opt_int("max_keys")?,
             name,
         })
     }
@@ -152,27 +162,30 @@ const RECORD_TABLE_CHANGE: &str = "INSERT INTO key_changes (key_id, kind, at) VA
 impl Store {
     pub async fn list_groups(&self) -> Result<Vec<GroupRow>, StoreError> {
         with_pool!(self, |pool| {
-            let rows =
-                sqlx::query("SELECT name, models, ratio, rpm, tpm FROM groups ORDER BY name")
-                    .fetch_all(pool)
-                    .await?;
+            let rows = sqlx::query(
+                "SELECT name, models, ratio, rpm, tpm, account FROM groups ORDER BY name",
+            )
+            .fetch_all(pool)
+            .await?;
             rows.iter().map(group_row).collect()
         })
     }
 
     pub async fn get_group(&self, name: &str) -> Result<Option<GroupRow>, StoreError> {
         with_pool!(self, |pool| {
-            let row =
-                sqlx::query("SELECT name, models, ratio, rpm, tpm FROM groups WHERE name = $1")
-                    .bind(name)
-                    .fetch_optional(pool)
-                    .await?;
+            let row = sqlx::query(
+                "SELECT name, models, ratio, rpm, tpm, account FROM groups WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
             row.as_ref().map(group_row).transpose()
         })
     }
 
-    /// Creates or replaces a group; `true` when it was created.
-    pub async fn put_group(&self, group: &GroupRow, now: i64) -> Result<bool, StoreError> {
+    /// Creates or replaces a group; `Some(true)` when it was created, `None` (and nothing
+    /// changed) when it would become an account's own while other accounts' keys use it.
+    pub async fn put_group(&self, group: &GroupRow, now: i64) -> Result<Option<bool>, StoreError> {
         let models = serde_json::to_string(&group.models).unwrap_or_else(|_| "[]".into());
         with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
@@ -186,20 +199,37 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?
                 .is_some();
+            if let Some(owner) = &group.account {
+                let others = sqlx::query(
+                    "SELECT 1 FROM keys WHERE group_name = $1 AND account <> $2 LIMIT 1",
+                )
+                .bind(&group.name)
+                .bind(owner)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+                if others {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+            }
             sqlx::query(
-                "INSERT INTO groups (name, models, ratio, rpm, tpm) VALUES ($1, $2, $3, $4, $5) \
+                "INSERT INTO groups (name, models, ratio, rpm, tpm, account) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (name) DO UPDATE SET models = excluded.models, \
-                 ratio = excluded.ratio, rpm = excluded.rpm, tpm = excluded.tpm",
+                 ratio = excluded.ratio, rpm = excluded.rpm, tpm = excluded.tpm, \
+                 account = excluded.account",
             )
             .bind(&group.name)
             .bind(&models)
             .bind(group.ratio)
             .bind(group.rpm)
             .bind(group.tpm)
+            .bind(group.account.as_deref())
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(!existed)
+            Ok(Some(!existed))
         })
     }
 
@@ -392,7 +422,8 @@ impl Store {
                      period_used = CASE WHEN $6 <> quota_period THEN 0 ELSE period_used END, \
                      period_start = CASE WHEN $6 <> quota_period THEN $7 ELSE period_start END, \
                      period_end = CASE WHEN $6 <> quota_period THEN $8 ELSE period_end END, \
-                     quota_period = COALESCE($6, quota_period) \
+                     quota_period = COALESCE($6, quota_period), \
+                     max_keys = CASE WHEN $9 THEN $10 ELSE max_keys END \
                  WHERE name = $1",
             )
             .bind(name)
@@ -403,6 +434,8 @@ impl Store {
             .bind(edit.quota_period.map(|p| p.to_string()))
             .bind(window.map(|w| w.start))
             .bind(window.map(|w| w.end))
+            .bind(edit.max_keys.is_some())
+            .bind(edit.max_keys.flatten())
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -439,6 +472,7 @@ mod tests {
             ratio: 1.5,
             rpm: Some(60),
             tpm: None,
+            account: None,
         }
     }
 
@@ -446,14 +480,20 @@ mod tests {
     async fn group_and_account_changes_move_the_snapshot_version() {
         let (_dir, store) = store().await;
         let v0 = store.snapshot_version().await.unwrap();
-        assert!(store
-            .put_group(&group("cheap", &["gpt-4o-mini"]), 1)
-            .await
-            .unwrap());
-        assert!(!store
-            .put_group(&group("cheap", &["gpt-4o"]), 2)
-            .await
-            .unwrap());
+        assert_eq!(
+            store
+                .put_group(&group("cheap", &["gpt-4o-mini"]), 1)
+                .await
+                .unwrap(),
+            Some(true)
+        );
+        assert_eq!(
+            store
+                .put_group(&group("cheap", &["gpt-4o"]), 2)
+                .await
+                .unwrap(),
+            Some(false)
+        );
         store.create_account("team", Some(10), 3).await.unwrap();
         assert!(store.set_balance("team", Some(0), 4).await.unwrap());
         assert!(!store.set_balance("nobody", Some(0), 4).await.unwrap());

@@ -227,10 +227,37 @@ impl Change<'_> {
 }
 
 impl Store {
-    /// Stores `keys` and one `created` change per key, all or none.
+    /// Stores `keys` and one `created` change per key, all or none; none when that would
+    /// take an account past its `max_keys` (checked under the write lock, so concurrent
+    /// creates cannot both slip under the limit).
     pub async fn insert_keys(&self, keys: &[NewKey], now: i64) -> Result<(), StoreError> {
         with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
+            let mut accounts: Vec<&str> = keys.iter().map(|k| k.account.as_str()).collect();
+            accounts.sort_unstable();
+            accounts.dedup();
+            for account in accounts {
+                let adding = keys.iter().filter(|k| k.account == account).count();
+                let row = sqlx::query(
+                    "SELECT max_keys, (SELECT COUNT(*) FROM keys WHERE account = $1) AS holds \
+                     FROM accounts WHERE name = $1",
+                )
+                .bind(account)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else { continue };
+                if let Some(max) = row.opt_int("max_keys")? {
+                    let holds = row.int("holds")?;
+                    let after = holds.saturating_add(i64::try_from(adding).unwrap_or(i64::MAX));
+                    if after > max {
+                        return Err(StoreError::KeyLimit {
+                            account: account.to_owned(),
+                            max,
+                            holds,
+                        });
+                    }
+                }
+            }
             for key in keys {
                 let window = self.window(key.quota_period, now, now);
                 sqlx::query(

@@ -161,6 +161,13 @@ pub enum StoreError {
     },
     #[error("no randomness for an id: {0}")]
     Random(getrandom::Error),
+    /// Creating the keys would take the account past its `max_keys`.
+    #[error("account {account} may hold at most {max} keys; it holds {holds}")]
+    KeyLimit {
+        account: String,
+        max: i64,
+        holds: i64,
+    },
     #[error("stored {column} of key {id} is unreadable: {detail}")]
     Corrupt {
         id: String,
@@ -475,12 +482,17 @@ impl Store {
         })
     }
 
-    pub async fn group_exists(&self, name: &str) -> Result<bool, StoreError> {
+    /// Whether keys of `account` may be in group `name`: it exists and is shared, or
+    /// owned by that account. To anyone else an account's own group does not exist.
+    pub async fn group_usable(&self, name: &str, account: &str) -> Result<bool, StoreError> {
         with_pool!(self, |pool| {
-            let found = sqlx::query("SELECT 1 FROM groups WHERE name = $1")
-                .bind(name)
-                .fetch_optional(pool)
-                .await?;
+            let found = sqlx::query(
+                "SELECT 1 FROM groups WHERE name = $1 AND (account IS NULL OR account = $2)",
+            )
+            .bind(name)
+            .bind(account)
+            .fetch_optional(pool)
+            .await?;
             Ok(found.is_some())
         })
     }
@@ -679,7 +691,7 @@ mod tests {
         let store = Store::open_sqlite(&path).await.unwrap();
         store.close().await;
         let store = Store::open_sqlite(&path).await.unwrap();
-        assert!(store.group_exists("default").await.unwrap());
+        assert!(store.group_usable("default", "default").await.unwrap());
     }
 
     #[tokio::test]
@@ -696,8 +708,8 @@ mod tests {
         let store = Store::open(&database).await.unwrap();
         assert!(store.account_exists("acme").await.unwrap());
         assert!(store.account_exists("default").await.unwrap());
-        assert!(store.group_exists("default").await.unwrap());
-        assert!(!store.group_exists("acme").await.unwrap());
+        assert!(store.group_usable("default", "default").await.unwrap());
+        assert!(!store.group_usable("acme", "default").await.unwrap());
         // The account's creation is the one change so far.
         assert_eq!(store.snapshot_version().await.unwrap(), 1);
         assert_eq!(replica.snapshot_version().await.unwrap(), 1);

@@ -272,6 +272,7 @@ mod tests {
             balance: Some(Some(10_000)),
             spend_limit: Some(Some(300)),
             quota_period: Some(Period::Span(100)),
+            max_keys: None,
         };
         assert!(store.update_account("team", &edit, 1_000).await.unwrap());
         store
@@ -390,6 +391,7 @@ mod tests {
             balance: Some(None),
             spend_limit: Some(Some(300)),
             quota_period: Some(Period::Span(100)),
+            max_keys: None,
         };
         assert!(store.update_account("team", &edit, 1_000).await.unwrap());
         let bill = |id: &'static str, cost, ts| {

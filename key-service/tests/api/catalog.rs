@@ -24,7 +24,8 @@ async fn groups_are_created_replaced_listed_and_deleted() {
     assert_eq!(created.status, 201);
     assert_eq!(
         created.body,
-        json!({"name": "cheap", "models": ["gpt-4o-mini"], "ratio": 0.5, "rpm": 60, "tpm": null})
+        json!({"name": "cheap", "models": ["gpt-4o-mini"], "ratio": 0.5, "rpm": 60, "tpm": null,
+            "account": null})
     );
     // PUT replaces the whole group: absent fields take the defaults.
     let replaced = put(json!({"tpm": 1000})).await;
@@ -230,7 +231,7 @@ async fn account_and_group_changes_reach_the_snapshot() {
     assert_eq!(
         patched.body,
         json!({"name": "team-a", "balance": 0, "spend_limit": null, "quota_period": "total",
-            "period_used": 0, "period_start": null, "resets_at": null})
+            "period_used": 0, "period_start": null, "resets_at": null, "max_keys": null})
     );
     let unknown = service
         .call(

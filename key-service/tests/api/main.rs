@@ -16,6 +16,7 @@ mod leases;
 mod list;
 mod replicas;
 mod snapshot;
+mod tenants;
 mod usage;
 mod validation;
 mod webhooks;
