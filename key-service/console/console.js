@@ -121,7 +121,7 @@ async function guarded(work) {
   try {
     return await work();
   } catch (e) {
-    if (e.status === 401) signOut("The admin token was not accepted any more: sign in again.");
+    if (e.status === 401) signOut("The token was not accepted any more: sign in again.");
     else notify(e.message, "error");
     throw e;
   }
@@ -160,8 +160,18 @@ const groupSummary = (g) =>
 
 // ---- Sign-in -------------------------------------------------------------------------
 
+/** Who signed in (`GET /api/v1/me`): the operator (`account` null) or a tenant, an
+ * account's `owner` or `viewer`. The service enforces it; the console only hides what
+ * would be refused. */
+const who = { kind: "admin", id: "admin", account: null, role: null };
+const isTenant = () => who.account != null;
+const canWrite = () => who.role !== "viewer";
+/** Pages only the operator has: to a tenant these routes do not exist. */
+const ADMIN_PAGES = new Set(["groups", "models", "accounts"]);
+
 function signOut(message = "") {
   sessionStorage.removeItem(TOKEN_SLOT);
+  Object.assign(who, { kind: "admin", id: "admin", account: null, role: null });
   for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
   $("#main").replaceChildren();
   $("#app").hidden = true;
@@ -176,13 +186,13 @@ async function signIn(event) {
   const token = $("#signin-token").value.trim();
   const error = $("#signin-error");
   if (!token) {
-    error.textContent = "Enter the admin token.";
+    error.textContent = "Enter the admin token or an account token.";
     return;
   }
   try {
-    await api("GET", "/api/v1/groups", undefined, token);
+    await api("GET", "/api/v1/me", undefined, token);
   } catch (e) {
-    error.textContent = e.status === 401 ? "That token is not the admin token." : e.message;
+    error.textContent = e.status === 401 ? "That token is not accepted: use the admin token or an account token." : e.message;
     return;
   }
   sessionStorage.setItem(TOKEN_SLOT, token);
@@ -194,10 +204,14 @@ async function start() {
   $("#signin").hidden = true;
   $("#app").hidden = false;
   try {
+    Object.assign(who, await guarded(() => api("GET", "/api/v1/me")));
     await guarded(loadCatalog);
   } catch {
     return;
   }
+  document.body.dataset.role = who.role ?? "admin";
+  for (const link of document.querySelectorAll("nav a[data-admin-only]")) link.hidden = isTenant();
+  $("#whoami").textContent = isTenant() ? `${who.account} · ${who.role}` : "admin";
   if (!location.hash) location.hash = "#/keys";
   else route();
 }
@@ -209,7 +223,7 @@ const pages = { keys: keysPage, usage: usagePage, groups: groupsPage, models: mo
 function route() {
   if ($("#app").hidden) return;
   const name = location.hash.replace(/^#\//, "").split("?")[0];
-  const page = pages[name] ? name : "keys";
+  const page = pages[name] && !(isTenant() && ADMIN_PAGES.has(name)) ? name : "keys";
   for (const link of document.querySelectorAll("nav a")) {
     if (link.dataset.page === page) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
@@ -258,8 +272,8 @@ async function keysPage() {
   due.addEventListener("change", apply);
   main.replaceChildren(
     h("div", { class: "page-head" },
-      h("h1", {}, "API keys"),
-      h("button", { type: "button", class: "primary", id: "create-key", onclick: () => openKeyDialog() }, "Create API key")),
+      h("h1", {}, "API keys", isTenant() ? h("span", { class: "muted" }, ` of ${who.account}`) : []),
+      canWrite() ? h("button", { type: "button", class: "primary", id: "create-key", onclick: () => openKeyDialog() }, "Create API key") : []),
     h("form", { class: "filters", role: "search", onsubmit: apply },
       h("label", { for: "key-search" }, "Search"), search,
       h("label", { for: "key-status" }, "Status"), status,
@@ -320,11 +334,11 @@ function keyRow(key) {
     h("td", {}, key.ip_allowlist.length ? key.ip_allowlist.join(", ") : h("span", { class: "muted" }, "any")),
     h("td", {}, limitsText(key)),
     h("td", {}, key.last_used_at ? relative(key.last_used_at) : h("span", { class: "muted" }, "never")),
-    h("td", { class: "actions" },
+    h("td", { class: "actions" }, canWrite() ? [
       action("Edit", () => openKeyDialog(key)),
       action(key.enabled ? "Disable" : "Enable", () => setEnabled(key, !key.enabled)),
       action("Rotate", () => rotateKey(key)),
-      action("Delete", () => deleteKey(key), "danger")));
+      action("Delete", () => deleteKey(key), "danger")] : h("span", { class: "muted" }, "read only")));
 }
 
 async function setEnabled(key, enabled) {
@@ -878,11 +892,12 @@ async function webhooksPage() {
   const log = h("div", { id: "delivery-log" });
   const form = adminForm("webhook-form", [
     ["url", "URL (an http or https address)", { required: true, type: "url" }],
-    ["account", "Account (empty: every account's events)"],
+    // A tenant's webhooks hear of its own account only (the service sets it).
+    ...(isTenant() ? [] : [["account", "Account (empty: every account's events)"]]),
     ["events", "Event types, comma-separated (empty: all)"],
   ], "Create webhook", async (f) => {
     const body = { url: f.url.value.trim() };
-    const account = f.account.value.trim();
+    const account = f.account?.value.trim();
     if (account) body.account = account;
     body.events = f.events.value.split(",").map((e) => e.trim()).filter(Boolean);
     const created = await api("POST", "/api/v1/webhooks", body);
@@ -899,13 +914,14 @@ async function webhooksPage() {
         h("td", {}, w.events.length ? w.events.join(", ") : h("span", { class: "muted" }, "all")),
         h("td", {}, w.enabled ? "yes" : "no"),
         h("td", { class: "actions" },
-          h("button", { type: "button", "aria-label": `Test ${w.url}`, onclick: () => testWebhook(w, log) }, "Test"),
           h("button", { type: "button", "aria-label": `Deliveries of ${w.url}`, onclick: () => showDeliveries(w, log, 1) }, "Deliveries"),
-          h("button", { type: "button", "aria-label": `Rotate the secret of ${w.url}`, onclick: () => rotateWebhookSecret(w) }, "Rotate secret"),
-          h("button", { type: "button", class: "danger", "aria-label": `Delete ${w.url}`, onclick: () => deleteWebhook(w) }, "Delete")))),
+          canWrite() ? [
+            h("button", { type: "button", "aria-label": `Test ${w.url}`, onclick: () => testWebhook(w, log) }, "Test"),
+            h("button", { type: "button", "aria-label": `Rotate the secret of ${w.url}`, onclick: () => rotateWebhookSecret(w) }, "Rotate secret"),
+            h("button", { type: "button", class: "danger", "aria-label": `Delete ${w.url}`, onclick: () => deleteWebhook(w) }, "Delete")] : []))),
       "No webhooks yet."),
     log,
-    h("h2", {}, "Add a webhook"), form);
+    canWrite() ? [h("h2", {}, "Add a webhook"), form] : []);
 }
 
 function showWebhookSecret(webhook) {

@@ -74,7 +74,7 @@ fn a_key_made_in_the_console_works_through_envoy_until_the_console_disables_rota
     // Sign in with the keyboard alone; a wrong token is refused in words.
     browser.run(async {
         fill(c, "#signin-token", "not-the-token\u{E007}").await;
-        until_text(c, "#signin-error", "not the admin token").await;
+        until_text(c, "#signin-error", "not accepted").await;
         fill(
             c,
             "#signin-token",
