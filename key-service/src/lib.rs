@@ -267,6 +267,7 @@ pub fn routes() -> Vec<Route> {
         ),
         route(Get, "/api/v1/me", Api(Read), api::tenants::me),
         route(Get, "/api/v1/usage", Api(Read), api::usage::list),
+        route(Get, "/api/v1/audit", Api(Read), api::audit::list),
         route(Get, "/api/v1/usage/summary", Api(Read), api::usage::summary),
         route(Post, "/api/v1/webhooks", Api(Write), api::webhooks::create),
         route(Get, "/api/v1/webhooks", Api(Read), api::webhooks::list),
