@@ -398,6 +398,8 @@ pub enum StartError {
     Command(String),
     #[error("--change-log-retention: {0}")]
     Retention(String),
+    #[error("{0}")]
+    AuditRetention(String),
     #[error("--budget-time-zone: {0}")]
     TimeZone(String),
     #[error("{0}")]
@@ -422,6 +424,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         return Ok(());
     }
     let alerts = Arc::new(config.alert_settings().map_err(StartError::Alerts)?);
+    let audit_retention = config
+        .audit_retention()
+        .map_err(StartError::AuditRetention)?;
     let store = Store::open(&database)
         .await?
         .with_alert_thresholds(alerts.thresholds.clone())
@@ -474,6 +479,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if let Some(seconds) = retention {
         tokio::spawn(prune_periodically(store.clone(), seconds));
     }
+    if let Some(seconds) = audit_retention {
+        tokio::spawn(prune_audit_periodically(store.clone(), seconds));
+    }
     tokio::spawn(roll_periodically(store.clone()));
 
     let state = AppState::new(store.clone(), admin.expose(), filter.expose())
@@ -514,6 +522,23 @@ async fn prune_periodically(store: Store, retention: i64) {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "change log pruned"),
             Err(e) => tracing::warn!(error = %e, "change log pruning failed"),
+        }
+    }
+}
+
+/// Prunes the audit log at start and then hourly, keeping `retention` seconds of it.
+async fn prune_audit_periodically(store: Store, retention: i64) {
+    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+    hourly.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        hourly.tick().await;
+        match store
+            .prune_audit(expiry::now().saturating_sub(retention))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "audit log pruned"),
+            Err(e) => tracing::warn!(error = %e, "audit log pruning failed"),
         }
     }
 }
