@@ -354,7 +354,10 @@ pub fn app(state: AppState) -> Router {
                 state.filter.clone(),
                 auth::require,
             )),
-            Access::Check => handler.route_layer(middleware::from_fn_with_state(
+            // `layer`, not `route_layer`: the check answers any method through the method
+            // router's fallback, which `route_layer` does not wrap (axum panics rather
+            // than leave it unguarded).
+            Access::Check => handler.layer(middleware::from_fn_with_state(
                 state.check.clone(),
                 auth::require,
             )),
