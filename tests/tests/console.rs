@@ -455,7 +455,11 @@ fn a_key_made_in_the_console_works_through_envoy_until_the_console_disables_rota
         until_text(c, "#audit-list details[open] .diff", "console-e2e").await;
     });
     browser.screenshot("audit");
-    assert_not_in_page(&browser, &secret, "with its creation unfolded in the audit log");
+    assert_not_in_page(
+        &browser,
+        &secret,
+        "with its creation unfolded in the audit log",
+    );
     assert_not_in_page(&browser, &rotated, "on the audit page");
 
     // A phone-width screen: nothing sticks out sideways but the table, which scrolls.
