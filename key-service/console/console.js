@@ -218,7 +218,7 @@ async function start() {
 
 // ---- Pages ---------------------------------------------------------------------------
 
-const pages = { keys: keysPage, usage: usagePage, groups: groupsPage, models: modelsPage, accounts: accountsPage, webhooks: webhooksPage };
+const pages = { keys: keysPage, usage: usagePage, groups: groupsPage, models: modelsPage, accounts: accountsPage, webhooks: webhooksPage, audit: auditPage };
 
 function route() {
   if ($("#app").hidden) return;
@@ -967,6 +967,117 @@ async function showDeliveries(webhook, log, page) {
         h("td", {}, d.delivered_at ? dateTime(d.delivered_at) : (d.next_attempt_at ? relative(d.next_attempt_at) : "")))),
       "Nothing delivered yet."),
     pager(data.page, data.per_page, data.total, (p) => showDeliveries(webhook, log, p)));
+}
+
+// ---- Audit log -------------------------------------------------------------------------
+
+const auditView = { action: "", actor_kind: "", actor_id: "", account: "", from: "", to: "", page: 1 };
+const AUDIT_ACTIONS = [
+  "key.", "key.create", "key.update", "key.rotate", "key.delete",
+  "group.", "group.put", "group.delete", "model.put",
+  "account.", "account.create", "account.update",
+  "token.", "token.create", "token.rotate", "token.revoke",
+  "webhook.", "webhook.create", "webhook.update", "webhook.delete", "webhook.rotate_secret",
+];
+
+async function auditPage() {
+  const accounts = await guarded(() => api("GET", "/api/v1/accounts"));
+  const action = h("input", { id: "audit-action", list: "audit-actions", value: auditView.action, placeholder: "any, or a prefix such as key." });
+  const actions = h("datalist", { id: "audit-actions" }, AUDIT_ACTIONS.map((a) => h("option", { value: a })));
+  const kind = h("select", { id: "audit-actor-kind" },
+    ["", "admin", "token", "sso", "cli"].map((k) => h("option", { value: k, selected: k === auditView.actor_kind }, k || "anyone")));
+  const actor = h("input", { id: "audit-actor-id", value: auditView.actor_id, placeholder: "token id, SSO subject…", size: 16 });
+  const account = h("input", { id: "audit-account", list: "audit-accounts", value: auditView.account, placeholder: "any", size: 12 });
+  const accountList = h("datalist", { id: "audit-accounts" }, accounts.accounts.map((a) => h("option", { value: a.name })));
+  const from = h("input", { id: "audit-from", type: "datetime-local", value: auditView.from });
+  const to = h("input", { id: "audit-to", type: "datetime-local", value: auditView.to });
+  const list = h("div", { id: "audit-list" });
+  const apply = (event) => {
+    event?.preventDefault();
+    Object.assign(auditView, {
+      action: action.value.trim(), actor_kind: kind.value, actor_id: actor.value.trim(), account: account.value.trim(),
+      from: from.value, to: to.value, page: 1,
+    });
+    refreshAudit(list);
+  };
+  kind.addEventListener("change", apply);
+  $("#main").replaceChildren(
+    h("div", { class: "page-head" }, h("h1", {}, "Audit log")),
+    h("p", { class: "hint" }, "Every change made through the API or this console: who, from where, and what it was before and after. Secrets are never recorded."),
+    h("form", { class: "filters", role: "search", onsubmit: apply },
+      h("label", { for: "audit-action" }, "Action"), action, actions,
+      h("label", { for: "audit-actor-kind" }, "Who"), kind,
+      h("label", { for: "audit-actor-id", class: "visually-hidden" }, "Actor id"), actor,
+      h("label", { for: "audit-account" }, "Account"), account, accountList,
+      h("label", { for: "audit-from" }, "From"), from,
+      h("label", { for: "audit-to" }, "To"), to,
+      h("button", { type: "submit" }, "Apply")),
+    list);
+  await refreshAudit(list);
+}
+
+/** A `datetime-local` value (the browser's time zone) as RFC 3339 in UTC, or "". */
+const utc = (local) => (local ? new Date(local).toISOString().replace(/\.\d{3}Z$/, "Z") : "");
+
+async function refreshAudit(list = $("#audit-list")) {
+  if (!list) return;
+  const { action, actor_kind, actor_id, account, from, to, page } = auditView;
+  const filter = { action, actor_kind, actor_id, account, from: utc(from), to: utc(to) };
+  const data = await guarded(() => api("GET", `/api/v1/audit${query({ ...filter, page, per_page: PER_PAGE })}`));
+  list.replaceChildren(
+    table("Audit log", ["When", "Who", "Address", "Action", "Target", "Account", "Change"],
+      data.entries.map(auditRow), "Nothing recorded for these filters."),
+    pager(data.page, data.per_page, data.total, (p) => { auditView.page = p; refreshAudit(list); }));
+}
+
+function auditRow(entry) {
+  const who = entry.actor.kind === "admin" ? "admin"
+    : [`${entry.actor.kind} `, h("code", {}, entry.actor.id), entry.actor.account ? h("span", { class: "muted" }, ` (${entry.actor.account})`) : ""];
+  return h("tr", { "data-audit-id": entry.id },
+    h("td", {}, h("time", { datetime: entry.at, title: entry.at }, dateTime(entry.at))),
+    h("td", {}, who),
+    h("td", {}, entry.address ?? h("span", { class: "muted" }, "unknown")),
+    h("td", {}, h("code", {}, entry.action)),
+    h("td", {}, h("code", {}, entry.target)),
+    h("td", {}, entry.account ?? h("span", { class: "muted" }, "global")),
+    h("td", {}, changeCell(entry)));
+}
+
+/** JSON as `path → text` pairs: {"a": {"b": 1}} gives "a.b" → "1"; lists are shown whole. */
+function flatten(value, prefix = "", out = new Map()) {
+  if (value !== null && typeof value === "object" && !Array.isArray(value)) {
+    const names = Object.keys(value);
+    if (!names.length && prefix) out.set(prefix, "{}");
+    for (const name of names) flatten(value[name], prefix ? `${prefix}.${name}` : name, out);
+  } else if (value !== undefined && (prefix || value !== null)) {
+    out.set(prefix || "(value)", JSON.stringify(value));
+  }
+  return out;
+}
+
+/** What changed between two views, field by field: added (+), removed (-), changed (~). */
+export function changeLines(before, after) {
+  const was = flatten(before ?? {});
+  const now = flatten(after ?? {});
+  const lines = [];
+  for (const path of [...new Set([...was.keys(), ...now.keys()])].sort()) {
+    const [a, b] = [was.get(path), now.get(path)];
+    if (a === b) continue;
+    if (a === undefined) lines.push({ kind: "added", text: `+ ${path}: ${b}` });
+    else if (b === undefined) lines.push({ kind: "removed", text: `- ${path}: ${a}` });
+    else lines.push({ kind: "changed", text: `~ ${path}: ${a} → ${b}` });
+  }
+  return lines;
+}
+
+/** The change as a list of lines (text nodes only), folded until asked for. */
+function changeCell(entry) {
+  const lines = changeLines(entry.before, entry.after);
+  if (!lines.length) return h("span", { class: "muted" }, entry.before || entry.after ? "no field changed" : "—");
+  const label = entry.before == null ? "created" : entry.after == null ? "removed" : "changed";
+  return h("details", { class: "change" },
+    h("summary", {}, `${lines.length} field${lines.length === 1 ? "" : "s"} ${label}`),
+    h("ul", { class: "diff" }, lines.map((line) => h("li", { class: line.kind }, line.text))));
 }
 
 // ---- Wiring --------------------------------------------------------------------------

@@ -50,6 +50,11 @@ pub struct Config {
     #[arg(long, env = "KEYGATE_CHANGE_LOG_RETENTION", default_value = "7d")]
     pub change_log_retention: String,
 
+    /// How long audit log entries are kept ("400d", "90d", "never"); older ones are
+    /// pruned at start and hourly.
+    #[arg(long, env = "KEYGATE_AUDIT_RETENTION", default_value = "400d")]
+    pub audit_retention: String,
+
     /// The gateway's address as clients use it: the console shows it, with a ready curl
     /// line, next to each new secret.
     #[arg(
@@ -126,6 +131,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// How many seconds of the audit log are kept; `None`: all of it ("never").
+    pub fn audit_retention(&self) -> Result<Option<i64>, String> {
+        match expiry::parse_expires_in(&self.audit_retention) {
+            Ok(expiry::ExpiresIn::Never) => Ok(None),
+            Ok(expiry::ExpiresIn::After(seconds)) => Ok(Some(seconds)),
+            Err(e) => Err(format!("--audit-retention: {e}")),
+        }
+    }
+
     /// The alert flags checked and read into settings; the error names the flag.
     pub fn alert_settings(&self) -> Result<AlertSettings, String> {
         let seconds = |flag: &str, text: &str| match expiry::parse_expires_in(text) {
@@ -223,6 +237,23 @@ mod tests {
             let err = config.alert_settings().unwrap_err();
             assert!(err.starts_with(flag), "{err}");
         }
+    }
+
+    #[test]
+    fn the_audit_log_is_kept_400_days_unless_told() {
+        if std::env::var_os("KEYGATE_AUDIT_RETENTION").is_none() {
+            let config = Config::try_parse_from(["key-service"]).unwrap();
+            assert_eq!(config.audit_retention(), Ok(Some(400 * 86_400)));
+        }
+        let parse = |value: &str| {
+            Config::try_parse_from(["key-service", "--audit-retention", value])
+                .unwrap()
+                .audit_retention()
+        };
+        assert_eq!(parse("90d"), Ok(Some(90 * 86_400)));
+        assert_eq!(parse("never"), Ok(None));
+        let err = parse("forever").unwrap_err();
+        assert!(err.starts_with("--audit-retention"), "{err}");
     }
 
     #[test]

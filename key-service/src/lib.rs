@@ -267,6 +267,7 @@ pub fn routes() -> Vec<Route> {
         ),
         route(Get, "/api/v1/me", Api(Read), api::tenants::me),
         route(Get, "/api/v1/usage", Api(Read), api::usage::list),
+        route(Get, "/api/v1/audit", Api(Read), api::audit::list),
         route(Get, "/api/v1/usage/summary", Api(Read), api::usage::summary),
         route(Post, "/api/v1/webhooks", Api(Write), api::webhooks::create),
         route(Get, "/api/v1/webhooks", Api(Read), api::webhooks::list),
@@ -353,8 +354,9 @@ pub fn app(state: AppState) -> Router {
                 state.filter.clone(),
                 auth::require,
             )),
-            // Answers any method (its handler is the method router's fallback, which
-            // `route_layer` does not reach).
+            // `layer`, not `route_layer`: the check answers any method through the method
+            // router's fallback, which `route_layer` does not wrap (axum panics rather
+            // than leave it unguarded).
             Access::Check => handler.layer(middleware::from_fn_with_state(
                 state.check.clone(),
                 auth::require,
@@ -399,6 +401,8 @@ pub enum StartError {
     Command(String),
     #[error("--change-log-retention: {0}")]
     Retention(String),
+    #[error("{0}")]
+    AuditRetention(String),
     #[error("--budget-time-zone: {0}")]
     TimeZone(String),
     #[error("{0}")]
@@ -423,6 +427,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         return Ok(());
     }
     let alerts = Arc::new(config.alert_settings().map_err(StartError::Alerts)?);
+    let audit_retention = config
+        .audit_retention()
+        .map_err(StartError::AuditRetention)?;
     let store = Store::open(&database)
         .await?
         .with_alert_thresholds(alerts.thresholds.clone())
@@ -475,6 +482,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if let Some(seconds) = retention {
         tokio::spawn(prune_periodically(store.clone(), seconds));
     }
+    if let Some(seconds) = audit_retention {
+        tokio::spawn(prune_audit_periodically(store.clone(), seconds));
+    }
     tokio::spawn(roll_periodically(store.clone()));
 
     let state = AppState::new(store.clone(), admin.expose(), filter.expose())
@@ -515,6 +525,23 @@ async fn prune_periodically(store: Store, retention: i64) {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "change log pruned"),
             Err(e) => tracing::warn!(error = %e, "change log pruning failed"),
+        }
+    }
+}
+
+/// Prunes the audit log at start and then hourly, keeping `retention` seconds of it.
+async fn prune_audit_periodically(store: Store, retention: i64) {
+    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+    hourly.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        hourly.tick().await;
+        match store
+            .prune_audit(expiry::now().saturating_sub(retention))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "audit log pruned"),
+            Err(e) => tracing::warn!(error = %e, "audit log pruning failed"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `GET /metrics`, through `prometheus-client`: requests by route and status, their
 //! latency, snapshot requests by kind, usage records ingested, subjects of lease asks,
-//! webhook delivery attempts by result, and keys by status (counted at a scrape, at most once per `KEY_COUNT_TTL`). The text is
+//! webhook delivery attempts by result, audit log entries that could not be written, and
+//! keys by status (counted at a scrape, at most once per `KEY_COUNT_TTL`). The text is
 //! OpenMetrics, which Prometheus reads; a counter's samples keep their `_total` names.
 //!
 //! Every label is bounded: a route is its template (never the raw path, which holds ids
@@ -148,6 +149,7 @@ pub struct Metrics {
     usage_records: Family<ResultLabel, Counter>,
     leases: Family<AnswerLabel, Counter>,
     webhook_deliveries: Family<ResultLabel, Counter>,
+    audit_failures: Counter,
     /// The last count of keys by status and when it was taken. An async lock, held while
     /// counting, so scrapes that arrive meanwhile wait for that count instead of each
     /// starting their own.
@@ -192,6 +194,7 @@ impl Default for Metrics {
                 })
                 .inc_by(0);
         }
+        let audit_failures = Counter::default();
         let mut registry = Registry::default();
         registry.register(
             "keygate_http_requests",
@@ -223,9 +226,15 @@ impl Default for Metrics {
             "Attempts at webhook deliveries, by result (delivered, retried, failed)",
             webhook_deliveries.clone(),
         );
+        registry.register(
+            "keygate_audit_failures",
+            "Changes made whose audit log entry could not be written (each is in the log)",
+            audit_failures.clone(),
+        );
         Metrics {
             registry,
             webhook_deliveries,
+            audit_failures,
             requests,
             latency,
             snapshots,
@@ -271,6 +280,16 @@ impl Metrics {
                 result: result.label(),
             })
             .inc();
+    }
+
+    /// Counts a change whose audit log entry could not be written.
+    pub fn audit_failed(&self) {
+        self.audit_failures.inc();
+    }
+
+    /// How many audit log entries could not be written since the process started.
+    pub fn audit_failures(&self) -> u64 {
+        self.audit_failures.get()
     }
 
     /// Keys by status as of at most `KEY_COUNT_TTL` before `now`: counted from the
@@ -418,6 +437,7 @@ mod tests {
         metrics.usage_records(UsageResult::Refused, 3);
         metrics.leases_answered(2, 0);
         metrics.webhook_delivery(DeliveryResult::Retried);
+        metrics.audit_failed();
         metrics
             .latency
             .get_or_create(&LatencyLabels {
@@ -438,6 +458,8 @@ mod tests {
             "keygate_lease_subjects_total{answer=\"unlimited\"} 0",
             "keygate_webhook_deliveries_total{result=\"retried\"} 1",
             "keygate_webhook_deliveries_total{result=\"failed\"} 0",
+            "# TYPE keygate_audit_failures counter",
+            "keygate_audit_failures_total 1",
             "# TYPE keygate_http_request_duration_seconds histogram",
             "keygate_http_request_duration_seconds_bucket{le=\"0.0025\",route=\"/healthz\",method=\"GET\",status=\"2xx\"} 1",
         ] {

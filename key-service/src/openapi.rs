@@ -48,6 +48,7 @@ use crate::{api, console, metrics};
         api::catalog::update_account,
         api::usage::list,
         api::usage::summary,
+        api::audit::list,
         api::webhooks::create,
         api::webhooks::list,
         api::webhooks::get,

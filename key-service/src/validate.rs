@@ -69,3 +69,55 @@ pub(crate) fn number(param: &str, value: &str, min: u32, max: u32) -> Result<u32
             )
         })
 }
+
+/// A point in time from a query string (`from`, `to`): unix seconds, or RFC 3339 as
+/// `GET /api/v1/usage` takes it (fractions of a second dropped).
+pub(crate) fn time(param: &str, value: &str) -> Result<i64, ApiError> {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value
+            .parse::<i64>()
+            .ok()
+            .filter(|&t| t <= crate::expiry::MAX_TIMESTAMP)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    param,
+                    format!("{param} is beyond the year 9999 (unix seconds)"),
+                )
+            });
+    }
+    crate::expiry::parse_rfc3339(value).map_err(|e| {
+        ApiError::invalid(
+            param,
+            format!("{param} must be unix seconds or RFC 3339: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_unix_seconds_or_rfc_3339() {
+        assert_eq!(time("from", "0").unwrap(), 0);
+        assert_eq!(time("from", "1700000000").unwrap(), 1_700_000_000);
+        assert_eq!(time("to", "2023-11-14T22:13:20Z").unwrap(), 1_700_000_000);
+        assert_eq!(
+            time("to", "2023-11-14T23:13:20.9+01:00").unwrap(),
+            1_700_000_000
+        );
+        for bad in [
+            "-5",
+            "1e9",
+            "99999999999999999999",
+            "yesterday",
+            "2023-11-14",
+        ] {
+            let err = time("from", bad).unwrap_err();
+            assert!(
+                matches!(&err, ApiError::InvalidRequest { param: Some(p), .. } if p == "from"),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+}

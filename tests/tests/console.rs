@@ -1,7 +1,8 @@
 //! The web console in a real headless Chromium, against the real key-service, with the
 //! key it makes used through the real Envoy: sign in, create a key with restrictions, see
 //! and copy its secret once, call Envoy with what was copied, disable, enable, rotate and
-//! delete it from the console, and find no secret left in the page.
+//! delete it from the console, find its creation in the audit log, and find no secret
+//! left in the page.
 
 use keygate_e2e::api::{admin, assert_error, chat, create_key, until_status, until_synced};
 use keygate_e2e::browser::{click, fill, script, until_gone, until_shown, until_text, Browser};
@@ -196,6 +197,7 @@ fn a_key_made_in_the_console_works_through_envoy_until_the_console_disables_rota
     let (copied, curl) = secret;
     let (_, page) = admin(&stack, Method::GET, "/api/v1/keys?q=console-e2e", None);
     let made = &page["keys"][0];
+    let made_id = made["id"].as_str().expect("the key's id").to_owned();
     assert_eq!(made["quota_period"], "month", "{made}");
     assert!(made["resets_at"].is_string(), "{made}");
     assert_eq!(
@@ -431,6 +433,34 @@ fn a_key_made_in_the_console_works_through_envoy_until_the_console_disables_rota
         401,
         "invalid_api_key",
     );
+
+    // The audit log has the key's creation: by the admin, from this machine, with what was
+    // made (its settings, never its secret) folded under the row.
+    browser.run(async {
+        click(c, r#"nav a[data-page="audit"]"#).await;
+        until_shown(c, "#audit-list").await;
+        fill(c, "#audit-action", "key.create").await;
+        click(c, "form.filters button[type=submit]").await;
+        let row = until_text(c, "#audit-list tbody tr", &made_id).await;
+        let text = row.text().await.unwrap();
+        for part in ["key.create", "admin", "127.0.0.1", "default"] {
+            assert!(text.contains(part), "{part} missing from the entry: {text}");
+        }
+        row.find(fantoccini::Locator::Css("summary"))
+            .await
+            .expect("the entry's change")
+            .click()
+            .await
+            .expect("unfold the change");
+        until_text(c, "#audit-list details[open] .diff", "console-e2e").await;
+    });
+    browser.screenshot("audit");
+    assert_not_in_page(
+        &browser,
+        &secret,
+        "with its creation unfolded in the audit log",
+    );
+    assert_not_in_page(&browser, &rotated, "on the audit page");
 
     // A phone-width screen: nothing sticks out sideways but the table, which scrolls.
     browser.run(async {

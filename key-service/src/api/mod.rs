@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per resource; the routes themselves are assembled in
 //! [`crate::app`].
 
+pub mod audit;
 pub mod catalog;
 pub mod check;
 pub mod filter;

@@ -8,6 +8,7 @@
 //! few statements the engines spell differently live in `Dialect`.
 
 mod alerts;
+mod audit;
 mod catalog;
 mod database;
 mod keys;
@@ -36,6 +37,7 @@ pub(crate) use alerts::{balance_spent, budget_crossed, key_changed, KeyFacts, Ou
 pub use alerts::{
     Claimed, DeliveryRow, Finish, NewWebhook, Spend, WebhookEdit, WebhookRow, DELIVERY_STATUSES,
 };
+pub use audit::{strip_secrets, AuditFilter, AuditRow, NewAuditEntry};
 pub use catalog::{AccountEdit, AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
 pub use database::{Database, DatabaseUrlError};
 pub use keys::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey};
@@ -145,6 +147,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "tenants",
         include_str!("../../migrations/sqlite/0016_tenants.sql"),
         include_str!("../../migrations/postgres/0016_tenants.sql"),
+    ),
+    (
+        17,
+        "audit",
+        include_str!("../../migrations/sqlite/0017_audit.sql"),
+        include_str!("../../migrations/postgres/0017_audit.sql"),
     ),
 ];
 

@@ -5,6 +5,7 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit;
 mod auth;
 mod catalog;
 mod check;
@@ -33,6 +34,8 @@ pub struct Service {
     pub base: String,
     pub client: reqwest::Client,
     pub store: Store,
+    /// What the handlers share (for what tests write as a handler would).
+    pub state: AppState,
     _dir: TempDir,
 }
 
@@ -89,7 +92,8 @@ impl Service {
         configure: impl FnOnce(AppState) -> AppState,
     ) -> Self {
         let store = Store::open(database).await.unwrap();
-        let app = key_service::app(configure(AppState::new(store.clone(), ADMIN, FILTER)));
+        let state = configure(AppState::new(store.clone(), ADMIN, FILTER));
+        let app = key_service::app(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -97,6 +101,7 @@ impl Service {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
             store,
+            state,
             _dir: dir,
         }
     }
