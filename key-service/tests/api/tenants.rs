@@ -652,6 +652,41 @@ async fn a_tenant_manages_its_own_keys_within_its_account() {
         .as_tenant(Method::DELETE, &format!("/api/v1/keys/{id}"), owner, None)
         .await;
     assert_eq!(deleted.status, 204);
+
+    // Each change is in the audit log, by this token, without a secret.
+    let trail = s
+        .as_tenant(
+            Method::GET,
+            &format!("/api/v1/audit?target={id}"),
+            owner,
+            None,
+        )
+        .await;
+    let actions: Vec<&str> = trail.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["key.delete", "key.rotate", "key.update", "key.create"],
+        "{}",
+        trail.body
+    );
+    for entry in trail.body["entries"].as_array().unwrap() {
+        assert_eq!(entry["actor"]["kind"], "token", "{entry}");
+        assert_eq!(entry["actor"]["account"], "acme", "{entry}");
+    }
+    let secret = rotated.body["key"].as_str().unwrap();
+    let first = made.body["keys"][0]["key"].as_str().unwrap();
+    assert!(
+        !trail.text.contains(secret) && !trail.text.contains(first),
+        "a secret in the audit log: {}",
+        trail.body
+    );
+    assert_eq!(trail.body["entries"][2]["before"]["name"], "ci");
+    assert_eq!(trail.body["entries"][2]["after"]["name"], "ci-2");
 }
 
 #[tokio::test]
