@@ -85,6 +85,15 @@ pub struct Config {
     /// `GET` on this path is answered by the filter with the calling key's own view
     /// (`decide::key_info`); empty: no such path (the request goes upstream).
     pub key_info_path: String,
+    /// Whether `GET` on the one-api-style billing paths (`/v1/dashboard/billing/
+    /// subscription` and `/usage`, with or without `/v1`) is answered by the filter with
+    /// the calling key's figures in US dollars (`decide::billing`); off, they go upstream
+    /// like any path.
+    pub billing_paths: bool,
+    /// Credits to a US dollar, for those answers: 1,000,000 by default, a credit being a
+    /// millionth of a dollar (so prices in credits per 1M tokens are a provider's dollar
+    /// prices per 1M tokens times a million).
+    pub credits_per_usd: u64,
 }
 
 /// The request headers the filter sets for the upstream; `null` leaves one out (each
@@ -179,6 +188,8 @@ impl Default for Config {
             credit_lease_wait_ms: 2_000,
             credit_lease_path: "/filter/v1/leases".into(),
             key_info_path: "/v1/keygate/key".into(),
+            billing_paths: true,
+            credits_per_usd: 1_000_000,
         }
     }
 }
@@ -295,6 +306,9 @@ impl Config {
                 "credit_lease_wait_ms must be at most 60000".into(),
             ));
         }
+        if self.credits_per_usd == 0 {
+            return Err(ConfigError("credits_per_usd must be at least 1".into()));
+        }
         if self.max_held_body_bytes < self.max_body_bytes {
             return Err(ConfigError(
                 "max_held_body_bytes must be at least max_body_bytes".into(),
@@ -374,6 +388,10 @@ mod tests {
             br#"{"default_output_tokens":0}"#,
             br#"{"usage_queue_max":0}"#,
             br#"{"replicas":0}"#,
+            br#"{"credits_per_usd":0}"#,
+            br#"{"credits_per_usd":-1}"#,
+            br#"{"credits_per_usd":1.5}"#,
+            br#"{"billing_paths":"yes"}"#,
             br#"{"identity_headers":{"key_id":"Bad Name"}}"#,
             br#"{"identity_headers":{"key_id":"authorization"}}"#,
             br#"{"identity_headers":{"group":"x-a","account":"x-a"}}"#,

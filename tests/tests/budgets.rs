@@ -9,8 +9,8 @@ use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keygate_e2e::api::{
-    admin, billed, client, create_key, metered_cost, metered_estimate, send_metered, until_synced,
-    CHAT,
+    admin, assert_error, billed, client, create_key, metered_cost, metered_estimate, send_metered,
+    until_status, until_synced, CHAT,
 };
 use keygate_e2e::stack::Stack;
 use reqwest::Method;
@@ -296,12 +296,135 @@ fn a_key_sees_its_own_budget(stack: &Stack) {
     assert_eq!(own(None).status(), 401);
 }
 
+/// A GET with `secret` (if any) to the Envoy's `path`.
+fn own_get(stack: &Stack, path: &str, secret: Option<&str>) -> reqwest::blocking::Response {
+    let mut request = client().get(format!("{}{path}", stack.envoy_url));
+    if let Some(secret) = secret {
+        request = request.bearer_auth(secret);
+    }
+    request.send().unwrap()
+}
+
+const SUBSCRIPTION: &str = "/v1/dashboard/billing/subscription";
+const USAGE: &str = "/v1/dashboard/billing/usage";
+
+/// Dollars at the filter's default `credits_per_usd` (a million).
+fn usd(credits: u64) -> f64 {
+    credits as f64 / 1e6
+}
+
+fn close(a: &Value, b: f64) -> bool {
+    a.as_f64()
+        .is_some_and(|a| (a - b).abs() <= 1e-12 * b.abs().max(1.0))
+}
+
+/// The one-api-style billing answers (issue 21): a key's limit and usage in dollars,
+/// answered by the filter in one-api's shapes, leaving what the key's own view calls
+/// `remaining_quota`; an exhausted key still sees them, a disabled one is refused.
+fn one_api_clients_see_a_keys_limit_and_usage(stack: &Stack) {
+    let (status, body) = admin(
+        stack,
+        Method::PUT,
+        "/api/v1/models/gpt-4o-mini",
+        Some(json!({"input": 1_000_000, "output": 1_000_000})),
+    );
+    assert!(status == 201 || status == 200, "{body}");
+    let cost = metered_cost();
+    // A quota that never starts afresh: the snapshot's `quota` is what tells its size.
+    let key = create_key(
+        stack,
+        json!({"name": "one-api-client", "unlimited_quota": false, "quota": 10 * cost,
+            "expires_in": "30d"}),
+    );
+    let first = until_synced(|| own_get(stack, SUBSCRIPTION, Some(&key.secret)));
+    assert_eq!(first.status(), 200);
+    let no_store = first.headers().get("cache-control").cloned();
+    assert_eq!(
+        no_store.as_ref().and_then(|v| v.to_str().ok()),
+        Some("no-store")
+    );
+    let sub: Value = first.json().unwrap();
+    assert_eq!(sub["object"], "billing_subscription", "{sub}");
+    assert_eq!(sub["has_payment_method"], true);
+    for field in ["soft_limit_usd", "hard_limit_usd", "system_hard_limit_usd"] {
+        assert!(close(&sub[field], usd(10 * cost)), "{field}: {sub}");
+    }
+    let expires_at = unix(&key_view(stack, &key.id)["expires_at"]);
+    assert_eq!(sub["access_until"].as_f64(), Some(expires_at), "{sub}");
+    let usage: Value = own_get(stack, USAGE, Some(&key.secret)).json().unwrap();
+    assert_eq!(usage, json!({"object": "list", "total_usage": 0.0}));
+
+    // One call: it counts as used at once, and once billed, from the snapshot.
+    assert_eq!(send_metered(&stack.envoy_url, &key.secret, 0).status(), 200);
+    let without_v1 = "/dashboard/billing/usage?start_date=2026-01-01&end_date=2026-02-01";
+    let mut usage: Value = own_get(stack, without_v1, Some(&key.secret))
+        .json()
+        .unwrap();
+    for _ in 0..100 {
+        if close(&usage["total_usage"], usd(cost) * 100.0) && billed(stack, &key.id).1 == 1 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        usage = own_get(stack, without_v1, Some(&key.secret))
+            .json()
+            .unwrap();
+    }
+    assert!(close(&usage["total_usage"], usd(cost) * 100.0), "{usage}");
+    // What a client shows as the balance is what the key's own view says is left.
+    let sub: Value = own_get(stack, "/dashboard/billing/subscription", Some(&key.secret))
+        .json()
+        .unwrap();
+    let own: Value = own_get(stack, "/v1/keygate/key", Some(&key.secret))
+        .json()
+        .unwrap();
+    let balance =
+        sub["hard_limit_usd"].as_f64().unwrap() - usage["total_usage"].as_f64().unwrap() / 100.0;
+    assert_eq!(own["remaining_quota"], 9 * cost, "{own}");
+    assert!(
+        (balance - usd(9 * cost)).abs() < 1e-12,
+        "{balance} {sub} {usage}"
+    );
+    // None of these answers was billed or sent upstream: the call is the one record.
+    assert_eq!(billed(stack, &key.id), (cost, 1));
+
+    // An unlimited key: one-api's mark of no limit.
+    let open = create_key(stack, json!({"name": "one-api-open"}));
+    let sub: Value = until_synced(|| own_get(stack, SUBSCRIPTION, Some(&open.secret)))
+        .json()
+        .unwrap();
+    assert_eq!(sub["hard_limit_usd"].as_f64(), Some(100_000_000.0), "{sub}");
+    assert_eq!(sub["access_until"], 0);
+
+    // Out of quota: still answered; disabled: refused as for any path.
+    let spent = create_key(
+        stack,
+        json!({"name": "one-api-spent", "unlimited_quota": false, "quota": 0}),
+    );
+    let res = until_synced(|| own_get(stack, USAGE, Some(&spent.secret)));
+    assert_eq!(res.status(), 200);
+    let sub: Value = own_get(stack, SUBSCRIPTION, Some(&spent.secret))
+        .json()
+        .unwrap();
+    assert_eq!(sub["hard_limit_usd"].as_f64(), Some(0.0), "{sub}");
+    let (status, body) = admin(
+        stack,
+        Method::PATCH,
+        &format!("/api/v1/keys/{}", spent.id),
+        Some(json!({"enabled": false})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let refused = until_status(401, || own_get(stack, SUBSCRIPTION, Some(&spent.secret)));
+    assert_error(refused, 401, "key_disabled");
+    assert_error(own_get(stack, USAGE, None), 401, "missing_api_key");
+}
+
 #[test]
 fn budgets_on_sqlite() {
     let stack = Stack::builder().concurrency(2).start();
     a_spent_model_cap_refuses_its_models_only(&stack);
     an_account_spending_limit_stops_its_keys(&stack);
     a_key_sees_its_own_budget(&stack);
+    one_api_clients_see_a_keys_limit_and_usage(&stack);
     a_spent_quota_starts_afresh_at_the_period_boundary(stack);
 }
 
@@ -311,5 +434,6 @@ fn budgets_on_postgres() {
     a_spent_model_cap_refuses_its_models_only(&stack);
     an_account_spending_limit_stops_its_keys(&stack);
     a_key_sees_its_own_budget(&stack);
+    one_api_clients_see_a_keys_limit_and_usage(&stack);
     a_spent_quota_starts_afresh_at_the_period_boundary(stack);
 }

@@ -263,6 +263,7 @@ mod tests {
             remaining_quota: None,
             period_end: None,
             period_quota: None,
+            quota: None,
             model_caps: vec![],
             rpm: None,
             tpm: None,

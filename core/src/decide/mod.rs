@@ -1,6 +1,7 @@
 //! What a request asks for and whether it may: its credential, its route and model, and
 //! the refusals (`decision::Denial`) with their OpenAI-style bodies.
 
+pub mod billing;
 pub mod body_scan;
 pub mod credential;
 pub mod decision;

@@ -16,7 +16,9 @@
 //! u16 count + str * count                if MODELS (the key's own list)
 //! u16 count + net * count                if IPS (net = u8 prefix, u8 4|6, 4|16 bytes)
 //! u64 rpm, u64 tpm, u64 max_parallel     if LIMITS (0 = no limit)
-//! i64 period_end, i64 period_quota       if PERIOD
+//! i64 period_end, i64 quota              if PERIOD (a limited key's quota, per period if
+//!                                        it has one; period_end i64::MAX: it never
+//!                                        starts afresh)
 //! u16 count + cap * count                if the key has model caps (a tail: a value
 //!                                        written before caps existed ends before it)
 //! cap = str model, u8 unit (0 credits, 1 tokens), i64 limit, i64 used,
@@ -49,8 +51,12 @@ const IPS: u8 = 1 << 4;
 const IPS_UNUSABLE: u8 = 1 << 5;
 /// The key has rate limits of its own.
 const LIMITS: u8 = 1 << 6;
-/// The key's quota starts afresh when its budget period ends.
+/// The key's quota is known: it starts afresh when its budget period ends, or never
+/// (a period that ends at `NEVER`).
 const PERIOD: u8 = 1 << 7;
+
+/// The end of a period that never ends: of a quota that never starts afresh.
+const NEVER: i64 = i64::MAX;
 
 /// Bytes of the hash in the entry's name: 120 bits. Finding a secret whose hash shares
 /// them with one of a million stored keys takes about 2^100 hashes.
@@ -85,7 +91,7 @@ pub fn encode(record: &KeyRecord, epoch: u32) -> Result<(String, Vec<u8>), Encod
         (!allowlist.nets().is_empty(), IPS),
         (allowlist.is_unusable(), IPS_UNUSABLE),
         (limits(record).any(), LIMITS),
-        (period(record).is_some(), PERIOD),
+        (slot(record).is_some(), PERIOD),
     ] {
         if set {
             flags |= flag;
@@ -130,7 +136,7 @@ pub fn encode(record: &KeyRecord, epoch: u32) -> Result<(String, Vec<u8>), Encod
             out.extend_from_slice(&limit.unwrap_or(0).to_le_bytes());
         }
     }
-    if let Some(reset) = period(record) {
+    if let Some(reset) = slot(record) {
         out.extend_from_slice(&reset.at.to_le_bytes());
         out.extend_from_slice(&reset.to.to_le_bytes());
     }
@@ -150,10 +156,14 @@ pub fn encode(record: &KeyRecord, epoch: u32) -> Result<(String, Vec<u8>), Encod
     Ok((name(&hash), out))
 }
 
-/// A limited key's next budget period, if its quota starts afresh.
-fn period(record: &KeyRecord) -> Option<Reset> {
+/// What a limited key's PERIOD slot holds: its next budget period if its quota starts
+/// afresh, else its quota as a period that ends at `NEVER` (a filter built before the
+/// quota was carried reads that as a period `Reset::apply` never reaches, so it decides
+/// as before).
+fn slot(record: &KeyRecord) -> Option<Reset> {
     record.remaining_quota?;
     Reset::of(record.period_end, record.period_quota)
+        .or_else(|| record.quota.map(|to| Reset { at: NEVER, to }))
 }
 
 /// The key's own limits; a limit of 0 (which the key-service refuses) is none.
@@ -190,6 +200,9 @@ pub struct Entry {
     pub remaining_quota: Option<i64>,
     /// When that period ends and what the key may spend from then on.
     pub period: Option<Reset>,
+    /// A limited key's quota (per period, for a key with one), if the snapshot carried
+    /// it.
+    pub quota: Option<i64>,
     /// Start of the model caps (their count), if the key has any.
     caps: Option<usize>,
     id: Range<usize>,
@@ -338,12 +351,12 @@ pub fn decode(bytes: Vec<u8>) -> Option<Entry> {
     } else {
         Limits::default()
     };
-    let period = if flags & PERIOD != 0 {
+    let (period, quota) = if flags & PERIOD != 0 {
         let at = i64::from_le_bytes(r.array::<8>()?);
         let to = i64::from_le_bytes(r.array::<8>()?);
-        Some(Reset { at, to })
+        ((at != NEVER).then_some(Reset { at, to }), Some(to))
     } else {
-        None
+        (None, None)
     };
     let caps = if r.at < r.bytes.len() {
         let start = r.at;
@@ -357,6 +370,7 @@ pub fn decode(bytes: Vec<u8>) -> Option<Entry> {
     Some(Entry {
         caps,
         period,
+        quota,
         limits,
         flags,
         epoch,
@@ -577,10 +591,39 @@ mod tests {
         assert_eq!(e.remaining_at(999), Some(-4));
         assert_eq!(e.remaining_at(1_000), Some(i64::MAX));
         assert_eq!(e.remaining_at(i64::MIN), Some(-4));
+        assert_eq!(
+            e.quota,
+            Some(i64::MAX),
+            "a period's quota is the key's quota"
+        );
         // An unlimited key has no period to reset, whatever the record says.
         r.remaining_quota = None;
+        r.quota = Some(5);
         let e = round_trip(&r);
-        assert_eq!((e.period, e.remaining_at(5_000)), (None, None));
+        assert_eq!(
+            (e.period, e.remaining_at(5_000), e.quota),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn a_quota_that_never_starts_afresh_round_trips_without_a_period() {
+        let mut r = record();
+        r.remaining_quota = Some(-4);
+        for quota in [0, 1_000, i64::MAX, i64::MIN] {
+            r.quota = Some(quota);
+            let e = round_trip(&r);
+            assert_eq!((e.period, e.quota), (None, Some(quota)));
+            assert_eq!(e.remaining_at(i64::MAX), Some(-4), "never reset");
+        }
+        // From a key-service that does not send it: unknown.
+        r.quota = None;
+        assert_eq!(round_trip(&r).quota, None);
+        // What a filter built before reads in such an entry: a period that never ends.
+        r.quota = Some(1_000);
+        let (_, value) = encode(&r, 7).unwrap();
+        let at = value.len() - 16;
+        assert_eq!(value[at..at + 8], i64::MAX.to_le_bytes());
     }
 
     #[test]

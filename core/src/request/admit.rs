@@ -7,6 +7,7 @@ use super::bill::Reserved;
 use super::{
     Action, BodyHold, BodyWait, Host, Job, LeaseWait, Meter, Phase, RateHold, Request, HOST_FAILED,
 };
+use crate::decide::billing::{self, Billing};
 use crate::decide::body_scan::{BodyScan, UsageEdit};
 use crate::decide::decision::{check_model, decide, restricts_models, Denial};
 use crate::decide::form_scan::FormScan;
@@ -115,11 +116,38 @@ fn ask_for_usage(host: &impl Host, edit: UsageEdit, size: usize) -> Result<(), H
     host.set_request_header("content-length", &length.to_string())
 }
 
+/// What the filter answers itself about the calling key, from its snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnAnswer {
+    /// `key_info_path`: the key's own view (`decide::key_info`).
+    KeyInfo,
+    /// One of the one-api-style billing paths (`decide::billing`).
+    Billing(Billing),
+}
+
 impl Request {
-    /// `GET` on `key_info_path`: the key's own view, answered here from the snapshot
-    /// (`decide::key_info`). A key refused only for being out of quota still sees itself,
-    /// as `exhausted`; any other refusal stands. `None`: not such a request.
-    fn key_info(
+    /// Which of the filter's own answers a request asks for: a `GET` on one of their
+    /// paths (the query aside), exactly.
+    fn own_answer(&self, headers: &[(&str, &str)]) -> Option<OwnAnswer> {
+        let config = &self.plugin.config;
+        let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        if header(":method") != Some("GET") {
+            return None;
+        }
+        let path = header(":path")?.split(['?', '#']).next()?;
+        if !config.key_info_path.is_empty() && path == config.key_info_path {
+            return Some(OwnAnswer::KeyInfo);
+        }
+        Billing::of_path(path)
+            .filter(|_| config.billing_paths)
+            .map(OwnAnswer::Billing)
+    }
+
+    /// `GET` on `key_info_path` or a billing path: the key's own view or its one-api-style
+    /// billing figures, answered here from the snapshot. A key refused only for being
+    /// out of quota still sees itself (as `exhausted`); any other refusal stands. `None`:
+    /// not such a request.
+    fn own_view(
         &mut self,
         host: &impl Host,
         headers: &[(&str, &str)],
@@ -128,12 +156,9 @@ impl Request {
         decided: &Result<Entry, Denial>,
         now: i64,
     ) -> Result<Option<Action>, Denial> {
-        let info_path = self.plugin.config.key_info_path.as_str();
-        let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
-        let path = header(":path").and_then(|p| p.split(['?', '#']).next());
-        if info_path.is_empty() || header(":method") != Some("GET") || path != Some(info_path) {
+        let Some(answer) = self.own_answer(headers) else {
             return Ok(None);
-        }
+        };
         let (key, status) = match (decided, view, secret) {
             (Ok(key), Some(_), Some(_)) => (key.clone(), "active"),
             (Err(Denial::InsufficientQuota), Some(view), Some(secret)) => {
@@ -149,7 +174,13 @@ impl Request {
         let version = view.meta.version;
         let pending =
             |name: &str| ledger::read(host, name).map_or(0, |ledger| ledger.pending(version));
-        let body = key_info::render(&key, &view.tables, status, now, pending);
+        let body = match answer {
+            OwnAnswer::KeyInfo => key_info::render(&key, &view.tables, status, now, pending),
+            OwnAnswer::Billing(which) => {
+                let figures = billing::figures(&key, &view.tables, now, pending);
+                billing::render(which, &key, figures, self.plugin.config.credits_per_usd)
+            }
+        };
         let headers = [
             ("content-type", "application/json"),
             ("cache-control", "no-store"),
@@ -215,7 +246,7 @@ impl Request {
             *plugin.view.borrow_mut() = View::refresh(host, None).ok().flatten();
             return self.admit(host, end_of_stream, false);
         }
-        if let Some(answered) = self.key_info(host, &headers, view, secret, &decided, now)? {
+        if let Some(answered) = self.own_view(host, &headers, view, secret, &decided, now)? {
             return Ok(answered);
         }
         let key = decided?;

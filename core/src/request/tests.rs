@@ -182,7 +182,7 @@ fn key(name: &str) -> KeyRecord {
     }
 }
 
-/// Keys: `open` (no limits), `quota` (1,000,000 credits left), `gpt` (may use
+/// Keys: `open` (no limits), `quota` (1,000,000 credits left of 1,500,000), `gpt` (may use
 /// gpt-4o only), `rpm` (one request a minute, with a quota), `gptrpm` (gpt-4o only, one
 /// request a minute). gpt-4o costs 1 credit per
 /// input token and 2 per output token.
@@ -193,6 +193,7 @@ fn snapshot() -> SnapshotWire {
             key("open"),
             KeyRecord {
                 remaining_quota: Some(1_000_000),
+                quota: Some(1_500_000),
                 ..key("quota")
             },
             KeyRecord {
@@ -568,6 +569,77 @@ fn a_key_sees_its_own_view_answered_here_even_when_out_of_quota() {
     assert_eq!(sent.unwrap().0, 401);
     let (action, sent) = view("open", "/v1/keygate/keys");
     assert_eq!((action, sent), (Action::Continue, None));
+}
+
+#[test]
+fn one_api_billing_paths_are_answered_here_in_dollars_even_when_out_of_quota() {
+    let answered = |s: &Setup, method: &str, path: &str, name: &str| {
+        let mut request = s.request(method, path, name);
+        let action = request.on_request_headers(&s.fake, true);
+        request.on_log(&s.fake);
+        let sent = s.fake.sent.borrow().clone();
+        (action, sent)
+    };
+    let json = |sent: Option<Sent>| {
+        let (status, headers, body) = sent.expect("answered by the filter");
+        assert!(headers
+            .iter()
+            .any(|(n, v)| n == "cache-control" && v == "no-store"));
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (status, body)
+    };
+    let s = setup();
+    // 1,500,000 credits of quota, 1,000,000 left: $1.50, 50 cents used.
+    let (action, sent) = answered(&s, "GET", "/v1/dashboard/billing/subscription", "quota");
+    assert_eq!(action, Action::Pause);
+    let (status, body) = json(sent);
+    assert_eq!(status, 200);
+    assert_eq!(body["object"], "billing_subscription");
+    assert_eq!(
+        (
+            body["hard_limit_usd"].as_f64(),
+            body["soft_limit_usd"].as_f64()
+        ),
+        (Some(1.5), Some(1.5))
+    );
+    assert_eq!(body["access_until"], 0);
+    let usage_path = "/dashboard/billing/usage?start_date=2026-01-01&end_date=2026-02-01";
+    let (_, sent) = answered(&s, "GET", usage_path, "quota");
+    let (status, body) = json(sent);
+    assert_eq!((status, body["object"].as_str()), (200, Some("list")));
+    assert_eq!(body["total_usage"].as_f64(), Some(50.0), "{body}");
+    // An unlimited key: one-api's mark of no limit.
+    let (_, sent) = answered(&s, "GET", "/dashboard/billing/subscription", "open");
+    assert_eq!(json(sent).1["hard_limit_usd"].as_f64(), Some(100_000_000.0));
+    // Out of quota: still answered.
+    let (_, sent) = answered(&s, "GET", "/v1/dashboard/billing/usage", "spent");
+    assert_eq!(json(sent).0, 200);
+    assert!(s.records().is_empty(), "nothing recorded");
+    assert_eq!(s.ledger("id-quota").reserved, 0, "nothing reserved");
+    // An unknown key gets its refusal; another method or path goes on as any request.
+    let (_, sent) = answered(&s, "GET", "/v1/dashboard/billing/usage", "nobody");
+    assert_eq!(sent.unwrap().0, 401);
+    let (action, sent) = answered(&s, "POST", "/v1/dashboard/billing/usage", "open");
+    assert_eq!((action, sent), (Action::Continue, None));
+    let (action, sent) = answered(&s, "GET", "/v1/dashboard/billing/usage/x", "open");
+    assert_eq!((action, sent), (Action::Continue, None));
+
+    // Turned off, the paths go upstream like any other.
+    let off = setup_with(Config {
+        billing_paths: false,
+        ..config()
+    });
+    off.load_snapshot();
+    let (action, sent) = answered(&off, "GET", "/v1/dashboard/billing/subscription", "open");
+    assert_eq!((action, sent), (Action::Continue, None));
+    // And the rate is the operator's: at 100 credits a dollar, $15,000.
+    let cents = setup_with(Config {
+        credits_per_usd: 100,
+        ..config()
+    });
+    cents.load_snapshot();
+    let (_, sent) = answered(&cents, "GET", "/v1/dashboard/billing/subscription", "quota");
+    assert_eq!(json(sent).1["hard_limit_usd"].as_f64(), Some(15_000.0));
 }
 
 #[test]

@@ -178,6 +178,11 @@ pub struct KeyRecord {
     pub period_end: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period_quota: Option<i64>,
+    /// A limited key's quota (per period, for a key with one): what the one-api-style
+    /// billing answers (`decide::billing`) show as its limit, with `quota -
+    /// remaining_quota` as what it used. A key-service that predates it sends none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<i64>,
     /// Limits per model: the most specific one that names a request's model counts it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_caps: Vec<ModelCap>,
@@ -210,6 +215,7 @@ impl KeyRecord {
             remaining_quota: None,
             period_end: None,
             period_quota: None,
+            quota: None,
             model_caps: vec![],
             rpm: None,
             tpm: None,
@@ -435,6 +441,7 @@ enum Field {
     RemainingQuota,
     PeriodEnd,
     PeriodQuota,
+    Quota,
     ModelCaps,
     Rpm,
     Tpm,
@@ -464,6 +471,7 @@ impl<'de> Deserialize<'de> for Field {
                     "remaining_quota" => Field::RemainingQuota,
                     "period_end" => Field::PeriodEnd,
                     "period_quota" => Field::PeriodQuota,
+                    "quota" => Field::Quota,
                     "model_caps" => Field::ModelCaps,
                     "rpm" => Field::Rpm,
                     "tpm" => Field::Tpm,
@@ -496,7 +504,8 @@ impl<'de> Visitor<'de> for RecordVisitor {
         let (mut expires_at, mut ip_allowlist, mut models, mut remaining_quota) =
             (None, None, None, None);
         let (mut rpm, mut tpm, mut max_parallel) = (None, None, None);
-        let (mut period_end, mut period_quota, mut model_caps) = (None, None, None);
+        let (mut period_end, mut period_quota, mut quota, mut model_caps) =
+            (None, None, None, None);
         let mut readable = true;
         while let Some(field) = map.next_key::<Field>()? {
             // Reads the field's value into its slot; a bad or repeated value spoils the
@@ -521,6 +530,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
                 Field::RemainingQuota => read!(remaining_quota, ValidOption<i64>),
                 Field::PeriodEnd => read!(period_end, ValidOption<i64>),
                 Field::PeriodQuota => read!(period_quota, ValidOption<i64>),
+                Field::Quota => read!(quota, ValidOption<i64>),
                 Field::ModelCaps => read!(model_caps, ValidCaps),
                 Field::Rpm => read!(rpm, ValidOption<u64>),
                 Field::Tpm => read!(tpm, ValidOption<u64>),
@@ -547,6 +557,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
             remaining_quota: remaining_quota.flatten(),
             period_end: period_end.flatten(),
             period_quota: period_quota.flatten(),
+            quota: quota.flatten(),
             model_caps: model_caps.unwrap_or_default(),
             rpm: rpm.flatten(),
             tpm: tpm.flatten(),
@@ -968,6 +979,7 @@ mod record_tests {
             remaining_quota: Some(i64::MIN),
             period_end: Some(i64::MAX),
             period_quota: Some(0),
+            quota: Some(i64::MIN),
             model_caps: vec![ModelCap {
                 model: "claude-*".into(),
                 unit: CapUnit::Tokens,
@@ -1022,6 +1034,7 @@ mod record_properties {
         "remaining_quota",
         "period_end",
         "period_quota",
+        "quota",
         "model_caps",
         "rpm",
         "tpm",

@@ -35,7 +35,8 @@ macro_rules! sqlite_record {
              || CASE WHEN k.model_caps = '[]' THEN '' \
                 ELSE ',\"model_caps\":' || json(k.model_caps) END \
              || CASE WHEN k.unlimited_quota THEN '' \
-                ELSE ',\"remaining_quota\":' || (k.quota - k.used_quota) END \
+                ELSE ',\"remaining_quota\":' || (k.quota - k.used_quota) \
+                    || ',\"quota\":' || k.quota END \
              || CASE WHEN k.unlimited_quota OR k.period_end IS NULL THEN '' \
                 ELSE ',\"period_end\":' || k.period_end || ',\"period_quota\":' || k.quota END \
              || CASE WHEN k.rpm IS NULL THEN '' ELSE ',\"rpm\":' || k.rpm END \
@@ -61,6 +62,7 @@ macro_rules! postgres_record {
              'model_caps', CASE WHEN k.model_caps = '[]' THEN NULL ELSE k.model_caps::json END, \
              'remaining_quota', CASE WHEN k.unlimited_quota THEN NULL \
                 ELSE k.quota - k.used_quota END, \
+             'quota', CASE WHEN k.unlimited_quota THEN NULL ELSE k.quota END, \
              'period_end', CASE WHEN k.unlimited_quota THEN NULL ELSE k.period_end END, \
              'period_quota', CASE WHEN k.unlimited_quota OR k.period_end IS NULL THEN NULL \
                 ELSE k.quota END, \

@@ -732,6 +732,7 @@ mod tests {
             serde_json::from_str(&body.to_json()).unwrap();
         assert_eq!(wire.keys.len(), 1);
         assert_eq!(wire.keys[0].remaining_quota, Some(478));
+        assert_eq!(wire.keys[0].quota, Some(500));
     }
 
     #[tokio::test]
