@@ -370,15 +370,29 @@ fn one_api_clients_see_a_keys_limit_and_usage(stack: &Stack) {
             .unwrap();
     }
     assert!(close(&usage["total_usage"], usd(cost) * 100.0), "{usage}");
-    // What a client shows as the balance is what the key's own view says is left.
-    let sub: Value = own_get(stack, "/dashboard/billing/subscription", Some(&key.secret))
-        .json()
-        .unwrap();
-    let own: Value = own_get(stack, "/v1/keygate/key", Some(&key.secret))
-        .json()
-        .unwrap();
-    let balance =
-        sub["hard_limit_usd"].as_f64().unwrap() - usage["total_usage"].as_f64().unwrap() / 100.0;
+    // What a client shows as the balance is what the key's own view says is left. (Both
+    // are read again until they settle: for a moment after the snapshot brings the billed
+    // call, this Envoy may still count it as its own spending too.)
+    let settled = || {
+        let sub: Value = own_get(stack, "/dashboard/billing/subscription", Some(&key.secret))
+            .json()
+            .unwrap();
+        let usage: Value = own_get(stack, USAGE, Some(&key.secret)).json().unwrap();
+        let own: Value = own_get(stack, "/v1/keygate/key", Some(&key.secret))
+            .json()
+            .unwrap();
+        let balance = sub["hard_limit_usd"].as_f64().unwrap()
+            - usage["total_usage"].as_f64().unwrap() / 100.0;
+        (own, balance, sub, usage)
+    };
+    let (mut own, mut balance, mut sub, mut usage) = settled();
+    for _ in 0..100 {
+        if own["remaining_quota"] == 9 * cost && (balance - usd(9 * cost)).abs() < 1e-12 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        (own, balance, sub, usage) = settled();
+    }
     assert_eq!(own["remaining_quota"], 9 * cost, "{own}");
     assert!(
         (balance - usd(9 * cost)).abs() < 1e-12,

@@ -58,7 +58,7 @@ fn a_tenant_sees_and_manages_its_own_account_only(stack: &Stack) {
     let listed = listed.expect("the key list's text");
     assert!(!listed.contains("globex"), "globex's key shown:\n{listed}");
     let nav = browser.run(script(c, NAV));
-    assert_eq!(nav, json!("Keys,Usage,Webhooks"), "{nav}");
+    assert_eq!(nav, json!("Keys,Usage,Webhooks,Audit"), "{nav}");
     // An operator's page asked for by address falls back to the keys.
     browser.run(async {
         c.goto(&format!("{}/#/accounts", stack.key_service_url))
@@ -86,14 +86,36 @@ fn a_tenant_sees_and_manages_its_own_account_only(stack: &Stack) {
     assert_eq!(keys["keys"][0]["account"], "acme", "{keys}");
     let answered = until_synced(|| chat(stack, Some(&secret)));
     assert_eq!(answered.status(), 200);
+    browser.run(async { click(c, "#secret-done").await });
+
+    // The audit page shows the owner's own change, made with its token; nothing of the
+    // operator's making globex.
+    let made_id = keys["keys"][0]["id"].as_str().expect("key id").to_owned();
+    browser.run(async {
+        click(c, r#"nav a[data-page="audit"]"#).await;
+        until_shown(c, "#audit-list").await;
+        fill(c, "#audit-action", "key.create").await;
+        click(c, "form.filters button[type=submit]").await;
+        let row = until_text(c, "#audit-list tbody tr", &made_id).await;
+        let text = row.text().await.expect("the entry's text");
+        assert!(text.contains("token") && text.contains("acme"), "{text}");
+        let all = until_shown(c, "#audit-list")
+            .await
+            .text()
+            .await
+            .expect("the log");
+        assert!(
+            !all.contains("globex"),
+            "globex in acme's audit log:\n{all}"
+        );
+    });
 
     // The viewer: the same keys, and nothing to change them with.
     browser.run(async {
-        c.goto(&format!("{}/", stack.key_service_url))
-            .await
-            .expect("reload");
         click(c, "#signout").await;
         fill(c, "#signin-token", &format!("{viewer}\u{E007}")).await;
+        until_text(c, "#whoami", "acme · viewer").await;
+        click(c, r#"nav a[data-page="keys"]"#).await;
         until_text(c, "#key-list tbody", "acme-ci").await;
         until_text(c, "#whoami", "acme · viewer").await;
         until_text(c, "#key-list tbody", "read only").await;
