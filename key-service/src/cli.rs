@@ -192,7 +192,9 @@ async fn webhooks_command(
                 events: Some(events),
                 enabled: None,
             };
-            Ok(vec![json(&webhooks::create(store, request, now).await?)?])
+            Ok(vec![json(
+                &webhooks::create(store, request, false, now).await?,
+            )?])
         }
         WebhooksCommand::List { account } => webhooks::list(store, account.as_deref())
             .await?

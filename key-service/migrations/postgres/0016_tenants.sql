@@ -25,3 +25,6 @@ ALTER TABLE groups ADD COLUMN account TEXT;
 -- How many keys the account's tenants may hold; NULL = no limit. The operator is not
 -- bound by it.
 ALTER TABLE accounts ADD COLUMN max_keys BIGINT;
+
+-- A webhook a tenant made is delivered to public addresses only (see alerts/public.rs).
+ALTER TABLE webhooks ADD COLUMN public_only BOOLEAN NOT NULL DEFAULT FALSE;

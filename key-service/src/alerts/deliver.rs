@@ -22,21 +22,35 @@ const BATCH: u32 = 32;
 /// Why the HTTP client could not be built (the TLS setup).
 pub type ClientError = reqwest::Error;
 
-/// The client every delivery goes through: the attempt's timeout covers connecting and
-/// the whole exchange; no redirects.
-pub fn client(settings: &AlertSettings) -> Result<reqwest::Client, ClientError> {
-    reqwest::Client::builder()
-        .timeout(settings.timeout)
-        .connect_timeout(settings.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("keygate-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
+/// The clients deliveries go through: the attempt's timeout covers connecting and the
+/// whole exchange; no redirects. Tenants' webhooks go through `public`, whose resolver
+/// gives public addresses only.
+#[derive(Clone)]
+pub struct Clients {
+    pub any: reqwest::Client,
+    pub public: reqwest::Client,
+}
+
+pub fn client(settings: &AlertSettings) -> Result<Clients, ClientError> {
+    let builder = || {
+        reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("keygate-webhooks/", env!("CARGO_PKG_VERSION")))
+    };
+    Ok(Clients {
+        any: builder().build()?,
+        public: builder()
+            .dns_resolver(std::sync::Arc::new(super::public::PublicOnly))
+            .build()?,
+    })
 }
 
 /// Sends what is due, every `poll_every`, until the process ends.
 pub async fn run(
     store: Store,
-    client: reqwest::Client,
+    client: Clients,
     settings: Arc<AlertSettings>,
     metrics: SharedMetrics,
 ) {
@@ -54,7 +68,7 @@ pub async fn run(
 /// Claims the deliveries due now and attempts each once; how many were attempted.
 pub async fn deliver_due(
     store: &Store,
-    client: &reqwest::Client,
+    client: &Clients,
     settings: &Arc<AlertSettings>,
     metrics: &SharedMetrics,
 ) -> Result<usize, StoreError> {
@@ -85,7 +99,7 @@ pub async fn deliver_due(
 /// Sends one claimed delivery and records the outcome (or the next attempt's time).
 async fn attempt(
     store: &Store,
-    client: &reqwest::Client,
+    client: &Clients,
     settings: &AlertSettings,
     metrics: &SharedMetrics,
     delivery: Claimed,
@@ -155,10 +169,21 @@ async fn attempt(
 /// POSTs the payload, signed; the status of a 2xx answer, or the status (if any) and
 /// what went wrong, in words that hold no secret and nothing the receiver sent.
 async fn send(
-    client: &reqwest::Client,
+    clients: &Clients,
     delivery: &Claimed,
     sent_at: i64,
 ) -> Result<u16, (Option<u16>, String)> {
+    let client = if delivery.public_only {
+        // An address in the URL is not resolved, so the resolver cannot refuse it.
+        let url = reqwest::Url::parse(&delivery.url)
+            .map_err(|_| (None, "the URL cannot be requested".to_owned()))?;
+        if super::public::refuse_url(&url).is_some() {
+            return Err((None, "the URL names a private address".to_owned()));
+        }
+        &clients.public
+    } else {
+        &clients.any
+    };
     let body = delivery.payload.as_bytes();
     let response = client
         .post(&delivery.url)

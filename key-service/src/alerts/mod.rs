@@ -10,6 +10,7 @@
 pub mod backoff;
 pub mod deliver;
 pub mod event;
+pub mod public;
 pub mod scan;
 pub mod sign;
 pub mod threshold;

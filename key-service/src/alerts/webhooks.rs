@@ -61,6 +61,9 @@ pub struct WebhookView {
     pub events: Vec<String>,
     pub enabled: bool,
     pub created_at: String,
+    /// Made by a tenant: delivered to public addresses only (never to loopback, private
+    /// or link-local ones).
+    pub public_only: bool,
 }
 
 /// One delivery of an event to a webhook.
@@ -94,6 +97,7 @@ impl WebhookView {
             url: row.url,
             events: row.events,
             enabled: row.enabled,
+            public_only: row.public_only,
         })
     }
 }
@@ -140,6 +144,20 @@ pub fn check_url(url: String) -> Result<String, ApiError> {
     Ok(url)
 }
 
+/// A tenant's webhook may not name a private address or localhost.
+fn check_public(url: &str) -> Result<(), ApiError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| ApiError::invalid("url", e.to_string()))?;
+    match super::public::refuse_url(&parsed) {
+        Some(what) => Err(ApiError::invalid(
+            "url",
+            format!(
+                "url names {what}: a tenant's webhook must be reachable on the public internet"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Event types, each one a webhook can listen to, duplicates dropped.
 pub fn check_events(events: Vec<String>) -> Result<Vec<String>, ApiError> {
     let mut seen = HashSet::new();
@@ -177,12 +195,18 @@ pub fn no_such_webhook(id: &str) -> ApiError {
 }
 
 /// Checks and stores a webhook; the view carries its secret, the only time it is shown.
+/// `public_only` for a tenant's webhook: its URL may not name a private address, and
+/// its deliveries go to public addresses only.
 pub async fn create(
     store: &Store,
     request: CreateWebhook,
+    public_only: bool,
     now: i64,
 ) -> Result<WebhookView, ApiError> {
     let url = check_url(request.url)?;
+    if public_only {
+        check_public(&url)?;
+    }
     let events = check_events(request.events.unwrap_or_default())?;
     if let Some(account) = &request.account {
         if !store.account_exists(account).await? {
@@ -199,6 +223,7 @@ pub async fn create(
         secret: mint_secret()?,
         events,
         enabled: request.enabled.unwrap_or(true),
+        public_only,
     };
     store.insert_webhook(&webhook, now).await?;
     tracing::info!(id = %webhook.id, account = ?webhook.account, "webhook created");
@@ -233,8 +258,14 @@ pub async fn update(
     id: &str,
     request: UpdateWebhook,
 ) -> Result<WebhookView, ApiError> {
+    let url = request.url.map(check_url).transpose()?;
+    if let Some(url) = &url {
+        if get(store, id).await?.public_only {
+            check_public(url)?;
+        }
+    }
     let edit = WebhookEdit {
-        url: request.url.map(check_url).transpose()?,
+        url,
         events: request.events.map(check_events).transpose()?,
         enabled: request.enabled,
     };

@@ -88,7 +88,8 @@ pub async fn create(
         }
         request.account = Some(own.to_owned());
     }
-    let webhook = webhooks::create(&state.store, request, expiry::now()).await?;
+    let public_only = !caller.is_admin();
+    let webhook = webhooks::create(&state.store, request, public_only, expiry::now()).await?;
     audit::record(
         &state,
         &caller,

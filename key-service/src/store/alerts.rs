@@ -26,6 +26,8 @@ pub struct WebhookRow {
     pub events: Vec<String>,
     pub enabled: bool,
     pub created_at: i64,
+    /// Made by a tenant: delivered to public addresses only.
+    pub public_only: bool,
 }
 
 /// A webhook about to be stored, with the secret its deliveries are signed with.
@@ -37,6 +39,7 @@ pub struct NewWebhook {
     pub secret: String,
     pub events: Vec<String>,
     pub enabled: bool,
+    pub public_only: bool,
 }
 
 /// A checked edit of a webhook; `None` leaves a field as it is.
@@ -76,6 +79,8 @@ pub struct Claimed {
     /// The webhook's signing secret: never logged (see the `Debug` below).
     pub secret: String,
     pub payload: String,
+    /// The webhook is delivered to public addresses only.
+    pub public_only: bool,
     pub attempts: i64,
     pub created_ms: i64,
     pub locked_until_ms: i64,
@@ -359,6 +364,7 @@ fn webhook_row(row: &impl Get) -> Result<WebhookRow, StoreError> {
         url: row.text("url")?,
         enabled: row.flag("enabled")?,
         created_at: row.int("created_at")?,
+        public_only: row.flag("public_only")?,
         id,
     })
 }
@@ -383,14 +389,14 @@ fn json_list(items: &[String]) -> String {
     Value::from(items.to_vec()).to_string()
 }
 
-const WEBHOOK_COLUMNS: &str = "id, account, url, events, enabled, created_at";
+const WEBHOOK_COLUMNS: &str = "id, account, url, events, enabled, created_at, public_only";
 
 impl Store {
     pub async fn insert_webhook(&self, webhook: &NewWebhook, now: i64) -> Result<(), StoreError> {
         with_pool!(self, |pool| {
             sqlx::query(
-                "INSERT INTO webhooks (id, account, url, secret, events, enabled, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO webhooks (id, account, url, secret, events, enabled, created_at, \
+                 public_only) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(&webhook.id)
             .bind(webhook.account.as_deref())
@@ -399,6 +405,7 @@ impl Store {
             .bind(json_list(&webhook.events))
             .bind(webhook.enabled)
             .bind(now)
+            .bind(webhook.public_only)
             .execute(pool)
             .await?;
             Ok(())
@@ -548,7 +555,7 @@ impl Store {
         with_pool!(self, |pool| {
             let rows = sqlx::query(
                 "SELECT d.event_id, d.webhook_id, d.attempts, d.created_ms, d.locked_until_ms, \
-                     w.url, w.secret, e.payload, e.kind \
+                     w.url, w.secret, w.public_only, e.payload, e.kind \
                  FROM alert_deliveries d \
                  JOIN webhooks w ON w.id = d.webhook_id \
                  JOIN alert_events e ON e.id = d.event_id \
@@ -568,6 +575,7 @@ impl Store {
                     webhook_id: row.text("webhook_id")?,
                     url: row.text("url")?,
                     secret: row.text("secret")?,
+                    public_only: row.flag("public_only")?,
                     payload: row.text("payload")?,
                     attempts: row.int("attempts")?,
                     created_ms: row.int("created_ms")?,

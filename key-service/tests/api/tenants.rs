@@ -653,6 +653,60 @@ async fn a_tenant_manages_its_own_keys_within_its_account() {
         .await;
     assert_eq!(deleted.status, 204);
 
+    // Its webhooks must be on the public internet: the key-service does not POST to its
+    // own network for a tenant.
+    for url in [
+        "http://127.0.0.1:8081/api/v1/keys",
+        "http://localhost:9/",
+        "http://[::1]/",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.7/",
+    ] {
+        let refused = s
+            .as_tenant(
+                Method::POST,
+                "/api/v1/webhooks",
+                owner,
+                Some(&json!({"url": url})),
+            )
+            .await;
+        assert_eq!(
+            refused.error(),
+            (400, "invalid_value".into(), Some("url".into())),
+            "{url}"
+        );
+    }
+    let hook = s
+        .as_tenant(
+            Method::POST,
+            "/api/v1/webhooks",
+            owner,
+            Some(&json!({"url": "https://hooks.example.com/acme"})),
+        )
+        .await;
+    assert_eq!(hook.status, 201, "{}", hook.body);
+    assert_eq!(
+        (
+            hook.body["account"].as_str(),
+            hook.body["public_only"].as_bool()
+        ),
+        (Some("acme"), Some(true))
+    );
+    let moved = s
+        .as_tenant(
+            Method::PATCH,
+            &format!("/api/v1/webhooks/{}", hook.body["id"].as_str().unwrap()),
+            owner,
+            Some(&json!({"url": "http://127.0.0.1:9/"})),
+        )
+        .await;
+    assert_eq!(moved.error().2.as_deref(), Some("url"));
+    // The operator's webhooks for an account may be anywhere.
+    let own = s
+        .admin_get(&format!("/api/v1/webhooks/{}", t.acme_webhook))
+        .await;
+    assert_eq!(own.body["public_only"], false);
+
     // Each change is in the audit log, by this token, without a secret.
     let trail = s
         .as_tenant(
