@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use clap::{Args, Subcommand};
 
+use crate::access::{Actor, ActorKind, Caller, Scope};
 use crate::alerts::webhooks::{self, CreateWebhook};
+use crate::audit::{self, Change};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::keys::caps::CapRequest;
@@ -172,6 +174,46 @@ pub async fn run(store: &Store, command: Command) -> Result<Vec<String>, ApiErro
     }
 }
 
+/// Records a change made on the command line in the audit log: by `cli`, named by the
+/// operating system's user (`$USER`, else `cli`), from no address.
+async fn record(
+    store: &Store,
+    action: &'static str,
+    target: &str,
+    account: Option<&str>,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) {
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty() && u.len() <= 64 && u.chars().all(|c| c.is_ascii_graphic()))
+        .unwrap_or_else(|| "cli".to_owned());
+    let caller = Caller {
+        actor: Actor {
+            kind: ActorKind::Cli,
+            id: user,
+        },
+        scope: Scope::All,
+        address: None,
+    };
+    let change = Change {
+        action,
+        target,
+        account,
+        before,
+        after,
+    };
+    audit::record_in(store, &crate::metrics::Metrics::default(), &caller, change).await;
+}
+
+/// A key as the audit log keeps it: never its secret.
+fn key_entry(key: &KeyView) -> Option<serde_json::Value> {
+    audit::snapshot(&KeyView {
+        key: None,
+        ..key.clone()
+    })
+}
+
 async fn webhooks_command(
     store: &Store,
     command: WebhooksCommand,
@@ -192,9 +234,21 @@ async fn webhooks_command(
                 events: Some(events),
                 enabled: None,
             };
-            Ok(vec![json(
-                &webhooks::create(store, request, false, now).await?,
-            )?])
+            let made = webhooks::create(store, request, false, now).await?;
+            let entry = audit::snapshot(&webhooks::WebhookView {
+                secret: None,
+                ..made.clone()
+            });
+            record(
+                store,
+                "webhook.create",
+                &made.id,
+                made.account.as_deref(),
+                None,
+                entry,
+            )
+            .await;
+            Ok(vec![json(&made)?])
         }
         WebhooksCommand::List { account } => webhooks::list(store, account.as_deref())
             .await?
@@ -202,7 +256,18 @@ async fn webhooks_command(
             .map(json)
             .collect(),
         WebhooksCommand::Delete { id } => {
+            let before = webhooks::get(store, &id).await?;
             webhooks::delete(store, &id).await?;
+            let entry = audit::snapshot(&before);
+            record(
+                store,
+                "webhook.delete",
+                &id,
+                before.account.as_deref(),
+                entry,
+                None,
+            )
+            .await;
             Ok(vec![format!("{{\"deleted\":{}}}", serde_json::json!(id))])
         }
         WebhooksCommand::Test { id } => {
@@ -251,6 +316,20 @@ fn model_caps(given: &[String]) -> Result<BTreeMap<String, CapRequest>, ApiError
     Ok(caps)
 }
 
+/// Disables or enables a key, and records it.
+async fn set_enabled(
+    store: &Store,
+    id: &str,
+    enabled: bool,
+    now: i64,
+) -> Result<KeyView, ApiError> {
+    let before = keys::get(store, id, now).await?;
+    let after = keys::set_enabled(store, id, enabled, now).await?;
+    let (b, a) = (key_entry(&before), key_entry(&after));
+    record(store, "key.update", id, Some(&after.account), b, a).await;
+    Ok(after)
+}
+
 async fn keys(store: &Store, command: KeysCommand) -> Result<Vec<String>, ApiError> {
     let now = expiry::now();
     let json = |v: &KeyView| serde_json::to_string(v).map_err(ApiError::internal);
@@ -276,6 +355,17 @@ async fn keys(store: &Store, command: KeysCommand) -> Result<Vec<String>, ApiErr
                 model_caps: Some(model_caps(&a.model_cap)?),
             };
             let created = keys::create(store, request, now).await?;
+            for key in &created {
+                record(
+                    store,
+                    "key.create",
+                    &key.id,
+                    Some(&key.account),
+                    None,
+                    key_entry(key),
+                )
+                .await;
+            }
             created.iter().map(json).collect()
         }
         KeysCommand::List(a) => {
@@ -308,12 +398,8 @@ async fn keys(store: &Store, command: KeysCommand) -> Result<Vec<String>, ApiErr
                 }
             }
         }
-        KeysCommand::Disable { id } => Ok(vec![json(
-            &keys::set_enabled(store, &id, false, now).await?,
-        )?]),
-        KeysCommand::Enable { id } => Ok(vec![json(
-            &keys::set_enabled(store, &id, true, now).await?,
-        )?]),
+        KeysCommand::Disable { id } => Ok(vec![json(&set_enabled(store, &id, false, now).await?)?]),
+        KeysCommand::Enable { id } => Ok(vec![json(&set_enabled(store, &id, true, now).await?)?]),
         KeysCommand::Edit(a) => {
             let caps = match a.model_cap.as_slice() {
                 [] => None,
@@ -326,10 +412,11 @@ async fn keys(store: &Store, command: KeysCommand) -> Result<Vec<String>, ApiErr
                 model_caps: caps,
                 ..UpdateKey::default()
             };
-            let account = keys::get(store, &a.id, now).await?.account;
-            Ok(vec![json(
-                &keys::update(store, &a.id, &account, request, now).await?,
-            )?])
+            let before = keys::get(store, &a.id, now).await?;
+            let after = keys::update(store, &a.id, &before.account, request, now).await?;
+            let (b, n) = (key_entry(&before), key_entry(&after));
+            record(store, "key.update", &a.id, Some(&after.account), b, n).await;
+            Ok(vec![json(&after)?])
         }
         KeysCommand::Rotate {
             id,
@@ -340,11 +427,17 @@ async fn keys(store: &Store, command: KeysCommand) -> Result<Vec<String>, ApiErr
                 grace_period,
                 rotate_by,
             };
+            let before = keys::get(store, &id, now).await?;
             let rotated = keys::rotate(store, &id, &request, now).await?;
+            let (b, a) = (key_entry(&before), key_entry(&rotated));
+            record(store, "key.rotate", &id, Some(&rotated.account), b, a).await;
             Ok(vec![json(&rotated)?])
         }
         KeysCommand::Delete { id } => {
+            let before = keys::get(store, &id, now).await?;
             keys::delete(store, &id, now).await?;
+            let b = key_entry(&before);
+            record(store, "key.delete", &id, Some(&before.account), b, None).await;
             Ok(vec![format!("{{\"deleted\":{}}}", serde_json::json!(id))])
         }
     }

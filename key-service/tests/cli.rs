@@ -9,6 +9,7 @@ use serde_json::Value;
 
 struct Cli {
     db: String,
+    database: key_service::config::Database,
     _dir: tempfile::TempDir,
 }
 
@@ -20,13 +21,39 @@ impl Cli {
             .unwrap()
             .block_on(key_service::store::test_database(dir.path()))
             .unwrap();
-        let db = match database {
+        let db = match &database {
             key_service::config::Database::Sqlite { path } => {
                 format!("sqlite://{}", path.display())
             }
-            key_service::config::Database::Postgres { url } => url,
+            key_service::config::Database::Postgres { url } => url.clone(),
         };
-        Cli { db, _dir: dir }
+        Cli {
+            db,
+            database,
+            _dir: dir,
+        }
+    }
+
+    /// The audit log's entries, oldest first, as (actor kind, actor id, action, target).
+    fn audit(&self) -> Vec<(String, String, String, String)> {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let store = key_service::Store::open(&self.database).await.unwrap();
+            let (rows, _) = store
+                .list_audit(&key_service::store::AuditFilter::default(), 100, 0)
+                .await
+                .unwrap();
+            store.close().await;
+            let mut entries: Vec<_> = rows
+                .into_iter()
+                .map(|r| {
+                    let text = format!("{:?} {:?}", r.before, r.after);
+                    assert!(!text.contains("\"key\""), "a secret's field in {text}");
+                    (r.actor_kind, r.actor_id, r.action, r.target)
+                })
+                .collect();
+            entries.reverse();
+            entries
+        })
     }
 
     /// Runs `key-service keys <args>`; returns (success, stdout lines as JSON, stderr).
@@ -116,6 +143,29 @@ fn an_operator_manages_keys_from_the_command_line() {
     assert!(ok);
     let (_, left, _) = cli.keys(&["list"]);
     assert_eq!(left.len(), 1);
+
+    // Each change is in the audit log, by the command line; the listings are not.
+    let actions: Vec<String> = cli
+        .audit()
+        .into_iter()
+        .map(|(kind, _, action, target)| {
+            assert_eq!(kind, "cli");
+            if action != "key.create" {
+                assert_eq!(target, id);
+            }
+            action
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "key.create",
+            "key.create",
+            "key.update",
+            "key.rotate",
+            "key.delete"
+        ]
+    );
 }
 
 #[test]
