@@ -139,6 +139,35 @@ impl Caller {
     pub fn is_admin(&self) -> bool {
         self.scope == Scope::All
     }
+
+    /// Narrows a listing's account filter to what the caller sees: a tenant's is set to
+    /// its own account; `false` when it asked for another account (whose records it sees
+    /// none of, so the listing is empty).
+    pub fn narrow(&self, asked: &mut Option<String>) -> bool {
+        let Some(own) = self.account() else {
+            return true;
+        };
+        if asked.as_deref().is_some_and(|asked| asked != own) {
+            return false;
+        }
+        *asked = Some(own.to_owned());
+        true
+    }
+
+    /// The account a tenant's new key or webhook belongs to: always its own. Naming
+    /// another is refused in the words used for an account that does not exist.
+    pub fn own_account(&self, given: &mut Option<String>) -> Result<(), ApiError> {
+        if !self.narrow(given) {
+            return Err(ApiError::invalid(
+                "account",
+                format!(
+                    "there is no account named {:?}",
+                    given.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {

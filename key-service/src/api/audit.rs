@@ -174,16 +174,13 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<AuditPage>, ApiError> {
     let (mut filter, page, per_page) = read_query(query.as_deref())?;
-    if let Some(own) = caller.account() {
-        if filter.account.as_deref().is_some_and(|asked| asked != own) {
-            return Ok(Json(AuditPage {
-                entries: Vec::new(),
-                page,
-                per_page,
-                total: 0,
-            }));
-        }
-        filter.account = Some(own.to_owned());
+    if !caller.narrow(&mut filter.account) {
+        return Ok(Json(AuditPage {
+            entries: Vec::new(),
+            page,
+            per_page,
+            total: 0,
+        }));
     }
     let offset = u64::from(page.saturating_sub(1)).saturating_mul(u64::from(per_page));
     let (rows, total) = state.store.list_audit(&filter, per_page, offset).await?;

@@ -40,20 +40,7 @@ pub async fn create(
     caller: Caller,
     ApiJson(mut request): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
-    if let Some(own) = caller.account() {
-        // A tenant's keys are its account's. Another account's name is refused in the
-        // words used for one that does not exist.
-        if request.account.as_deref().is_some_and(|given| given != own) {
-            return Err(ApiError::invalid(
-                "account",
-                format!(
-                    "there is no account named {:?}",
-                    request.account.unwrap_or_default()
-                ),
-            ));
-        }
-        request.account = Some(own.to_owned());
-    }
+    caller.own_account(&mut request.account)?;
     let keys = keys::create(&state.store, request, expiry::now()).await?;
     for key in &keys {
         audit::record(
@@ -194,22 +181,13 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Json<KeyPage>, ApiError> {
     let mut params = ListParams::parse(query.as_deref().unwrap_or(""))?;
-    if let Some(own) = caller.account() {
-        if params
-            .filter
-            .account
-            .as_deref()
-            .is_some_and(|given| given != own)
-        {
-            // Another account's keys: none that this caller may see.
-            return Ok(Json(KeyPage {
-                keys: Vec::new(),
-                page: params.page,
-                per_page: params.per_page,
-                total: 0,
-            }));
-        }
-        params.filter.account = Some(own.to_owned());
+    if !caller.narrow(&mut params.filter.account) {
+        return Ok(Json(KeyPage {
+            keys: Vec::new(),
+            page: params.page,
+            per_page: params.per_page,
+            total: 0,
+        }));
     }
     let offset = u64::from(params.page - 1) * u64::from(params.per_page);
     let (keys, total) = keys::list(

@@ -298,7 +298,7 @@ pub async fn list(
         }
         Ok(true)
     })?;
-    if !scope(&caller, &mut filter) {
+    if !caller.narrow(&mut filter.account) {
         return Ok(Json(UsagePage {
             usage: Vec::new(),
             page,
@@ -318,19 +318,6 @@ pub async fn list(
         per_page,
         total,
     }))
-}
-
-/// Narrows a tenant's query to its own account; `false` when it asked for another
-/// account's records (of which it sees none).
-fn scope(caller: &Caller, filter: &mut UsageFilter) -> bool {
-    let Some(own) = caller.account() else {
-        return true;
-    };
-    if filter.account.as_deref().is_some_and(|given| given != own) {
-        return false;
-    }
-    filter.account = Some(own.to_owned());
-    true
 }
 
 /// Buckets one summary may hold at most (a month of hours is 744).
@@ -399,7 +386,7 @@ pub async fn summary(
         ));
     }
     (filter.from, filter.to) = (Some(from), Some(to));
-    let rows = if scope(&caller, &mut filter) {
+    let rows = if caller.narrow(&mut filter.account) {
         state.store.summarize_usage(&filter, seconds).await?
     } else {
         Vec::new()

@@ -74,20 +74,8 @@ pub async fn create(
     caller: Caller,
     ApiJson(mut request): ApiJson<CreateWebhook>,
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
-    if let Some(own) = caller.account() {
-        // A tenant's webhooks hear of its own account only; another account's name is
-        // refused in the words used for one that does not exist.
-        if request.account.as_deref().is_some_and(|given| given != own) {
-            return Err(ApiError::invalid(
-                "account",
-                format!(
-                    "there is no account named {:?}",
-                    request.account.unwrap_or_default()
-                ),
-            ));
-        }
-        request.account = Some(own.to_owned());
-    }
+    // A tenant's webhooks hear of its own account only.
+    caller.own_account(&mut request.account)?;
     let public_only = !caller.is_admin();
     let webhook = webhooks::create(&state.store, request, public_only, expiry::now()).await?;
     audit::record(
@@ -145,13 +133,10 @@ pub async fn list(
 ) -> Result<Json<Webhooks>, ApiError> {
     let pairs = query_pairs(query.as_deref(), &["account"])?;
     let mut account = pairs.into_iter().next().map(|(_, v)| v);
-    if let Some(own) = caller.account() {
-        if account.as_deref().is_some_and(|given| given != own) {
-            return Ok(Json(Webhooks {
-                webhooks: Vec::new(),
-            }));
-        }
-        account = Some(own.to_owned());
+    if !caller.narrow(&mut account) {
+        return Ok(Json(Webhooks {
+            webhooks: Vec::new(),
+        }));
     }
     let webhooks = webhooks::list(&state.store, account.as_deref()).await?;
     Ok(Json(Webhooks { webhooks }))
