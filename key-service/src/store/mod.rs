@@ -14,6 +14,7 @@ mod keys;
 mod leases;
 mod periods;
 mod snapshot;
+mod sso;
 mod tenants;
 mod usage;
 
@@ -43,6 +44,7 @@ pub use leases::{LeaseAsk, LeaseGrant, LeaseRow};
 pub use periods::ROLL_BATCH;
 pub use snapshot::{SnapshotBody, SnapshotPage};
 use snapshot::{POSTGRES, SQLITE};
+pub use sso::{NewSession, SessionRow, SsoLogin};
 pub use tenants::{AccountTokenRow, NewAccountToken};
 pub use usage::{Ingested, UsageFilter, UsageRecord, UsageRow};
 
@@ -145,6 +147,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "tenants",
         include_str!("../../migrations/sqlite/0016_tenants.sql"),
         include_str!("../../migrations/postgres/0016_tenants.sql"),
+    ),
+    (
+        18,
+        "sso",
+        include_str!("../../migrations/sqlite/0018_sso.sql"),
+        include_str!("../../migrations/postgres/0018_sso.sql"),
     ),
 ];
 
