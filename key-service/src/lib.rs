@@ -353,7 +353,9 @@ pub fn app(state: AppState) -> Router {
                 state.filter.clone(),
                 auth::require,
             )),
-            Access::Check => handler.route_layer(middleware::from_fn_with_state(
+            // `layer`, not `route_layer`: the check route answers any method through the
+            // method router's fallback, which `route_layer` refuses (axum panics).
+            Access::Check => handler.layer(middleware::from_fn_with_state(
                 state.check.clone(),
                 auth::require,
             )),
