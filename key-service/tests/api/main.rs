@@ -16,6 +16,7 @@ mod leases;
 mod list;
 mod replicas;
 mod snapshot;
+mod sso;
 mod usage;
 mod validation;
 mod webhooks;
