@@ -388,7 +388,18 @@ pub fn app(state: AppState) -> Router {
             state.metrics.clone(),
             metrics::count,
         ))
-        .layer(TraceLayer::new_for_http())
+        // Paths only, never query strings: the single sign-on callback's carries the
+        // provider's code and the sign-in's state.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
+                tracing::debug_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    version = ?request.version(),
+                )
+            }),
+        )
         .with_state(state)
 }
 
