@@ -245,6 +245,13 @@ impl Config {
         };
         let redirect_url = url("KEYGATE_OIDC_REDIRECT_URL", &self.oidc_redirect_url)?;
         let console_url = url("KEYGATE_CONSOLE_URL", &self.console_url)?;
+        if console_url.is_none() && redirect_url.is_none() && self.listen.ip().is_unspecified() {
+            return Err(format!(
+                "KEYGATE_CONSOLE_URL: the console's address as browsers reach it is needed \
+                 for single sign-on (listening on {} does not tell it)",
+                self.listen
+            ));
+        }
         let scopes = self.oidc_scopes.split_whitespace().collect::<Vec<_>>();
         if !scopes.contains(&"openid") {
             return Err(format!(
@@ -373,6 +380,7 @@ mod tests {
         config.oidc_mappings = None;
         config.oidc_scopes = "openid email profile".into();
         config.oidc_session_ttl = "8h".into();
+        config.listen = "127.0.0.1:8081".parse().unwrap();
         for (flag, value) in flags.chunks(2).map(|pair| (pair[0], pair[1].to_owned())) {
             match flag {
                 "--console-url" => config.console_url = Some(value),
@@ -383,6 +391,7 @@ mod tests {
                 "--oidc-mappings" => config.oidc_mappings = Some(value),
                 "--oidc-scopes" => config.oidc_scopes = value,
                 "--oidc-session-ttl" => config.oidc_session_ttl = value,
+                "--listen" => config.listen = value.parse().unwrap(),
                 other => panic!("{other}"),
             }
         }
@@ -472,6 +481,7 @@ mod tests {
                 &["--console-url", "keys.acme.com"][..],
                 "KEYGATE_CONSOLE_URL",
             ),
+            (&["--listen", "0.0.0.0:8081"][..], "KEYGATE_CONSOLE_URL"),
         ] {
             let err = with(extra);
             assert!(err.starts_with(start), "{extra:?}: {err}");
