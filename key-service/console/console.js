@@ -2,9 +2,13 @@
 //
 // Everything the page shows is built with `h()` (DOM nodes, never innerHTML), so a key's
 // name or an error message can never inject markup. The admin token lives in this tab's
-// sessionStorage; a secret lives in the DOM only while its dialog is open.
+// sessionStorage; a secret lives in the DOM only while its dialog is open. Signed in
+// through single sign-on, the tab holds no credential at all: the session is an HttpOnly
+// cookie the browser sends, and every write carries `x-keygate-csrf: 1`.
 
 const TOKEN_SLOT = "keygate.admin-token";
+/** How this tab is signed in: "token" (the admin token), "sso" (the session cookie), or null. */
+let mode = null;
 const PER_PAGE = 20;
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -99,12 +103,19 @@ class ApiError extends Error {
   }
 }
 
+/** An API call: with the admin token when the tab has one, else with the session cookie. */
 async function api(method, path, body, token = sessionStorage.getItem(TOKEN_SLOT)) {
+  const headers = {};
+  if (token) headers.authorization = `Bearer ${token}`;
+  // The service refuses a write by cookie without it; a cross-site form cannot send it.
+  if (method !== "GET" && method !== "HEAD") headers["x-keygate-csrf"] = "1";
+  if (body !== undefined) headers["content-type"] = "application/json";
   let response;
   try {
     response = await fetch(path, {
       method,
-      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+      headers,
+      credentials: "same-origin",
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
     });
@@ -121,7 +132,7 @@ async function guarded(work) {
   try {
     return await work();
   } catch (e) {
-    if (e.status === 401) signOut("The token was not accepted any more: sign in again.");
+    if (e.status === 401) signOut(ended());
     else notify(e.message, "error");
     throw e;
   }
@@ -169,9 +180,18 @@ const canWrite = () => who.role !== "viewer";
 /** Pages only the operator has: to a tenant these routes do not exist. */
 const ADMIN_PAGES = new Set(["groups", "models", "accounts"]);
 
+/** What the sign-in screen says when the API stops accepting this tab. */
+function ended() {
+  return mode === "sso"
+    ? "Your single sign-on session has ended: sign in again."
+    : "The admin token was not accepted any more: sign in again.";
+}
+
 function signOut(message = "") {
+  mode = null;
   sessionStorage.removeItem(TOKEN_SLOT);
   Object.assign(who, { kind: "admin", id: "admin", account: null, role: null });
+  $("#whoami").textContent = "";
   for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
   $("#main").replaceChildren();
   $("#app").hidden = true;
@@ -197,7 +217,40 @@ async function signIn(event) {
   }
   sessionStorage.setItem(TOKEN_SLOT, token);
   $("#signin-token").value = "";
+  mode = "token";
   await start();
+}
+
+/** The sign-out button: a single sign-on session is ended at the service too. */
+async function signOutClicked() {
+  if (mode === "sso") {
+    try {
+      await fetch("/auth/logout", { method: "POST", headers: { "x-keygate-csrf": "1" }, credentials: "same-origin" });
+    } catch {
+      // Signed out in this tab all the same; the session lapses by itself.
+    }
+  }
+  signOut("Signed out.");
+}
+
+/** Without an admin token: offers single sign-on when the service has it, and goes on
+ * with a session the browser already holds (back from the identity provider, or a reload). */
+async function resume() {
+  const settings = await fetch("/console/settings.json", { cache: "no-store" }).then((r) => r.json()).catch(() => ({}));
+  $("#sso-signin").hidden = !settings.sso;
+  if (settings.sso) {
+    try {
+      const me = await api("GET", "/api/v1/me", undefined, null);
+      if (me?.kind === "sso") {
+        mode = "sso";
+        $("#whoami").title = `Signed in through single sign-on as ${me.id}`;
+        return start();
+      }
+    } catch {
+      // No session: the sign-in screen.
+    }
+  }
+  signOut();
 }
 
 async function start() {
@@ -211,7 +264,7 @@ async function start() {
   }
   document.body.dataset.role = who.role ?? "admin";
   for (const link of document.querySelectorAll("nav a[data-admin-only]")) link.hidden = isTenant();
-  $("#whoami").textContent = isTenant() ? `${who.account} · ${who.role}` : "admin";
+  $("#whoami").textContent = isTenant() ? `${who.account} (${who.role})` : "admin";
   if (!location.hash) location.hash = "#/keys";
   else route();
 }
@@ -568,7 +621,7 @@ async function submitKeyForm(event) {
       showSecrets(created.keys);
     }
   } catch (e) {
-    if (e.status === 401) signOut("The admin token was not accepted any more: sign in again.");
+    if (e.status === 401) signOut(ended());
     else showFieldError(form, e);
   } finally {
     submit.disabled = false;
@@ -759,7 +812,7 @@ function adminForm(id, fields, submitLabel, send) {
       await send(form);
       form.reset();
     } catch (e) {
-      if (e.status === 401) signOut("The admin token was not accepted any more: sign in again.");
+      if (e.status === 401) signOut(ended());
       else showFieldError(form, e);
     }
   });
@@ -1084,7 +1137,7 @@ function changeCell(entry) {
 
 function wire() {
   $("#signin-form").addEventListener("submit", signIn);
-  $("#signout").addEventListener("click", () => signOut("Signed out."));
+  $("#signout").addEventListener("click", signOutClicked);
   window.addEventListener("hashchange", route);
 
   const keyForm = $("#key-form");
@@ -1100,8 +1153,10 @@ function wire() {
     for (const swatch of document.querySelectorAll(".swatch[data-colour]")) swatch.style.background = swatch.dataset.colour;
   }).observe($("#main"), { childList: true, subtree: true });
 
-  if (sessionStorage.getItem(TOKEN_SLOT)) start();
-  else signOut();
+  if (sessionStorage.getItem(TOKEN_SLOT)) {
+    mode = "token";
+    start();
+  } else resume();
 }
 
 wire();

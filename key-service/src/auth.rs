@@ -1,6 +1,7 @@
 //! Bearer-token checks for the management (`/api/v1/*`) and filter (`/filter/v1/*`)
 //! routes. Only SHA-256 digests of the tokens are kept, and they are compared in constant
-//! time (the admin and filter tokens) or looked up by digest (account tokens).
+//! time (the admin and filter tokens) or looked up by digest (account tokens, and the
+//! console's single sign-on session cookie, taken when there is no bearer token).
 
 use std::net::SocketAddr;
 
@@ -144,7 +145,12 @@ pub async fn admit(
         .and_then(|v| v.to_str().ok())
         .and_then(bearer)
         .map(str::to_owned);
-    let Some(caller) = caller(&guard, token.as_deref(), address).await? else {
+    let found = match token {
+        Some(_) => caller(&guard, token.as_deref(), address).await?,
+        // No bearer token: the console's single sign-on session, if any.
+        None => session_caller(&guard, request.method(), request.headers(), address).await?,
+    };
+    let Some(caller) = found else {
         return Err(ApiError::Unauthorized {
             code: "invalid_admin_token",
             message: API_TOKEN_MESSAGE,
@@ -166,8 +172,8 @@ pub async fn admit(
     Ok(next.run(request).await)
 }
 
-/// Who presented which credential: the admin token, an account token, or none that is
-/// valid (`None`).
+/// Who presented which bearer token: the admin token, an account token, or none that is
+/// valid (`None`). Without a bearer token, see [`session_caller`].
 async fn caller(
     guard: &ApiGuard,
     token: Option<&str>,
@@ -195,6 +201,38 @@ async fn caller(
         scope: Scope::Account {
             name: token.account,
             role: token.role,
+        },
+        address,
+    }))
+}
+
+/// The caller of a request authenticated by the console's session cookie (single
+/// sign-on): a tenant of the session's account, in its role. A write (any method but GET
+/// and HEAD) must carry `x-keygate-csrf: 1`, else 403 (a cross-site form cannot set it).
+async fn session_caller(
+    guard: &ApiGuard,
+    method: &axum::http::Method,
+    headers: &axum::http::HeaderMap,
+    address: Option<std::net::IpAddr>,
+) -> Result<Option<Caller>, ApiError> {
+    let Some(token) = crate::sso::cookie(headers, crate::sso::SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    if !crate::sso::csrf_ok(method, headers) {
+        return Err(crate::sso::csrf_refusal());
+    }
+    let session = guard
+        .store
+        .sso_session_by_hash(&crate::sso::digest(token), crate::expiry::now())
+        .await?;
+    Ok(session.map(|session| Caller {
+        actor: Actor {
+            kind: ActorKind::Sso,
+            id: session.subject,
+        },
+        scope: Scope::Account {
+            name: session.account,
+            role: session.role,
         },
         address,
     }))

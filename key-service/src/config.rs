@@ -9,6 +9,7 @@ use clap::Parser;
 use crate::alerts::threshold::Thresholds;
 use crate::alerts::AlertSettings;
 use crate::expiry;
+use crate::sso::{self, Mappings, SsoSettings};
 use crate::tokens::Token;
 
 // Where the data lives is the store's own type; the configuration only names it.
@@ -125,6 +126,52 @@ pub struct Config {
     #[arg(long, env = "KEYGATE_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
     pub webhook_timeout_ms: u64,
 
+    /// The console's address as people's browsers reach it (e.g.
+    /// `https://keygate.example.com`): single sign-on's default redirect URL is this and
+    /// `/auth/oidc/callback`, and its cookies are `Secure` when it is https. Default:
+    /// `http://` and the address the service listens on.
+    #[arg(long, env = "KEYGATE_CONSOLE_URL")]
+    pub console_url: Option<String>,
+
+    /// Single sign-on for the console (OpenID Connect): the provider's issuer URL, exactly
+    /// as its ID tokens' `iss` says it. Off when not set.
+    #[arg(long, env = "KEYGATE_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+
+    /// The client id keygate has at the identity provider.
+    #[arg(long, env = "KEYGATE_OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+
+    /// The client's secret, for a confidential client; without it keygate is a public
+    /// client, which PKCE protects.
+    #[arg(long, env = "KEYGATE_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub oidc_client_secret: Option<Token>,
+
+    /// Where the provider sends the browser back (register it at the provider). Default:
+    /// the console's address and `/auth/oidc/callback`.
+    #[arg(long, env = "KEYGATE_OIDC_REDIRECT_URL")]
+    pub oidc_redirect_url: Option<String>,
+
+    /// The scopes asked for, space-separated; `openid` among them. Add the one that puts
+    /// groups in the ID token if the provider needs it (`groups` for Dex and Okta).
+    #[arg(
+        long,
+        env = "KEYGATE_OIDC_SCOPES",
+        default_value = "openid email profile"
+    )]
+    pub oidc_scopes: String,
+
+    /// Rules giving a person signed in an account and a role, first match wins:
+    /// `CLAIM:VALUE=ACCOUNT:ROLE`, comma-separated, e.g.
+    /// `groups:acme-admins=acme:owner,email_domain:globex.com=globex:viewer`
+    /// (docs/sso.md). No match: the sign-in is refused.
+    #[arg(long, env = "KEYGATE_OIDC_MAPPINGS")]
+    pub oidc_mappings: Option<String>,
+
+    /// How long a console session opened through single sign-on lasts ("8h", "1d").
+    #[arg(long, env = "KEYGATE_OIDC_SESSION_TTL", default_value = "8h")]
+    pub oidc_session_ttl: String,
+
     /// Without a command the service runs; with one, it acts on the database and exits.
     #[command(subcommand)]
     pub command: Option<crate::cli::Command>,
@@ -168,6 +215,95 @@ impl Config {
             timeout: positive("--webhook-timeout-ms", self.webhook_timeout_ms)?,
             ..AlertSettings::default()
         })
+    }
+}
+
+impl Config {
+    /// The single sign-on flags checked and read into settings (`None`: SSO is off); the
+    /// error names the variable.
+    pub fn sso_settings(&self) -> Result<Option<SsoSettings>, String> {
+        let given = |value: &Option<String>| {
+            value
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let Some(issuer) = given(&self.oidc_issuer) else {
+            for (name, value) in [
+                ("KEYGATE_OIDC_CLIENT_ID", &self.oidc_client_id),
+                ("KEYGATE_OIDC_REDIRECT_URL", &self.oidc_redirect_url),
+                ("KEYGATE_OIDC_MAPPINGS", &self.oidc_mappings),
+            ] {
+                if given(value).is_some() {
+                    return Err(format!(
+                        "{name} is set but KEYGATE_OIDC_ISSUER is not: set the issuer to turn \
+                         single sign-on on, or unset {name}"
+                    ));
+                }
+            }
+            return Ok(None);
+        };
+        let issuer_url = sso::web_url(&issuer).map_err(|e| format!("KEYGATE_OIDC_ISSUER: {e}"))?;
+        if issuer_url.query().is_some() {
+            return Err(format!("KEYGATE_OIDC_ISSUER: {issuer:?} has a ?query"));
+        }
+        let client_id = given(&self.oidc_client_id).ok_or(
+            "KEYGATE_OIDC_CLIENT_ID: single sign-on needs the client id keygate has at the \
+             identity provider",
+        )?;
+        let url = |name: &str, value: &Option<String>| {
+            given(value)
+                .map(|v| sso::web_url(&v).map_err(|e| format!("{name}: {e}")))
+                .transpose()
+        };
+        let redirect_url = url("KEYGATE_OIDC_REDIRECT_URL", &self.oidc_redirect_url)?;
+        let console_url = url("KEYGATE_CONSOLE_URL", &self.console_url)?;
+        if console_url.is_none() && redirect_url.is_none() && self.listen.ip().is_unspecified() {
+            return Err(format!(
+                "KEYGATE_CONSOLE_URL: the console's address as browsers reach it is needed \
+                 for single sign-on (listening on {} does not tell it)",
+                self.listen
+            ));
+        }
+        let scopes = self.oidc_scopes.split_whitespace().collect::<Vec<_>>();
+        if !scopes.contains(&"openid") {
+            return Err(format!(
+                "KEYGATE_OIDC_SCOPES: {:?} lacks openid, without which there is no ID token",
+                self.oidc_scopes
+            ));
+        }
+        let mappings: Mappings = given(&self.oidc_mappings)
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| format!("KEYGATE_OIDC_MAPPINGS: {e}"))?;
+        if mappings.is_empty() {
+            return Err(
+                "KEYGATE_OIDC_MAPPINGS: no rule, so no one could sign in; give at \
+                        least one such as groups:acme-admins=acme:owner"
+                    .into(),
+            );
+        }
+        let session_ttl = match expiry::parse_expires_in(self.oidc_session_ttl.trim()) {
+            Ok(expiry::ExpiresIn::After(seconds)) => seconds,
+            Ok(expiry::ExpiresIn::Never) => {
+                return Err("KEYGATE_OIDC_SESSION_TTL: give a duration such as \"8h\"".into())
+            }
+            Err(e) => return Err(format!("KEYGATE_OIDC_SESSION_TTL: {e}")),
+        };
+        Ok(Some(SsoSettings {
+            issuer,
+            client_id,
+            client_secret: self
+                .oidc_client_secret
+                .as_ref()
+                .and_then(|t| Token::new(t.expose())),
+            redirect_url,
+            console_url,
+            scopes: scopes.join(" "),
+            mappings,
+            session_ttl,
+        }))
     }
 }
 
@@ -261,5 +397,130 @@ mod tests {
         let config =
             Config::try_parse_from(["key-service", "--admin-token", "hunter2-admin"]).unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    /// The settings of these flags (pairs of flag and value), whatever `KEYGATE_OIDC_*` and
+    /// `KEYGATE_CONSOLE_URL` variables the environment holds.
+    fn sso(flags: &[&str]) -> Result<Option<SsoSettings>, String> {
+        let mut config = Config::try_parse_from(["key-service"]).unwrap();
+        config.console_url = None;
+        config.oidc_issuer = None;
+        config.oidc_client_id = None;
+        config.oidc_client_secret = None;
+        config.oidc_redirect_url = None;
+        config.oidc_mappings = None;
+        config.oidc_scopes = "openid email profile".into();
+        config.oidc_session_ttl = "8h".into();
+        config.listen = "127.0.0.1:8081".parse().unwrap();
+        for (flag, value) in flags.chunks(2).map(|pair| (pair[0], pair[1].to_owned())) {
+            match flag {
+                "--console-url" => config.console_url = Some(value),
+                "--oidc-issuer" => config.oidc_issuer = Some(value),
+                "--oidc-client-id" => config.oidc_client_id = Some(value),
+                "--oidc-client-secret" => config.oidc_client_secret = value.parse().ok(),
+                "--oidc-redirect-url" => config.oidc_redirect_url = Some(value),
+                "--oidc-mappings" => config.oidc_mappings = Some(value),
+                "--oidc-scopes" => config.oidc_scopes = value,
+                "--oidc-session-ttl" => config.oidc_session_ttl = value,
+                "--listen" => config.listen = value.parse().unwrap(),
+                other => panic!("{other}"),
+            }
+        }
+        config.sso_settings()
+    }
+
+    const ON: [&str; 6] = [
+        "--oidc-issuer",
+        "https://idp.example.com/realms/acme",
+        "--oidc-client-id",
+        "keygate",
+        "--oidc-mappings",
+        "groups:acme-admins=acme:owner",
+    ];
+
+    #[test]
+    fn single_sign_on_is_off_without_an_issuer_and_on_with_its_defaults() {
+        assert!(sso(&[]).unwrap().is_none());
+        let settings = sso(&ON).unwrap().unwrap();
+        assert_eq!(settings.issuer, "https://idp.example.com/realms/acme");
+        assert_eq!(settings.client_id, "keygate");
+        assert!(settings.client_secret.is_none());
+        assert_eq!(settings.scopes, "openid email profile");
+        assert_eq!(settings.session_ttl, 8 * 3600);
+        assert_eq!(settings.mappings.rules().len(), 1);
+        assert!(settings.redirect_url.is_none() && settings.console_url.is_none());
+        let mut more = ON.to_vec();
+        more.extend([
+            "--oidc-client-secret",
+            "s3cret",
+            "--oidc-session-ttl",
+            "30min",
+            "--oidc-scopes",
+            "openid  groups",
+            "--console-url",
+            "https://keys.acme.com",
+        ]);
+        let settings = sso(&more).unwrap().unwrap();
+        assert_eq!(
+            settings.client_secret.as_ref().map(Token::expose),
+            Some("s3cret")
+        );
+        assert_eq!(settings.session_ttl, 1800);
+        assert_eq!(settings.scopes, "openid groups");
+        assert!(!format!("{settings:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn single_sign_on_mistakes_are_refused_naming_the_variable() {
+        let with = |extra: &[&'static str]| {
+            let mut flags = ON.to_vec();
+            flags.extend_from_slice(extra);
+            sso(&flags).unwrap_err()
+        };
+        for (extra, start) in [
+            (
+                &["--oidc-issuer", "idp.example.com"][..],
+                "KEYGATE_OIDC_ISSUER",
+            ),
+            (
+                &["--oidc-issuer", "ftp://idp.example.com"][..],
+                "KEYGATE_OIDC_ISSUER",
+            ),
+            (&["--oidc-client-id", " "][..], "KEYGATE_OIDC_CLIENT_ID"),
+            (
+                &["--oidc-mappings", ""][..],
+                "KEYGATE_OIDC_MAPPINGS: no rule",
+            ),
+            (
+                &["--oidc-mappings", "groups:a=acme:admin"][..],
+                "KEYGATE_OIDC_MAPPINGS: rule 1",
+            ),
+            (
+                &["--oidc-scopes", "email profile"][..],
+                "KEYGATE_OIDC_SCOPES",
+            ),
+            (
+                &["--oidc-session-ttl", "never"][..],
+                "KEYGATE_OIDC_SESSION_TTL",
+            ),
+            (&["--oidc-session-ttl", "8"][..], "KEYGATE_OIDC_SESSION_TTL"),
+            (
+                &["--oidc-redirect-url", "/callback"][..],
+                "KEYGATE_OIDC_REDIRECT_URL",
+            ),
+            (
+                &["--console-url", "keys.acme.com"][..],
+                "KEYGATE_CONSOLE_URL",
+            ),
+            (&["--listen", "0.0.0.0:8081"][..], "KEYGATE_CONSOLE_URL"),
+        ] {
+            let err = with(extra);
+            assert!(err.starts_with(start), "{extra:?}: {err}");
+        }
+        let err = sso(&["--oidc-client-id", "keygate"]).unwrap_err();
+        assert!(
+            err.starts_with("KEYGATE_OIDC_CLIENT_ID is set but KEYGATE_OIDC_ISSUER is not"),
+            "{err}"
+        );
     }
 }

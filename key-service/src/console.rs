@@ -1,5 +1,6 @@
 //! The web console: three static files compiled into the binary (no build step, no CDN)
-//! and the one setting they need. The console signs in with the admin token and uses the
+//! and the settings they need. The console signs in with the admin token, or through
+//! single sign-on (a session cookie, `crate::sso`), and uses the
 //! management API like any other client; nothing here needs a token.
 
 use axum::extract::State;
@@ -57,13 +58,18 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Settings {
     base_url: String,
+    /// Single sign-on is configured: the sign-in screen offers "Sign in with SSO"
+    /// (`/auth/oidc/login`).
+    sso: bool,
 }
 
-/// `GET /console/settings.json`: what the console shows next to a new secret.
+/// `GET /console/settings.json`: what the console shows next to a new secret, and whether
+/// it offers single sign-on.
 #[utoipa::path(get, path = "/console/settings.json", tag = "console",
     responses((status = 200, body = Settings)))]
 pub async fn settings(State(state): State<AppState>) -> Json<Settings> {
     Json(Settings {
         base_url: state.public_base_url.to_string(),
+        sso: state.sso.is_some(),
     })
 }

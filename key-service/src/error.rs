@@ -28,6 +28,13 @@ pub enum ApiError {
         code: &'static str,
         message: &'static str,
     },
+    /// 403: the credential is valid but the request may not go on (a cookie-authenticated
+    /// write without the CSRF header).
+    #[error("{message}")]
+    Forbidden {
+        code: &'static str,
+        message: &'static str,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -65,6 +72,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -87,6 +95,9 @@ impl ApiError {
             ),
             ApiError::Unauthorized { code, message } => {
                 ("authentication_error", *code, None, (*message).to_owned())
+            }
+            ApiError::Forbidden { code, message } => {
+                ("permission_error", *code, None, (*message).to_owned())
             }
             ApiError::NotFound(message) => {
                 ("invalid_request_error", "not_found", None, message.clone())
@@ -200,16 +211,17 @@ pub fn no_route(method: &axum::http::Method, path: &str) -> ApiError {
 
 /// Rewrites error responses that are not JSON (axum's 405, a 404 of a router without a
 /// fallback, a layer's plain-text 5xx) into the contract's shape, keeping the headers a
-/// client acts on.
+/// client acts on. HTML pages, which only the single sign-on routes answer with (for the
+/// person in the browser), are left as they are.
 pub async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_error = status.is_client_error() || status.is_server_error();
-    let is_json = response
+    let is_ours = response
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !is_error || is_json {
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    if !is_error || is_ours {
         return response;
     }
     let mut fresh = ApiError::Status(status).into_response();

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod openapi;
 pub use keygate_core::usage::pricing;
 pub mod random;
+pub mod sso;
 pub mod store;
 pub mod tokens;
 pub mod validate;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub public_base_url: Arc<str>,
     /// Which forwarding headers `/filter/v1/check` believes (none by default).
     pub check_trust: api::check::ForwardingTrust,
+    /// Single sign-on for the console, when configured.
+    pub sso: Option<Arc<sso::Sso>>,
 }
 
 impl AppState {
@@ -71,6 +74,7 @@ impl AppState {
             changes: Arc::default(),
             public_base_url: Arc::from("http://localhost:10000/v1"),
             check_trust: api::check::ForwardingTrust::default(),
+            sso: None,
         }
     }
 
@@ -89,6 +93,12 @@ impl AppState {
 
     pub fn with_check_trust(mut self, trust: api::check::ForwardingTrust) -> Self {
         self.check_trust = trust;
+        self
+    }
+
+    /// Turns single sign-on for the console on.
+    pub fn with_sso(mut self, sso: sso::Sso) -> Self {
+        self.sso = Some(Arc::new(sso));
         self
     }
 }
@@ -180,6 +190,9 @@ pub fn routes() -> Vec<Route> {
         route(Get, "/console/console.js", Open, console::script),
         route(Get, "/console/console.css", Open, console::style),
         route(Get, "/console/settings.json", Open, console::settings),
+        route(Get, "/auth/oidc/login", Open, sso::login),
+        route(Get, "/auth/oidc/callback", Open, sso::callback),
+        route(Post, "/auth/logout", Open, sso::logout),
         route(Post, "/api/v1/keys", Api(Write), api::keys::create),
         route(Get, "/api/v1/keys", Api(Read), api::keys::list),
         route(Get, "/api/v1/keys/{id}", Api(Read), api::keys::get),
@@ -377,7 +390,18 @@ pub fn app(state: AppState) -> Router {
             state.metrics.clone(),
             metrics::count,
         ))
-        .layer(TraceLayer::new_for_http())
+        // Paths only, never query strings: the single sign-on callback's carries the
+        // provider's code and the sign-in's state.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
+                tracing::debug_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    version = ?request.version(),
+                )
+            }),
+        )
         .with_state(state)
 }
 
@@ -407,6 +431,8 @@ pub enum StartError {
     TimeZone(String),
     #[error("{0}")]
     Alerts(String),
+    #[error("single sign-on: {0}")]
+    Sso(String),
 }
 
 /// Opens the database (creating and migrating it), settles the tokens, serves until
@@ -430,6 +456,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let audit_retention = config
         .audit_retention()
         .map_err(StartError::AuditRetention)?;
+    let sso_settings = config.sso_settings().map_err(StartError::Sso)?;
     let store = Store::open(&database)
         .await?
         .with_alert_thresholds(alerts.thresholds.clone())
@@ -487,13 +514,37 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     tokio::spawn(roll_periodically(store.clone()));
 
-    let state = AppState::new(store.clone(), admin.expose(), filter.expose())
+    let sso = match sso_settings {
+        Some(settings) => Some(start_sso(&store, settings, addr).await?),
+        None => {
+            // Sessions opened while it was on end when it is turned off.
+            match store.delete_all_sso_sessions().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "single sign-on is off: its sessions ended"),
+                Err(e) => tracing::warn!(error = %e, "ending single sign-on sessions failed"),
+            }
+            None
+        }
+    };
+
+    let mut state = AppState::new(store.clone(), admin.expose(), filter.expose())
         .with_next_filter_token(next_filter.as_ref().map(tokens::Token::expose))
         .with_public_base_url(&config.public_base_url)
         .with_check_trust(api::check::ForwardingTrust {
             xff_hops: config.check_trusted_hops,
             envoy_external_address: config.check_trust_envoy_external_address,
         });
+    if let Some(sso) = sso {
+        state = state.with_sso(sso);
+    }
+    if let Some(sso) = state.sso.clone() {
+        // Early word in the log of a provider that cannot be used; failures are logged.
+        tokio::spawn(async move {
+            if sso.idp.endpoints().await.is_ok() {
+                let _ = sso.idp.keys(false).await;
+            }
+        });
+    }
     alerts::spawn(store.clone(), alerts, state.metrics.clone())
         .map_err(|e| StartError::Alerts(format!("the webhook client cannot start: {e}")))?;
     let changes = state.changes.clone();
@@ -511,6 +562,30 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     store.close().await;
     tracing::info!("stopped");
     served.map_err(StartError::Serve)
+}
+
+/// Single sign-on as configured: the redirect URL settled, expired sessions pruned from
+/// now on, and the provider discovered in the background (a provider down at start
+/// delays nothing; each sign-in tries again until discovery succeeds).
+async fn start_sso(
+    store: &Store,
+    settings: sso::SsoSettings,
+    addr: SocketAddr,
+) -> Result<sso::Sso, StartError> {
+    let sso = sso::Sso::new(settings, addr).map_err(StartError::Sso)?;
+    tracing::info!(
+        issuer = %sso.settings.issuer,
+        redirect_url = %sso.redirect_url,
+        rules = sso.settings.mappings.rules().len(),
+        "single sign-on is on"
+    );
+    for rule in sso.settings.mappings.rules() {
+        if !store.account_exists(&rule.account).await? {
+            tracing::warn!(account = %rule.account, %rule, "a KEYGATE_OIDC_MAPPINGS rule names an account that does not exist (yet): its sign-ins are refused until it does");
+        }
+    }
+    tokio::spawn(sso::prune_periodically(store.clone()));
+    Ok(sso)
 }
 
 /// Prunes the change log at start and then hourly, keeping `retention` seconds of it.

@@ -30,6 +30,9 @@ use crate::{api, console, metrics};
         console::script,
         console::style,
         console::settings,
+        crate::sso::login,
+        crate::sso::callback,
+        crate::sso::logout,
         api::keys::create,
         api::keys::list,
         api::keys::get,
@@ -71,7 +74,8 @@ use crate::{api, console, metrics};
 )]
 pub struct ApiDoc;
 
-/// The three bearer tokens' schemes, which the paths' `security(...)` name.
+/// The three bearer tokens' schemes, which the paths' `security(...)` name, and the
+/// console's session cookie.
 struct Tokens;
 
 impl Modify for Tokens {
@@ -87,6 +91,14 @@ impl Modify for Tokens {
         };
         components.add_security_scheme("admin", bearer("admin token"));
         components.add_security_scheme("filter", bearer("filter token"));
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "keygate_session",
+                "the console's single sign-on session (/auth/oidc/login); writes also need \
+                 the header x-keygate-csrf: 1",
+            ))),
+        );
         components.add_security_scheme(
             "check",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(

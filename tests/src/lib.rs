@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod browser;
+pub mod oidc;
 pub mod seed;
 pub mod stack;
 pub mod upstream;

@@ -157,7 +157,7 @@ impl Drop for Proc {
 /// A key-service on its own, on the database at `database_url` (for the key-service's
 /// benchmark); stopped on drop.
 pub struct KeyService {
-    _proc: Proc,
+    process: Proc,
     pub url: String,
     pub admin_token: String,
     pub filter_token: String,
@@ -165,20 +165,59 @@ pub struct KeyService {
 
 impl KeyService {
     pub fn start(database_url: &str) -> KeyService {
+        Self::start_with(database_url, &[("RUST_LOG", "warn")])
+    }
+
+    /// Starts it with these environment variables as well (`KEYGATE_*` configuration).
+    pub fn start_with(database_url: &str, env: &[(&str, &str)]) -> KeyService {
         let dir = std::env::temp_dir().join(format!("keygate-service-{}", random_token()));
         fs::create_dir_all(&dir).expect("create service dir");
         let admin_token = random_token();
         let filter_token = random_token();
         let mut cmd = key_service_command("127.0.0.1:0", database_url, &admin_token, &filter_token);
-        cmd.env("RUST_LOG", "warn");
+        cmd.envs(env.iter().copied());
         let mut proc_ = Proc::spawn("key-service", cmd, &dir);
         let addr = proc_.wait_for_line("key-service listening on");
         KeyService {
-            _proc: proc_,
+            process: proc_,
             url: format!("http://{addr}"),
             admin_token,
             filter_token,
         }
+    }
+
+    /// Everything the key-service has written so far (for assertions on its log).
+    pub fn log(&self) -> String {
+        self.process.log_text()
+    }
+}
+
+impl Drop for KeyService {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- key-service log ----\n{}", tail(&self.log(), 60));
+        }
+    }
+}
+
+/// A fresh, empty database on the PostgreSQL server that `KEYGATE_TEST_POSTGRES` names
+/// (tests run under `.ci/postgres.sh`, which starts one); fails, never skips, without it.
+pub fn postgres_database_url() -> String {
+    assert!(
+        std::env::var_os("KEYGATE_TEST_POSTGRES").is_some(),
+        "this test needs PostgreSQL: run it under .ci/postgres.sh (make test-e2e does)"
+    );
+    let dir = std::env::temp_dir();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let database = runtime
+        .block_on(key_service::store::test_database(&dir))
+        .expect("create a PostgreSQL test database");
+    match database {
+        key_service::config::Database::Postgres { url } => url,
+        other => panic!("expected a PostgreSQL database, got {other:?}"),
     }
 }
 
@@ -296,22 +335,7 @@ impl StackBuilder {
     /// `KEYGATE_TEST_POSTGRES` names (`make test-e2e` runs under `.ci/postgres.sh`, which
     /// starts one); fails, never skips, without it.
     pub fn postgres(mut self) -> Self {
-        assert!(
-            std::env::var_os("KEYGATE_TEST_POSTGRES").is_some(),
-            "this test needs PostgreSQL: run it under .ci/postgres.sh (make test-e2e does)"
-        );
-        let dir = std::env::temp_dir();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let database = runtime
-            .block_on(key_service::store::test_database(&dir))
-            .expect("create a PostgreSQL test database");
-        match database {
-            key_service::config::Database::Postgres { url } => self.database_url = Some(url),
-            other => panic!("expected a PostgreSQL database, got {other:?}"),
-        }
+        self.database_url = Some(postgres_database_url());
         self
     }
 

@@ -52,7 +52,7 @@ fn a_tenant_sees_and_manages_its_own_account_only(stack: &Stack) {
     browser.run(async {
         fill(c, "#signin-token", &format!("{owner}\u{E007}")).await;
         until_text(c, "#key-list tbody", "acme-prod").await;
-        until_text(c, "#whoami", "acme · owner").await;
+        until_text(c, "#whoami", "acme (owner)").await;
     });
     let listed = browser.run(async { until_shown(c, "#key-list tbody").await.text().await });
     let listed = listed.expect("the key list's text");
@@ -114,10 +114,10 @@ fn a_tenant_sees_and_manages_its_own_account_only(stack: &Stack) {
     browser.run(async {
         click(c, "#signout").await;
         fill(c, "#signin-token", &format!("{viewer}\u{E007}")).await;
-        until_text(c, "#whoami", "acme · viewer").await;
+        until_text(c, "#whoami", "acme (viewer)").await;
         click(c, r#"nav a[data-page="keys"]"#).await;
         until_text(c, "#key-list tbody", "acme-ci").await;
-        until_text(c, "#whoami", "acme · viewer").await;
+        until_text(c, "#whoami", "acme (viewer)").await;
         until_text(c, "#key-list tbody", "read only").await;
     });
     let buttons: Value = browser.run(script(

@@ -15,6 +15,7 @@ mod keys;
 mod leases;
 mod periods;
 mod snapshot;
+mod sso;
 mod tenants;
 mod usage;
 
@@ -45,6 +46,7 @@ pub use leases::{LeaseAsk, LeaseGrant, LeaseRow};
 pub use periods::ROLL_BATCH;
 pub use snapshot::{SnapshotBody, SnapshotPage};
 use snapshot::{POSTGRES, SQLITE};
+pub use sso::{NewSession, SessionRow, SsoLogin};
 pub use tenants::{AccountTokenRow, NewAccountToken};
 pub use usage::{Ingested, UsageFilter, UsageRecord, UsageRow};
 
@@ -153,6 +155,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "audit",
         include_str!("../../migrations/sqlite/0017_audit.sql"),
         include_str!("../../migrations/postgres/0017_audit.sql"),
+    ),
+    (
+        18,
+        "sso",
+        include_str!("../../migrations/sqlite/0018_sso.sql"),
+        include_str!("../../migrations/postgres/0018_sso.sql"),
     ),
 ];
 

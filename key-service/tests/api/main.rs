@@ -17,6 +17,7 @@ mod leases;
 mod list;
 mod replicas;
 mod snapshot;
+mod sso;
 mod tenants;
 mod usage;
 mod validation;
