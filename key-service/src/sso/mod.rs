@@ -259,11 +259,19 @@ async fn start_login(state: &AppState, sso: &Sso) -> Result<Response, Response> 
         code_verifier: secret(VERIFIER_LEN).map_err(internal)?,
     };
     let now = expiry::now();
-    state
+    let stored = state
         .store
         .insert_sso_login(&digest(&state_value), &login, now, now + LOGIN_TTL)
         .await
         .map_err(|e| internal(e.into()))?;
+    if !stored {
+        return Err(page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many sign-ins at once",
+            "More sign-ins are under way than keygate holds at once. Try again in a few minutes.",
+            None,
+        ));
+    }
     let settings = &sso.settings;
     let mut to = endpoints.authorization.clone();
     to.query_pairs_mut()

@@ -47,6 +47,9 @@ fn session_row(row: &impl Get) -> Result<SessionRow, StoreError> {
     })
 }
 
+/// Sign-ins pending at once at most (each is a row until it is used or expires).
+pub const PENDING_LOGINS_MAX: i64 = 10_000;
+
 impl Store {
     /// Keeps a sign-in under way until `expires_at`.
     pub async fn insert_sso_login(
@@ -55,20 +58,36 @@ impl Store {
         login: &SsoLogin,
         now: i64,
         expires_at: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        self.insert_sso_login_within(state_hash, login, now, expires_at, PENDING_LOGINS_MAX)
+            .await
+    }
+
+    /// Stores a sign-in unless `max` are already pending (unexpired at `now`): anyone may
+    /// start a sign-in, so their number is bounded; `false` when it was refused.
+    pub async fn insert_sso_login_within(
+        &self,
+        state_hash: &str,
+        login: &SsoLogin,
+        now: i64,
+        expires_at: i64,
+        max: i64,
+    ) -> Result<bool, StoreError> {
         with_pool!(self, |pool| {
-            sqlx::query(
+            let done = sqlx::query(
                 "INSERT INTO sso_logins (state_hash, nonce, code_verifier, created_at, \
-                 expires_at) VALUES ($1, $2, $3, $4, $5)",
+                 expires_at) SELECT $1, $2, $3, $4, $5 \
+                 WHERE (SELECT COUNT(*) FROM sso_logins WHERE expires_at > $4) < $6",
             )
             .bind(state_hash)
             .bind(&login.nonce)
             .bind(&login.code_verifier)
             .bind(now)
             .bind(expires_at)
+            .bind(max)
             .execute(pool)
             .await?;
-            Ok(())
+            Ok(done.rows_affected() == 1)
         })
     }
 
@@ -208,20 +227,37 @@ mod tests {
             nonce: "n".into(),
             code_verifier: "v".into(),
         };
-        store
+        assert!(store
             .insert_sso_login("s1", &login, 100, 700)
             .await
-            .unwrap();
-        store
+            .unwrap());
+        assert!(store
             .insert_sso_login("s2", &login, 100, 700)
             .await
-            .unwrap();
-        assert_eq!(store.take_sso_login("s1", 200).await.unwrap(), Some(login));
+            .unwrap());
+        // A bounded number pending: a third is refused while two are, taken once one
+        // is used, and the expired ones do not count.
+        assert!(!store
+            .insert_sso_login_within("s3", &login, 100, 700, 2)
+            .await
+            .unwrap());
+        assert_eq!(
+            store.take_sso_login("s1", 200).await.unwrap(),
+            Some(login.clone())
+        );
+        assert!(store
+            .insert_sso_login_within("s3", &login, 200, 800, 2)
+            .await
+            .unwrap());
+        assert!(store
+            .insert_sso_login_within("s4", &login, 700, 900, 2)
+            .await
+            .unwrap());
         assert_eq!(store.take_sso_login("s1", 200).await.unwrap(), None);
         assert_eq!(store.take_sso_login("nope", 200).await.unwrap(), None);
         // Expired: refused, and gone all the same.
         assert_eq!(store.take_sso_login("s2", 700).await.unwrap(), None);
-        assert_eq!(store.prune_sso(10_000).await.unwrap(), 0);
+        assert_eq!(store.prune_sso(10_000).await.unwrap(), 2, "s3 and s4, expired");
     }
 
     #[tokio::test]
