@@ -15,6 +15,9 @@ use crate::tokens::Token;
 // Where the data lives is the store's own type; the configuration only names it.
 pub use crate::store::{Database, DatabaseUrlError};
 
+/// `KEYGATE_TENANT_MAX_KEYS`'s default.
+pub const TENANT_MAX_KEYS_DEFAULT: i64 = 1_000;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "key-service", version, about = "keygate's key-service")]
 pub struct Config {
@@ -50,6 +53,12 @@ pub struct Config {
     /// synced for longer reloads the full snapshot instead of taking a delta.
     #[arg(long, env = "KEYGATE_CHANGE_LOG_RETENTION", default_value = "7d")]
     pub change_log_retention: String,
+
+    /// How many keys an account's tenants (account tokens, SSO) may hold when the account
+    /// has no `max_keys` of its own: a tenant cannot fill every Envoy's snapshot.
+    #[arg(long, env = "KEYGATE_TENANT_MAX_KEYS", default_value_t = TENANT_MAX_KEYS_DEFAULT,
+          value_parser = clap::value_parser!(i64).range(0..))]
+    pub tenant_max_keys: i64,
 
     /// How long audit log entries are kept ("400d", "90d", "never"); older ones are
     /// pruned at start and hourly.

@@ -61,6 +61,8 @@ pub struct AppState {
     pub check_trust: api::check::ForwardingTrust,
     /// Single sign-on for the console, when configured.
     pub sso: Option<Arc<sso::Sso>>,
+    /// How many keys a tenant may make in an account without a `max_keys` of its own.
+    pub tenant_max_keys: i64,
 }
 
 impl AppState {
@@ -75,7 +77,13 @@ impl AppState {
             public_base_url: Arc::from("http://localhost:10000/v1"),
             check_trust: api::check::ForwardingTrust::default(),
             sso: None,
+            tenant_max_keys: config::TENANT_MAX_KEYS_DEFAULT,
         }
+    }
+
+    pub fn with_tenant_max_keys(mut self, max: i64) -> Self {
+        self.tenant_max_keys = max;
+        self
     }
 
     /// Admits a second filter token on the filter's routes, so Envoys can move to it one
@@ -533,7 +541,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .with_check_trust(api::check::ForwardingTrust {
             xff_hops: config.check_trusted_hops,
             envoy_external_address: config.check_trust_envoy_external_address,
-        });
+        })
+        .with_tenant_max_keys(config.tenant_max_keys);
     if let Some(sso) = sso {
         state = state.with_sso(sso);
     }

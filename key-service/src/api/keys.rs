@@ -41,7 +41,9 @@ pub async fn create(
     ApiJson(mut request): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     caller.own_account(&mut request.account)?;
-    let keys = keys::create(&state.store, request, expiry::now()).await?;
+    // A tenant's account is bounded even without a `max_keys` of its own.
+    let default_max = (!caller.is_admin()).then_some(state.tenant_max_keys);
+    let keys = keys::create_within(&state.store, request, default_max, expiry::now()).await?;
     for key in &keys {
         audit::record(
             &state,

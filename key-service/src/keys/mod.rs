@@ -23,6 +23,17 @@ use request::SUFFIX_LEN;
 /// Checks a create request and stores its keys. Each view carries its secret, the only
 /// time it is shown.
 pub async fn create(store: &Store, request: CreateKey, now: i64) -> Result<Vec<KeyView>, ApiError> {
+    create_within(store, request, None, now).await
+}
+
+/// [`create`], bounded by `default_max` keys in the account when it has no `max_keys`
+/// of its own (what a tenant may make).
+pub async fn create_within(
+    store: &Store,
+    request: CreateKey,
+    default_max: Option<i64>,
+    now: i64,
+) -> Result<Vec<KeyView>, ApiError> {
     let spec = request.validate(now)?;
     if !store.account_exists(&spec.account).await? {
         return Err(ApiError::invalid(
@@ -67,7 +78,7 @@ pub async fn create(store: &Store, request: CreateKey, now: i64) -> Result<Vec<K
         });
         secrets.push(secret);
     }
-    store.insert_keys(&minted, now).await?;
+    store.insert_keys_within(&minted, now, default_max).await?;
 
     // Read back, so the status comes from the one place that computes it.
     let mut keys = Vec::with_capacity(minted.len());

@@ -231,6 +231,17 @@ impl Store {
     /// take an account past its `max_keys` (checked under the write lock, so concurrent
     /// creates cannot both slip under the limit).
     pub async fn insert_keys(&self, keys: &[NewKey], now: i64) -> Result<(), StoreError> {
+        self.insert_keys_within(keys, now, None).await
+    }
+
+    /// [`insert_keys`](Self::insert_keys), with `default_max` as the limit of an account
+    /// that has no `max_keys` of its own (a tenant's creates are bounded even then).
+    pub async fn insert_keys_within(
+        &self,
+        keys: &[NewKey],
+        now: i64,
+        default_max: Option<i64>,
+    ) -> Result<(), StoreError> {
         with_pool!(self, |pool| {
             let mut tx = pool.begin_write().await?;
             let mut accounts: Vec<&str> = keys.iter().map(|k| k.account.as_str()).collect();
@@ -246,7 +257,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(row) = row else { continue };
-                if let Some(max) = row.opt_int("max_keys")? {
+                if let Some(max) = row.opt_int("max_keys")?.or(default_max) {
                     let holds = row.int("holds")?;
                     let after = holds.saturating_add(i64::try_from(adding).unwrap_or(i64::MAX));
                     if after > max {

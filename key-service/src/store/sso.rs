@@ -257,7 +257,11 @@ mod tests {
         assert_eq!(store.take_sso_login("nope", 200).await.unwrap(), None);
         // Expired: refused, and gone all the same.
         assert_eq!(store.take_sso_login("s2", 700).await.unwrap(), None);
-        assert_eq!(store.prune_sso(10_000).await.unwrap(), 2, "s3 and s4, expired");
+        assert_eq!(
+            store.prune_sso(10_000).await.unwrap(),
+            2,
+            "s3 and s4, expired"
+        );
     }
 
     #[tokio::test]

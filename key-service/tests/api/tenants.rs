@@ -882,3 +882,49 @@ fn every_management_route_has_a_permit() {
         }
     }
 }
+
+/// Without a `max_keys` of its own, an account's tenants are still bounded (by
+/// `KEYGATE_TENANT_MAX_KEYS`): a tenant cannot fill every Envoy's snapshot with keys.
+/// The operator is not bound by that default.
+#[tokio::test]
+async fn a_tenant_is_bounded_by_the_default_when_its_account_sets_no_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = key_service::store::test_database(dir.path()).await.unwrap();
+    let s = Service::configured(&database, dir, |state| state.with_tenant_max_keys(2)).await;
+    s.admin(Method::POST, "/api/v1/accounts", json!({"name": "acme"}))
+        .await;
+    s.admin(
+        Method::POST,
+        "/api/v1/keys",
+        json!({"name": "ops", "account": "acme"}),
+    )
+    .await;
+    let (owner, _) = s.token("acme", "owner").await;
+    let make = |name: &str| {
+        let body = json!({ "name": name });
+        let request = s
+            .request(Method::POST, "/api/v1/keys", Some(&owner))
+            .json(&body);
+        s.send(request)
+    };
+    assert_eq!(make("one").await.status, 201);
+    assert_eq!(
+        make("two").await.error(),
+        (400, "key_limit_reached".into(), Some("quantity".into()))
+    );
+    // The operator's own creates are not held to the tenants' default.
+    s.admin(
+        Method::POST,
+        "/api/v1/keys",
+        json!({"name": "ops-2", "account": "acme"}),
+    )
+    .await;
+    // An account's own limit, once set, is the one that counts, for tenants too.
+    s.admin(
+        Method::PATCH,
+        "/api/v1/accounts/acme",
+        json!({"max_keys": 5}),
+    )
+    .await;
+    assert_eq!(make("three").await.status, 201);
+}
