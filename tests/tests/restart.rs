@@ -137,8 +137,12 @@ fn envoy_killed_under_load_refuses_no_one_after_and_loses_little_usage() {
         billed <= answered,
         "billed more than answered: {billed} > {answered}"
     );
+    // Records leave every 100 ms; the bound is half a second of traffic, which a flush
+    // of once a second (what this guards against) exceeds at any rate, while a loaded
+    // 2-core machine, whose timers slip (seen: 24 lost at 60 calls/s, 400 ms, when the
+    // CI ran Chromium suites), stays within it.
     assert!(
-        lost as f64 <= rate * 0.25 + 5.0,
+        lost as f64 <= rate * 0.5 + 5.0,
         "{lost} records lost at {rate:.0} calls/s"
     );
 }
