@@ -11,6 +11,7 @@ use std::ptr::null_mut;
 
 use keygate_core::kv::{HostError, SharedData};
 use keygate_core::pairs;
+use keygate_core::stats::MetricKind;
 
 /// `proxy_wasm::types::Status::Ok` and `NotFound`.
 const OK: u32 = 0;
@@ -361,18 +362,16 @@ pub fn now_ms() -> Result<u64, HostError> {
     Ok(nanos / 1_000_000)
 }
 
-/// The kinds of stats (`proxy_wasm::types::MetricType`).
-#[derive(Debug, Clone, Copy)]
-pub enum MetricKind {
-    Counter = 0,
-    Gauge = 1,
-}
-
 /// Defines a stat; its id is what `increment_metric` and `record_metric` take.
 pub fn define_metric(kind: MetricKind, name: &str) -> Result<u32, HostError> {
+    // `proxy_wasm::types::MetricType`.
+    let kind = match kind {
+        MetricKind::Counter => 0,
+        MetricKind::Gauge => 1,
+    };
     let mut id = 0;
     // SAFETY: the host only reads the name during the call; `id` is valid for it.
-    check(unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) })?;
+    check(unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
     Ok(id)
 }
 

@@ -13,14 +13,11 @@ use crate::metrics::Metrics;
 use keygate_core::kv::{HostError, SharedData};
 use keygate_core::limits::credit;
 use keygate_core::request::{Action, Event, Host, Plugin, Request};
+use keygate_core::root::HOLD_TICK;
 
 /// Requests of this VM waiting for its first snapshot or a credit lease, by HTTP context
 /// id; the root decides them (`crate::root`).
 pub type HeldRequests = Rc<RefCell<Vec<(u32, Weak<RefCell<Request>>)>>>;
-
-/// Tick period of a VM's root while it holds requests: how soon a held request is
-/// decided once its snapshot or lease has come.
-pub const HOLD_TICK: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Requests one VM holds at most; more are decided at once (503 without a snapshot, or
 /// 503 `overloaded` when they wait for a lease).
@@ -186,14 +183,6 @@ impl Host for Envoy {
     }
 
     fn count(&self, event: Event<'_>) {
-        let m = &self.metrics;
-        match event {
-            Event::Allowed => m.allowed(),
-            Event::Denied(denial) => m.denied(denial),
-            Event::Scanned(bytes) => m.scanned(bytes),
-            Event::UsageMissing => m.usage_missing(),
-            Event::UsageEstimated => m.usage_estimated(),
-            Event::UsageRecorded(usage) => m.usage_recorded(usage),
-        }
+        self.metrics.event(event);
     }
 }

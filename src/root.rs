@@ -1,287 +1,115 @@
-//! The root context of one Wasm VM. Every VM keeps its view of the shared snapshot (meta
-//! and tables, see `shared`) fresh on a tick; the one VM holding the lease also polls the
-//! key-service through its Envoy cluster and writes what it answers into shared data.
+//! The root context of one Wasm VM: it reads the configuration, makes what the VM's
+//! requests share (`Plugin`), and drives `keygate_core::root::Root` (the sync, usage
+//! reports and credit leases) from proxy-wasm's ticks, HTTP calls and shared queue.
 
 use std::cell::RefCell;
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::time::Duration;
 
-use log::{error, info, warn};
+use log::{error, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
 use crate::host::{self, Shared};
-use crate::http::{Envoy, HeldRequests, Http, HOLD_TICK};
-use crate::metrics::Metrics;
+use crate::http::{Envoy, HeldRequests, Http};
+use crate::metrics::{Metrics, WasmStats};
 use keygate_core::config::Config;
-use keygate_core::limits::credit::{self, Book, Item};
-use keygate_core::limits::ledger;
+use keygate_core::kv::{HostError, SharedData};
+use keygate_core::limits::credit;
 use keygate_core::request::{Action, Plugin};
-use keygate_core::sync::leader::{self, Ask, Leader, SyncError};
-use keygate_core::sync::snapshot::{PageHead, SnapshotWire};
-use keygate_core::sync::view::{self, SharedView, View};
-use keygate_core::usage::report::{Answer, Charge, Outbox, Record, SharedOutbox};
+use keygate_core::root::{self, Reply, RootHost};
+use keygate_core::sync::view::SharedView;
+use keygate_core::usage::report::Outbox;
 use keygate_core::usage::request_id::RequestIds;
 
-/// Tick period until the first snapshot is in, so a fresh Envoy serves soon.
-const FIRST_LOAD_TICK: Duration = Duration::from_millis(200);
-
-/// Tick period while a page of a full load waits to be written: the next tick writes it,
-/// once Envoy has sent the request for the page after it.
-const WRITE_SOON: Duration = Duration::from_millis(1);
-
-const NOT_JSON: SyncError = SyncError::Protocol("snapshot body is not valid JSON");
-
-/// How soon usage recorded by this VM goes to the key-service while traffic flows: what a
-/// crash of Envoy can lose at most (the records of about this long).
-const USAGE_FLUSH: Duration = Duration::from_millis(100);
-
-/// A tick this close to when its regular work is due does that work.
-const TICK_SLACK_MS: u64 = 5;
-
-/// An ask for credit leases in flight.
-struct CreditAsk {
-    token: u32,
-    items: Vec<Item>,
-    sent_ms: u64,
-}
-
-#[derive(Default)]
 pub struct Root {
     /// This root context's id, to act as itself again after acting on a held request.
     id: u32,
-    config: Config,
-    token: Option<String>,
-    /// This VM's name in the lease: random, so VMs of one Envoy never share one.
-    me: u64,
-    view: SharedView,
-    /// Whether this VM held the lease at its last tick.
-    leading: bool,
-    leader: Leader,
-    /// Token of the snapshot call in flight, if any; one call at a time.
-    in_flight: Option<u32>,
-    /// When the call in flight was sent, if it waits at the key-service for a change.
-    waiting_since_ms: Option<u64>,
-    /// A page of a full load, received (with the time it came) and not read and written
-    /// yet: the next page is asked for first, so that the key-service prepares it
-    /// meanwhile.
-    unwritten: Option<(Vec<u8>, u64)>,
-    /// Whether the last sync failed: failures are logged when they start and end, not on
-    /// every attempt.
-    failing: bool,
-    /// Whether the tick runs at the configured interval yet (after the first load).
-    steady: bool,
-    /// The tick period last set.
-    period: Duration,
-    /// When the regular work of a tick (lease, sync, usage reports, stats) is next due:
-    /// ticks come every millisecond or so while a full load's pages are written.
-    regular_due_ms: u64,
-    /// Defined in `on_configure`; shared with every HTTP context of this VM.
-    metrics: Rc<Metrics>,
-    outbox: SharedOutbox,
+    /// Made in `on_configure`.
+    core: Option<root::Root<Wasm>>,
     /// What every request of this VM shares (made in `on_configure`).
     plugin: Rc<Plugin>,
-    /// Requests waiting for this VM's first snapshot.
+    metrics: Rc<Metrics>,
     held: HeldRequests,
-    /// Token of the usage report in flight, if any.
-    report_in_flight: Option<u32>,
-    /// Whether the last usage report failed (logged when that starts and ends).
-    reports_failing: bool,
-    /// The leader's credit leases: what it saw, and its ask in flight (one at a time).
-    credit: Book,
-    credit_ask: Option<CreditAsk>,
-    /// Whether the last ask for leases failed (logged when that starts and ends).
-    credit_failing: bool,
-    /// The shared queue through which requests wake this VM while it leads.
-    credit_queue: Option<u32>,
-}
-
-/// A random VM name, never 0 (the free lease's owner). The standard library seeds
-/// `RandomState` from WASI's `random_get`, which Envoy provides.
-fn random_vm_name() -> u64 {
-    RandomState::new()
-        .hash_one(0x006b_6579_6761_7465_u64)
-        .max(1)
 }
 
 impl Root {
     pub fn new(id: u32) -> Root {
         Root {
             id,
-            ..Root::default()
+            core: None,
+            plugin: Rc::default(),
+            metrics: Rc::default(),
+            held: HeldRequests::default(),
         }
     }
+}
 
-    /// How long a lease lasts without renewal: a leader that stops ticking (its VM died)
-    /// is replaced after this.
-    fn lease_ttl_ms(&self) -> u64 {
-        3 * self.config.sync_interval_ms + self.config.key_service_timeout_ms
+/// The root's host: this VM, through `host`.
+pub struct Wasm {
+    id: u32,
+    metrics: Rc<Metrics>,
+    held: HeldRequests,
+    /// The shared queue through which requests wake this VM while it leads.
+    credit_queue: Option<u32>,
+}
+
+impl SharedData for Wasm {
+    fn get(&self, name: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        Shared.get(name)
     }
 
-    fn refresh_view(&self) {
-        let held = self.view.borrow_mut().take();
-        match View::refresh(&Shared, held) {
-            Ok(view) => *self.view.borrow_mut() = view,
-            Err(e) => warn!("shared data unreadable: {e:?}"),
-        }
-        if let Some(view) = self.view.borrow().as_ref() {
-            let now = host::now_ms().unwrap_or(0);
-            self.metrics.snapshot(&view.meta, now);
-        }
+    fn set(&self, name: &str, value: &[u8], cas: Option<u32>) -> Result<bool, HostError> {
+        Shared.set(name, value, cas)
+    }
+}
+
+impl RootHost for Wasm {
+    type Stats = WasmStats;
+
+    fn now_ms(&self) -> Result<u64, HostError> {
+        host::now_ms()
     }
 
-    /// Asks the key-service for what the leader needs next.
-    fn ask(&mut self) {
-        match self.leader.next_ask(&Shared) {
-            Ok(ask) => self.send(&ask),
-            Err(e) => self.sync_failed(&describe(&e)),
-        }
+    fn call(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        host::dispatch_http_call(cluster, headers.to_vec(), body, timeout)
     }
 
-    fn send(&mut self, ask: &Ask) {
-        // An up-to-date leader waits at the key-service for the next change.
-        let wait = match ask.if_none_match {
-            Some(_) => self.config.sync_wait(),
-            None => 0,
+    fn set_tick_period(&mut self, period: Duration) -> Result<(), HostError> {
+        host::set_tick_period(period)
+    }
+
+    /// Registers the queue through which requests waiting for a lease wake this VM
+    /// (registering again takes it over from a VM that led before), and publishes its id.
+    fn listen_for_credit_demand(&mut self, taken_over: bool) {
+        if taken_over {
+            self.credit_queue = None;
+        }
+        let id = match self.credit_queue {
+            Some(id) => id,
+            None => match host::register_shared_queue(credit::QUEUE_NAME) {
+                Ok(id) => id,
+                // Requests then wait for the leader's next tick.
+                Err(e) => return warn!("cannot register the credit queue: {e:?}"),
+            },
         };
-        let path = match wait {
-            0 => format!("{}?{}", self.config.snapshot_path, ask.query),
-            _ => format!("{}?{}&wait={wait}", self.config.snapshot_path, ask.query),
-        };
-        let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let mut headers = vec![
-            (":method", "GET"),
-            (":path", path.as_str()),
-            (":authority", self.config.key_service_authority.as_str()),
-        ];
-        if let Some(auth) = authorization.as_deref() {
-            headers.push(("authorization", auth));
-        }
-        if let Some(etag) = ask.if_none_match.as_deref() {
-            headers.push(("if-none-match", etag));
-        }
-        match host::dispatch_http_call(
-            &self.config.key_service_cluster,
-            headers,
-            None,
-            Duration::from_millis(wait.saturating_add(self.config.key_service_timeout_ms)),
-        ) {
-            Ok(token) => {
-                self.in_flight = Some(token);
-                self.waiting_since_ms = (wait > 0).then(|| host::now_ms().unwrap_or(0));
-            }
-            Err(status) => self.sync_failed(&format!("request not sent: {status:?}")),
+        self.credit_queue = Some(id);
+        if let Err(e) = credit::set_queue(&Shared, id) {
+            warn!("cannot publish the credit queue: {e:?}");
         }
     }
 
-    /// After an answer (a change, the last page of a full load, or the end of a wait),
-    /// waits for the next change at once, so it too reaches this Envoy as soon as it
-    /// commits. Not after a failure (the tick polls again), nor after a 304 that came long
-    /// before its wait was over: that key-service does not wait (an older one), and asking
-    /// again at once would spin.
-    fn wait_again(&mut self, sent_ms: Option<u64>, not_modified: bool, now_ms: u64) {
-        let wait = self.config.sync_wait();
-        if wait == 0
-            || !self.leading
-            || self.failing
-            || self.in_flight.is_some()
-            || self.leader.is_loading()
-        {
-            return;
-        }
-        let waited = sent_ms.map_or(0, |sent| now_ms.saturating_sub(sent));
-        if not_modified && waited < wait / 2 {
-            return;
-        }
-        self.ask();
+    fn holding(&self) -> bool {
+        !self.held.borrow().is_empty()
     }
 
-    fn sync_failed(&mut self, why: &str) {
-        self.metrics.sync_failed();
-        if !self.failing {
-            warn!("snapshot sync failing, serving the last good snapshot: {why}");
-            self.failing = true;
-        }
-    }
-
-    fn sync_succeeded(&mut self) {
-        if self.failing {
-            info!("snapshot sync recovered");
-            self.failing = false;
-        }
-    }
-
-    fn handle(&mut self, result: Result<bool, SyncError>) {
-        match result {
-            Ok(more) => {
-                self.sync_succeeded();
-                self.refresh_view();
-                // (A full load may have asked for its next page already.)
-                if more && self.in_flight.is_none() {
-                    self.ask();
-                }
-            }
-            Err(SyncError::LostRace) => {
-                info!("another VM wrote the snapshot meta; this one stops syncing");
-                self.leader.stop();
-                self.leading = false;
-                self.in_flight = None;
-            }
-            Err(e) => {
-                // A load that failed half-way starts over, with a new epoch; the answer
-                // to a page asked for early is ignored.
-                self.leader.stop();
-                self.in_flight = None;
-                self.sync_failed(&describe(&e));
-            }
-        }
-    }
-
-    /// An answer to the snapshot call: a page of a full load is read and written at the
-    /// next tick, after the page that follows it has been asked for (only its head is read
-    /// now, for the cursor); anything else at once.
-    fn received(&mut self, body: Vec<u8>, now_ms: u64) {
-        let head = match serde_json::from_slice::<PageHead>(&body) {
-            Ok(head) => head,
-            Err(_) => return self.handle(Err(NOT_JSON)),
-        };
-        if let Some(ask) = self.leader.prefetch(&head) {
-            self.send(&ask);
-            self.unwritten = Some((body, now_ms));
-            self.tick_every(WRITE_SOON);
-            return;
-        }
-        let result = self.apply(&body, now_ms);
-        self.handle(result);
-    }
-
-    /// Reads and writes the page received earlier, if any.
-    fn write_unwritten(&mut self) {
-        if let Some((body, now_ms)) = self.unwritten.take() {
-            let result = self.apply(&body, now_ms);
-            self.handle(result);
-        }
-    }
-
-    /// The first load's tick period, then the configured interval.
-    fn regular_period(&self) -> Duration {
-        if self.steady {
-            Duration::from_millis(self.config.sync_interval_ms)
-        } else {
-            FIRST_LOAD_TICK
-        }
-    }
-
-    /// Decides the held requests that are due: those waiting for the first snapshot once
-    /// this VM has one or their wait is over (they then get what a request without a
-    /// snapshot gets: 503), those waiting for a credit lease once it is answered.
-    fn release_held(&mut self) {
-        if self.held.borrow().is_empty() {
-            return;
-        }
-        let loaded = self.view.borrow().is_some();
+    fn release_held(&mut self, loaded: bool) {
         let waiting = std::mem::take(&mut *self.held.borrow_mut());
         let host = Envoy {
             metrics: Rc::clone(&self.metrics),
@@ -315,348 +143,25 @@ impl Root {
         self.held.borrow_mut().extend(still);
     }
 
-    /// Until the regular work is due, or sooner while usage records wait.
-    fn next_period(&self, now_ms: u64) -> Duration {
-        let mut period = Duration::from_millis(self.regular_due_ms.saturating_sub(now_ms).max(1));
-        if !self.outbox.borrow().is_empty() {
-            period = period.min(USAGE_FLUSH);
-        }
-        if !self.held.borrow().is_empty() {
-            period = period.min(HOLD_TICK);
-        }
-        period
-    }
-
-    fn tick_regularly(&mut self) {
-        self.tick_every(self.regular_period());
-    }
-
-    fn tick_every(&mut self, period: Duration) {
-        if self.period != period {
-            match host::set_tick_period(period) {
-                Ok(()) => self.period = period,
-                // The old period goes on; the next tick tries again.
-                Err(e) => warn!("cannot set the tick period: {e:?}"),
-            }
-        }
-    }
-
-    /// The leader registers the queue through which requests waiting for a lease wake it
-    /// (registering again takes it over from a VM that led before), and publishes its id.
-    fn listen_for_credit_demand(&mut self) {
-        if self.config.credit_lease_ttl_ms == 0 {
-            return;
-        }
-        let id = match self.credit_queue {
-            Some(id) => id,
-            None => match host::register_shared_queue(credit::QUEUE_NAME) {
-                Ok(id) => id,
-                // Requests then wait for the leader's next tick.
-                Err(e) => return warn!("cannot register the credit queue: {e:?}"),
-            },
-        };
-        self.credit_queue = Some(id);
-        if let Err(e) = credit::set_queue(&Shared, id) {
-            warn!("cannot publish the credit queue: {e:?}");
-        }
-    }
-
-    /// The leader asks for the credit leases due (requests wait for them, or they run
-    /// low or old), one ask at a time.
-    fn ask_credit(&mut self, now_ms: u64) {
-        let ttl = self.config.credit_lease_ttl_ms;
-        if ttl == 0 || !self.leading || self.credit_ask.is_some() {
-            return;
-        }
-        let items = match self.credit.due(&Shared, now_ms, ttl) {
-            Ok(items) if items.is_empty() => return,
-            Ok(items) => items,
-            Err(e) => return warn!("credit ledgers unreadable: {e:?}"),
-        };
-        if credit::holder(&Shared).is_none() {
-            info!("credit leases: this Envoy asks the key-service for leases of its limited keys");
-        }
-        let sent = credit::ensure_holder(&Shared, random_vm_name())
-            .map_err(|e| format!("{e:?}"))
-            .and_then(|holder| {
-                let body = credit::ask_body(&holder, ttl, &items);
-                let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
-                let mut headers = vec![
-                    (":method", "POST"),
-                    (":path", self.config.credit_lease_path.as_str()),
-                    (":authority", self.config.key_service_authority.as_str()),
-                    ("content-type", "application/json"),
-                ];
-                if let Some(auth) = authorization.as_deref() {
-                    headers.push(("authorization", auth));
-                }
-                host::dispatch_http_call(
-                    &self.config.key_service_cluster,
-                    headers,
-                    Some(&body),
-                    Duration::from_millis(self.config.key_service_timeout_ms),
-                )
-                .map_err(|status| format!("not sent: {status:?}"))
-            });
-        match sent {
-            Ok(token) => {
-                self.credit_ask = Some(CreditAsk {
-                    token,
-                    items,
-                    sent_ms: now_ms,
-                });
-            }
-            Err(why) => self.credit_answered(&items, None, now_ms, &why),
-        }
-    }
-
-    fn credit_reply(&mut self, ask: CreditAsk, body_size: usize) {
-        let answer = match host::call_response_status() {
-            Ok(Some(status)) if status == "200" => host::call_response_body(body_size)
-                .ok()
-                .and_then(|body| serde_json::from_slice::<credit::AnswerWire>(&body).ok())
-                .ok_or_else(|| "the answer is not a lease answer".to_string()),
-            Ok(Some(status)) if status == "404" => Err(
-                "the key-service has no lease intake (404): upgrade it, or set \
-                 credit_lease_ttl_ms to 0"
-                    .to_string(),
-            ),
-            Ok(Some(other)) => Err(format!("key-service answered {other}")),
-            Ok(None) => Err("request failed or timed out".to_string()),
-            Err(e) => Err(format!("{e:?}")),
-        };
-        match answer {
-            Ok(answer) => self.credit_answered(&ask.items, Some(&answer), ask.sent_ms, ""),
-            Err(why) => self.credit_answered(&ask.items, None, ask.sent_ms, &why),
-        }
-        // Requests that began to wait while this ask was out: ask for them now.
-        if let Ok(now) = host::now_ms() {
-            self.ask_credit(now);
-        }
-    }
-
-    /// Writes an answer (or a failure: `None`, with why) into the ledgers asked for.
-    fn credit_answered(
-        &mut self,
-        items: &[Item],
-        answer: Option<&credit::AnswerWire>,
-        sent_ms: u64,
-        why: &str,
-    ) {
-        let ttl = self.config.credit_lease_ttl_ms;
-        if let Err(e) = self.credit.answered(&Shared, items, answer, sent_ms, ttl) {
-            warn!("credit ledgers unwritable: {e:?}");
-        }
-        self.metrics.credit_asked(answer.is_some());
-        match (answer.is_some(), self.credit_failing) {
-            (false, false) => {
-                warn!("asking for credit leases failed; requests that need one get 503: {why}");
-                self.credit_failing = true;
-            }
-            (true, true) => {
-                info!("credit leases granted again");
-                self.credit_failing = false;
-            }
-            _ => {}
-        }
-    }
-
-    fn apply(&mut self, body: &[u8], now_ms: u64) -> Result<bool, SyncError> {
-        let wire: SnapshotWire = serde_json::from_slice(body).map_err(|_| NOT_JSON)?;
-        let loading = self.leader.is_loading();
-        let applied = self.leader.apply(&Shared, wire, now_ms)?;
-        if applied.skipped > 0 {
-            self.metrics
-                .snapshot_records_skipped(applied.skipped as u64);
-            warn!(
-                "{} snapshot records could not be read or had a bad hash or size and were skipped",
-                applied.skipped
-            );
-        }
-        if loading && !self.leader.is_loading() {
-            let (meta, _) = view::read_meta(&Shared)?;
-            info!(
-                "snapshot version {} loaded into shared data, {} keys",
-                meta.version, meta.keys
-            );
-        }
-        Ok(applied.more)
-    }
-}
-
-impl Root {
-    /// Sends the next usage report if one is due (this VM's own records; every VM reports
-    /// what its requests used).
-    fn report_usage(&mut self, now_ms: u64) {
-        let dropped = self.outbox.borrow_mut().take_dropped();
-        if dropped > 0 {
-            self.metrics.usage_dropped(dropped);
-            warn!("{dropped} usage records dropped: the outbox is full (usage_queue_max)");
-            let lost = self.outbox.borrow_mut().take_lost();
-            lose(lost.iter());
-        }
-        if self.report_in_flight.is_some() {
-            return;
-        }
-        let holder = credit::holder(&Shared);
-        let next = self
-            .outbox
-            .borrow_mut()
-            .next_report_from(now_ms, holder.as_deref());
-        let Some(body) = next else {
-            return;
-        };
-        let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let mut headers = vec![
-            (":method", "POST"),
-            (":path", self.config.usage_path.as_str()),
-            (":authority", self.config.key_service_authority.as_str()),
-            ("content-type", "application/json"),
-        ];
-        if let Some(auth) = authorization.as_deref() {
-            headers.push(("authorization", auth));
-        }
-        match host::dispatch_http_call(
-            &self.config.key_service_cluster,
-            headers,
-            Some(&body),
-            Duration::from_millis(self.config.key_service_timeout_ms),
-        ) {
-            Ok(token) => self.report_in_flight = Some(token),
-            Err(status) => self.report_failed(now_ms, &format!("not sent: {status:?}")),
-        }
-    }
-
-    fn usage_reported(&mut self, body_size: usize) {
-        self.report_in_flight = None;
-        let now_ms = host::now_ms().unwrap_or(0);
-        match host::call_response_status() {
-            Ok(Some(status)) if status == "200" => {
-                let records = self.outbox.borrow_mut().delivered();
-                let answer = host::call_response_body(body_size)
-                    .map(|body| Answer::parse(&body))
-                    .unwrap_or_default();
-                // Each record is taken or refused alone: only the refused ones go.
-                let (taken, refused) = answer.sort(records);
-                self.metrics.usage_delivered(taken.len() as u64);
-                if !refused.is_empty() {
-                    self.metrics.usage_refused(refused.len() as u64);
-                    lose(refused.iter().filter_map(|r| r.charge.as_ref()));
-                    warn!("the key-service refused {} usage records", refused.len());
-                }
-                self.landed(&taken, answer.version);
-                if self.reports_failing {
-                    info!("usage reports delivered again");
-                    self.reports_failing = false;
-                }
-                // More waiting: send the next batch now rather than on the next tick.
-                self.report_usage(now_ms);
-            }
-            // The key-service refused the records themselves: sending them again cannot
-            // help, and they would block every later record.
-            Ok(Some(status)) if status == "400" => {
-                let records = self.outbox.borrow_mut().delivered();
-                let n = records.len();
-                self.metrics.usage_dropped(n as u64);
-                lose(records.iter().filter_map(|r| r.charge.as_ref()));
-                warn!("the key-service refused a usage report of {n} records as invalid");
-                self.report_usage(now_ms);
-            }
-            Ok(Some(other)) => self.report_failed(now_ms, &format!("key-service answered {other}")),
-            Ok(None) => self.report_failed(now_ms, "request failed or timed out"),
-            Err(e) => self.report_failed(now_ms, &format!("{e:?}")),
-        }
-    }
-
-    /// The key-service took these records: their costs stop counting as unreported and
-    /// count until the snapshot reaches the version it answered with.
-    fn landed(&self, records: &[Record], version: Option<u64>) {
-        if records.iter().all(|r| r.charge.is_none()) {
-            return;
-        }
-        let snapshot_version = self.view.borrow().as_ref().map_or(0, |v| v.meta.version);
-        // Without a version (a key-service older than this filter), the costs count until
-        // the snapshot moves on once.
-        let at_version = version.unwrap_or(snapshot_version + 1);
-        for charge in records.iter().filter_map(|r| r.charge.as_ref()) {
-            for (name, amount) in charge.ledgers() {
-                let _ = ledger::landed(&Shared, name, amount, at_version, snapshot_version);
-            }
-        }
-    }
-
-    fn report_failed(&mut self, now_ms: u64, why: &str) {
-        self.outbox.borrow_mut().failed(now_ms);
-        self.metrics.usage_report_failed();
-        if !self.reports_failing {
-            warn!(
-                "usage report failed, {} records held for retry: {why}",
-                self.outbox.borrow().len()
-            );
-            self.reports_failing = true;
-        }
-    }
-}
-
-/// Usage that will never be billed stops counting in its ledgers.
-fn lose<'a>(charges: impl Iterator<Item = &'a Charge>) {
-    for charge in charges {
-        for (name, amount) in charge.ledgers() {
-            let _ = ledger::lost(&Shared, name, amount);
-        }
-    }
-}
-
-fn describe(e: &SyncError) -> String {
-    match e {
-        SyncError::Host(status) => format!("shared data refused a call: {status:?}"),
-        SyncError::Protocol(why) => (*why).to_string(),
-        SyncError::LostRace => "another VM took over".to_string(),
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _: usize) {
-        if self.report_in_flight == Some(token) {
-            return self.usage_reported(body_size);
-        }
-        if let Some(ask) = self.credit_ask.take_if(|ask| ask.token == token) {
-            return self.credit_reply(ask, body_size);
-        }
-        if self.in_flight != Some(token) {
+        let Some(core) = self.core.as_mut() else {
             return;
-        }
-        // The page before this one is written first (if the tick has not come yet).
-        self.write_unwritten();
-        if self.in_flight != Some(token) {
-            return;
-        }
-        self.in_flight = None;
-        let waited = self.waiting_since_ms.take();
-        if !self.leading {
-            return;
-        }
-        let now_ms = match host::now_ms() {
-            Ok(now) => now,
-            Err(e) => return self.sync_failed(&format!("no clock: {e:?}")),
         };
-        let result = match host::call_response_status() {
-            Ok(Some(status)) if status == "200" => match host::call_response_body(body_size) {
-                Ok(body) => {
-                    self.received(body, now_ms);
-                    return self.wait_again(waited, false, now_ms);
-                }
-                Err(e) => Err(SyncError::Host(e)),
-            },
-            Ok(Some(status)) if status == "304" => {
-                self.leader.confirmed(&Shared, now_ms).map(|()| false)
-            }
-            Ok(Some(other)) => return self.sync_failed(&format!("key-service answered {other}")),
-            Ok(None) => return self.sync_failed("request failed or timed out"),
-            Err(e) => Err(SyncError::Host(e)),
+        let status = host::call_response_status()
+            .ok()
+            .flatten()
+            .and_then(|status| status.parse().ok());
+        let body = match status {
+            Some(_) => host::call_response_body(body_size).unwrap_or_default(),
+            None => Vec::new(),
         };
-        self.handle(result);
-        self.wait_again(waited, true, now_ms);
+        core.answered(token, Reply { status, body });
     }
 }
 
@@ -669,22 +174,21 @@ impl RootContext for Root {
                 return false;
             }
         };
-        match Config::parse(Some(&raw)) {
-            Ok(config) => self.config = config,
+        let config = match Config::parse(Some(&raw)) {
+            Ok(config) => config,
             Err(e) => {
                 error!("{e}");
                 return false;
             }
-        }
-        self.token = self.config.token(|name| std::env::var(name).ok());
-        if self.token.is_none() {
+        };
+        let token = config.token(|name| std::env::var(name).ok());
+        if token.is_none() {
             warn!(
                 "no filter token: neither key_service_token nor the environment variable {} \
                  is set; the key-service will refuse the snapshot",
-                self.config.token_env
+                config.token_env
             );
         }
-        self.me = random_vm_name();
         let mut seed = [0u8; 16];
         // Ids of this VM's usage records (`None` if no randomness could be had: then
         // Envoy's `x-request-id` serves, as Envoy regenerates it at the edge).
@@ -695,66 +199,32 @@ impl RootContext for Root {
                 None
             }
         };
-        self.outbox = Rc::new(RefCell::new(Outbox::new(
-            self.config.usage_queue_max,
-            self.config.usage_batch_max,
+        let view = SharedView::default();
+        let outbox = Rc::new(RefCell::new(Outbox::new(
+            config.usage_queue_max,
+            config.usage_batch_max,
         )));
         self.plugin = Rc::new(Plugin::new(
-            self.config.clone(),
-            Rc::clone(&self.view),
-            Rc::clone(&self.outbox),
+            config.clone(),
+            Rc::clone(&view),
+            Rc::clone(&outbox),
             ids,
         ));
-        self.leader = Leader::new(self.config.snapshot_page_size);
-        self.metrics = Rc::new(Metrics::define());
-        self.tick_every(FIRST_LOAD_TICK);
+        self.metrics = Rc::new(Metrics::define(WasmStats));
+        let host = Wasm {
+            id: self.id,
+            metrics: Rc::clone(&self.metrics),
+            held: Rc::clone(&self.held),
+            credit_queue: None,
+        };
+        self.core = Some(root::Root::new(host, config, token, view, outbox));
         true
     }
 
     fn on_tick(&mut self) {
-        self.write_unwritten();
-        let Ok(now) = host::now_ms() else {
-            return self.tick_regularly();
-        };
-        // Usage goes out on every tick, and ticks come every `USAGE_FLUSH` while records
-        // wait, so a crash loses little of it.
-        self.report_usage(now);
-        self.ask_credit(now);
-        // A tick that came early (to write a page, for usage or leases) does the rest only
-        // when it is due, so the lease is renewed during a long load too.
-        if now.saturating_add(TICK_SLACK_MS) < self.regular_due_ms {
-            self.release_held();
-            return self.tick_every(self.next_period(now));
+        if let Some(core) = self.core.as_mut() {
+            core.tick();
         }
-        let period = u64::try_from(self.regular_period().as_millis()).unwrap_or(u64::MAX);
-        self.regular_due_ms = now.saturating_add(period);
-        self.metrics.flush();
-        match leader::try_lead(&Shared, self.me, now, self.lease_ttl_ms()) {
-            Ok(true) => {
-                if !self.leading {
-                    info!("this VM now syncs the key snapshot for this Envoy");
-                    self.leading = true;
-                    // Taken over from whichever VM registered it before.
-                    self.credit_queue = None;
-                }
-                self.listen_for_credit_demand();
-                if self.in_flight.is_none() {
-                    self.ask();
-                }
-            }
-            Ok(false) => {
-                if self.leading {
-                    info!("another VM now syncs the key snapshot");
-                    self.leader.stop();
-                    self.leading = false;
-                }
-            }
-            Err(e) => self.sync_failed(&format!("lease unreadable: {e:?}")),
-        }
-        self.refresh_view();
-        self.steady |= self.view.borrow().is_some();
-        self.release_held();
-        self.tick_every(self.next_period(now));
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -769,8 +239,8 @@ impl RootContext for Root {
     /// A request waits for a credit lease: ask now rather than on the next tick.
     fn on_queue_ready(&mut self, queue_id: u32) {
         while let Ok(Some(_)) = host::dequeue_shared_queue(queue_id) {}
-        if let Ok(now) = host::now_ms() {
-            self.ask_credit(now);
+        if let Some(core) = self.core.as_mut() {
+            core.credit_demand();
         }
     }
 

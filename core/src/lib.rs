@@ -10,6 +10,8 @@
 //! - `limits`: the quota ledgers and rate windows every VM of an Envoy shares.
 //! - `usage`: what a response used, what it costs, and the records sent to the key-service.
 //! - `sync`: the snapshot's wire format, the VM's view of it and the leader that loads it.
+//! - `root`: a VM's background work (sync, usage reports, credit leases), driven by the
+//!   proxy through the `RootHost` trait; `stats`: the filter's stats through `StatSink`.
 //! - `kv`: shared data as a trait (the host implements it; tests use `MemShared`).
 
 pub mod config;
@@ -19,5 +21,7 @@ pub mod kv;
 pub mod limits;
 pub mod pairs;
 pub mod request;
+pub mod root;
+pub mod stats;
 pub mod sync;
 pub mod usage;

@@ -219,6 +219,12 @@ impl Outbox {
         std::mem::take(&mut self.dropped)
     }
 
+    /// Every record waiting (not those in flight), to be sent by another outbox: a native
+    /// worker hands its records to the one root that reports them.
+    pub fn take_waiting(&mut self) -> Vec<Record> {
+        self.queue.drain(..).collect()
+    }
+
     /// The body of the next report to send, if one is due: nothing in flight, records
     /// waiting, and no backoff running.
     pub fn next_report(&mut self, now_ms: u64) -> Option<Vec<u8>> {
