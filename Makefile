@@ -4,14 +4,16 @@ SHELL := /bin/bash
 
 WASM_CARGO := .ci/wasm-cargo
 FILTER_WASM := target/wasm32-wasip1/release/keygate.wasm
+FILTER_NATIVE := target/release/libkeygate_native.so
 ENVOY := .venv/bin/envoy
 
-.PHONY: help setup build build-wasm build-native lint test test-unit test-postgres test-wasm test-e2e \
+.PHONY: help setup build build-wasm build-native build-native-filter lint test test-unit test-postgres test-wasm test-e2e \
         validate wasm-image demo bench bench-host-calls bench-service clean
 
 help:
 	@echo "make setup    install Envoy $(shell sed -n 's/^ENVOY_VERSION=//p' .ci/setup.sh), the wasm toolchain and test tools"
-	@echo "make build    $(FILTER_WASM), target/release/{key-service,mock-upstream}"
+	@echo "make build    $(FILTER_WASM), $(FILTER_NATIVE), target/release/{key-service,mock-upstream}"
+	@echo "make build-native-filter  $(FILTER_NATIVE): keygate as an Envoy dynamic module"
 	@echo "make demo     run Envoy :10000 + key-service :8081 + mock upstream :8082 (Ctrl-C stops all)"
 	@echo "make wasm-image  target/wasm-image/: keygate.wasm as an OCI image layout for Istio"
 	@echo "make test     lint, unit tests (key-service on SQLite and PostgreSQL), wasm logic tests in V8,"
@@ -25,7 +27,7 @@ help:
 setup:
 	bash .ci/setup.sh
 
-build: build-wasm build-native
+build: build-wasm build-native build-native-filter
 
 build-wasm:
 	$(WASM_CARGO) build -p keygate --target wasm32-wasip1 --release
@@ -34,12 +36,18 @@ build-wasm:
 build-native:
 	cargo build --release -p key-service -p keygate-e2e --bins
 
+# keygate as an Envoy dynamic module, for the Envoy release `make setup` installs (the ABI
+# must match it exactly: README, "Wasm or native").
+build-native-filter:
+	cargo build --release -p keygate-native
+	@ls -l $(FILTER_NATIVE) | awk '{ print "filter: " $$9 " (" $$5 " bytes)" }'
+
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
 test-unit:
-	cargo test -p keygate-core -p keygate -p key-service
+	cargo test -p keygate-core -p keygate -p keygate-native -p key-service
 	cargo test -p keygate-e2e --lib --bins
 
 # The key-service's tests again, each on a fresh database of a throwaway PostgreSQL server.
@@ -52,7 +60,7 @@ test-wasm:
 
 # Every shipped Envoy config must load, filter included; the compose file must parse.
 # Provider secrets (/etc/keygate/secrets/*.yaml) are stood in for by placeholder files.
-validate: build-wasm
+validate: build-wasm build-native-filter
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	for s in $$(grep -oh '/etc/keygate/secrets/[a-z]*\.yaml' envoy/*.yaml | sort -u); do \
 	    n=$$(basename $$s .yaml); printf '%s\n' 'resources:' \
@@ -72,9 +80,11 @@ WASM_IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head 
 wasm-image: build-wasm
 	istio/wasm-image.sh $(FILTER_WASM) target/wasm-image $(WASM_IMAGE_TAG)
 
-# Under a throwaway PostgreSQL server: the hostile-tenant tests run on both engines.
+# Under a throwaway PostgreSQL server: the hostile-tenant tests run on both engines. The
+# same suite runs on both builds of the filter (Wasm, then native).
 test-e2e: build
 	.ci/postgres.sh cargo test -p keygate-e2e --test '*' -- --test-threads 2
+	KEYGATE_E2E_FILTER=native .ci/postgres.sh cargo test -p keygate-e2e --test '*' -- --test-threads 2
 
 test: lint test-unit test-postgres test-wasm validate test-e2e
 

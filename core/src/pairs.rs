@@ -54,6 +54,16 @@ pub fn parse(buf: &[u8]) -> Result<Vec<(&str, &str)>, PairsError> {
 
 /// Encodes pairs the same way (for the headers of a local response).
 pub fn encode(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let bytes: Vec<(&[u8], &[u8])> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+        .collect();
+    encode_bytes(&bytes)
+}
+
+/// Encodes pairs of bytes (a header map as a native host hands it over, not UTF-8 for
+/// sure).
+pub fn encode_bytes(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
     let size: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
     let mut out = Vec::with_capacity(4 + size);
     let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
@@ -63,9 +73,9 @@ pub fn encode(pairs: &[(&str, &str)]) -> Vec<u8> {
         out.extend_from_slice(&len32(v.len()));
     }
     for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(k);
         out.push(0);
-        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(v);
         out.push(0);
     }
     out

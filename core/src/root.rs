@@ -731,3 +731,241 @@ impl<H: RootHost> Root<H> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::kv::testing::MemShared;
+    use crate::sync::snapshot::KeyRecord;
+    use crate::usage::report::{Outbox, UsageWire};
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    /// Counts what it is told, by name.
+    #[derive(Default)]
+    struct Tally(RefCell<Vec<(String, u64)>>);
+
+    impl StatSink for Rc<Tally> {
+        fn define(&self, _kind: crate::stats::MetricKind, name: &str) -> Result<u32, HostError> {
+            let mut names = self.0.borrow_mut();
+            names.push((name.to_string(), 0));
+            Ok(names.len() as u32 - 1)
+        }
+        fn add(&self, id: u32, n: u64) {
+            self.0.borrow_mut()[id as usize].1 += n;
+        }
+        fn set(&self, id: u32, value: u64) {
+            self.0.borrow_mut()[id as usize].1 = value;
+        }
+    }
+
+    impl Tally {
+        fn get(&self, name: &str) -> u64 {
+            let names = self.0.borrow();
+            names.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
+        }
+    }
+
+    /// Calls made: token, path, body.
+    type Calls = Rc<RefCell<Vec<(u32, String, Option<Vec<u8>>)>>>;
+
+    /// A proxy in memory: its calls are kept for the test to answer.
+    struct Fake {
+        shared: MemShared,
+        now: Rc<Cell<u64>>,
+        calls: Calls,
+        period: Rc<Cell<Duration>>,
+        metrics: Metrics<Rc<Tally>>,
+    }
+
+    impl SharedData for Fake {
+        fn get(&self, name: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+            self.shared.get(name)
+        }
+        fn set(&self, name: &str, value: &[u8], cas: Option<u32>) -> Result<bool, HostError> {
+            self.shared.set(name, value, cas)
+        }
+    }
+
+    impl RootHost for Fake {
+        type Stats = Rc<Tally>;
+        fn now_ms(&self) -> Result<u64, HostError> {
+            Ok(self.now.get())
+        }
+        fn call(
+            &mut self,
+            _cluster: &str,
+            headers: &[(&str, &str)],
+            body: Option<&[u8]>,
+            _timeout: Duration,
+        ) -> Result<u32, HostError> {
+            let path = headers.iter().find(|(n, _)| *n == ":path").map(|(_, v)| v);
+            let mut calls = self.calls.borrow_mut();
+            let token = calls.len() as u32 + 1;
+            calls.push((
+                token,
+                path.unwrap_or(&"").to_string(),
+                body.map(<[u8]>::to_vec),
+            ));
+            Ok(token)
+        }
+        fn set_tick_period(&mut self, period: Duration) -> Result<(), HostError> {
+            self.period.set(period);
+            Ok(())
+        }
+        fn listen_for_credit_demand(&mut self, _taken_over: bool) {}
+        fn holding(&self) -> bool {
+            false
+        }
+        fn release_held(&mut self, _loaded: bool) {}
+        fn metrics(&self) -> &Metrics<Rc<Tally>> {
+            &self.metrics
+        }
+    }
+
+    struct Setup {
+        root: Root<Fake>,
+        now: Rc<Cell<u64>>,
+        calls: Calls,
+        period: Rc<Cell<Duration>>,
+        stats: Rc<Tally>,
+        view: SharedView,
+        outbox: SharedOutbox,
+    }
+
+    fn setup() -> Setup {
+        let (now, calls, period) = (Rc::default(), Rc::default(), Rc::default());
+        let stats = Rc::new(Tally::default());
+        let fake = Fake {
+            shared: MemShared::default(),
+            now: Rc::clone(&now),
+            calls: Rc::clone(&calls),
+            period: Rc::clone(&period),
+            metrics: Metrics::define(Rc::clone(&stats)),
+        };
+        let view = SharedView::default();
+        let outbox: SharedOutbox = Rc::new(RefCell::new(Outbox::new(10, 10)));
+        let config = Config::default();
+        let root = Root::new(
+            fake,
+            config,
+            Some("t".into()),
+            Rc::clone(&view),
+            Rc::clone(&outbox),
+        );
+        Setup {
+            root,
+            now,
+            calls,
+            period,
+            stats,
+            view,
+            outbox,
+        }
+    }
+
+    fn last_call(s: &Setup) -> (u32, String, Option<Vec<u8>>) {
+        s.calls.borrow().last().cloned().expect("a call")
+    }
+
+    fn usage(id: &str) -> crate::usage::report::Record {
+        crate::usage::report::Record {
+            usage: UsageWire {
+                request_id: id.into(),
+                key_id: "k".into(),
+                model: None,
+                input_tokens: 1,
+                cached_input_tokens: 0,
+                output_tokens: 2,
+                cache_write_tokens: 0,
+                status: Some(200),
+                ts: Some(1),
+                estimated: false,
+            },
+            charge: None,
+        }
+    }
+
+    #[test]
+    fn a_root_loads_the_snapshot_reports_usage_and_survives_a_failed_call() {
+        let mut s = setup();
+        assert_eq!(s.period.get(), FIRST_LOAD_TICK);
+        // The first tick makes a free lease; the next takes it and asks for a full load.
+        s.now.set(1_000);
+        s.root.tick();
+        s.now.set(1_300);
+        s.root.tick();
+        let (token, path, _) = last_call(&s);
+        assert!(path.starts_with("/filter/v1/snapshot?"), "{path}");
+        assert!(s.view.borrow().is_none());
+
+        // A call that fails is counted, and the next tick asks again.
+        s.root.answered(
+            token,
+            Reply {
+                status: None,
+                body: Vec::new(),
+            },
+        );
+        assert_eq!(s.stats.get("keygate.sync_failures"), 1);
+        s.now.set(1_600);
+        s.root.tick();
+        let (token, path, _) = last_call(&s);
+        assert!(path.starts_with("/filter/v1/snapshot?"), "{path}");
+
+        // One page with one key: the view has it, and the tick slows to the interval.
+        let page = SnapshotWire {
+            version: 7,
+            keys: vec![KeyRecord::plain("id-a", "a", "sk-a")].into(),
+            ..Default::default()
+        };
+        let body = serde_json::to_vec(&page).unwrap();
+        s.root.answered(
+            token,
+            Reply {
+                status: Some(200),
+                body,
+            },
+        );
+        let loaded = s
+            .view
+            .borrow()
+            .as_ref()
+            .map(|v| (v.meta.version, v.meta.keys));
+        assert_eq!(loaded, Some((7, 1)));
+        s.now.set(1_900);
+        s.root.tick();
+        assert_eq!(s.stats.get("keygate.snapshot_version"), 7);
+
+        // A usage record goes out on the next tick; once taken, it leaves the outbox.
+        s.outbox.borrow_mut().push(usage("r-1"));
+        s.now.set(2_000);
+        s.root.tick();
+        let (token, path, body) = s
+            .calls
+            .borrow()
+            .iter()
+            .rev()
+            .find(|(_, p, _)| p == "/filter/v1/usage")
+            .cloned()
+            .expect("a usage report");
+        assert_eq!(path, "/filter/v1/usage");
+        assert!(String::from_utf8(body.unwrap())
+            .unwrap()
+            .contains("\"r-1\""));
+        let answer = br#"{"accepted":1}"#.to_vec();
+        s.root.answered(
+            token,
+            Reply {
+                status: Some(200),
+                body: answer,
+            },
+        );
+        assert!(s.outbox.borrow().is_empty());
+        s.root.host().metrics().flush();
+        assert_eq!(s.stats.get("keygate.usage_delivered"), 1);
+    }
+}

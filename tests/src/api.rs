@@ -173,15 +173,17 @@ pub fn envoy_stats_at(admin_url: &str, filter: &str) -> String {
         .expect("envoy stats")
 }
 
-/// One of the filter's stats from Envoy's admin (`wasmcustom.<name>`), if defined.
+/// One of the filter's stats from Envoy's admin (`wasmcustom.<name>`, or
+/// `dynamicmodulescustom.<name>` for the native build), if defined.
 pub fn filter_stat(stack: &Stack, name: &str) -> Option<u64> {
     filter_stat_at(&stack.envoy_admin_url, name)
 }
 
 /// As [`filter_stat`], from the Envoy whose admin is at `admin_url`.
 pub fn filter_stat_at(admin_url: &str, name: &str) -> Option<u64> {
-    let text = envoy_stats_at(admin_url, "^wasmcustom\\.");
-    let prefix = format!("wasmcustom.{name}: ");
+    let stat_prefix = crate::stack::stat_prefix();
+    let text = envoy_stats_at(admin_url, &format!("^{}", stat_prefix.replace('.', "\\.")));
+    let prefix = format!("{stat_prefix}{name}: ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())

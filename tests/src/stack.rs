@@ -44,6 +44,40 @@ pub fn envoy_bin() -> PathBuf {
     required(repo_root().join(".venv/bin/envoy"), "make setup")
 }
 
+/// The two builds of the filter: the same core, as a proxy-wasm module or as an Envoy
+/// dynamic module. `make test` runs the end-to-end suite on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    Wasm,
+    Native,
+}
+
+/// The build the tests run against: `KEYGATE_E2E_FILTER=native` for the dynamic module,
+/// Wasm otherwise.
+pub fn filter_build() -> Build {
+    match std::env::var("KEYGATE_E2E_FILTER").as_deref() {
+        Ok("native") => Build::Native,
+        Ok("wasm") | Err(_) => Build::Wasm,
+        Ok(other) => panic!("KEYGATE_E2E_FILTER={other}: expected wasm or native"),
+    }
+}
+
+/// The built native filter (`make build-native-filter`).
+pub fn filter_native() -> PathBuf {
+    required(
+        target_dir().join("release/libkeygate_native.so"),
+        "make build-native-filter",
+    )
+}
+
+/// The prefix Envoy gives the filter's stats: proxy-wasm's, or the dynamic modules'.
+pub fn stat_prefix() -> &'static str {
+    match filter_build() {
+        Build::Wasm => "wasmcustom.",
+        Build::Native => "dynamicmodulescustom.",
+    }
+}
+
 /// The built filter, or the one `KEYGATE_E2E_WASM` names (to watch a test fail on an
 /// older build: `KEYGATE_E2E_WASM=/path/to/old/keygate.wasm cargo test ...`).
 pub fn filter_wasm() -> PathBuf {
@@ -394,6 +428,10 @@ impl Stack {
             Some(Some(path)) => required(path.clone(), "make build"),
             _ => filter_wasm(),
         };
+        // The built keygate runs as the build under test; another Wasm filter (an older
+        // build, a benchmark's baseline) stays what it is.
+        let native =
+            (options.filter.is_none() && filter_build() == Build::Native).then(filter_native);
         let dir = std::env::temp_dir().join(format!("keygate-e2e-{}", random_token()));
         fs::create_dir_all(&dir).expect("create stack dir");
         if let Some(db) = &options.database {
@@ -433,6 +471,9 @@ impl Stack {
         } else {
             envoy_config(&wasm, &upstream, &key_service)
         };
+        if let Some(native) = &native {
+            text = to_native(&text, native);
+        }
         for (field, value) in &options.filter_settings {
             text = with_filter_setting(&text, field, value);
         }
@@ -748,6 +789,69 @@ fn replace_once(config: &str, from: &str, to: &str) -> String {
     config.replace(from, to)
 }
 
+/// A configuration with keygate as an Envoy dynamic module (`module`) where it has the
+/// Wasm filter, with the same filter configuration: what `envoy/native.yaml` is to
+/// `envoy/envoy.yaml`.
+pub fn to_native(config: &str, module: &Path) -> String {
+    let wasm_type = "\"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+    let lines: Vec<&str> = config.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim() == wasm_type)
+        .expect("the Wasm filter's typed_config");
+    let indent = lines[at].len() - lines[at].trim_start().len();
+    let deeper = |l: &&&str| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent;
+    let end = at + 1 + lines[at + 1..].iter().take_while(deeper).count();
+    // The filter's JSON: the lines under `value: |`.
+    let value = lines[at..end]
+        .iter()
+        .position(|l| l.trim() == "value: |")
+        .expect("the filter's configuration")
+        + at;
+    let value_indent = lines[value].len() - lines[value].trim_start().len();
+    let json: Vec<&str> = lines[value + 1..end]
+        .iter()
+        .take_while(|l| l.len() - l.trim_start().len() > value_indent)
+        .copied()
+        .collect();
+    let pad = " ".repeat(indent);
+    let mut out: Vec<String> = lines[..at].iter().map(|l| l.to_string()).collect();
+    for line in [
+        "\"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config:",
+    ] {
+        out.push(format!("{pad}{line}"));
+    }
+    out.push(format!(
+        "{pad}  module: {{ local: {{ filename: {} }} }}",
+        module.display()
+    ));
+    for line in [
+        "  do_not_close: true",
+        "filter_name: keygate",
+        "filter_config:",
+        "  \"@type\": type.googleapis.com/google.protobuf.StringValue",
+        "  value: |",
+    ] {
+        out.push(format!("{pad}{line}"));
+    }
+    let json_pad = " ".repeat(indent + 4);
+    let json_indent = json
+        .iter()
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    for line in json {
+        out.push(format!("{json_pad}{}", &line[json_indent..]));
+    }
+    out.extend(lines[end..].iter().map(|l| l.to_string()));
+    let mut text = out.join("\n");
+    if config.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
 /// The configuration with `instead` in place of the keygate filter (everything from its entry in
 /// `http_filters` up to the router's).
 fn without_filter(config: &str, instead: &str) -> String {
@@ -842,4 +946,30 @@ fn http_get(url: &str) -> Option<String> {
         .ok()?;
     let res = client.get(url).send().ok()?;
     res.status().is_success().then(|| res.text().ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped `envoy/native.yaml` is `envoy/envoy.yaml` with the filter as a dynamic
+    /// module (comments aside): what the native suite runs is what users run.
+    #[test]
+    fn native_yaml_is_envoy_yaml_with_the_native_filter() {
+        let read = |name: &str| fs::read_to_string(repo_root().join("envoy").join(name)).unwrap();
+        let without_comments = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .map(str::to_string)
+                .collect()
+        };
+        let converted = to_native(
+            &read("envoy.yaml"),
+            Path::new("target/release/libkeygate_native.so"),
+        );
+        assert_eq!(
+            without_comments(&converted),
+            without_comments(&read("native.yaml"))
+        );
+    }
 }

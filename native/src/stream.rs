@@ -1,0 +1,533 @@
+//! One request through the gate on an Envoy worker: each hook hands over to the request
+//! core (`keygate_core::request`), which decides through the `Host` implemented here over
+//! the ABI, as the Wasm filter's `http` does over proxy-wasm.
+//!
+//! Each worker thread keeps what its requests share (`Worker`: the `Plugin` with its view
+//! of the snapshot, its usage records until a request ends, its stats), as each Wasm VM
+//! does; the snapshot itself, the ledgers and the rate windows are in the process's
+//! `Store`, shared by all workers.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use keygate_core::kv::{HostError, SharedData};
+use keygate_core::pairs;
+use keygate_core::request::{Action, Event, Host, Plugin, Request};
+use keygate_core::stats::Metrics;
+use keygate_core::sync::view::{SharedView, View};
+use keygate_core::usage::report::{Outbox, SharedOutbox};
+use keygate_core::usage::request_id::RequestIds;
+
+use crate::abi::{body_status, headers_status, trailers_status};
+use crate::envoy::{Body, Filter, Map, StreamScheduler};
+use crate::gate::{self, Gate, NativeStats};
+use crate::store::Store;
+
+/// Events of a stream's scheduler: decide a held request (`RELEASE + 1`: the view is
+/// loaded).
+pub const RELEASE: u64 = 10;
+
+/// Requests one configuration holds at most; more are decided at once (503).
+const MAX_HELD: usize = 10_000;
+
+/// A host failure the core sees (the status has no meaning beyond "failed").
+const FAILED: HostError = HostError(1);
+
+/// What the requests of one configuration share on one worker.
+pub struct Worker {
+    gate: Arc<Gate>,
+    plugin: Rc<Plugin>,
+    view: SharedView,
+    outbox: SharedOutbox,
+    metrics: Metrics<NativeStats>,
+    /// The gate's generation this worker's view was refreshed at.
+    seen: Cell<u64>,
+}
+
+thread_local! {
+    static WORKERS: RefCell<HashMap<u64, Rc<Worker>>> = RefCell::new(HashMap::new());
+}
+
+impl Worker {
+    /// This thread's state for the gate, made on its first request.
+    pub fn of(gate: &Arc<Gate>) -> Rc<Worker> {
+        WORKERS.with(|workers| {
+            let mut workers = workers.borrow_mut();
+            if let Some(worker) = workers.get(&gate.id) {
+                return Rc::clone(worker);
+            }
+            // Configurations that are gone (a reload) leave this thread's state with them.
+            workers.retain(|_, w| !w.gate.stopped.load(Ordering::Acquire));
+            let worker = Rc::new(Worker::new(gate));
+            workers.insert(gate.id, Rc::clone(&worker));
+            worker
+        })
+    }
+
+    fn new(gate: &Arc<Gate>) -> Worker {
+        let config = gate.config.clone();
+        let mut seed = [0u8; 16];
+        // Ids of this worker's usage records (`None` without randomness: then Envoy's
+        // `x-request-id` serves).
+        let ids = getrandom::fill(&mut seed)
+            .ok()
+            .map(|()| RequestIds::new(seed));
+        let view = SharedView::default();
+        let outbox = Rc::new(RefCell::new(Outbox::new(
+            config.usage_queue_max,
+            config.usage_batch_max,
+        )));
+        let plugin = Rc::new(Plugin::new(
+            config,
+            Rc::clone(&view),
+            Rc::clone(&outbox),
+            ids,
+        ));
+        Worker {
+            gate: Arc::clone(gate),
+            plugin,
+            view,
+            outbox,
+            metrics: Metrics::define(NativeStats::new(Arc::clone(gate))),
+            seen: Cell::new(u64::MAX),
+        }
+    }
+
+    /// Refreshes the view when the root has refreshed its own since.
+    fn refresh(&self) {
+        let now = self.gate.generation.load(Ordering::Acquire);
+        if now == self.seen.get() {
+            return;
+        }
+        let held = self.view.borrow_mut().take();
+        match View::refresh(Store::global(), held) {
+            Ok(view) => {
+                *self.view.borrow_mut() = view;
+                self.seen.set(now);
+            }
+            Err(e) => log::warn!("shared data unreadable: {e:?}"),
+        }
+    }
+
+    /// A request ended: its usage goes to the root, its counts to Envoy.
+    fn finished(&self) {
+        let mut outbox = self.outbox.borrow_mut();
+        let dropped = outbox.take_dropped();
+        let records = outbox.take_waiting();
+        drop(outbox);
+        if dropped > 0 {
+            self.metrics.usage_dropped(dropped);
+        }
+        self.gate.hand_over(records);
+        self.metrics.flush();
+    }
+}
+
+/// Where a body hook stands: whether this filter asked Envoy to buffer the direction's
+/// body (then the body so far is the buffered part and the chunk at hand), and whether a
+/// body hook of it is running (then there is a chunk at hand).
+#[derive(Default, Clone, Copy)]
+struct Side {
+    buffering: bool,
+    in_hook: bool,
+}
+
+/// One stream's filter.
+pub struct Stream {
+    id: u64,
+    filter: Filter,
+    worker: Rc<Worker>,
+    request: Request,
+    request_side: Cell<Side>,
+    response_side: Cell<Side>,
+    /// Made when the request is first held.
+    scheduler: Option<StreamScheduler>,
+    /// Whether the filter answered the request itself.
+    answered: Cell<bool>,
+}
+
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+
+impl Stream {
+    pub fn new(gate: &Arc<Gate>, filter: Filter) -> Stream {
+        let worker = Worker::of(gate);
+        worker.refresh();
+        Stream {
+            id: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
+            filter,
+            request: Request::new(Rc::clone(&worker.plugin)),
+            worker,
+            request_side: Cell::default(),
+            response_side: Cell::default(),
+            scheduler: None,
+            answered: Cell::new(false),
+        }
+    }
+
+    fn gate(&self) -> &Gate {
+        &self.worker.gate
+    }
+
+    /// Runs a hook on the request through this stream's host.
+    fn run(&mut self, hook: impl FnOnce(&mut Request, &StreamHost) -> Action) -> Action {
+        let host = StreamHost {
+            filter: self.filter,
+            worker: &self.worker,
+            request_side: &self.request_side,
+            response_side: &self.response_side,
+            answered: &self.answered,
+        };
+        match hook(&mut self.request, &host) {
+            Action::Hold => self.hold(),
+            other => other,
+        }
+    }
+
+    /// Holds the request until the root commits its scheduler (`RELEASE`), or decides it
+    /// at once when too many are held.
+    fn hold(&mut self) -> Action {
+        let scheduler = *self
+            .scheduler
+            .get_or_insert_with(|| self.filter.new_scheduler());
+        let gate = Arc::clone(&self.worker.gate);
+        let full = match gate.held.lock() {
+            Ok(mut held) if held.len() < MAX_HELD => {
+                held.insert(self.id, scheduler);
+                false
+            }
+            _ => true,
+        };
+        if full {
+            let host = StreamHost {
+                filter: self.filter,
+                worker: &self.worker,
+                request_side: &self.request_side,
+                response_side: &self.response_side,
+                answered: &self.answered,
+            };
+            return match self.request.release(&host, false, true) {
+                Action::Hold => Action::Pause,
+                other => other,
+            };
+        }
+        gate.hold_tick();
+        Action::Pause
+    }
+
+    pub fn request_headers(&mut self, end_of_stream: bool) -> u32 {
+        self.worker.refresh();
+        let action = self.run(|r, h| r.on_request_headers(h, end_of_stream));
+        self.headers_status(action)
+    }
+
+    pub fn request_body(&mut self, end_of_stream: bool) -> u32 {
+        let side = self.request_side.get();
+        self.request_side.set(Side {
+            in_hook: true,
+            ..side
+        });
+        let size = self.body_size(true);
+        let action = self.run(|r, h| r.on_request_body(h, size, end_of_stream));
+        self.body_status(true, action)
+    }
+
+    pub fn request_trailers(&mut self) -> u32 {
+        match self.run(|r, h| r.on_request_trailers(h)) {
+            Action::Continue => trailers_status::Continue,
+            _ => trailers_status::StopIteration,
+        }
+    }
+
+    pub fn response_headers(&mut self) -> u32 {
+        let action = self.run(|r, h| r.on_response_headers(h));
+        self.headers_status(action)
+    }
+
+    pub fn response_body(&mut self, end_of_stream: bool) -> u32 {
+        let side = self.response_side.get();
+        self.response_side.set(Side {
+            in_hook: true,
+            ..side
+        });
+        let size = self.body_size(false);
+        let action = self.run(|r, h| r.on_response_body(h, size, end_of_stream));
+        self.body_status(false, action)
+    }
+
+    /// The root decided that held requests may go on (or must be decided now).
+    pub fn scheduled(&mut self, event: u64) {
+        let Some(loaded) = event.checked_sub(RELEASE).map(|n| n == 1) else {
+            return;
+        };
+        self.worker.refresh();
+        let host = StreamHost {
+            filter: self.filter,
+            worker: &self.worker,
+            request_side: &self.request_side,
+            response_side: &self.response_side,
+            answered: &self.answered,
+        };
+        match self.request.release(&host, loaded, false) {
+            Action::Hold => {
+                let _ = self.hold();
+            }
+            Action::Continue => self.filter.continue_decoding(),
+            // Answered by the filter (or stopped for its body, which Envoy keeps sending).
+            Action::Pause => {}
+        }
+    }
+
+    /// The stream ended, however it did.
+    pub fn complete(&mut self) {
+        let host = StreamHost {
+            filter: self.filter,
+            worker: &self.worker,
+            request_side: &self.request_side,
+            response_side: &self.response_side,
+            answered: &self.answered,
+        };
+        self.request.on_log(&host);
+        self.worker.finished();
+    }
+
+    /// Envoy destroys the stream's filter: its scheduler goes, where the root can no
+    /// longer commit to it.
+    pub fn destroy(&mut self) {
+        let Some(scheduler) = self.scheduler.take() else {
+            return;
+        };
+        let gate = self.gate();
+        // A poisoned lock (a panic elsewhere) leaks the scheduler: the safe side.
+        if let Ok(mut held) = gate.held.lock() {
+            held.remove(&self.id);
+            // SAFETY: removed from the held streams under their lock: nothing commits to
+            // it any more.
+            unsafe { scheduler.delete() };
+        }
+    }
+
+    /// The body so far, as the core counts it: the buffered part (while this filter
+    /// buffers) and the chunk at hand.
+    fn body_size(&self, request: bool) -> usize {
+        parts(self.filter, self.side(request), request)
+            .iter()
+            .map(|part| self.filter.body_size(*part))
+            .sum()
+    }
+
+    fn side(&self, request: bool) -> Side {
+        if request {
+            self.request_side.get()
+        } else {
+            self.response_side.get()
+        }
+    }
+
+    fn headers_status(&self, action: Action) -> u32 {
+        match action {
+            Action::Continue if !self.answered.get() => headers_status::Continue,
+            _ => headers_status::StopIteration,
+        }
+    }
+
+    /// After a body hook: Envoy buffers the body while the core waits for more of it.
+    fn body_status(&self, request: bool, action: Action) -> u32 {
+        let cell = if request {
+            &self.request_side
+        } else {
+            &self.response_side
+        };
+        let (status, buffering) = match action {
+            _ if self.answered.get() => (body_status::StopIterationNoBuffer, false),
+            Action::Continue => (body_status::Continue, false),
+            Action::Pause | Action::Hold => (body_status::StopIterationAndBuffer, true),
+        };
+        cell.set(Side {
+            buffering,
+            in_hook: false,
+        });
+        status
+    }
+}
+
+/// The buffers that make up a direction's body so far, in order.
+fn parts(filter: Filter, side: Side, request: bool) -> Vec<Body> {
+    let (received, buffered) = if request {
+        (Body::ReceivedRequest, Body::BufferedRequest)
+    } else {
+        (Body::ReceivedResponse, Body::BufferedResponse)
+    };
+    match (side.in_hook, side.buffering) {
+        // Envoy buffered the previous chunk for a previous filter: the chunk is the body.
+        (true, _) if filter.received_is_buffered(request) => vec![received],
+        (true, true) => vec![buffered, received],
+        (true, false) => vec![received],
+        (false, _) => vec![buffered],
+    }
+}
+
+/// `size` bytes of the body from `start` (fewer if it has fewer), copied chunk by chunk.
+fn read_range(
+    filter: Filter,
+    parts: &[Body],
+    start: usize,
+    size: usize,
+) -> Result<Vec<u8>, HostError> {
+    let mut whole = Vec::new();
+    let end = start.saturating_add(size);
+    let mut at = 0usize;
+    for part in parts {
+        let len = filter.body_size(*part);
+        let (from, to) = (at, at.saturating_add(len));
+        at = to;
+        if to <= start || from >= end {
+            continue;
+        }
+        let mut bytes = Vec::with_capacity(len);
+        if !filter.read_body(*part, &mut bytes) {
+            return Err(FAILED);
+        }
+        let lo = start.saturating_sub(from).min(bytes.len());
+        let hi = end.saturating_sub(from).min(bytes.len());
+        whole.extend_from_slice(&bytes[lo..hi]);
+    }
+    Ok(whole)
+}
+
+/// Replaces the body's first `size` bytes with `data`: the ABI drains from the front and
+/// appends at the end, so the body is rebuilt in the part at hand.
+fn replace_prefix(
+    filter: Filter,
+    side: Side,
+    request: bool,
+    size: usize,
+    data: &[u8],
+) -> Result<(), HostError> {
+    let parts = parts(filter, side, request);
+    let rest = read_range(filter, &parts, size, usize::MAX)?;
+    for part in &parts {
+        let len = filter.body_size(*part);
+        if len > 0 && !filter.drain_body(*part, len) {
+            return Err(FAILED);
+        }
+    }
+    let target = *parts.last().ok_or(FAILED)?;
+    let mut body = Vec::with_capacity(data.len() + rest.len());
+    body.extend_from_slice(data);
+    body.extend_from_slice(&rest);
+    if filter.append_body(target, &body) {
+        Ok(())
+    } else {
+        Err(FAILED)
+    }
+}
+
+/// The request core's host: the stream's filter in Envoy, the worker's stats and the
+/// process's store.
+struct StreamHost<'a> {
+    filter: Filter,
+    worker: &'a Worker,
+    request_side: &'a Cell<Side>,
+    response_side: &'a Cell<Side>,
+    answered: &'a Cell<bool>,
+}
+
+impl SharedData for StreamHost<'_> {
+    fn get(&self, name: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        Store::global().get(name)
+    }
+
+    fn set(&self, name: &str, value: &[u8], cas: Option<u32>) -> Result<bool, HostError> {
+        Store::global().set(name, value, cas)
+    }
+}
+
+impl Host for StreamHost<'_> {
+    fn request_headers(&self) -> Result<Vec<u8>, HostError> {
+        let headers = self.filter.headers(Map::Request).ok_or(FAILED)?;
+        let pairs: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        Ok(pairs::encode_bytes(&pairs))
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError> {
+        ok(self.filter.set_header(Map::Request, name, value))
+    }
+
+    fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
+        ok(self.filter.remove_header(Map::Request, name))
+    }
+
+    fn request_body(&self, start: usize, size: usize) -> Result<Vec<u8>, HostError> {
+        let parts = parts(self.filter, self.request_side.get(), true);
+        read_range(self.filter, &parts, start, size)
+    }
+
+    fn set_request_body(&self, size: usize, data: &[u8]) -> Result<(), HostError> {
+        replace_prefix(self.filter, self.request_side.get(), true, size, data)
+    }
+
+    fn source_address(&self) -> Result<Option<Vec<u8>>, HostError> {
+        Ok(self.filter.source_address())
+    }
+
+    fn response_header(&self, name: &str) -> Result<Option<String>, HostError> {
+        Ok(self
+            .filter
+            .header(Map::Response, name)
+            .and_then(|v| String::from_utf8(v).ok()))
+    }
+
+    fn set_response_header(&self, name: &str, value: &str) -> Result<(), HostError> {
+        ok(self.filter.set_header(Map::Response, name, value))
+    }
+
+    fn remove_response_header(&self, name: &str) -> Result<(), HostError> {
+        ok(self.filter.remove_header(Map::Response, name))
+    }
+
+    fn response_body(&self, size: usize) -> Result<Vec<u8>, HostError> {
+        let parts = parts(self.filter, self.response_side.get(), false);
+        read_range(self.filter, &parts, 0, size)
+    }
+
+    fn set_response_body(&self, size: usize, data: &[u8]) -> Result<(), HostError> {
+        replace_prefix(self.filter, self.response_side.get(), false, size, data)
+    }
+
+    fn send_response(
+        &self,
+        status: u32,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), HostError> {
+        self.filter.send_response(status, headers, body, "keygate");
+        self.answered.set(true);
+        Ok(())
+    }
+
+    fn now_ms(&self) -> Result<u64, HostError> {
+        gate::now_ms()
+    }
+
+    fn count(&self, event: Event<'_>) {
+        self.worker.metrics.event(event);
+    }
+
+    fn wake_leader(&self) {
+        self.worker.gate.schedule(gate::CREDIT_DEMAND);
+    }
+}
+
+fn ok(done: bool) -> Result<(), HostError> {
+    if done {
+        Ok(())
+    } else {
+        Err(FAILED)
+    }
+}
