@@ -3,7 +3,7 @@
 //!
 //! Target host: the Envoy 1.40.0 binary shipped in `.venv/.../envoy/_bin/envoy`
 //! (build id 9e5580933739775e8bce696a57a2e1bc99368f23, ABI version string "v0.2.0").
-//! See `native/ABI-NOTES.md` for where these signatures were checked and for the ownership,
+//! See `docs/native-abi.md` for where these signatures were checked and for the ownership,
 //! lifetime and threading rules.
 //!
 //! Conventions used below:
@@ -322,6 +322,12 @@ extern "C" {
         key: envoy_dynamic_module_type_module_buffer,
         value: envoy_dynamic_module_type_module_buffer,
     ) -> bool;
+
+    /// Has Envoy pick the route again for the request (its headers changed): a no-op
+    /// outside the request's decoding.
+    pub fn envoy_dynamic_module_callback_http_clear_route_cache(
+        filter_envoy_ptr: envoy_dynamic_module_type_http_filter_envoy_ptr,
+    );
 
     // ----- attributes -----
 

@@ -131,25 +131,38 @@ impl Filter {
     /// Sets a header (all its values); an empty value removes it (the ABI's rule).
     pub fn set_header(self, map: Map, name: &str, value: &str) -> bool {
         // SAFETY: both buffers are copied during the call.
-        unsafe {
+        let done = unsafe {
             envoy_dynamic_module_callback_http_set_header(
                 self.0,
                 map.id(),
                 module(name.as_bytes()),
                 module(value.as_bytes()),
             )
-        }
+        };
+        self.changed(map);
+        done
     }
 
     pub fn remove_header(self, map: Map, name: &str) -> bool {
         // SAFETY: the name is read during the call; a null value removes the header.
-        unsafe {
+        let done = unsafe {
             envoy_dynamic_module_callback_http_set_header(
                 self.0,
                 map.id(),
                 module(name.as_bytes()),
                 NONE,
             )
+        };
+        self.changed(map);
+        done
+    }
+
+    /// A request header changed: Envoy picks the route again, as it does when a Wasm
+    /// filter changes one (routes may match `x-keygate-model`).
+    fn changed(self, map: Map) {
+        if let Map::Request = map {
+            // SAFETY: no pointers but the filter's.
+            unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
         }
     }
 

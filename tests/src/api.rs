@@ -176,12 +176,17 @@ pub fn envoy_stats_at(admin_url: &str, filter: &str) -> String {
 /// One of the filter's stats from Envoy's admin (`wasmcustom.<name>`, or
 /// `dynamicmodulescustom.<name>` for the native build), if defined.
 pub fn filter_stat(stack: &Stack, name: &str) -> Option<u64> {
-    filter_stat_at(&stack.envoy_admin_url, name)
+    filter_stat_of(&stack.envoy_admin_url, stack.build, name)
 }
 
-/// As [`filter_stat`], from the Envoy whose admin is at `admin_url`.
+/// As [`filter_stat`], from the Envoy whose admin is at `admin_url` (running the build
+/// `KEYGATE_E2E_FILTER` names).
 pub fn filter_stat_at(admin_url: &str, name: &str) -> Option<u64> {
-    let stat_prefix = crate::stack::stat_prefix();
+    filter_stat_of(admin_url, crate::stack::filter_build(), name)
+}
+
+fn filter_stat_of(admin_url: &str, build: crate::stack::Build, name: &str) -> Option<u64> {
+    let stat_prefix = build.stat_prefix();
     let text = envoy_stats_at(admin_url, &format!("^{}", stat_prefix.replace('.', "\\.")));
     let prefix = format!("{stat_prefix}{name}: ");
     text.lines()

@@ -70,11 +70,13 @@ pub fn filter_native() -> PathBuf {
     )
 }
 
-/// The prefix Envoy gives the filter's stats: proxy-wasm's, or the dynamic modules'.
-pub fn stat_prefix() -> &'static str {
-    match filter_build() {
-        Build::Wasm => "wasmcustom.",
-        Build::Native => "dynamicmodulescustom.",
+impl Build {
+    /// The prefix Envoy gives the filter's stats: proxy-wasm's, or the dynamic modules'.
+    pub fn stat_prefix(self) -> &'static str {
+        match self {
+            Build::Wasm => "wasmcustom.",
+            Build::Native => "dynamicmodulescustom.",
+        }
     }
 }
 
@@ -265,6 +267,8 @@ pub struct StackBuilder {
     /// Another Wasm filter in keygate's place (`None`: the built keygate), or no filter
     /// at all (`Some(None)`): the benchmark's baselines.
     filter: Option<Option<PathBuf>>,
+    /// The build of keygate to run (`None`: `filter_build()`).
+    build: Option<Build>,
     /// Envoy answers every request itself instead of routing to the mock upstream.
     direct_response: bool,
     /// A key-service database to start from (copied), instead of an empty one.
@@ -309,6 +313,13 @@ impl StackBuilder {
     /// filter at all.
     pub fn filter(mut self, wasm: Option<PathBuf>) -> Self {
         self.filter = Some(wasm);
+        self
+    }
+
+    /// Runs this build of keygate, whichever `KEYGATE_E2E_FILTER` names (the benchmark
+    /// measures both).
+    pub fn build(mut self, build: Build) -> Self {
+        self.build = Some(build);
         self
     }
 
@@ -389,6 +400,8 @@ pub struct Stack {
     pub filter_token: String,
     /// The second key-service replica (`key_service_pair`).
     pub second_key_service_url: Option<String>,
+    /// The build of keygate this stack runs.
+    pub build: Build,
     // Dropped in reverse order of start: Envoy first.
     procs: Vec<Proc>,
     dir: PathBuf,
@@ -406,6 +419,7 @@ impl Stack {
             concurrency: 2,
             filter_settings: Vec::new(),
             filter: None,
+            build: None,
             direct_response: false,
             database: None,
             multi_provider: false,
@@ -430,8 +444,8 @@ impl Stack {
         };
         // The built keygate runs as the build under test; another Wasm filter (an older
         // build, a benchmark's baseline) stays what it is.
-        let native =
-            (options.filter.is_none() && filter_build() == Build::Native).then(filter_native);
+        let build = options.build.unwrap_or_else(filter_build);
+        let native = (options.filter.is_none() && build == Build::Native).then(filter_native);
         let dir = std::env::temp_dir().join(format!("keygate-e2e-{}", random_token()));
         fs::create_dir_all(&dir).expect("create stack dir");
         if let Some(db) = &options.database {
@@ -523,6 +537,7 @@ impl Stack {
             admin_token,
             filter_token,
             second_key_service_url: second_key_service.map(|addr| format!("http://{addr}")),
+            build,
             procs,
             dir,
             database_url,

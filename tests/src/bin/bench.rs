@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use keygate_e2e::api::{admin, client, filter_stat, filter_stat_at, CHAT};
 use keygate_e2e::seed::{secret_of, seed_keys};
-use keygate_e2e::stack::{repo_root, Stack};
+use keygate_e2e::stack::{repo_root, Build, Stack};
 
 #[derive(Parser)]
 #[command(about = "Measure keygate in Envoy against no filter and a no-op Wasm filter")]
@@ -115,6 +115,8 @@ enum Filter {
     /// As `KeygateQuota` with credit leases, and the key also capped on `BODY_MODEL` (far
     /// above the run's spend): each request reserves in the cap's ledger too.
     KeygateModelCap,
+    /// The built keygate as an Envoy dynamic module (`libkeygate_native.so`).
+    Native,
 }
 
 /// The model of `--body-bytes` bodies, the only one the key may then call.
@@ -302,6 +304,10 @@ fn main() {
         Variant {
             name: "keygate".into(),
             filter: Filter::Keygate(vec![]),
+        },
+        Variant {
+            name: "keygate native".into(),
+            filter: Filter::Native,
         },
         Variant {
             name: "keygate, key-id header only".into(),
@@ -582,6 +588,7 @@ fn measure(
             .filter_setting("host_call", &format!("{call:?}")),
         Filter::ModelFromBody(None) | Filter::KeygateModelCap => builder,
         Filter::ModelFromBody(Some(path)) => builder.filter(Some(path.clone())),
+        Filter::Native => builder.build(Build::Native),
     };
     let started = Instant::now();
     let stack = builder.start();
@@ -597,6 +604,7 @@ fn measure(
             | Filter::ModelFromBody(_)
             | Filter::KeygateQuota(_)
             | Filter::KeygateModelCap
+            | Filter::Native
     );
     let mut load_s = None;
     if keygate_like && count > 0 {
