@@ -18,7 +18,8 @@ help:
 	@echo "make wasm-image  target/wasm-image/: keygate.wasm as an OCI image layout for Istio"
 	@echo "make test     lint, unit tests (key-service on SQLite and PostgreSQL), wasm logic tests in V8,"
 	@echo "              config validation, end-to-end tests"
-	@echo "make bench    keygate in Envoy against no filter, a no-op Wasm filter, api_key_auth, Lua and"
+	@echo "make bench    keygate (Wasm and native) in Envoy against no filter, no-op Wasm and native filters,"
+	@echo "              api_key_auth, Lua and"
 	@echo "              ext_authz; disable-to-401 delay; streams (TTFB, scanning CPU); billing reconciled"
 	@echo "              under load; bench/results/REPORT.md with plots"
 	@echo "make bench-host-calls  what each host call keygate makes costs in Envoy's V8 (about 7 min)"
@@ -95,6 +96,7 @@ demo: build
 # bench/results/. The first run seeds a million keys (about 2 min); later runs reuse them.
 bench: build
 	$(WASM_CARGO) build -p keygate-noop-filter --target wasm32-wasip1 --release
+	cargo build --release -p keygate-noop-native
 	target/release/keygate-bench --keys 10000,1000000 --memory-keys 0,100000 --rounds 3 \
 	    --duration 3 --enforcement-tries 50 --out bench/results/filter.md
 	target/release/keygate-bench --keys 10000 --rounds 2 --duration 3 --upstream \

@@ -31,6 +31,18 @@ pub unsafe fn copy(ptr: *const std::ffi::c_char, len: usize) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) }.to_vec()
 }
 
+/// Borrows bytes Envoy lent.
+///
+/// # Safety
+/// `ptr` must be valid for `len` bytes (or null) for as long as the slice is used.
+unsafe fn view<'a>(ptr: *const std::ffi::c_char, len: usize) -> &'a [u8] {
+    if ptr.is_null() || len == 0 {
+        return &[];
+    }
+    // SAFETY: per the caller.
+    unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) }
+}
+
 /// A header map of a stream.
 #[derive(Clone, Copy)]
 pub enum Map {
@@ -74,8 +86,9 @@ impl Body {
 pub struct Filter(pub envoy_dynamic_module_type_http_filter_envoy_ptr);
 
 impl Filter {
-    /// Every header of a map, in order (a name with several values once per value).
-    pub fn headers(self, map: Map) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    /// Every header of a map, in order (a name with several values once per value),
+    /// encoded as `keygate_core::pairs` reads them: one copy, straight from Envoy's views.
+    pub fn headers_encoded(self, map: Map) -> Option<Vec<u8>> {
         // SAFETY: the filter is alive on this thread (the type's contract).
         let n = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, map.id()) };
         let empty = envoy_dynamic_module_type_envoy_http_header {
@@ -93,18 +106,13 @@ impl Filter {
         {
             return None;
         }
-        Some(
-            views
-                .iter()
-                // SAFETY: Envoy's views are valid until the map changes; copied now.
-                .map(|h| unsafe {
-                    (
-                        copy(h.key_ptr, h.key_length),
-                        copy(h.value_ptr, h.value_length),
-                    )
-                })
-                .collect(),
-        )
+        let pairs: Vec<(&[u8], &[u8])> = views
+            .iter()
+            // SAFETY: Envoy's views are valid until the map changes, which it cannot
+            // before they are copied below.
+            .map(|h| unsafe { (view(h.key_ptr, h.key_length), view(h.value_ptr, h.value_length)) })
+            .collect();
+        Some(keygate_core::pairs::encode_bytes(&pairs))
     }
 
     /// The first value of a header.
@@ -131,39 +139,33 @@ impl Filter {
     /// Sets a header (all its values); an empty value removes it (the ABI's rule).
     pub fn set_header(self, map: Map, name: &str, value: &str) -> bool {
         // SAFETY: both buffers are copied during the call.
-        let done = unsafe {
+        unsafe {
             envoy_dynamic_module_callback_http_set_header(
                 self.0,
                 map.id(),
                 module(name.as_bytes()),
                 module(value.as_bytes()),
             )
-        };
-        self.changed(map);
-        done
+        }
     }
 
     pub fn remove_header(self, map: Map, name: &str) -> bool {
         // SAFETY: the name is read during the call; a null value removes the header.
-        let done = unsafe {
+        unsafe {
             envoy_dynamic_module_callback_http_set_header(
                 self.0,
                 map.id(),
                 module(name.as_bytes()),
                 NONE,
             )
-        };
-        self.changed(map);
-        done
+        }
     }
 
-    /// A request header changed: Envoy picks the route again, as it does when a Wasm
-    /// filter changes one (routes may match `x-keygate-model`).
-    fn changed(self, map: Map) {
-        if let Map::Request = map {
-            // SAFETY: no pointers but the filter's.
-            unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
-        }
+    /// Has Envoy pick the route again, as it does after a Wasm filter changes a request
+    /// header (routes may match `x-keygate-model`).
+    pub fn clear_route_cache(self) {
+        // SAFETY: no pointers but the filter's.
+        unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
     }
 
     /// The client's address as Envoy saw it ("ip:port").

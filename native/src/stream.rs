@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use keygate_core::kv::{HostError, SharedData};
-use keygate_core::pairs;
 use keygate_core::request::{Action, Event, Host, Plugin, Request};
 use keygate_core::stats::Metrics;
 use keygate_core::sync::view::{SharedView, View};
@@ -135,6 +134,21 @@ struct Side {
     in_hook: bool,
 }
 
+/// The stream's host for one hook (borrowing the stream's fields one by one, so that the
+/// request can be borrowed beside it).
+macro_rules! host {
+    ($stream:expr) => {
+        StreamHost {
+            filter: $stream.filter,
+            worker: &$stream.worker,
+            request_side: &$stream.request_side,
+            response_side: &$stream.response_side,
+            answered: &$stream.answered,
+            route_changed: Cell::new(false),
+        }
+    };
+}
+
 /// One stream's filter.
 pub struct Stream {
     id: u64,
@@ -173,14 +187,8 @@ impl Stream {
 
     /// Runs a hook on the request through this stream's host.
     fn run(&mut self, hook: impl FnOnce(&mut Request, &StreamHost) -> Action) -> Action {
-        let host = StreamHost {
-            filter: self.filter,
-            worker: &self.worker,
-            request_side: &self.request_side,
-            response_side: &self.response_side,
-            answered: &self.answered,
-        };
-        match hook(&mut self.request, &host) {
+        let action = hook(&mut self.request, &host!(self));
+        match action {
             Action::Hold => self.hold(),
             other => other,
         }
@@ -201,13 +209,7 @@ impl Stream {
             _ => true,
         };
         if full {
-            let host = StreamHost {
-                filter: self.filter,
-                worker: &self.worker,
-                request_side: &self.request_side,
-                response_side: &self.response_side,
-                answered: &self.answered,
-            };
+            let host = host!(self);
             return match self.request.release(&host, false, true) {
                 Action::Hold => Action::Pause,
                 other => other,
@@ -263,14 +265,8 @@ impl Stream {
             return;
         };
         self.worker.refresh();
-        let host = StreamHost {
-            filter: self.filter,
-            worker: &self.worker,
-            request_side: &self.request_side,
-            response_side: &self.response_side,
-            answered: &self.answered,
-        };
-        match self.request.release(&host, loaded, false) {
+        let action = self.request.release(&host!(self), loaded, false);
+        match action {
             Action::Hold => {
                 let _ = self.hold();
             }
@@ -282,13 +278,7 @@ impl Stream {
 
     /// The stream ended, however it did.
     pub fn complete(&mut self) {
-        let host = StreamHost {
-            filter: self.filter,
-            worker: &self.worker,
-            request_side: &self.request_side,
-            response_side: &self.response_side,
-            answered: &self.answered,
-        };
+        let host = host!(self);
         self.request.on_log(&host);
         self.worker.finished();
     }
@@ -433,6 +423,16 @@ struct StreamHost<'a> {
     request_side: &'a Cell<Side>,
     response_side: &'a Cell<Side>,
     answered: &'a Cell<bool>,
+    /// A request header changed in this hook: Envoy picks the route again after it.
+    route_changed: Cell<bool>,
+}
+
+impl Drop for StreamHost<'_> {
+    fn drop(&mut self) {
+        if self.route_changed.get() {
+            self.filter.clear_route_cache();
+        }
+    }
 }
 
 impl SharedData for StreamHost<'_> {
@@ -447,19 +447,16 @@ impl SharedData for StreamHost<'_> {
 
 impl Host for StreamHost<'_> {
     fn request_headers(&self) -> Result<Vec<u8>, HostError> {
-        let headers = self.filter.headers(Map::Request).ok_or(FAILED)?;
-        let pairs: Vec<(&[u8], &[u8])> = headers
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
-            .collect();
-        Ok(pairs::encode_bytes(&pairs))
+        self.filter.headers_encoded(Map::Request).ok_or(FAILED)
     }
 
     fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError> {
+        self.route_changed.set(true);
         ok(self.filter.set_header(Map::Request, name, value))
     }
 
     fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
+        self.route_changed.set(true);
         ok(self.filter.remove_header(Map::Request, name))
     }
 

@@ -269,6 +269,8 @@ pub struct StackBuilder {
     filter: Option<Option<PathBuf>>,
     /// The build of keygate to run (`None`: `filter_build()`).
     build: Option<Build>,
+    /// Another dynamic module in the native build's place (the benchmark's floor).
+    native_module: Option<PathBuf>,
     /// Envoy answers every request itself instead of routing to the mock upstream.
     direct_response: bool,
     /// A key-service database to start from (copied), instead of an empty one.
@@ -320,6 +322,14 @@ impl StackBuilder {
     /// measures both).
     pub fn build(mut self, build: Build) -> Self {
         self.build = Some(build);
+        self
+    }
+
+    /// Runs another dynamic module where the native build would be, with its
+    /// configuration.
+    pub fn native_module(mut self, path: PathBuf) -> Self {
+        self.build = Some(Build::Native);
+        self.native_module = Some(path);
         self
     }
 
@@ -420,6 +430,7 @@ impl Stack {
             filter_settings: Vec::new(),
             filter: None,
             build: None,
+            native_module: None,
             direct_response: false,
             database: None,
             multi_provider: false,
@@ -445,7 +456,12 @@ impl Stack {
         // The built keygate runs as the build under test; another Wasm filter (an older
         // build, a benchmark's baseline) stays what it is.
         let build = options.build.unwrap_or_else(filter_build);
-        let native = (options.filter.is_none() && build == Build::Native).then(filter_native);
+        let native = (options.filter.is_none() && build == Build::Native).then(|| {
+            match &options.native_module {
+                Some(path) => required(path.clone(), "make build"),
+                None => filter_native(),
+            }
+        });
         let dir = std::env::temp_dir().join(format!("keygate-e2e-{}", random_token()));
         fs::create_dir_all(&dir).expect("create stack dir");
         if let Some(db) = &options.database {

@@ -117,6 +117,8 @@ enum Filter {
     KeygateModelCap,
     /// The built keygate as an Envoy dynamic module (`libkeygate_native.so`).
     Native,
+    /// Another dynamic module in keygate's place.
+    NativeModule(PathBuf),
 }
 
 /// The model of `--body-bytes` bodies, the only one the key may then call.
@@ -304,6 +306,10 @@ fn main() {
         Variant {
             name: "keygate".into(),
             filter: Filter::Keygate(vec![]),
+        },
+        Variant {
+            name: "no-op native".into(),
+            filter: Filter::NativeModule(root.join("target/release/libkeygate_noop_native.so")),
         },
         Variant {
             name: "keygate native".into(),
@@ -589,6 +595,7 @@ fn measure(
         Filter::ModelFromBody(None) | Filter::KeygateModelCap => builder,
         Filter::ModelFromBody(Some(path)) => builder.filter(Some(path.clone())),
         Filter::Native => builder.build(Build::Native),
+        Filter::NativeModule(path) => builder.native_module(path.clone()),
     };
     let started = Instant::now();
     let stack = builder.start();
@@ -636,7 +643,7 @@ fn measure(
     };
     let checks = !matches!(
         variant.filter,
-        Filter::None | Filter::Wasm(_) | Filter::HostCall(_)
+        Filter::None | Filter::Wasm(_) | Filter::HostCall(_) | Filter::NativeModule(_)
     );
     if let (Filter::ModelFromBody(_), Some(secret)) = (&variant.filter, secret) {
         restrict_to_body_model(&stack, &url, secret);
