@@ -61,7 +61,7 @@ def plots(rows):
     made.append(save(fig, "throughput.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for variant in ("keygate", "no filter"):
+    for variant in ("keygate", "keygate native", "no filter"):
         points = sorted((r["keys"], r["rss_mb"]) for r in rows if r["variant"] == variant)
         if points:
             ax.plot([max(k, 1) for k, _ in points], [m for _, m in points], marker="o", label=variant)

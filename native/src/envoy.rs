@@ -31,6 +31,19 @@ pub unsafe fn copy(ptr: *const std::ffi::c_char, len: usize) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) }.to_vec()
 }
 
+/// Headers as the ABI takes them, pointing into `headers` (which must outlive the call).
+fn module_headers(headers: &[(&str, &str)]) -> Vec<envoy_dynamic_module_type_module_http_header> {
+    headers
+        .iter()
+        .map(|(k, v)| envoy_dynamic_module_type_module_http_header {
+            key_ptr: k.as_ptr().cast(),
+            key_length: k.len(),
+            value_ptr: v.as_ptr().cast(),
+            value_length: v.len(),
+        })
+        .collect()
+}
+
 /// Borrows bytes Envoy lent.
 ///
 /// # Safety
@@ -110,7 +123,12 @@ impl Filter {
             .iter()
             // SAFETY: Envoy's views are valid until the map changes, which it cannot
             // before they are copied below.
-            .map(|h| unsafe { (view(h.key_ptr, h.key_length), view(h.value_ptr, h.value_length)) })
+            .map(|h| unsafe {
+                (
+                    view(h.key_ptr, h.key_length),
+                    view(h.value_ptr, h.value_length),
+                )
+            })
             .collect();
         Some(keygate_core::pairs::encode_bytes(&pairs))
     }
@@ -249,15 +267,7 @@ impl Filter {
 
     /// Answers the request from the filter.
     pub fn send_response(self, status: u32, headers: &[(&str, &str)], body: &[u8], details: &str) {
-        let mut pairs: Vec<envoy_dynamic_module_type_module_http_header> = headers
-            .iter()
-            .map(|(k, v)| envoy_dynamic_module_type_module_http_header {
-                key_ptr: k.as_ptr().cast(),
-                key_length: k.len(),
-                value_ptr: v.as_ptr().cast(),
-                value_length: v.len(),
-            })
-            .collect();
+        let mut pairs = module_headers(headers);
         // SAFETY: every buffer is copied during the call.
         unsafe {
             envoy_dynamic_module_callback_http_send_response(
@@ -396,15 +406,7 @@ impl ConfigHandle {
         body: Option<&[u8]>,
         timeout_ms: u64,
     ) -> Result<u64, u32> {
-        let mut pairs: Vec<envoy_dynamic_module_type_module_http_header> = headers
-            .iter()
-            .map(|(k, v)| envoy_dynamic_module_type_module_http_header {
-                key_ptr: k.as_ptr().cast(),
-                key_length: k.len(),
-                value_ptr: v.as_ptr().cast(),
-                value_length: v.len(),
-            })
-            .collect();
+        let mut pairs = module_headers(headers);
         let mut id = 0u64;
         // SAFETY: every buffer is copied during the call.
         let result = unsafe {

@@ -89,22 +89,26 @@ impl Gate {
         }
     }
 
-    /// A worker hands over the usage records of its finished requests.
-    pub fn hand_over(&self, records: Vec<Record>) {
+    /// A worker hands over the usage records of its finished requests; returns those
+    /// that find no room. The root takes the inbox on each tick (every 100 ms while records
+    /// wait), so it holds at most `usage_queue_max` records: a main thread that falls
+    /// behind costs records, never unbounded memory.
+    pub fn hand_over(&self, mut records: Vec<Record>) -> Vec<Record> {
         if records.is_empty() {
-            return;
+            return records;
         }
-        let was_empty = match self.inbox.lock() {
-            Ok(mut inbox) => {
-                let was_empty = inbox.is_empty();
-                inbox.extend(records);
-                was_empty
-            }
-            Err(_) => return,
+        let Ok(mut inbox) = self.inbox.lock() else {
+            return records;
         };
+        let was_empty = inbox.is_empty();
+        let room = self.config.usage_queue_max.saturating_sub(inbox.len());
+        let refused = records.split_off(records.len().min(room));
+        inbox.extend(records);
+        drop(inbox);
         if was_empty {
             self.timer.soon();
         }
+        refused
     }
 
     fn take_inbox(&self) -> Vec<Record> {

@@ -6,11 +6,15 @@
 //!
 //! The map is split into shards, each behind its own lock, so workers touching different
 //! keys' ledgers do not wait for each other; a lock is held only to copy a value in or out.
+//!
+//! An entry is kept compact, since a million keys are a million entries: its name, value
+//! and compare-and-swap number share one allocation (`Entry`).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{OnceLock, RwLock};
 
 use keygate_core::kv::{HostError, SharedData};
 
@@ -20,11 +24,73 @@ const SHARDS: usize = 64;
 /// refused with 503, never passed unchecked).
 const POISONED: HostError = HostError(u32::MAX);
 
-type Shard = RwLock<HashMap<Box<str>, (Arc<[u8]>, u32)>>;
+/// One entry in one allocation: its compare-and-swap number (4 bytes, little-endian),
+/// its name's length (2 bytes), its name, its value. The map's slot holds only the
+/// pointer and length (16 bytes), so a million keys cost their bytes and little more.
+struct Entry(Box<[u8]>);
+
+/// Bytes before the name.
+const HEAD: usize = 6;
+
+impl Entry {
+    /// `None` for a name longer than 65,535 bytes (no name of keygate's is).
+    fn new(name: &str, value: &[u8], cas: u32) -> Option<Entry> {
+        let len = u16::try_from(name.len()).ok()?;
+        let mut bytes = Vec::with_capacity(HEAD + name.len() + value.len());
+        bytes.extend_from_slice(&cas.to_le_bytes());
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.extend_from_slice(value);
+        Some(Entry(bytes.into_boxed_slice()))
+    }
+
+    fn name_len(&self) -> usize {
+        usize::from(u16::from_le_bytes([self.0[4], self.0[5]]))
+    }
+
+    fn name(&self) -> &str {
+        let bytes = &self.0[HEAD..HEAD + self.name_len()];
+        // SAFETY: the bytes are a whole `&str` copied in `new`.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.0[HEAD + self.name_len()..]
+    }
+
+    fn cas(&self) -> u32 {
+        u32::from_le_bytes([self.0[0], self.0[1], self.0[2], self.0[3]])
+    }
+}
+
+impl Borrow<str> for Entry {
+    fn borrow(&self) -> &str {
+        self.name()
+    }
+}
+
+// Hashed and compared by name, as the `str` it lends (`Borrow` requires it).
+impl Hash for Entry {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name().hash(state);
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for Entry {}
+
+type Shard = RwLock<HashSet<Entry>>;
+
+/// A name too long for an entry: refused like a host failure.
+const TOO_LONG: HostError = HostError(u32::MAX - 1);
 
 pub struct Store {
     shards: Vec<Shard>,
-    hasher: RandomState,
     /// The last compare-and-swap number handed out (0 is never one).
     cas: AtomicU32,
 }
@@ -33,7 +99,6 @@ impl Default for Store {
     fn default() -> Self {
         Store {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            hasher: RandomState::new(),
             cas: AtomicU32::new(0),
         }
     }
@@ -47,9 +112,13 @@ impl Store {
         STORE.get_or_init(Store::default)
     }
 
+    /// The shard of a name, by FNV-1a over its bytes (cheap; each shard's map hashes
+    /// with its own random keys).
     fn shard(&self, name: &str) -> &Shard {
-        let i = self.hasher.hash_one(name) as usize % SHARDS;
-        &self.shards[i]
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        &self.shards[(hash % SHARDS as u64) as usize]
     }
 
     fn next_cas(&self) -> u32 {
@@ -79,24 +148,18 @@ impl Store {
 impl SharedData for Store {
     fn get(&self, name: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
         let shard = self.shard(name).read().map_err(|_| POISONED)?;
-        Ok(shard.get(name).map(|(value, cas)| (value.to_vec(), *cas)))
+        Ok(shard.get(name).map(|e| (e.value().to_vec(), e.cas())))
     }
 
     fn set(&self, name: &str, value: &[u8], cas: Option<u32>) -> Result<bool, HostError> {
         let mut shard = self.shard(name).write().map_err(|_| POISONED)?;
-        let entry = shard.get_mut(name);
-        if let (Some(expected), Some((_, current))) = (cas, entry.as_ref()) {
-            if expected != *current {
+        if let (Some(expected), Some(current)) = (cas, shard.get(name)) {
+            if expected != current.cas() {
                 return Ok(false);
             }
         }
-        let next = self.next_cas();
-        match entry {
-            Some(slot) => *slot = (Arc::from(value), next),
-            None => {
-                shard.insert(Box::from(name), (Arc::from(value), next));
-            }
-        }
+        let entry = Entry::new(name, value, self.next_cas()).ok_or(TOO_LONG)?;
+        shard.replace(entry);
         Ok(true)
     }
 }
@@ -104,6 +167,23 @@ impl SharedData for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_of_any_length_are_found_by_their_whole_name() {
+        let store = Store::default();
+        let long = "l".repeat(200);
+        let names = ["", "k", "k01234567890123456789", &"n".repeat(23), &long];
+        for name in names {
+            assert!(store.set(name, name.as_bytes(), None).unwrap());
+        }
+        // A name past 65,535 bytes is refused, not cut.
+        assert_eq!(store.set(&"x".repeat(70_000), b"v", None), Err(TOO_LONG));
+        for name in names {
+            assert_eq!(store.get(name).unwrap().unwrap().0, name.as_bytes());
+        }
+        assert_eq!(store.get("k0123456789012345678").unwrap(), None);
+        assert_eq!(store.len(), 5);
+    }
 
     #[test]
     fn compare_and_swap_as_envoy_does() {
@@ -134,12 +214,12 @@ mod tests {
                 self.0.to_le_bytes().to_vec()
             }
         }
-        let store = Arc::new(Store::default());
+        let store = std::sync::Arc::new(Store::default());
         // Created first: like Envoy's, the store cannot create an entry only if absent.
         store.set("ledger", &N(0).encode(), None).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|_| {
-                let store = Arc::clone(&store);
+                let store = std::sync::Arc::clone(&store);
                 std::thread::spawn(move || {
                     for _ in 0..2_000 {
                         update::<N, ()>(&*store, "ledger", |n| {

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use keygate_core::kv::{HostError, SharedData};
+use keygate_core::limits::ledger;
 use keygate_core::request::{Action, Event, Host, Plugin, Request};
 use keygate_core::stats::Metrics;
 use keygate_core::sync::view::{SharedView, View};
@@ -111,16 +112,29 @@ impl Worker {
         }
     }
 
-    /// A request ended: its usage goes to the root, its counts to Envoy.
+    /// A request ended: its usage goes to the root, its counts to Envoy. Records that
+    /// find no room are dropped, as a full outbox drops them: counted, and their cost
+    /// released from the ledgers (it will never be billed).
     fn finished(&self) {
         let mut outbox = self.outbox.borrow_mut();
-        let dropped = outbox.take_dropped();
+        let mut dropped = outbox.take_dropped();
+        let mut lost = outbox.take_lost();
         let records = outbox.take_waiting();
         drop(outbox);
+        let refused = self.gate.hand_over(records);
+        dropped += refused.len() as u64;
+        lost.extend(refused.into_iter().filter_map(|r| r.charge));
         if dropped > 0 {
             self.metrics.usage_dropped(dropped);
+            log::warn!(
+                "{dropped} usage records dropped: the root's inbox is full (usage_queue_max)"
+            );
         }
-        self.gate.hand_over(records);
+        for charge in &lost {
+            for (name, amount) in charge.ledgers() {
+                let _ = ledger::lost(Store::global(), name, amount);
+            }
+        }
         self.metrics.flush();
     }
 }
