@@ -13,7 +13,7 @@ const SOME: Ptr = 1 as Ptr;
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
-    b"v0.2.0\0".as_ptr().cast()
+    c"v0.2.0".as_ptr()
 }
 
 #[repr(C)]
