@@ -209,12 +209,14 @@ impl Filter {
         unsafe { envoy_dynamic_module_callback_http_get_body_size(self.0, body.id()) }
     }
 
-    /// Appends the bytes of a body buffer to `out`.
-    pub fn read_body(self, body: Body, out: &mut Vec<u8>) -> bool {
+    /// Appends bytes `skip..skip + take` of a body buffer to `out` (fewer if it has
+    /// fewer), copied straight from Envoy's slices: a window of a large body costs the
+    /// window, not the body.
+    pub fn read_body(self, body: Body, skip: usize, take: usize, out: &mut Vec<u8>) -> bool {
         // SAFETY: no pointers but the filter's.
         let n =
             unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, body.id()) };
-        if n == 0 {
+        if n == 0 || take == 0 {
             return true;
         }
         let empty = envoy_dynamic_module_type_envoy_buffer {
@@ -232,13 +234,22 @@ impl Filter {
         } {
             return false;
         }
+        let end = skip.saturating_add(take);
+        let mut at = 0usize;
         for chunk in &chunks {
-            if !chunk.ptr.is_null() && chunk.length > 0 {
-                // SAFETY: the views are valid until the body changes; copied now.
-                out.extend_from_slice(unsafe {
-                    std::slice::from_raw_parts(chunk.ptr.cast::<u8>(), chunk.length)
-                });
+            // SAFETY: the views are valid until the body changes; copied now.
+            let bytes = unsafe { view(chunk.ptr, chunk.length) };
+            let (from, to) = (at, at.saturating_add(bytes.len()));
+            at = to;
+            if to <= skip {
+                continue;
             }
+            if from >= end {
+                break;
+            }
+            let lo = skip.saturating_sub(from);
+            let hi = end.saturating_sub(from).min(bytes.len());
+            out.extend_from_slice(&bytes[lo..hi]);
         }
         true
     }

@@ -182,7 +182,6 @@ static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 impl Stream {
     pub fn new(gate: &Arc<Gate>, filter: Filter) -> Stream {
         let worker = Worker::of(gate);
-        worker.refresh();
         Stream {
             id: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
             filter,
@@ -373,14 +372,15 @@ fn parts(filter: Filter, side: Side, request: bool) -> Vec<Body> {
     }
 }
 
-/// `size` bytes of the body from `start` (fewer if it has fewer), copied chunk by chunk.
+/// `size` bytes of the body from `start` (fewer if it has fewer): only that range is
+/// copied, from whichever parts hold it.
 fn read_range(
     filter: Filter,
     parts: &[Body],
     start: usize,
     size: usize,
 ) -> Result<Vec<u8>, HostError> {
-    let mut whole = Vec::new();
+    let mut out = Vec::new();
     let end = start.saturating_add(size);
     let mut at = 0usize;
     for part in parts {
@@ -390,15 +390,17 @@ fn read_range(
         if to <= start || from >= end {
             continue;
         }
-        let mut bytes = Vec::with_capacity(len);
-        if !filter.read_body(*part, &mut bytes) {
+        let skip = start.saturating_sub(from);
+        if !filter.read_body(
+            *part,
+            skip,
+            end.saturating_sub(from).saturating_sub(skip),
+            &mut out,
+        ) {
             return Err(FAILED);
         }
-        let lo = start.saturating_sub(from).min(bytes.len());
-        let hi = end.saturating_sub(from).min(bytes.len());
-        whole.extend_from_slice(&bytes[lo..hi]);
     }
-    Ok(whole)
+    Ok(out)
 }
 
 /// Replaces the body's first `size` bytes with `data`: the ABI drains from the front and
