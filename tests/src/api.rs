@@ -194,6 +194,20 @@ fn filter_stat_of(admin_url: &str, build: crate::stack::Build, name: &str) -> Op
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// One of the filter's stats as Envoy's `/stats/prometheus` lists it: `keygate.keys_loaded`
+/// as `keygate_keys_loaded`, with either build.
+pub fn filter_prometheus_stat(stack: &Stack, name: &str) -> Option<u64> {
+    let text = client()
+        .get(format!("{}/stats/prometheus", stack.envoy_admin_url))
+        .send()
+        .and_then(Response::text)
+        .expect("envoy prometheus stats");
+    let metric = format!("{}{{}} ", name.replace('.', "_"));
+    text.lines()
+        .find_map(|l| l.strip_prefix(&metric))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A management API call with the admin token; returns the status and JSON body (null
 /// when empty).
 pub fn admin(

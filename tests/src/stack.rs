@@ -876,12 +876,25 @@ pub fn to_native(config: &str, module: &Path) -> String {
         out.push(format!("{json_pad}{}", &line[json_indent..]));
     }
     out.extend(lines[end..].iter().map(|l| l.to_string()));
+    // Prometheus names as the Wasm build's (see `NATIVE_RUNTIME`).
+    out.extend(NATIVE_RUNTIME.lines().map(str::to_string));
     let mut text = out.join("\n");
     if config.ends_with('\n') {
         text.push('\n');
     }
     text
 }
+
+/// What a native configuration adds at its end: Envoy 1.40 keeps a dynamic module's stat
+/// namespace in `/stats/prometheus` (`envoy_dynamicmodulescustom_keygate_...`) unless
+/// this runtime flag says to strip it, as Envoy always does Wasm's; with it, both builds'
+/// stats have the same Prometheus names (`keygate_...`).
+const NATIVE_RUNTIME: &str = "
+layered_runtime:
+  layers:
+    - name: static
+      static_layer:
+        envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix: true";
 
 /// The configuration with `instead` in place of the keygate filter (everything from its entry in
 /// `http_filters` up to the router's).
