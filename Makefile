@@ -97,6 +97,7 @@ demo: build
 bench: build
 	$(WASM_CARGO) build -p keygate-noop-filter --target wasm32-wasip1 --release
 	cargo build --release -p keygate-noop-native
+	cargo build --release -p keygate-native --features bench-floor --target-dir target/bench-floor
 	target/release/keygate-bench --keys 10000,1000000 --memory-keys 0,100000 --rounds 3 \
 	    --duration 3 --enforcement-tries 50 --out bench/results/filter.md
 	target/release/keygate-bench --keys 10000 --rounds 2 --duration 3 --upstream \

@@ -232,10 +232,39 @@ impl Stream {
         Action::Pause
     }
 
+    #[cfg(not(feature = "bench-floor"))]
     pub fn request_headers(&mut self, end_of_stream: bool) -> u32 {
         self.worker.refresh();
         let action = self.run(|r, h| r.on_request_headers(h, end_of_stream));
         self.headers_status(action)
+    }
+
+    /// `make bench` only (feature `bench-floor`, never shipped): the least that a gate
+    /// keeping keys hashed in a shared store does on a request. It reads the
+    /// `Authorization` header, hashes the key and finds it in the store (refusing a request
+    /// without one); nothing else keygate does (no status, expiry, model or limit checks, no
+    /// credential stripping, no identity headers, no metering, no stats). Its throughput
+    /// is the ceiling for keygate native on the machine it runs on.
+    #[cfg(feature = "bench-floor")]
+    pub fn request_headers(&mut self, _end_of_stream: bool) -> u32 {
+        use keygate_core::keys::{entry, secret};
+        self.worker.refresh();
+        let epoch = self
+            .worker
+            .view
+            .borrow()
+            .as_ref()
+            .map_or(0, |v| v.meta.epoch);
+        let value = self.filter.header(Map::Request, "authorization");
+        let token = value.as_deref().and_then(|v| v.strip_prefix(b"Bearer "));
+        let found = token
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .map(|t| entry::lookup(Store::global(), &secret::hash(t), epoch));
+        if let Some(Ok(Some(_))) = found {
+            return headers_status::Continue;
+        }
+        self.filter.send_response(401, &[], b"", "keygate");
+        headers_status::StopIteration
     }
 
     pub fn request_body(&mut self, end_of_stream: bool) -> u32 {

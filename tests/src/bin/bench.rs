@@ -119,6 +119,9 @@ enum Filter {
     Native,
     /// Another dynamic module in keygate's place.
     NativeModule(PathBuf),
+    /// keygate native built with `bench-floor` (at this path): it syncs keys as keygate
+    /// does, but on a request only reads the key, hashes it and finds it.
+    NativeFloor(PathBuf),
 }
 
 /// The model of `--body-bytes` bodies, the only one the key may then call.
@@ -314,6 +317,12 @@ fn main() {
         Variant {
             name: "keygate native".into(),
             filter: Filter::Native,
+        },
+        Variant {
+            name: "keygate native floor".into(),
+            filter: Filter::NativeFloor(
+                root.join("target/bench-floor/release/libkeygate_native.so"),
+            ),
         },
         Variant {
             name: "keygate, key-id header only".into(),
@@ -595,7 +604,9 @@ fn measure(
         Filter::ModelFromBody(None) | Filter::KeygateModelCap => builder,
         Filter::ModelFromBody(Some(path)) => builder.filter(Some(path.clone())),
         Filter::Native => builder.build(Build::Native),
-        Filter::NativeModule(path) => builder.native_module(path.clone()),
+        Filter::NativeModule(path) | Filter::NativeFloor(path) => {
+            builder.native_module(path.clone())
+        }
     };
     let started = Instant::now();
     let stack = builder.start();
@@ -612,6 +623,7 @@ fn measure(
             | Filter::KeygateQuota(_)
             | Filter::KeygateModelCap
             | Filter::Native
+            | Filter::NativeFloor(_)
     );
     let mut load_s = None;
     if keygate_like && count > 0 {
