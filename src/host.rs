@@ -58,6 +58,13 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_add_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
@@ -232,6 +239,19 @@ fn replace_header(map: u32, name: &str, value: &str) -> Result<(), HostError> {
     // SAFETY: the host only reads the given ranges during the call.
     check(unsafe {
         proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+    })
+}
+
+pub fn add_request_header(name: &str, value: &str) -> Result<(), HostError> {
+    // SAFETY: the host only reads the given ranges during the call.
+    check(unsafe {
+        proxy_add_header_map_value(
+            REQUEST_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
     })
 }
 

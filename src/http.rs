@@ -126,6 +126,10 @@ impl Host for Envoy {
         host::set_request_header(name, value)
     }
 
+    fn add_request_header(&self, name: &str, value: &str) -> Result<(), HostError> {
+        host::add_request_header(name, value)
+    }
+
     fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
         host::remove_request_header(name)
     }

@@ -167,6 +167,19 @@ impl Filter {
         }
     }
 
+    /// Adds a value beside any the header has (an empty value is refused).
+    pub fn add_header(self, map: Map, name: &str, value: &str) -> bool {
+        // SAFETY: both buffers are copied during the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.0,
+                map.id(),
+                module(name.as_bytes()),
+                module(value.as_bytes()),
+            )
+        }
+    }
+
     pub fn remove_header(self, map: Map, name: &str) -> bool {
         // SAFETY: the name is read during the call; a null value removes the header.
         unsafe {

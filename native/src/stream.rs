@@ -500,6 +500,16 @@ impl Host for StreamHost<'_> {
         ok(self.filter.set_header(Map::Request, name, value))
     }
 
+    fn add_request_header(&self, name: &str, value: &str) -> Result<(), HostError> {
+        if value.is_empty() {
+            // The ABI cannot send an empty header (its `set_header` removes one): the
+            // header stays absent, as it does when set empty.
+            return Ok(());
+        }
+        self.route_changed.set(true);
+        ok(self.filter.add_header(Map::Request, name, value))
+    }
+
     fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
         self.route_changed.set(true);
         ok(self.filter.remove_header(Map::Request, name))

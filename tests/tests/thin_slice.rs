@@ -134,6 +134,12 @@ fn every_client_style_is_accepted_and_stripped() {
             "secret leaked upstream: {seen}"
         );
         assert_eq!(header(&seen, "x-keygate-key-id"), Some(id.as_str()));
+        // The filter's own, once: the client's is gone, not kept beside it.
+        let ids = seen["headers"].as_array().map_or(0, |headers| {
+            let named = |pair: &&Value| pair[0] == "x-keygate-key-id";
+            headers.iter().filter(named).count()
+        });
+        assert_eq!(ids, 1, "{seen}");
     }
 }
 

@@ -390,7 +390,8 @@ impl Request {
     }
 
     /// Removes every client credential and client-sent `x-keygate-*` header, and tells
-    /// the upstream which key this is.
+    /// the upstream which key this is (in headers added, not set: any of their names the
+    /// client sent is among those removed).
     fn forward_identity(
         &self,
         host: &impl Host,
@@ -412,7 +413,7 @@ impl Request {
             (&id.account, key.account()),
         ] {
             if let Some(name) = name {
-                host.set_request_header(name, value)?;
+                host.add_request_header(name, value)?;
             }
         }
         Ok(())

@@ -42,6 +42,9 @@ pub trait Host: SharedData {
     /// The request headers, encoded as `pairs` reads them.
     fn request_headers(&self) -> Result<Vec<u8>, HostError>;
     fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError>;
+    /// Adds a request header that the request does not have (never sent, or removed):
+    /// cheaper than setting it, which first looks for the header to replace.
+    fn add_request_header(&self, name: &str, value: &str) -> Result<(), HostError>;
     fn remove_request_header(&self, name: &str) -> Result<(), HostError>;
     /// `size` bytes of the buffered request body from byte `start` (fewer if it has
     /// fewer).

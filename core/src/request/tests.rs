@@ -91,6 +91,12 @@ impl Host for Fake {
         change(self, || set(&self.request_headers, name, value))
     }
 
+    fn add_request_header(&self, name: &str, value: &str) -> Result<(), HostError> {
+        // Added beside any header of that name, as a proxy does.
+        let mut headers = self.request_headers.borrow_mut();
+        change(self, || headers.push((name.into(), value.into())))
+    }
+
     fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
         let mut headers = self.request_headers.borrow_mut();
         change(self, || {
