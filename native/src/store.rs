@@ -14,15 +14,11 @@ use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{OnceLock, RwLock};
+use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use keygate_core::kv::{HostError, SharedData};
+use keygate_core::kv::{Change, HostError, SharedData};
 
 const SHARDS: usize = 64;
-
-/// A lock poisoned by a panic elsewhere: reported like a host failure (the request is
-/// refused with 503, never passed unchecked).
-const POISONED: HostError = HostError(u32::MAX);
 
 /// One entry in one allocation: its compare-and-swap number (4 bytes, little-endian),
 /// its name's length (2 bytes), its name, its value. The map's slot holds only the
@@ -121,6 +117,22 @@ impl Store {
         &self.shards[(hash % SHARDS as u64) as usize]
     }
 
+    /// A shard to read. A shard's lock poisoned by a panic (a bug, contained at the hook)
+    /// is taken anyway: a shard is never left half-changed, since every write makes its
+    /// whole entry first and then puts it in place in one step.
+    fn read(&self, name: &str) -> RwLockReadGuard<'_, HashSet<Entry>> {
+        self.shard(name)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A shard to write (a poisoned one too: see `read`).
+    fn write(&self, name: &str) -> RwLockWriteGuard<'_, HashSet<Entry>> {
+        self.shard(name)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn next_cas(&self) -> u32 {
         // Wraps after 2^32 writes, skipping 0; a stale number is refused unless exactly
         // 2^32 writes happened in between.
@@ -140,25 +152,39 @@ impl Store {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.read().map_or(0, |m| m.len()))
+            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
     }
 }
 
 impl SharedData for Store {
     fn get(&self, name: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
-        let shard = self.shard(name).read().map_err(|_| POISONED)?;
+        let shard = self.read(name);
         Ok(shard.get(name).map(|e| (e.value().to_vec(), e.cas())))
     }
 
     fn set(&self, name: &str, value: &[u8], cas: Option<u32>) -> Result<bool, HostError> {
-        let mut shard = self.shard(name).write().map_err(|_| POISONED)?;
+        let mut shard = self.write(name);
         if let (Some(expected), Some(current)) = (cas, shard.get(name)) {
             if expected != current.cas() {
                 return Ok(false);
             }
         }
         let entry = Entry::new(name, value, self.next_cas()).ok_or(TOO_LONG)?;
+        shard.replace(entry);
+        Ok(true)
+    }
+
+    /// Under the shard's write lock, so `change` runs once and always lands: workers
+    /// updating one hot ledger wait for each other instead of racing (by compare-and-swap
+    /// they could lose every try and fail the request). `change` only computes a value
+    /// from another (`kv::update`): it never calls back into the store.
+    fn modify(&self, name: &str, change: &mut Change<'_>) -> Result<bool, HostError> {
+        let mut shard = self.write(name);
+        let Some(new) = change(shard.get(name).map(Entry::value)) else {
+            return Ok(false);
+        };
+        let entry = Entry::new(name, &new, self.next_cas()).ok_or(TOO_LONG)?;
         shard.replace(entry);
         Ok(true)
     }
@@ -199,6 +225,27 @@ mod tests {
         // Without a number, a write always lands.
         assert!(store.set("a", b"4", None).unwrap());
         assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn a_change_that_panics_changes_nothing_and_the_store_goes_on() {
+        let store = Store::default();
+        store.set("ledger", b"1", None).unwrap();
+        let panicked = std::panic::catch_unwind(|| {
+            store.modify("ledger", &mut |_| -> Option<Vec<u8>> {
+                #[allow(clippy::panic)]
+                {
+                    panic!("a bug")
+                }
+            })
+        });
+        assert!(panicked.is_err());
+        assert!(store.shard("ledger").is_poisoned());
+        assert_eq!(store.get("ledger").unwrap().unwrap().0, b"1");
+        assert!(store
+            .modify("ledger", &mut |_| Some(b"2".to_vec()))
+            .unwrap());
+        assert_eq!(store.get("ledger").unwrap().unwrap().0, b"2");
     }
 
     #[test]
