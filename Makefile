@@ -4,11 +4,12 @@ SHELL := /bin/bash
 
 WASM_CARGO := .ci/wasm-cargo
 FILTER_WASM := target/wasm32-wasip1/release/keygate.wasm
-FILTER_NATIVE := target/release/libkeygate_native.so
+FILTER_NATIVE := target/native/libkeygate_native.so
 ENVOY := .venv/bin/envoy
 
-.PHONY: help setup build build-wasm build-native build-native-filter lint test test-unit test-postgres test-wasm test-e2e \
-        validate wasm-image demo bench bench-host-calls bench-service clean
+.PHONY: help setup build build-wasm build-native build-native-filter build-panic-probe lint \
+        test test-unit test-postgres test-wasm test-e2e validate wasm-image demo bench \
+        bench-host-calls bench-service clean
 
 help:
 	@echo "make setup    install Envoy $(shell sed -n 's/^ENVOY_VERSION=//p' .ci/setup.sh), the wasm toolchain and test tools"
@@ -40,8 +41,14 @@ build-native:
 # keygate as an Envoy dynamic module, for the Envoy release `make setup` installs (the ABI
 # must match it exactly: README, "Wasm or native").
 build-native-filter:
-	cargo build --release -p keygate-native
+	cargo build --profile native -p keygate-native
 	@ls -l $(FILTER_NATIVE) | awk '{ print "filter: " $$9 " (" $$5 " bytes)" }'
+
+# For the end-to-end tests only: the native filter with a request header that makes a hook
+# panic (tests/tests/native.rs shows Envoy living on). Never deploy it.
+build-panic-probe:
+	cargo build --profile native -p keygate-native --features panic-probe \
+	    --target-dir target/panic-probe
 
 lint:
 	cargo fmt --all -- --check
@@ -83,7 +90,7 @@ wasm-image: build-wasm
 
 # Under a throwaway PostgreSQL server: the hostile-tenant tests run on both engines. The
 # same suite runs on both builds of the filter (Wasm, then native).
-test-e2e: build
+test-e2e: build build-panic-probe
 	.ci/postgres.sh cargo test -p keygate-e2e --test '*' -- --test-threads 2
 	KEYGATE_E2E_FILTER=native .ci/postgres.sh cargo test -p keygate-e2e --test '*' -- --test-threads 2
 
@@ -97,7 +104,7 @@ demo: build
 bench: build
 	$(WASM_CARGO) build -p keygate-noop-filter --target wasm32-wasip1 --release
 	cargo build --release -p keygate-noop-native
-	cargo build --release -p keygate-native --features bench-floor --target-dir target/bench-floor
+	cargo build --profile native -p keygate-native --features bench-floor --target-dir target/bench-floor
 	target/release/keygate-bench --keys 10000,1000000 --memory-keys 0,100000 --rounds 3 \
 	    --duration 3 --enforcement-tries 50 --out bench/results/filter.md
 	target/release/keygate-bench --keys 10000 --rounds 2 --duration 3 --upstream \

@@ -638,6 +638,17 @@ fn describe(e: &SyncError) -> String {
 }
 
 impl<H: RootHost> Root<H> {
+    /// This root made again from its host, configuration and shares, as if new but under
+    /// the same name, so it keeps the sync lease it held: for a host that caught a panic
+    /// in its work (the root may be half-changed, waiting for an answer forever). Answers
+    /// to its calls so far are ignored by the new one (its host forgets them).
+    pub fn start_over(self) -> Root<H> {
+        let me = self.me;
+        let mut root = Root::new(self.host, self.config, self.token, self.view, self.outbox);
+        root.me = me;
+        root
+    }
+
     /// The answer to the call that `call` returned `token` for.
     pub fn answered(&mut self, token: u32, reply: Reply) {
         if self.report_in_flight == Some(token) {
@@ -967,5 +978,38 @@ mod tests {
         assert!(s.outbox.borrow().is_empty());
         s.root.host().metrics().flush();
         assert_eq!(s.stats.get("keygate.usage_delivered"), 1);
+    }
+
+    #[test]
+    fn a_root_that_lost_an_answer_waits_forever_until_it_starts_over_with_its_lease() {
+        let mut s = setup();
+        s.now.set(1_000);
+        s.root.tick();
+        s.now.set(1_300);
+        s.root.tick();
+        let asked = s.calls.borrow().len();
+        // The answer never reaches the root (its host caught a panic on the way): the
+        // root waits for it, however many ticks pass.
+        for n in 1..=5 {
+            s.now.set(1_300 + n * 2_000);
+            s.root.tick();
+        }
+        let snapshot_calls = |s: &Setup| {
+            s.calls
+                .borrow()
+                .iter()
+                .filter(|(_, p, _)| p.starts_with("/filter/v1/snapshot?"))
+                .count()
+        };
+        assert_eq!(snapshot_calls(&s), 1);
+        assert_eq!(s.calls.borrow().len(), asked);
+        // Started over, it asks again on its next tick: its lease is still its own (held
+        // until 1_300 plus its time to live, long after now).
+        s.root = s.root.start_over();
+        s.root.outbox.borrow_mut().push(usage("r-1"));
+        s.now.set(11_400);
+        s.root.tick();
+        assert_eq!(snapshot_calls(&s), 2);
+        assert!(Rc::ptr_eq(&s.root.outbox, &s.outbox));
     }
 }

@@ -284,7 +284,13 @@ impl RootHost for Native {
 
 /// The roots of the process's configurations, on the main thread, by gate id.
 pub struct Roots {
-    roots: HashMap<u64, (root::Root<Native>, Rc<RefCell<Outbox>>)>,
+    roots: HashMap<u64, Held>,
+}
+
+/// A configuration's root, and the records its requests hand over.
+struct Held {
+    root: root::Root<Native>,
+    outbox: Rc<RefCell<Outbox>>,
 }
 
 thread_local! {
@@ -314,7 +320,19 @@ impl Roots {
             SharedView::default(),
             Rc::clone(&outbox),
         );
-        self.roots.insert(gate.id, (root, outbox));
+        self.roots.insert(gate.id, Held { root, outbox });
+    }
+
+    /// A panic in a root's work (a bug, contained) may have left it half-changed, waiting
+    /// forever for an answer it lost: it starts over (`Root::start_over`), as a reloaded
+    /// Wasm VM would, keeping the usage records that wait and the sync lease.
+    pub fn restart(&mut self, gate: &Gate) {
+        if let Some(mut held) = self.roots.remove(&gate.id) {
+            log::error!("the root starts over");
+            held.root.host_mut().calls.clear();
+            held.root = held.root.start_over();
+            self.roots.insert(gate.id, held);
+        }
     }
 
     pub fn remove(&mut self, id: u64) {
@@ -323,7 +341,7 @@ impl Roots {
 
     /// An event of the config scheduler.
     pub fn scheduled(&mut self, gate: &Gate, event: u64) {
-        let Some((root, outbox)) = self.roots.get_mut(&gate.id) else {
+        let Some(Held { root, outbox, .. }) = self.roots.get_mut(&gate.id) else {
             return;
         };
         match event {
@@ -343,12 +361,28 @@ impl Roots {
 
     /// The answer to a callout.
     pub fn answered(&mut self, gate: &Gate, id: u64, reply: Reply) {
-        let Some((root, _)) = self.roots.get_mut(&gate.id) else {
+        let Some(Held { root, .. }) = self.roots.get_mut(&gate.id) else {
             return;
         };
         if let Some(token) = root.host_mut().calls.remove(&id) {
+            #[cfg(feature = "panic-probe")]
+            probe_answer();
             root.answered(token, reply);
         }
+    }
+}
+
+/// `panic-probe` builds only (the end-to-end tests): with `KEYGATE_PANIC_PROBE=answered`
+/// in Envoy's environment, the root's first answer panics after the root has taken it as
+/// sent and before it reads it (its sync would wait for it forever).
+#[cfg(feature = "panic-probe")]
+#[allow(clippy::panic)]
+fn probe_answer() {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if std::env::var("KEYGATE_PANIC_PROBE").as_deref() == Ok("answered")
+        && !DONE.swap(true, Ordering::Relaxed)
+    {
+        panic!("panic-probe: answered");
     }
 }
 

@@ -8,9 +8,12 @@
 //! - `gate`: one filter configuration and its root on Envoy's main thread.
 //! - `stream`: one request on a worker, and the worker's state.
 //!
-//! A panic here would abort Envoy (no VM to reload): the core is written not to panic
-//! (the workspace's lints refuse `unwrap`, `expect` and `panic!`), and every hook checks
-//! its pointers.
+//! A panic that reached Envoy would abort it, with every request it holds (there is no VM
+//! to lose instead). The core is written not to panic (the workspace's lints refuse
+//! `unwrap`, `expect` and `panic!`), every hook checks its pointers, and every hook runs
+//! inside `contained`: the module is built with `panic = "unwind"` (Cargo profile
+//! `native`), so a panic that gets through anyway (a bug) ends at the hook's edge, logged,
+//! and the request it served is refused with `internal_error` or let finish.
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -27,12 +30,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use keygate_core::config::Config;
+use keygate_core::decide::decision::Denial;
 use keygate_core::root::Reply;
 
 use abi::*;
 use envoy::{ConfigHandle, Filter};
 use gate::{Gate, ROOTS};
 use stream::Stream;
+
+/// Runs `f`, containing a panic: it is logged (Envoy's stderr has where it happened) and
+/// `None` returned, so that it never unwinds into Envoy.
+pub(crate) fn contained<T>(what: &str, f: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(value) => Some(value),
+        Err(_) => {
+            log::error!("a bug in keygate: a panic in {what} was contained");
+            None
+        }
+    }
+}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const std::ffi::c_char {
@@ -48,6 +64,20 @@ static NEXT_GATE: AtomicU64 = AtomicU64::new(1);
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     config_envoy: envoy_dynamic_module_type_http_filter_config_envoy_ptr,
     _name: envoy_dynamic_module_type_envoy_buffer,
+    config: envoy_dynamic_module_type_envoy_buffer,
+) -> envoy_dynamic_module_type_http_filter_config_module_ptr {
+    // Null: Envoy refuses the configuration.
+    contained("a new configuration", || {
+        // SAFETY: as this function's.
+        unsafe { config_new(config_envoy, config) }
+    })
+    .unwrap_or(std::ptr::null())
+}
+
+/// # Safety
+/// Envoy's buffers are valid during the call.
+unsafe fn config_new(
+    config_envoy: envoy_dynamic_module_type_http_filter_config_envoy_ptr,
     config: envoy_dynamic_module_type_envoy_buffer,
 ) -> envoy_dynamic_module_type_http_filter_config_module_ptr {
     // SAFETY: Envoy's buffer, valid during the call.
@@ -98,11 +128,13 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
     }
     // SAFETY: made by `config_new` from a `Box<Arc<Gate>>`; Envoy destroys it once.
     let gate = unsafe { Box::from_raw(config.cast::<Arc<Gate>>().cast_mut()) };
-    gate.stop();
-    ROOTS.with(|roots| {
-        if let Ok(mut roots) = roots.try_borrow_mut() {
-            roots.remove(gate.id);
-        }
+    contained("a configuration's end", || {
+        gate.stop();
+        ROOTS.with(|roots| {
+            if let Ok(mut roots) = roots.try_borrow_mut() {
+                roots.remove(gate.id);
+            }
+        });
     });
 }
 
@@ -118,7 +150,8 @@ thread_local! {
     static DEFERRED: RefCell<VecDeque<(Arc<Gate>, Deferral)>> = const { RefCell::new(VecDeque::new()) };
 }
 
-/// Does `deferral` on the roots now, or after the hook that holds them.
+/// Does `deferral` on the roots now, or after the hook that holds them. (A panic in one
+/// piece of work loses that piece: the root's next tick starts over.)
 fn on_roots(gate: &Arc<Gate>, deferral: Deferral) {
     DEFERRED.with(|d| d.borrow_mut().push_back((Arc::clone(gate), deferral)));
     ROOTS.with(|roots| {
@@ -126,7 +159,10 @@ fn on_roots(gate: &Arc<Gate>, deferral: Deferral) {
             return;
         };
         while let Some((gate, deferral)) = DEFERRED.with(|d| d.borrow_mut().pop_front()) {
-            run(&mut roots, &gate, deferral);
+            let roots = &mut *roots;
+            if contained("the root's work", || run(roots, &gate, deferral)).is_none() {
+                roots.restart(&gate);
+            }
         }
     });
 }
@@ -148,7 +184,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
 ) {
     // SAFETY: per the ABI.
     if let Some(gate) = unsafe { gate(config) } {
-        on_roots(gate, Deferral::Event(event));
+        contained("the root's work", || on_roots(gate, Deferral::Event(event)));
     }
 }
 
@@ -169,6 +205,23 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
     let Some(gate) = (unsafe { gate(config) }) else {
         return;
     };
+    contained("a callout's answer", || {
+        // SAFETY: as this function's.
+        let reply =
+            unsafe { callout_reply(result, headers, headers_size, body_chunks, body_chunks_size) };
+        on_roots(gate, Deferral::Answer(callout_id, reply));
+    });
+}
+
+/// # Safety
+/// Envoy's headers and body chunks are valid during the call.
+unsafe fn callout_reply(
+    result: envoy_dynamic_module_type_http_callout_result,
+    headers: *mut envoy_dynamic_module_type_envoy_http_header,
+    headers_size: usize,
+    body_chunks: *mut envoy_dynamic_module_type_envoy_buffer,
+    body_chunks_size: usize,
+) -> Reply {
     let mut status = None;
     let mut body = Vec::new();
     if result == http_callout_result::Success {
@@ -196,7 +249,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
             }
         }
     }
-    on_roots(gate, Deferral::Answer(callout_id, Reply { status, body }));
+    Reply { status, body }
 }
 
 /// # Safety
@@ -210,7 +263,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     let Some(gate) = (unsafe { gate(config) }) else {
         return std::ptr::null();
     };
-    Box::into_raw(Box::new(Stream::new(gate, Filter(filter_envoy)))) as *const c_void
+    // Null (a panic): the stream's request is refused (`request_headers`).
+    contained("a new stream", || {
+        Box::into_raw(Box::new(Stream::new(gate, Filter(filter_envoy)))) as *const c_void
+    })
+    .unwrap_or(std::ptr::null())
 }
 
 /// # Safety
@@ -227,14 +284,21 @@ unsafe fn stream<'a>(
 /// Per the ABI.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
-    _filter: envoy_dynamic_module_type_http_filter_envoy_ptr,
+    filter: envoy_dynamic_module_type_http_filter_envoy_ptr,
     module: envoy_dynamic_module_type_http_filter_module_ptr,
     end_of_stream: bool,
 ) -> u32 {
     // SAFETY: per the ABI.
-    unsafe { stream(module) }.map_or(headers_status::Continue, |s| {
-        s.request_headers(end_of_stream)
-    })
+    match unsafe { stream(module) } {
+        Some(s) => s.request_headers(end_of_stream),
+        // No stream of ours (its making failed): refused, never let through unchecked.
+        None => {
+            let body = Denial::FilterFailed.body();
+            let json = [("content-type", "application/json")];
+            Filter(filter).send_response(500, &json, body.as_bytes(), "keygate");
+            headers_status::StopIteration
+        }
+    }
 }
 
 /// # Safety
@@ -318,7 +382,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(
     }
     // SAFETY: made by `http_filter_new` from a `Box<Stream>`; Envoy destroys it once.
     let mut stream = unsafe { Box::from_raw(module.cast::<Stream>().cast_mut()) };
-    stream.destroy();
+    contained("a stream's end", move || {
+        stream.destroy();
+        drop(stream);
+    });
 }
 
 /// # Safety

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use keygate_core::decide::decision::Denial;
 use keygate_core::kv::{HostError, SharedData};
 use keygate_core::limits::ledger;
 use keygate_core::request::{Action, Event, Host, Plugin, Request};
@@ -175,6 +176,8 @@ pub struct Stream {
     scheduler: Option<StreamScheduler>,
     /// Whether the filter answered the request itself.
     answered: Cell<bool>,
+    /// A hook panicked (`contained`): what the request's hooks answer from then on.
+    failed: Option<Action>,
 }
 
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
@@ -191,6 +194,7 @@ impl Stream {
             response_side: Cell::default(),
             scheduler: None,
             answered: Cell::new(false),
+            failed: None,
         }
     }
 
@@ -232,10 +236,47 @@ impl Stream {
         Action::Pause
     }
 
+    /// Runs a hook of the request's (`request`) or of its response's, containing a panic
+    /// (a bug): the core then gives the request up (`Request::on_failure`: refused with
+    /// `internal_error` if it has not been passed on), and later hooks let the stream end
+    /// as it stands, its usage still handed over when it completes.
+    fn guarded(&mut self, request: bool, hook: impl FnOnce(&mut Stream) -> Action) -> Action {
+        if let Some(after) = self.failed {
+            return if request { after } else { Action::Continue };
+        }
+        if let Some(action) = crate::contained("a stream's hook", || hook(self)) {
+            return action;
+        }
+        let host = host!(self);
+        let request_state = &mut self.request;
+        let after =
+            match crate::contained("giving a request up", || request_state.on_failure(&host)) {
+                Some(action) => action,
+                // The core failed again: a plain refusal, if the request can still have one.
+                None if request && !self.answered.get() => {
+                    let body = Denial::FilterFailed.body();
+                    let json = [("content-type", "application/json")];
+                    host.send_response(500, &json, body.as_bytes()).ok();
+                    Action::Pause
+                }
+                None => Action::Continue,
+            };
+        self.failed = Some(after);
+        if request {
+            after
+        } else {
+            Action::Continue
+        }
+    }
+
     #[cfg(not(feature = "bench-floor"))]
     pub fn request_headers(&mut self, end_of_stream: bool) -> u32 {
-        self.worker.refresh();
-        let action = self.run(|r, h| r.on_request_headers(h, end_of_stream));
+        let action = self.guarded(true, |s| {
+            #[cfg(feature = "panic-probe")]
+            probe(s.filter, "request_headers");
+            s.worker.refresh();
+            s.run(|r, h| r.on_request_headers(h, end_of_stream))
+        });
         self.headers_status(action)
     }
 
@@ -273,20 +314,26 @@ impl Stream {
             in_hook: true,
             ..side
         });
-        let size = self.body_size(true);
-        let action = self.run(|r, h| r.on_request_body(h, size, end_of_stream));
+        let action = self.guarded(true, |s| {
+            let size = s.body_size(true);
+            s.run(|r, h| r.on_request_body(h, size, end_of_stream))
+        });
         self.body_status(true, action)
     }
 
     pub fn request_trailers(&mut self) -> u32 {
-        match self.run(|r, h| r.on_request_trailers(h)) {
-            Action::Continue => trailers_status::Continue,
+        match self.guarded(true, |s| s.run(|r, h| r.on_request_trailers(h))) {
+            Action::Continue if !self.answered.get() => trailers_status::Continue,
             _ => trailers_status::StopIteration,
         }
     }
 
     pub fn response_headers(&mut self) -> u32 {
-        let action = self.run(|r, h| r.on_response_headers(h));
+        let action = self.guarded(false, |s| {
+            #[cfg(feature = "panic-probe")]
+            probe(s.filter, "response_headers");
+            s.run(|r, h| r.on_response_headers(h))
+        });
         self.headers_status(action)
     }
 
@@ -296,8 +343,10 @@ impl Stream {
             in_hook: true,
             ..side
         });
-        let size = self.body_size(false);
-        let action = self.run(|r, h| r.on_response_body(h, size, end_of_stream));
+        let action = self.guarded(false, |s| {
+            let size = s.body_size(false);
+            s.run(|r, h| r.on_response_body(h, size, end_of_stream))
+        });
         self.body_status(false, action)
     }
 
@@ -306,23 +355,28 @@ impl Stream {
         let Some(loaded) = event.checked_sub(RELEASE).map(|n| n == 1) else {
             return;
         };
-        self.worker.refresh();
-        let action = self.request.release(&host!(self), loaded, false);
+        let action = self.guarded(true, |s| {
+            s.worker.refresh();
+            s.request.release(&host!(s), loaded, false)
+        });
         match action {
             Action::Hold => {
                 let _ = self.hold();
             }
-            Action::Continue => self.filter.continue_decoding(),
+            Action::Continue if !self.answered.get() => self.filter.continue_decoding(),
+            Action::Continue => {}
             // Answered by the filter (or stopped for its body, which Envoy keeps sending).
             Action::Pause => {}
         }
     }
 
-    /// The stream ended, however it did.
+    /// The stream ended, however it did (a failed one too: what it used is handed over
+    /// as far as it was read).
     pub fn complete(&mut self) {
         let host = host!(self);
-        self.request.on_log(&host);
-        self.worker.finished();
+        let request = &mut self.request;
+        let _ = crate::contained("a stream's end", || request.on_log(&host));
+        let _ = crate::contained("a stream's end", || self.worker.finished());
     }
 
     /// Envoy destroys the stream's filter: its scheduler goes, where the root can no
@@ -382,6 +436,16 @@ impl Stream {
             in_hook: false,
         });
         status
+    }
+}
+
+/// `panic-probe` builds only (the end-to-end tests): panics in the hook that the request's
+/// `x-panic-probe` header names.
+#[cfg(feature = "panic-probe")]
+#[allow(clippy::panic)]
+fn probe(filter: Filter, hook: &str) {
+    if filter.header(Map::Request, "x-panic-probe").as_deref() == Some(hook.as_bytes()) {
+        panic!("panic-probe: {hook}");
     }
 }
 

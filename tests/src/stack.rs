@@ -65,8 +65,16 @@ pub fn filter_build() -> Build {
 /// The built native filter (`make build-native-filter`).
 pub fn filter_native() -> PathBuf {
     required(
-        target_dir().join("release/libkeygate_native.so"),
+        target_dir().join("native/libkeygate_native.so"),
         "make build-native-filter",
+    )
+}
+
+/// The native filter built with `panic-probe` (`make build-panic-probe`): tests only.
+pub fn filter_panic_probe() -> PathBuf {
+    required(
+        target_dir().join("panic-probe/native/libkeygate_native.so"),
+        "make build-panic-probe",
     )
 }
 
@@ -286,6 +294,8 @@ pub struct StackBuilder {
     envoy_edits: Vec<(String, String)>,
     /// Extra environment of the key-service.
     key_service_env: Vec<(String, String)>,
+    /// Extra environment of Envoy (and so of the filter in it).
+    envoy_env: Vec<(String, String)>,
     /// A second key-service replica on the same database, behind Envoy's cluster too.
     key_service_pair: bool,
 }
@@ -380,6 +390,12 @@ impl StackBuilder {
         self
     }
 
+    /// Sets an environment variable of Envoy.
+    pub fn envoy_env(mut self, name: &str, value: &str) -> Self {
+        self.envoy_env.push((name.to_string(), value.to_string()));
+        self
+    }
+
     /// Replaces `from` (which must occur once) with `to` in Envoy's configuration.
     pub fn envoy_edit(mut self, from: &str, to: &str) -> Self {
         self.envoy_edits.push((from.to_string(), to.to_string()));
@@ -420,6 +436,7 @@ pub struct Stack {
     concurrency: u32,
     envoy_token: String,
     key_service_env: Vec<(String, String)>,
+    envoy_env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -438,6 +455,7 @@ impl Stack {
             database_url: None,
             envoy_edits: Vec::new(),
             key_service_env: Vec::new(),
+            envoy_env: Vec::new(),
             key_service_pair: false,
         }
     }
@@ -541,8 +559,13 @@ impl Stack {
             .envoy_filter_token
             .clone()
             .unwrap_or_else(|| filter_token.clone());
-        let (proc, envoy_admin_url, listener) =
-            start_envoy("envoy", &dir, options.concurrency, &envoy_token);
+        let (proc, envoy_admin_url, listener) = start_envoy(
+            "envoy",
+            &dir,
+            options.concurrency,
+            &envoy_token,
+            &options.envoy_env,
+        );
         procs.push(proc);
 
         Stack {
@@ -560,6 +583,7 @@ impl Stack {
             concurrency: options.concurrency,
             envoy_token,
             key_service_env: options.key_service_env,
+            envoy_env: options.envoy_env,
         }
     }
 
@@ -567,8 +591,13 @@ impl Stack {
     /// no shared data and no snapshot (its listener gets a new port).
     pub fn restart_envoy(&mut self) {
         self.kill("envoy");
-        let (proc, admin_url, listener) =
-            start_envoy("envoy", &self.dir, self.concurrency, &self.envoy_token);
+        let (proc, admin_url, listener) = start_envoy(
+            "envoy",
+            &self.dir,
+            self.concurrency,
+            &self.envoy_token,
+            &self.envoy_env,
+        );
         self.procs.push(proc);
         self.envoy_admin_url = admin_url;
         self.envoy_url = format!("http://{listener}");
@@ -577,8 +606,13 @@ impl Stack {
     /// Starts a second Envoy with the same configuration and key-service (a fleet of
     /// two): its listener's URL and its admin URL. Its process is named `envoy2`.
     pub fn add_envoy(&mut self) -> (String, String) {
-        let (proc, admin_url, listener) =
-            start_envoy("envoy2", &self.dir, self.concurrency, &self.envoy_token);
+        let (proc, admin_url, listener) = start_envoy(
+            "envoy2",
+            &self.dir,
+            self.concurrency,
+            &self.envoy_token,
+            &self.envoy_env,
+        );
         self.procs.push(proc);
         (format!("http://{listener}"), admin_url)
     }
@@ -914,6 +948,7 @@ fn start_envoy(
     dir: &Path,
     concurrency: u32,
     token: &str,
+    env: &[(String, String)],
 ) -> (Proc, String, String) {
     let admin_path = dir.join(format!("{name}-admin-address"));
     // A restart must not read the address of the Envoy before it.
@@ -925,7 +960,8 @@ fn start_envoy(
         .arg(&admin_path)
         .args(["--concurrency", &concurrency.to_string()])
         .args(["--disable-hot-restart", "--log-level", "info"])
-        .env("KEYGATE_FILTER_TOKEN", token);
+        .env("KEYGATE_FILTER_TOKEN", token)
+        .envs(env.iter().cloned());
     let mut proc = Proc::spawn(name, cmd, dir);
     let admin = wait_for_file(&admin_path, &mut proc);
     let admin_url = format!("http://{admin}");
@@ -1009,7 +1045,7 @@ mod tests {
         };
         let converted = to_native(
             &read("envoy.yaml"),
-            Path::new("target/release/libkeygate_native.so"),
+            Path::new("target/native/libkeygate_native.so"),
         );
         assert_eq!(
             without_comments(&converted),

@@ -1,12 +1,16 @@
 //! The native build is loaded by the installed Envoy with the ABI it expects: Envoy says
 //! the module's ABI version matched (a mismatch would only be a warning, so this is
 //! checked here), and a key synced through the module's own root lets a call through.
-//! Runs on every `make test`, whichever build the rest of the suite runs on.
+//! A panic in the module (a bug) is contained at the hook's edge. Runs on every `make
+//! test`, whichever build the rest of the suite runs on.
+
+use std::time::{Duration, Instant};
 
 use keygate_e2e::api::{
-    assert_error, chat, create_key, filter_prometheus_stat, filter_stat, until_synced,
+    assert_error, chat, chat_request, create_key, filter_prometheus_stat, filter_stat,
+    metered_body, price_model, until_synced, until_usage_delivered, usage_rows,
 };
-use keygate_e2e::stack::{Build, Stack};
+use keygate_e2e::stack::{filter_panic_probe, Build, Stack};
 use serde_json::json;
 
 #[test]
@@ -60,4 +64,69 @@ fn both_builds_have_the_same_prometheus_names() {
             "{build:?}: keygate.keys_loaded"
         );
     }
+}
+
+/// A panic in the native module would abort Envoy with every request it holds: each hook
+/// contains one instead. The `panic-probe` build (`make build-panic-probe`) panics on
+/// demand: in the hook an `x-panic-probe` header names, and (`KEYGATE_PANIC_PROBE`) on
+/// its root's first answer, the one that would leave its sync waiting forever. Envoy
+/// lives on; the root starts over and syncs; a request not yet passed on is refused with
+/// `internal_error` and billed nothing; one already upstream goes through and is billed.
+#[test]
+fn a_panic_in_the_native_module_is_contained_and_envoy_lives_on() {
+    let stack = Stack::builder()
+        .native_module(filter_panic_probe())
+        .envoy_env("KEYGATE_PANIC_PROBE", "answered")
+        .start();
+    price_model(&stack, "gpt-4o-mini", 1_000_000, 1_000_000);
+    let key = create_key(
+        &stack,
+        json!({"name": "panics", "unlimited_quota": false, "quota": 1_000_000}),
+    );
+    let send = |probe: Option<&str>| {
+        let request = chat_request(&stack, Some(&key.secret)).json(&metered_body());
+        match probe {
+            Some(hook) => request.header("x-panic-probe", hook),
+            None => request,
+        }
+        .send()
+        .expect("chat request")
+    };
+    // The root's first answer panicked: it started over, under its lease, and synced.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while send(None).status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the key never synced after the root's panic:\n{}",
+            stack.log("envoy")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = stack.log("envoy");
+    assert!(log.contains("panic-probe: answered"), "{log}");
+    assert!(log.contains("the root starts over"), "{log}");
+
+    assert_error(send(Some("request_headers")), 500, "internal_error");
+    let passed = send(Some("response_headers"));
+    assert_eq!(passed.status(), 200);
+    // Envoy is still the same process (the stack never restarts it by itself).
+    assert_eq!(send(None).status(), 200);
+    assert_eq!(
+        filter_stat(&stack, "keygate.requests_denied.internal_error"),
+        Some(1)
+    );
+
+    let log = stack.log("envoy");
+    for hook in ["request_headers", "response_headers"] {
+        assert!(log.contains(&format!("panic-probe: {hook}")), "{log}");
+    }
+
+    // Billed: the three calls that reached the upstream, not the refused one.
+    until_usage_delivered(&stack);
+    let rows = usage_rows(&stack, &key, 3);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(
+        !stack.log("envoy").contains(&key.secret),
+        "the secret appeared in Envoy's log"
+    );
 }

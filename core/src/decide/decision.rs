@@ -26,11 +26,14 @@ pub enum Denial {
     InvalidRequestHeader,
     Overloaded,
     ModelBudgetExceeded,
+    /// A bug in the filter was caught on this request's way (the native build contains a
+    /// panic in a hook; a Wasm VM that panics is gone with its requests).
+    FilterFailed,
 }
 
 impl Denial {
     /// Every refusal, for tables and stats.
-    pub const ALL: [Denial; 16] = [
+    pub const ALL: [Denial; 17] = [
         Denial::MissingApiKey,
         Denial::InvalidApiKey,
         Denial::KeyDisabled,
@@ -47,6 +50,7 @@ impl Denial {
         Denial::InvalidRequestHeader,
         Denial::Overloaded,
         Denial::ModelBudgetExceeded,
+        Denial::FilterFailed,
     ];
 
     /// `(status, type, code, message)`: the contract's error table, in one place.
@@ -144,6 +148,12 @@ impl Denial {
                 "insufficient_quota",
                 "model_budget_exceeded",
                 "This API key's budget for the requested model is used up for its period.",
+            ),
+            FilterFailed => (
+                500,
+                "server_error",
+                "internal_error",
+                "The gateway failed on this request and has logged it; try again.",
             ),
         }
     }
@@ -596,6 +606,7 @@ mod tests {
             (Denial::InvalidRequestHeader, 400, "invalid_request_header"),
             (Denial::Overloaded, 503, "overloaded"),
             (Denial::ModelBudgetExceeded, 429, "model_budget_exceeded"),
+            (Denial::FilterFailed, 500, "internal_error"),
         ];
         assert_eq!(table.len(), Denial::ALL.len());
         for (denial, status, code) in table {

@@ -661,6 +661,19 @@ impl Request {
 
     /// The request ended, however it did: what it used is recorded and settled, and its
     /// rate windows told.
+    /// The host gave up on a hook of this request (the native build caught a panic, a
+    /// bug): a request not yet passed on is refused with `internal_error` and what it
+    /// reserved goes back; one already upstream goes on, billed when it ends for what was
+    /// read of it (as a response whose usage cannot be read).
+    pub fn on_failure(&mut self, host: &impl Host) -> Action {
+        match self.phase {
+            Phase::Upstream | Phase::Response(_) | Phase::Refused => Action::Continue,
+            Phase::Start | Phase::Held(_) | Phase::Leasing(_) | Phase::Body(_) => {
+                self.deny(host, Denial::FilterFailed)
+            }
+        }
+    }
+
     pub fn on_log(&mut self, host: &impl Host) {
         let tokens = self.record_usage(host);
         self.end_rate(host, tokens);

@@ -747,6 +747,35 @@ fn a_reservation_is_given_back_when_a_later_check_refuses() {
 }
 
 #[test]
+fn a_request_the_host_gave_up_on_is_refused_before_it_is_passed_on_and_billed_after() {
+    let s = setup();
+    let body = r#"{"model":"gpt-4o","max_tokens":10}"#;
+    // Waiting for its body: refused with internal_error, nothing recorded.
+    let mut waiting = s.request("POST", CHAT, "quota");
+    assert_eq!(waiting.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(waiting.on_failure(&s.fake), Action::Pause);
+    let sent = s.fake.sent.borrow().clone().unwrap();
+    assert_eq!(sent.0, 500);
+    let error: serde_json::Value = serde_json::from_str(&sent.2).unwrap();
+    assert_eq!(error["error"]["code"], "internal_error");
+    assert!(s.events().contains(&"denied:internal_error".to_string()));
+    waiting.on_log(&s.fake);
+    assert!(s.records().is_empty());
+    // Passed on with a reservation: it goes on, and is billed when it ends.
+    *s.fake.sent.borrow_mut() = None;
+    let mut passed = s.request("POST", CHAT, "quota");
+    assert_eq!(passed.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(s.body(&mut passed, body, true), Action::Continue);
+    assert!(s.ledger("id-quota").reserved > 0);
+    assert_eq!(passed.on_failure(&s.fake), Action::Continue);
+    assert!(s.fake.sent.borrow().is_none());
+    s.respond(&mut passed, 200, r#"{"choices":[]}"#);
+    passed.on_log(&s.fake);
+    assert_eq!(s.records().len(), 1);
+    assert_eq!(s.ledger("id-quota").reserved, 0);
+}
+
+#[test]
 fn a_client_that_leaves_mid_upload_is_billed_the_bytes_that_arrived() {
     let s = setup();
     // Not limited and not restricted: the body streams on chunk by chunk.

@@ -321,7 +321,7 @@ fn main() {
         Variant {
             name: "keygate native floor".into(),
             filter: Filter::NativeFloor(
-                root.join("target/bench-floor/release/libkeygate_native.so"),
+                root.join("target/bench-floor/native/libkeygate_native.so"),
             ),
         },
         Variant {
