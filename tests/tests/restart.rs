@@ -13,6 +13,17 @@ use keygate_e2e::api::{
 use keygate_e2e::stack::Stack;
 use serde_json::json;
 
+/// The tests of this file take turns: the loss measured below is a few hundred
+/// milliseconds of a loaded machine's timers, and the other test's restarts (two Envoys
+/// and two key-services starting) would be in it.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn chat(envoy_url: &str, secret: &str) -> reqwest::blocking::Response {
     client()
         .post(format!("{envoy_url}{CHAT}"))
@@ -24,6 +35,7 @@ fn chat(envoy_url: &str, secret: &str) -> reqwest::blocking::Response {
 
 #[test]
 fn a_restarted_envoy_holds_requests_until_its_first_snapshot_then_decides() {
+    let _turn = one_at_a_time();
     let mut stack = Stack::builder().concurrency(2).start();
     let key = create_key(&stack, json!({"name": "restart"}));
     assert_eq!(
@@ -61,6 +73,7 @@ fn a_restarted_envoy_holds_requests_until_its_first_snapshot_then_decides() {
 /// of traffic leaves unflushed, plus a batch in flight.
 #[test]
 fn envoy_killed_under_load_refuses_no_one_after_and_loses_little_usage() {
+    let _turn = one_at_a_time();
     let mut stack = Stack::builder().concurrency(2).start();
     let key = create_key(&stack, json!({"name": "crash"}));
     assert_eq!(
