@@ -30,7 +30,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use keygate_core::config::Config;
-use keygate_core::decide::decision::Denial;
 use keygate_core::root::Reply;
 
 use abi::*;
@@ -150,8 +149,8 @@ thread_local! {
     static DEFERRED: RefCell<VecDeque<(Arc<Gate>, Deferral)>> = const { RefCell::new(VecDeque::new()) };
 }
 
-/// Does `deferral` on the roots now, or after the hook that holds them. (A panic in one
-/// piece of work loses that piece: the root's next tick starts over.)
+/// Does `deferral` on the roots now, or after the hook that holds them. A panic in one
+/// piece of work makes that root start over (`Roots::restart`).
 fn on_roots(gate: &Arc<Gate>, deferral: Deferral) {
     DEFERRED.with(|d| d.borrow_mut().push_back((Arc::clone(gate), deferral)));
     ROOTS.with(|roots| {
@@ -292,10 +291,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     match unsafe { stream(module) } {
         Some(s) => s.request_headers(end_of_stream),
         // No stream of ours (its making failed): refused, never let through unchecked.
+        // (Envoy 1.40 does not call a hook with null: it answers 500 itself.)
         None => {
-            let body = Denial::FilterFailed.body();
-            let json = [("content-type", "application/json")];
-            Filter(filter).send_response(500, &json, body.as_bytes(), "keygate");
+            stream::refuse_failed(Filter(filter));
             headers_status::StopIteration
         }
     }

@@ -184,6 +184,10 @@ static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 
 impl Stream {
     pub fn new(gate: &Arc<Gate>, filter: Filter) -> Stream {
+        #[cfg(feature = "panic-probe")]
+        if NEXT_STREAM_PANICS.swap(false, Ordering::Relaxed) {
+            probe_new_stream();
+        }
         let worker = Worker::of(gate);
         Stream {
             id: NEXT_STREAM.fetch_add(1, Ordering::Relaxed),
@@ -254,9 +258,8 @@ impl Stream {
                 Some(action) => action,
                 // The core failed again: a plain refusal, if the request can still have one.
                 None if request && !self.answered.get() => {
-                    let body = Denial::FilterFailed.body();
-                    let json = [("content-type", "application/json")];
-                    host.send_response(500, &json, body.as_bytes()).ok();
+                    refuse_failed(self.filter);
+                    self.answered.set(true);
                     Action::Pause
                 }
                 None => Action::Continue,
@@ -439,15 +442,38 @@ impl Stream {
     }
 }
 
+/// Refuses a request the filter failed on (`internal_error`) without the request core:
+/// when the core failed too, or Envoy has no stream of ours for it.
+pub fn refuse_failed(filter: Filter) {
+    let body = Denial::FilterFailed.body();
+    let json = [("content-type", "application/json")];
+    filter.send_response(500, &json, body.as_bytes(), "keygate");
+}
+
 /// `panic-probe` builds only (the end-to-end tests): panics in the hook that the request's
-/// `x-panic-probe` header names.
+/// `x-panic-probe` header names; `next_stream` makes the next stream's making panic
+/// instead (Envoy then has no stream of ours for that request).
 #[cfg(feature = "panic-probe")]
 #[allow(clippy::panic)]
 fn probe(filter: Filter, hook: &str) {
-    if filter.header(Map::Request, "x-panic-probe").as_deref() == Some(hook.as_bytes()) {
+    let named = filter.header(Map::Request, "x-panic-probe");
+    if hook == "request_headers" && named.as_deref() == Some(b"next_stream") {
+        NEXT_STREAM_PANICS.store(true, Ordering::Relaxed);
+    }
+    if named.as_deref() == Some(hook.as_bytes()) {
         panic!("panic-probe: {hook}");
     }
 }
+
+#[cfg(feature = "panic-probe")]
+#[allow(clippy::panic)]
+fn probe_new_stream() {
+    panic!("panic-probe: new_stream");
+}
+
+#[cfg(feature = "panic-probe")]
+static NEXT_STREAM_PANICS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// The buffers that make up a direction's body so far, in order.
 fn parts(filter: Filter, side: Side, request: bool) -> Vec<Body> {

@@ -71,7 +71,8 @@ fn both_builds_have_the_same_prometheus_names() {
 /// demand: in the hook an `x-panic-probe` header names, and (`KEYGATE_PANIC_PROBE`) on
 /// its root's first answer, the one that would leave its sync waiting forever. Envoy
 /// lives on; the root starts over and syncs; a request not yet passed on is refused with
-/// `internal_error` and billed nothing; one already upstream goes through and is billed.
+/// `internal_error` and billed nothing; one already upstream goes through and is billed;
+/// a request whose stream could not be made (`next_stream`) is refused.
 #[test]
 fn a_panic_in_the_native_module_is_contained_and_envoy_lives_on() {
     let stack = Stack::builder()
@@ -116,15 +117,21 @@ fn a_panic_in_the_native_module_is_contained_and_envoy_lives_on() {
         Some(1)
     );
 
+    // A stream whose making panicked (Envoy has none of ours for it) is refused, not
+    // let through unchecked: Envoy 1.40 answers it 500 itself (no body), and it is not
+    // billed (below).
+    assert_eq!(send(Some("next_stream")).status(), 200);
+    assert_eq!(send(None).status(), 500);
+    assert_eq!(send(None).status(), 200);
     let log = stack.log("envoy");
-    for hook in ["request_headers", "response_headers"] {
+    for hook in ["request_headers", "response_headers", "new_stream"] {
         assert!(log.contains(&format!("panic-probe: {hook}")), "{log}");
     }
 
-    // Billed: the three calls that reached the upstream, not the refused one.
+    // Billed: the five calls that reached the upstream, not the two refused.
     until_usage_delivered(&stack);
-    let rows = usage_rows(&stack, &key, 3);
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    let rows = usage_rows(&stack, &key, 5);
+    assert_eq!(rows.len(), 5, "{rows:?}");
     assert!(
         !stack.log("envoy").contains(&key.secret),
         "the secret appeared in Envoy's log"
