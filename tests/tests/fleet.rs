@@ -1,7 +1,8 @@
 //! A fleet of Envoys on one key-service (issue 19): each spends a limited key's quota only
 //! from its credit lease, which the key-service grants out of what no other Envoy's lease
-//! and no billed usage covers, so two Envoys together cannot overdraw a key. A lease an
-//! Envoy cannot give back (it was killed) lapses and its credit comes back.
+//! and no billed usage covers, so two Envoys together cannot overdraw a key, nor its cap
+//! on a model. A lease an Envoy cannot give back (it was killed) lapses and its credit
+//! comes back.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -59,18 +60,28 @@ fn price(stack: &Stack) {
 }
 
 /// The issue's case: a key with 1,000 credits, 240 calls spread over two Envoys, 40 in
-/// flight at a time. Without leases this spent 1,661 credits.
+/// flight at a time (without leases this spent 1,661 credits); then the same against a
+/// key whose quota is unlimited but whose model has a cap of 1,000 credits (without
+/// leases on caps this spent 1,836).
 fn two_envoys_cannot_overdraw(builder: StackBuilder) {
-    const QUOTA: u64 = 1_000;
+    const LIMIT: u64 = 1_000;
     let mut stack = builder.start();
     let (second, _) = stack.add_envoy();
     price(&stack);
-    let key = create_key(
-        &stack,
-        json!({"name": "fleet", "unlimited_quota": false, "quota": QUOTA}),
-    );
+    let quota = json!({"name": "fleet", "unlimited_quota": false, "quota": LIMIT});
+    spend_from_two_envoys(&stack, &second, quota, LIMIT);
+    let cap = json!({"name": "fleet-cap", "model_caps": {"gpt-4o-mini": {"budget": LIMIT}}});
+    spend_from_two_envoys(&stack, &second, cap, LIMIT);
+}
+
+/// Makes a key (`key`, which limits it to `limit` credits) and spends it from both Envoys
+/// at once until they refuse it; they must not spend more than `limit`, and must let
+/// nearly all of it be spent.
+fn spend_from_two_envoys(stack: &Stack, second: &str, key: serde_json::Value, limit: u64) {
+    let name = key["name"].as_str().unwrap_or_default().to_owned();
+    let key = create_key(stack, key);
     // Both Envoys know the key and its price (a call each; they cost what they cost).
-    for url in [&stack.envoy_url, &second] {
+    for url in [stack.envoy_url.as_str(), second] {
         let first = first_call(url, &key.secret);
         assert_eq!(first.status(), 200, "{}", first.text().unwrap_or_default());
     }
@@ -80,7 +91,7 @@ fn two_envoys_cannot_overdraw(builder: StackBuilder) {
             let url = if i % 2 == 0 {
                 stack.envoy_url.clone()
             } else {
-                second.clone()
+                second.to_owned()
             };
             let (secret, statuses) = (key.secret.clone(), statuses.clone());
             thread::spawn(move || {
@@ -106,10 +117,10 @@ fn two_envoys_cannot_overdraw(builder: StackBuilder) {
     }
     let count = |slot: usize| statuses[slot].load(Ordering::Relaxed);
     // Every answered call is billed once (the two first calls too).
-    let (spent, calls) = until_billed(&stack, &key.id, count(0) + 2);
+    let (spent, calls) = until_billed(stack, &key.id, count(0) + 2);
     eprintln!(
-        "quota {QUOTA}: spent {spent} in {calls} calls; 200: {}, 429: {}, 503: {}, other: {} \
-         (estimate {}, actual {})",
+        "{name}, limit {limit}: spent {spent} in {calls} calls; 200: {}, 429: {}, 503: {}, \
+         other: {} (estimate {}, actual {})",
         count(0),
         count(1),
         count(2),
@@ -117,14 +128,17 @@ fn two_envoys_cannot_overdraw(builder: StackBuilder) {
         estimate(),
         actual()
     );
-    assert_eq!((count(2), count(3)), (0, 0), "only 200 and 429");
+    assert_eq!((count(2), count(3)), (0, 0), "{name}: only 200 and 429");
     // Each call costs less than its estimate: nothing may go over.
-    assert!(spent <= QUOTA, "the fleet overdrew: {spent} > {QUOTA}");
-    // And most of the quota was usable: what is left is less than three calls' estimates
-    // (the last crumbs of two leases, each too small for one more call).
     assert!(
-        QUOTA - spent < 3 * estimate(),
-        "too much left unspent: {spent} of {QUOTA}"
+        spent <= limit,
+        "{name}: the fleet overdrew: {spent} > {limit}"
+    );
+    // And most of it was usable: what is left is less than three calls' estimates (the
+    // last crumbs of two leases, each too small for one more call).
+    assert!(
+        limit - spent < 3 * estimate(),
+        "{name}: too much left unspent: {spent} of {limit}"
     );
 }
 

@@ -100,7 +100,8 @@ fn mirror_share(shared: &impl SharedData, ledger_name: &str, l: &Ledger) -> Resu
 }
 
 /// The subject of a ledger at the key-service: `k:{key id}` or `a:{account}` (credit),
-/// `r:`, `t:` or `p:` and a key id (a share of its rate limits).
+/// `m:{key id}:{model}` (a key's cap on those models, in the cap's unit), `r:`, `t:` or
+/// `p:` and a key id (a share of its rate limits).
 pub fn subject(ledger_name: &str) -> Option<&str> {
     ledger_name.strip_prefix("kg:q:")
 }

@@ -113,27 +113,59 @@ impl Request {
         let account_limit = view.tables.balance(key.account(), now);
         let key_ledger = key_limit.map(|_| ledger::key_entry(key.id()));
         let account_ledger = account_limit.map(|_| ledger::account_entry(key.account()));
+        let estimated = estimate.tokens(config.default_output_tokens);
+        // The key's cap on this model, in its unit (credits or tokens).
+        let cap = model.and_then(|m| key.cap_for(m)).map(|c| {
+            let held = cap_amount(c.unit, amount, estimated);
+            (
+                ledger::cap_entry(key.id(), &c.model),
+                c.unit,
+                c.left_at(now),
+                held,
+            )
+        });
+        // Each limit in turn, with what it holds back and how it refuses: the key's quota,
+        // the account's balance, the key's cap on the model. Each is spent from a lease
+        // of its own when leases are on, so a fleet cannot overspend any of them.
         let limited = [
-            key_ledger
-                .as_deref()
-                .zip(key_limit.map(|l| (l, meta.version))),
+            key_ledger.as_deref().zip(key_limit).map(|(name, limit)| {
+                (name, limit, meta.version, amount, Denial::InsufficientQuota)
+            }),
             account_ledger
                 .as_deref()
-                .zip(account_limit.map(|l| (l, view.meta.version))),
+                .zip(account_limit)
+                .map(|(name, limit)| {
+                    (
+                        name,
+                        limit,
+                        view.meta.version,
+                        amount,
+                        Denial::InsufficientQuota,
+                    )
+                }),
+            cap.as_ref().map(|(name, _, limit, held)| {
+                (
+                    name.as_str(),
+                    *limit,
+                    meta.version,
+                    *held,
+                    Denial::ModelBudgetExceeded,
+                )
+            }),
         ];
-        let mut taken: Option<&str> = None;
-        for (name, (limit, version)) in limited.into_iter().flatten() {
-            let reserved = ledger::reserve(host, name, limit, amount, version, lease(name))
-                .map_err(|_| HOST_FAILED)?;
+        let mut taken: Vec<(&str, u64)> = Vec::with_capacity(3);
+        for (name, limit, version, held, over) in limited.into_iter().flatten() {
+            let reserved = ledger::reserve(host, name, limit, held, version, lease(name));
             let refusal = match reserved {
-                Reserve::Admitted => {
-                    taken = Some(name);
+                Ok(Reserve::Admitted) => {
+                    taken.push((name, held));
                     continue;
                 }
-                Reserve::OverLimit | Reserve::LeaseShort => Err(Denial::InsufficientQuota),
-                Reserve::LeaseFailed => Err(Denial::KeyServiceUnavailable),
-                // (No early return: the key's reservation must go back first.)
-                Reserve::NeedLease { ask, list, wake } => {
+                Ok(Reserve::OverLimit | Reserve::LeaseShort) => Err(over),
+                Ok(Reserve::LeaseFailed) => Err(Denial::KeyServiceUnavailable),
+                Err(_) => Err(HOST_FAILED),
+                // (No early return: what the others reserved must go back first.)
+                Ok(Reserve::NeedLease { ask, list, wake }) => {
                     let listed = if list {
                         credit::list(host, name)
                     } else {
@@ -156,34 +188,13 @@ impl Request {
                     }
                 }
             };
-            // The key's reservation goes back if the account's cannot be had.
-            if let Some(key_ledger) = taken {
-                let _ = ledger::settle(host, key_ledger, amount, 0);
+            // What the earlier limits reserved goes back if this one cannot be had.
+            for (taken, held) in taken {
+                let _ = ledger::settle(host, taken, held, 0);
             }
             return refusal;
         }
-        let estimated = estimate.tokens(config.default_output_tokens);
-        // Last, the key's cap on this model (per Envoy, without leases): the key's and
-        // the account's reservations go back if it refuses.
-        let mut cap = None;
-        if let Some(c) = model.and_then(|m| key.cap_for(m)) {
-            let name = ledger::cap_entry(key.id(), &c.model);
-            let held = cap_amount(c.unit, amount, estimated);
-            let reserved =
-                ledger::reserve(host, &name, c.left_at(now), held, meta.version, Lease::Off);
-            match reserved {
-                Ok(Reserve::Admitted) => cap = Some(Box::new((name, c.unit, held))),
-                other => {
-                    for taken in [&key_ledger, &account_ledger].into_iter().flatten() {
-                        let _ = ledger::settle(host, taken, amount, 0);
-                    }
-                    return Err(match other {
-                        Ok(_) => Denial::ModelBudgetExceeded,
-                        Err(_) => HOST_FAILED,
-                    });
-                }
-            }
-        }
+        let cap = cap.map(|(name, unit, _, held)| Box::new((name, unit, held)));
         let reservation = Reservation {
             price,
             amount,

@@ -1419,3 +1419,56 @@ fn with_leases_a_share_that_cannot_grow_refuses_429_and_a_failed_ask_503() {
     assert_eq!(request.release(&s.fake, true, false), Action::Pause);
     assert_eq!(s.status_sent(), Some(503));
 }
+
+/// With leases a key's cap on a model is spent from a lease of its own (a fleet cannot
+/// overspend it): a request waits for the key's lease, then for the cap's, and one the
+/// cap's answer does not cover is refused `model_budget_exceeded`, giving back what it
+/// reserved in the key's.
+#[test]
+fn with_leases_a_model_cap_is_spent_from_a_lease_of_its_own() {
+    let s = setup_with_leases();
+    let mut book = credit::Book::default();
+    let cap = ledger::cap_entry("id-capped", "gpt-*");
+    let body = r#"{"model":"gpt-4o","max_tokens":100,"messages":[]}"#;
+    let estimate = (body.len() as u64).div_ceil(4) + 200;
+    let wait = |s: &Setup| {
+        let mut request = s.request("POST", CHAT, "capped");
+        assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+        assert_eq!(s.body(&mut request, body, true), Action::Hold);
+        request
+    };
+    let mut request = wait(&s);
+    let items = answer_leases(&s, &mut book, Some(10 * estimate));
+    assert_eq!(items.len(), 1, "the key's ledger first");
+    // The key's lease covers it; now it waits for the cap's.
+    assert_eq!(request.release(&s.fake, true, false), Action::Hold);
+    assert_eq!(
+        s.ledger("id-capped").reserved,
+        0,
+        "given back while it waits"
+    );
+    assert_eq!(s.ledger_named(&cap).need, estimate);
+    let items = answer_leases(&s, &mut book, Some(estimate));
+    assert_eq!(
+        credit::subject(&items[0].ledger),
+        Some("m:id-capped:gpt-*"),
+        "{items:?}"
+    );
+    assert_eq!(request.release(&s.fake, true, false), Action::Continue);
+    assert_eq!(s.ledger("id-capped").reserved, estimate);
+    assert_eq!(s.ledger_named(&cap).reserved, estimate);
+    s.respond(&mut request, 200, USAGE);
+    request.on_log(&s.fake);
+    let held = s.ledger_named(&cap);
+    assert_eq!((held.reserved, held.spent), (0, 20));
+    // The cap's lease has estimate - 20 left: the next must ask, and an answer that
+    // grants nothing more refuses it with the cap's code; the key's reservation goes.
+    let mut next = wait(&s);
+    answer_leases(&s, &mut book, Some(estimate));
+    assert_eq!(next.release(&s.fake, true, false), Action::Pause);
+    let (status, _, sent) = s.fake.sent.borrow().clone().unwrap();
+    assert_eq!(status, 429);
+    assert!(sent.contains("model_budget_exceeded"), "{sent}");
+    assert_eq!(s.ledger("id-capped").reserved, 0);
+    assert_eq!(s.ledger_named(&cap).reserved, 0);
+}

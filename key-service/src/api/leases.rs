@@ -19,6 +19,9 @@ pub const LEASES_MAX: usize = 1000;
 pub const HOLDER_MAX: usize = 64;
 /// Bounds of a subject's key id or account name, in bytes (as a record's `key_id`).
 pub const SUBJECT_MAX: usize = 128;
+/// Bounds of the model of a cap's subject, in bytes: 256 characters of up to 4 bytes (as
+/// a key's model names).
+pub const MODEL_SUBJECT_MAX: usize = 1024;
 /// Bounds of `ttl_ms`: a lease lasts from a second to ten minutes.
 pub const TTL_MS_MIN: u64 = 1_000;
 pub const TTL_MS_MAX: u64 = 600_000;
@@ -44,7 +47,9 @@ pub struct LeaseRequest {
 #[serde(deny_unknown_fields)]
 pub struct LeaseItem {
     /// `k:<key id>` (its quota) or `a:<account name>` (its balance): credit, `spent`
-    /// counting everything spent; `r:`, `t:` or `p:` and a key id (its requests per
+    /// counting everything spent; `m:<key id>:<model>` (the key's cap on those models,
+    /// its name or pattern as stored): the same, in the cap's unit (credits or tokens);
+    /// `r:`, `t:` or `p:` and a key id (its requests per
     /// minute, tokens per minute, requests in flight): a share of the limit, `spent` being
     /// what the holder's window counts now.
     pub subject: String,
@@ -93,27 +98,33 @@ pub fn check_holder(holder: &str) -> Result<(), ApiError> {
 }
 
 /// A subject: `k:`, `a:`, `r:`, `t:` or `p:` and then 1-128 bytes without control
-/// characters.
+/// characters, or `m:`, a key id, `:` and a model name or pattern (a key's cap on those
+/// models; the model up to `MODEL_SUBJECT_MAX` bytes).
 fn check_subject(i: usize, subject: &str) -> Result<(), ApiError> {
-    let named = ["k:", "a:", "r:", "t:", "p:"]
-        .iter()
-        .find_map(|prefix| subject.strip_prefix(prefix));
-    match named {
-        Some(name)
-            if !name.is_empty()
-                && name.len() <= SUBJECT_MAX
-                && !name.chars().any(char::is_control) =>
-        {
-            Ok(())
+    let printable = |name: &str, max: usize| {
+        !name.is_empty() && name.len() <= max && !name.chars().any(char::is_control)
+    };
+    let fine = match subject.strip_prefix("m:").map(|rest| rest.split_once(':')) {
+        Some(Some((key_id, model))) => {
+            printable(key_id, SUBJECT_MAX) && printable(model, MODEL_SUBJECT_MAX)
         }
-        _ => Err(ApiError::invalid(
-            "leases",
-            format!(
-                "leases[{i}].subject must be k:, r:, t: or p: and a key id, or a: and an \
-                 account name, 1-{SUBJECT_MAX} printable characters after the colon"
-            ),
-        )),
+        Some(None) => false,
+        None => ["k:", "a:", "r:", "t:", "p:"]
+            .iter()
+            .find_map(|prefix| subject.strip_prefix(prefix))
+            .is_some_and(|name| printable(name, SUBJECT_MAX)),
+    };
+    if fine {
+        return Ok(());
     }
+    Err(ApiError::invalid(
+        "leases",
+        format!(
+            "leases[{i}].subject must be k:, r:, t: or p: and a key id, a: and an account \
+             name, or m:, a key id, : and a model, 1-{SUBJECT_MAX} printable characters \
+             each (a model up to {MODEL_SUBJECT_MAX})"
+        ),
+    ))
 }
 
 /// `POST /filter/v1/leases`: grants the holder a lease on each subject, all in one write
@@ -206,6 +217,9 @@ mod tests {
         for ok in [
             "k:key_abc",
             "a:team",
+            "m:key_abc:gpt-4o-*",
+            "m:key_abc:llama3:8b",
+            &format!("m:key_abc:{}", "é".repeat(MODEL_SUBJECT_MAX / 2)),
             &format!("k:{}", "x".repeat(SUBJECT_MAX)),
         ] {
             assert!(check_subject(0, ok).is_ok(), "{ok:?}");
@@ -218,6 +232,11 @@ mod tests {
             "x:abc",
             "K:abc",
             "k:a\u{0}b",
+            "m:key_abc",
+            "m::gpt-4o",
+            "m:key_abc:",
+            "m:key_abc:gpt\n",
+            &format!("m:key_abc:{}", "x".repeat(MODEL_SUBJECT_MAX + 1)),
             &format!("a:{}", "x".repeat(SUBJECT_MAX + 1)),
         ] {
             let err = check_subject(3, bad).unwrap_err().to_string();

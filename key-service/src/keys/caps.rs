@@ -172,11 +172,26 @@ impl StoredCap {
         if self.period_start.is_some_and(|start| ts < start) {
             return;
         }
+        self.used = self.used.saturating_add(self.amount(cost, tokens));
+    }
+
+    /// What a request that cost `cost` credits and used `tokens` counts in the cap's
+    /// unit; never below 0.
+    pub fn amount(&self, cost: i64, tokens: u64) -> i64 {
         let amount = match self.unit {
             Unit::Credits => cost,
             Unit::Tokens => i64::try_from(tokens).unwrap_or(i64::MAX),
         };
-        self.used = self.used.saturating_add(amount.max(0));
+        amount.max(0)
+    }
+
+    /// What is left at `now`: the whole limit once the period has ended (it rolls over
+    /// with the next record), as the filter counts it from the snapshot.
+    pub fn left_at(&self, now: i64) -> i64 {
+        match self.period_end {
+            Some(end) if end <= now => self.limit,
+            _ => self.limit.saturating_sub(self.used),
+        }
     }
 
     pub fn view(&self, now: i64) -> CapView {

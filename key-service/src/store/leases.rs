@@ -32,6 +32,7 @@ use sqlx::QueryBuilder;
 
 use super::periods::account_left;
 use super::{with_pool, BeginWrite, Get, Store, StoreError};
+use crate::keys::caps;
 
 /// Subjects per statement when many are read or written at once: well within both
 /// engines' limits on bound parameters (SQLite's 32,766, PostgreSQL's 65,535).
@@ -128,6 +129,12 @@ fn rate_subject(subject: &str) -> Option<(char, &str)> {
     }
 }
 
+/// A key's cap on some models: `m:`, the key id, `:` and the cap's model name or pattern
+/// (key ids have no colon; a model may).
+pub(crate) fn cap_subject(subject: &str) -> Option<(&str, &str)> {
+    subject.strip_prefix("m:")?.split_once(':')
+}
+
 fn lease_row(row: &impl Get) -> Result<LeaseRow, sqlx::Error> {
     Ok(LeaseRow {
         holder: row.text("holder")?,
@@ -161,8 +168,15 @@ impl Store {
         let drop_at = now_ms.saturating_add(ttl_ms.saturating_mul(2));
         let (mut keys, mut accounts) = (BTreeSet::new(), BTreeSet::new());
         let mut rated = BTreeSet::new();
+        // Per key, the subjects of its caps asked for, with their models.
+        let mut capped: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
         for ask in asks {
-            if let Some(id) = ask.subject.strip_prefix("k:") {
+            if let Some((id, model)) = cap_subject(&ask.subject) {
+                capped
+                    .entry(id)
+                    .or_default()
+                    .push((ask.subject.as_str(), model));
+            } else if let Some(id) = ask.subject.strip_prefix("k:") {
                 keys.insert(id.to_owned());
             } else if let Some(name) = ask.subject.strip_prefix("a:") {
                 accounts.insert(name.to_owned());
@@ -171,6 +185,7 @@ impl Store {
             }
         }
         let rated: Vec<String> = rated.into_iter().collect();
+        let capped_keys: Vec<&str> = capped.keys().copied().collect();
         let keys: Vec<String> = keys.into_iter().collect();
         let accounts: Vec<String> = accounts.into_iter().collect();
         let subjects: Vec<String> = asks
@@ -234,6 +249,24 @@ impl Store {
                     left.insert(format!("r:{id}"), rpm);
                     left.insert(format!("t:{id}"), tpm);
                     left.insert(format!("p:{id}"), row.opt_int("max_parallel")?);
+                }
+            }
+            for chunk in capped_keys.chunks(CHUNK) {
+                let mut q = QueryBuilder::new("SELECT id, model_caps FROM keys WHERE id IN (");
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind((*id).to_owned());
+                }
+                q.push(")");
+                for row in q.build().fetch_all(&mut *tx).await? {
+                    let id = row.text("id")?;
+                    let stored = caps::parse(&row.text("model_caps")?);
+                    // A cap the key no longer has caps nothing (the holder learns so with
+                    // its next snapshot); a key that does not exist has nothing left.
+                    for (subject, model) in capped.get(id.as_str()).into_iter().flatten() {
+                        let cap = stored.iter().find(|c| c.model == *model);
+                        left.insert((*subject).to_owned(), cap.map(|c| c.left_at(now)));
+                    }
                 }
             }
             for chunk in accounts.chunks(CHUNK) {
@@ -826,6 +859,76 @@ pub(super) mod tests {
         assert_eq!((grants[0].granted, grants[1].granted), (100, 10));
         let rows = store.leases_on("k:k1").await.unwrap();
         assert_eq!(rows[1].granted, 10);
+    }
+
+    /// A key's caps on models are leased as its quota is, each in its own unit, and
+    /// reported usage comes off the lease of the cap that counted it.
+    #[tokio::test]
+    async fn a_keys_caps_are_shared_out_and_billed_in_their_unit() {
+        use crate::keys::caps::{StoredCap, Unit};
+        let (_dir, store) = store().await;
+        let cap = |model: &str, unit, limit, used, end| StoredCap {
+            model: model.into(),
+            unit,
+            limit,
+            used,
+            period: "day".into(),
+            period_start: Some(0),
+            period_end: Some(end),
+        };
+        let capped = NewKey {
+            model_caps: vec![
+                cap("m", Unit::Credits, 100, 0, 86_400),
+                cap("t-*", Unit::Tokens, 1_000, 30, 86_400),
+                cap("old", Unit::Credits, 10, 10, 0),
+            ],
+            ..key("capped", "default", None)
+        };
+        store.insert_keys(&[capped], 0).await.unwrap();
+        let a = one(&store, "A", ask("m:capped:m", 0, 0, 1_000), 0).await;
+        let b = one(&store, "B", ask("m:capped:m", 0, 0, 1_000), 0).await;
+        assert_eq!((a.limited, a.granted, b.granted), (true, 50, 25));
+        // Tokens: half of what the period left.
+        let t = one(&store, "A", ask("m:capped:t-*", 0, 0, u64::MAX), 0).await;
+        assert_eq!(t.granted, 485);
+        // A cap whose period ended has its whole limit again (10, not 0).
+        let old = one(&store, "A", ask("m:capped:old", 0, 6, 6), 0).await;
+        assert_eq!(old.granted, 6);
+        // A's calls: 40 credits on `m`; 7 + 3 tokens and no credits (no price) on `t-1`.
+        let tokens = UsageRecord {
+            model: "t-1".into(),
+            tokens: Tokens {
+                input: 7,
+                output: 3,
+                ..Tokens::default()
+            },
+            ..record("r2", "capped", 0)
+        };
+        store
+            .ingest_usage(&[record("r1", "capped", 40), tokens], Some("A"), 1)
+            .await
+            .unwrap();
+        let rows = store.leases_on("m:capped:m").await.unwrap();
+        assert_eq!((rows[0].holder.as_str(), rows[0].billed), ("A", 40));
+        assert_eq!(rows[1].billed, 0, "B reported nothing");
+        let rows = store.leases_on("m:capped:t-*").await.unwrap();
+        assert_eq!((rows[0].granted, rows[0].billed), (485, 10));
+        // The cap used 40 of 100; A holds 10 more unspent, B 25: C gets half of 25.
+        let c = one(&store, "C", ask("m:capped:m", 0, 0, 1_000), 2).await;
+        assert_eq!(c.granted, 12);
+        // A cap the key no longer has limits nothing; a key that does not exist has
+        // nothing left.
+        let grants = store
+            .grant_leases(
+                "A",
+                &[ask("m:capped:gone", 5, 1, 1), ask("m:nokey:m", 5, 1, 1)],
+                TTL,
+                3,
+            )
+            .await
+            .unwrap();
+        let seen: Vec<_> = grants.iter().map(|g| (g.limited, g.granted)).collect();
+        assert_eq!(seen, [(false, 0), (true, 5)]);
     }
 
     #[tokio::test]

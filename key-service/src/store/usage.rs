@@ -174,8 +174,9 @@ impl Store {
     ///
     /// With a `holder` (the reporting filter spends from leases), each new record's cost
     /// is also added to the `billed` of that holder's leases on its key and, when the
-    /// key's account has a balance, on its account: what the limit lost, the lease's
-    /// outstanding loses too. A lease that does not exist is left so.
+    /// key's account has a balance, on its account, and on the key's cap that counted it
+    /// (in the cap's unit): what the limit lost, the lease's outstanding loses too. A
+    /// lease that does not exist is left so.
     pub async fn ingest_usage(
         &self,
         records: &[UsageRecord],
@@ -218,6 +219,8 @@ impl Store {
             // request; per account: all its credits and those in its period.
             let mut billed_keys: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
             let mut billed_accounts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+            // Per cap (its lease subject): what its records counted, in its unit.
+            let mut billed_caps: BTreeMap<String, i64> = BTreeMap::new();
             let mut done = Ingested::default();
             for record in records {
                 let key = match keys.get(&record.key_id) {
@@ -304,6 +307,14 @@ impl Store {
                         let tokens = record.tokens.input.saturating_add(record.tokens.output);
                         cap.count(record.ts, cost, tokens);
                         *dirty = true;
+                        // Off the holder's lease on the cap whatever its period, as the
+                        // key's below.
+                        let amount = cap.amount(cost, tokens);
+                        if amount > 0 {
+                            let subject = format!("m:{}:{}", record.key_id, cap.model);
+                            let billed = billed_caps.entry(subject).or_insert(0);
+                            *billed = billed.saturating_add(amount);
+                        }
                     }
                 }
                 if !accounts.contains_key(account) {
@@ -469,6 +480,14 @@ impl Store {
                         .bind(holder)
                         .bind(format!("k:{key_id}"))
                         .bind(cost)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for (subject, amount) in &billed_caps {
+                    sqlx::query(BILL_LEASE)
+                        .bind(holder)
+                        .bind(subject)
+                        .bind(amount)
                         .execute(&mut *tx)
                         .await?;
                 }
