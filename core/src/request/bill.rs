@@ -14,7 +14,7 @@ use crate::usage::report::{Charge, Record, UsageWire, MODEL_MAX};
 use crate::usage::scan::{self, Api, Scanned, Usage};
 
 /// An admitted request's reservation in the ledgers of its key and account (`ledger`),
-/// each only if limited.
+/// each only if limited, and of the key's cap on its model.
 pub(super) struct Reservation {
     amount: u64,
     key_ledger: Option<String>,
@@ -68,7 +68,9 @@ fn cap_amount(unit: CapUnit, credits: u64, tokens: Tokens) -> u64 {
 
 impl Request {
     /// Reserves in the key's and the account's ledgers (those that are limited) what the
-    /// request may cost, or refuses it with `insufficient_quota`. With credit leases, a
+    /// request may cost, or refuses it with `insufficient_quota`, and in the ledger of the
+    /// key's cap on its model (if any) what it counts there, or refuses it with
+    /// `model_budget_exceeded`. With credit leases (each of these ledgers has its own), a
     /// request the lease does not cover waits for the leader's next ask (`Wait`), unless
     /// it had the answer to that ask for this ledger already (`answered`): it is refused
     /// then (503 if the key-service could not be asked).
@@ -153,12 +155,13 @@ impl Request {
                 )
             }),
         ];
-        let mut taken: Vec<(&str, u64)> = Vec::with_capacity(3);
-        for (name, limit, version, held, over) in limited.into_iter().flatten() {
+        // What was reserved so far (no allocation: this runs on every metered request).
+        let mut taken: [Option<(&str, u64)>; 3] = [None; 3];
+        for (i, (name, limit, version, held, over)) in limited.into_iter().flatten().enumerate() {
             let reserved = ledger::reserve(host, name, limit, held, version, lease(name));
             let refusal = match reserved {
                 Ok(Reserve::Admitted) => {
-                    taken.push((name, held));
+                    taken[i] = Some((name, held));
                     continue;
                 }
                 Ok(Reserve::OverLimit | Reserve::LeaseShort) => Err(over),
@@ -189,7 +192,7 @@ impl Request {
                 }
             };
             // What the earlier limits reserved goes back if this one cannot be had.
-            for (taken, held) in taken {
+            for (taken, held) in taken.into_iter().flatten() {
                 let _ = ledger::settle(host, taken, held, 0);
             }
             return refusal;
