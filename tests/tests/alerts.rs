@@ -86,12 +86,13 @@ fn spending_through_envoy_alerts_each_threshold_once_signed() {
         Some(json!({"input": 1_000_000, "output": 1_000_000})),
     );
     assert_eq!(status, 201, "{body}");
-    // Four calls spend 80 % of the month's quota; the fifth does not fit.
+    // Four calls spend 80 % of the month's quota, and of the day's cap on the model.
     let cost = metered_cost();
     let key = create_key(
         &stack,
         json!({"name": "alerted", "unlimited_quota": false, "quota": 5 * cost,
-            "quota_period": "month"}),
+            "quota_period": "month",
+            "model_caps": {"gpt-4o-*": {"budget": 5 * cost, "period": "day"}}}),
     );
     let first = until_synced(|| send_metered(&stack.envoy_url, &key.secret, 0));
     assert_eq!(first.status(), 200);
@@ -106,7 +107,13 @@ fn spending_through_envoy_alerts_each_threshold_once_signed() {
     );
     assert_eq!(status, 200);
 
-    let wanted = ["key.threshold", "key.threshold", "key.disabled"];
+    let wanted = [
+        "key.threshold",
+        "key.threshold",
+        "model_cap.threshold",
+        "model_cap.threshold",
+        "key.disabled",
+    ];
     let deadline = Instant::now() + Duration::from_secs(20);
     while seen.lock().unwrap().len() < wanted.len() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));
@@ -143,12 +150,35 @@ fn spending_through_envoy_alerts_each_threshold_once_signed() {
             ("key.disabled".to_owned(), Value::Null),
             ("key.threshold".to_owned(), json!(50)),
             ("key.threshold".to_owned(), json!(80)),
+            ("model_cap.threshold".to_owned(), json!(50)),
+            ("model_cap.threshold".to_owned(), json!(80)),
         ],
         "each alert once: {events:#?}"
     );
+    let cap = events
+        .iter()
+        .find(|e| e["type"] == "model_cap.threshold" && e["data"]["threshold"] == 80)
+        .unwrap();
+    let data = &cap["data"];
+    assert_eq!(
+        (
+            &data["model"],
+            &data["unit"],
+            &data["budget"],
+            &data["used"]
+        ),
+        (
+            &json!("gpt-4o-*"),
+            &json!("credits"),
+            &json!(5 * cost),
+            &json!(4 * cost)
+        ),
+        "{cap}"
+    );
+    assert_eq!(data["key"]["id"], key.id.as_str());
     let crossing = events
         .iter()
-        .find(|e| e["data"]["threshold"] == 80)
+        .find(|e| e["type"] == "key.threshold" && e["data"]["threshold"] == 80)
         .unwrap();
     assert_eq!(crossing["data"]["budget"], 5 * cost, "{crossing}");
     assert!(

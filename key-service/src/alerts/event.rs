@@ -24,12 +24,17 @@ pub enum Kind {
     KeyRotated,
     /// A key's `rotate_by` date has passed.
     KeyRotationDue,
+    /// A key's spend on some models crossed a threshold of its cap on them (once per
+    /// period).
+    CapThreshold,
+    /// A key used its whole cap on some models up.
+    CapExhausted,
     /// Sent by `POST /api/v1/webhooks/{id}/test` to that webhook alone.
     Test,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::KeyThreshold,
         Kind::AccountThreshold,
         Kind::KeyExhausted,
@@ -38,6 +43,8 @@ impl Kind {
         Kind::KeyDisabled,
         Kind::KeyRotated,
         Kind::KeyRotationDue,
+        Kind::CapThreshold,
+        Kind::CapExhausted,
         Kind::Test,
     ];
 
@@ -51,6 +58,8 @@ impl Kind {
             Kind::KeyDisabled => "key.disabled",
             Kind::KeyRotated => "key.rotated",
             Kind::KeyRotationDue => "key.rotation_due",
+            Kind::CapThreshold => "model_cap.threshold",
+            Kind::CapExhausted => "model_cap.exhausted",
             Kind::Test => "test",
         }
     }
@@ -71,6 +80,15 @@ pub enum Subject {
     Account {
         name: String,
     },
+    /// A key's cap on the models `model` (a name or pattern, as stored), counting
+    /// `unit` (`credits` or `tokens`).
+    Cap {
+        id: String,
+        name: String,
+        account: String,
+        model: String,
+        unit: &'static str,
+    },
     /// A webhook's own test.
     Webhook {
         id: String,
@@ -78,10 +96,12 @@ pub enum Subject {
 }
 
 impl Subject {
-    /// How marks and events name it: `k:<key id>`, `a:<account>`, `w:<webhook id>`.
+    /// How marks and events name it: `k:<key id>`, `a:<account>`, `m:<key id>:<model>`,
+    /// `w:<webhook id>`.
     pub fn mark(&self) -> String {
         match self {
             Subject::Key { id, .. } => format!("k:{id}"),
+            Subject::Cap { id, model, .. } => format!("m:{id}:{model}"),
             Subject::Account { name } => format!("a:{name}"),
             Subject::Webhook { id } => format!("w:{id}"),
         }
@@ -90,7 +110,7 @@ impl Subject {
     /// The account whose webhooks hear of it (global webhooks hear of everything).
     pub fn account(&self) -> Option<&str> {
         match self {
-            Subject::Key { account, .. } => Some(account),
+            Subject::Key { account, .. } | Subject::Cap { account, .. } => Some(account),
             Subject::Account { name } => Some(name),
             Subject::Webhook { .. } => None,
         }
@@ -98,9 +118,10 @@ impl Subject {
 
     fn describe(&self) -> (&'static str, Value) {
         match self {
-            Subject::Key { id, name, account } => {
-                ("key", json!({"id": id, "name": name, "account": account}))
-            }
+            Subject::Key { id, name, account }
+            | Subject::Cap {
+                id, name, account, ..
+            } => ("key", json!({"id": id, "name": name, "account": account})),
             Subject::Account { name } => ("account", json!({"name": name})),
             Subject::Webhook { id } => ("webhook", json!({"id": id})),
         }

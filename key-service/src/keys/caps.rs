@@ -52,6 +52,16 @@ pub enum Unit {
     Tokens,
 }
 
+impl Unit {
+    /// As the API and alerts name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Credits => "credits",
+            Unit::Tokens => "tokens",
+        }
+    }
+}
+
 /// One cap as stored, and as the filter reads it from the snapshot (it reads `model`,
 /// `unit`, `limit`, `used` and `period_end`, and counts the whole `limit` from
 /// `period_end` on).

@@ -286,6 +286,7 @@ pub(crate) async fn budget_crossed<T: Outbox>(
     let (crossing, exhaustion) = match subject {
         Subject::Key { .. } => (Kind::KeyThreshold, Kind::KeyExhausted),
         Subject::Account { .. } => (Kind::AccountThreshold, Kind::AccountExhausted),
+        Subject::Cap { .. } => (Kind::CapThreshold, Kind::CapExhausted),
         Subject::Webhook { .. } => return Ok(()),
     };
     let mark = subject.mark();
@@ -297,6 +298,10 @@ pub(crate) async fn budget_crossed<T: Outbox>(
         });
         if let Some(t) = threshold {
             details["threshold"] = json!(t);
+        }
+        if let Subject::Cap { model, unit, .. } = subject {
+            details["model"] = json!(model);
+            details["unit"] = json!(unit);
         }
         details
     };

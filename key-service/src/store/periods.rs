@@ -436,6 +436,87 @@ mod tests {
         );
     }
 
+    /// A key's cap on some models alerts as its budget does: each threshold once per
+    /// period, exhaustion once, naming the model and the unit; a late record counts in
+    /// no period and alerts nothing.
+    #[tokio::test]
+    async fn a_model_cap_alerts_each_threshold_once_per_period() {
+        use crate::keys::caps::Unit;
+        let (_dir, store) = store().await;
+        store.set_balance("team", None, 0).await.unwrap();
+        let edit = KeyEdit {
+            model_caps: Some(vec![
+                ("m*".into(), Unit::Credits, 100, Period::Span(100)),
+                ("x".into(), Unit::Tokens, 10, Period::Total),
+            ]),
+            ..KeyEdit::default()
+        };
+        assert!(store.update_key("k1", &edit, 1_000).await.unwrap());
+        let tokens = |id: &str, n, ts| UsageRecord {
+            model: "x".into(),
+            ..at(id, n, ts)
+        };
+        let bills = [
+            vec![at("a", 40, 1_010)],
+            vec![at("b", 45, 1_020), tokens("t", 10, 1_020)],
+            vec![at("c", 45, 1_030)],
+            vec![at("late", 90, 1_099), at("d", 60, 1_101)],
+        ];
+        for (batch, now) in bills.iter().zip([1_010, 1_020, 1_030, 1_102]) {
+            store.ingest_usage(batch, None, now).await.unwrap();
+        }
+        let events: Vec<serde_json::Value> = with_pool!(store, |pool| {
+            sqlx::query(
+                "SELECT payload FROM alert_events WHERE kind LIKE 'model_cap.%' \
+                 ORDER BY created_at, payload",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| serde_json::from_str(&row.text("payload").unwrap()).unwrap())
+            .collect()
+        });
+        let seen: Vec<_> = events
+            .iter()
+            .map(|e| {
+                let d = &e["data"];
+                (
+                    e["type"].as_str().unwrap_or("").to_owned(),
+                    d["model"].as_str().unwrap_or("").to_owned(),
+                    d["unit"].as_str().unwrap_or("").to_owned(),
+                    d["threshold"].as_i64(),
+                    d["used"].as_i64().unwrap_or(-1),
+                )
+            })
+            .collect();
+        let want = |kind: &str, model: &str, unit: &str, t: Option<i64>, used: i64| {
+            (kind.to_owned(), model.to_owned(), unit.to_owned(), t, used)
+        };
+        let mut expected = vec![
+            want("model_cap.threshold", "m*", "credits", Some(50), 85),
+            want("model_cap.threshold", "m*", "credits", Some(80), 85),
+            want("model_cap.exhausted", "x", "tokens", None, 10),
+            want("model_cap.threshold", "x", "tokens", Some(50), 10),
+            want("model_cap.threshold", "x", "tokens", Some(80), 10),
+            want("model_cap.threshold", "x", "tokens", Some(100), 10),
+            want("model_cap.exhausted", "m*", "credits", None, 130),
+            want("model_cap.threshold", "m*", "credits", Some(100), 130),
+            // The next period: 60 of 100 (the late 90 counts in none).
+            want("model_cap.threshold", "m*", "credits", Some(50), 60),
+        ];
+        // (Events of one second are in no set order.)
+        let mut seen = seen;
+        seen.sort();
+        expected.sort();
+        assert_eq!(seen, expected);
+        let key = &events[0]["data"]["key"];
+        assert_eq!(
+            (key["id"].as_str(), key["account"].as_str()),
+            (Some("k1"), Some("team"))
+        );
+    }
+
     #[tokio::test]
     async fn extreme_amounts_and_times_neither_panic_nor_overflow() {
         let (_dir, store) = periodic().await;

@@ -221,6 +221,9 @@ impl Store {
             let mut billed_accounts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
             // Per cap (its lease subject): what its records counted, in its unit.
             let mut billed_caps: BTreeMap<String, i64> = BTreeMap::new();
+            // Per key and cap model that counted a record in its period: what the cap had
+            // used before the batch (after rolling over), for its threshold alerts.
+            let mut cap_before: BTreeMap<(String, String), i64> = BTreeMap::new();
             let mut done = Ingested::default();
             for record in records {
                 let key = match keys.get(&record.key_id) {
@@ -305,6 +308,11 @@ impl Store {
                     if let Some(cap) = caps::cap_for(model_caps, &record.model) {
                         cap.roll(now, |period, start| self.window(period, start, now));
                         let tokens = record.tokens.input.saturating_add(record.tokens.output);
+                        if cap.period_start.is_none_or(|start| record.ts >= start) {
+                            cap_before
+                                .entry((record.key_id.clone(), cap.model.clone()))
+                                .or_insert(cap.used);
+                        }
                         cap.count(record.ts, cost, tokens);
                         *dirty = true;
                         // Off the holder's lease on the cap whatever its period, as the
@@ -394,6 +402,29 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 }
+            }
+            for ((key_id, model), before) in cap_before {
+                let Some((name, account, ..)) = keys.get(&key_id).cloned().flatten() else {
+                    continue;
+                };
+                let caps = key_caps.get(&key_id).map(|(caps, _)| caps.as_slice());
+                let Some(cap) = caps.into_iter().flatten().find(|c| c.model == model) else {
+                    continue;
+                };
+                let spend = Spend {
+                    budget: cap.limit,
+                    before,
+                    after: cap.used,
+                };
+                let start = cap.period_start.unwrap_or(0);
+                let subject = Subject::Cap {
+                    id: key_id,
+                    name,
+                    account,
+                    model,
+                    unit: cap.unit.as_str(),
+                };
+                budget_crossed(&mut tx, &subject, spend, start, &self.thresholds, now).await?;
             }
             for (key_id, (model_caps, _)) in key_caps.iter().filter(|(_, (_, dirty))| *dirty) {
                 sqlx::query("UPDATE keys SET model_caps = $2 WHERE id = $1")
