@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::error::ApiError;
 
-const MODEL_NAME_MAX: usize = 256;
+pub(crate) const MODEL_NAME_MAX: usize = 256;
 pub const PER_PAGE_DEFAULT: u32 = 20;
 pub const PER_PAGE_MAX: u32 = 100;
 
@@ -43,10 +43,12 @@ pub(crate) fn check_models(models: Vec<String>) -> Result<Vec<String>, ApiError>
         if model.trim().is_empty() {
             return Err(ApiError::invalid("models", format!("models[{i}] is empty")));
         }
-        if model.chars().count() > MODEL_NAME_MAX || model.chars().any(char::is_control) {
+        // Bytes, not characters: as a price's name, and as usage records carry a model
+        // (a longer name would reach the intake cut short and miss its cap).
+        if model.len() > MODEL_NAME_MAX || model.chars().any(char::is_control) {
             return Err(ApiError::invalid(
                 "models",
-                format!("models[{i}] must be at most {MODEL_NAME_MAX} printable characters"),
+                format!("models[{i}] must be printable and at most {MODEL_NAME_MAX} bytes long"),
             ));
         }
         if seen.insert(model.clone()) {
@@ -96,6 +98,27 @@ pub(crate) fn time(param: &str, value: &str) -> Result<i64, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_names_are_printable_and_at_most_256_bytes() {
+        let ascii = "m".repeat(MODEL_NAME_MAX);
+        let wide = "é".repeat(MODEL_NAME_MAX / 2);
+        let names = vec![ascii.clone(), wide.clone(), ascii.clone()];
+        assert_eq!(
+            check_models(names).unwrap(),
+            [ascii, wide],
+            "a duplicate dropped"
+        );
+        // 129 two-byte characters are 258 bytes: a usage record would cut it short.
+        for bad in [
+            "é".repeat(MODEL_NAME_MAX / 2 + 1),
+            "a\tb".into(),
+            " ".into(),
+        ] {
+            let err = check_models(vec!["ok".into(), bad.clone()]).unwrap_err();
+            assert!(err.to_string().contains("models[1]"), "{bad:?}: {err}");
+        }
+    }
 
     #[test]
     fn times_are_unix_seconds_or_rfc_3339() {

@@ -19,9 +19,8 @@ pub const LEASES_MAX: usize = 1000;
 pub const HOLDER_MAX: usize = 64;
 /// Bounds of a subject's key id or account name, in bytes (as a record's `key_id`).
 pub const SUBJECT_MAX: usize = 128;
-/// Bounds of the model of a cap's subject, in bytes: 256 characters of up to 4 bytes (as
-/// a key's model names).
-pub const MODEL_SUBJECT_MAX: usize = 1024;
+/// Bounds of the model of a cap's subject, in bytes (as a key's model names).
+pub const MODEL_SUBJECT_MAX: usize = crate::validate::MODEL_NAME_MAX;
 /// Bounds of `ttl_ms`: a lease lasts from a second to ten minutes.
 pub const TTL_MS_MIN: u64 = 1_000;
 pub const TTL_MS_MAX: u64 = 600_000;
@@ -205,6 +204,14 @@ pub async fn grant(
 mod tests {
     use super::*;
 
+    /// The filter keeps each ask within `ASK_BYTES_MAX` (and one item, at most about
+    /// 2.5 KiB, when the first alone is larger): it must fit the body limit here.
+    #[test]
+    fn the_filters_largest_ask_fits_the_body_limit() {
+        let largest = keygate_core::limits::credit::ASK_BYTES_MAX + 4 * 1024;
+        assert!(largest <= crate::error::BODY_LIMIT, "{largest}");
+    }
+
     #[test]
     fn holders_and_subjects_are_checked_without_repeating_them() {
         for ok in ["3f2a9c", "a b", &"h".repeat(HOLDER_MAX), "~!"] {
@@ -220,6 +227,11 @@ mod tests {
             "m:key_abc:gpt-4o-*",
             "m:key_abc:llama3:8b",
             &format!("m:key_abc:{}", "é".repeat(MODEL_SUBJECT_MAX / 2)),
+            &format!(
+                "m:{}:{}",
+                "k".repeat(SUBJECT_MAX),
+                "x".repeat(MODEL_SUBJECT_MAX)
+            ),
             &format!("k:{}", "x".repeat(SUBJECT_MAX)),
         ] {
             assert!(check_subject(0, ok).is_ok(), "{ok:?}");
