@@ -25,6 +25,10 @@
 //! counts now (it never asks below it, so no share is given away while requests it
 //! admitted still count), and `billed` stays 0: every holder's share counts whole, so
 //! the shares add up to at most the limit.
+//!
+//! A key's cap on some models is leased as its quota is (`m:`, the key id, `:` and the
+//! cap's model name or pattern): the limit is what the cap leaves in its period, in its
+//! unit (credits or tokens), and the records it counts are billed to the holder's lease.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -150,7 +154,8 @@ impl Store {
     /// Grants `holder` a lease on each subject asked, in one write transaction, answering
     /// in the order asked (a subject asked twice: the later ask stands). Rows past their
     /// `drop_at` go first. A key's limit is `quota - used_quota` whatever its status (the
-    /// filter refuses a disabled or expired key anyway), an account's its balance; an
+    /// filter refuses a disabled or expired key anyway), a cap's what it leaves in its
+    /// period (a cap the key no longer has is unlimited), an account's its balance; an
     /// unlimited one is answered `limited: false` and keeps no row of this holder; one
     /// that does not exist has nothing left, so the holder is granted what it spent.
     /// The holder's row then expires `ttl_ms` after `now_ms` and goes twice that after;
