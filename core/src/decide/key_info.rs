@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use crate::keys::entry::Entry;
 use crate::limits::ledger;
 use crate::limits::rate::Limits;
-use crate::sync::snapshot::{CapUnit, Tables};
+use crate::sync::snapshot::Tables;
 
 /// The view as JSON. `status` is `active` or `exhausted` (a key refused for any other
 /// reason gets that refusal instead); `now` in Unix seconds. `pending` tells what this
@@ -36,9 +36,12 @@ pub fn render(
         .map(|cap| {
             json!({
                 "model": cap.model,
-                "unit": match cap.unit { CapUnit::Credits => "credits", CapUnit::Tokens => "tokens" },
+                "unit": cap.unit.as_str(),
                 "limit": cap.limit,
-                "remaining": less(cap.left_at(now), ledger::cap_entry(key.id(), &cap.model)),
+                "remaining": less(
+                    cap.left_at(now),
+                    ledger::cap_entry(key.id(), cap.unit, &cap.model),
+                ),
                 "resets_at": cap.period_end.filter(|end| now < *end).and_then(rfc3339),
             })
         })
@@ -96,7 +99,7 @@ pub fn rfc3339(unix: i64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::snapshot::{AccountRecord, KeyRecord, ModelCap, TablesWire};
+    use crate::sync::snapshot::{AccountRecord, CapUnit, KeyRecord, ModelCap, TablesWire};
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -148,7 +151,7 @@ mod tests {
         let pending = |name: &str| match name {
             "kg:q:k:key_1" => 120,
             "kg:q:a:team" => 20,
-            "kg:q:m:key_1:gpt-*" => 5,
+            "kg:q:m:key_1:tokens:gpt-*" => 5,
             _ => 0,
         };
         let text = render(&key, &tables, "active", 1_000, pending);

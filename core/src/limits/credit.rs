@@ -125,7 +125,8 @@ fn mirror_share(shared: &impl SharedData, ledger_name: &str, l: &Ledger) -> Resu
 }
 
 /// The subject of a ledger at the key-service: `k:{key id}` or `a:{account}` (credit),
-/// `m:{key id}:{model}` (a key's cap on those models, in the cap's unit), `r:`, `t:` or
+/// `m:{key id}:{unit}:{model}` (a key's cap on those models, counting `credits` or
+/// `tokens`), `r:`, `t:` or
 /// `p:` and a key id (a share of its rate limits).
 pub fn subject(ledger_name: &str) -> Option<&str> {
     ledger_name.strip_prefix("kg:q:")
@@ -480,6 +481,7 @@ mod tests {
     use super::*;
     use crate::kv::testing::MemShared;
     use crate::limits::ledger::{self, Lease, Reserve};
+    use crate::sync::snapshot::CapUnit;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -672,7 +674,10 @@ mod tests {
         // bounded names by bytes (256 now); and a quote, which JSON doubles.
         let model = format!("{}\"*", "\u{1d52a}".repeat(255));
         let names: Vec<String> = (0..1_000)
-            .map(|i| ledger::cap_entry(&format!("key_{i:0>124}"), &format!("{i}{model}")))
+            .map(|i| {
+                let key_id = format!("key_{i:0>124}");
+                ledger::cap_entry(&key_id, CapUnit::Tokens, &format!("{i}{model}"))
+            })
             .collect();
         for name in &names {
             let r = ledger::reserve(&shared, name, 1_000, 10, 1, Lease::Ask(0)).unwrap();

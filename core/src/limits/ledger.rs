@@ -20,6 +20,7 @@
 //! see it, because shared data cannot create an entry only if it is absent.
 
 use crate::kv::{self, Cell, HostError, SharedData};
+use crate::sync::snapshot::CapUnit;
 use crate::usage::pricing::{self, Price, Tokens};
 
 /// The shared-data entry of a key's ledger.
@@ -28,9 +29,10 @@ pub fn key_entry(key_id: &str) -> String {
 }
 
 /// The shared-data entry of the ledger of a key's cap on the models `model` (a name or
-/// pattern) covers.
-pub fn cap_entry(key_id: &str, model: &str) -> String {
-    format!("kg:q:m:{key_id}:{model}")
+/// pattern) covers, counting `unit`: a cap whose unit changes starts a ledger (and a
+/// lease) of its own, never counting tokens and credits in one.
+pub fn cap_entry(key_id: &str, unit: CapUnit, model: &str) -> String {
+    format!("kg:q:m:{key_id}:{}:{model}", unit.as_str())
 }
 
 /// The shared-data entry of an account's ledger.

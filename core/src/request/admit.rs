@@ -617,9 +617,9 @@ impl Request {
             None => self.admit_rate(host, answered)?,
         };
         if let Some((ledger, ask)) = next {
-            // Its key's lease covers it now, but its account's or a share of a rate limit
-            // must grow too: it waits on (until the same time), its cost reserved if it
-            // was.
+            // Its key's lease covers it now, but its account's, its cap's or a share of a
+            // rate limit must grow too: it waits on (until the same time), its cost
+            // reserved if it was.
             let rate_only = wait.rate_only
                 || matches!(
                     self.job,

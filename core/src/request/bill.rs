@@ -58,6 +58,22 @@ pub(super) fn release(host: &impl Host, reservation: Reservation) {
     }
 }
 
+/// The model as the key-service will bill it (as the record names it): printable, at most
+/// `MODEL_MAX` bytes, `unknown` if nothing is left. Prices and caps are looked up with
+/// it, so the filter counts a request against the same cap the key-service bills (a
+/// client's `"gpt-4o\u0001"` is `gpt-4o` to both).
+pub(super) fn billed_model(model: &str) -> std::borrow::Cow<'_, str> {
+    let clean = model.len() <= MODEL_MAX && !model.chars().any(char::is_control);
+    if clean && !model.trim().is_empty() {
+        return std::borrow::Cow::Borrowed(model);
+    }
+    let printable = model::printable(model, MODEL_MAX);
+    match printable.trim().is_empty() {
+        true => "unknown".into(),
+        false => printable.into(),
+    }
+}
+
 /// What a request counts against a cap: its credits, or its input and output tokens.
 fn cap_amount(unit: CapUnit, credits: u64, tokens: Tokens) -> u64 {
     match unit {
@@ -83,6 +99,8 @@ impl Request {
         estimate: Estimate,
         answered: Option<&str>,
     ) -> Result<Reserved, Denial> {
+        let model = model.map(billed_model);
+        let model = model.as_deref();
         // The snapshot version first, then the key: a key entry is written before the
         // version moves, so it shows at least what that version does, and a cost landing
         // after that version is counted by the ledger (perhaps twice for a moment: the
@@ -120,7 +138,7 @@ impl Request {
         let cap = model.and_then(|m| key.cap_for(m)).map(|c| {
             let held = cap_amount(c.unit, amount, estimated);
             (
-                ledger::cap_entry(key.id(), &c.model),
+                ledger::cap_entry(key.id(), c.unit, &c.model),
                 c.unit,
                 c.left_at(now),
                 held,
@@ -280,7 +298,10 @@ impl Request {
             Phase::Response(Reader::Usage { scanner, .. }) => scanner.finish(),
             _ => Scanned::default(),
         };
-        let model = meter.model.or_else(|| scanned.model.clone());
+        let model = meter
+            .model
+            .or_else(|| scanned.model.clone())
+            .map(|m| billed_model(&m).into_owned());
         let max_body_bytes = self.plugin.config.max_body_bytes as u64;
         // The prompt reached the provider, which bills it: about a token per 4 bytes of
         // what arrived (never more than the limit of a body the filter reads).
@@ -339,13 +360,8 @@ impl Request {
             usage: UsageWire {
                 request_id: meter.request_id,
                 key_id: meter.key_id,
-                // What the key-service stores: an empty or unprintable name is `unknown`.
-                model: Some(
-                    model
-                        .map(|m| model::printable(&m, MODEL_MAX))
-                        .filter(|m| !m.trim().is_empty())
-                        .unwrap_or_else(|| "unknown".into()),
-                ),
+                // What the key-service stores (`billed_model`; none: `unknown`).
+                model: Some(model.unwrap_or_else(|| "unknown".into())),
                 input_tokens: usage.input,
                 cached_input_tokens: usage.cached_input,
                 output_tokens: usage.output,

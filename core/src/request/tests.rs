@@ -473,7 +473,7 @@ fn a_limited_key_waits_for_the_body_reserves_and_settles_what_it_used() {
 #[test]
 fn a_spent_model_cap_refuses_its_models_and_gives_the_keys_reservation_back() {
     let s = setup();
-    let cap = ledger::cap_entry("id-capped", "gpt-*");
+    let cap = ledger::cap_entry("id-capped", CapUnit::Credits, "gpt-*");
     let body = r#"{"model":"gpt-4o","max_tokens":100,"messages":[]}"#;
     let estimate = (body.len() as u64).div_ceil(4) + 200;
     let mut first = s.request("POST", CHAT, "capped");
@@ -651,7 +651,7 @@ fn one_api_billing_paths_are_answered_here_in_dollars_even_when_out_of_quota() {
 #[test]
 fn a_token_cap_limits_a_key_without_a_quota_and_counts_tokens() {
     let s = setup();
-    let cap = ledger::cap_entry("id-tokcap", "gpt-4o");
+    let cap = ledger::cap_entry("id-tokcap", CapUnit::Tokens, "gpt-4o");
     let body = r#"{"model":"gpt-4o","max_tokens":100}"#;
     let mut request = s.request("POST", CHAT, "tokcap");
     assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
@@ -1428,7 +1428,7 @@ fn with_leases_a_share_that_cannot_grow_refuses_429_and_a_failed_ask_503() {
 fn with_leases_a_model_cap_is_spent_from_a_lease_of_its_own() {
     let s = setup_with_leases();
     let mut book = credit::Book::default();
-    let cap = ledger::cap_entry("id-capped", "gpt-*");
+    let cap = ledger::cap_entry("id-capped", CapUnit::Credits, "gpt-*");
     let body = r#"{"model":"gpt-4o","max_tokens":100,"messages":[]}"#;
     let estimate = (body.len() as u64).div_ceil(4) + 200;
     let wait = |s: &Setup| {
@@ -1451,7 +1451,7 @@ fn with_leases_a_model_cap_is_spent_from_a_lease_of_its_own() {
     let items = answer_leases(&s, &mut book, Some(estimate));
     assert_eq!(
         credit::subject(&items[0].ledger),
-        Some("m:id-capped:gpt-*"),
+        Some("m:id-capped:credits:gpt-*"),
         "{items:?}"
     );
     assert_eq!(request.release(&s.fake, true, false), Action::Continue);
@@ -1471,4 +1471,25 @@ fn with_leases_a_model_cap_is_spent_from_a_lease_of_its_own() {
     assert!(sent.contains("model_budget_exceeded"), "{sent}");
     assert_eq!(s.ledger("id-capped").reserved, 0);
     assert_eq!(s.ledger_named(&cap).reserved, 0);
+}
+
+/// A model name with a control character in it is the name without it to the
+/// key-service, which bills (and caps) it so: the filter counts it against the same cap.
+#[test]
+fn an_unprintable_model_counts_against_the_cap_the_key_service_bills() {
+    let s = setup();
+    let cap = ledger::cap_entry("id-tokcap", CapUnit::Tokens, "gpt-4o");
+    let body = r#"{"model":"gpt-4o\u0001","max_tokens":100}"#;
+    let mut request = s.request("POST", CHAT, "tokcap");
+    assert_eq!(request.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(s.body(&mut request, body, true), Action::Continue);
+    assert_eq!(
+        s.ledger_named(&cap).reserved,
+        (body.len() as u64).div_ceil(4) + 100
+    );
+    s.respond(&mut request, 200, USAGE);
+    request.on_log(&s.fake);
+    let record = &s.records()[0];
+    assert_eq!(record.usage.model.as_deref(), Some("gpt-4o"));
+    assert_eq!(record.charge.clone().unwrap().cap, Some((cap, 15)));
 }

@@ -295,7 +295,7 @@ fn write_keys(
                     ledger::ensure(shared, &ledger::key_entry(&record.id))?;
                 }
                 for cap in &record.model_caps {
-                    ledger::ensure(shared, &ledger::cap_entry(&record.id, &cap.model))?;
+                    ledger::ensure(shared, &ledger::cap_entry(&record.id, cap.unit, &cap.model))?;
                 }
                 shared.set(&name, &value, None)?;
                 written += 1;

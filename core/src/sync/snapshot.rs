@@ -235,6 +235,16 @@ pub enum CapUnit {
     Tokens,
 }
 
+impl CapUnit {
+    /// As the snapshot, the API and lease subjects name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapUnit::Credits => "credits",
+            CapUnit::Tokens => "tokens",
+        }
+    }
+}
+
 /// A key's limit on the models a name or pattern (`claude-opus-*`) covers, as the
 /// key-service keeps it: `used` of `limit` in the period that ends at `period_end` (none:
 /// it never resets), from which the whole `limit` is there again.

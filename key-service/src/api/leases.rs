@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::expiry;
 use crate::extract::ApiJson;
-use crate::store::LeaseAsk;
+use crate::store::{LeaseAsk, LeaseGrant};
 use crate::AppState;
 
 /// Subjects per ask at most.
@@ -19,8 +19,9 @@ pub const LEASES_MAX: usize = 1000;
 pub const HOLDER_MAX: usize = 64;
 /// Bounds of a subject's key id or account name, in bytes (as a record's `key_id`).
 pub const SUBJECT_MAX: usize = 128;
-/// Bounds of the model of a cap's subject, in bytes (as a key's model names).
-pub const MODEL_SUBJECT_MAX: usize = crate::validate::MODEL_NAME_MAX;
+/// Bounds of the model of a cap's subject, in bytes: 256 characters of up to 4 bytes, as
+/// caps were named before names were bounded in bytes (256 now), and are still stored.
+pub const MODEL_SUBJECT_MAX: usize = 1024;
 /// Bounds of `ttl_ms`: a lease lasts from a second to ten minutes.
 pub const TTL_MS_MIN: u64 = 1_000;
 pub const TTL_MS_MAX: u64 = 600_000;
@@ -46,7 +47,7 @@ pub struct LeaseRequest {
 #[serde(deny_unknown_fields)]
 pub struct LeaseItem {
     /// `k:<key id>` (its quota) or `a:<account name>` (its balance): credit, `spent`
-    /// counting everything spent; `m:<key id>:<model>` (the key's cap on those models,
+    /// counting everything spent; `m:<key id>:<unit>:<model>` (the key's cap on those models,
     /// its name or pattern as stored): the same, in the cap's unit (credits or tokens);
     /// `r:`, `t:` or `p:` and a key id (its requests per
     /// minute, tokens per minute, requests in flight): a share of the limit, `spent` being
@@ -97,17 +98,17 @@ pub fn check_holder(holder: &str) -> Result<(), ApiError> {
 }
 
 /// A subject: `k:`, `a:`, `r:`, `t:` or `p:` and then 1-128 bytes without control
-/// characters, or `m:`, a key id, `:` and a model name or pattern (a key's cap on those
-/// models; the model up to `MODEL_SUBJECT_MAX` bytes).
+/// characters, or `m:`, a key id, `:`, the cap's unit (`credits` or `tokens`), `:` and a
+/// model name or pattern (a key's cap on those models; the model up to
+/// `MODEL_SUBJECT_MAX` bytes).
 fn check_subject(i: usize, subject: &str) -> Result<(), ApiError> {
     let printable = |name: &str, max: usize| {
         !name.is_empty() && name.len() <= max && !name.chars().any(char::is_control)
     };
-    let fine = match subject.strip_prefix("m:").map(|rest| rest.split_once(':')) {
-        Some(Some((key_id, model))) => {
+    let fine = match subject.strip_prefix("m:") {
+        Some(_) => crate::store::cap_subject(subject).is_some_and(|(key_id, _, model)| {
             printable(key_id, SUBJECT_MAX) && printable(model, MODEL_SUBJECT_MAX)
-        }
-        Some(None) => false,
+        }),
         None => ["k:", "a:", "r:", "t:", "p:"]
             .iter()
             .find_map(|prefix| subject.strip_prefix(prefix))
@@ -120,8 +121,8 @@ fn check_subject(i: usize, subject: &str) -> Result<(), ApiError> {
         "leases",
         format!(
             "leases[{i}].subject must be k:, r:, t: or p: and a key id, a: and an account \
-             name, or m:, a key id, : and a model, 1-{SUBJECT_MAX} printable characters \
-             each (a model up to {MODEL_SUBJECT_MAX})"
+             name, or m:, a key id, :credits: or :tokens: and a model, 1-{SUBJECT_MAX} \
+             printable characters each (a model up to {MODEL_SUBJECT_MAX} bytes)"
         ),
     ))
 }
@@ -160,7 +161,6 @@ pub async fn grant(
     }
     let mut seen = std::collections::HashSet::with_capacity(body.leases.len());
     for (i, item) in body.leases.iter().enumerate() {
-        check_subject(i, &item.subject)?;
         if !seen.insert(item.subject.as_str()) {
             return Err(ApiError::invalid(
                 "leases",
@@ -168,21 +168,37 @@ pub async fn grant(
             ));
         }
     }
-    let asks: Vec<LeaseAsk> = body
-        .leases
-        .into_iter()
-        .map(|item| LeaseAsk {
-            subject: item.subject,
-            spent: item.spent,
-            need: item.need,
-            want: item.want,
-        })
-        .collect();
+    // A subject this service cannot take is answered on its own, with nothing beyond
+    // what its holder spent: refusing the whole ask would refuse every other lease in it,
+    // on every ask while that subject stays due.
+    let (mut asks, mut refused) = (Vec::with_capacity(body.leases.len()), Vec::new());
+    for (i, item) in body.leases.into_iter().enumerate() {
+        match check_subject(i, &item.subject) {
+            Ok(()) => asks.push(LeaseAsk {
+                subject: item.subject,
+                spent: item.spent,
+                need: item.need,
+                want: item.want,
+            }),
+            Err(e) => {
+                tracing::warn!(index = i, error = %e, "lease subject refused");
+                refused.push((i, item.subject, item.spent));
+            }
+        }
+    }
     let ttl_ms = i64::try_from(body.ttl_ms).unwrap_or(i64::MAX);
-    let grants = state
+    let mut grants = state
         .store
         .grant_leases(&body.holder, &asks, ttl_ms, expiry::now_ms())
         .await?;
+    for (i, subject, spent) in refused {
+        let grant = LeaseGrant {
+            subject,
+            limited: true,
+            granted: spent,
+        };
+        grants.insert(i.min(grants.len()), grant);
+    }
     let limited = grants.iter().filter(|g| g.limited).count() as u64;
     state
         .metrics
@@ -224,11 +240,11 @@ mod tests {
         for ok in [
             "k:key_abc",
             "a:team",
-            "m:key_abc:gpt-4o-*",
-            "m:key_abc:llama3:8b",
-            &format!("m:key_abc:{}", "é".repeat(MODEL_SUBJECT_MAX / 2)),
+            "m:key_abc:credits:gpt-4o-*",
+            "m:key_abc:tokens:llama3:8b",
+            &format!("m:key_abc:tokens:{}", "é".repeat(MODEL_SUBJECT_MAX / 2)),
             &format!(
-                "m:{}:{}",
+                "m:{}:credits:{}",
                 "k".repeat(SUBJECT_MAX),
                 "x".repeat(MODEL_SUBJECT_MAX)
             ),
@@ -245,10 +261,12 @@ mod tests {
             "K:abc",
             "k:a\u{0}b",
             "m:key_abc",
-            "m::gpt-4o",
-            "m:key_abc:",
-            "m:key_abc:gpt\n",
-            &format!("m:key_abc:{}", "x".repeat(MODEL_SUBJECT_MAX + 1)),
+            "m:key_abc:gpt-4o",
+            "m:key_abc:dollars:gpt-4o",
+            "m::credits:gpt-4o",
+            "m:key_abc:credits:",
+            "m:key_abc:tokens:gpt\n",
+            &format!("m:key_abc:credits:{}", "x".repeat(MODEL_SUBJECT_MAX + 1)),
             &format!("a:{}", "x".repeat(SUBJECT_MAX + 1)),
         ] {
             let err = check_subject(3, bad).unwrap_err().to_string();

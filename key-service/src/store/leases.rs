@@ -26,8 +26,8 @@
 //! admitted still count), and `billed` stays 0: every holder's share counts whole, so
 //! the shares add up to at most the limit.
 //!
-//! A key's cap on some models is leased as its quota is (`m:`, the key id, `:` and the
-//! cap's model name or pattern): the limit is what the cap leaves in its period, in its
+//! A key's cap on some models is leased as its quota is (`m:`, the key id, the cap's unit
+//! and its model name or pattern, each after a `:`): the limit is what the cap leaves in its period, in its
 //! unit (credits or tokens), and the records it counts are billed to the holder's lease.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -133,10 +133,22 @@ fn rate_subject(subject: &str) -> Option<(char, &str)> {
     }
 }
 
-/// A key's cap on some models: `m:`, the key id, `:` and the cap's model name or pattern
-/// (key ids have no colon; a model may).
-pub(crate) fn cap_subject(subject: &str) -> Option<(&str, &str)> {
-    subject.strip_prefix("m:")?.split_once(':')
+/// A key's cap on some models: `m:`, the key id, `:`, the cap's unit, `:` and its model
+/// name or pattern (key ids have no colon; a model may): (key id, unit, model).
+pub(crate) fn cap_subject(subject: &str) -> Option<(&str, caps::Unit, &str)> {
+    let (key_id, rest) = subject.strip_prefix("m:")?.split_once(':')?;
+    let (unit, model) = rest.split_once(':')?;
+    let unit = match unit {
+        "credits" => caps::Unit::Credits,
+        "tokens" => caps::Unit::Tokens,
+        _ => return None,
+    };
+    Some((key_id, unit, model))
+}
+
+/// The lease subject of a key's cap (see [`cap_subject`]).
+pub(crate) fn cap_subject_of(key_id: &str, cap: &caps::StoredCap) -> String {
+    format!("m:{key_id}:{}:{}", cap.unit.as_str(), cap.model)
 }
 
 fn lease_row(row: &impl Get) -> Result<LeaseRow, sqlx::Error> {
@@ -173,14 +185,14 @@ impl Store {
         let drop_at = now_ms.saturating_add(ttl_ms.saturating_mul(2));
         let (mut keys, mut accounts) = (BTreeSet::new(), BTreeSet::new());
         let mut rated = BTreeSet::new();
-        // Per key, the subjects of its caps asked for, with their models.
-        let mut capped: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+        // Per key, the subjects of its caps asked for, with their units and models.
+        let mut capped: BTreeMap<&str, Vec<(&str, caps::Unit, &str)>> = BTreeMap::new();
         for ask in asks {
-            if let Some((id, model)) = cap_subject(&ask.subject) {
+            if let Some((id, unit, model)) = cap_subject(&ask.subject) {
                 capped
                     .entry(id)
                     .or_default()
-                    .push((ask.subject.as_str(), model));
+                    .push((ask.subject.as_str(), unit, model));
             } else if let Some(id) = ask.subject.strip_prefix("k:") {
                 keys.insert(id.to_owned());
             } else if let Some(name) = ask.subject.strip_prefix("a:") {
@@ -266,10 +278,11 @@ impl Store {
                 for row in q.build().fetch_all(&mut *tx).await? {
                     let id = row.text("id")?;
                     let stored = caps::parse(&row.text("model_caps")?);
-                    // A cap the key no longer has caps nothing (the holder learns so with
-                    // its next snapshot); a key that does not exist has nothing left.
-                    for (subject, model) in capped.get(id.as_str()).into_iter().flatten() {
-                        let cap = stored.iter().find(|c| c.model == *model);
+                    // A cap the key no longer has (on these models, in this unit) caps
+                    // nothing (the holder learns so with its next snapshot); a key that
+                    // does not exist has nothing left.
+                    for (subject, unit, model) in capped.get(id.as_str()).into_iter().flatten() {
+                        let cap = stored.iter().find(|c| c.model == *model && c.unit == *unit);
                         left.insert((*subject).to_owned(), cap.map(|c| c.left_at(now)));
                     }
                 }
@@ -890,14 +903,14 @@ pub(super) mod tests {
             ..key("capped", "default", None)
         };
         store.insert_keys(&[capped], 0).await.unwrap();
-        let a = one(&store, "A", ask("m:capped:m", 0, 0, 1_000), 0).await;
-        let b = one(&store, "B", ask("m:capped:m", 0, 0, 1_000), 0).await;
+        let a = one(&store, "A", ask("m:capped:credits:m", 0, 0, 1_000), 0).await;
+        let b = one(&store, "B", ask("m:capped:credits:m", 0, 0, 1_000), 0).await;
         assert_eq!((a.limited, a.granted, b.granted), (true, 50, 25));
         // Tokens: half of what the period left.
-        let t = one(&store, "A", ask("m:capped:t-*", 0, 0, u64::MAX), 0).await;
+        let t = one(&store, "A", ask("m:capped:tokens:t-*", 0, 0, u64::MAX), 0).await;
         assert_eq!(t.granted, 485);
         // A cap whose period ended has its whole limit again (10, not 0).
-        let old = one(&store, "A", ask("m:capped:old", 0, 6, 6), 0).await;
+        let old = one(&store, "A", ask("m:capped:credits:old", 0, 6, 6), 0).await;
         assert_eq!(old.granted, 6);
         // A's calls: 40 credits on `m`; 7 + 3 tokens and no credits (no price) on `t-1`.
         let tokens = UsageRecord {
@@ -913,27 +926,32 @@ pub(super) mod tests {
             .ingest_usage(&[record("r1", "capped", 40), tokens], Some("A"), 1)
             .await
             .unwrap();
-        let rows = store.leases_on("m:capped:m").await.unwrap();
+        let rows = store.leases_on("m:capped:credits:m").await.unwrap();
         assert_eq!((rows[0].holder.as_str(), rows[0].billed), ("A", 40));
         assert_eq!(rows[1].billed, 0, "B reported nothing");
-        let rows = store.leases_on("m:capped:t-*").await.unwrap();
+        let rows = store.leases_on("m:capped:tokens:t-*").await.unwrap();
         assert_eq!((rows[0].granted, rows[0].billed), (485, 10));
         // The cap used 40 of 100; A holds 10 more unspent, B 25: C gets half of 25.
-        let c = one(&store, "C", ask("m:capped:m", 0, 0, 1_000), 2).await;
+        let c = one(&store, "C", ask("m:capped:credits:m", 0, 0, 1_000), 2).await;
         assert_eq!(c.granted, 12);
         // A cap the key no longer has limits nothing; a key that does not exist has
         // nothing left.
         let grants = store
             .grant_leases(
                 "A",
-                &[ask("m:capped:gone", 5, 1, 1), ask("m:nokey:m", 5, 1, 1)],
+                &[
+                    ask("m:capped:credits:gone", 5, 1, 1),
+                    ask("m:nokey:credits:m", 5, 1, 1),
+                    // The cap on `m` counts credits: one in tokens is another cap.
+                    ask("m:capped:tokens:m", 5, 1, 1),
+                ],
                 TTL,
                 3,
             )
             .await
             .unwrap();
         let seen: Vec<_> = grants.iter().map(|g| (g.limited, g.granted)).collect();
-        assert_eq!(seen, [(false, 0), (true, 5)]);
+        assert_eq!(seen, [(false, 0), (true, 5), (false, 0)]);
     }
 
     #[tokio::test]

@@ -42,6 +42,7 @@ pub use audit::{strip_secrets, AuditFilter, AuditRow, NewAuditEntry};
 pub use catalog::{AccountEdit, AccountRow, GroupRow, ModelPrice, NewPrice, Removed};
 pub use database::{Database, DatabaseUrlError};
 pub use keys::{KeyEdit, KeyFilter, KeyRow, KeyStatus, NewKey};
+pub(crate) use leases::cap_subject;
 pub use leases::{LeaseAsk, LeaseGrant, LeaseRow};
 pub use periods::ROLL_BATCH;
 pub use snapshot::{SnapshotBody, SnapshotPage};

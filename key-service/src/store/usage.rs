@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use super::keys::window_of;
-use super::leases::BILL_LEASE;
+use super::leases::{cap_subject_of, BILL_LEASE};
 use super::periods::{roll, ROLL_ACCOUNT, ROLL_KEY};
 use super::{
     balance_spent, budget_crossed, with_pool, BeginWrite, Get, KeyFacts, Outbox, Spend, Store,
@@ -319,7 +319,7 @@ impl Store {
                         // key's below.
                         let amount = cap.amount(cost, tokens);
                         if amount > 0 {
-                            let subject = format!("m:{}:{}", record.key_id, cap.model);
+                            let subject = cap_subject_of(&record.key_id, cap);
                             let billed = billed_caps.entry(subject).or_insert(0);
                             *billed = billed.saturating_add(amount);
                         }

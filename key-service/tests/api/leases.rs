@@ -65,18 +65,6 @@ async fn a_bad_ask_is_refused_naming_its_field_not_its_value() {
         (ask(h.clone(), json!(600_001), json!([ok])), "ttl_ms"),
         (ask(h.clone(), json!(-1), json!([ok])), "ttl_ms"),
         (ask(h.clone(), ttl.clone(), json!(many)), "leases"),
-        (
-            ask(h.clone(), ttl.clone(), json!([lease("sk-secret", 0, 0, 1)])),
-            "leases",
-        ),
-        (
-            ask(h.clone(), ttl.clone(), json!([lease("k:", 0, 0, 1)])),
-            "leases",
-        ),
-        (
-            ask(h.clone(), ttl.clone(), json!([lease(&long, 0, 0, 1)])),
-            "leases",
-        ),
         (ask(h.clone(), ttl.clone(), json!([ok, ok])), "leases"),
         (ask(h.clone(), ttl.clone(), json!([negative])), "leases"),
         (ask(h.clone(), ttl.clone(), json!([missing])), "leases"),
@@ -89,6 +77,37 @@ async fn a_bad_ask_is_refused_naming_its_field_not_its_value() {
         assert_eq!((status, param.as_deref()), (400, Some(field)), "{body}");
         assert!(!reply.text.contains("sk-secret"), "{}", reply.text);
     }
+    // A subject this service cannot take is answered on its own, with nothing beyond what
+    // was spent: it does not take the other leases of the ask down with it.
+    let odd = ["sk-secret", "k:", long.as_str(), "m:key_abc:dollars:gpt-4o"];
+    let mut leases: Vec<Value> = odd.iter().map(|s| lease(s, 7, 1, 1)).collect();
+    leases.insert(2, ok.clone());
+    let reply = service
+        .ask_leases(ask(h.clone(), ttl.clone(), json!(leases)), Some(FILTER))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let answers = reply.body["leases"].as_array().unwrap().clone();
+    let seen: Vec<(&str, bool, u64)> = answers
+        .iter()
+        .map(|a| {
+            let subject = a["subject"].as_str().unwrap();
+            (
+                subject,
+                a["limited"] == true,
+                a["granted"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("sk-secret", true, 7),
+            ("k:", true, 7),
+            ("k:key_abc", true, 0),
+            (long.as_str(), true, 7),
+            ("m:key_abc:dollars:gpt-4o", true, 7),
+        ]
+    );
     let (status, _, param) = service
         .send(
             service
