@@ -62,7 +62,7 @@ pub(super) fn release(host: &impl Host, reservation: Reservation) {
 /// `MODEL_MAX` bytes, `unknown` if nothing is left. Prices and caps are looked up with
 /// it, so the filter counts a request against the same cap the key-service bills (a
 /// client's `"gpt-4o\u0001"` is `gpt-4o` to both).
-pub(super) fn billed_model(model: &str) -> std::borrow::Cow<'_, str> {
+fn billed_model(model: &str) -> std::borrow::Cow<'_, str> {
     let clean = model.len() <= MODEL_MAX && !model.chars().any(char::is_control);
     if clean && !model.trim().is_empty() {
         return std::borrow::Cow::Borrowed(model);
