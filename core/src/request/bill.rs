@@ -175,45 +175,62 @@ impl Request {
         ];
         // What was reserved so far (no allocation: this runs on every metered request).
         let mut taken: [Option<(&str, u64)>; 3] = [None; 3];
+        // The first limit whose lease does not cover the request: it waits for the answer
+        // to that ask. The limits after it are looked at still, so that each one whose
+        // lease falls short too goes in the same ask (one round trip, not one each).
+        let mut waiting: Option<(&str, u64)> = None;
+        let mut wake_leader = false;
+        let mut refusal = None;
         for (i, (name, limit, version, held, over)) in limited.into_iter().flatten().enumerate() {
-            let reserved = ledger::reserve(host, name, limit, held, version, lease(name));
-            let refusal = match reserved {
-                Ok(Reserve::Admitted) => {
-                    taken[i] = Some((name, held));
-                    continue;
-                }
-                Ok(Reserve::OverLimit | Reserve::LeaseShort) => Err(over),
-                Ok(Reserve::LeaseFailed) => Err(Denial::KeyServiceUnavailable),
-                Err(_) => Err(HOST_FAILED),
-                // (No early return: what the others reserved must go back first.)
+            match ledger::reserve(host, name, limit, held, version, lease(name)) {
+                Ok(Reserve::Admitted) => taken[i] = Some((name, held)),
                 Ok(Reserve::NeedLease { ask, list, wake }) => {
                     let listed = if list {
                         credit::list(host, name)
                     } else {
                         Ok(true)
                     };
-                    let woken = if wake { credit::wake(host) } else { Ok(()) };
-                    match (listed, woken) {
-                        (Ok(true), Ok(())) => {
-                            if wake {
-                                host.wake_leader();
-                            }
-                            Ok(Reserved::Wait {
-                                ledger: name.to_owned(),
-                                ask,
-                            })
+                    match listed {
+                        Ok(true) => {
+                            wake_leader |= wake;
+                            waiting = waiting.or(Some((name, ask)));
                         }
                         // More limited keys in use than an Envoy lists.
-                        (Ok(false), _) => Err(Denial::Overloaded),
-                        _ => Err(HOST_FAILED),
+                        Ok(false) => refusal = Some(Denial::Overloaded),
+                        Err(_) => refusal = Some(HOST_FAILED),
                     }
                 }
-            };
-            // What the earlier limits reserved goes back if this one cannot be had.
+                Ok(Reserve::OverLimit | Reserve::LeaseShort) => refusal = Some(over),
+                Ok(Reserve::LeaseFailed) => refusal = Some(Denial::KeyServiceUnavailable),
+                Err(_) => refusal = Some(HOST_FAILED),
+            }
+            if refusal.is_some() {
+                break;
+            }
+        }
+        if wake_leader && refusal.is_none() {
+            match credit::wake(host) {
+                Ok(()) => host.wake_leader(),
+                Err(_) => refusal = Some(HOST_FAILED),
+            }
+        }
+        // What was reserved goes back if the request is refused, or waits (it reserves
+        // again once the answer comes).
+        let give_back = || {
             for (taken, held) in taken.into_iter().flatten() {
                 let _ = ledger::settle(host, taken, held, 0);
             }
-            return refusal;
+        };
+        if let Some(denial) = refusal {
+            give_back();
+            return Err(denial);
+        }
+        if let Some((ledger, ask)) = waiting {
+            give_back();
+            return Ok(Reserved::Wait {
+                ledger: ledger.to_owned(),
+                ask,
+            });
         }
         let cap = cap.map(|(name, unit, _, held)| Box::new((name, unit, held)));
         let reservation = Reservation {

@@ -1421,9 +1421,9 @@ fn with_leases_a_share_that_cannot_grow_refuses_429_and_a_failed_ask_503() {
 }
 
 /// With leases a key's cap on a model is spent from a lease of its own (a fleet cannot
-/// overspend it): a request waits for the key's lease, then for the cap's, and one the
-/// cap's answer does not cover is refused `model_budget_exceeded`, giving back what it
-/// reserved in the key's.
+/// overspend it): a request waits for the key's lease and the cap's, asked for in one
+/// ask, and one the cap's answer does not cover is refused `model_budget_exceeded`,
+/// giving back what it reserved in the key's.
 #[test]
 fn with_leases_a_model_cap_is_spent_from_a_lease_of_its_own() {
     let s = setup_with_leases();
@@ -1437,23 +1437,41 @@ fn with_leases_a_model_cap_is_spent_from_a_lease_of_its_own() {
         assert_eq!(s.body(&mut request, body, true), Action::Hold);
         request
     };
+    // The key-service grants the key ten estimates, the cap one.
+    let answer = |s: &Setup, book: &mut credit::Book| {
+        let now = s.fake.now_ms.get();
+        let ttl = s.plugin.config.credit_lease_ttl_ms;
+        let items = book.due(&s.fake.shared, now, ttl).unwrap();
+        let leases = items.iter().map(|item| {
+            let subject = credit::subject(&item.ledger).unwrap();
+            let granted = if subject.starts_with("m:") {
+                estimate
+            } else {
+                10 * estimate
+            };
+            credit::GrantWire {
+                subject: subject.into(),
+                limited: true,
+                granted,
+            }
+        });
+        let answer = credit::AnswerWire {
+            leases: leases.collect(),
+        };
+        book.answered(&s.fake.shared, &items, Some(&answer), now, ttl)
+            .unwrap();
+        items
+    };
     let mut request = wait(&s);
-    let items = answer_leases(&s, &mut book, Some(10 * estimate));
-    assert_eq!(items.len(), 1, "the key's ledger first");
-    // The key's lease covers it; now it waits for the cap's.
-    assert_eq!(request.release(&s.fake, true, false), Action::Hold);
-    assert_eq!(
-        s.ledger("id-capped").reserved,
-        0,
-        "given back while it waits"
-    );
+    // Nothing held while it waits; both needs in one ask.
+    assert_eq!(s.ledger("id-capped").reserved, 0);
     assert_eq!(s.ledger_named(&cap).need, estimate);
-    let items = answer_leases(&s, &mut book, Some(estimate));
-    assert_eq!(
-        credit::subject(&items[0].ledger),
-        Some("m:id-capped:credits:gpt-*"),
-        "{items:?}"
-    );
+    let items = answer(&s, &mut book);
+    let subjects: Vec<_> = items
+        .iter()
+        .filter_map(|item| credit::subject(&item.ledger))
+        .collect();
+    assert_eq!(subjects, ["k:id-capped", "m:id-capped:credits:gpt-*"]);
     assert_eq!(request.release(&s.fake, true, false), Action::Continue);
     assert_eq!(s.ledger("id-capped").reserved, estimate);
     assert_eq!(s.ledger_named(&cap).reserved, estimate);
@@ -1463,8 +1481,11 @@ fn with_leases_a_model_cap_is_spent_from_a_lease_of_its_own() {
     assert_eq!((held.reserved, held.spent), (0, 20));
     // The cap's lease has estimate - 20 left: the next must ask, and an answer that
     // grants nothing more refuses it with the cap's code; the key's reservation goes.
-    let mut next = wait(&s);
-    answer_leases(&s, &mut book, Some(estimate));
+    let mut next = s.request("POST", CHAT, "capped");
+    assert_eq!(next.on_request_headers(&s.fake, false), Action::Pause);
+    assert_eq!(s.body(&mut next, body, true), Action::Hold);
+    let items = answer(&s, &mut book);
+    assert_eq!(items.len(), 1, "the key's lease covers it: {items:?}");
     assert_eq!(next.release(&s.fake, true, false), Action::Pause);
     let (status, _, sent) = s.fake.sent.borrow().clone().unwrap();
     assert_eq!(status, 429);
