@@ -32,7 +32,14 @@ pub fn key_entry(key_id: &str) -> String {
 /// pattern) covers, counting `unit`: a cap whose unit changes starts a ledger (and a
 /// lease) of its own, never counting tokens and credits in one.
 pub fn cap_entry(key_id: &str, unit: CapUnit, model: &str) -> String {
-    format!("kg:q:m:{key_id}:{}:{model}", unit.as_str())
+    format!("kg:q:{}", cap_subject(key_id, unit.as_str(), model))
+}
+
+/// The lease subject of a key's cap (`m:<key id>:<unit>:<model>`, `unit` being `credits`
+/// or `tokens`): what the filter asks for and the key-service bills, so one function
+/// writes it for both.
+pub fn cap_subject(key_id: &str, unit: &str, model: &str) -> String {
+    format!("m:{key_id}:{unit}:{model}")
 }
 
 /// The shared-data entry of an account's ledger.

@@ -146,9 +146,9 @@ pub(crate) fn cap_subject(subject: &str) -> Option<(&str, caps::Unit, &str)> {
     Some((key_id, unit, model))
 }
 
-/// The lease subject of a key's cap (see [`cap_subject`]).
+/// The lease subject of a key's cap (see [`cap_subject`]), as the filter writes it.
 pub(crate) fn cap_subject_of(key_id: &str, cap: &caps::StoredCap) -> String {
-    format!("m:{key_id}:{}:{}", cap.unit.as_str(), cap.model)
+    keygate_core::limits::ledger::cap_subject(key_id, cap.unit.as_str(), &cap.model)
 }
 
 fn lease_row(row: &impl Get) -> Result<LeaseRow, sqlx::Error> {
